@@ -1,0 +1,34 @@
+//! Weft's Kubernetes API (`weft.dev/v1alpha1`): the custom resource types both
+//! binaries share, their condition helpers and well-known names. No I/O here.
+//!
+//! ```text
+//!  user (Git)            operator                     node-daemon
+//!  MeshApp/Policy/Site ─► plan ─► MeshNode.spec ─────► data plane
+//!        ▲  .status ◄──── aggregate ◄── MeshNode.status ◄──┘
+//! ```
+
+pub mod conditions;
+pub mod crd;
+pub mod labels;
+pub mod meshapp;
+pub mod meshhub;
+pub mod meshnode;
+pub mod meshpolicy;
+pub mod meshsite;
+pub mod selector;
+pub mod standalone;
+
+pub use meshapp::{MeshApp, MeshAppSpec, MeshAppStatus};
+pub use meshhub::{MeshHub, MeshHubSpec, MeshHubStatus};
+pub use meshnode::{
+    AppAttachment, AppStatus, DataplaneKind, MeshNode, MeshNodeSpec, MeshNodeStatus, PeerSpec,
+    PeerStatus, WorkloadStatus,
+};
+pub use meshpolicy::{MeshPolicy, MeshPolicySpec, MeshPolicyStatus};
+pub use meshsite::{MeshSite, MeshSiteSpec, MeshSiteStatus, SiteKind};
+pub use selector::Selector;
+
+/// API group of every Weft resource.
+pub const GROUP: &str = "weft.dev";
+/// API version served today.
+pub const VERSION: &str = "v1alpha1";

@@ -1,0 +1,110 @@
+//! MeshApp: one application's private network.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::selector::Selector;
+
+/// Default MTU of an app's WireGuard interface (1500 minus WireGuard's IPv4 overhead).
+pub const DEFAULT_MTU: u16 = 1420;
+/// Default prefix length of the slice of the app's range each node gets.
+pub const DEFAULT_NODE_PREFIX_LENGTH: u8 = 24;
+
+/// A MeshApp gives the workloads it selects their own encrypted network: on every
+/// node where such a workload runs, Weft creates a network namespace with a
+/// WireGuard interface, and those interfaces form a one-hop full mesh.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "MeshApp",
+    plural = "meshapps",
+    shortname = "mapp",
+    category = "weft",
+    namespaced,
+    status = "MeshAppStatus",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether every node is programmed and every peer pair has handshaken"),
+    printcolumn(name = "Nodes", type_ = "string", json_path = ".status.nodes", description = "Nodes programmed / nodes that should run the app"),
+    printcolumn(name = "Peers", type_ = "string", json_path = ".status.peers", description = "Peer links with a recent handshake / peer links planned"),
+    printcolumn(name = "CIDR", type_ = "string", json_path = ".status.addressSpace", description = "Address range of the app"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("!has(oldSelf.spec.addressSpace) || (has(self.spec.addressSpace) && self.spec.addressSpace == oldSelf.spec.addressSpace)").message("spec.addressSpace is immutable once set: renumbering would cut every live connection; create a new MeshApp instead")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshAppSpec {
+    /// Selects the workloads (pods, containers) that belong to this app by their
+    /// labels, within the MeshApp's namespace. Workloads labelled
+    /// `weft.dev/app: <name>` are selected too.
+    #[serde(default)]
+    pub selector: Selector,
+
+    /// Names of the MeshSites the app spans. Empty means the local site only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+
+    /// IPv4 range of the app's private network, e.g. `10.100.0.0/16`. When unset,
+    /// the operator allocates one from its pool and reports it in
+    /// `status.addressSpace`. Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"))]
+    #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 4").message("addressSpace must be an IPv4 CIDR such as 10.100.0.0/16"))]
+    pub address_space: Option<String>,
+
+    /// Prefix length of the slice of `addressSpace` each node gets; the node's
+    /// tunnel address and its workloads' addresses come from that slice.
+    /// Defaults to 24 (254 addresses per node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 30))]
+    pub node_prefix_length: Option<u8>,
+
+    /// MTU of the app's WireGuard interface and workload links, 1280-1500
+    /// (default 1420, which leaves room for WireGuard's overhead on a 1500 path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1280, max = 1500))]
+    pub mtu: Option<u16>,
+
+    /// Seconds between keepalive packets sent to each peer, so NAT mappings stay
+    /// open (0 or unset disables them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// What the operator observed about a MeshApp.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshAppStatus {
+    /// `Ready` (every node programmed, every peer pair handshaken) and `Degraded`
+    /// (what is missing, or which field is invalid).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The app's address range (as given, or as allocated by the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_space: Option<String>,
+    /// Nodes whose data plane for this app is programmed.
+    #[serde(default)]
+    pub nodes_ready: u32,
+    /// Nodes that should run this app.
+    #[serde(default)]
+    pub nodes_total: u32,
+    /// Peer links (unordered node pairs) with a completed handshake.
+    #[serde(default)]
+    pub peers_up: u32,
+    /// Peer links planned (n·(n−1)/2 for n nodes).
+    #[serde(default)]
+    pub peers_total: u32,
+    /// `nodesReady/nodesTotal`, for printing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<String>,
+    /// `peersUp/peersTotal`, for printing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<String>,
+    /// Sites where the app currently has nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+}

@@ -1,0 +1,55 @@
+//! MeshHub: the federation rendezvous between sites.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A MeshHub (in the hub cluster) lists the member sites of a federation and the
+/// apps each exports; sites exchange nodes, public keys, endpoints and address
+/// slices through it so an app's one-hop mesh spans clusters.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "MeshHub",
+    plural = "meshhubs",
+    shortname = "mhub",
+    category = "weft",
+    status = "MeshHubStatus",
+    printcolumn(name = "Members", type_ = "integer", json_path = ".status.members"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshHubSpec {
+    /// Member sites of the federation.
+    #[serde(default)]
+    pub members: Vec<HubMember>,
+}
+
+/// One member site of a [`MeshHub`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HubMember {
+    /// MeshSite name of the member.
+    pub site: String,
+    /// Apps (`namespace/name`) the member shares with the federation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<String>,
+}
+
+/// What the hub-side operator observed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshHubStatus {
+    /// `Ready`: every member has synced recently.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Members currently syncing.
+    #[serde(default)]
+    pub members: u32,
+}

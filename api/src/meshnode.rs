@@ -1,0 +1,186 @@
+//! MeshNode: the whole desired data plane of one node (spec, written by the
+//! operator) and what the node's daemon made of it (status).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of one node, computed by the operator's planner. Users never
+/// write it; the node's daemon makes the kernel match it.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "MeshNode",
+    plural = "meshnodes",
+    shortname = "mnode",
+    category = "weft",
+    status = "MeshNodeStatus",
+    printcolumn(name = "Site", type_ = "string", json_path = ".spec.site"),
+    printcolumn(name = "Apps", type_ = "integer", json_path = ".status.appsReady"),
+    printcolumn(name = "Dataplane", type_ = "string", json_path = ".status.dataplane"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshNodeSpec {
+    /// MeshSite the node belongs to.
+    pub site: String,
+    /// One entry per app with a workload on this node, sorted by `app`.
+    #[serde(default)]
+    pub apps: Vec<AppAttachment>,
+}
+
+/// One app's data plane on one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppAttachment {
+    /// The app, as `namespace/name`.
+    pub app: String,
+    /// Stable identifier of the app (hash of `namespace/name`), used in names.
+    pub app_id: String,
+    /// Network namespace that holds the app's interfaces on this node.
+    pub netns: String,
+    /// WireGuard interface name (at most 15 bytes, unique on the host).
+    pub interface: String,
+    /// The app's whole address range (routed through the interface).
+    pub address_space: String,
+    /// This node's slice of the range; its workloads get addresses from it.
+    pub node_slice: String,
+    /// This node's tunnel address (first usable address of `nodeSlice`).
+    pub address: String,
+    /// UDP port the interface listens on in the node's network namespace.
+    pub listen_port: u16,
+    /// Interface MTU.
+    pub mtu: u16,
+    /// Keepalive interval towards each peer in seconds (0 = off).
+    #[serde(default)]
+    pub persistent_keepalive: u16,
+    /// Workloads on this node that belong to the app (`namespace/name`, sorted);
+    /// the daemon attaches each to the app's netns with an address from `nodeSlice`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<String>,
+    /// The app's other nodes (full mesh). Peers whose key or endpoint is not
+    /// known yet are left out until their daemon reports them.
+    #[serde(default)]
+    pub peers: Vec<PeerSpec>,
+}
+
+/// A WireGuard peer: another node of the same app.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerSpec {
+    /// Name of the peer's MeshNode.
+    pub node: String,
+    /// The peer's WireGuard public key (base64).
+    pub public_key: String,
+    /// `address:port` where the peer listens.
+    pub endpoint: String,
+    /// Ranges routed to the peer: its slice of the app range.
+    pub allowed_ips: Vec<String>,
+}
+
+/// Which WireGuard implementation a node uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DataplaneKind {
+    /// The kernel's WireGuard module.
+    #[default]
+    Kernel,
+    /// boringtun, in the daemon's process (no kernel module available).
+    Userspace,
+}
+
+/// What the node's daemon reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshNodeStatus {
+    /// `Ready`: every app of the spec is programmed; otherwise the message says
+    /// which app failed and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The spec generation the daemon last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// WireGuard implementation in use on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<DataplaneKind>,
+    /// Address other nodes reach this node at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_address: Option<String>,
+    /// Apps programmed on this node.
+    #[serde(default)]
+    pub apps_ready: u32,
+    /// Per-app state, sorted by `app`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<AppStatus>,
+    /// Workloads running on this node (labels, and app address once attached).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadStatus>,
+    /// When the daemon last reported (RFC 3339); lets the operator spot lost nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<String>,
+}
+
+/// One app's state on a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppStatus {
+    /// The app, as `namespace/name`.
+    pub app: String,
+    /// Public key of this node's interface for the app (base64). The private
+    /// key never leaves the node.
+    pub public_key: String,
+    /// UDP port actually listened on.
+    pub listen_port: u16,
+    /// Interface name.
+    pub interface: String,
+    /// Whether the interface, addresses, routes and peers are all programmed.
+    pub programmed: bool,
+    /// Last error while programming, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Per-peer WireGuard state, sorted by `node`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// WireGuard state of one peer as seen from this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// The peer's MeshNode name.
+    pub node: String,
+    /// The peer's public key (base64).
+    pub public_key: String,
+    /// Seconds since the last completed handshake; unset if none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handshake_seconds: Option<u64>,
+    /// Bytes received from the peer.
+    #[serde(default)]
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer.
+    #[serde(default)]
+    pub tx_bytes: u64,
+}
+
+/// A workload on the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatus {
+    /// Workload name (pod or container name).
+    pub name: String,
+    /// Namespace the workload lives in (apps select workloads of their own namespace).
+    pub namespace: String,
+    /// The workload's labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The app it is attached to (`namespace/name`), once attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// Its address in the app's network, once attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}

@@ -1,0 +1,115 @@
+//! The standalone (no Kubernetes) exchange between operator and daemons: a
+//! shared state directory that plays the role of the API server. Types and
+//! paths only; each binary does its own I/O (atomic write-then-rename).
+//!
+//! ```text
+//! $STATE/nodes/<node>/node.json       daemon   -> operator  NodeRegistration (like a Node object)
+//! $STATE/nodes/<node>/status.json     daemon   -> operator  MeshNodeStatus   (the status subresource)
+//! $STATE/nodes/<node>/meshnode.json   operator -> daemon    MeshNode (spec + metadata.generation)
+//! $STATE/nodes/<node>/workloads/*.json  workload source -> daemon  LocalWorkload (stand-in for CNI/Docker)
+//! $STATE/status/<kind>/<ns>.<name>.json operator        StoredStatus of user objects
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A node announcing itself (what a Node object says in Kubernetes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRegistration {
+    /// Node name (also the MeshNode name).
+    pub name: String,
+    /// MeshSite the node belongs to.
+    pub site: String,
+    /// Address peers use to reach the node's WireGuard ports.
+    pub address: String,
+    /// Node labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A workload started on a node, as its runtime (CNI, Docker, or the demo)
+/// announces it to the daemon.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalWorkload {
+    /// Workload name.
+    pub name: String,
+    /// Namespace of the workload.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Workload labels (`weft.dev/app` names its app).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Path of the workload's network namespace (e.g. `/run/netns/NAME`).
+    pub netns: String,
+}
+
+/// A user object's status as the standalone operator stores it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredStatus<S> {
+    /// `namespace/name` (or `name` for cluster-scoped kinds).
+    pub key: String,
+    /// When the operator first saw the object (RFC 3339), for AGE columns.
+    pub first_seen: String,
+    /// Generation the operator assigned (bumped when the spec changes).
+    pub generation: i64,
+    /// Hash of the last spec seen, to detect spec changes.
+    pub spec_hash: String,
+    /// The status itself.
+    pub status: S,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+/// Paths inside a standalone state directory.
+#[derive(Clone, Debug)]
+pub struct StateDir(pub PathBuf);
+
+impl StateDir {
+    /// Wraps a state directory path.
+    pub fn new(p: impl Into<PathBuf>) -> Self {
+        StateDir(p.into())
+    }
+    /// Directory holding one sub-directory per node.
+    pub fn nodes_dir(&self) -> PathBuf {
+        self.0.join("nodes")
+    }
+    /// Directory of one node.
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.nodes_dir().join(node)
+    }
+    /// The node's registration (written by its daemon).
+    pub fn registration(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("node.json")
+    }
+    /// The node's MeshNode status (written by its daemon).
+    pub fn node_status(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("status.json")
+    }
+    /// The node's desired MeshNode (written by the operator).
+    pub fn meshnode(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("meshnode.json")
+    }
+    /// Where workload announcements for the node are dropped.
+    pub fn workloads_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("workloads")
+    }
+    /// Directory of stored statuses of one kind (`meshapps`, ...).
+    pub fn status_dir(&self, plural: &str) -> PathBuf {
+        self.0.join("status").join(plural)
+    }
+    /// Stored status file of one object.
+    pub fn status_file(&self, plural: &str, key: &str) -> PathBuf {
+        self.status_dir(plural).join(format!("{}.json", key.replace('/', ".")))
+    }
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+}
