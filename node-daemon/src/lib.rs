@@ -1,1 +1,16 @@
+//! Weft node daemon: makes one node's kernel match its MeshNode.
+//!
+//! ```text
+//!  MeshNode spec ─┐                         ┌─► status (public keys, ports, peers)
+//!  local workloads ┼─► plan ─► NodeState ─► diff(desired, observed) ─► [Op] ─► Dataplane::apply
+//!  key store ──────┘   (pure)               (pure)            observe ◄─┘  (netlink, WireGuard)
+//! ```
 
+pub mod dataplane;
+pub mod diff;
+pub mod error;
+pub mod keys;
+pub mod ops;
+pub mod state;
+
+pub use error::Error;

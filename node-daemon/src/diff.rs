@@ -1,0 +1,108 @@
+//! Pure diff: the operations that turn `observed` into `desired`, in an order
+//! the kernel accepts (namespaces, then devices, then what hangs off them;
+//! removals before additions within an interface). Empty when converged.
+
+use crate::ops::Op;
+use crate::state::{AppNet, Device, NodeState};
+
+/// Resolves a key for an app netns (the planner only carries public keys).
+pub trait KeySource {
+    /// The private key for the app whose netns is `netns`.
+    fn private_key(&self, netns: &str) -> Option<crate::keys::PrivateKey>;
+}
+
+/// Operations turning `observed` into `desired`.
+pub fn diff(desired: &NodeState, observed: &NodeState, keys: &dyn KeySource) -> Vec<Op> {
+    let mut ops = Vec::new();
+    // Apps that are gone: removing the netns removes everything inside it.
+    for netns in observed.apps.keys().filter(|n| !desired.apps.contains_key(*n)) {
+        ops.push(Op::DeleteNetns { netns: netns.clone() });
+    }
+    for (netns, want) in &desired.apps {
+        match observed.apps.get(netns) {
+            None => {
+                ops.push(Op::CreateNetns { netns: netns.clone() });
+                diff_app(want, &AppNet { netns: netns.clone(), ..Default::default() }, keys, &mut ops);
+            }
+            Some(have) => diff_app(want, have, keys, &mut ops),
+        }
+    }
+    ops
+}
+
+fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op>) {
+    let netns = &want.netns;
+    // Workload links that are gone or changed go first (they may hold addresses).
+    for (host_if, link) in &have.workloads {
+        if want.workloads.get(host_if) != Some(link) {
+            ops.push(Op::DetachWorkload { netns: netns.clone(), host_interface: host_if.clone() });
+        }
+    }
+    match (&want.device, &have.device) {
+        (None, Some(d)) => ops.push(Op::DeleteDevice { netns: netns.clone(), interface: d.interface.clone() }),
+        (Some(w), Some(h)) if w.interface != h.interface => {
+            ops.push(Op::DeleteDevice { netns: netns.clone(), interface: h.interface.clone() });
+            diff_device(netns, w, &Device::default(), true, keys, ops);
+        }
+        (Some(w), Some(h)) => diff_device(netns, w, h, false, keys, ops),
+        (Some(w), None) => diff_device(netns, w, &Device::default(), true, keys, ops),
+        (None, None) => {}
+    }
+    for (host_if, link) in &want.workloads {
+        if have.workloads.get(host_if) != Some(link) {
+            ops.push(Op::AttachWorkload { netns: netns.clone(), host_interface: host_if.clone(), link: link.clone() });
+        }
+    }
+}
+
+fn diff_device(netns: &str, want: &Device, have: &Device, create: bool, keys: &dyn KeySource, ops: &mut Vec<Op>) {
+    let (ns, ifc) = (netns.to_string(), want.interface.clone());
+    let key = keys.private_key(netns);
+    if create {
+        match key {
+            Some(private_key) => ops.push(Op::CreateDevice {
+                netns: ns.clone(),
+                interface: ifc.clone(),
+                private_key,
+                listen_port: want.listen_port,
+            }),
+            // No key, no device: the caller reports the app as not programmed.
+            None => return,
+        }
+    } else if want.public_key != have.public_key || want.listen_port != have.listen_port {
+        if let Some(private_key) = key {
+            ops.push(Op::ConfigureDevice { netns: ns.clone(), interface: ifc.clone(), private_key, listen_port: want.listen_port });
+        }
+    }
+    if create || want.mtu != have.mtu || !have.up {
+        ops.push(Op::SetLink { netns: ns.clone(), interface: ifc.clone(), mtu: want.mtu });
+    }
+    for a in have.addresses.iter().filter(|a| !want.addresses.contains(a)) {
+        ops.push(Op::DeleteAddress { netns: ns.clone(), interface: ifc.clone(), address: *a });
+    }
+    for a in want.addresses.iter().filter(|a| !have.addresses.contains(a)) {
+        ops.push(Op::AddAddress { netns: ns.clone(), interface: ifc.clone(), address: *a });
+    }
+    for pk in have.peers.keys().filter(|k| !want.peers.contains_key(*k)) {
+        ops.push(Op::RemovePeer { netns: ns.clone(), interface: ifc.clone(), public_key: pk.clone() });
+    }
+    for (pk, p) in &want.peers {
+        if have.peers.get(pk) != Some(p) {
+            ops.push(Op::SetPeer {
+                netns: ns.clone(),
+                interface: ifc.clone(),
+                public_key: pk.clone(),
+                endpoint: p.endpoint,
+                allowed_ips: p.allowed_ips.clone(),
+                persistent_keepalive: p.persistent_keepalive,
+            });
+        }
+    }
+    // Routes last: they need the interface up and addressed.
+    for r in have.routes.iter().filter(|r| !want.routes.contains(r)) {
+        ops.push(Op::DeleteRoute { netns: ns.clone(), interface: ifc.clone(), destination: *r });
+    }
+    for r in want.routes.iter().filter(|r| !have.routes.contains(r)) {
+        ops.push(Op::AddRoute { netns: ns.clone(), interface: ifc.clone(), destination: *r });
+    }
+}

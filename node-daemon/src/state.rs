@@ -1,0 +1,98 @@
+//! The node's data plane as plain data. The same types describe what we want
+//! (planned from the MeshNode spec) and what the kernel has (observed), so the
+//! diff is a comparison of two values.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// Everything this daemon owns on the node, keyed by app netns name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// One entry per app network namespace.
+    pub apps: BTreeMap<String, AppNet>,
+}
+
+/// One app's network namespace and what is in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppNet {
+    /// `namespace/name` of the app (informational; not compared by the diff).
+    pub app: String,
+    /// Network namespace name (under /run/netns).
+    pub netns: String,
+    /// The app's WireGuard interface; `None` when absent (observed only).
+    pub device: Option<Device>,
+    /// Workload links, keyed by the app-side interface name.
+    pub workloads: BTreeMap<String, WorkloadLink>,
+}
+
+/// A WireGuard interface inside an app netns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Interface name.
+    pub interface: String,
+    /// Interface MTU.
+    pub mtu: u16,
+    /// Administratively up.
+    pub up: bool,
+    /// Addresses on the interface (a single /32 today).
+    pub addresses: Vec<Ipv4Net>,
+    /// Destinations routed through the interface (the app range).
+    pub routes: Vec<Ipv4Net>,
+    /// UDP port listened on in the node netns.
+    pub listen_port: u16,
+    /// Public key of the interface's private key (base64).
+    pub public_key: String,
+    /// Peers keyed by public key.
+    pub peers: BTreeMap<String, Peer>,
+}
+
+/// A WireGuard peer's configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Where the peer listens.
+    pub endpoint: Option<SocketAddr>,
+    /// Ranges routed to the peer, sorted.
+    pub allowed_ips: Vec<Ipv4Net>,
+    /// Keepalive interval in seconds (0 = off).
+    pub persistent_keepalive: u16,
+}
+
+/// Live counters of a peer; observed only, never diffed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStats {
+    /// Seconds since the last completed handshake.
+    pub last_handshake_seconds: Option<u64>,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// A workload attached to the app netns by a veth pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadLink {
+    /// `namespace/name` of the workload (informational; not compared).
+    pub workload: String,
+    /// Path of the workload's netns (informational when observed).
+    pub workload_netns: String,
+    /// The workload's address in the app (routed as /32 to the veth).
+    pub address: Ipv4Addr,
+    /// Link MTU.
+    pub mtu: u16,
+}
+
+/// Interface name of the workload side of every attachment (inside the workload netns).
+pub const WORKLOAD_IFNAME: &str = "weft0";
+/// Gateway address the workload routes the app range through (link-local,
+/// answered by a static neighbour entry, never by ARP).
+pub const WORKLOAD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+impl AppNet {
+    /// Whether two app states are the same for the data plane (ignores labels).
+    pub fn same_dataplane(&self, other: &AppNet) -> bool {
+        self.netns == other.netns && self.device == other.device && self.workloads == other.workloads
+    }
+}
