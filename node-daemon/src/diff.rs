@@ -3,7 +3,7 @@
 //! removals before additions within an interface). Empty when converged.
 
 use crate::ops::Op;
-use crate::state::{AppNet, Device, NodeState};
+use crate::state::{AppNet, Device, NodeState, WorkloadLink};
 
 /// Resolves a key for an app netns (the planner only carries public keys).
 pub trait KeySource {
@@ -34,7 +34,7 @@ fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op
     let netns = &want.netns;
     // Workload links that are gone or changed go first (they may hold addresses).
     for (host_if, link) in &have.workloads {
-        if want.workloads.get(host_if) != Some(link) {
+        if !want.workloads.get(host_if).is_some_and(|w| same_link(w, link)) {
             ops.push(Op::DetachWorkload { netns: netns.clone(), host_interface: host_if.clone() });
         }
     }
@@ -49,10 +49,16 @@ fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op
         (None, None) => {}
     }
     for (host_if, link) in &want.workloads {
-        if have.workloads.get(host_if) != Some(link) {
+        if !have.workloads.get(host_if).is_some_and(|h| same_link(link, h)) {
             ops.push(Op::AttachWorkload { netns: netns.clone(), host_interface: host_if.clone(), link: link.clone() });
         }
     }
+}
+
+/// Workload links compare by what the kernel shows (address, MTU); names and
+/// netns paths are bookkeeping the kernel cannot report back.
+fn same_link(a: &WorkloadLink, b: &WorkloadLink) -> bool {
+    a.address == b.address && a.mtu == b.mtu
 }
 
 fn diff_device(netns: &str, want: &Device, have: &Device, create: bool, keys: &dyn KeySource, ops: &mut Vec<Op>) {

@@ -3,6 +3,7 @@
 //! logic is tested against [`fake::FakeDataplane`].
 
 pub mod fake;
+pub mod linux;
 
 use weft_api::DataplaneKind;
 

@@ -1,0 +1,1 @@
+//! Real Linux data plane (netlink, WireGuard, namespaces).

@@ -1,0 +1,146 @@
+//! Everything the planner reads, gathered by the caller (the standalone loop
+//! from files, the Kubernetes controller from reflectors). Plain data in
+//! ordered maps, so iteration order never depends on how it was filled.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use weft_api::{MeshAppSpec, MeshNodeSpec, MeshPolicySpec, MeshSiteSpec};
+
+/// Labels of a workload.
+pub type Labels = BTreeMap<String, String>;
+
+/// `namespace/name` of a namespaced object. Ordered as the string
+/// `namespace/name` (the order users see in lists and tie-breaks).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// Builds a key.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `namespace/name`; a bare `name` is in namespace `default`.
+    pub fn parse(s: &str) -> Self {
+        match s.split_once('/') {
+            Some((ns, name)) => ObjectKey::new(ns, name),
+            None => ObjectKey::new("default", s),
+        }
+    }
+
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.namespace
+            .bytes()
+            .chain(std::iter::once(b'/'))
+            .chain(self.name.bytes())
+    }
+}
+
+impl Ord for ObjectKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.bytes().cmp(other.bytes())
+    }
+}
+
+impl PartialOrd for ObjectKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A node that registered (a Node in Kubernetes, `node.json` standalone).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// MeshSite of the node; empty means `local`.
+    pub site: String,
+    /// IPv4 address peers reach the node's WireGuard ports at.
+    pub address: String,
+    /// The node stopped reporting: it keeps its allocations but no other node
+    /// peers with it.
+    pub lost: bool,
+}
+
+/// Planner settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannerConfig {
+    /// Pool app ranges are allocated from when `spec.addressSpace` is unset.
+    pub pool: Ipv4Net,
+    /// Prefix length of allocated app ranges.
+    pub app_prefix_len: u8,
+    /// First WireGuard listen port on every node.
+    pub base_listen_port: u16,
+}
+
+/// Default allocation pool (CGNAT space, rarely used inside clusters).
+pub const DEFAULT_POOL: &str = "100.64.0.0/10";
+/// Default prefix length of allocated app ranges.
+pub const DEFAULT_APP_PREFIX_LEN: u8 = 16;
+/// Default first listen port.
+pub const DEFAULT_BASE_LISTEN_PORT: u16 = 51820;
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            pool: Ipv4Net::new(std::net::Ipv4Addr::new(100, 64, 0, 0), 10)
+                .unwrap_or_default(),
+            app_prefix_len: DEFAULT_APP_PREFIX_LEN,
+            base_listen_port: DEFAULT_BASE_LISTEN_PORT,
+        }
+    }
+}
+
+/// The planner's whole input.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Settings.
+    pub config: PlannerConfig,
+    /// MeshApps by `namespace/name`.
+    pub apps: BTreeMap<ObjectKey, MeshAppSpec>,
+    /// MeshPolicies by `namespace/name`.
+    pub policies: BTreeMap<ObjectKey, MeshPolicySpec>,
+    /// MeshSites by name (`local` is known even without an object).
+    pub sites: BTreeMap<String, MeshSiteSpec>,
+    /// Registered nodes by name.
+    pub nodes: BTreeMap<String, NodeInfo>,
+    /// Workloads running on each node: node → `namespace/name` → labels.
+    pub workloads: BTreeMap<String, BTreeMap<ObjectKey, Labels>>,
+    /// Public keys reported by the daemons: (node, app) → base64 key.
+    pub public_keys: BTreeMap<(String, ObjectKey), String>,
+    /// The MeshNode specs last written, by node (allocations stick to them).
+    pub previous_specs: BTreeMap<String, MeshNodeSpec>,
+    /// App ranges allocated before (from stored MeshApp status), by app.
+    pub previous_ranges: BTreeMap<ObjectKey, String>,
+}
+
+impl Snapshot {
+    /// Adds (or replaces) a workload on a node.
+    pub fn add_workload(&mut self, node: &str, key: ObjectKey, labels: Labels) {
+        self.workloads
+            .entry(node.to_string())
+            .or_default()
+            .insert(key, labels);
+    }
+
+    /// Records the public key a node reported for an app.
+    pub fn add_public_key(&mut self, node: &str, app: ObjectKey, key: impl Into<String>) {
+        self.public_keys.insert((node.to_string(), app), key.into());
+    }
+}
