@@ -1,16 +1,24 @@
 //! Weft node daemon: makes one node's kernel match its MeshNode.
 //!
 //! ```text
-//!  MeshNode spec ─┐                         ┌─► status (public keys, ports, peers)
+//!  MeshNode spec ─┐                          ┌─► status (public keys, ports, peers)
 //!  local workloads ┼─► plan ─► NodeState ─► diff(desired, observed) ─► [Op] ─► Dataplane::apply
-//!  key store ──────┘   (pure)               (pure)            observe ◄─┘  (netlink, WireGuard)
+//!  key store ──────┘   (pure)                (pure)           observe ◄─┘  (netlink, WireGuard)
 //! ```
 
 pub mod dataplane;
 pub mod diff;
 pub mod error;
+pub mod ipam;
 pub mod keys;
 pub mod ops;
+pub mod plan;
+pub mod reconcile;
+pub mod runner;
+pub mod standalone;
 pub mod state;
+pub mod status;
+pub mod storage;
+pub mod workloads;
 
 pub use error::Error;

@@ -1,0 +1,260 @@
+//! Daemon-side planning (pure): MeshNode spec + local workloads + public keys +
+//! workload addresses -> the [`NodeState`] this node should have. Each app is
+//! planned on its own; an invalid app yields an error naming the field and
+//! does not affect the others.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use ipnet::Ipv4Net;
+use sha2::{Digest, Sha256};
+use weft_api::standalone::LocalWorkload;
+use weft_api::{AppAttachment, MeshNodeSpec};
+
+use crate::error::Error;
+use crate::ipam::WorkloadIpam;
+use crate::state::{AppNet, Device, Peer, WorkloadLink};
+use crate::workloads;
+
+/// Prefix of every netns this node's daemon owns (`weft-<node>-`).
+pub fn netns_prefix(node: &str) -> String {
+    format!("weft-{node}-")
+}
+
+/// Whether `netns` is one this node's daemon owns: the prefix followed by an
+/// app id (10 base32 characters) and nothing else, so `weft-n1-` never claims
+/// the namespaces of a node called `n1-x`.
+pub fn owns_netns(node: &str, netns: &str) -> bool {
+    netns
+        .strip_prefix(&netns_prefix(node))
+        .is_some_and(|id| id.len() == 10 && id.bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)))
+}
+
+/// App-side interface name of a workload's veth: `wv` + 10 hex of its key's hash.
+pub fn workload_ifname(workload_key: &str) -> String {
+    let h = Sha256::digest(workload_key.as_bytes());
+    format!("wv{}", &crate::keys::hex(&h[..5]))
+}
+
+/// The outcome of planning one app.
+#[derive(Debug)]
+pub struct AppPlan {
+    /// `namespace/name`.
+    pub app: String,
+    /// App id (names the key file).
+    pub app_id: String,
+    /// The desired netns content, or why it could not be planned.
+    pub result: Result<AppNet, Error>,
+    /// Peer public key -> peer node name (for status).
+    pub peer_nodes: BTreeMap<String, String>,
+    /// Workload key -> address given.
+    pub addresses: BTreeMap<String, Ipv4Addr>,
+    /// Non-fatal problems (e.g. a workload that got no address).
+    pub warnings: Vec<String>,
+}
+
+/// Plans every app of `spec`. `public_keys` maps app id -> this node's public key.
+pub fn plan(
+    node: &str,
+    spec: &MeshNodeSpec,
+    local: &[LocalWorkload],
+    public_keys: &BTreeMap<String, String>,
+    ipam: &mut WorkloadIpam,
+) -> Vec<AppPlan> {
+    let by_key: BTreeMap<String, &LocalWorkload> = local.iter().map(|w| (workloads::key(w), w)).collect();
+    let plans: Vec<AppPlan> = spec.apps.iter().map(|a| plan_app(node, a, &by_key, public_keys, ipam)).collect();
+    let keep: Vec<String> = spec.apps.iter().map(|a| a.app_id.clone()).collect();
+    ipam.retain_apps(&keep);
+    plans
+}
+
+fn plan_app(
+    node: &str,
+    a: &AppAttachment,
+    local: &BTreeMap<String, &LocalWorkload>,
+    public_keys: &BTreeMap<String, String>,
+    ipam: &mut WorkloadIpam,
+) -> AppPlan {
+    let mut out = AppPlan {
+        app: a.app.clone(),
+        app_id: a.app_id.clone(),
+        result: Err(spec_err(node, a, "app", "not planned")),
+        peer_nodes: a.peers.iter().map(|p| (p.public_key.clone(), p.node.clone())).collect(),
+        addresses: BTreeMap::new(),
+        warnings: Vec::new(),
+    };
+    out.result = (|| {
+        if !owns_netns(node, &a.netns) {
+            return Err(spec_err(node, a, "netns", format!("{:?} is not a namespace this node owns (want {}<appId>)", a.netns, netns_prefix(node))));
+        }
+        if a.interface.is_empty() || a.interface.len() > 15 || !a.interface.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(spec_err(node, a, "interface", format!("{:?} is not a valid interface name (1-15 bytes of [A-Za-z0-9_-])", a.interface)));
+        }
+        if !(576..=9000).contains(&a.mtu) {
+            return Err(spec_err(node, a, "mtu", format!("{} is outside 576-9000", a.mtu)));
+        }
+        if a.listen_port == 0 {
+            return Err(spec_err(node, a, "listenPort", "must not be 0"));
+        }
+        let space: Ipv4Net = parse_net(node, a, "addressSpace", &a.address_space)?;
+        let slice: Ipv4Net = parse_net(node, a, "nodeSlice", &a.node_slice)?;
+        if !space.contains(&slice) {
+            return Err(spec_err(node, a, "nodeSlice", format!("{slice} is not inside addressSpace {space}")));
+        }
+        let addr: Ipv4Addr = a
+            .address
+            .split('/')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| spec_err(node, a, "address", format!("{:?} is not an IPv4 address", a.address)))?;
+        if !slice.contains(&addr) {
+            return Err(spec_err(node, a, "address", format!("{addr} is not inside nodeSlice {slice}")));
+        }
+        let public_key = public_keys.get(&a.app_id).cloned().unwrap_or_default();
+        let mut peers = BTreeMap::new();
+        for (i, p) in a.peers.iter().enumerate() {
+            if crate::keys::public_b64_to_hex(&p.public_key).is_none() {
+                return Err(spec_err(node, a, &format!("peers[{i}].publicKey"), "not a base64 WireGuard key"));
+            }
+            let endpoint: SocketAddr = p
+                .endpoint
+                .parse()
+                .map_err(|_| spec_err(node, a, &format!("peers[{i}].endpoint"), format!("{:?} is not address:port", p.endpoint)))?;
+            let mut allowed = Vec::new();
+            for (j, ip) in p.allowed_ips.iter().enumerate() {
+                let n: Ipv4Net = ip
+                    .parse()
+                    .map_err(|_| spec_err(node, a, &format!("peers[{i}].allowedIps[{j}]"), format!("{ip:?} is not an IPv4 CIDR")))?;
+                allowed.push(n.trunc());
+            }
+            allowed.sort();
+            allowed.dedup();
+            peers.insert(p.public_key.clone(), Peer { endpoint: Some(endpoint), allowed_ips: allowed, persistent_keepalive: a.persistent_keepalive });
+        }
+        let wanted: Vec<String> = a.workloads.iter().filter(|k| local.contains_key(*k)).cloned().collect();
+        let (addresses, exhausted) = ipam.assign(&a.app_id, slice, &wanted);
+        out.warnings.extend(exhausted.iter().map(|e| e.to_string()));
+        let mut wl = BTreeMap::new();
+        for (k, ip) in &addresses {
+            let w = local[k];
+            wl.insert(workload_ifname(k), WorkloadLink { workload: k.clone(), workload_netns: w.netns.clone(), address: *ip, mtu: a.mtu });
+        }
+        out.addresses = addresses;
+        Ok(AppNet {
+            app: a.app.clone(),
+            netns: a.netns.clone(),
+            device: Some(Device {
+                interface: a.interface.clone(),
+                mtu: a.mtu,
+                up: true,
+                addresses: vec![Ipv4Net::new(addr, 32).expect("/32 is valid")],
+                routes: vec![space],
+                listen_port: a.listen_port,
+                public_key,
+                peers,
+            }),
+            workloads: wl,
+        })
+    })();
+    out
+}
+
+fn parse_net(node: &str, a: &AppAttachment, field: &str, v: &str) -> Result<Ipv4Net, Error> {
+    let n: Ipv4Net = v.parse().map_err(|_| spec_err(node, a, field, format!("{v:?} is not an IPv4 CIDR")))?;
+    if n.trunc() != n {
+        return Err(spec_err(node, a, field, format!("{v} has host bits set (did you mean {}?)", n.trunc())));
+    }
+    Ok(n)
+}
+
+fn spec_err(node: &str, a: &AppAttachment, field: &str, message: impl Into<String>) -> Error {
+    Error::Spec { node: node.into(), app: a.app.clone(), field: field.into(), message: message.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::PeerSpec;
+
+    pub(crate) fn attachment(node: &str, slice_octet: u8) -> AppAttachment {
+        AppAttachment {
+            app: "demo/web".into(),
+            app_id: "abcdefghij".into(),
+            netns: format!("weft-{node}-abcdefghij"),
+            interface: "wfabcdefghij".into(),
+            address_space: "10.100.0.0/16".into(),
+            node_slice: format!("10.100.{slice_octet}.0/24"),
+            address: format!("10.100.{slice_octet}.1/16"),
+            listen_port: 51820,
+            mtu: 1420,
+            persistent_keepalive: 0,
+            workloads: vec!["demo/w1".into()],
+            peers: vec![PeerSpec {
+                node: "n2".into(),
+                public_key: crate::keys::PrivateKey::generate().public_key(),
+                endpoint: "192.0.2.2:51820".into(),
+                allowed_ips: vec!["10.100.2.0/24".into()],
+            }],
+        }
+    }
+
+    fn wl(name: &str) -> LocalWorkload {
+        LocalWorkload { name: name.into(), namespace: "demo".into(), labels: Default::default(), netns: format!("/run/netns/{name}") }
+    }
+
+    #[test]
+    fn plans_device_routes_peers_and_workload_addresses() {
+        let spec = MeshNodeSpec { site: "local".into(), apps: vec![attachment("n1", 1)] };
+        let mut ipam = WorkloadIpam::default();
+        let p = plan("n1", &spec, &[wl("w1"), wl("stray")], &Default::default(), &mut ipam);
+        let app = p[0].result.as_ref().unwrap();
+        let d = app.device.as_ref().unwrap();
+        assert_eq!(d.addresses, vec!["10.100.1.1/32".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(d.routes, vec!["10.100.0.0/16".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(d.peers.len(), 1);
+        assert_eq!(app.workloads.len(), 1, "only workloads the spec names are attached");
+        assert_eq!(app.workloads.values().next().unwrap().address, "10.100.1.2".parse::<Ipv4Addr>().unwrap());
+    }
+
+    #[test]
+    fn bad_fields_are_named_and_other_apps_still_plan() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut AppAttachment)>)> = vec![
+            ("addressSpace", Box::new(|a| a.address_space = "10.100.0.0/33".into())),
+            ("nodeSlice", Box::new(|a| a.node_slice = "10.200.1.0/24".into())),
+            ("address", Box::new(|a| a.address = "10.100.9.1/16".into())),
+            ("interface", Box::new(|a| a.interface = "way-too-long-interface".into())),
+            ("netns", Box::new(|a| a.netns = "some-other-netns".into())),
+            ("peers[0].publicKey", Box::new(|a| a.peers[0].public_key = "nope".into())),
+            ("peers[0].endpoint", Box::new(|a| a.peers[0].endpoint = "192.0.2.2".into())),
+            ("peers[0].allowedIps[0]", Box::new(|a| a.peers[0].allowed_ips[0] = "x".into())),
+            ("mtu", Box::new(|a| a.mtu = 100)),
+        ];
+        for (field, breaker) in cases {
+            let mut bad = attachment("n1", 1);
+            bad.app = "demo/bad".into();
+            bad.app_id = "bbbbbbbbbb".into();
+            bad.netns = "weft-n1-bbbbbbbbbb".into();
+            breaker(&mut bad);
+            let spec = MeshNodeSpec { site: "local".into(), apps: vec![attachment("n1", 1), bad] };
+            let p = plan("n1", &spec, &[], &Default::default(), &mut WorkloadIpam::default());
+            assert!(p[0].result.is_ok(), "good app must still plan when {field} is bad");
+            let err = p[1].result.as_ref().unwrap_err().to_string();
+            assert!(err.contains(&format!("spec.apps[demo/bad].{field}")), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn netns_ownership_is_exact() {
+        assert!(owns_netns("n1", "weft-n1-abcdefgh23"));
+        assert!(!owns_netns("n1", "weft-n1-x-abcdefgh23"));
+        assert!(!owns_netns("n1", "weft-n1-ABCDEFGH23"));
+        assert!(!owns_netns("n1", "weft-n2-abcdefgh23"));
+    }
+
+    #[test]
+    fn workload_ifnames_fit_and_differ() {
+        let a = workload_ifname("demo/a");
+        assert!(a.len() <= 15 && a.starts_with("wv"));
+        assert_ne!(a, workload_ifname("demo/b"));
+    }
+}

@@ -1,0 +1,192 @@
+//! One reconcile pass: plan -> observe -> diff -> apply -> status. Holds the
+//! daemon's memory between passes (last good app state, workload addresses).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use weft_api::standalone::LocalWorkload;
+use weft_api::{MeshNode, MeshNodeStatus};
+
+use crate::dataplane::{Dataplane, Observation};
+use crate::diff::{KeySource, diff};
+use crate::error::Error;
+use crate::ipam::WorkloadIpam;
+use crate::keys::{KeyStore, PrivateKey};
+use crate::plan::{AppPlan, netns_prefix, owns_netns, plan};
+use crate::state::{AppNet, NodeState};
+use crate::status;
+use crate::storage;
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    /// Data-plane writes made.
+    pub writes: usize,
+    /// Errors, each naming its app/field or netns.
+    pub errors: Vec<String>,
+    /// The status to publish.
+    pub status: MeshNodeStatus,
+}
+
+/// Per-node reconciler.
+pub struct Reconciler<D: Dataplane> {
+    node: String,
+    endpoint_address: String,
+    dp: D,
+    keys: KeyStore,
+    ipam: WorkloadIpam,
+    ipam_path: PathBuf,
+    /// Last state that planned cleanly per netns: an app whose spec turns
+    /// invalid keeps running on it instead of being torn down.
+    last_good: BTreeMap<String, AppNet>,
+    /// Total data-plane writes since start (metrics).
+    pub writes_total: u64,
+}
+
+struct Keys(BTreeMap<String, PrivateKey>);
+impl KeySource for Keys {
+    fn private_key(&self, netns: &str) -> Option<PrivateKey> {
+        self.0.get(netns).cloned()
+    }
+}
+
+impl<D: Dataplane> Reconciler<D> {
+    /// A reconciler keeping its files under `data_dir`.
+    pub fn new(node: &str, endpoint_address: &str, dp: D, data_dir: &std::path::Path) -> Result<Self, Error> {
+        storage::ensure_private_dir(data_dir)?;
+        let keys = KeyStore::open(data_dir)?;
+        let ipam_path = data_dir.join("workload-addresses.json");
+        let ipam = storage::read_json(&ipam_path)?.unwrap_or_default();
+        Ok(Reconciler {
+            node: node.into(),
+            endpoint_address: endpoint_address.into(),
+            dp,
+            keys,
+            ipam,
+            ipam_path,
+            last_good: BTreeMap::new(),
+            writes_total: 0,
+        })
+    }
+
+    /// The data plane (tests inspect the fake through this).
+    pub fn dataplane(&mut self) -> &mut D {
+        &mut self.dp
+    }
+
+    /// Runs one pass. With no spec known yet nothing is changed: an empty
+    /// desired state would tear down what a restarted daemon inherited.
+    pub fn pass(&mut self, spec: Option<&MeshNode>, local: &[LocalWorkload], now: Time) -> PassReport {
+        let mut report = PassReport::default();
+        let observed = match self.dp.observe(&netns_prefix(&self.node)) {
+            Ok(mut o) => {
+                o.state.apps.retain(|k, _| owns_netns(&self.node, k));
+                o
+            }
+            Err(e) => {
+                report.errors.push(e.to_string());
+                Observation::default()
+            }
+        };
+        let Some(spec) = spec else {
+            report.status = status::build(&self.node, &self.endpoint_address, self.dp.kind(), None, &[], &BTreeMap::new(), &observed, local, &report.errors, now);
+            return report;
+        };
+
+        // Keys first: the plan needs this node's public keys.
+        let mut private = BTreeMap::new();
+        let mut public = BTreeMap::new();
+        let mut key_errors = BTreeMap::new();
+        for a in &spec.spec.apps {
+            match self.keys.get_or_create(&a.app_id) {
+                Ok(k) => {
+                    public.insert(a.app_id.clone(), k.public_key());
+                    private.insert(a.netns.clone(), k);
+                }
+                Err(e) => {
+                    key_errors.insert(a.app.clone(), e.to_string());
+                }
+            }
+        }
+        let ipam_before = self.ipam.clone();
+        let plans = plan(&self.node, &spec.spec, local, &public, &mut self.ipam);
+        if self.ipam != ipam_before {
+            if let Err(e) = storage::write_json_private(&self.ipam_path, &self.ipam) {
+                report.errors.push(e.to_string());
+            }
+        }
+
+        let mut desired = NodeState::default();
+        let mut app_errors: BTreeMap<String, String> = key_errors;
+        for p in &plans {
+            match &p.result {
+                Ok(app) => {
+                    self.last_good.insert(app.netns.clone(), app.clone());
+                    desired.apps.insert(app.netns.clone(), app.clone());
+                }
+                Err(e) => {
+                    app_errors.insert(p.app.clone(), e.to_string());
+                    if let Some(prev) = spec.spec.apps.iter().find(|a| a.app == p.app).and_then(|a| self.last_good.get(&a.netns)) {
+                        desired.apps.insert(prev.netns.clone(), prev.clone());
+                    }
+                }
+            }
+        }
+        self.last_good.retain(|k, _| desired.apps.contains_key(k));
+
+        let ops = diff(&desired, &observed.state, &Keys(private));
+        let mut failed: BTreeSet<String> = BTreeSet::new();
+        for op in &ops {
+            if failed.contains(op.netns()) {
+                continue; // later ops in a failed netns depend on the failed one
+            }
+            match self.dp.apply(op) {
+                Ok(()) => {
+                    report.writes += 1;
+                    tracing::debug!(node = %self.node, netns = op.netns(), op = op.name(), "applied");
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.node, netns = op.netns(), op = op.name(), error = %e, "data-plane operation failed");
+                    failed.insert(op.netns().to_string());
+                    report.errors.push(e.to_string());
+                    if let Some(a) = spec.spec.apps.iter().find(|a| a.netns == op.netns()) {
+                        app_errors.insert(a.app.clone(), e.to_string());
+                    }
+                }
+            }
+        }
+        self.writes_total += report.writes as u64;
+
+        // Keys of apps that left this node go once their netns is gone.
+        let wanted_ids: BTreeSet<&str> = spec.spec.apps.iter().map(|a| a.app_id.as_str()).collect();
+        for id in self.keys.app_ids() {
+            let netns = format!("{}{id}", netns_prefix(&self.node));
+            if !wanted_ids.contains(id.as_str()) && !failed.contains(&netns) {
+                if let Err(e) = self.keys.remove(&id) {
+                    report.errors.push(e.to_string());
+                }
+            }
+        }
+
+        report.errors.extend(app_errors.iter().map(|(app, e)| format!("{app}: {e}")));
+        report.errors.sort();
+        report.errors.dedup();
+        report.status = status::build(
+            &self.node,
+            &self.endpoint_address,
+            self.dp.kind(),
+            Some(spec),
+            &plans,
+            &app_errors,
+            &observed,
+            local,
+            &report.errors,
+            now,
+        );
+        report
+    }
+}
+
+/// Plans are only read by status; re-exported for tests.
+pub type Plans = Vec<AppPlan>;

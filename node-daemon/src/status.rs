@@ -1,0 +1,117 @@
+//! Builds the MeshNode status the daemon publishes (pure). Only public keys
+//! appear here; private keys never reach this module.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use weft_api::conditions::{self, types};
+use weft_api::standalone::LocalWorkload;
+use weft_api::{AppStatus, DataplaneKind, MeshNode, MeshNodeStatus, PeerStatus, WorkloadStatus};
+
+use crate::dataplane::Observation;
+use crate::plan::AppPlan;
+use crate::workloads;
+
+/// Assembles the status from this pass's plans, errors and observation.
+#[allow(clippy::too_many_arguments)]
+pub fn build(
+    node: &str,
+    endpoint_address: &str,
+    kind: DataplaneKind,
+    spec: Option<&MeshNode>,
+    plans: &[AppPlan],
+    app_errors: &BTreeMap<String, String>,
+    observed: &Observation,
+    local: &[LocalWorkload],
+    errors: &[String],
+    now: Time,
+) -> MeshNodeStatus {
+    let generation = spec.and_then(|s| s.metadata.generation);
+    let mut apps = Vec::new();
+    let mut attached: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for p in plans {
+        let att = spec.and_then(|s| s.spec.apps.iter().find(|a| a.app == p.app));
+        let netns = att.map(|a| a.netns.clone()).unwrap_or_default();
+        let dev = observed.state.apps.get(&netns).and_then(|a| a.device.as_ref());
+        let error = app_errors.get(&p.app).cloned();
+        let peers = p
+            .peer_nodes
+            .iter()
+            .map(|(pk, peer_node)| {
+                let st = observed.stats.get(&(netns.clone(), pk.clone())).cloned().unwrap_or_default();
+                PeerStatus {
+                    node: peer_node.clone(),
+                    public_key: pk.clone(),
+                    last_handshake_seconds: st.last_handshake_seconds,
+                    rx_bytes: st.rx_bytes,
+                    tx_bytes: st.tx_bytes,
+                }
+            })
+            .collect::<Vec<_>>();
+        let mut peers = peers;
+        peers.sort_by(|a, b| a.node.cmp(&b.node));
+        for (w, ip) in &p.addresses {
+            attached.insert(w.clone(), (p.app.clone(), ip.to_string()));
+        }
+        let want = p.result.as_ref().ok().and_then(|a| a.device.as_ref());
+        apps.push(AppStatus {
+            app: p.app.clone(),
+            public_key: want.map(|d| d.public_key.clone()).unwrap_or_default(),
+            listen_port: dev.map(|d| d.listen_port).unwrap_or(att.map(|a| a.listen_port).unwrap_or(0)),
+            interface: att.map(|a| a.interface.clone()).unwrap_or_default(),
+            // Programmed = planned cleanly and every op of this pass succeeded;
+            // a device still missing after the pass shows up as an error.
+            programmed: error.is_none() && p.result.is_ok(),
+            error,
+            peers,
+        });
+    }
+    apps.sort_by(|a, b| a.app.cmp(&b.app));
+    let apps_ready = apps.iter().filter(|a| a.programmed).count() as u32;
+    let wl = local
+        .iter()
+        .map(|w| {
+            let k = workloads::key(w);
+            let (app, address) = attached.get(&k).cloned().map(|(a, ip)| (Some(a), Some(ip))).unwrap_or((None, None));
+            WorkloadStatus { name: w.name.clone(), namespace: w.namespace.clone(), labels: w.labels.clone(), app, address }
+        })
+        .collect();
+
+    let mut conds = Vec::new();
+    let ready = match spec {
+        None => conditions::new(types::READY, false, "NoSpec", format!("no MeshNode spec for {node} yet"), None),
+        Some(_) if errors.is_empty() => conditions::new(types::READY, true, "Programmed", format!("{apps_ready} app(s) programmed"), generation),
+        Some(_) => conditions::new(types::READY, false, "ProgrammingFailed", errors.join("; "), generation),
+    };
+    conditions::set(&mut conds, ready, now.clone());
+    MeshNodeStatus {
+        conditions: conds,
+        observed_generation: generation,
+        dataplane: Some(kind),
+        endpoint_address: Some(endpoint_address.to_string()),
+        apps_ready,
+        apps,
+        workloads: wl,
+        heartbeat: Some(now.0.to_string()),
+    }
+}
+
+/// Whether two statuses differ in anything but heartbeat and condition times.
+pub fn changed(old: &MeshNodeStatus, new: &MeshNodeStatus) -> bool {
+    let strip = |s: &MeshNodeStatus| {
+        let mut s = s.clone();
+        s.heartbeat = None;
+        s.conditions.clear();
+        // Counters move with every packet; publishing them on each change
+        // would rewrite status constantly. They go out with the heartbeat.
+        for a in &mut s.apps {
+            for p in &mut a.peers {
+                p.rx_bytes = 0;
+                p.tx_bytes = 0;
+                p.last_handshake_seconds = p.last_handshake_seconds.map(|_| 0);
+            }
+        }
+        s
+    };
+    strip(old) != strip(new) || !conditions::lists_equal_ignoring_time(&old.conditions, &new.conditions)
+}

@@ -1,0 +1,412 @@
+//! The pure planner: `plan(&Snapshot) -> Plan`. No I/O, no clock, no
+//! randomness; ordered maps everywhere, so the same snapshot always gives the
+//! same plan.
+//!
+//! ```text
+//!  Snapshot ─► validate ─► app ids ─► app ranges ─► workloads→apps ─► node slices
+//!                                                          │
+//!        Plan { MeshNodeSpec per node, outcomes } ◄─ peers ◄┴─ listen ports
+//! ```
+//!
+//! Every allocation (app id, app range, node slice, listen port) sticks to
+//! what the previous MeshNode specs and stored statuses say, so planning again
+//! with more objects never moves an existing allocation. Invalid objects get
+//! a [`PlanError`] naming the field and are left out; everything else plans.
+
+pub mod error;
+pub mod ipam;
+pub mod membership;
+pub mod naming;
+pub mod peers;
+pub mod snapshot;
+pub mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use weft_api::labels::LOCAL_SITE;
+use weft_api::{AppAttachment, MeshAppSpec, MeshNodeSpec};
+
+pub use error::{ErrorKind, PlanError};
+pub use snapshot::{Labels, NodeInfo, ObjectKey, PlannerConfig, Snapshot};
+
+use ipam::RangeRequest;
+use peers::PeerCandidate;
+use validate::ValidApp;
+
+/// What became of one MeshApp.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppOutcome {
+    /// Stable id (names of interface and netns).
+    pub app_id: String,
+    /// The app's range, if it has one.
+    pub address_space: Option<String>,
+    /// Nodes carrying the app (sorted), lost ones included.
+    pub nodes: Vec<String>,
+    /// The subset of `nodes` that stopped reporting.
+    pub lost_nodes: Vec<String>,
+    /// Sites of `nodes` (sorted, unique).
+    pub sites: Vec<String>,
+    /// The app's workloads, `namespace/name` (sorted, unique).
+    pub workloads: Vec<String>,
+    /// Whether the app takes part in the data plane at all (valid, has a range).
+    pub planned: bool,
+    /// Problems found (sorted).
+    pub errors: Vec<PlanError>,
+}
+
+/// What became of one MeshPolicy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyOutcome {
+    /// Valid and its references resolve.
+    pub accepted: bool,
+    /// Why not.
+    pub errors: Vec<PlanError>,
+}
+
+/// What became of one MeshSite.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SiteOutcome {
+    /// Registered nodes of the site (sorted).
+    pub nodes: Vec<String>,
+    /// The subset that stopped reporting.
+    pub lost_nodes: Vec<String>,
+}
+
+/// The planner's output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Desired MeshNode spec of every registered node.
+    pub nodes: BTreeMap<String, MeshNodeSpec>,
+    /// Outcome per MeshApp.
+    pub apps: BTreeMap<ObjectKey, AppOutcome>,
+    /// Outcome per MeshPolicy.
+    pub policies: BTreeMap<ObjectKey, PolicyOutcome>,
+    /// Outcome per MeshSite.
+    pub sites: BTreeMap<String, SiteOutcome>,
+    /// Problems with nodes themselves (e.g. an unusable address).
+    pub node_errors: BTreeMap<String, Vec<PlanError>>,
+}
+
+impl Plan {
+    /// Every error of the plan, in a fixed order.
+    pub fn errors(&self) -> Vec<&PlanError> {
+        self.apps
+            .values()
+            .flat_map(|a| &a.errors)
+            .chain(self.policies.values().flat_map(|p| &p.errors))
+            .chain(self.node_errors.values().flatten())
+            .collect()
+    }
+}
+
+/// A node's effective site.
+pub fn node_site(info: &NodeInfo) -> &str {
+    if info.site.is_empty() {
+        LOCAL_SITE
+    } else {
+        &info.site
+    }
+}
+
+/// Computes the desired state of every node and the outcome of every object.
+pub fn plan(s: &Snapshot) -> Plan {
+    let mut out = Plan::default();
+    let mut app_errors: BTreeMap<ObjectKey, Vec<PlanError>> = BTreeMap::new();
+
+    // 1. Validation.
+    let mut valid: BTreeMap<ObjectKey, ValidApp> = BTreeMap::new();
+    for (key, spec) in &s.apps {
+        match validate::validate_app(key, spec, &s.sites, &s.config) {
+            Ok(v) => {
+                valid.insert(key.clone(), v);
+            }
+            Err(errs) => app_errors.entry(key.clone()).or_default().extend(errs),
+        }
+    }
+
+    // 2. Ids for every app (invalid ones keep theirs reserved).
+    let ids = naming::assign_app_ids(s.apps.keys(), &s.previous_specs);
+
+    // 3. App ranges.
+    let requests: BTreeMap<ObjectKey, RangeRequest> = s
+        .apps
+        .keys()
+        .map(|key| {
+            let v = valid.get(key);
+            let req = RangeRequest {
+                explicit: v.and_then(|v| v.explicit_range),
+                previous: s
+                    .previous_ranges
+                    .get(key)
+                    .and_then(|p| validate::parse_cidr(p).ok()),
+                valid: v.is_some(),
+            };
+            (key.clone(), req)
+        })
+        .collect();
+    let (ranges, range_errors) = ipam::assign_ranges(&requests, &s.config);
+    for (key, err) in range_errors {
+        app_errors.entry(key).or_default().push(err);
+    }
+
+    // 4. Workloads to apps (among valid apps).
+    let claimants: BTreeMap<ObjectKey, &MeshAppSpec> = s
+        .apps
+        .iter()
+        .filter(|(k, _)| valid.contains_key(*k))
+        .map(|(k, spec)| (k.clone(), spec))
+        .collect();
+    let registered_workloads: BTreeMap<String, BTreeMap<ObjectKey, Labels>> = s
+        .workloads
+        .iter()
+        .filter(|(node, _)| s.nodes.contains_key(*node))
+        .map(|(n, w)| (n.clone(), w.clone()))
+        .collect();
+    let members =
+        membership::assign_workloads(&claimants, &registered_workloads, &s.previous_specs);
+    for (key, err) in members.errors {
+        app_errors.entry(key).or_default().push(err);
+    }
+
+    // 5. Node slices, per app.
+    // (app, node) → (slice, workloads)
+    let mut placed: BTreeMap<ObjectKey, BTreeMap<String, (Ipv4Net, Vec<String>)>> =
+        BTreeMap::new();
+    for (key, range) in &ranges {
+        let Some(v) = valid.get(key) else { continue };
+        let Some(on_nodes) = members.placements.get(key) else {
+            continue;
+        };
+        let nodes: Vec<String> = on_nodes
+            .keys()
+            .filter(|n| {
+                s.nodes
+                    .get(*n)
+                    .is_some_and(|info| v.sites.is_empty() || v.sites.iter().any(|x| x == node_site(info)))
+            })
+            .cloned()
+            .collect();
+        let app_name = key.to_string();
+        let previous: BTreeMap<String, Ipv4Net> = nodes
+            .iter()
+            .filter_map(|n| {
+                let att = s.previous_specs.get(n)?.apps.iter().find(|a| a.app == app_name)?;
+                Some((n.clone(), att.node_slice.parse().ok()?))
+            })
+            .collect();
+        let (slices, full) = ipam::assign_slices(range, v.node_prefix_len, &nodes, &previous);
+        for node in full {
+            app_errors.entry(key.clone()).or_default().push(PlanError::new(
+                ErrorKind::Exhausted,
+                validate::object_name("MeshApp", key),
+                "spec.nodePrefixLength",
+                "NodeSlicesExhausted",
+                format!(
+                    "no free /{} slice left in {range} for node {node}",
+                    v.node_prefix_len
+                ),
+            ));
+        }
+        let entry = placed.entry(key.clone()).or_default();
+        for (node, slice) in slices {
+            let wls = on_nodes
+                .get(&node)
+                .map(|w| w.iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
+            entry.insert(node, (slice, wls));
+        }
+    }
+
+    // 6. Listen ports, per node.
+    let mut ports: BTreeMap<(String, ObjectKey), u16> = BTreeMap::new();
+    let mut apps_on_node: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
+    for (key, by_node) in &placed {
+        for node in by_node.keys() {
+            apps_on_node.entry(node.as_str()).or_default().push(key);
+        }
+    }
+    for (node, apps) in &apps_on_node {
+        let previous = s.previous_specs.get(*node);
+        let mut used: BTreeSet<u16> = BTreeSet::new();
+        for key in apps {
+            let name = key.to_string();
+            let prev = previous
+                .and_then(|p| p.apps.iter().find(|a| a.app == name))
+                .map(|a| a.listen_port)
+                .filter(|p| *p != 0);
+            if let Some(port) = prev {
+                if used.insert(port) {
+                    ports.insert((node.to_string(), (*key).clone()), port);
+                }
+            }
+        }
+        let mut next = u32::from(s.config.base_listen_port);
+        for key in apps {
+            let slot = (node.to_string(), (*key).clone());
+            if ports.contains_key(&slot) {
+                continue;
+            }
+            while u16::try_from(next).is_ok_and(|p| used.contains(&p)) {
+                next += 1;
+            }
+            match u16::try_from(next) {
+                Ok(port) => {
+                    used.insert(port);
+                    ports.insert(slot, port);
+                }
+                Err(_) => {
+                    app_errors.entry((*key).clone()).or_default().push(PlanError::new(
+                        ErrorKind::Exhausted,
+                        validate::object_name("MeshApp", key),
+                        "spec",
+                        "ListenPortsExhausted",
+                        format!("no free UDP listen port left on node {node}"),
+                    ));
+                }
+            }
+        }
+    }
+    for (key, by_node) in placed.iter_mut() {
+        by_node.retain(|node, _| ports.contains_key(&(node.clone(), key.clone())));
+    }
+
+    // 7. Node errors (unusable endpoint addresses).
+    for (node, info) in &s.nodes {
+        if validate::parse_node_address(&info.address).is_none() {
+            out.node_errors.entry(node.clone()).or_default().push(PlanError::new(
+                ErrorKind::Invalid,
+                format!("MeshNode {node}"),
+                "address",
+                "InvalidAddress",
+                format!(
+                    "node address {:?} is not an IPv4 address; peers cannot reach this node",
+                    info.address
+                ),
+            ));
+        }
+    }
+
+    // 8. Attachments and peers.
+    for (node, info) in &s.nodes {
+        out.nodes.insert(
+            node.clone(),
+            MeshNodeSpec {
+                site: node_site(info).to_string(),
+                apps: Vec::new(),
+            },
+        );
+    }
+    for (key, by_node) in &placed {
+        let (Some(range), Some(v), Some(id)) = (ranges.get(key), valid.get(key), ids.get(key))
+        else {
+            continue;
+        };
+        let candidates: BTreeMap<String, PeerCandidate> = by_node
+            .iter()
+            .filter_map(|(node, (slice, _))| {
+                let info = s.nodes.get(node)?;
+                let port = *ports.get(&(node.clone(), key.clone()))?;
+                Some((
+                    node.clone(),
+                    PeerCandidate {
+                        public_key: s.public_keys.get(&(node.clone(), key.clone())).cloned(),
+                        endpoint: validate::parse_node_address(&info.address)
+                            .map(|a| format!("{a}:{port}")),
+                        slice: slice.to_string(),
+                        lost: info.lost,
+                    },
+                ))
+            })
+            .collect();
+        for (node, (slice, workloads)) in by_node {
+            let Some(spec) = out.nodes.get_mut(node) else { continue };
+            let Some(port) = ports.get(&(node.clone(), key.clone())) else {
+                continue;
+            };
+            spec.apps.push(AppAttachment {
+                app: key.to_string(),
+                app_id: id.clone(),
+                netns: naming::netns_name(node, id),
+                interface: naming::interface_name(id),
+                address_space: range.to_string(),
+                node_slice: slice.to_string(),
+                address: ipam::tunnel_address(slice, range),
+                listen_port: *port,
+                mtu: v.mtu,
+                persistent_keepalive: v.keepalive,
+                workloads: workloads.clone(),
+                peers: peers::peers_of(node, &candidates),
+            });
+        }
+    }
+    for spec in out.nodes.values_mut() {
+        spec.apps.sort_by(|a, b| a.app.cmp(&b.app));
+    }
+
+    // 9. Outcomes.
+    for key in s.apps.keys() {
+        let by_node = placed.get(key);
+        let nodes: Vec<String> = by_node.map(|b| b.keys().cloned().collect()).unwrap_or_default();
+        let lost_nodes = nodes
+            .iter()
+            .filter(|n| s.nodes.get(*n).is_some_and(|i| i.lost))
+            .cloned()
+            .collect();
+        let sites: BTreeSet<String> = nodes
+            .iter()
+            .filter_map(|n| s.nodes.get(n).map(|i| node_site(i).to_string()))
+            .collect();
+        let workloads: BTreeSet<String> = by_node
+            .into_iter()
+            .flat_map(|b| b.values().flat_map(|(_, w)| w.iter().cloned()))
+            .collect();
+        let mut errors = app_errors.remove(key).unwrap_or_default();
+        errors.sort();
+        errors.dedup();
+        out.apps.insert(
+            key.clone(),
+            AppOutcome {
+                app_id: ids.get(key).cloned().unwrap_or_default(),
+                address_space: ranges.get(key).map(ToString::to_string),
+                nodes,
+                lost_nodes,
+                sites: sites.into_iter().collect(),
+                workloads: workloads.into_iter().collect(),
+                planned: valid.contains_key(key) && ranges.contains_key(key),
+                errors,
+            },
+        );
+    }
+    for (key, spec) in &s.policies {
+        let mut errors = validate::validate_policy(key, spec, &s.apps, &s.sites);
+        errors.sort();
+        out.policies.insert(
+            key.clone(),
+            PolicyOutcome {
+                accepted: errors.is_empty(),
+                errors,
+            },
+        );
+    }
+    for site in s.sites.keys() {
+        let mut outcome = SiteOutcome::default();
+        for (node, info) in &s.nodes {
+            if node_site(info) == site {
+                outcome.nodes.push(node.clone());
+                if info.lost {
+                    outcome.lost_nodes.push(node.clone());
+                }
+            }
+        }
+        out.sites.insert(site.clone(), outcome);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+//! Checks that need no allocation: field syntax and references. An app or
+//! policy with any error here is left out of the data plane.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use weft_api::labels::LOCAL_SITE;
+use weft_api::meshapp::{DEFAULT_MTU, DEFAULT_NODE_PREFIX_LENGTH};
+use weft_api::meshpolicy::PolicyRule;
+use weft_api::{MeshAppSpec, MeshPolicySpec, MeshSiteSpec, Selector};
+
+use super::error::{ErrorKind, PlanError};
+use super::snapshot::{ObjectKey, PlannerConfig};
+
+/// Longest node prefix: a /30 still leaves two usable addresses.
+pub const MAX_NODE_PREFIX_LEN: u8 = 30;
+
+/// An app's spec after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidApp {
+    /// `spec.addressSpace`, parsed.
+    pub explicit_range: Option<Ipv4Net>,
+    /// Effective node slice prefix length.
+    pub node_prefix_len: u8,
+    /// Sites the app is limited to (empty: every site).
+    pub sites: Vec<String>,
+    /// Effective MTU.
+    pub mtu: u16,
+    /// Effective keepalive.
+    pub keepalive: u16,
+}
+
+/// Display name of a namespaced object for errors.
+pub fn object_name(kind: &str, key: &ObjectKey) -> String {
+    format!("{kind} {key}")
+}
+
+/// Parses an IPv4 CIDR whose host bits are zero.
+pub fn parse_cidr(s: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 CIDR such as 10.100.0.0/16"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set; the range starts at {}",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// Whether the site is known (a MeshSite, or the implicit `local`).
+pub fn site_known(site: &str, sites: &BTreeMap<String, MeshSiteSpec>) -> bool {
+    site == LOCAL_SITE || sites.contains_key(site)
+}
+
+fn selector_errors(sel: &Selector, field: &str, object: &str, out: &mut Vec<PlanError>) {
+    for (f, msg) in sel.validate() {
+        out.push(PlanError::new(
+            ErrorKind::Invalid,
+            object,
+            format!("{field}.{f}"),
+            "InvalidSelector",
+            msg,
+        ));
+    }
+}
+
+/// Validates an app; `Err` carries every problem found.
+pub fn validate_app(
+    key: &ObjectKey,
+    spec: &MeshAppSpec,
+    sites: &BTreeMap<String, MeshSiteSpec>,
+    config: &PlannerConfig,
+) -> Result<ValidApp, Vec<PlanError>> {
+    let object = object_name("MeshApp", key);
+    let mut errs = Vec::new();
+    selector_errors(&spec.selector, "spec.selector", &object, &mut errs);
+    for (i, site) in spec.sites.iter().enumerate() {
+        if !site_known(site, sites) {
+            errs.push(PlanError::new(
+                ErrorKind::Invalid,
+                &object,
+                format!("spec.sites[{i}]"),
+                "UnknownSite",
+                format!("no MeshSite named {site:?}"),
+            ));
+        }
+    }
+    let explicit_range = match &spec.address_space {
+        None => None,
+        Some(s) => match parse_cidr(s) {
+            Ok(net) => Some(net),
+            Err(msg) => {
+                errs.push(PlanError::new(
+                    ErrorKind::Invalid,
+                    &object,
+                    "spec.addressSpace",
+                    "InvalidAddressSpace",
+                    msg,
+                ));
+                None
+            }
+        },
+    };
+    let node_prefix_len = spec.node_prefix_length.unwrap_or(DEFAULT_NODE_PREFIX_LENGTH);
+    if spec.address_space.is_none() || explicit_range.is_some() {
+        let range_prefix = explicit_range.map_or(config.app_prefix_len, |n| n.prefix_len());
+        if node_prefix_len < range_prefix || node_prefix_len > MAX_NODE_PREFIX_LEN {
+            let given = if spec.node_prefix_length.is_some() {
+                format!("nodePrefixLength {node_prefix_len}")
+            } else {
+                format!("the default nodePrefixLength {node_prefix_len}")
+            };
+            errs.push(PlanError::new(
+                ErrorKind::Invalid,
+                &object,
+                "spec.nodePrefixLength",
+                "InvalidNodePrefixLength",
+                format!(
+                    "{given} must be between the app range's prefix /{range_prefix} and /{MAX_NODE_PREFIX_LEN}"
+                ),
+            ));
+        }
+    }
+    if let Some(mtu) = spec.mtu {
+        if !(1280..=1500).contains(&mtu) {
+            errs.push(PlanError::new(
+                ErrorKind::Invalid,
+                &object,
+                "spec.mtu",
+                "InvalidMtu",
+                format!("mtu {mtu} must be between 1280 and 1500"),
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(ValidApp {
+            explicit_range,
+            node_prefix_len,
+            sites: spec.sites.clone(),
+            mtu: spec.mtu.unwrap_or(DEFAULT_MTU),
+            keepalive: spec.persistent_keepalive.unwrap_or(0),
+        })
+    } else {
+        Err(errs)
+    }
+}
+
+/// Validates a policy (references and syntax; rules are not compiled here).
+pub fn validate_policy(
+    key: &ObjectKey,
+    spec: &MeshPolicySpec,
+    apps: &BTreeMap<ObjectKey, weft_api::MeshAppSpec>,
+    sites: &BTreeMap<String, MeshSiteSpec>,
+) -> Vec<PlanError> {
+    let object = object_name("MeshPolicy", key);
+    let mut errs = Vec::new();
+    if !apps.contains_key(&ObjectKey::new(&key.namespace, &spec.app)) {
+        errs.push(PlanError::new(
+            ErrorKind::Invalid,
+            &object,
+            "spec.app",
+            "UnknownApp",
+            format!(
+                "no MeshApp named {:?} in namespace {:?}",
+                spec.app, key.namespace
+            ),
+        ));
+    }
+    selector_errors(&spec.selector, "spec.selector", &object, &mut errs);
+    for (dir, rules) in [("ingress", &spec.ingress), ("egress", &spec.egress)] {
+        for (i, rule) in rules.iter().flatten().enumerate() {
+            rule_errors(rule, &format!("spec.{dir}[{i}]"), &object, sites, &mut errs);
+        }
+    }
+    errs
+}
+
+fn rule_errors(
+    rule: &PolicyRule,
+    field: &str,
+    object: &str,
+    sites: &BTreeMap<String, MeshSiteSpec>,
+    out: &mut Vec<PlanError>,
+) {
+    for (j, peer) in rule.peers.iter().enumerate() {
+        let pf = format!("{field}.peers[{j}]");
+        if let Some(sel) = &peer.selector {
+            selector_errors(sel, &format!("{pf}.selector"), object, out);
+        }
+        if let Some(site) = &peer.site {
+            if !site_known(site, sites) {
+                out.push(PlanError::new(
+                    ErrorKind::Invalid,
+                    object,
+                    format!("{pf}.site"),
+                    "UnknownSite",
+                    format!("no MeshSite named {site:?}"),
+                ));
+            }
+        }
+        if let Some(cidr) = &peer.cidr {
+            if let Err(msg) = parse_cidr(cidr) {
+                out.push(PlanError::new(
+                    ErrorKind::Invalid,
+                    object,
+                    format!("{pf}.cidr"),
+                    "InvalidCidr",
+                    msg,
+                ));
+            }
+        }
+    }
+    for (j, port) in rule.ports.iter().enumerate() {
+        let pf = format!("{field}.ports[{j}]");
+        let proto = port.protocol.as_deref().unwrap_or("TCP");
+        if !matches!(proto, "TCP" | "UDP" | "ICMP") {
+            out.push(PlanError::new(
+                ErrorKind::Invalid,
+                object,
+                format!("{pf}.protocol"),
+                "InvalidProtocol",
+                format!("protocol {proto:?} must be TCP, UDP or ICMP"),
+            ));
+        }
+        if proto == "ICMP" && (port.port.is_some() || port.end_port.is_some()) {
+            out.push(PlanError::new(
+                ErrorKind::Invalid,
+                object,
+                format!("{pf}.port"),
+                "InvalidPort",
+                "ICMP has no ports",
+            ));
+        }
+        if port.port == Some(0) {
+            out.push(PlanError::new(
+                ErrorKind::Invalid,
+                object,
+                format!("{pf}.port"),
+                "InvalidPort",
+                "port must be between 1 and 65535",
+            ));
+        }
+        match (port.port, port.end_port) {
+            (None, Some(_)) => out.push(PlanError::new(
+                ErrorKind::Invalid,
+                object,
+                format!("{pf}.endPort"),
+                "InvalidPort",
+                "endPort needs port",
+            )),
+            (Some(p), Some(e)) if e < p => out.push(PlanError::new(
+                ErrorKind::Invalid,
+                object,
+                format!("{pf}.endPort"),
+                "InvalidPort",
+                format!("endPort {e} is below port {p}"),
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// Parses a node's endpoint address.
+pub fn parse_node_address(s: &str) -> Option<Ipv4Addr> {
+    s.trim().parse().ok()
+}

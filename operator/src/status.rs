@@ -1,0 +1,284 @@
+//! Pure status aggregation: the plan plus what each node's daemon reports
+//! becomes MeshApp, MeshPolicy and MeshSite status. `now` is passed in; a
+//! condition's transition time only moves when its status flips.
+//!
+//! ```text
+//!  AppOutcome + {node → (spec generation, MeshNodeStatus)} ─► MeshAppStatus
+//!  PolicyOutcome ─► MeshPolicyStatus        SiteOutcome ─► MeshSiteStatus
+//! ```
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use weft_api::conditions::{self, types};
+use weft_api::{AppStatus, MeshAppStatus, MeshNodeStatus, MeshPolicyStatus, MeshSiteStatus};
+
+use crate::planner::{AppOutcome, ErrorKind, ObjectKey, PlanError, PolicyOutcome, SiteOutcome};
+
+/// A peer link counts as up when its last handshake is younger than this.
+pub const HANDSHAKE_FRESH_SECONDS: u64 = 180;
+
+/// How many names a condition message lists before summarising.
+const MAX_LISTED: usize = 5;
+
+/// What the operator knows about one node when aggregating.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeView<'a> {
+    /// Generation of the MeshNode spec last written for the node.
+    pub spec_generation: Option<i64>,
+    /// The node's reported status.
+    pub status: Option<&'a MeshNodeStatus>,
+    /// The node stopped reporting.
+    pub lost: bool,
+}
+
+impl NodeView<'_> {
+    fn app(&self, app: &str) -> Option<&AppStatus> {
+        self.status?.apps.iter().find(|a| a.app == app)
+    }
+
+    /// The daemon applied the current spec and programmed the app.
+    pub fn app_ready(&self, app: &str) -> bool {
+        let Some(status) = self.status else {
+            return false;
+        };
+        let applied = status.observed_generation.unwrap_or(0) >= self.spec_generation.unwrap_or(0);
+        !self.lost && applied && self.app(app).is_some_and(|a| a.programmed)
+    }
+
+    /// The node reports a recent handshake with `peer` for `app`.
+    pub fn sees_peer(&self, app: &str, peer: &str) -> bool {
+        !self.lost
+            && self.app(app).is_some_and(|a| {
+                a.peers.iter().any(|p| {
+                    p.node == peer
+                        && p.last_handshake_seconds
+                            .is_some_and(|s| s < HANDSHAKE_FRESH_SECONDS)
+                })
+            })
+    }
+}
+
+fn listed(items: &[String]) -> String {
+    if items.len() <= MAX_LISTED {
+        items.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            items[..MAX_LISTED].join(", "),
+            items.len() - MAX_LISTED
+        )
+    }
+}
+
+fn error_summary(errors: &[PlanError]) -> String {
+    let parts: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+    listed(&parts)
+}
+
+fn apply_conditions(list: &mut Vec<Condition>, new: Vec<Condition>, now: &Time) {
+    list.retain(|c| new.iter().any(|n| n.type_ == c.type_));
+    for c in new {
+        conditions::set(list, c, now.clone());
+    }
+}
+
+/// MeshApp status from its outcome and the nodes' reports.
+pub fn app_status(
+    app: &ObjectKey,
+    outcome: &AppOutcome,
+    nodes: &BTreeMap<String, NodeView<'_>>,
+    generation: i64,
+    previous: Option<&MeshAppStatus>,
+    now: &Time,
+) -> MeshAppStatus {
+    let name = app.to_string();
+    let view = |n: &str| nodes.get(n).copied().unwrap_or_default();
+    let total = outcome.nodes.len();
+    let not_ready: Vec<String> = outcome
+        .nodes
+        .iter()
+        .filter(|n| !view(n).app_ready(&name))
+        .map(|n| {
+            if outcome.lost_nodes.contains(n) {
+                format!("{n} (lost)")
+            } else {
+                n.clone()
+            }
+        })
+        .collect();
+    let mut pairs_down = Vec::new();
+    let mut pairs_total = 0u32;
+    for (i, a) in outcome.nodes.iter().enumerate() {
+        for b in &outcome.nodes[i + 1..] {
+            pairs_total += 1;
+            if !(view(a).sees_peer(&name, b) && view(b).sees_peer(&name, a)) {
+                pairs_down.push(format!("{a}<->{b}"));
+            }
+        }
+    }
+    let nodes_ready = u32::try_from(total - not_ready.len()).unwrap_or(u32::MAX);
+    let nodes_total = u32::try_from(total).unwrap_or(u32::MAX);
+    let peers_up = pairs_total - u32::try_from(pairs_down.len()).unwrap_or(pairs_total);
+    let g = Some(generation);
+
+    let (ready, degraded) = if !outcome.errors.is_empty() {
+        let first = &outcome.errors[0];
+        let reason = if first.kind == ErrorKind::Invalid || !outcome.planned {
+            "Invalid"
+        } else {
+            first.reason.as_str()
+        };
+        let msg = error_summary(&outcome.errors);
+        (
+            conditions::new(types::READY, false, reason, msg.clone(), g),
+            conditions::new(types::DEGRADED, true, &first.reason, msg, g),
+        )
+    } else if total == 0 {
+        let msg = "no workload of the app runs on a registered node";
+        (
+            conditions::new(types::READY, false, "NoWorkloads", msg, g),
+            conditions::new(types::DEGRADED, false, "NoWorkloads", msg, g),
+        )
+    } else if !not_ready.is_empty() {
+        let msg = format!(
+            "{} of {total} nodes not programmed yet: {}",
+            not_ready.len(),
+            listed(&not_ready)
+        );
+        (
+            conditions::new(types::READY, false, "NodesNotReady", msg.clone(), g),
+            conditions::new(types::DEGRADED, true, "NodesNotReady", msg, g),
+        )
+    } else if !pairs_down.is_empty() {
+        let msg = format!(
+            "{} of {pairs_total} peer links without a recent handshake: {}",
+            pairs_down.len(),
+            listed(&pairs_down)
+        );
+        (
+            conditions::new(types::READY, false, "PeersNotConnected", msg.clone(), g),
+            conditions::new(types::DEGRADED, true, "PeersNotConnected", msg, g),
+        )
+    } else {
+        let msg = format!("{total} nodes programmed, {pairs_total} peer links up");
+        (
+            conditions::new(types::READY, true, "Ready", msg.clone(), g),
+            conditions::new(types::DEGRADED, false, "AsExpected", msg, g),
+        )
+    };
+
+    let mut conds = previous.map(|p| p.conditions.clone()).unwrap_or_default();
+    apply_conditions(&mut conds, vec![ready, degraded], now);
+    MeshAppStatus {
+        conditions: conds,
+        observed_generation: g,
+        address_space: outcome.address_space.clone(),
+        nodes_ready,
+        nodes_total,
+        peers_up,
+        peers_total: pairs_total,
+        nodes: Some(format!("{nodes_ready}/{nodes_total}")),
+        peers: Some(format!("{peers_up}/{pairs_total}")),
+        sites: outcome.sites.clone(),
+    }
+}
+
+/// MeshPolicy status: `Accepted`, naming the offending field otherwise.
+pub fn policy_status(
+    outcome: &PolicyOutcome,
+    generation: i64,
+    previous: Option<&MeshPolicyStatus>,
+    now: &Time,
+) -> MeshPolicyStatus {
+    let g = Some(generation);
+    let cond = match outcome.errors.first() {
+        None => conditions::new(types::ACCEPTED, true, "Accepted", "policy is valid", g),
+        Some(first) => conditions::new(
+            types::ACCEPTED,
+            false,
+            &first.reason,
+            error_summary(&outcome.errors),
+            g,
+        ),
+    };
+    let mut conds = previous.map(|p| p.conditions.clone()).unwrap_or_default();
+    apply_conditions(&mut conds, vec![cond], now);
+    MeshPolicyStatus {
+        conditions: conds,
+        observed_generation: g,
+    }
+}
+
+/// MeshSite status: node count; Ready when it has nodes and none is lost.
+pub fn site_status(
+    outcome: &SiteOutcome,
+    generation: i64,
+    previous: Option<&MeshSiteStatus>,
+    now: &Time,
+) -> MeshSiteStatus {
+    let g = Some(generation);
+    let n = outcome.nodes.len();
+    let cond = if n == 0 {
+        conditions::new(types::READY, false, "NoNodes", "no node of this site registered", g)
+    } else if !outcome.lost_nodes.is_empty() {
+        conditions::new(
+            types::READY,
+            false,
+            "NodesLost",
+            format!(
+                "{} of {n} nodes stopped reporting: {}",
+                outcome.lost_nodes.len(),
+                listed(&outcome.lost_nodes)
+            ),
+            g,
+        )
+    } else {
+        conditions::new(types::READY, true, "Ready", format!("{n} nodes reporting"), g)
+    };
+    let mut conds = previous.map(|p| p.conditions.clone()).unwrap_or_default();
+    apply_conditions(&mut conds, vec![cond], now);
+    MeshSiteStatus {
+        conditions: conds,
+        observed_generation: g,
+        nodes: u32::try_from(n).unwrap_or(u32::MAX),
+        last_sync: None,
+    }
+}
+
+/// A status type with conditions, comparable without transition times.
+pub trait ConditionedStatus: Clone + PartialEq {
+    /// The status's conditions.
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+
+    /// Equal apart from condition transition times.
+    fn same_ignoring_time(&self, other: &Self) -> bool {
+        let mut a = self.clone();
+        let mut b = other.clone();
+        let ok = conditions::lists_equal_ignoring_time(a.conditions_mut(), b.conditions_mut());
+        a.conditions_mut().clear();
+        b.conditions_mut().clear();
+        ok && a == b
+    }
+}
+
+impl ConditionedStatus for MeshAppStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+impl ConditionedStatus for MeshPolicyStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+impl ConditionedStatus for MeshSiteStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+use super::*;
+use k8s_openapi::jiff::Timestamp;
+use weft_api::PeerStatus;
+
+fn t(secs: i64) -> Time {
+    Time(Timestamp::from_second(secs).unwrap())
+}
+
+fn key() -> ObjectKey {
+    ObjectKey::new("demo", "web")
+}
+
+fn outcome(nodes: &[&str]) -> AppOutcome {
+    AppOutcome {
+        app_id: "abc".into(),
+        address_space: Some("10.100.0.0/16".into()),
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        planned: true,
+        ..Default::default()
+    }
+}
+
+/// A node status programming `demo/web` with handshakes to `peers` (name, age).
+fn node_status(gen: i64, programmed: bool, peers: &[(&str, Option<u64>)]) -> MeshNodeStatus {
+    MeshNodeStatus {
+        observed_generation: Some(gen),
+        apps: vec![AppStatus {
+            app: "demo/web".into(),
+            programmed,
+            peers: peers
+                .iter()
+                .map(|(n, hs)| PeerStatus {
+                    node: n.to_string(),
+                    last_handshake_seconds: *hs,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn views<'a>(items: &[(&str, i64, &'a MeshNodeStatus)]) -> BTreeMap<String, NodeView<'a>> {
+    items
+        .iter()
+        .map(|(n, g, s)| {
+            (
+                n.to_string(),
+                NodeView {
+                    spec_generation: Some(*g),
+                    status: Some(*s),
+                    lost: false,
+                },
+            )
+        })
+        .collect()
+}
+
+fn ready(s: &MeshAppStatus) -> &Condition {
+    conditions::get(&s.conditions, types::READY).unwrap()
+}
+
+#[test]
+fn all_programmed_and_handshaken_is_ready() {
+    let a = node_status(2, true, &[("b", Some(5))]);
+    let b = node_status(1, true, &[("a", Some(7))]);
+    let st = app_status(&key(), &outcome(&["a", "b"]), &views(&[("a", 2, &a), ("b", 1, &b)]), 3, None, &t(100));
+    assert_eq!(ready(&st).status, "True");
+    assert_eq!((st.nodes_ready, st.nodes_total, st.peers_up, st.peers_total), (2, 2, 1, 1));
+    assert_eq!(st.nodes.as_deref(), Some("2/2"));
+    assert_eq!(st.peers.as_deref(), Some("1/1"));
+    assert_eq!(st.observed_generation, Some(3));
+    assert!(!conditions::is_true(&st.conditions, types::DEGRADED));
+}
+
+#[test]
+fn stale_generation_means_node_not_ready_and_names_it() {
+    let a = node_status(1, true, &[]);
+    let b = node_status(1, true, &[]);
+    let st = app_status(&key(), &outcome(&["a", "b"]), &views(&[("a", 2, &a), ("b", 1, &b)]), 1, None, &t(0));
+    assert_eq!(st.nodes_ready, 1);
+    let c = ready(&st);
+    assert_eq!(c.reason, "NodesNotReady");
+    assert!(c.message.contains('a'), "{}", c.message);
+    assert!(conditions::is_true(&st.conditions, types::DEGRADED));
+}
+
+#[test]
+fn one_sided_or_old_handshake_is_not_up() {
+    let a = node_status(1, true, &[("b", Some(5)), ("c", Some(500))]);
+    let b = node_status(1, true, &[("c", Some(1))]);
+    let c = node_status(1, true, &[("a", Some(1)), ("b", Some(2))]);
+    let st = app_status(
+        &key(),
+        &outcome(&["a", "b", "c"]),
+        &views(&[("a", 1, &a), ("b", 1, &b), ("c", 1, &c)]),
+        1,
+        None,
+        &t(0),
+    );
+    assert_eq!((st.peers_up, st.peers_total), (1, 3));
+    let r = ready(&st);
+    assert_eq!(r.reason, "PeersNotConnected");
+    assert!(r.message.contains("a<->b") && r.message.contains("a<->c"), "{}", r.message);
+}
+
+#[test]
+fn errors_make_app_invalid_and_name_the_field() {
+    let mut o = outcome(&[]);
+    o.planned = false;
+    o.errors.push(PlanError::new(
+        ErrorKind::Invalid,
+        "MeshApp demo/web",
+        "spec.addressSpace",
+        "InvalidAddressSpace",
+        "bad",
+    ));
+    let st = app_status(&key(), &o, &BTreeMap::new(), 1, None, &t(0));
+    assert_eq!(ready(&st).reason, "Invalid");
+    let d = conditions::get(&st.conditions, types::DEGRADED).unwrap();
+    assert_eq!(d.status, "True");
+    assert!(d.message.contains("spec.addressSpace"));
+}
+
+#[test]
+fn no_nodes_is_no_workloads() {
+    let st = app_status(&key(), &outcome(&[]), &BTreeMap::new(), 1, None, &t(0));
+    assert_eq!(ready(&st).reason, "NoWorkloads");
+    assert_eq!(st.nodes.as_deref(), Some("0/0"));
+}
+
+#[test]
+fn transition_time_stays_while_status_holds() {
+    let o = outcome(&[]);
+    let first = app_status(&key(), &o, &BTreeMap::new(), 1, None, &t(10));
+    let second = app_status(&key(), &o, &BTreeMap::new(), 1, Some(&first), &t(20));
+    assert_eq!(first, second);
+    assert!(first.same_ignoring_time(&second));
+    let a = node_status(1, true, &[]);
+    let third = app_status(&key(), &outcome(&["a"]), &views(&[("a", 1, &a)]), 1, Some(&second), &t(30));
+    assert_eq!(ready(&third).last_transition_time, t(30));
+    assert!(!third.same_ignoring_time(&second));
+}
+
+#[test]
+fn policy_and_site_status() {
+    let ok = policy_status(&PolicyOutcome { accepted: true, errors: vec![] }, 2, None, &t(0));
+    assert!(conditions::is_true(&ok.conditions, types::ACCEPTED));
+    let bad = policy_status(
+        &PolicyOutcome {
+            accepted: false,
+            errors: vec![PlanError::new(ErrorKind::Invalid, "MeshPolicy demo/p", "spec.app", "UnknownApp", "no app")],
+        },
+        2,
+        None,
+        &t(0),
+    );
+    let c = conditions::get(&bad.conditions, types::ACCEPTED).unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "UnknownApp"));
+    assert!(c.message.contains("spec.app"));
+
+    let site = site_status(
+        &SiteOutcome { nodes: vec!["a".into(), "b".into()], lost_nodes: vec!["b".into()] },
+        1,
+        None,
+        &t(0),
+    );
+    assert_eq!(site.nodes, 2);
+    let r = conditions::get(&site.conditions, types::READY).unwrap();
+    assert_eq!(r.reason, "NodesLost");
+    assert!(r.message.contains('b'));
+    let empty = site_status(&SiteOutcome::default(), 1, None, &t(0));
+    assert!(!conditions::is_true(&empty.conditions, types::READY));
+}
