@@ -14,7 +14,13 @@ pub mod types {
 }
 
 /// Builds a condition; `last_transition_time` is filled by [`set`].
-pub fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>, generation: Option<i64>) -> Condition {
+pub fn new(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.to_string(),
         status: if status { "True" } else { "False" }.to_string(),
@@ -30,7 +36,11 @@ pub fn new(type_: &str, status: bool, reason: &str, message: impl Into<String>, 
 pub fn set(list: &mut Vec<Condition>, mut cond: Condition, now: Time) -> bool {
     match list.iter_mut().find(|c| c.type_ == cond.type_) {
         Some(old) => {
-            cond.last_transition_time = if old.status == cond.status { old.last_transition_time.clone() } else { now };
+            cond.last_transition_time = if old.status == cond.status {
+                old.last_transition_time.clone()
+            } else {
+                now
+            };
             let changed = !same_ignoring_time(old, &cond);
             *old = cond;
             changed
@@ -65,7 +75,9 @@ pub fn same_ignoring_time(a: &Condition, b: &Condition) -> bool {
 
 /// Compares two condition lists without transition times (order-insensitive).
 pub fn lists_equal_ignoring_time(a: &[Condition], b: &[Condition]) -> bool {
-    a.len() == b.len() && a.iter().all(|x| get(b, &x.type_).is_some_and(|y| same_ignoring_time(x, y)))
+    a.len() == b.len()
+        && a.iter()
+            .all(|x| get(b, &x.type_).is_some_and(|y| same_ignoring_time(x, y)))
 }
 
 #[cfg(test)]
@@ -79,11 +91,31 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_flips() {
         let mut list = vec![];
-        assert!(set(&mut list, new(types::READY, false, "Pending", "waiting", Some(1)), t(10)));
-        assert!(set(&mut list, new(types::READY, false, "Pending", "still waiting", Some(1)), t(20)));
-        assert_eq!(list[0].last_transition_time, t(10), "same status keeps the time");
-        assert!(!set(&mut list, new(types::READY, false, "Pending", "still waiting", Some(1)), t(30)));
-        assert!(set(&mut list, new(types::READY, true, "Ready", "ok", Some(1)), t(40)));
+        assert!(set(
+            &mut list,
+            new(types::READY, false, "Pending", "waiting", Some(1)),
+            t(10)
+        ));
+        assert!(set(
+            &mut list,
+            new(types::READY, false, "Pending", "still waiting", Some(1)),
+            t(20)
+        ));
+        assert_eq!(
+            list[0].last_transition_time,
+            t(10),
+            "same status keeps the time"
+        );
+        assert!(!set(
+            &mut list,
+            new(types::READY, false, "Pending", "still waiting", Some(1)),
+            t(30)
+        ));
+        assert!(set(
+            &mut list,
+            new(types::READY, true, "Ready", "ok", Some(1)),
+            t(40)
+        ));
         assert_eq!(list[0].last_transition_time, t(40));
         assert!(is_true(&list, types::READY));
     }

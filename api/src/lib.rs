@@ -7,6 +7,9 @@
 //!        ▲  .status ◄──── aggregate ◄── MeshNode.status ◄──┘
 //! ```
 
+// kube-derive's repeated `printcolumn(type_ = ...)` arguments trip this lint.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod conditions;
 pub mod crd;
 pub mod labels;

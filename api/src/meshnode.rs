@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 /// Desired state of one node, computed by the operator's planner. Users never
 /// write it; the node's daemon makes the kernel match it.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
+)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
@@ -22,8 +24,16 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Site", type_ = "string", json_path = ".spec.site"),
     printcolumn(name = "Apps", type_ = "integer", json_path = ".status.appsReady"),
     printcolumn(name = "Dataplane", type_ = "string", json_path = ".status.dataplane"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshNodeSpec {
@@ -70,7 +80,9 @@ pub struct AppAttachment {
 }
 
 /// A WireGuard peer: another node of the same app.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerSpec {
     /// Name of the peer's MeshNode.

@@ -46,16 +46,23 @@ pub enum SelectorOperator {
 
 impl Selector {
     /// A selector requiring exactly these labels.
-    pub fn labels<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub fn labels<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         Selector {
-            match_labels: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            match_labels: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             match_expressions: Vec::new(),
         }
     }
 
     /// Whether a workload with `labels` is selected.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 
@@ -78,7 +85,10 @@ impl Selector {
                 ));
             }
             if r.key.is_empty() {
-                errs.push((format!("matchExpressions[{i}].key"), "must not be empty".into()));
+                errs.push((
+                    format!("matchExpressions[{i}].key"),
+                    "must not be empty".into(),
+                ));
             }
         }
         errs
@@ -102,7 +112,10 @@ mod tests {
     use super::*;
 
     fn l(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

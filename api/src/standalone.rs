@@ -106,7 +106,8 @@ impl StateDir {
     }
     /// Stored status file of one object.
     pub fn status_file(&self, plural: &str, key: &str) -> PathBuf {
-        self.status_dir(plural).join(format!("{}.json", key.replace('/', ".")))
+        self.status_dir(plural)
+            .join(format!("{}.json", key.replace('/', ".")))
     }
     /// The root.
     pub fn root(&self) -> &Path {

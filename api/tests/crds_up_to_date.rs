@@ -10,14 +10,29 @@ fn checked_in_crds_match_the_types() {
             stale.push(name);
         }
     }
-    assert!(stale.is_empty(), "crds/ is stale for {stale:?}: run `make crds` and commit the result");
+    assert!(
+        stale.is_empty(),
+        "crds/ is stale for {stale:?}: run `make crds` and commit the result"
+    );
 }
 
 #[test]
 fn meshapp_crd_has_printer_columns_status_and_cel_rules() {
     let all = weft_api::crd::all_crds_yaml();
-    let (_, app) = all.iter().find(|(n, _)| n == "meshapps.weft.dev.yaml").unwrap();
-    for needle in ["name: Ready", "name: Nodes", "name: Peers", "name: CIDR", "name: Age", "status: {}", "isCIDR(self)", "oldSelf.spec.addressSpace"] {
+    let (_, app) = all
+        .iter()
+        .find(|(n, _)| n == "meshapps.weft.dev.yaml")
+        .unwrap();
+    for needle in [
+        "name: Ready",
+        "name: Nodes",
+        "name: Peers",
+        "name: CIDR",
+        "name: Age",
+        "status: {}",
+        "isCIDR(self)",
+        "oldSelf.spec.addressSpace",
+    ] {
         assert!(app.contains(needle), "MeshApp CRD lacks {needle:?}");
     }
 }
@@ -30,7 +45,10 @@ fn every_schema_property_is_documented() {
         let schema = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         let mut missing = Vec::new();
         walk(schema, "", &mut missing);
-        assert!(missing.is_empty(), "{name}: undocumented fields {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{name}: undocumented fields {missing:?}"
+        );
     }
 }
 
@@ -39,7 +57,8 @@ fn walk(schema: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
         for (k, v) in props {
             let p = format!("{path}.{k}");
             // metadata/apiVersion/kind come from Kubernetes itself; conditions are metav1.Condition.
-            let inherited = path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata");
+            let inherited =
+                path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata");
             let in_condition = path.ends_with(".conditions");
             if v.get("description").is_none() && !inherited && !in_condition {
                 missing.push(p.clone());

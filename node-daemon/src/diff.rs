@@ -15,14 +15,30 @@ pub trait KeySource {
 pub fn diff(desired: &NodeState, observed: &NodeState, keys: &dyn KeySource) -> Vec<Op> {
     let mut ops = Vec::new();
     // Apps that are gone: removing the netns removes everything inside it.
-    for netns in observed.apps.keys().filter(|n| !desired.apps.contains_key(*n)) {
-        ops.push(Op::DeleteNetns { netns: netns.clone() });
+    for netns in observed
+        .apps
+        .keys()
+        .filter(|n| !desired.apps.contains_key(*n))
+    {
+        ops.push(Op::DeleteNetns {
+            netns: netns.clone(),
+        });
     }
     for (netns, want) in &desired.apps {
         match observed.apps.get(netns) {
             None => {
-                ops.push(Op::CreateNetns { netns: netns.clone() });
-                diff_app(want, &AppNet { netns: netns.clone(), ..Default::default() }, keys, &mut ops);
+                ops.push(Op::CreateNetns {
+                    netns: netns.clone(),
+                });
+                diff_app(
+                    want,
+                    &AppNet {
+                        netns: netns.clone(),
+                        ..Default::default()
+                    },
+                    keys,
+                    &mut ops,
+                );
             }
             Some(have) => diff_app(want, have, keys, &mut ops),
         }
@@ -34,14 +50,27 @@ fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op
     let netns = &want.netns;
     // Workload links that are gone or changed go first (they may hold addresses).
     for (host_if, link) in &have.workloads {
-        if !want.workloads.get(host_if).is_some_and(|w| same_link(w, link)) {
-            ops.push(Op::DetachWorkload { netns: netns.clone(), host_interface: host_if.clone() });
+        if !want
+            .workloads
+            .get(host_if)
+            .is_some_and(|w| same_link(w, link))
+        {
+            ops.push(Op::DetachWorkload {
+                netns: netns.clone(),
+                host_interface: host_if.clone(),
+            });
         }
     }
     match (&want.device, &have.device) {
-        (None, Some(d)) => ops.push(Op::DeleteDevice { netns: netns.clone(), interface: d.interface.clone() }),
+        (None, Some(d)) => ops.push(Op::DeleteDevice {
+            netns: netns.clone(),
+            interface: d.interface.clone(),
+        }),
         (Some(w), Some(h)) if w.interface != h.interface => {
-            ops.push(Op::DeleteDevice { netns: netns.clone(), interface: h.interface.clone() });
+            ops.push(Op::DeleteDevice {
+                netns: netns.clone(),
+                interface: h.interface.clone(),
+            });
             diff_device(netns, w, &Device::default(), true, keys, ops);
         }
         (Some(w), Some(h)) => diff_device(netns, w, h, false, keys, ops),
@@ -49,8 +78,16 @@ fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op
         (None, None) => {}
     }
     for (host_if, link) in &want.workloads {
-        if !have.workloads.get(host_if).is_some_and(|h| same_link(link, h)) {
-            ops.push(Op::AttachWorkload { netns: netns.clone(), host_interface: host_if.clone(), link: link.clone() });
+        if !have
+            .workloads
+            .get(host_if)
+            .is_some_and(|h| same_link(link, h))
+        {
+            ops.push(Op::AttachWorkload {
+                netns: netns.clone(),
+                host_interface: host_if.clone(),
+                link: link.clone(),
+            });
         }
     }
 }
@@ -61,7 +98,14 @@ fn same_link(a: &WorkloadLink, b: &WorkloadLink) -> bool {
     a.address == b.address && a.mtu == b.mtu
 }
 
-fn diff_device(netns: &str, want: &Device, have: &Device, create: bool, keys: &dyn KeySource, ops: &mut Vec<Op>) {
+fn diff_device(
+    netns: &str,
+    want: &Device,
+    have: &Device,
+    create: bool,
+    keys: &dyn KeySource,
+    ops: &mut Vec<Op>,
+) {
     let (ns, ifc) = (netns.to_string(), want.interface.clone());
     let key = keys.private_key(netns);
     if create {
@@ -77,20 +121,49 @@ fn diff_device(netns: &str, want: &Device, have: &Device, create: bool, keys: &d
         }
     } else if want.public_key != have.public_key || want.listen_port != have.listen_port {
         if let Some(private_key) = key {
-            ops.push(Op::ConfigureDevice { netns: ns.clone(), interface: ifc.clone(), private_key, listen_port: want.listen_port });
+            ops.push(Op::ConfigureDevice {
+                netns: ns.clone(),
+                interface: ifc.clone(),
+                private_key,
+                listen_port: want.listen_port,
+            });
         }
     }
     if create || want.mtu != have.mtu || !have.up {
-        ops.push(Op::SetLink { netns: ns.clone(), interface: ifc.clone(), mtu: want.mtu });
+        ops.push(Op::SetLink {
+            netns: ns.clone(),
+            interface: ifc.clone(),
+            mtu: want.mtu,
+        });
     }
-    for a in have.addresses.iter().filter(|a| !want.addresses.contains(a)) {
-        ops.push(Op::DeleteAddress { netns: ns.clone(), interface: ifc.clone(), address: *a });
+    for a in have
+        .addresses
+        .iter()
+        .filter(|a| !want.addresses.contains(a))
+    {
+        ops.push(Op::DeleteAddress {
+            netns: ns.clone(),
+            interface: ifc.clone(),
+            address: *a,
+        });
     }
-    for a in want.addresses.iter().filter(|a| !have.addresses.contains(a)) {
-        ops.push(Op::AddAddress { netns: ns.clone(), interface: ifc.clone(), address: *a });
+    for a in want
+        .addresses
+        .iter()
+        .filter(|a| !have.addresses.contains(a))
+    {
+        ops.push(Op::AddAddress {
+            netns: ns.clone(),
+            interface: ifc.clone(),
+            address: *a,
+        });
     }
     for pk in have.peers.keys().filter(|k| !want.peers.contains_key(*k)) {
-        ops.push(Op::RemovePeer { netns: ns.clone(), interface: ifc.clone(), public_key: pk.clone() });
+        ops.push(Op::RemovePeer {
+            netns: ns.clone(),
+            interface: ifc.clone(),
+            public_key: pk.clone(),
+        });
     }
     for (pk, p) in &want.peers {
         if have.peers.get(pk) != Some(p) {
@@ -106,9 +179,17 @@ fn diff_device(netns: &str, want: &Device, have: &Device, create: bool, keys: &d
     }
     // Routes last: they need the interface up and addressed.
     for r in have.routes.iter().filter(|r| !want.routes.contains(r)) {
-        ops.push(Op::DeleteRoute { netns: ns.clone(), interface: ifc.clone(), destination: *r });
+        ops.push(Op::DeleteRoute {
+            netns: ns.clone(),
+            interface: ifc.clone(),
+            destination: *r,
+        });
     }
     for r in want.routes.iter().filter(|r| !have.routes.contains(r)) {
-        ops.push(Op::AddRoute { netns: ns.clone(), interface: ifc.clone(), destination: *r });
+        ops.push(Op::AddRoute {
+            netns: ns.clone(),
+            interface: ifc.clone(),
+            destination: *r,
+        });
     }
 }

@@ -56,11 +56,22 @@ pub enum Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
     /// A data-plane error.
-    pub fn dp(op: impl Into<String>, netns: impl Into<String>, message: impl std::fmt::Display) -> Self {
-        Error::Dataplane { op: op.into(), netns: netns.into(), message: message.to_string() }
+    pub fn dp(
+        op: impl Into<String>,
+        netns: impl Into<String>,
+        message: impl std::fmt::Display,
+    ) -> Self {
+        Error::Dataplane {
+            op: op.into(),
+            netns: netns.into(),
+            message: message.to_string(),
+        }
     }
     /// Short label for metrics (`error_total{reason=...}`).
     pub fn metric_label(&self) -> &'static str {

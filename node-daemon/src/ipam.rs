@@ -29,7 +29,12 @@ impl WorkloadIpam {
     /// Assigns addresses to `workloads` (sorted keys) of one app in `slice`,
     /// keeping existing ones and releasing those of workloads that are gone.
     /// The slice's first usable address belongs to the node's tunnel.
-    pub fn assign(&mut self, app_id: &str, slice: Ipv4Net, workloads: &[String]) -> (BTreeMap<String, Ipv4Addr>, Vec<Exhausted>) {
+    pub fn assign(
+        &mut self,
+        app_id: &str,
+        slice: Ipv4Net,
+        workloads: &[String],
+    ) -> (BTreeMap<String, Ipv4Addr>, Vec<Exhausted>) {
         let entry = self.apps.entry(app_id.to_string()).or_default();
         entry.retain(|w, ip| workloads.contains(w) && slice.contains(&*ip) && usable(slice, *ip));
         let mut errors = Vec::new();
@@ -42,7 +47,10 @@ impl WorkloadIpam {
                 Some(ip) => {
                     entry.insert(w.clone(), ip);
                 }
-                None => errors.push(Exhausted { slice, workload: w.clone() }),
+                None => errors.push(Exhausted {
+                    slice,
+                    workload: w.clone(),
+                }),
             }
         }
         (entry.clone(), errors)

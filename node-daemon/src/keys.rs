@@ -6,8 +6,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::error::Error;
@@ -67,7 +67,9 @@ pub fn public_hex_to_b64(h: &str) -> Option<String> {
     if h.len() != 64 {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..32).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok()).collect();
+    let bytes: Option<Vec<u8>> = (0..32)
+        .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok())
+        .collect();
     bytes.map(|b| B64.encode(b))
 }
 
@@ -82,7 +84,8 @@ impl KeyStore {
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
         let dir = data_dir.join("keys");
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(&dir, e))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(&dir, e))?;
         Ok(KeyStore { dir })
     }
 
@@ -99,7 +102,12 @@ impl KeyStore {
                 a.copy_from_slice(&b);
                 return Ok(PrivateKey::from_bytes(a));
             }
-            Ok(_) => return Err(Error::Key { path, message: "key file is not 32 bytes; refusing to overwrite it".into() }),
+            Ok(_) => {
+                return Err(Error::Key {
+                    path,
+                    message: "key file is not 32 bytes; refusing to overwrite it".into(),
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&path, e)),
         }
@@ -112,7 +120,9 @@ impl KeyStore {
             .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(&key.to_bytes()).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(&key.to_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
         fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
         Ok(key)
     }
@@ -123,7 +133,12 @@ impl KeyStore {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".key")).map(String::from))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".key"))
+                    .map(String::from)
+            })
             .collect();
         ids.sort();
         ids
@@ -132,7 +147,9 @@ impl KeyStore {
     /// Removes the app's key (the app left this node).
     pub fn remove(&self, app_id: &str) -> Result<(), Error> {
         match fs::remove_file(self.path(app_id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&self.path(app_id), e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(&self.path(app_id), e))
+            }
             _ => Ok(()),
         }
     }
@@ -149,9 +166,17 @@ mod tests {
         let k1 = ks.get_or_create("abc").unwrap();
         let k2 = ks.get_or_create("abc").unwrap();
         assert_eq!(k1.public_key(), k2.public_key());
-        let mode = fs::metadata(d.path().join("keys/abc.key")).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(d.path().join("keys/abc.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
-        let dmode = fs::metadata(d.path().join("keys")).unwrap().permissions().mode() & 0o777;
+        let dmode = fs::metadata(d.path().join("keys"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(dmode, 0o700);
         assert_eq!(ks.app_ids(), vec!["abc".to_string()]);
         ks.remove("abc").unwrap();

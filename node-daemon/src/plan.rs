@@ -25,9 +25,12 @@ pub fn netns_prefix(node: &str) -> String {
 /// app id (10 base32 characters) and nothing else, so `weft-n1-` never claims
 /// the namespaces of a node called `n1-x`.
 pub fn owns_netns(node: &str, netns: &str) -> bool {
-    netns
-        .strip_prefix(&netns_prefix(node))
-        .is_some_and(|id| id.len() == 10 && id.bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)))
+    netns.strip_prefix(&netns_prefix(node)).is_some_and(|id| {
+        id.len() == 10
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+    })
 }
 
 /// App-side interface name of a workload's veth: `wv` + 10 hex of its key's hash.
@@ -61,8 +64,13 @@ pub fn plan(
     public_keys: &BTreeMap<String, String>,
     ipam: &mut WorkloadIpam,
 ) -> Vec<AppPlan> {
-    let by_key: BTreeMap<String, &LocalWorkload> = local.iter().map(|w| (workloads::key(w), w)).collect();
-    let plans: Vec<AppPlan> = spec.apps.iter().map(|a| plan_app(node, a, &by_key, public_keys, ipam)).collect();
+    let by_key: BTreeMap<String, &LocalWorkload> =
+        local.iter().map(|w| (workloads::key(w), w)).collect();
+    let plans: Vec<AppPlan> = spec
+        .apps
+        .iter()
+        .map(|a| plan_app(node, a, &by_key, public_keys, ipam))
+        .collect();
     let keep: Vec<String> = spec.apps.iter().map(|a| a.app_id.clone()).collect();
     ipam.retain_apps(&keep);
     plans
@@ -79,19 +87,51 @@ fn plan_app(
         app: a.app.clone(),
         app_id: a.app_id.clone(),
         result: Err(spec_err(node, a, "app", "not planned")),
-        peer_nodes: a.peers.iter().map(|p| (p.public_key.clone(), p.node.clone())).collect(),
+        peer_nodes: a
+            .peers
+            .iter()
+            .map(|p| (p.public_key.clone(), p.node.clone()))
+            .collect(),
         addresses: BTreeMap::new(),
         warnings: Vec::new(),
     };
     out.result = (|| {
         if !owns_netns(node, &a.netns) {
-            return Err(spec_err(node, a, "netns", format!("{:?} is not a namespace this node owns (want {}<appId>)", a.netns, netns_prefix(node))));
+            return Err(spec_err(
+                node,
+                a,
+                "netns",
+                format!(
+                    "{:?} is not a namespace this node owns (want {}<appId>)",
+                    a.netns,
+                    netns_prefix(node)
+                ),
+            ));
         }
-        if a.interface.is_empty() || a.interface.len() > 15 || !a.interface.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(spec_err(node, a, "interface", format!("{:?} is not a valid interface name (1-15 bytes of [A-Za-z0-9_-])", a.interface)));
+        if a.interface.is_empty()
+            || a.interface.len() > 15
+            || !a
+                .interface
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(spec_err(
+                node,
+                a,
+                "interface",
+                format!(
+                    "{:?} is not a valid interface name (1-15 bytes of [A-Za-z0-9_-])",
+                    a.interface
+                ),
+            ));
         }
         if !(576..=9000).contains(&a.mtu) {
-            return Err(spec_err(node, a, "mtu", format!("{} is outside 576-9000", a.mtu)));
+            return Err(spec_err(
+                node,
+                a,
+                "mtu",
+                format!("{} is outside 576-9000", a.mtu),
+            ));
         }
         if a.listen_port == 0 {
             return Err(spec_err(node, a, "listenPort", "must not be 0"));
@@ -99,45 +139,96 @@ fn plan_app(
         let space: Ipv4Net = parse_net(node, a, "addressSpace", &a.address_space)?;
         let slice: Ipv4Net = parse_net(node, a, "nodeSlice", &a.node_slice)?;
         if !space.contains(&slice) {
-            return Err(spec_err(node, a, "nodeSlice", format!("{slice} is not inside addressSpace {space}")));
+            return Err(spec_err(
+                node,
+                a,
+                "nodeSlice",
+                format!("{slice} is not inside addressSpace {space}"),
+            ));
         }
         let addr: Ipv4Addr = a
             .address
             .split('/')
             .next()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| spec_err(node, a, "address", format!("{:?} is not an IPv4 address", a.address)))?;
+            .ok_or_else(|| {
+                spec_err(
+                    node,
+                    a,
+                    "address",
+                    format!("{:?} is not an IPv4 address", a.address),
+                )
+            })?;
         if !slice.contains(&addr) {
-            return Err(spec_err(node, a, "address", format!("{addr} is not inside nodeSlice {slice}")));
+            return Err(spec_err(
+                node,
+                a,
+                "address",
+                format!("{addr} is not inside nodeSlice {slice}"),
+            ));
         }
         let public_key = public_keys.get(&a.app_id).cloned().unwrap_or_default();
         let mut peers = BTreeMap::new();
         for (i, p) in a.peers.iter().enumerate() {
             if crate::keys::public_b64_to_hex(&p.public_key).is_none() {
-                return Err(spec_err(node, a, &format!("peers[{i}].publicKey"), "not a base64 WireGuard key"));
+                return Err(spec_err(
+                    node,
+                    a,
+                    &format!("peers[{i}].publicKey"),
+                    "not a base64 WireGuard key",
+                ));
             }
-            let endpoint: SocketAddr = p
-                .endpoint
-                .parse()
-                .map_err(|_| spec_err(node, a, &format!("peers[{i}].endpoint"), format!("{:?} is not address:port", p.endpoint)))?;
+            let endpoint: SocketAddr = p.endpoint.parse().map_err(|_| {
+                spec_err(
+                    node,
+                    a,
+                    &format!("peers[{i}].endpoint"),
+                    format!("{:?} is not address:port", p.endpoint),
+                )
+            })?;
             let mut allowed = Vec::new();
             for (j, ip) in p.allowed_ips.iter().enumerate() {
-                let n: Ipv4Net = ip
-                    .parse()
-                    .map_err(|_| spec_err(node, a, &format!("peers[{i}].allowedIps[{j}]"), format!("{ip:?} is not an IPv4 CIDR")))?;
+                let n: Ipv4Net = ip.parse().map_err(|_| {
+                    spec_err(
+                        node,
+                        a,
+                        &format!("peers[{i}].allowedIps[{j}]"),
+                        format!("{ip:?} is not an IPv4 CIDR"),
+                    )
+                })?;
                 allowed.push(n.trunc());
             }
             allowed.sort();
             allowed.dedup();
-            peers.insert(p.public_key.clone(), Peer { endpoint: Some(endpoint), allowed_ips: allowed, persistent_keepalive: a.persistent_keepalive });
+            peers.insert(
+                p.public_key.clone(),
+                Peer {
+                    endpoint: Some(endpoint),
+                    allowed_ips: allowed,
+                    persistent_keepalive: a.persistent_keepalive,
+                },
+            );
         }
-        let wanted: Vec<String> = a.workloads.iter().filter(|k| local.contains_key(*k)).cloned().collect();
+        let wanted: Vec<String> = a
+            .workloads
+            .iter()
+            .filter(|k| local.contains_key(*k))
+            .cloned()
+            .collect();
         let (addresses, exhausted) = ipam.assign(&a.app_id, slice, &wanted);
         out.warnings.extend(exhausted.iter().map(|e| e.to_string()));
         let mut wl = BTreeMap::new();
         for (k, ip) in &addresses {
             let w = local[k];
-            wl.insert(workload_ifname(k), WorkloadLink { workload: k.clone(), workload_netns: w.netns.clone(), address: *ip, mtu: a.mtu });
+            wl.insert(
+                workload_ifname(k),
+                WorkloadLink {
+                    workload: k.clone(),
+                    workload_netns: w.netns.clone(),
+                    address: *ip,
+                    mtu: a.mtu,
+                },
+            );
         }
         out.addresses = addresses;
         Ok(AppNet {
@@ -160,15 +251,27 @@ fn plan_app(
 }
 
 fn parse_net(node: &str, a: &AppAttachment, field: &str, v: &str) -> Result<Ipv4Net, Error> {
-    let n: Ipv4Net = v.parse().map_err(|_| spec_err(node, a, field, format!("{v:?} is not an IPv4 CIDR")))?;
+    let n: Ipv4Net = v
+        .parse()
+        .map_err(|_| spec_err(node, a, field, format!("{v:?} is not an IPv4 CIDR")))?;
     if n.trunc() != n {
-        return Err(spec_err(node, a, field, format!("{v} has host bits set (did you mean {}?)", n.trunc())));
+        return Err(spec_err(
+            node,
+            a,
+            field,
+            format!("{v} has host bits set (did you mean {}?)", n.trunc()),
+        ));
     }
     Ok(n)
 }
 
 fn spec_err(node: &str, a: &AppAttachment, field: &str, message: impl Into<String>) -> Error {
-    Error::Spec { node: node.into(), app: a.app.clone(), field: field.into(), message: message.into() }
+    Error::Spec {
+        node: node.into(),
+        app: a.app.clone(),
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 #[cfg(test)]
@@ -199,34 +302,77 @@ mod tests {
     }
 
     fn wl(name: &str) -> LocalWorkload {
-        LocalWorkload { name: name.into(), namespace: "demo".into(), labels: Default::default(), netns: format!("/run/netns/{name}") }
+        LocalWorkload {
+            name: name.into(),
+            namespace: "demo".into(),
+            labels: Default::default(),
+            netns: format!("/run/netns/{name}"),
+        }
     }
 
     #[test]
     fn plans_device_routes_peers_and_workload_addresses() {
-        let spec = MeshNodeSpec { site: "local".into(), apps: vec![attachment("n1", 1)] };
+        let spec = MeshNodeSpec {
+            site: "local".into(),
+            apps: vec![attachment("n1", 1)],
+        };
         let mut ipam = WorkloadIpam::default();
-        let p = plan("n1", &spec, &[wl("w1"), wl("stray")], &Default::default(), &mut ipam);
+        let p = plan(
+            "n1",
+            &spec,
+            &[wl("w1"), wl("stray")],
+            &Default::default(),
+            &mut ipam,
+        );
         let app = p[0].result.as_ref().unwrap();
         let d = app.device.as_ref().unwrap();
-        assert_eq!(d.addresses, vec!["10.100.1.1/32".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(
+            d.addresses,
+            vec!["10.100.1.1/32".parse::<Ipv4Net>().unwrap()]
+        );
         assert_eq!(d.routes, vec!["10.100.0.0/16".parse::<Ipv4Net>().unwrap()]);
         assert_eq!(d.peers.len(), 1);
-        assert_eq!(app.workloads.len(), 1, "only workloads the spec names are attached");
-        assert_eq!(app.workloads.values().next().unwrap().address, "10.100.1.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            app.workloads.len(),
+            1,
+            "only workloads the spec names are attached"
+        );
+        assert_eq!(
+            app.workloads.values().next().unwrap().address,
+            "10.100.1.2".parse::<Ipv4Addr>().unwrap()
+        );
     }
 
     #[test]
     fn bad_fields_are_named_and_other_apps_still_plan() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut AppAttachment)>)> = vec![
-            ("addressSpace", Box::new(|a| a.address_space = "10.100.0.0/33".into())),
-            ("nodeSlice", Box::new(|a| a.node_slice = "10.200.1.0/24".into())),
+        type Breaker = Box<dyn Fn(&mut AppAttachment)>;
+        let cases: Vec<(&str, Breaker)> = vec![
+            (
+                "addressSpace",
+                Box::new(|a| a.address_space = "10.100.0.0/33".into()),
+            ),
+            (
+                "nodeSlice",
+                Box::new(|a| a.node_slice = "10.200.1.0/24".into()),
+            ),
             ("address", Box::new(|a| a.address = "10.100.9.1/16".into())),
-            ("interface", Box::new(|a| a.interface = "way-too-long-interface".into())),
+            (
+                "interface",
+                Box::new(|a| a.interface = "way-too-long-interface".into()),
+            ),
             ("netns", Box::new(|a| a.netns = "some-other-netns".into())),
-            ("peers[0].publicKey", Box::new(|a| a.peers[0].public_key = "nope".into())),
-            ("peers[0].endpoint", Box::new(|a| a.peers[0].endpoint = "192.0.2.2".into())),
-            ("peers[0].allowedIps[0]", Box::new(|a| a.peers[0].allowed_ips[0] = "x".into())),
+            (
+                "peers[0].publicKey",
+                Box::new(|a| a.peers[0].public_key = "nope".into()),
+            ),
+            (
+                "peers[0].endpoint",
+                Box::new(|a| a.peers[0].endpoint = "192.0.2.2".into()),
+            ),
+            (
+                "peers[0].allowedIps[0]",
+                Box::new(|a| a.peers[0].allowed_ips[0] = "x".into()),
+            ),
             ("mtu", Box::new(|a| a.mtu = 100)),
         ];
         for (field, breaker) in cases {
@@ -235,11 +381,26 @@ mod tests {
             bad.app_id = "bbbbbbbbbb".into();
             bad.netns = "weft-n1-bbbbbbbbbb".into();
             breaker(&mut bad);
-            let spec = MeshNodeSpec { site: "local".into(), apps: vec![attachment("n1", 1), bad] };
-            let p = plan("n1", &spec, &[], &Default::default(), &mut WorkloadIpam::default());
-            assert!(p[0].result.is_ok(), "good app must still plan when {field} is bad");
+            let spec = MeshNodeSpec {
+                site: "local".into(),
+                apps: vec![attachment("n1", 1), bad],
+            };
+            let p = plan(
+                "n1",
+                &spec,
+                &[],
+                &Default::default(),
+                &mut WorkloadIpam::default(),
+            );
+            assert!(
+                p[0].result.is_ok(),
+                "good app must still plan when {field} is bad"
+            );
             let err = p[1].result.as_ref().unwrap_err().to_string();
-            assert!(err.contains(&format!("spec.apps[demo/bad].{field}")), "{field}: {err}");
+            assert!(
+                err.contains(&format!("spec.apps[demo/bad].{field}")),
+                "{field}: {err}"
+            );
         }
     }
 

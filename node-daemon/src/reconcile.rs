@@ -9,11 +9,11 @@ use weft_api::standalone::LocalWorkload;
 use weft_api::{MeshNode, MeshNodeStatus};
 
 use crate::dataplane::{Dataplane, Observation};
-use crate::diff::{KeySource, diff};
+use crate::diff::{diff, KeySource};
 use crate::error::Error;
 use crate::ipam::WorkloadIpam;
 use crate::keys::{KeyStore, PrivateKey};
-use crate::plan::{AppPlan, netns_prefix, owns_netns, plan};
+use crate::plan::{netns_prefix, owns_netns, plan, AppPlan};
 use crate::state::{AppNet, NodeState};
 use crate::status;
 use crate::storage;
@@ -53,7 +53,12 @@ impl KeySource for Keys {
 
 impl<D: Dataplane> Reconciler<D> {
     /// A reconciler keeping its files under `data_dir`.
-    pub fn new(node: &str, endpoint_address: &str, dp: D, data_dir: &std::path::Path) -> Result<Self, Error> {
+    pub fn new(
+        node: &str,
+        endpoint_address: &str,
+        dp: D,
+        data_dir: &std::path::Path,
+    ) -> Result<Self, Error> {
         storage::ensure_private_dir(data_dir)?;
         let keys = KeyStore::open(data_dir)?;
         let ipam_path = data_dir.join("workload-addresses.json");
@@ -77,7 +82,12 @@ impl<D: Dataplane> Reconciler<D> {
 
     /// Runs one pass. With no spec known yet nothing is changed: an empty
     /// desired state would tear down what a restarted daemon inherited.
-    pub fn pass(&mut self, spec: Option<&MeshNode>, local: &[LocalWorkload], now: Time) -> PassReport {
+    pub fn pass(
+        &mut self,
+        spec: Option<&MeshNode>,
+        local: &[LocalWorkload],
+        now: Time,
+    ) -> PassReport {
         let mut report = PassReport::default();
         let observed = match self.dp.observe(&netns_prefix(&self.node)) {
             Ok(mut o) => {
@@ -90,7 +100,18 @@ impl<D: Dataplane> Reconciler<D> {
             }
         };
         let Some(spec) = spec else {
-            report.status = status::build(&self.node, &self.endpoint_address, self.dp.kind(), None, &[], &BTreeMap::new(), &observed, local, &report.errors, now);
+            report.status = status::build(
+                &self.node,
+                &self.endpoint_address,
+                self.dp.kind(),
+                None,
+                &[],
+                &BTreeMap::new(),
+                &observed,
+                local,
+                &report.errors,
+                now,
+            );
             return report;
         };
 
@@ -127,7 +148,13 @@ impl<D: Dataplane> Reconciler<D> {
                 }
                 Err(e) => {
                     app_errors.insert(p.app.clone(), e.to_string());
-                    if let Some(prev) = spec.spec.apps.iter().find(|a| a.app == p.app).and_then(|a| self.last_good.get(&a.netns)) {
+                    if let Some(prev) = spec
+                        .spec
+                        .apps
+                        .iter()
+                        .find(|a| a.app == p.app)
+                        .and_then(|a| self.last_good.get(&a.netns))
+                    {
                         desired.apps.insert(prev.netns.clone(), prev.clone());
                     }
                 }
@@ -169,7 +196,9 @@ impl<D: Dataplane> Reconciler<D> {
             }
         }
 
-        report.errors.extend(app_errors.iter().map(|(app, e)| format!("{app}: {e}")));
+        report
+            .errors
+            .extend(app_errors.iter().map(|(app, e)| format!("{app}: {e}")));
         report.errors.sort();
         report.errors.dedup();
         report.status = status::build(

@@ -1,8 +1,8 @@
 //! The daemon's main loop in standalone mode: poll spec and workloads, run a
 //! reconcile pass, publish status when it changed (or as a heartbeat).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -70,7 +70,11 @@ pub fn run<D: Dataplane>(cfg: &RunConfig, dp: D, stop: Arc<AtomicBool>) -> Resul
             tracing::info!(node = %cfg.node, writes = report.writes, "data plane updated");
         }
         let due = last_write.elapsed() >= cfg.heartbeat;
-        if due || last_status.as_ref().is_none_or(|old| status::changed(old, &report.status)) {
+        if due
+            || last_status
+                .as_ref()
+                .is_none_or(|old| status::changed(old, &report.status))
+        {
             match transport.write_status(&report.status) {
                 Ok(()) => {
                     last_write = Instant::now();

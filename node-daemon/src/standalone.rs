@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use weft_api::standalone::{NodeRegistration, StateDir};
 use weft_api::MeshNode;
 use weft_api::MeshNodeStatus;
-use weft_api::standalone::{NodeRegistration, StateDir};
 
 use crate::error::Error;
 use crate::storage;
@@ -27,7 +27,13 @@ impl FileTransport {
     pub fn new(state: StateDir, node: &str, data_dir: &std::path::Path) -> Self {
         let cache_path = data_dir.join("last-meshnode.json");
         let last_good = storage::read_json(&cache_path).ok().flatten();
-        FileTransport { state, node: node.into(), cache_path, last_good, last_error: None }
+        FileTransport {
+            state,
+            node: node.into(),
+            cache_path,
+            last_good,
+            last_error: None,
+        }
     }
 
     /// Announces the node (like a Node object appearing).
@@ -40,7 +46,12 @@ impl FileTransport {
         match storage::read_json::<MeshNode>(&self.state.meshnode(&self.node)) {
             Ok(Some(mn)) => {
                 self.last_error = None;
-                if self.last_good.as_ref().map(|g| (&g.metadata.generation, &g.spec)) != Some((&mn.metadata.generation, &mn.spec)) {
+                if self
+                    .last_good
+                    .as_ref()
+                    .map(|g| (&g.metadata.generation, &g.spec))
+                    != Some((&mn.metadata.generation, &mn.spec))
+                {
                     if let Err(e) = storage::write_json_private(&self.cache_path, &mn) {
                         tracing::warn!(error = %e, "cannot cache MeshNode spec");
                     }

@@ -93,6 +93,8 @@ pub const WORKLOAD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 impl AppNet {
     /// Whether two app states are the same for the data plane (ignores labels).
     pub fn same_dataplane(&self, other: &AppNet) -> bool {
-        self.netns == other.netns && self.device == other.device && self.workloads == other.workloads
+        self.netns == other.netns
+            && self.device == other.device
+            && self.workloads == other.workloads
     }
 }

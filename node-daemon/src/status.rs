@@ -32,13 +32,21 @@ pub fn build(
     for p in plans {
         let att = spec.and_then(|s| s.spec.apps.iter().find(|a| a.app == p.app));
         let netns = att.map(|a| a.netns.clone()).unwrap_or_default();
-        let dev = observed.state.apps.get(&netns).and_then(|a| a.device.as_ref());
+        let dev = observed
+            .state
+            .apps
+            .get(&netns)
+            .and_then(|a| a.device.as_ref());
         let error = app_errors.get(&p.app).cloned();
         let peers = p
             .peer_nodes
             .iter()
             .map(|(pk, peer_node)| {
-                let st = observed.stats.get(&(netns.clone(), pk.clone())).cloned().unwrap_or_default();
+                let st = observed
+                    .stats
+                    .get(&(netns.clone(), pk.clone()))
+                    .cloned()
+                    .unwrap_or_default();
                 PeerStatus {
                     node: peer_node.clone(),
                     public_key: pk.clone(),
@@ -57,7 +65,9 @@ pub fn build(
         apps.push(AppStatus {
             app: p.app.clone(),
             public_key: want.map(|d| d.public_key.clone()).unwrap_or_default(),
-            listen_port: dev.map(|d| d.listen_port).unwrap_or(att.map(|a| a.listen_port).unwrap_or(0)),
+            listen_port: dev
+                .map(|d| d.listen_port)
+                .unwrap_or(att.map(|a| a.listen_port).unwrap_or(0)),
             interface: att.map(|a| a.interface.clone()).unwrap_or_default(),
             // Programmed = planned cleanly and every op of this pass succeeded;
             // a device still missing after the pass shows up as an error.
@@ -72,16 +82,44 @@ pub fn build(
         .iter()
         .map(|w| {
             let k = workloads::key(w);
-            let (app, address) = attached.get(&k).cloned().map(|(a, ip)| (Some(a), Some(ip))).unwrap_or((None, None));
-            WorkloadStatus { name: w.name.clone(), namespace: w.namespace.clone(), labels: w.labels.clone(), app, address }
+            let (app, address) = attached
+                .get(&k)
+                .cloned()
+                .map(|(a, ip)| (Some(a), Some(ip)))
+                .unwrap_or((None, None));
+            WorkloadStatus {
+                name: w.name.clone(),
+                namespace: w.namespace.clone(),
+                labels: w.labels.clone(),
+                app,
+                address,
+            }
         })
         .collect();
 
     let mut conds = Vec::new();
     let ready = match spec {
-        None => conditions::new(types::READY, false, "NoSpec", format!("no MeshNode spec for {node} yet"), None),
-        Some(_) if errors.is_empty() => conditions::new(types::READY, true, "Programmed", format!("{apps_ready} app(s) programmed"), generation),
-        Some(_) => conditions::new(types::READY, false, "ProgrammingFailed", errors.join("; "), generation),
+        None => conditions::new(
+            types::READY,
+            false,
+            "NoSpec",
+            format!("no MeshNode spec for {node} yet"),
+            None,
+        ),
+        Some(_) if errors.is_empty() => conditions::new(
+            types::READY,
+            true,
+            "Programmed",
+            format!("{apps_ready} app(s) programmed"),
+            generation,
+        ),
+        Some(_) => conditions::new(
+            types::READY,
+            false,
+            "ProgrammingFailed",
+            errors.join("; "),
+            generation,
+        ),
     };
     conditions::set(&mut conds, ready, now.clone());
     MeshNodeStatus {
@@ -113,5 +151,6 @@ pub fn changed(old: &MeshNodeStatus, new: &MeshNodeStatus) -> bool {
         }
         s
     };
-    strip(old) != strip(new) || !conditions::lists_equal_ignoring_time(&old.conditions, &new.conditions)
+    strip(old) != strip(new)
+        || !conditions::lists_equal_ignoring_time(&old.conditions, &new.conditions)
 }

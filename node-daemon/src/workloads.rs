@@ -30,18 +30,24 @@ impl DirSource {
 impl WorkloadSource for DirSource {
     fn list(&mut self) -> Vec<LocalWorkload> {
         let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(&self.dir) else { return out };
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.extension().and_then(|x| x.to_str()) != Some("json") {
                 continue;
             }
-            match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<LocalWorkload>(&b).map_err(|e| e.to_string())) {
+            match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| {
+                serde_json::from_slice::<LocalWorkload>(&b).map_err(|e| e.to_string())
+            }) {
                 Ok(w) if w.name.is_empty() || w.netns.is_empty() => {
                     tracing::warn!(file = %p.display(), "workload announcement needs non-empty name and netns; ignored")
                 }
                 Ok(w) => out.push(w),
-                Err(err) => tracing::warn!(file = %p.display(), %err, "unreadable workload announcement; ignored"),
+                Err(err) => {
+                    tracing::warn!(file = %p.display(), %err, "unreadable workload announcement; ignored")
+                }
             }
         }
         out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

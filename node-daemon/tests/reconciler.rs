@@ -35,13 +35,24 @@ fn attachment(app: &str, id: &str, octet: u8) -> AppAttachment {
 }
 
 fn meshnode(generation: i64, apps: Vec<AppAttachment>) -> MeshNode {
-    let mut mn = MeshNode::new("n1", MeshNodeSpec { site: "local".into(), apps });
+    let mut mn = MeshNode::new(
+        "n1",
+        MeshNodeSpec {
+            site: "local".into(),
+            apps,
+        },
+    );
     mn.metadata.generation = Some(generation);
     mn
 }
 
 fn workloads() -> Vec<LocalWorkload> {
-    vec![LocalWorkload { name: "w1".into(), namespace: "demo".into(), labels: Default::default(), netns: "/run/netns/w1".into() }]
+    vec![LocalWorkload {
+        name: "w1".into(),
+        namespace: "demo".into(),
+        labels: Default::default(),
+        netns: "/run/netns/w1".into(),
+    }]
 }
 
 fn rec(dir: &std::path::Path) -> Reconciler<FakeDataplane> {
@@ -55,7 +66,11 @@ fn converged_resync_makes_zero_writes() {
     let spec = meshnode(1, vec![attachment("demo/web", "aaaaaaaaaa", 100)]);
     let first = r.pass(Some(&spec), &workloads(), t());
     assert!(first.errors.is_empty(), "{:?}", first.errors);
-    assert!(first.writes >= 7, "netns, device, link, address, peer, route, workload: {}", first.writes);
+    assert!(
+        first.writes >= 7,
+        "netns, device, link, address, peer, route, workload: {}",
+        first.writes
+    );
     let second = r.pass(Some(&spec), &workloads(), t());
     assert_eq!(second.writes, 0, "a converged resync must not write");
     assert!(second.status.apps[0].programmed);
@@ -67,11 +82,21 @@ fn deleted_interface_is_recreated_on_resync() {
     let mut r = rec(d.path());
     let spec = meshnode(1, vec![attachment("demo/web", "aaaaaaaaaa", 100)]);
     r.pass(Some(&spec), &workloads(), t());
-    let key_before = r.pass(Some(&spec), &workloads(), t()).status.apps[0].public_key.clone();
-    r.dataplane().state.apps.get_mut("weft-n1-aaaaaaaaaa").unwrap().device = None;
+    let key_before = r.pass(Some(&spec), &workloads(), t()).status.apps[0]
+        .public_key
+        .clone();
+    r.dataplane()
+        .state
+        .apps
+        .get_mut("weft-n1-aaaaaaaaaa")
+        .unwrap()
+        .device = None;
     let repair = r.pass(Some(&spec), &workloads(), t());
     assert!(repair.writes > 0);
-    let dev = r.dataplane().state.apps["weft-n1-aaaaaaaaaa"].device.clone().unwrap();
+    let dev = r.dataplane().state.apps["weft-n1-aaaaaaaaaa"]
+        .device
+        .clone()
+        .unwrap();
     assert_eq!(dev.public_key, key_before, "same key after repair");
     assert_eq!(dev.peers.len(), 1);
     assert_eq!(r.pass(Some(&spec), &workloads(), t()).writes, 0);
@@ -85,22 +110,38 @@ fn deleted_netns_is_recreated_on_resync() {
     r.pass(Some(&spec), &workloads(), t());
     r.dataplane().state.apps.clear();
     r.pass(Some(&spec), &workloads(), t());
-    assert!(r.dataplane().state.apps["weft-n1-aaaaaaaaaa"].device.is_some());
-    assert_eq!(r.dataplane().state.apps["weft-n1-aaaaaaaaaa"].workloads.len(), 1);
+    assert!(r.dataplane().state.apps["weft-n1-aaaaaaaaaa"]
+        .device
+        .is_some());
+    assert_eq!(
+        r.dataplane().state.apps["weft-n1-aaaaaaaaaa"]
+            .workloads
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn removed_app_is_fully_cleaned_up_including_its_key() {
     let d = tempfile::tempdir().unwrap();
     let mut r = rec(d.path());
-    let both = meshnode(1, vec![attachment("demo/web", "aaaaaaaaaa", 100), attachment("demo/db", "bbbbbbbbbb", 101)]);
+    let both = meshnode(
+        1,
+        vec![
+            attachment("demo/web", "aaaaaaaaaa", 100),
+            attachment("demo/db", "bbbbbbbbbb", 101),
+        ],
+    );
     r.pass(Some(&both), &workloads(), t());
     assert!(d.path().join("keys/bbbbbbbbbb.key").exists());
     let one = meshnode(2, vec![attachment("demo/web", "aaaaaaaaaa", 100)]);
     let rep = r.pass(Some(&one), &workloads(), t());
     assert!(rep.errors.is_empty(), "{:?}", rep.errors);
     assert!(!r.dataplane().state.apps.contains_key("weft-n1-bbbbbbbbbb"));
-    assert!(!d.path().join("keys/bbbbbbbbbb.key").exists(), "key of a removed app is deleted");
+    assert!(
+        !d.path().join("keys/bbbbbbbbbb.key").exists(),
+        "key of a removed app is deleted"
+    );
     assert!(d.path().join("keys/aaaaaaaaaa.key").exists());
     assert_eq!(rep.status.observed_generation, Some(2));
 }
@@ -109,7 +150,13 @@ fn removed_app_is_fully_cleaned_up_including_its_key() {
 fn invalid_spec_for_one_app_keeps_its_last_good_state_and_the_others_running() {
     let d = tempfile::tempdir().unwrap();
     let mut r = rec(d.path());
-    let good = meshnode(1, vec![attachment("demo/web", "aaaaaaaaaa", 100), attachment("demo/db", "bbbbbbbbbb", 101)]);
+    let good = meshnode(
+        1,
+        vec![
+            attachment("demo/web", "aaaaaaaaaa", 100),
+            attachment("demo/db", "bbbbbbbbbb", 101),
+        ],
+    );
     r.pass(Some(&good), &workloads(), t());
     let mut broken_db = attachment("demo/db", "bbbbbbbbbb", 101);
     broken_db.address_space = "10.101.0.0/99".into();
@@ -117,10 +164,27 @@ fn invalid_spec_for_one_app_keeps_its_last_good_state_and_the_others_running() {
     web2.mtu = 1400;
     let bad = meshnode(2, vec![web2, broken_db]);
     let rep = r.pass(Some(&bad), &workloads(), t());
-    assert!(rep.errors.iter().any(|e| e.contains("spec.apps[demo/db].addressSpace")), "{:?}", rep.errors);
+    assert!(
+        rep.errors
+            .iter()
+            .any(|e| e.contains("spec.apps[demo/db].addressSpace")),
+        "{:?}",
+        rep.errors
+    );
     let db = &r.dataplane().state.apps["weft-n1-bbbbbbbbbb"];
-    assert!(db.device.is_some(), "the working db data plane is not torn down");
-    assert_eq!(r.dataplane().state.apps["weft-n1-aaaaaaaaaa"].device.as_ref().unwrap().mtu, 1400, "web still updates");
+    assert!(
+        db.device.is_some(),
+        "the working db data plane is not torn down"
+    );
+    assert_eq!(
+        r.dataplane().state.apps["weft-n1-aaaaaaaaaa"]
+            .device
+            .as_ref()
+            .unwrap()
+            .mtu,
+        1400,
+        "web still updates"
+    );
     let db_status = rep.status.apps.iter().find(|a| a.app == "demo/db").unwrap();
     assert!(!db_status.programmed && db_status.error.as_ref().unwrap().contains("addressSpace"));
     assert_eq!(rep.status.conditions[0].status, "False");
@@ -142,8 +206,18 @@ fn without_a_spec_nothing_is_touched() {
 fn workload_addresses_survive_a_daemon_restart() {
     let d = tempfile::tempdir().unwrap();
     let spec = meshnode(1, vec![attachment("demo/web", "aaaaaaaaaa", 100)]);
-    let addr1 = rec(d.path()).pass(Some(&spec), &workloads(), t()).status.workloads[0].address.clone();
-    let addr2 = rec(d.path()).pass(Some(&spec), &workloads(), t()).status.workloads[0].address.clone();
+    let addr1 = rec(d.path())
+        .pass(Some(&spec), &workloads(), t())
+        .status
+        .workloads[0]
+        .address
+        .clone();
+    let addr2 = rec(d.path())
+        .pass(Some(&spec), &workloads(), t())
+        .status
+        .workloads[0]
+        .address
+        .clone();
     assert_eq!(addr1, addr2);
     assert_eq!(addr1.as_deref(), Some("10.100.1.2"));
 }
@@ -156,7 +230,11 @@ fn failed_operation_marks_only_its_app_not_programmed() {
     let spec = meshnode(1, vec![attachment("demo/web", "aaaaaaaaaa", 100)]);
     let rep = r.pass(Some(&spec), &workloads(), t());
     assert!(!rep.status.apps[0].programmed);
-    assert!(rep.errors.iter().any(|e| e.contains("attach_workload")), "{:?}", rep.errors);
+    assert!(
+        rep.errors.iter().any(|e| e.contains("attach_workload")),
+        "{:?}",
+        rep.errors
+    );
     r.dataplane().fail_ops.clear();
     let rep = r.pass(Some(&spec), &workloads(), t());
     assert!(rep.status.apps[0].programmed, "{:?}", rep.errors);

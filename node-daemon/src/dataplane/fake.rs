@@ -26,7 +26,10 @@ impl FakeDataplane {
     }
 
     fn app(&mut self, netns: &str, op: &Op) -> Result<&mut AppNet, Error> {
-        self.state.apps.get_mut(netns).ok_or_else(|| Error::dp(op.name(), netns, "no such netns"))
+        self.state
+            .apps
+            .get_mut(netns)
+            .ok_or_else(|| Error::dp(op.name(), netns, "no such netns"))
     }
 
     fn dev<'a>(app: &'a mut AppNet, ifc: &str, op: &Op) -> Result<&'a mut Device, Error> {
@@ -49,7 +52,10 @@ impl Dataplane for FakeDataplane {
         for a in state.apps.values_mut() {
             a.app.clear(); // the kernel does not know app names
         }
-        Ok(Observation { state, stats: Default::default() })
+        Ok(Observation {
+            state,
+            stats: Default::default(),
+        })
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), Error> {
@@ -59,12 +65,23 @@ impl Dataplane for FakeDataplane {
         self.applied.push(op.clone());
         match op {
             Op::CreateNetns { netns } => {
-                self.state.apps.entry(netns.clone()).or_insert_with(|| AppNet { netns: netns.clone(), ..Default::default() });
+                self.state
+                    .apps
+                    .entry(netns.clone())
+                    .or_insert_with(|| AppNet {
+                        netns: netns.clone(),
+                        ..Default::default()
+                    });
             }
             Op::DeleteNetns { netns } => {
                 self.state.apps.remove(netns);
             }
-            Op::CreateDevice { netns, interface, private_key, listen_port } => {
+            Op::CreateDevice {
+                netns,
+                interface,
+                private_key,
+                listen_port,
+            } => {
                 let app = self.app(netns, op)?;
                 app.device = Some(Device {
                     interface: interface.clone(),
@@ -75,47 +92,98 @@ impl Dataplane for FakeDataplane {
                 });
             }
             Op::DeleteDevice { netns, .. } => self.app(netns, op)?.device = None,
-            Op::ConfigureDevice { netns, interface, private_key, listen_port } => {
+            Op::ConfigureDevice {
+                netns,
+                interface,
+                private_key,
+                listen_port,
+            } => {
                 let app = self.app(netns, op)?;
                 let d = Self::dev(app, interface, op)?;
                 d.public_key = private_key.public_key();
                 d.listen_port = *listen_port;
             }
-            Op::SetLink { netns, interface, mtu } => {
+            Op::SetLink {
+                netns,
+                interface,
+                mtu,
+            } => {
                 let d = Self::dev(self.app(netns, op)?, interface, op)?;
                 d.mtu = *mtu;
                 d.up = true;
             }
-            Op::AddAddress { netns, interface, address } => {
+            Op::AddAddress {
+                netns,
+                interface,
+                address,
+            } => {
                 let d = Self::dev(self.app(netns, op)?, interface, op)?;
                 d.addresses.push(*address);
                 d.addresses.sort();
             }
-            Op::DeleteAddress { netns, interface, address } => {
-                Self::dev(self.app(netns, op)?, interface, op)?.addresses.retain(|a| a != address)
-            }
-            Op::AddRoute { netns, interface, destination } => {
+            Op::DeleteAddress {
+                netns,
+                interface,
+                address,
+            } => Self::dev(self.app(netns, op)?, interface, op)?
+                .addresses
+                .retain(|a| a != address),
+            Op::AddRoute {
+                netns,
+                interface,
+                destination,
+            } => {
                 let d = Self::dev(self.app(netns, op)?, interface, op)?;
                 d.routes.push(*destination);
                 d.routes.sort();
             }
-            Op::DeleteRoute { netns, interface, destination } => {
-                Self::dev(self.app(netns, op)?, interface, op)?.routes.retain(|r| r != destination)
-            }
-            Op::SetPeer { netns, interface, public_key, endpoint, allowed_ips, persistent_keepalive } => {
+            Op::DeleteRoute {
+                netns,
+                interface,
+                destination,
+            } => Self::dev(self.app(netns, op)?, interface, op)?
+                .routes
+                .retain(|r| r != destination),
+            Op::SetPeer {
+                netns,
+                interface,
+                public_key,
+                endpoint,
+                allowed_ips,
+                persistent_keepalive,
+            } => {
                 let d = Self::dev(self.app(netns, op)?, interface, op)?;
                 d.peers.insert(
                     public_key.clone(),
-                    Peer { endpoint: *endpoint, allowed_ips: allowed_ips.clone(), persistent_keepalive: *persistent_keepalive },
+                    Peer {
+                        endpoint: *endpoint,
+                        allowed_ips: allowed_ips.clone(),
+                        persistent_keepalive: *persistent_keepalive,
+                    },
                 );
             }
-            Op::RemovePeer { netns, interface, public_key } => {
-                Self::dev(self.app(netns, op)?, interface, op)?.peers.remove(public_key);
+            Op::RemovePeer {
+                netns,
+                interface,
+                public_key,
+            } => {
+                Self::dev(self.app(netns, op)?, interface, op)?
+                    .peers
+                    .remove(public_key);
             }
-            Op::AttachWorkload { netns, host_interface, link } => {
-                self.app(netns, op)?.workloads.insert(host_interface.clone(), link.clone());
+            Op::AttachWorkload {
+                netns,
+                host_interface,
+                link,
+            } => {
+                self.app(netns, op)?
+                    .workloads
+                    .insert(host_interface.clone(), link.clone());
             }
-            Op::DetachWorkload { netns, host_interface } => {
+            Op::DetachWorkload {
+                netns,
+                host_interface,
+            } => {
                 self.app(netns, op)?.workloads.remove(host_interface);
             }
         }

@@ -1,0 +1,33 @@
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+setup: ## Install system packages the demo and tests need (root)
+	bash scripts/setup.sh
+
+build: ## Build every crate (debug)
+	$(CARGO) build --workspace --bins
+
+demo: ## Run the demo: two simulated nodes, two apps, encrypted traffic (root)
+	bash scripts/demo.sh
+
+test: ## Run the whole test suite, privileged tests included (root)
+	bash scripts/test.sh
+
+bench: ## Print throughput, RTT and time-to-first-packet figures (root)
+	bash scripts/setup.sh
+	$(CARGO) build --release --workspace --bins -q
+	WEFT_BIN_DIR=$(CURDIR)/target/release target/release/weft-bench --examples examples
+
+crds: ## Regenerate crds/*.yaml from the API types
+	$(CARGO) run -q -p weft-api --bin crdgen -- crds
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## Clippy with warnings as errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: help setup build demo test bench crds fmt lint

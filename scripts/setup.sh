@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what building, the demo and the tests need on Debian. Idempotent.
+set -euo pipefail
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "weft: this needs root (network namespaces, TUN devices): run it with sudo" >&2
+    exit 1
+  fi
+}
+need_root
+
+PKGS=(iproute2 iputils-ping iperf3 wireguard-tools wireguard-go nftables busybox-static
+      procps util-linux psmisc gcc make pkg-config ca-certificates kmod)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "weft: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust: the workspace needs a recent stable toolchain (kube 5 needs >= 1.89),
+# newer than Debian ships; rustup is the supported way to get it.
+if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
+if ! command -v cargo >/dev/null; then
+  echo "weft: no cargo found. Install Rust >= 1.89 with rustup (https://rustup.rs), then re-run." >&2
+  exit 1
+fi
+ver=$(cargo --version | awk '{print $2}')
+if [ "$(printf '%s\n1.89.0\n' "$ver" | sort -V | head -1)" != "1.89.0" ]; then
+  echo "weft: cargo $ver is too old; need >= 1.89 (rustup update stable)" >&2
+  exit 1
+fi
+[ -e /dev/net/tun ] || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200 && chmod 0666 /dev/net/tun; }
+echo "weft: dependencies ready (cargo $ver)"
