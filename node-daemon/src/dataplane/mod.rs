@@ -4,6 +4,7 @@
 
 pub mod fake;
 pub mod linux;
+pub mod sockbuf;
 
 use weft_api::DataplaneKind;
 
