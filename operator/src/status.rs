@@ -72,7 +72,10 @@ fn listed(items: &[String]) -> String {
 }
 
 fn error_summary(errors: &[PlanError]) -> String {
-    let parts: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+    let parts: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect();
     listed(&parts)
 }
 
@@ -220,7 +223,13 @@ pub fn site_status(
     let g = Some(generation);
     let n = outcome.nodes.len();
     let cond = if n == 0 {
-        conditions::new(types::READY, false, "NoNodes", "no node of this site registered", g)
+        conditions::new(
+            types::READY,
+            false,
+            "NoNodes",
+            "no node of this site registered",
+            g,
+        )
     } else if !outcome.lost_nodes.is_empty() {
         conditions::new(
             types::READY,
@@ -234,7 +243,13 @@ pub fn site_status(
             g,
         )
     } else {
-        conditions::new(types::READY, true, "Ready", format!("{n} nodes reporting"), g)
+        conditions::new(
+            types::READY,
+            true,
+            "Ready",
+            format!("{n} nodes reporting"),
+            g,
+        )
     };
     let mut conds = previous.map(|p| p.conditions.clone()).unwrap_or_default();
     apply_conditions(&mut conds, vec![cond], now);

@@ -55,6 +55,10 @@ impl PlanError {
 
 impl fmt::Display for PlanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {} ({})", self.object, self.field, self.message, self.reason)
+        write!(
+            f,
+            "{} {}: {} ({})",
+            self.object, self.field, self.message, self.reason
+        )
     }
 }

@@ -46,7 +46,7 @@ pub fn allocate(pool: &Ipv4Net, prefix: u8, taken: &[Ipv4Net]) -> Option<Ipv4Net
     let mut candidate = start(pool);
     'search: while candidate + size - 1 <= pool_end {
         for t in taken {
-            if start(t) <= candidate + size - 1 && candidate <= end(t) {
+            if start(t) < candidate + size && candidate <= end(t) {
                 candidate = (end(t) + 1).div_ceil(size) * size;
                 continue 'search;
             }
@@ -100,7 +100,9 @@ pub fn assign_ranges(
     }
     // 2. New explicit ranges, lowest name first.
     for (key, req) in requests {
-        let Some(explicit) = req.explicit else { continue };
+        let Some(explicit) = req.explicit else {
+            continue;
+        };
         if !req.valid || ranges.contains_key(key) || errors.iter().any(|(k, _)| k == key) {
             continue;
         }
@@ -225,7 +227,10 @@ mod tests {
             allocate(&pool, 16, &[net("10.0.0.0/15"), net("10.2.128.0/24")]),
             Some(net("10.3.0.0/16"))
         );
-        assert_eq!(allocate(&net("10.0.0.0/16"), 16, &[net("10.0.0.0/8")]), None);
+        assert_eq!(
+            allocate(&net("10.0.0.0/16"), 16, &[net("10.0.0.0/8")]),
+            None
+        );
         assert_eq!(allocate(&net("10.0.0.0/16"), 8, &[]), None);
     }
 

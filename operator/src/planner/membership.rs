@@ -24,8 +24,7 @@ pub fn claims(app: &ObjectKey, spec: &MeshAppSpec, namespace: &str, labels: &Lab
         return false;
     }
     let selector = &spec.selector;
-    let selector_empty =
-        selector.match_labels.is_empty() && selector.match_expressions.is_empty();
+    let selector_empty = selector.match_labels.is_empty() && selector.match_expressions.is_empty();
     labels.get(APP_LABEL) == Some(&app.name) || (!selector_empty && selector.matches(labels))
 }
 

@@ -175,8 +175,7 @@ pub fn plan(s: &Snapshot) -> Plan {
 
     // 5. Node slices, per app.
     // (app, node) → (slice, workloads)
-    let mut placed: BTreeMap<ObjectKey, BTreeMap<String, (Ipv4Net, Vec<String>)>> =
-        BTreeMap::new();
+    let mut placed: BTreeMap<ObjectKey, BTreeMap<String, (Ipv4Net, Vec<String>)>> = BTreeMap::new();
     for (key, range) in &ranges {
         let Some(v) = valid.get(key) else { continue };
         let Some(on_nodes) = members.placements.get(key) else {
@@ -185,9 +184,16 @@ pub fn plan(s: &Snapshot) -> Plan {
         let nodes: Vec<String> = on_nodes
             .keys()
             .filter(|n| {
-                s.nodes
-                    .get(*n)
-                    .is_some_and(|info| v.sites.is_empty() || v.sites.iter().any(|x| x == node_site(info)))
+                // No sites listed means the local site only: an app spans
+                // other clusters or edge sites only when it says so.
+                s.nodes.get(*n).is_some_and(|info| {
+                    let site = node_site(info);
+                    if v.sites.is_empty() {
+                        site == weft_api::labels::LOCAL_SITE
+                    } else {
+                        v.sites.iter().any(|x| x == site)
+                    }
+                })
             })
             .cloned()
             .collect();
@@ -195,22 +201,30 @@ pub fn plan(s: &Snapshot) -> Plan {
         let previous: BTreeMap<String, Ipv4Net> = nodes
             .iter()
             .filter_map(|n| {
-                let att = s.previous_specs.get(n)?.apps.iter().find(|a| a.app == app_name)?;
+                let att = s
+                    .previous_specs
+                    .get(n)?
+                    .apps
+                    .iter()
+                    .find(|a| a.app == app_name)?;
                 Some((n.clone(), att.node_slice.parse().ok()?))
             })
             .collect();
         let (slices, full) = ipam::assign_slices(range, v.node_prefix_len, &nodes, &previous);
         for node in full {
-            app_errors.entry(key.clone()).or_default().push(PlanError::new(
-                ErrorKind::Exhausted,
-                validate::object_name("MeshApp", key),
-                "spec.nodePrefixLength",
-                "NodeSlicesExhausted",
-                format!(
-                    "no free /{} slice left in {range} for node {node}",
-                    v.node_prefix_len
-                ),
-            ));
+            app_errors
+                .entry(key.clone())
+                .or_default()
+                .push(PlanError::new(
+                    ErrorKind::Exhausted,
+                    validate::object_name("MeshApp", key),
+                    "spec.nodePrefixLength",
+                    "NodeSlicesExhausted",
+                    format!(
+                        "no free /{} slice left in {range} for node {node}",
+                        v.node_prefix_len
+                    ),
+                ));
         }
         let entry = placed.entry(key.clone()).or_default();
         for (node, slice) in slices {
@@ -260,13 +274,16 @@ pub fn plan(s: &Snapshot) -> Plan {
                     ports.insert(slot, port);
                 }
                 Err(_) => {
-                    app_errors.entry((*key).clone()).or_default().push(PlanError::new(
-                        ErrorKind::Exhausted,
-                        validate::object_name("MeshApp", key),
-                        "spec",
-                        "ListenPortsExhausted",
-                        format!("no free UDP listen port left on node {node}"),
-                    ));
+                    app_errors
+                        .entry((*key).clone())
+                        .or_default()
+                        .push(PlanError::new(
+                            ErrorKind::Exhausted,
+                            validate::object_name("MeshApp", key),
+                            "spec",
+                            "ListenPortsExhausted",
+                            format!("no free UDP listen port left on node {node}"),
+                        ));
                 }
             }
         }
@@ -278,16 +295,19 @@ pub fn plan(s: &Snapshot) -> Plan {
     // 7. Node errors (unusable endpoint addresses).
     for (node, info) in &s.nodes {
         if validate::parse_node_address(&info.address).is_none() {
-            out.node_errors.entry(node.clone()).or_default().push(PlanError::new(
-                ErrorKind::Invalid,
-                format!("MeshNode {node}"),
-                "address",
-                "InvalidAddress",
-                format!(
-                    "node address {:?} is not an IPv4 address; peers cannot reach this node",
-                    info.address
-                ),
-            ));
+            out.node_errors
+                .entry(node.clone())
+                .or_default()
+                .push(PlanError::new(
+                    ErrorKind::Invalid,
+                    format!("MeshNode {node}"),
+                    "address",
+                    "InvalidAddress",
+                    format!(
+                        "node address {:?} is not an IPv4 address; peers cannot reach this node",
+                        info.address
+                    ),
+                ));
         }
     }
 
@@ -324,7 +344,9 @@ pub fn plan(s: &Snapshot) -> Plan {
             })
             .collect();
         for (node, (slice, workloads)) in by_node {
-            let Some(spec) = out.nodes.get_mut(node) else { continue };
+            let Some(spec) = out.nodes.get_mut(node) else {
+                continue;
+            };
             let Some(port) = ports.get(&(node.clone(), key.clone())) else {
                 continue;
             };
@@ -351,7 +373,9 @@ pub fn plan(s: &Snapshot) -> Plan {
     // 9. Outcomes.
     for key in s.apps.keys() {
         let by_node = placed.get(key);
-        let nodes: Vec<String> = by_node.map(|b| b.keys().cloned().collect()).unwrap_or_default();
+        let nodes: Vec<String> = by_node
+            .map(|b| b.keys().cloned().collect())
+            .unwrap_or_default();
         let lost_nodes = nodes
             .iter()
             .filter(|n| s.nodes.get(*n).is_some_and(|i| i.lost))

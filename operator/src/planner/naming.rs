@@ -31,12 +31,16 @@ pub fn base32_lower(data: &[u8]) -> String {
         bits += 8;
         while bits >= 5 {
             bits -= 5;
-            out.push(char::from(BASE32_ALPHABET[((buffer >> bits) & 31) as usize]));
+            out.push(char::from(
+                BASE32_ALPHABET[((buffer >> bits) & 31) as usize],
+            ));
         }
         buffer &= (1 << bits) - 1;
     }
     if bits > 0 {
-        out.push(char::from(BASE32_ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
+        out.push(char::from(
+            BASE32_ALPHABET[((buffer << (5 - bits)) & 31) as usize],
+        ));
     }
     out
 }
@@ -67,7 +71,9 @@ pub fn netns_name(node: &str, app_id: &str) -> String {
 fn usable_previous_id(id: &str) -> bool {
     !id.is_empty()
         && INTERFACE_PREFIX.len() + id.len() <= MAX_IFNAME_LEN
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Assigns an id to every app: previous ids first (in app order), then

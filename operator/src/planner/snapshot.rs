@@ -99,8 +99,7 @@ pub const DEFAULT_BASE_LISTEN_PORT: u16 = 51820;
 impl Default for PlannerConfig {
     fn default() -> Self {
         PlannerConfig {
-            pool: Ipv4Net::new(std::net::Ipv4Addr::new(100, 64, 0, 0), 10)
-                .unwrap_or_default(),
+            pool: Ipv4Net::new(std::net::Ipv4Addr::new(100, 64, 0, 0), 10).unwrap_or_default(),
             app_prefix_len: DEFAULT_APP_PREFIX_LEN,
             base_listen_port: DEFAULT_BASE_LISTEN_PORT,
         }

@@ -10,7 +10,10 @@ use weft_api::{MeshAppSpec, MeshPolicySpec, MeshSiteSpec, Selector};
 use super::*;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn k(s: &str) -> ObjectKey {
@@ -30,7 +33,8 @@ fn node(addr: &str) -> NodeInfo {
 fn base() -> Snapshot {
     let mut s = Snapshot::default();
     for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
-        s.nodes.insert(n.to_string(), node(&format!("192.0.2.{}", i + 1)));
+        s.nodes
+            .insert(n.to_string(), node(&format!("192.0.2.{}", i + 1)));
     }
     s.apps.insert(
         k("demo/good"),
@@ -40,7 +44,11 @@ fn base() -> Snapshot {
         },
     );
     s.apps.insert(k("demo/auto"), MeshAppSpec::default());
-    s.add_workload("n1", k("demo/g1"), labels(&[("weft.dev/app", "good"), ("tier", "web")]));
+    s.add_workload(
+        "n1",
+        k("demo/g1"),
+        labels(&[("weft.dev/app", "good"), ("tier", "web")]),
+    );
     s.add_workload("n2", k("demo/g2"), labels(&[("weft.dev/app", "good")]));
     s.add_workload("n2", k("demo/a1"), labels(&[("weft.dev/app", "auto")]));
     s.add_workload("n3", k("demo/a2"), labels(&[("weft.dev/app", "auto")]));
@@ -62,7 +70,11 @@ fn assert_good_apps_plan(p: &Plan) {
     let auto = &p.apps[&k("demo/auto")];
     assert!(auto.errors.is_empty(), "{:?}", auto.errors);
     assert_eq!(auto.nodes, vec!["n2", "n3"]);
-    let att = p.nodes["n1"].apps.iter().find(|a| a.app == "demo/good").unwrap();
+    let att = p.nodes["n1"]
+        .apps
+        .iter()
+        .find(|a| a.app == "demo/good")
+        .unwrap();
     assert_eq!(att.peers.len(), 1);
     assert_eq!(att.peers[0].node, "n2");
 }
@@ -75,17 +87,53 @@ fn bad_app(spec: MeshAppSpec) -> impl Fn(&mut Snapshot) {
 
 #[test]
 fn bad_input_names_the_field_and_other_apps_still_plan() {
-    type Case = (&'static str, Box<dyn Fn(&mut Snapshot)>, &'static str, &'static str, &'static str);
+    type Case = (
+        &'static str,
+        Box<dyn Fn(&mut Snapshot)>,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
     let explicit = |cidr: &str| MeshAppSpec {
         address_space: Some(cidr.into()),
         ..Default::default()
     };
     let cases: Vec<Case> = vec![
-        ("invalid CIDR", Box::new(bad_app(explicit("10.300.0.0/16"))), "MeshApp demo/zz-bad", "spec.addressSpace", "InvalidAddressSpace"),
-        ("not a CIDR", Box::new(bad_app(explicit("banana"))), "MeshApp demo/zz-bad", "spec.addressSpace", "InvalidAddressSpace"),
-        ("host bits set", Box::new(bad_app(explicit("10.101.0.1/16"))), "MeshApp demo/zz-bad", "spec.addressSpace", "InvalidAddressSpace"),
-        ("overlap explicit/explicit", Box::new(bad_app(explicit("10.100.128.0/17"))), "MeshApp demo/zz-bad", "spec.addressSpace", "AddressSpaceConflict"),
-        ("overlap explicit/allocated", Box::new(bad_app(explicit("100.64.0.0/12"))), "MeshApp demo/zz-bad", "spec.addressSpace", "AddressSpaceConflict"),
+        (
+            "invalid CIDR",
+            Box::new(bad_app(explicit("10.300.0.0/16"))),
+            "MeshApp demo/zz-bad",
+            "spec.addressSpace",
+            "InvalidAddressSpace",
+        ),
+        (
+            "not a CIDR",
+            Box::new(bad_app(explicit("banana"))),
+            "MeshApp demo/zz-bad",
+            "spec.addressSpace",
+            "InvalidAddressSpace",
+        ),
+        (
+            "host bits set",
+            Box::new(bad_app(explicit("10.101.0.1/16"))),
+            "MeshApp demo/zz-bad",
+            "spec.addressSpace",
+            "InvalidAddressSpace",
+        ),
+        (
+            "overlap explicit/explicit",
+            Box::new(bad_app(explicit("10.100.128.0/17"))),
+            "MeshApp demo/zz-bad",
+            "spec.addressSpace",
+            "AddressSpaceConflict",
+        ),
+        (
+            "overlap explicit/allocated",
+            Box::new(bad_app(explicit("100.64.0.0/12"))),
+            "MeshApp demo/zz-bad",
+            "spec.addressSpace",
+            "AddressSpaceConflict",
+        ),
         (
             "pool exhausted",
             Box::new(|s: &mut Snapshot| {
@@ -277,7 +325,8 @@ fn bad_input_names_the_field_and_other_apps_still_plan() {
         let p = plan(&s);
         let errs = p.errors();
         assert!(
-            errs.iter().any(|e| e.object == object && e.field == field && e.reason == reason),
+            errs.iter()
+                .any(|e| e.object == object && e.field == field && e.reason == reason),
             "{name}: expected {object} {field} {reason}, got {errs:#?}"
         );
         assert_good_apps_plan(&p);
@@ -297,7 +346,11 @@ fn slice_exhaustion_keeps_the_app_on_the_nodes_that_fit() {
     let bad = &p.apps[&k("demo/zz-bad")];
     assert_eq!(bad.nodes, vec!["n1"]);
     assert!(bad.errors[0].message.contains("n2"));
-    let att = p.nodes["n1"].apps.iter().find(|a| a.app == "demo/zz-bad").unwrap();
+    let att = p.nodes["n1"]
+        .apps
+        .iter()
+        .find(|a| a.app == "demo/zz-bad")
+        .unwrap();
     assert_eq!(att.address, "10.200.0.1/30");
 }
 
@@ -337,14 +390,29 @@ fn attachment_has_expected_names_addresses_and_peers() {
         vec![weft_api::PeerSpec {
             node: "n2".into(),
             public_key: "key-n2-demo/good".into(),
-            endpoint: format!("192.0.2.2:{}", p.nodes["n2"].apps.iter().find(|a| a.app == "demo/good").unwrap().listen_port),
+            endpoint: format!(
+                "192.0.2.2:{}",
+                p.nodes["n2"]
+                    .apps
+                    .iter()
+                    .find(|a| a.app == "demo/good")
+                    .unwrap()
+                    .listen_port
+            ),
             allowed_ips: vec!["10.100.1.0/24".into()],
         }]
     );
     // n2 carries two apps: distinct ports, sorted by app.
-    let n2: Vec<_> = p.nodes["n2"].apps.iter().map(|a| (a.app.as_str(), a.listen_port)).collect();
+    let n2: Vec<_> = p.nodes["n2"]
+        .apps
+        .iter()
+        .map(|a| (a.app.as_str(), a.listen_port))
+        .collect();
     assert_eq!(n2, vec![("demo/auto", 51820), ("demo/good", 51821)]);
-    assert_eq!(p.apps[&k("demo/auto")].address_space.as_deref(), Some("100.64.0.0/16"));
+    assert_eq!(
+        p.apps[&k("demo/auto")].address_space.as_deref(),
+        Some("100.64.0.0/16")
+    );
 }
 
 #[test]
@@ -354,12 +422,27 @@ fn missing_key_or_lost_node_is_left_out_of_peers() {
     s.nodes.get_mut("n3").unwrap().lost = true;
     let p = plan(&s);
     let peers_of = |n: &str, app: &str| -> Vec<String> {
-        p.nodes[n].apps.iter().find(|a| a.app == app).unwrap().peers.iter().map(|x| x.node.clone()).collect()
+        p.nodes[n]
+            .apps
+            .iter()
+            .find(|a| a.app == app)
+            .unwrap()
+            .peers
+            .iter()
+            .map(|x| x.node.clone())
+            .collect()
     };
-    assert!(peers_of("n1", "demo/good").is_empty(), "n2's key is unknown");
+    assert!(
+        peers_of("n1", "demo/good").is_empty(),
+        "n2's key is unknown"
+    );
     assert_eq!(peers_of("n2", "demo/good"), vec!["n1"]);
     assert!(peers_of("n2", "demo/auto").is_empty(), "n3 is lost");
-    assert_eq!(peers_of("n3", "demo/auto"), vec!["n2"], "a lost node keeps its spec");
+    assert_eq!(
+        peers_of("n3", "demo/auto"),
+        vec!["n2"],
+        "a lost node keeps its spec"
+    );
     assert_eq!(p.apps[&k("demo/auto")].lost_nodes, vec!["n3"]);
 }
 
@@ -403,7 +486,10 @@ fn incumbent_range_beats_a_lower_named_newcomer() {
         },
     );
     let p = plan(&s);
-    assert_eq!(p.apps[&k("demo/aaa")].errors[0].reason, "AddressSpaceConflict");
+    assert_eq!(
+        p.apps[&k("demo/aaa")].errors[0].reason,
+        "AddressSpaceConflict"
+    );
     assert_good_apps_plan(&p);
 }
 
@@ -421,10 +507,17 @@ fn workload_stays_with_the_app_that_had_it() {
         },
     );
     let p = plan(&s);
-    assert_eq!(p.apps[&k("demo/good")].workloads, vec!["demo/g1", "demo/g2"]);
+    assert_eq!(
+        p.apps[&k("demo/good")].workloads,
+        vec!["demo/g1", "demo/g2"]
+    );
     let e = &p.apps[&k("demo/aaa")].errors[0];
     assert_eq!(e.reason, "WorkloadClaimed");
-    assert!(e.message.contains("demo/g1") && e.message.contains("demo/good"), "{}", e.message);
+    assert!(
+        e.message.contains("demo/g1") && e.message.contains("demo/good"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -443,7 +536,11 @@ fn invalid_node_address_is_reported_and_not_peered() {
     s.nodes.get_mut("n2").unwrap().address = "not-an-ip".into();
     let p = plan(&s);
     assert_eq!(p.node_errors["n2"][0].field, "address");
-    let att = p.nodes["n1"].apps.iter().find(|a| a.app == "demo/good").unwrap();
+    let att = p.nodes["n1"]
+        .apps
+        .iter()
+        .find(|a| a.app == "demo/good")
+        .unwrap();
     assert!(att.peers.is_empty());
 }
 
@@ -484,18 +581,37 @@ fn app_spec() -> impl Strategy<Value = MeshAppSpec> {
 }
 
 fn workload() -> impl Strategy<Value = (usize, usize, usize, Option<usize>, Option<usize>)> {
-    (0..6usize, 0..2usize, 0..4usize, proptest::option::of(0..4usize), proptest::option::of(0..2usize))
+    (
+        0..6usize,
+        0..2usize,
+        0..4usize,
+        proptest::option::of(0..4usize),
+        proptest::option::of(0..2usize),
+    )
 }
 
-fn make_workload(node: usize, ns: usize, name: usize, app: Option<usize>, tier: Option<usize>) -> (String, ObjectKey, Labels) {
+fn make_workload(
+    node: usize,
+    ns: usize,
+    name: usize,
+    app: Option<usize>,
+    tier: Option<usize>,
+) -> (String, ObjectKey, Labels) {
     let mut l = Labels::new();
     if let Some(a) = app {
-        l.insert("weft.dev/app".into(), ["web", "db", "cache", "api"][a].into());
+        l.insert(
+            "weft.dev/app".into(),
+            ["web", "db", "cache", "api"][a].into(),
+        );
     }
     if let Some(t) = tier {
         l.insert("tier".into(), TIERS[t].into());
     }
-    (format!("n{node}"), ObjectKey::new(["a", "b"][ns], format!("w{name}")), l)
+    (
+        format!("n{node}"),
+        ObjectKey::new(["a", "b"][ns], format!("w{name}")),
+        l,
+    )
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -512,8 +628,11 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 .enumerate()
                 .map(|(i, l)| (format!("n{i}"), *l && i % 2 == 1))
                 .collect();
-            let apps: Vec<(ObjectKey, MeshAppSpec)> =
-                names.iter().zip(specs).map(|(n, s)| (ObjectKey::parse(n), s)).collect();
+            let apps: Vec<(ObjectKey, MeshAppSpec)> = names
+                .iter()
+                .zip(specs)
+                .map(|(n, s)| (ObjectKey::parse(n), s))
+                .collect();
             let mut seen = BTreeSet::new();
             let workloads = wls
                 .into_iter()
@@ -528,7 +647,12 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     }
                 }
             }
-            Scenario { nodes, apps, workloads, keys }
+            Scenario {
+                nodes,
+                apps,
+                workloads,
+                keys,
+            }
         })
 }
 
@@ -577,7 +701,14 @@ fn allocations(p: &Plan) -> BTreeMap<(String, String), Alloc> {
             spec.apps.iter().map(move |a| {
                 (
                     (n.clone(), a.app.clone()),
-                    (a.app_id.clone(), a.address_space.clone(), a.node_slice.clone(), a.address.clone(), a.listen_port, a.interface.clone()),
+                    (
+                        a.app_id.clone(),
+                        a.address_space.clone(),
+                        a.node_slice.clone(),
+                        a.address.clone(),
+                        a.listen_port,
+                        a.interface.clone(),
+                    ),
                 )
             })
         })
@@ -612,7 +743,12 @@ enum Extra {
 fn extra() -> impl Strategy<Value = Extra> {
     prop_oneof![
         app_spec().prop_map(Extra::App),
-        (0..2usize, proptest::option::of(0..4usize), proptest::option::of(0..2usize)).prop_map(|(ns, a, t)| Extra::Node(ns, a, t)),
+        (
+            0..2usize,
+            proptest::option::of(0..4usize),
+            proptest::option::of(0..2usize)
+        )
+            .prop_map(|(ns, a, t)| Extra::Node(ns, a, t)),
         workload().prop_map(|(n, ns, name, a, t)| Extra::Workload(n, ns, name + 10, a, t)),
     ]
 }
@@ -633,7 +769,9 @@ fn add_extra(sc: &mut Scenario, e: &Extra) {
                 sc.keys.push(("n9".into(), a.clone()));
             }
         }
-        Extra::Workload(n, ns, name, a, t) => sc.workloads.push(make_workload(*n, *ns, *name, *a, *t)),
+        Extra::Workload(n, ns, name, a, t) => {
+            sc.workloads.push(make_workload(*n, *ns, *name, *a, *t))
+        }
     }
 }
 
@@ -757,4 +895,47 @@ proptest! {
             prop_assert!(spec.apps.windows(2).all(|w| w[0].app < w[1].app));
         }
     }
+}
+
+#[test]
+fn between_two_new_overlapping_apps_the_lower_name_wins() {
+    let mut s = base();
+    for name in ["demo/x2", "demo/x1"] {
+        s.apps.insert(
+            k(name),
+            MeshAppSpec {
+                address_space: Some("10.50.0.0/16".into()),
+                ..Default::default()
+            },
+        );
+    }
+    let p = plan(&s);
+    assert!(p.apps[&k("demo/x1")].errors.is_empty());
+    assert_eq!(
+        p.apps[&k("demo/x1")].address_space.as_deref(),
+        Some("10.50.0.0/16")
+    );
+    let e = &p.apps[&k("demo/x2")].errors[0];
+    assert_eq!(
+        (e.field.as_str(), e.reason.as_str()),
+        ("spec.addressSpace", "AddressSpaceConflict")
+    );
+    assert!(e.message.contains("demo/x1"));
+    assert!(!p.apps[&k("demo/x2")].planned);
+}
+
+#[test]
+fn an_app_without_sites_stays_on_the_local_site_and_listed_sites_opt_in() {
+    let mut s = base();
+    s.sites.insert("edge1".into(), MeshSiteSpec::default());
+    s.nodes.get_mut("n3").unwrap().site = "edge1".into();
+    let p = plan(&s);
+    assert_eq!(
+        p.apps[&k("demo/auto")].nodes,
+        vec!["n2"],
+        "n3 is at edge1, which demo/auto does not list"
+    );
+    s.apps.get_mut(&k("demo/auto")).unwrap().sites = vec!["local".into(), "edge1".into()];
+    let p = plan(&s);
+    assert_eq!(p.apps[&k("demo/auto")].nodes, vec!["n2", "n3"]);
 }

@@ -105,7 +105,9 @@ pub fn validate_app(
             }
         },
     };
-    let node_prefix_len = spec.node_prefix_length.unwrap_or(DEFAULT_NODE_PREFIX_LENGTH);
+    let node_prefix_len = spec
+        .node_prefix_length
+        .unwrap_or(DEFAULT_NODE_PREFIX_LENGTH);
     if spec.address_space.is_none() || explicit_range.is_some() {
         let range_prefix = explicit_range.map_or(config.app_prefix_len, |n| n.prefix_len());
         if node_prefix_len < range_prefix || node_prefix_len > MAX_NODE_PREFIX_LEN {

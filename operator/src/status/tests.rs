@@ -65,9 +65,19 @@ fn ready(s: &MeshAppStatus) -> &Condition {
 fn all_programmed_and_handshaken_is_ready() {
     let a = node_status(2, true, &[("b", Some(5))]);
     let b = node_status(1, true, &[("a", Some(7))]);
-    let st = app_status(&key(), &outcome(&["a", "b"]), &views(&[("a", 2, &a), ("b", 1, &b)]), 3, None, &t(100));
+    let st = app_status(
+        &key(),
+        &outcome(&["a", "b"]),
+        &views(&[("a", 2, &a), ("b", 1, &b)]),
+        3,
+        None,
+        &t(100),
+    );
     assert_eq!(ready(&st).status, "True");
-    assert_eq!((st.nodes_ready, st.nodes_total, st.peers_up, st.peers_total), (2, 2, 1, 1));
+    assert_eq!(
+        (st.nodes_ready, st.nodes_total, st.peers_up, st.peers_total),
+        (2, 2, 1, 1)
+    );
     assert_eq!(st.nodes.as_deref(), Some("2/2"));
     assert_eq!(st.peers.as_deref(), Some("1/1"));
     assert_eq!(st.observed_generation, Some(3));
@@ -78,7 +88,14 @@ fn all_programmed_and_handshaken_is_ready() {
 fn stale_generation_means_node_not_ready_and_names_it() {
     let a = node_status(1, true, &[]);
     let b = node_status(1, true, &[]);
-    let st = app_status(&key(), &outcome(&["a", "b"]), &views(&[("a", 2, &a), ("b", 1, &b)]), 1, None, &t(0));
+    let st = app_status(
+        &key(),
+        &outcome(&["a", "b"]),
+        &views(&[("a", 2, &a), ("b", 1, &b)]),
+        1,
+        None,
+        &t(0),
+    );
     assert_eq!(st.nodes_ready, 1);
     let c = ready(&st);
     assert_eq!(c.reason, "NodesNotReady");
@@ -102,7 +119,11 @@ fn one_sided_or_old_handshake_is_not_up() {
     assert_eq!((st.peers_up, st.peers_total), (1, 3));
     let r = ready(&st);
     assert_eq!(r.reason, "PeersNotConnected");
-    assert!(r.message.contains("a<->b") && r.message.contains("a<->c"), "{}", r.message);
+    assert!(
+        r.message.contains("a<->b") && r.message.contains("a<->c"),
+        "{}",
+        r.message
+    );
 }
 
 #[test]
@@ -138,30 +159,57 @@ fn transition_time_stays_while_status_holds() {
     assert_eq!(first, second);
     assert!(first.same_ignoring_time(&second));
     let a = node_status(1, true, &[]);
-    let third = app_status(&key(), &outcome(&["a"]), &views(&[("a", 1, &a)]), 1, Some(&second), &t(30));
+    let third = app_status(
+        &key(),
+        &outcome(&["a"]),
+        &views(&[("a", 1, &a)]),
+        1,
+        Some(&second),
+        &t(30),
+    );
     assert_eq!(ready(&third).last_transition_time, t(30));
     assert!(!third.same_ignoring_time(&second));
 }
 
 #[test]
 fn policy_and_site_status() {
-    let ok = policy_status(&PolicyOutcome { accepted: true, errors: vec![] }, 2, None, &t(0));
+    let ok = policy_status(
+        &PolicyOutcome {
+            accepted: true,
+            errors: vec![],
+        },
+        2,
+        None,
+        &t(0),
+    );
     assert!(conditions::is_true(&ok.conditions, types::ACCEPTED));
     let bad = policy_status(
         &PolicyOutcome {
             accepted: false,
-            errors: vec![PlanError::new(ErrorKind::Invalid, "MeshPolicy demo/p", "spec.app", "UnknownApp", "no app")],
+            errors: vec![PlanError::new(
+                ErrorKind::Invalid,
+                "MeshPolicy demo/p",
+                "spec.app",
+                "UnknownApp",
+                "no app",
+            )],
         },
         2,
         None,
         &t(0),
     );
     let c = conditions::get(&bad.conditions, types::ACCEPTED).unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "UnknownApp"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "UnknownApp")
+    );
     assert!(c.message.contains("spec.app"));
 
     let site = site_status(
-        &SiteOutcome { nodes: vec!["a".into(), "b".into()], lost_nodes: vec!["b".into()] },
+        &SiteOutcome {
+            nodes: vec!["a".into(), "b".into()],
+            lost_nodes: vec!["b".into()],
+        },
         1,
         None,
         &t(0),

@@ -1,0 +1,296 @@
+//! `weft-operator get KIND`: kubectl-like tables read from a state directory.
+
+use std::fs;
+use std::path::Path;
+
+use k8s_openapi::jiff::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use weft_api::conditions::{self, types};
+use weft_api::standalone::{NodeRegistration, StateDir, StoredStatus};
+use weft_api::{MeshAppStatus, MeshNode, MeshNodeStatus, MeshPolicyStatus, MeshSiteStatus};
+
+use super::files::read_json;
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Output {
+    /// The usual columns.
+    #[default]
+    Table,
+    /// Extra columns.
+    Wide,
+    /// Everything, as JSON.
+    Json,
+}
+
+/// Lays out rows under a header with two spaces between columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+/// kubectl-style age: `42s`, `5m`, `3h`, `2d`.
+pub fn age(since: &str, now: Timestamp) -> String {
+    let Ok(t) = since.parse::<Timestamp>() else {
+        return "<unknown>".into();
+    };
+    let secs = now.duration_since(t).as_secs().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn stored<S: DeserializeOwned>(
+    state: &StateDir,
+    plural: &str,
+) -> anyhow::Result<Vec<StoredStatus<S>>> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(state.status_dir(plural)) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        if e.path().extension().is_some_and(|x| x == "json") {
+            if let Some(s) = read_json::<StoredStatus<S>>(&e.path())? {
+                out.push(s);
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+fn json<T: Serialize>(v: &T) -> anyhow::Result<String> {
+    Ok(format!("{}\n", serde_json::to_string_pretty(v)?))
+}
+
+fn cond_cells(
+    list: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    t: &str,
+) -> (String, String, String) {
+    match conditions::get(list, t) {
+        Some(c) => (c.status.clone(), c.reason.clone(), c.message.clone()),
+        None => ("Unknown".into(), String::new(), String::new()),
+    }
+}
+
+fn split_key(key: &str) -> (String, String) {
+    match key.split_once('/') {
+        Some((ns, n)) => (ns.into(), n.into()),
+        None => (String::new(), key.into()),
+    }
+}
+
+/// Renders `get KIND` for a state directory.
+pub fn render(kind: &str, state: &Path, output: Output, now: Timestamp) -> anyhow::Result<String> {
+    let state = StateDir::new(state);
+    let wide = output == Output::Wide;
+    match kind {
+        "meshapps" | "meshapp" | "mapp" => {
+            let items = stored::<MeshAppStatus>(&state, "meshapps")?;
+            if output == Output::Json {
+                return json(&items);
+            }
+            let mut header = vec![
+                "NAMESPACE",
+                "NAME",
+                "READY",
+                "NODES",
+                "PEERS",
+                "CIDR",
+                "AGE",
+            ];
+            if wide {
+                header.extend(["REASON", "MESSAGE"]);
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|s| {
+                    let (ns, name) = split_key(&s.key);
+                    let (ready, reason, message) = cond_cells(&s.status.conditions, types::READY);
+                    let mut row = vec![
+                        ns,
+                        name,
+                        ready,
+                        s.status.nodes.clone().unwrap_or_default(),
+                        s.status.peers.clone().unwrap_or_default(),
+                        s.status
+                            .address_space
+                            .clone()
+                            .unwrap_or_else(|| "<none>".into()),
+                        age(&s.first_seen, now),
+                    ];
+                    if wide {
+                        row.extend([reason, message]);
+                    }
+                    row
+                })
+                .collect();
+            Ok(table(&header, &rows))
+        }
+        "meshpolicies" | "meshpolicy" | "mpol" => {
+            let items = stored::<MeshPolicyStatus>(&state, "meshpolicies")?;
+            if output == Output::Json {
+                return json(&items);
+            }
+            let mut header = vec!["NAMESPACE", "NAME", "ACCEPTED", "AGE"];
+            if wide {
+                header.extend(["REASON", "MESSAGE"]);
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|s| {
+                    let (ns, name) = split_key(&s.key);
+                    let (ok, reason, message) = cond_cells(&s.status.conditions, types::ACCEPTED);
+                    let mut row = vec![ns, name, ok, age(&s.first_seen, now)];
+                    if wide {
+                        row.extend([reason, message]);
+                    }
+                    row
+                })
+                .collect();
+            Ok(table(&header, &rows))
+        }
+        "meshsites" | "meshsite" | "msite" => {
+            let items = stored::<MeshSiteStatus>(&state, "meshsites")?;
+            if output == Output::Json {
+                return json(&items);
+            }
+            let mut header = vec!["NAME", "NODES", "READY", "AGE"];
+            if wide {
+                header.extend(["REASON", "MESSAGE"]);
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|s| {
+                    let (ready, reason, message) = cond_cells(&s.status.conditions, types::READY);
+                    let mut row = vec![
+                        s.key.clone(),
+                        s.status.nodes.to_string(),
+                        ready,
+                        age(&s.first_seen, now),
+                    ];
+                    if wide {
+                        row.extend([reason, message]);
+                    }
+                    row
+                })
+                .collect();
+            Ok(table(&header, &rows))
+        }
+        "meshnodes" | "meshnode" | "mnode" => render_nodes(&state, output, now),
+        other => anyhow::bail!(
+            "unknown kind {other:?}: use meshapps, meshnodes, meshpolicies or meshsites"
+        ),
+    }
+}
+
+fn render_nodes(state: &StateDir, output: Output, now: Timestamp) -> anyhow::Result<String> {
+    let mut names: Vec<String> = fs::read_dir(state.nodes_dir())
+        .map(|it| {
+            it.flatten()
+                .filter(|e| e.path().join("node.json").is_file())
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let mut objects = Vec::new();
+    let mut rows = Vec::new();
+    for name in names {
+        let reg = read_json::<NodeRegistration>(&state.registration(&name))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let status = read_json::<MeshNodeStatus>(&state.node_status(&name))
+            .ok()
+            .flatten();
+        let spec = read_json::<MeshNode>(&state.meshnode(&name)).ok().flatten();
+        let created = fs::metadata(state.registration(&name))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| Timestamp::try_from(t).ok())
+            .map_or_else(|| "<unknown>".to_string(), |t| age(&t.to_string(), now));
+        let (ready, reason, message) = status
+            .as_ref()
+            .map(|s| cond_cells(&s.conditions, types::READY))
+            .unwrap_or(("Unknown".into(), String::new(), "no status reported".into()));
+        let apps_total = spec.as_ref().map_or(0, |m| m.spec.apps.len());
+        let mut row = vec![
+            name.clone(),
+            if reg.site.is_empty() {
+                "local".into()
+            } else {
+                reg.site.clone()
+            },
+            format!(
+                "{}/{}",
+                status.as_ref().map_or(0, |s| s.apps_ready),
+                apps_total
+            ),
+            status
+                .as_ref()
+                .and_then(|s| s.dataplane)
+                .map_or_else(|| "<unknown>".into(), |d| format!("{d:?}")),
+            ready,
+            created,
+        ];
+        if output == Output::Wide {
+            row.extend([
+                reg.address.clone(),
+                spec.as_ref()
+                    .and_then(|m| m.metadata.generation)
+                    .map_or_else(String::new, |g| g.to_string()),
+                status
+                    .as_ref()
+                    .and_then(|s| s.observed_generation)
+                    .map_or_else(String::new, |g| g.to_string()),
+                reason,
+                message,
+            ]);
+        }
+        rows.push(row);
+        objects.push(serde_json::json!({
+            "name": name,
+            "registration": reg,
+            "meshnode": spec,
+            "status": status,
+        }));
+    }
+    if output == Output::Json {
+        return json(&objects);
+    }
+    let mut header = vec!["NAME", "SITE", "APPS", "DATAPLANE", "READY", "AGE"];
+    if output == Output::Wide {
+        header.extend(["ADDRESS", "GENERATION", "OBSERVED", "REASON", "MESSAGE"]);
+    }
+    Ok(table(&header, &rows))
+}
