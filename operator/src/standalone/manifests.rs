@@ -105,13 +105,17 @@ pub fn parse_manifest(path: &Path, text: &str) -> Result<Vec<Manifest>, String> 
         .collect()
 }
 
-/// Whether the file is a manifest by its name.
+/// Whether the file is a manifest by its name. Hidden files and kustomize's
+/// `kustomization.yaml` (the same directory doubles as a kustomize base) are not.
 pub fn is_manifest(path: &Path) -> bool {
-    let hidden = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let hidden = name.starts_with('.');
+    let kustomization = matches!(
+        name,
+        "kustomization.yaml" | "kustomization.yml" | "Kustomization"
+    );
     !hidden
+        && !kustomization
         && path
             .extension()
             .and_then(|e| e.to_str())
@@ -220,5 +224,20 @@ impl ManifestCache {
     /// Files whose current text does not parse, with the reason.
     pub fn current_errors(&self) -> &BTreeMap<PathBuf, String> {
         &self.errors
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::is_manifest;
+    use std::path::Path;
+
+    #[test]
+    fn kustomization_and_hidden_files_are_not_manifests() {
+        assert!(is_manifest(Path::new("examples/apps.yaml")));
+        assert!(is_manifest(Path::new("x/app.json")));
+        assert!(!is_manifest(Path::new("examples/kustomization.yaml")));
+        assert!(!is_manifest(Path::new("examples/.apps.yaml.swp")));
+        assert!(!is_manifest(Path::new("examples/README.md")));
     }
 }
