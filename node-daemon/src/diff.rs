@@ -48,12 +48,19 @@ pub fn diff(desired: &NodeState, observed: &NodeState, keys: &dyn KeySource) -> 
 
 fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op>) {
     let netns = &want.netns;
+    // Workloads mirror the app's routes at attach time, so a route change
+    // means re-attaching them.
+    let routes_changed = match (&want.device, &have.device) {
+        (Some(w), Some(h)) => w.routes != h.routes,
+        _ => false,
+    };
     // Workload links that are gone or changed go first (they may hold addresses).
     for (host_if, link) in &have.workloads {
-        if !want
-            .workloads
-            .get(host_if)
-            .is_some_and(|w| same_link(w, link))
+        if routes_changed
+            || !want
+                .workloads
+                .get(host_if)
+                .is_some_and(|w| same_link(w, link))
         {
             ops.push(Op::DetachWorkload {
                 netns: netns.clone(),
@@ -78,10 +85,11 @@ fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op
         (None, None) => {}
     }
     for (host_if, link) in &want.workloads {
-        if !have
-            .workloads
-            .get(host_if)
-            .is_some_and(|h| same_link(link, h))
+        if routes_changed
+            || !have
+                .workloads
+                .get(host_if)
+                .is_some_and(|h| same_link(link, h))
         {
             ops.push(Op::AttachWorkload {
                 netns: netns.clone(),
@@ -191,5 +199,78 @@ fn diff_device(
             interface: ifc.clone(),
             destination: *r,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PrivateKey;
+    use crate::state::WorkloadLink;
+
+    struct OneKey(PrivateKey);
+    impl KeySource for OneKey {
+        fn private_key(&self, _: &str) -> Option<PrivateKey> {
+            Some(self.0.clone())
+        }
+    }
+
+    fn app(route: &str) -> NodeState {
+        let mut st = NodeState::default();
+        let link = WorkloadLink {
+            workload: "d/w".into(),
+            workload_netns: "/run/netns/w".into(),
+            address: "10.1.1.2".parse().unwrap(),
+            mtu: 1420,
+        };
+        st.apps.insert(
+            "weft-n1-aaaaaaaaaa".into(),
+            AppNet {
+                app: String::new(),
+                netns: "weft-n1-aaaaaaaaaa".into(),
+                device: Some(Device {
+                    interface: "wf".into(),
+                    mtu: 1420,
+                    up: true,
+                    routes: vec![route.parse().unwrap()],
+                    ..Default::default()
+                }),
+                workloads: [("wv1".to_string(), link)].into(),
+            },
+        );
+        st
+    }
+
+    #[test]
+    fn a_route_change_reattaches_workloads_after_the_new_route() {
+        let ops = diff(
+            &app("10.2.0.0/16"),
+            &app("10.1.0.0/16"),
+            &OneKey(PrivateKey::generate()),
+        );
+        let names: Vec<&str> = ops.iter().map(|o| o.name()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "detach_workload",
+                "delete_route",
+                "add_route",
+                "attach_workload"
+            ]
+        );
+    }
+
+    #[test]
+    fn no_key_means_no_device_is_created() {
+        struct NoKey;
+        impl KeySource for NoKey {
+            fn private_key(&self, _: &str) -> Option<PrivateKey> {
+                None
+            }
+        }
+        let ops = diff(&app("10.1.0.0/16"), &NodeState::default(), &NoKey);
+        assert!(ops
+            .iter()
+            .all(|o| !matches!(o, Op::CreateDevice { .. } | Op::AddRoute { .. })));
     }
 }

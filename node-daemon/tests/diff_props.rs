@@ -7,9 +7,9 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
-use weft_node_daemon::dataplane::Dataplane;
 use weft_node_daemon::dataplane::fake::FakeDataplane;
-use weft_node_daemon::diff::{KeySource, diff};
+use weft_node_daemon::dataplane::Dataplane;
+use weft_node_daemon::diff::{diff, KeySource};
 use weft_node_daemon::keys::PrivateKey;
 use weft_node_daemon::state::{AppNet, Device, NodeState, Peer, WorkloadLink};
 
@@ -22,14 +22,23 @@ impl KeySource for Keys {
 }
 
 fn net(a: u8, b: u8, len: u8) -> Ipv4Net {
-    Ipv4Net::new(Ipv4Addr::new(10, a, b, 0), len).unwrap().trunc()
+    Ipv4Net::new(Ipv4Addr::new(10, a, b, 0), len)
+        .unwrap()
+        .trunc()
 }
 
 /// (has device, mtu, listen port, peer indexes, workload host octets, address variant)
 type AppShape = (bool, u16, u16, Vec<u8>, Vec<u8>, u8);
 
 fn app_strategy() -> impl Strategy<Value = AppShape> {
-    (any::<bool>(), 1280u16..1500, 51820u16..51830, proptest::collection::vec(0u8..6, 0..4), proptest::collection::vec(2u8..9, 0..4), 0u8..3)
+    (
+        any::<bool>(),
+        1280u16..1500,
+        51820u16..51830,
+        proptest::collection::vec(0u8..6, 0..4),
+        proptest::collection::vec(2u8..9, 0..4),
+        0u8..3,
+    )
 }
 
 fn build(
@@ -44,7 +53,9 @@ fn build(
             interface: format!("wfapp{i}"),
             mtu: *mtu,
             up: true,
-            addresses: vec![Ipv4Net::new(Ipv4Addr::new(10, i as u8, 1, 1 + addr_variant), 32).unwrap()],
+            addresses: vec![
+                Ipv4Net::new(Ipv4Addr::new(10, i as u8, 1, 1 + addr_variant), 32).unwrap(),
+            ],
             routes: vec![net(i as u8, 0, 16)],
             listen_port: *port,
             public_key: keys[&netns].public_key(),
@@ -67,11 +78,24 @@ fn build(
             .map(|w| {
                 (
                     format!("wv{i}x{w}"),
-                    WorkloadLink { workload: String::new(), workload_netns: String::new(), address: Ipv4Addr::new(10, i as u8, 1, *w), mtu: *mtu },
+                    WorkloadLink {
+                        workload: String::new(),
+                        workload_netns: String::new(),
+                        address: Ipv4Addr::new(10, i as u8, 1, *w),
+                        mtu: *mtu,
+                    },
                 )
             })
             .collect();
-        st.apps.insert(netns.clone(), AppNet { app: String::new(), netns, device, workloads });
+        st.apps.insert(
+            netns.clone(),
+            AppNet {
+                app: String::new(),
+                netns,
+                device,
+                workloads,
+            },
+        );
     }
     st
 }

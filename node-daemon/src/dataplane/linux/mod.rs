@@ -1,1 +1,688 @@
 //! Real Linux data plane (netlink, WireGuard, namespaces).
+//!
+//! Placement: every app gets a persistent netns under the run directory
+//! (`/run/netns` by default). Its WireGuard interface lives inside that netns,
+//! but the encrypted UDP sockets live in the *node* netns: the netns the
+//! dataplane was constructed in (the daemon's own). Kernel WireGuard gets this
+//! by creating the link in the node netns and moving it; boringtun by being
+//! started while the calling thread is in the node netns, its TUN link then
+//! being moved.
+//!
+//! Namespace switching happens on the calling thread only (see
+//! [`netns::within`]), which always returns to its original netns, so every
+//! call must come from a plain OS thread, never from a tokio worker.
+
+mod kernel;
+mod netns;
+mod nl;
+mod uapi;
+mod userspace;
+mod workload;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::link::InfoKind;
+use rtnetlink::LinkUnspec;
+use tokio::runtime::Runtime;
+use weft_api::DataplaneKind;
+
+use super::{Dataplane, Observation};
+use crate::error::Error;
+use crate::keys::PrivateKey;
+use crate::ops::Op;
+use crate::state::{AppNet, Device, Peer, PeerStats, WorkloadLink};
+use uapi::UapiDevice;
+use userspace::UserspaceDevice;
+
+/// Prefix of the app-side veth names reported back as workloads.
+pub const WORKLOAD_HOST_IF_PREFIX: &str = workload::HOST_IF_PREFIX;
+
+/// How to build a [`LinuxDataplane`].
+#[derive(Clone, Debug)]
+pub struct LinuxOptions {
+    /// Where named network namespaces are pinned (iproute2 uses `/run/netns`).
+    pub netns_run_dir: PathBuf,
+    /// Use boringtun even when the kernel has WireGuard.
+    pub force_userspace: bool,
+}
+
+impl Default for LinuxOptions {
+    fn default() -> Self {
+        LinuxOptions {
+            netns_run_dir: PathBuf::from("/run/netns"),
+            force_userspace: false,
+        }
+    }
+}
+
+/// The real data plane. Construct it on the thread (and in the netns) that
+/// will call it; that netns is the node netns for all devices it creates.
+pub struct LinuxDataplane {
+    run_dir: PathBuf,
+    kind: DataplaneKind,
+    /// The node netns (where UDP sockets must live).
+    node_ns: File,
+    /// Drives rtnetlink on the calling thread.
+    rt: Runtime,
+    /// boringtun devices we run, keyed by app netns.
+    devices: BTreeMap<String, UserspaceDevice>,
+}
+
+impl std::fmt::Debug for LinuxDataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinuxDataplane")
+            .field("run_dir", &self.run_dir)
+            .field("kind", &self.kind)
+            .field("devices", &self.devices)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an app netns looks like from inside (netlink side only).
+struct RawApp {
+    device: Option<RawDevice>,
+    workloads: BTreeMap<String, WorkloadLink>,
+}
+
+struct RawDevice {
+    interface: String,
+    mtu: u16,
+    up: bool,
+    addresses: Vec<Ipv4Net>,
+    routes: Vec<Ipv4Net>,
+    /// Kernel devices are read inside the netns; userspace ones over UAPI.
+    kernel_config: Option<UapiDevice>,
+}
+
+impl LinuxDataplane {
+    /// Opens the data plane in the calling thread's netns (the node netns)
+    /// and picks kernel WireGuard when the kernel has it.
+    pub fn new(opts: LinuxOptions) -> Result<Self, Error> {
+        let init = || -> Result<Self> {
+            let node_ns = netns::current()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            let kind = if opts.force_userspace || !kernel_wireguard_available(&rt) {
+                DataplaneKind::Userspace
+            } else {
+                DataplaneKind::Kernel
+            };
+            tracing::info!(?kind, "data plane ready");
+            Ok(LinuxDataplane {
+                run_dir: opts.netns_run_dir.clone(),
+                kind,
+                node_ns,
+                rt,
+                devices: BTreeMap::new(),
+            })
+        };
+        init().map_err(|e| Error::dp("init", "", format!("{e:#}")))
+    }
+
+    fn app_ns(&self, netns: &str) -> Result<File> {
+        netns::open(&self.run_dir.join(netns))?
+            .ok_or_else(|| anyhow!("no network namespace {netns}"))
+    }
+
+    /// Runs netlink work inside `ns`.
+    fn nl_in<T, F, Fut>(&self, ns: &File, f: F) -> Result<T>
+    where
+        F: FnOnce(rtnetlink::Handle) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        netns::within(ns, || nl::run(&self.rt, f))
+    }
+
+    fn record(&mut self, netns: &str, interface: &str) -> Result<&mut UserspaceDevice> {
+        self.devices
+            .get_mut(netns)
+            .filter(|d| d.interface == interface)
+            .ok_or_else(|| anyhow!("no userspace WireGuard device {interface}"))
+    }
+
+    fn drop_record(&mut self, netns: &str) {
+        if let Some(mut d) = self.devices.remove(netns) {
+            tracing::info!(netns, interface = %d.interface, "stopping userspace WireGuard device");
+            d.stop();
+        }
+    }
+
+    /// The app's WireGuard interface name, if it has one.
+    fn wg_interface(&self, netns: &str, app: &File) -> Result<Option<String>> {
+        match self.kind {
+            DataplaneKind::Userspace => Ok(self.devices.get(netns).map(|d| d.interface.clone())),
+            DataplaneKind::Kernel => self.nl_in(app, |h| async move {
+                let links = nl::links(&h).await?;
+                Ok(links
+                    .iter()
+                    .find(|l| nl::link_kind(l) == Some(&InfoKind::Wireguard))
+                    .and_then(nl::link_name)
+                    .map(String::from))
+            }),
+        }
+    }
+
+    fn create_netns(&self, netns: &str) -> Result<()> {
+        let ns = netns::create(&self.run_dir, netns)?;
+        self.nl_in(&ns, |h| async move {
+            let lo = nl::index_of(&h, "lo").await?;
+            h.link()
+                .set(LinkUnspec::new_with_index(lo).up().build())
+                .execute()
+                .await
+                .context("set lo up")
+        })?;
+        // /proc/sys/net is the calling thread's netns.
+        netns::within(&ns, || {
+            netns::write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+        })
+    }
+
+    fn delete_netns(&mut self, netns: &str) -> Result<()> {
+        self.drop_record(netns);
+        netns::delete(&self.run_dir, netns)
+    }
+
+    fn create_device(
+        &mut self,
+        netns: &str,
+        interface: &str,
+        key: &PrivateKey,
+        port: u16,
+    ) -> Result<()> {
+        let app = self.app_ns(netns)?;
+        let present = self.nl_in(&app, |h| async move {
+            Ok(nl::link_by_name(&h, interface).await?.is_some())
+        })?;
+        match self.kind {
+            DataplaneKind::Userspace => {
+                if present
+                    && self
+                        .devices
+                        .get(netns)
+                        .is_some_and(|d| d.interface == interface)
+                {
+                    return self.configure_device(netns, interface, key, port);
+                }
+                self.drop_record(netns);
+                // Whatever holds the name now is not a device we run.
+                self.nl_in(&app, |h| async move {
+                    nl::del_link_by_name(&h, interface).await.map(drop)
+                })?;
+                let rt = &self.rt;
+                let app_fd = app.as_fd();
+                let mut dev = netns::within(&self.node_ns, || {
+                    let dev = UserspaceDevice::start(interface)?;
+                    nl::run(rt, |h| async move {
+                        let idx = nl::index_of(&h, interface).await?;
+                        nl::move_link(&h, idx, app_fd, None).await
+                    })?;
+                    Ok(dev)
+                })?;
+                dev.uapi.set(&[
+                    format!("private_key={}", key.to_hex()),
+                    format!("listen_port={port}"),
+                ])?;
+                self.devices.insert(netns.to_string(), dev);
+                self.enlarge_socket_buffers(port);
+                Ok(())
+            }
+            DataplaneKind::Kernel => {
+                if !present {
+                    let app_fd = app.as_fd();
+                    self.nl_in(&self.node_ns, |h| async move {
+                        // A link of that name stranded in the node netns (a
+                        // move that never happened) is ours to replace.
+                        if let Some(l) = nl::link_by_name(&h, interface).await? {
+                            if nl::link_kind(&l) == Some(&InfoKind::Wireguard) {
+                                nl::del_link(&h, l.header.index).await?;
+                            }
+                        }
+                        kernel::add_link(&h, interface).await?;
+                        let idx = nl::index_of(&h, interface).await?;
+                        if let Err(e) = nl::move_link(&h, idx, app_fd, None).await {
+                            let _ = nl::del_link(&h, idx).await;
+                            return Err(e);
+                        }
+                        Ok(())
+                    })?;
+                }
+                netns::within(&app, || kernel::configure(interface, key, port))
+            }
+        }
+    }
+
+    /// boringtun's UDP sockets keep the 208 KiB default, which drops packets
+    /// under load; enlarge them in place (see `sockbuf`). Best effort.
+    fn enlarge_socket_buffers(&self, port: u16) {
+        let done = netns::within(&self.node_ns, || {
+            Ok(super::sockbuf::enlarge_udp_buffers(
+                port,
+                super::sockbuf::DEFAULT_SOCKET_BUFFER,
+            )?)
+        });
+        match done {
+            Ok(n) => tracing::debug!(port, sockets = n, "enlarged WireGuard UDP buffers"),
+            Err(e) => tracing::warn!(port, error = %e, "cannot enlarge WireGuard UDP buffers"),
+        }
+    }
+
+    fn delete_device(&mut self, netns: &str, interface: &str) -> Result<()> {
+        if self
+            .devices
+            .get(netns)
+            .is_some_and(|d| d.interface == interface)
+        {
+            self.drop_record(netns);
+        }
+        match netns::open(&self.run_dir.join(netns))? {
+            Some(app) => self.nl_in(&app, |h| async move {
+                nl::del_link_by_name(&h, interface).await.map(drop)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn configure_device(
+        &mut self,
+        netns: &str,
+        interface: &str,
+        key: &PrivateKey,
+        port: u16,
+    ) -> Result<()> {
+        match self.kind {
+            DataplaneKind::Userspace => {
+                let dev = self.record(netns, interface)?;
+                let mut lines = vec![format!("private_key={}", key.to_hex())];
+                // Re-binding the same port would reset the sockets for nothing.
+                let rebind = dev.uapi.get()?.listen_port != port;
+                if rebind {
+                    lines.push(format!("listen_port={port}"));
+                }
+                dev.uapi.set(&lines)?;
+                if rebind {
+                    self.enlarge_socket_buffers(port);
+                }
+                Ok(())
+            }
+            DataplaneKind::Kernel => netns::within(&self.app_ns(netns)?, || {
+                kernel::configure(interface, key, port)
+            }),
+        }
+    }
+
+    fn apply_inner(&mut self, op: &Op) -> Result<()> {
+        match op {
+            Op::CreateNetns { netns } => self.create_netns(netns),
+            Op::DeleteNetns { netns } => self.delete_netns(netns),
+            Op::CreateDevice {
+                netns,
+                interface,
+                private_key,
+                listen_port,
+            } => self.create_device(netns, interface, private_key, *listen_port),
+            Op::DeleteDevice { netns, interface } => self.delete_device(netns, interface),
+            Op::ConfigureDevice {
+                netns,
+                interface,
+                private_key,
+                listen_port,
+            } => self.configure_device(netns, interface, private_key, *listen_port),
+            Op::SetLink {
+                netns,
+                interface,
+                mtu,
+            } => {
+                if self.kind == DataplaneKind::Userspace && *mtu > 1500 {
+                    // boringtun sized its TUN read buffer from 1500 at start.
+                    tracing::warn!(
+                        netns,
+                        interface,
+                        mtu,
+                        "userspace WireGuard truncates packets above 1500 bytes"
+                    );
+                }
+                let mtu = u32::from(*mtu);
+                self.nl_in(&self.app_ns(netns)?, |h| async move {
+                    let idx = nl::index_of(&h, interface).await?;
+                    nl::set_mtu_up(&h, idx, mtu).await
+                })
+            }
+            Op::AddAddress {
+                netns,
+                interface,
+                address,
+            } => {
+                let a = *address;
+                self.nl_in(&self.app_ns(netns)?, |h| async move {
+                    let idx = nl::index_of(&h, interface).await?;
+                    nl::add_address(&h, idx, a).await
+                })
+            }
+            Op::DeleteAddress {
+                netns,
+                interface,
+                address,
+            } => {
+                let a = *address;
+                self.nl_in(&self.app_ns(netns)?, |h| async move {
+                    match nl::link_by_name(&h, interface).await? {
+                        Some(l) => nl::del_address(&h, l.header.index, a).await,
+                        None => Ok(()),
+                    }
+                })
+            }
+            Op::AddRoute {
+                netns,
+                interface,
+                destination,
+            } => {
+                let d = *destination;
+                self.nl_in(&self.app_ns(netns)?, |h| async move {
+                    let idx = nl::index_of(&h, interface).await?;
+                    nl::add_route(&h, idx, d, None).await
+                })
+            }
+            Op::DeleteRoute {
+                netns,
+                interface,
+                destination,
+            } => {
+                let d = *destination;
+                self.nl_in(&self.app_ns(netns)?, |h| async move {
+                    match nl::link_by_name(&h, interface).await? {
+                        Some(l) => nl::del_route(&h, l.header.index, d).await,
+                        None => Ok(()),
+                    }
+                })
+            }
+            Op::SetPeer {
+                netns,
+                interface,
+                public_key,
+                endpoint,
+                allowed_ips,
+                persistent_keepalive,
+            } => {
+                let mut ips = allowed_ips.clone();
+                ips.sort();
+                match self.kind {
+                    DataplaneKind::Userspace => {
+                        let dev = self.record(netns, interface)?;
+                        // boringtun cannot change a peer in place: replace it.
+                        dev.uapi.set(&uapi::remove_peer_lines(public_key)?)?;
+                        dev.uapi.set(&uapi::peer_lines(
+                            public_key,
+                            *endpoint,
+                            &ips,
+                            *persistent_keepalive,
+                        )?)
+                    }
+                    DataplaneKind::Kernel => netns::within(&self.app_ns(netns)?, || {
+                        kernel::set_peer(
+                            interface,
+                            public_key,
+                            *endpoint,
+                            &ips,
+                            *persistent_keepalive,
+                        )
+                    }),
+                }
+            }
+            Op::RemovePeer {
+                netns,
+                interface,
+                public_key,
+            } => match self.kind {
+                DataplaneKind::Userspace => self
+                    .record(netns, interface)?
+                    .uapi
+                    .set(&uapi::remove_peer_lines(public_key)?),
+                DataplaneKind::Kernel => netns::within(&self.app_ns(netns)?, || {
+                    kernel::remove_peer(interface, public_key)
+                }),
+            },
+            Op::AttachWorkload {
+                netns,
+                host_interface,
+                link,
+            } => {
+                let app = self.app_ns(netns)?;
+                let wg = self.wg_interface(netns, &app)?;
+                workload::attach(&self.rt, &app, wg.as_deref(), host_interface, link)
+            }
+            Op::DetachWorkload {
+                netns,
+                host_interface,
+            } => match netns::open(&self.run_dir.join(netns))? {
+                Some(app) => workload::detach(&self.rt, &app, host_interface),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Reads one app netns (netlink side, plus the kernel WireGuard config).
+    fn read_app(&self, app: &File, userspace_if: Option<String>) -> Result<RawApp> {
+        let kind = self.kind;
+        netns::within(app, || {
+            let mut raw = nl::run(&self.rt, |h| async move {
+                let links = nl::links(&h).await?;
+                let routes = nl::routes(&h).await?;
+                let wg = match kind {
+                    DataplaneKind::Userspace => userspace_if
+                        .and_then(|n| links.iter().find(|l| nl::link_name(l) == Some(n.as_str()))),
+                    DataplaneKind::Kernel => links
+                        .iter()
+                        .find(|l| nl::link_kind(l) == Some(&InfoKind::Wireguard)),
+                };
+                let device = match wg {
+                    Some(l) => {
+                        let idx = l.header.index;
+                        let mut r: Vec<Ipv4Net> = routes
+                            .iter()
+                            .filter(|r| {
+                                r.oif == Some(idx)
+                                    && r.protocol
+                                        != rtnetlink::packet_route::route::RouteProtocol::Kernel
+                            })
+                            .map(|r| r.dst)
+                            .collect();
+                        r.sort();
+                        r.dedup();
+                        Some(RawDevice {
+                            interface: nl::link_name(l).unwrap_or_default().to_string(),
+                            mtu: u16::try_from(nl::link_mtu(l)).unwrap_or(u16::MAX),
+                            up: nl::link_up(l),
+                            addresses: nl::addresses(&h, idx)
+                                .await?
+                                .into_iter()
+                                .map(|(n, _)| n)
+                                .collect(),
+                            routes: r,
+                            kernel_config: None,
+                        })
+                    }
+                    None => None,
+                };
+                let mut workloads = BTreeMap::new();
+                for l in &links {
+                    let Some(name) = nl::link_name(l) else {
+                        continue;
+                    };
+                    if !name.starts_with(workload::HOST_IF_PREFIX)
+                        || nl::link_kind(l) != Some(&InfoKind::Veth)
+                    {
+                        continue;
+                    }
+                    let idx = l.header.index;
+                    // The workload's /32; an attachment without one is broken
+                    // and reported as 0.0.0.0 so the diff re-attaches it.
+                    let address = routes
+                        .iter()
+                        .find(|r| {
+                            r.oif == Some(idx) && r.dst.prefix_len() == 32 && r.gateway.is_none()
+                        })
+                        .map(|r| r.dst.addr())
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                    workloads.insert(
+                        name.to_string(),
+                        WorkloadLink {
+                            workload: String::new(),
+                            workload_netns: String::new(),
+                            address,
+                            mtu: u16::try_from(nl::link_mtu(l)).unwrap_or(u16::MAX),
+                        },
+                    );
+                }
+                Ok(RawApp { device, workloads })
+            })?;
+            if kind == DataplaneKind::Kernel {
+                if let Some(d) = raw.device.as_mut() {
+                    d.kernel_config = Some(kernel::get(&d.interface)?);
+                }
+            }
+            Ok(raw)
+        })
+    }
+
+    fn observe_inner(&mut self, prefix: &str) -> Result<Observation> {
+        let mut obs = Observation::default();
+        let mut live = BTreeSet::new();
+        for name in netns::list(&self.run_dir, prefix)? {
+            // A netns unmounted behind our back leaves at most a plain file.
+            let Some(app) = netns::open(&self.run_dir.join(&name))? else {
+                continue;
+            };
+            live.insert(name.clone());
+            let userspace_if = self.devices.get(&name).map(|d| d.interface.clone());
+            let raw = self.read_app(&app, userspace_if.clone())?;
+            let mut device = None;
+            if let Some(rd) = raw.device {
+                let config = match rd.kernel_config {
+                    Some(c) => Some(c),
+                    None => match self.devices.get_mut(&name).map(|d| d.uapi.get()) {
+                        Some(Ok(c)) => Some(c),
+                        Some(Err(e)) => {
+                            tracing::warn!(netns = %name, error = %format!("{e:#}"), "userspace WireGuard device is not answering; dropping it");
+                            self.drop_record(&name);
+                            None
+                        }
+                        None => None,
+                    },
+                };
+                if let Some(c) = config {
+                    let mut peers = BTreeMap::new();
+                    for p in c.peers {
+                        obs.stats.insert(
+                            (name.clone(), p.public_key.clone()),
+                            PeerStats {
+                                last_handshake_seconds: p.handshake_age,
+                                rx_bytes: p.rx_bytes,
+                                tx_bytes: p.tx_bytes,
+                            },
+                        );
+                        peers.insert(
+                            p.public_key,
+                            Peer {
+                                endpoint: p.endpoint,
+                                allowed_ips: p.allowed_ips,
+                                persistent_keepalive: p.persistent_keepalive,
+                            },
+                        );
+                    }
+                    device = Some(Device {
+                        interface: rd.interface,
+                        mtu: rd.mtu,
+                        up: rd.up,
+                        addresses: rd.addresses,
+                        routes: rd.routes,
+                        listen_port: c.listen_port,
+                        public_key: c.public_key,
+                        peers,
+                    });
+                }
+            } else if userspace_if.is_some() {
+                // Our TUN link is gone (deleted, or its netns was replaced):
+                // stop the device so the next CreateDevice starts cleanly.
+                tracing::warn!(netns = %name, "userspace WireGuard link vanished; dropping the device");
+                self.drop_record(&name);
+            }
+            obs.state.apps.insert(
+                name.clone(),
+                AppNet {
+                    app: String::new(),
+                    netns: name,
+                    device,
+                    workloads: raw.workloads,
+                },
+            );
+        }
+        // Devices whose netns is gone altogether.
+        let gone: Vec<String> = self
+            .devices
+            .keys()
+            .filter(|n| !live.contains(*n))
+            .filter(|n| !matches!(netns::open(&self.run_dir.join(n.as_str())), Ok(Some(_))))
+            .cloned()
+            .collect();
+        for n in gone {
+            tracing::warn!(netns = %n, "netns of a userspace WireGuard device vanished; dropping the device");
+            self.drop_record(&n);
+        }
+        Ok(obs)
+    }
+}
+
+/// Tries to create (and removes) a scratch `wireguard` link in the current
+/// netns: "unknown device type" means no kernel module.
+fn kernel_wireguard_available(rt: &Runtime) -> bool {
+    let name = format!("wfprobe{}", std::process::id() % 10_000_000);
+    let r = nl::run(rt, |h| async move {
+        kernel::add_link(&h, &name).await?;
+        nl::del_link_by_name(&h, &name).await?;
+        Ok(())
+    });
+    match r {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(error = %format!("{e:#}"), "kernel WireGuard unavailable; using boringtun");
+            false
+        }
+    }
+}
+
+impl Dataplane for LinuxDataplane {
+    fn kind(&self) -> DataplaneKind {
+        self.kind
+    }
+
+    fn observe(&mut self, netns_prefix: &str) -> Result<Observation, Error> {
+        self.observe_inner(netns_prefix)
+            .map_err(|e| Error::dp("observe", netns_prefix, format!("{e:#}")))
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<(), Error> {
+        tracing::debug!(op = op.name(), netns = op.netns(), "apply");
+        self.apply_inner(op)
+            .map_err(|e| Error::dp(op.name(), op.netns(), format!("{e:#}")))
+    }
+}
+
+impl Drop for LinuxDataplane {
+    fn drop(&mut self) {
+        // Stop every boringtun device (their TUN links go with them); the
+        // namespaces stay, a restarted daemon picks them up.
+        let names: Vec<String> = self.devices.keys().cloned().collect();
+        for n in names {
+            self.drop_record(&n);
+        }
+    }
+}

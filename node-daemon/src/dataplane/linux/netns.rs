@@ -67,8 +67,14 @@ fn make_shared(dir: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(Errno::EINVAL) => {
             // Not a mount point yet: bind it onto itself first.
-            mount(Some(dir), dir, Some("none"), MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .with_context(|| format!("bind mount {}", dir.display()))?;
+            mount(
+                Some(dir),
+                dir,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind mount {}", dir.display()))?;
             mount(None::<&str>, dir, Some("none"), flags, None::<&str>)
                 .with_context(|| format!("make {} shared", dir.display()))
         }
@@ -99,8 +105,14 @@ pub(crate) fn create(run_dir: &Path, name: &str) -> Result<File> {
         .name("weft-netns-add".into())
         .spawn(move || -> Result<()> {
             unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
-            mount(Some(THREAD_NETNS), &target, Some("none"), MsFlags::MS_BIND, None::<&str>)
-                .with_context(|| format!("bind mount {THREAD_NETNS} on {}", target.display()))
+            mount(
+                Some(THREAD_NETNS),
+                &target,
+                Some("none"),
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind mount {THREAD_NETNS} on {}", target.display()))
         })
         .context("spawn netns thread")?
         .join()
@@ -112,7 +124,10 @@ pub(crate) fn create(run_dir: &Path, name: &str) -> Result<File> {
     }
     match open(&path)? {
         Some(f) => Ok(f),
-        None => bail!("{} is not a network namespace after mounting it", path.display()),
+        None => bail!(
+            "{} is not a network namespace after mounting it",
+            path.display()
+        ),
     }
 }
 

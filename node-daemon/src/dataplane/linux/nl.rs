@@ -63,7 +63,12 @@ fn ok_if(r: Result<(), rtnetlink::Error>, benign: &[i32]) -> Result<(), rtnetlin
 
 /// All links of the namespace.
 pub(crate) async fn links(h: &Handle) -> Result<Vec<LinkMessage>> {
-    Ok(h.link().get().execute().try_collect().await.context("dump links")?)
+    h.link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("dump links")
 }
 
 /// The link called `name`, if any.
@@ -77,7 +82,10 @@ pub(crate) async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMe
 
 /// Like [`link_by_name`] but missing is an error; returns the index.
 pub(crate) async fn index_of(h: &Handle, name: &str) -> Result<u32> {
-    link_by_name(h, name).await?.map(|l| l.header.index).ok_or_else(|| anyhow!("no link {name}"))
+    link_by_name(h, name)
+        .await?
+        .map(|l| l.header.index)
+        .ok_or_else(|| anyhow!("no link {name}"))
 }
 
 pub(crate) fn link_name(l: &LinkMessage) -> Option<&str> {
@@ -128,17 +136,27 @@ pub(crate) async fn set_mtu_up(h: &Handle, index: u32, mtu: u32) -> Result<()> {
 }
 
 /// Moves a link into the namespace `ns`, optionally renaming it on the way.
-pub(crate) async fn move_link(h: &Handle, index: u32, ns: BorrowedFd<'_>, new_name: Option<&str>) -> Result<()> {
+pub(crate) async fn move_link(
+    h: &Handle,
+    index: u32,
+    ns: BorrowedFd<'_>,
+    new_name: Option<&str>,
+) -> Result<()> {
     let mut b = LinkUnspec::new_with_index(index).setns_by_fd(ns.as_raw_fd());
     if let Some(n) = new_name {
         b = b.name(n.to_string());
     }
-    h.link().set(b.build()).execute().await.with_context(|| format!("move link {index} to another netns"))
+    h.link()
+        .set(b.build())
+        .execute()
+        .await
+        .with_context(|| format!("move link {index} to another netns"))
 }
 
 /// Deletes a link (missing is fine).
 pub(crate) async fn del_link(h: &Handle, index: u32) -> Result<()> {
-    ok_if(h.link().del(index).execute().await, &[ENODEV]).with_context(|| format!("delete link {index}"))
+    ok_if(h.link().del(index).execute().await, &[ENODEV])
+        .with_context(|| format!("delete link {index}"))
 }
 
 /// Deletes the link called `name` if it exists.
@@ -153,8 +171,14 @@ pub(crate) async fn del_link_by_name(h: &Handle, name: &str) -> Result<bool> {
 
 /// IPv4 addresses of link `index`, sorted.
 pub(crate) async fn addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Net, AddressMessage)>> {
-    let all: Vec<AddressMessage> =
-        h.address().get().set_link_index_filter(index).execute().try_collect().await.context("dump addresses")?;
+    let all: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .context("dump addresses")?;
     let mut out: Vec<(Ipv4Net, AddressMessage)> = all
         .into_iter()
         .filter(|m| m.header.index == index && m.header.family == AddressFamily::Inet)
@@ -178,15 +202,22 @@ pub(crate) async fn addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Net, Ad
 
 /// Adds an IPv4 address (already present is fine).
 pub(crate) async fn add_address(h: &Handle, index: u32, net: Ipv4Net) -> Result<()> {
-    ok_if(h.address().add(index, IpAddr::V4(net.addr()), net.prefix_len()).execute().await, &[EEXIST])
-        .with_context(|| format!("add address {net}"))
+    ok_if(
+        h.address()
+            .add(index, IpAddr::V4(net.addr()), net.prefix_len())
+            .execute()
+            .await,
+        &[EEXIST],
+    )
+    .with_context(|| format!("add address {net}"))
 }
 
 /// Removes an IPv4 address (missing is fine).
 pub(crate) async fn del_address(h: &Handle, index: u32, net: Ipv4Net) -> Result<()> {
     for (n, m) in addresses(h, index).await? {
         if n == net {
-            ok_if(h.address().del(m).execute().await, &[EADDRNOTAVAIL]).with_context(|| format!("delete address {net}"))?;
+            ok_if(h.address().del(m).execute().await, &[EADDRNOTAVAIL])
+                .with_context(|| format!("delete address {net}"))?;
         }
     }
     Ok(())
@@ -237,7 +268,9 @@ pub(crate) async fn routes(h: &Handle) -> Result<Vec<Route>> {
                 _ => None,
             })
             .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let Ok(dst) = Ipv4Net::new(dst_addr, m.header.destination_prefix_length) else { continue };
+        let Ok(dst) = Ipv4Net::new(dst_addr, m.header.destination_prefix_length) else {
+            continue;
+        };
         let oif = m.attributes.iter().find_map(|a| match a {
             RouteAttribute::Oif(i) => Some(*i),
             _ => None,
@@ -246,7 +279,13 @@ pub(crate) async fn routes(h: &Handle) -> Result<Vec<Route>> {
             RouteAttribute::Gateway(RouteAddress::Inet(v)) => Some(*v),
             _ => None,
         });
-        out.push(Route { dst, oif, gateway, protocol: m.header.protocol, msg: m });
+        out.push(Route {
+            dst,
+            oif,
+            gateway,
+            protocol: m.header.protocol,
+            msg: m,
+        });
     }
     Ok(out)
 }
@@ -254,28 +293,44 @@ pub(crate) async fn routes(h: &Handle) -> Result<Vec<Route>> {
 /// Routes through link `index` that someone programmed (not the kernel's
 /// own prefix routes), sorted by destination.
 pub(crate) async fn routes_via(h: &Handle, index: u32) -> Result<Vec<Route>> {
-    let mut r: Vec<Route> =
-        routes(h).await?.into_iter().filter(|r| r.oif == Some(index) && r.protocol != RouteProtocol::Kernel).collect();
+    let mut r: Vec<Route> = routes(h)
+        .await?
+        .into_iter()
+        .filter(|r| r.oif == Some(index) && r.protocol != RouteProtocol::Kernel)
+        .collect();
     r.sort_by_key(|r| r.dst);
     Ok(r)
 }
 
 /// Adds (or replaces) `dst` through link `index`: scope link without a
 /// gateway, or via `gateway`.
-pub(crate) async fn add_route(h: &Handle, index: u32, dst: Ipv4Net, gateway: Option<Ipv4Addr>) -> Result<()> {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst.network(), dst.prefix_len()).output_interface(index);
+pub(crate) async fn add_route(
+    h: &Handle,
+    index: u32,
+    dst: Ipv4Net,
+    gateway: Option<Ipv4Addr>,
+) -> Result<()> {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.network(), dst.prefix_len())
+        .output_interface(index);
     b = match gateway {
         Some(gw) => b.gateway(gw),
         None => b.scope(RouteScope::Link),
     };
-    h.route().add(b.build()).replace().execute().await.with_context(|| format!("add route {dst}"))
+    h.route()
+        .add(b.build())
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("add route {dst}"))
 }
 
 /// Removes `dst` through link `index` (missing is fine).
 pub(crate) async fn del_route(h: &Handle, index: u32, dst: Ipv4Net) -> Result<()> {
     for r in routes(h).await? {
         if r.dst == dst && r.oif == Some(index) {
-            ok_if(h.route().del(r.msg).execute().await, &[ESRCH]).with_context(|| format!("delete route {dst}"))?;
+            ok_if(h.route().del(r.msg).execute().await, &[ESRCH])
+                .with_context(|| format!("delete route {dst}"))?;
         }
     }
     Ok(())

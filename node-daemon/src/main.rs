@@ -1,20 +1,23 @@
 //! `weft-node-daemon`: the per-node agent.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
-use weft_node_daemon::dataplane::Dataplane;
 use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
+use weft_node_daemon::dataplane::Dataplane;
 use weft_node_daemon::ops::Op;
 use weft_node_daemon::plan::{netns_prefix, owns_netns};
-use weft_node_daemon::runner::{RunConfig, run};
+use weft_node_daemon::runner::{run, RunConfig};
 
 #[derive(Parser)]
-#[command(name = "weft-node-daemon", about = "Weft node daemon: per-app network namespaces and WireGuard interfaces")]
+#[command(
+    name = "weft-node-daemon",
+    about = "Weft node daemon: per-app network namespaces and WireGuard interfaces"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -65,23 +68,38 @@ fn main() -> anyhow::Result<()> {
     sigs.add(Signal::SIGTERM);
     sigs.thread_block()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_target(false)
         .init();
     let cli = Cli::parse();
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        std::thread::Builder::new().name("signals".into()).spawn(move || {
-            if let Ok(sig) = sigs.wait() {
-                tracing::info!(signal = ?sig, "shutting down");
-            }
-            stop.store(true, Ordering::Relaxed);
-        })?;
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(sig) = sigs.wait() {
+                    tracing::info!(signal = ?sig, "shutting down");
+                }
+                stop.store(true, Ordering::Relaxed);
+            })?;
     }
     match cli.cmd {
-        Cmd::Standalone { node, state, data_dir, advertise_address, site, interval_ms, force_userspace } => {
-            let dp = LinuxDataplane::new(LinuxOptions { force_userspace, ..Default::default() })?;
+        Cmd::Standalone {
+            node,
+            state,
+            data_dir,
+            advertise_address,
+            site,
+            interval_ms,
+            force_userspace,
+        } => {
+            let dp = LinuxDataplane::new(LinuxOptions {
+                force_userspace,
+                ..Default::default()
+            })?;
             tracing::info!(dataplane = ?dp.kind(), "data plane selected");
             let cfg = RunConfig {
                 node,
@@ -95,10 +113,15 @@ fn main() -> anyhow::Result<()> {
             run(&cfg, dp, stop)?;
         }
         Cmd::Cleanup { node, data_dir } => {
-            let mut dp = LinuxDataplane::new(LinuxOptions { force_userspace: true, ..Default::default() })?;
+            let mut dp = LinuxDataplane::new(LinuxOptions {
+                force_userspace: true,
+                ..Default::default()
+            })?;
             let observed = dp.observe(&netns_prefix(&node))?;
             for netns in observed.state.apps.keys().filter(|n| owns_netns(&node, n)) {
-                dp.apply(&Op::DeleteNetns { netns: netns.clone() })?;
+                dp.apply(&Op::DeleteNetns {
+                    netns: netns.clone(),
+                })?;
                 println!("removed netns {netns}");
             }
             match std::fs::remove_dir_all(&data_dir) {

@@ -1,0 +1,142 @@
+//! Workload attachment: a veth pair between the app netns (host end, named by
+//! the daemon) and the workload's netns (`weft0`). No ARP anywhere: both
+//! sides get permanent neighbour entries, the workload reaches the app range
+//! through the link-local gateway [`WORKLOAD_GATEWAY`].
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{anyhow, Context, Result};
+use ipnet::Ipv4Net;
+use rtnetlink::LinkVeth;
+use tokio::runtime::Runtime;
+
+use super::{netns, nl};
+use crate::state::{WorkloadLink, WORKLOAD_GATEWAY, WORKLOAD_IFNAME};
+
+/// Prefix of the app-side veth names this module reports back.
+pub(crate) const HOST_IF_PREFIX: &str = "wv";
+
+static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A temporary name for the workload end while it still sits in the app netns.
+fn tmp_name() -> String {
+    let c = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("wt{:05x}{:04x}", std::process::id() & 0xf_ffff, c & 0xffff)
+}
+
+fn host_route(addr: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(addr, 32).expect("/32 is a valid prefix")
+}
+
+/// Attaches a workload (replacing an existing attachment of the same name).
+/// `wg_if` is the app's WireGuard interface: the routes through it (the app
+/// range) are mirrored into the workload netns via the gateway.
+pub(crate) fn attach(
+    rt: &Runtime,
+    app: &File,
+    wg_if: Option<&str>,
+    host_if: &str,
+    link: &WorkloadLink,
+) -> Result<()> {
+    let wl = netns::open(Path::new(&link.workload_netns))?.ok_or_else(|| {
+        anyhow!(
+            "workload netns {} is not a network namespace",
+            link.workload_netns
+        )
+    })?;
+    let mtu = u32::from(link.mtu);
+    let addr = link.address;
+
+    // A weft0 left in the workload netns (its pair lost its app side) is ours.
+    netns::within(&wl, || {
+        nl::run(rt, |h| async move {
+            nl::del_link_by_name(&h, WORKLOAD_IFNAME).await.map(drop)
+        })
+    })?;
+
+    let tmp = tmp_name();
+    let (host_idx, host_mac, peer_idx, peer_mac, app_routes) = netns::within(app, || {
+        nl::run(rt, |h| async move {
+            nl::del_link_by_name(&h, host_if).await?;
+            h.link()
+                .add(LinkVeth::new(host_if, &tmp).build())
+                .execute()
+                .await
+                .with_context(|| format!("add veth {host_if}"))?;
+            let host = nl::link_by_name(&h, host_if)
+                .await?
+                .ok_or_else(|| anyhow!("veth {host_if} vanished"))?;
+            let peer = nl::link_by_name(&h, &tmp)
+                .await?
+                .ok_or_else(|| anyhow!("veth peer {tmp} vanished"))?;
+            let host_mac = nl::link_mac(&host).ok_or_else(|| anyhow!("{host_if} has no MAC"))?;
+            let peer_mac = nl::link_mac(&peer).ok_or_else(|| anyhow!("{tmp} has no MAC"))?;
+            let app_routes: Vec<Ipv4Net> = match wg_if {
+                Some(n) => match nl::link_by_name(&h, n).await? {
+                    Some(l) => nl::routes_via(&h, l.header.index)
+                        .await?
+                        .into_iter()
+                        .map(|r| r.dst)
+                        .collect(),
+                    None => Vec::new(),
+                },
+                None => Vec::new(),
+            };
+            Ok((
+                host.header.index,
+                host_mac,
+                peer.header.index,
+                peer_mac,
+                app_routes,
+            ))
+        })
+    })?;
+
+    let wl_fd = wl.as_fd();
+    let wired = (|| -> Result<()> {
+        netns::within(app, || {
+            nl::run(rt, |h| async move {
+                nl::move_link(&h, peer_idx, wl_fd, Some(WORKLOAD_IFNAME)).await?;
+                nl::set_mtu_up(&h, host_idx, mtu).await?;
+                nl::add_route(&h, host_idx, host_route(addr), None).await?;
+                nl::set_neighbour(&h, host_idx, addr, &peer_mac).await
+            })
+        })?;
+        netns::within(&wl, || {
+            nl::run(rt, |h| async move {
+                let idx = nl::index_of(&h, WORKLOAD_IFNAME).await?;
+                nl::set_mtu_up(&h, idx, mtu).await?;
+                nl::add_address(&h, idx, host_route(addr)).await?;
+                nl::add_route(&h, idx, host_route(WORKLOAD_GATEWAY), None).await?;
+                nl::set_neighbour(&h, idx, WORKLOAD_GATEWAY, &host_mac).await?;
+                for r in &app_routes {
+                    nl::add_route(&h, idx, *r, Some(WORKLOAD_GATEWAY)).await?;
+                }
+                Ok(())
+            })
+        })
+    })();
+    if let Err(e) = wired {
+        // Leave nothing half-wired behind: the pair goes as a whole.
+        let _ = netns::within(app, || {
+            nl::run(rt, |h| async move {
+                nl::del_link_by_name(&h, host_if).await.map(drop)
+            })
+        });
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Removes a workload's veth pair (missing is fine).
+pub(crate) fn detach(rt: &Runtime, app: &File, host_if: &str) -> Result<()> {
+    netns::within(app, || {
+        nl::run(rt, |h| async move {
+            nl::del_link_by_name(&h, host_if).await.map(drop)
+        })
+    })
+}

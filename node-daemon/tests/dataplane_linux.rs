@@ -1,0 +1,884 @@
+//! Privileged data-plane tests: real namespaces, real links, real WireGuard
+//! handshakes and real packets, all inside namespaces each test creates (and
+//! removes, also when it fails). Needs root and /dev/net/tun; without them a
+//! test prints "SKIPPED: ..." unless CI=true, where it fails instead.
+//!
+//! Each simulated node is a netns with its own `LinuxDataplane`, driven from
+//! a dedicated thread that entered the node netns first (as the daemon does).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use nix::sched::{setns, CloneFlags};
+use weft_api::DataplaneKind;
+use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
+use weft_node_daemon::dataplane::{Dataplane, Observation};
+use weft_node_daemon::diff::{diff, KeySource};
+use weft_node_daemon::keys::PrivateKey;
+use weft_node_daemon::ops::Op;
+use weft_node_daemon::state::{AppNet, Device, NodeState, Peer, WorkloadLink};
+
+const PORT: u16 = 51820;
+/// Ping payload marker ("WeftPing"): must never be visible on the node link.
+const MARKER: &[u8] = b"WeftPing";
+const MARKER_HEX: &str = "5765667450696e67";
+
+// ---------------------------------------------------------------- skipping
+
+/// Whether the privileged prerequisites are here. Missing under CI=true is a
+/// failure naming what is missing.
+fn privileged(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::Uid::effective().is_root() {
+        missing.push("root".to_string());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun".to_string());
+    }
+    for tool in ["ip", "ping"] {
+        let found = Command::new(tool).arg("-V").output().is_ok();
+        if !found {
+            missing.push(format!("the `{tool}` command"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("{test} needs {}", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{reason} (CI=true: a skipped privileged test is a failure)");
+    }
+    println!("SKIPPED: {reason}");
+    false
+}
+
+// ---------------------------------------------------------------- shell helpers
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh_ok(args: &[&str]) -> bool {
+    run(args).status.success()
+}
+
+/// One ping from `netns` to `dst` (retrying for up to `secs` seconds).
+fn ping(netns: &str, dst: Ipv4Addr, secs: u32) -> bool {
+    let dst = dst.to_string();
+    let w = secs.to_string();
+    sh_ok(&[
+        "ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", &w, "-p",
+        MARKER_HEX, &dst,
+    ])
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------- cleanup
+
+/// Removes every namespace it lists (and whatever lives in them) on drop.
+#[derive(Default)]
+struct Cleanup {
+    netns: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in self.netns.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- node workers
+
+type Job = Box<dyn FnOnce(&mut LinuxDataplane) + Send>;
+
+/// A LinuxDataplane living on its own thread inside a node netns.
+struct Node {
+    netns: String,
+    thread_name: String,
+    kind: DataplaneKind,
+    tx: Option<Sender<Job>>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    fn start(netns: &str, thread_name: &str) -> Node {
+        let (tx, rx) = channel::<Job>();
+        let (ready_tx, ready_rx) = channel();
+        let path = format!("/run/netns/{netns}");
+        let join = std::thread::Builder::new()
+            .name(thread_name.to_string())
+            .spawn(move || {
+                let ns = File::open(&path).expect("open node netns");
+                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("enter node netns");
+                let mut dp =
+                    LinuxDataplane::new(LinuxOptions::default()).expect("LinuxDataplane::new");
+                ready_tx.send(dp.kind()).unwrap();
+                for job in rx {
+                    job(&mut dp);
+                }
+            })
+            .unwrap();
+        let kind = ready_rx.recv().expect("node worker failed to start");
+        Node {
+            netns: netns.to_string(),
+            thread_name: thread_name.to_string(),
+            kind,
+            tx: Some(tx),
+            join: Some(join),
+        }
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut LinuxDataplane) -> T + Send + 'static,
+    ) -> T {
+        let (rtx, rrx) = channel();
+        self.tx
+            .as_ref()
+            .unwrap()
+            .send(Box::new(move |dp| drop(rtx.send(f(dp)))))
+            .expect("node worker gone");
+        rrx.recv()
+            .unwrap_or_else(|_| panic!("node worker {} panicked", self.netns))
+    }
+
+    /// observe -> diff -> apply; returns the ops applied.
+    fn sync(&self, desired: &NodeState, keys: &Keys, prefix: &str) -> Vec<Op> {
+        let (desired, keys, prefix) = (desired.clone(), keys.clone(), prefix.to_string());
+        self.call(move |dp| {
+            let obs = dp.observe(&prefix).expect("observe");
+            let ops = diff(&desired, &obs.state, &keys);
+            for op in &ops {
+                dp.apply(op).unwrap_or_else(|e| panic!("apply {op:?}: {e}"));
+            }
+            ops
+        })
+    }
+
+    fn observe(&self, prefix: &str) -> Observation {
+        let prefix = prefix.to_string();
+        self.call(move |dp| dp.observe(&prefix).expect("observe"))
+    }
+
+    /// Threads of this process named like the worker (boringtun's threads
+    /// inherit the name of the thread that started them).
+    fn threads(&self) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .map(|c| c.trim() == self.thread_name)
+                    .unwrap_or(false)
+            })
+            .count()
+    }
+
+    /// Whether a UDP socket is bound to `port` in the node netns (read from
+    /// the worker thread, which sits in that netns).
+    fn udp_bound(&self, port: u16) -> bool {
+        self.call(move |_| {
+            let needle = format!(":{port:04X} ");
+            ["/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"]
+                .iter()
+                .any(|f| {
+                    std::fs::read_to_string(f)
+                        .unwrap()
+                        .lines()
+                        .skip(1)
+                        .any(|l| {
+                            l.split_whitespace()
+                                .nth(1)
+                                .is_some_and(|local| format!("{local} ").contains(&needle))
+                        })
+                })
+        })
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- desired state
+
+#[derive(Clone, Default)]
+struct Keys(BTreeMap<String, PrivateKey>);
+
+impl KeySource for Keys {
+    fn private_key(&self, netns: &str) -> Option<PrivateKey> {
+        self.0.get(netns).cloned()
+    }
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+struct AppSpec<'a> {
+    netns: &'a str,
+    interface: &'a str,
+    key: &'a PrivateKey,
+    address: &'a str,
+    range: &'a str,
+    port: u16,
+    /// (public key, endpoint, allowed slice)
+    peers: Vec<(String, SocketAddr, &'a str)>,
+    /// (host interface, workload netns name, address)
+    workloads: Vec<(String, String, Ipv4Addr)>,
+}
+
+fn app(spec: AppSpec<'_>) -> AppNet {
+    AppNet {
+        app: "default/demo".into(),
+        netns: spec.netns.into(),
+        device: Some(Device {
+            interface: spec.interface.into(),
+            mtu: 1420,
+            up: true,
+            addresses: vec![net(spec.address)],
+            routes: vec![net(spec.range)],
+            listen_port: spec.port,
+            public_key: spec.key.public_key(),
+            peers: spec
+                .peers
+                .into_iter()
+                .map(|(pk, ep, allowed)| {
+                    (
+                        pk,
+                        Peer {
+                            endpoint: Some(ep),
+                            allowed_ips: vec![net(allowed)],
+                            persistent_keepalive: 25,
+                        },
+                    )
+                })
+                .collect(),
+        }),
+        workloads: spec
+            .workloads
+            .into_iter()
+            .map(|(host_if, wl, address)| {
+                let link = WorkloadLink {
+                    workload: format!("default/{wl}"),
+                    workload_netns: format!("/run/netns/{wl}"),
+                    address,
+                    mtu: 1420,
+                };
+                (host_if, link)
+            })
+            .collect(),
+    }
+}
+
+// ---------------------------------------------------------------- a two-node mesh
+
+/// Two node netns joined by a veth (192.0.2.1/24, 192.0.2.2/24), one app
+/// (10.123.0.0/16) spanning both, one workload per node.
+struct Mesh {
+    // Field order is drop order: workers (and their devices) stop before the
+    // namespaces go.
+    nodes: Vec<Node>,
+    desired: Vec<NodeState>,
+    keys: Vec<Keys>,
+    prefixes: Vec<String>,
+    app_netns: Vec<String>,
+    node_netns: Vec<String>,
+    wg_if: Vec<String>,
+    workload_netns: Vec<String>,
+    node_link: Vec<String>,
+    _cleanup: Cleanup,
+}
+
+const WL_ADDR: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 123, 1, 10), Ipv4Addr::new(10, 123, 2, 10)];
+
+impl Mesh {
+    fn new(t: &str) -> Mesh {
+        let pid = std::process::id();
+        let tag = format!("{t}{pid}");
+        let mut cleanup = Cleanup::default();
+        let node_netns: Vec<String> = (1..=2).map(|n| format!("wtn-{tag}-{n}")).collect();
+        let workload_netns: Vec<String> = (1..=2).map(|n| format!("wtw-{tag}-{n}")).collect();
+        let prefixes: Vec<String> = (1..=2).map(|n| format!("wta-{tag}-{n}-")).collect();
+        let app_netns: Vec<String> = prefixes.iter().map(|p| format!("{p}demo")).collect();
+        let wg_if: Vec<String> = (1..=2).map(|n| format!("wg{tag}{n}")).collect();
+        let host_if: Vec<String> = (1..=2).map(|n| format!("wv{tag}{n}")).collect();
+        let node_link: Vec<String> = (1..=2).map(|n| format!("wn{tag}{n}")).collect();
+        for n in node_netns.iter().chain(&workload_netns).chain(&app_netns) {
+            cleanup.netns.push(n.clone());
+        }
+        for n in node_netns.iter().chain(&workload_netns) {
+            sh(&["ip", "netns", "add", n]);
+            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &node_link[0],
+            "netns",
+            &node_netns[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &node_link[1],
+            "netns",
+            &node_netns[1],
+        ]);
+        for i in 0..2 {
+            let addr = format!("192.0.2.{}/24", i + 1);
+            sh(&[
+                "ip",
+                "-n",
+                &node_netns[i],
+                "addr",
+                "add",
+                &addr,
+                "dev",
+                &node_link[i],
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &node_netns[i],
+                "link",
+                "set",
+                &node_link[i],
+                "up",
+            ]);
+        }
+        let k = [PrivateKey::generate(), PrivateKey::generate()];
+        let mut desired = Vec::new();
+        let mut keys = Vec::new();
+        for i in 0..2 {
+            let o = 1 - i;
+            let address = format!("10.123.{}.1/32", i + 1);
+            let slice = format!("10.123.{}.0/24", o + 1);
+            let endpoint: SocketAddr = format!("192.0.2.{}:{PORT}", o + 1).parse().unwrap();
+            let a = app(AppSpec {
+                netns: &app_netns[i],
+                interface: &wg_if[i],
+                key: &k[i],
+                address: &address,
+                range: "10.123.0.0/16",
+                port: PORT,
+                peers: vec![(k[o].public_key(), endpoint, &slice)],
+                workloads: vec![(host_if[i].clone(), workload_netns[i].clone(), WL_ADDR[i])],
+            });
+            let mut s = NodeState::default();
+            s.apps.insert(app_netns[i].clone(), a);
+            desired.push(s);
+            keys.push(Keys([(app_netns[i].clone(), k[i].clone())].into()));
+        }
+        let nodes = (0..2)
+            .map(|i| Node::start(&node_netns[i], &format!("{t}-node{}", i + 1)))
+            .collect();
+        Mesh {
+            nodes,
+            desired,
+            keys,
+            prefixes,
+            app_netns,
+            node_netns,
+            wg_if,
+            workload_netns,
+            node_link,
+            _cleanup: cleanup,
+        }
+    }
+
+    fn sync(&self, i: usize) -> Vec<Op> {
+        self.nodes[i].sync(&self.desired[i], &self.keys[i], &self.prefixes[i])
+    }
+
+    fn converge(&self) {
+        for i in 0..2 {
+            let ops = self.sync(i);
+            assert!(!ops.is_empty());
+        }
+    }
+
+    fn peer_key(&self, i: usize) -> String {
+        let o = 1 - i;
+        self.keys[o].0.values().next().unwrap().public_key()
+    }
+}
+
+// ---------------------------------------------------------------- packet capture
+
+/// Captures every frame on every link of a netns (AF_PACKET, ETH_P_ALL) on a
+/// thread that entered it, until stopped.
+struct Capture {
+    stop: Arc<AtomicBool>,
+    join: Option<JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl Capture {
+    fn start(netns: &str) -> Capture {
+        use nix::sys::socket::{
+            setsockopt, socket, sockopt, AddressFamily, SockFlag, SockProtocol, SockType,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = channel();
+        let path = format!("/run/netns/{netns}");
+        let flag = stop.clone();
+        let join = std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap();
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).unwrap();
+            let fd = socket(
+                AddressFamily::Packet,
+                SockType::Raw,
+                SockFlag::empty(),
+                SockProtocol::EthAll,
+            )
+            .unwrap();
+            setsockopt(
+                &fd,
+                sockopt::ReceiveTimeout,
+                &nix::sys::time::TimeVal::new(0, 100_000),
+            )
+            .unwrap();
+            let mut f = File::from(fd);
+            ready_tx.send(()).unwrap();
+            let mut frames = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while !flag.load(Ordering::SeqCst) {
+                if let Ok(n) = f.read(&mut buf) {
+                    frames.push(buf[..n].to_vec());
+                }
+            }
+            frames
+        });
+        ready_rx.recv().unwrap();
+        Capture {
+            stop,
+            join: Some(join),
+        }
+    }
+
+    fn finish(mut self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+/// (src port, dst port, payload) of an Ethernet/IPv4/UDP frame.
+fn udp_of(frame: &[u8]) -> Option<(u16, u16, &[u8])> {
+    if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[9] != 17 || ip.len() < ihl + 8 {
+        return None;
+    }
+    let udp = &ip[ihl..];
+    Some((
+        u16::from_be_bytes([udp[0], udp[1]]),
+        u16::from_be_bytes([udp[2], udp[3]]),
+        &udp[8..],
+    ))
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn workloads_on_two_nodes_ping_over_a_real_wireguard_handshake() {
+    if !privileged("workloads_on_two_nodes_ping_over_a_real_wireguard_handshake") {
+        return;
+    }
+    let m = Mesh::new("a");
+    println!("data plane kind: {:?}", m.nodes[0].kind);
+    m.converge();
+
+    let cap = Capture::start(&m.node_netns[0]);
+    assert!(
+        ping(&m.workload_netns[0], WL_ADDR[1], 10),
+        "workload 1 cannot ping workload 2 through WireGuard"
+    );
+    // A few more packets with the marker while capturing.
+    assert!(
+        ping(&m.workload_netns[1], WL_ADDR[0], 5),
+        "workload 2 cannot ping workload 1"
+    );
+    let frames = cap.finish();
+
+    // What went over the node link was WireGuard: UDP between the listen
+    // ports, WireGuard message types, and never the plaintext payload.
+    let wg: Vec<&[u8]> = frames
+        .iter()
+        .filter_map(|f| udp_of(f))
+        .filter(|(s, d, _)| *s == PORT && *d == PORT)
+        .map(|(_, _, p)| p)
+        .collect();
+    assert!(
+        wg.iter().any(|p| p.first() == Some(&1)),
+        "no handshake initiation seen on the node link"
+    );
+    assert!(
+        wg.iter().any(|p| p.first() == Some(&4) && p.len() > 32),
+        "no WireGuard data packets on the node link"
+    );
+    assert!(
+        wg.iter().all(|p| (1..=4).contains(&p[0])),
+        "non-WireGuard UDP on the WireGuard port"
+    );
+    assert!(
+        !frames.iter().any(|f| contains(f, MARKER)),
+        "plaintext ping payload visible on the node netns"
+    );
+
+    for i in 0..2 {
+        let obs = m.nodes[i].observe(&m.prefixes[i]);
+        let st = obs
+            .stats
+            .get(&(m.app_netns[i].clone(), m.peer_key(i)))
+            .expect("stats for the peer");
+        assert!(
+            st.last_handshake_seconds.is_some(),
+            "no handshake recorded on node {i}: {st:?}"
+        );
+        assert!(
+            st.rx_bytes > 0 && st.tx_bytes > 0,
+            "no traffic counted on node {i}: {st:?}"
+        );
+        let dev = obs.state.apps[&m.app_netns[i]].device.clone().unwrap();
+        assert_eq!(
+            dev.public_key,
+            m.keys[i].0.values().next().unwrap().public_key()
+        );
+        assert_eq!(dev.listen_port, PORT);
+        // The TUN lives in the app netns, its UDP socket in the node netns.
+        assert!(sh_ok(&[
+            "ip",
+            "-n",
+            &m.app_netns[i],
+            "link",
+            "show",
+            &m.wg_if[i]
+        ]));
+        assert!(!sh_ok(&[
+            "ip",
+            "-n",
+            &m.node_netns[i],
+            "link",
+            "show",
+            &m.wg_if[i]
+        ]));
+        assert!(
+            m.nodes[i].udp_bound(PORT),
+            "UDP port not bound in node netns {i}"
+        );
+    }
+    // Workloads keep their own default route (none here): only the app range goes to weft0.
+    let routes = sh(&["ip", "-n", &m.workload_netns[0], "route"]);
+    assert!(
+        routes.contains("10.123.0.0/16 via 169.254.1.1 dev weft0"),
+        "{routes}"
+    );
+    assert!(!routes.contains("default"), "{routes}");
+    let _ = &m.node_link;
+}
+
+#[test]
+fn converged_resync_makes_zero_writes() {
+    if !privileged("converged_resync_makes_zero_writes") {
+        return;
+    }
+    let m = Mesh::new("b");
+    m.converge();
+    assert!(
+        ping(&m.workload_netns[0], WL_ADDR[1], 10),
+        "mesh does not carry traffic"
+    );
+    for round in 0..2 {
+        for i in 0..2 {
+            let ops = m.sync(i);
+            assert!(
+                ops.is_empty(),
+                "round {round}, node {i}: converged resync wrote {ops:#?}"
+            );
+        }
+    }
+    // Re-applying the full op list is harmless (every op is idempotent).
+    for i in 0..2 {
+        let empty = NodeState::default();
+        let all = diff(&m.desired[i], &empty, &m.keys[i]);
+        let all = all
+            .into_iter()
+            .filter(|op| !matches!(op, Op::CreateDevice { .. }))
+            .collect::<Vec<_>>();
+        m.nodes[i].call(move |dp| {
+            for op in &all {
+                dp.apply(op)
+                    .unwrap_or_else(|e| panic!("re-apply {op:?}: {e}"));
+            }
+        });
+    }
+    assert!(
+        ping(&m.workload_netns[0], WL_ADDR[1], 10),
+        "re-applying broke the mesh"
+    );
+    for i in 0..2 {
+        let ops = m.sync(i);
+        assert!(ops.is_empty(), "node {i} after re-apply: {ops:#?}");
+    }
+}
+
+#[test]
+fn deleted_interface_is_recreated_on_resync() {
+    if !privileged("deleted_interface_is_recreated_on_resync") {
+        return;
+    }
+    let m = Mesh::new("c");
+    m.converge();
+    assert!(ping(&m.workload_netns[0], WL_ADDR[1], 10));
+
+    // Someone deletes the WireGuard link.
+    sh(&["ip", "-n", &m.app_netns[0], "link", "del", &m.wg_if[0]]);
+    assert!(!ping(&m.workload_netns[0], WL_ADDR[1], 1));
+    let ops = m.sync(0);
+    assert!(
+        ops.iter().any(|o| matches!(o, Op::CreateDevice { .. })),
+        "{ops:#?}"
+    );
+    assert!(
+        !ops.iter().any(|o| matches!(o, Op::AttachWorkload { .. })),
+        "workload link was fine: {ops:#?}"
+    );
+    assert!(
+        ping(&m.workload_netns[0], WL_ADDR[1], 10),
+        "traffic did not come back after recreating the device"
+    );
+    assert!(m.sync(0).is_empty());
+
+    // Someone deletes the whole app netns.
+    sh(&["ip", "netns", "del", &m.app_netns[0]]);
+    let ops = m.sync(0);
+    assert!(
+        matches!(ops.first(), Some(Op::CreateNetns { .. })),
+        "{ops:#?}"
+    );
+    assert!(
+        ops.iter().any(|o| matches!(o, Op::AttachWorkload { .. })),
+        "{ops:#?}"
+    );
+    assert!(
+        ping(&m.workload_netns[0], WL_ADDR[1], 10),
+        "traffic did not come back after recreating the netns"
+    );
+    assert!(m.sync(0).is_empty());
+    assert_eq!(
+        m.nodes[0].threads(),
+        1 + 2,
+        "exactly one boringtun device (2 threads) should run"
+    );
+}
+
+#[test]
+fn deleted_app_is_fully_cleaned_up() {
+    if !privileged("deleted_app_is_fully_cleaned_up") {
+        return;
+    }
+    let m = Mesh::new("d");
+    m.converge();
+    assert!(ping(&m.workload_netns[0], WL_ADDR[1], 10));
+    let node = &m.nodes[0];
+    assert!(node.udp_bound(PORT));
+    assert_eq!(node.threads(), 1 + 2, "worker + 2 boringtun threads");
+
+    let ops = node.sync(&NodeState::default(), &m.keys[0], &m.prefixes[0]);
+    assert_eq!(
+        ops,
+        vec![Op::DeleteNetns {
+            netns: m.app_netns[0].clone()
+        }]
+    );
+
+    assert!(
+        !Path::new("/run/netns").join(&m.app_netns[0]).exists(),
+        "app netns still pinned"
+    );
+    assert!(
+        !node.udp_bound(PORT),
+        "WireGuard UDP port still bound in the node netns"
+    );
+    assert_eq!(node.threads(), 1, "boringtun threads left behind");
+    assert!(!sh_ok(&[
+        "ip",
+        "-n",
+        &m.node_netns[0],
+        "link",
+        "show",
+        &m.wg_if[0]
+    ]));
+    // The workload's end of the veth goes with the app netns (asynchronously).
+    wait_until("workload veth gone", 10, || {
+        !sh_ok(&["ip", "-n", &m.workload_netns[0], "link", "show", "weft0"])
+    });
+    assert!(node.observe(&m.prefixes[0]).state.apps.is_empty());
+    assert!(node
+        .sync(&NodeState::default(), &m.keys[0], &m.prefixes[0])
+        .is_empty());
+    // Deleting again is fine.
+    let again = Op::DeleteNetns {
+        netns: m.app_netns[0].clone(),
+    };
+    node.call(move |dp| dp.apply(&again)).unwrap();
+}
+
+#[test]
+fn two_apps_on_one_node_cannot_reach_each_other() {
+    if !privileged("two_apps_on_one_node_cannot_reach_each_other") {
+        return;
+    }
+    let pid = std::process::id();
+    let tag = format!("e{pid}");
+    let mut cleanup = Cleanup::default();
+    let node_ns = format!("wtn-{tag}");
+    let prefix = format!("wta-{tag}-");
+    let (ns_a, ns_b) = (format!("{prefix}a"), format!("{prefix}b"));
+    let wl: Vec<String> = ["a1", "a2", "b1"]
+        .iter()
+        .map(|w| format!("wtw-{tag}-{w}"))
+        .collect();
+    for n in [&node_ns, &ns_a, &ns_b].into_iter().chain(&wl) {
+        cleanup.netns.push(n.clone());
+    }
+    for n in std::iter::once(&node_ns).chain(&wl) {
+        sh(&["ip", "netns", "add", n]);
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+    }
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    let (a1, a2, b1) = (
+        Ipv4Addr::new(10, 123, 1, 10),
+        Ipv4Addr::new(10, 123, 1, 11),
+        Ipv4Addr::new(10, 124, 1, 10),
+    );
+    let app_a = app(AppSpec {
+        netns: &ns_a,
+        interface: &format!("wg{tag}a"),
+        key: &ka,
+        address: "10.123.1.1/32",
+        range: "10.123.0.0/16",
+        port: PORT,
+        peers: vec![],
+        workloads: vec![
+            (format!("wv{tag}a1"), wl[0].clone(), a1),
+            (format!("wv{tag}a2"), wl[1].clone(), a2),
+        ],
+    });
+    let app_b = app(AppSpec {
+        netns: &ns_b,
+        interface: &format!("wg{tag}b"),
+        key: &kb,
+        address: "10.124.1.1/32",
+        range: "10.124.0.0/16",
+        port: PORT + 1,
+        peers: vec![],
+        workloads: vec![(format!("wv{tag}b1"), wl[2].clone(), b1)],
+    });
+    let mut desired = NodeState::default();
+    desired.apps.insert(ns_a.clone(), app_a);
+    desired.apps.insert(ns_b.clone(), app_b);
+    let keys = Keys([(ns_a.clone(), ka), (ns_b.clone(), kb)].into());
+    let node = Node::start(&node_ns, "e-node");
+    assert!(!node.sync(&desired, &keys, &prefix).is_empty());
+    assert!(node.sync(&desired, &keys, &prefix).is_empty());
+
+    // Positive control: two workloads of app A reach each other.
+    assert!(
+        ping(&wl[0], a2, 5),
+        "workloads of the same app cannot reach each other"
+    );
+    // App B's workload is unreachable from app A, even when the workload
+    // routes app B's range to its gateway itself...
+    assert!(!ping(&wl[0], b1, 2));
+    sh(&[
+        "ip",
+        "-n",
+        &wl[0],
+        "route",
+        "add",
+        "10.124.0.0/16",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "weft0",
+    ]);
+    assert!(
+        !ping(&wl[0], b1, 2),
+        "app A's workload reached app B's workload"
+    );
+    // ...and the other way round.
+    sh(&[
+        "ip",
+        "-n",
+        &wl[2],
+        "route",
+        "add",
+        "10.123.0.0/16",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "weft0",
+    ]);
+    assert!(
+        !ping(&wl[2], a1, 2),
+        "app B's workload reached app A's workload"
+    );
+    drop(node);
+    drop(cleanup);
+}
