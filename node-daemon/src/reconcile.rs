@@ -42,7 +42,15 @@ pub struct Reconciler<D: Dataplane> {
     last_good: BTreeMap<String, AppNet>,
     /// Total data-plane writes since start (metrics).
     pub writes_total: u64,
+    /// When each (netns, peer) was last probed.
+    last_probe: BTreeMap<(String, String), std::time::Instant>,
 }
+
+/// Handshakes older than this are refreshed by a probe, so a healthy idle
+/// peer never reaches WireGuard's 180 s session expiry and reads as down.
+pub const HANDSHAKE_REFRESH_SECONDS: u64 = 120;
+/// Minimum time between probes of one peer.
+pub const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
 
 struct Keys(BTreeMap<String, PrivateKey>);
 impl KeySource for Keys {
@@ -72,6 +80,7 @@ impl<D: Dataplane> Reconciler<D> {
             ipam_path,
             last_good: BTreeMap::new(),
             writes_total: 0,
+            last_probe: BTreeMap::new(),
         })
     }
 
@@ -185,6 +194,8 @@ impl<D: Dataplane> Reconciler<D> {
         }
         self.writes_total += report.writes as u64;
 
+        self.probe_stale_peers(&desired, &observed, &failed);
+
         // Keys of apps that left this node go once their netns is gone.
         let wanted_ids: BTreeSet<&str> = spec.spec.apps.iter().map(|a| a.app_id.as_str()).collect();
         for id in self.keys.app_ids() {
@@ -214,6 +225,54 @@ impl<D: Dataplane> Reconciler<D> {
             now,
         );
         report
+    }
+}
+
+impl<D: Dataplane> Reconciler<D> {
+    /// Sends a probe through the tunnel to every peer without a recent
+    /// handshake (rate-limited), so "peers up" reflects a proven handshake
+    /// rather than configuration alone.
+    fn probe_stale_peers(
+        &mut self,
+        desired: &NodeState,
+        observed: &Observation,
+        failed: &BTreeSet<String>,
+    ) {
+        let now = std::time::Instant::now();
+        let mut live = BTreeSet::new();
+        for (netns, app) in &desired.apps {
+            let Some(dev) = &app.device else { continue };
+            if failed.contains(netns) {
+                continue;
+            }
+            for (pk, peer) in &dev.peers {
+                let key = (netns.clone(), pk.clone());
+                live.insert(key.clone());
+                let age = observed
+                    .stats
+                    .get(&key)
+                    .and_then(|s| s.last_handshake_seconds);
+                if age.is_some_and(|a| a < HANDSHAKE_REFRESH_SECONDS) {
+                    continue;
+                }
+                if self
+                    .last_probe
+                    .get(&key)
+                    .is_some_and(|t| now.duration_since(*t) < PROBE_INTERVAL)
+                {
+                    continue;
+                }
+                // The peer's tunnel address is the first host of its slice.
+                let Some(dst) = peer.allowed_ips.first().and_then(|n| n.hosts().next()) else {
+                    continue;
+                };
+                if let Err(e) = self.dp.probe(netns, dst) {
+                    tracing::debug!(netns = %netns, error = %e, "handshake probe failed");
+                }
+                self.last_probe.insert(key, now);
+            }
+        }
+        self.last_probe.retain(|k, _| live.contains(k));
     }
 }
 

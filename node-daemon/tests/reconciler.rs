@@ -257,3 +257,23 @@ fn status_and_logs_carry_public_keys_only() {
     }
     assert!(json.contains(&rep.status.apps[0].public_key));
 }
+
+#[test]
+fn peers_without_a_handshake_are_probed_through_the_tunnel_rate_limited() {
+    let d = tempfile::tempdir().unwrap();
+    let mut r = rec(d.path());
+    let spec = meshnode(1, vec![attachment("demo/web", "aaaaaaaaaa", 100)]);
+    r.pass(Some(&spec), &workloads(), t());
+    let probes = r.dataplane().probes.clone();
+    assert_eq!(
+        probes,
+        vec![(
+            "weft-n1-aaaaaaaaaa".to_string(),
+            "10.100.2.1".parse().unwrap()
+        )],
+        "peer n2's tunnel address"
+    );
+    let writes = r.pass(Some(&spec), &workloads(), t()).writes;
+    assert_eq!(writes, 0, "probing is traffic, not a write");
+    assert_eq!(r.dataplane().probes.len(), 1, "rate-limited");
+}

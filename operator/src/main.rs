@@ -71,6 +71,7 @@ fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let mut op = Standalone::new(StandaloneConfig::new(manifests, state).with_pool(pool));
             tracing::info!(%pool, interval_ms, "standalone operator starting");

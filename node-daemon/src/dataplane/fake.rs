@@ -17,6 +17,8 @@ pub struct FakeDataplane {
     pub applied: Vec<Op>,
     /// Ops whose `name()` is listed here fail (to test error handling).
     pub fail_ops: Vec<&'static str>,
+    /// Probes sent: (netns, destination).
+    pub probes: Vec<(String, std::net::Ipv4Addr)>,
 }
 
 impl FakeDataplane {
@@ -56,6 +58,11 @@ impl Dataplane for FakeDataplane {
             state,
             stats: Default::default(),
         })
+    }
+
+    fn probe(&mut self, netns: &str, destination: std::net::Ipv4Addr) -> Result<(), Error> {
+        self.probes.push((netns.to_string(), destination));
+        Ok(())
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), Error> {

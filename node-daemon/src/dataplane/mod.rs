@@ -33,4 +33,8 @@ pub trait Dataplane: Send {
     fn observe(&mut self, netns_prefix: &str) -> Result<Observation, Error>;
     /// Applies one operation.
     fn apply(&mut self, op: &Op) -> Result<(), Error>;
+    /// Sends one datagram from inside `netns` to `destination` (a peer's
+    /// tunnel address), which makes WireGuard handshake with that peer. This
+    /// is traffic, not configuration: it never changes the data plane.
+    fn probe(&mut self, netns: &str, destination: std::net::Ipv4Addr) -> Result<(), Error>;
 }

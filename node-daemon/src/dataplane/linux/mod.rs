@@ -674,6 +674,20 @@ impl Dataplane for LinuxDataplane {
         self.apply_inner(op)
             .map_err(|e| Error::dp(op.name(), op.netns(), format!("{e:#}")))
     }
+
+    fn probe(&mut self, netns: &str, destination: Ipv4Addr) -> Result<(), Error> {
+        let run = || -> Result<()> {
+            let app = self.app_ns(netns)?;
+            netns::within(&app, || {
+                // The socket is created while the thread is in the app netns,
+                // so the datagram leaves through the app's WireGuard route.
+                let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                sock.send_to(b"weft-handshake-probe", (destination, 9))?;
+                Ok(())
+            })
+        };
+        run().map_err(|e| Error::dp("probe", netns, format!("{e:#}")))
+    }
 }
 
 impl Drop for LinuxDataplane {
