@@ -64,7 +64,11 @@ pub fn exec_in(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
 /// Names of all namespaces under /run/netns, sorted.
 pub fn list_netns() -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(NETNS_DIR)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -101,8 +105,13 @@ pub fn enter(ns: &str) -> Result<()> {
 
 /// Runs `f` on a fresh OS thread that has entered namespace `ns`, and waits
 /// for it. Sockets opened and processes spawned by `f` live in `ns`.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    spawn_in_netns(ns, f)?.join().map_err(|_| anyhow!("thread in netns {ns} panicked"))?
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    spawn_in_netns(ns, f)?
+        .join()
+        .map_err(|_| anyhow!("thread in netns {ns} panicked"))?
 }
 
 /// Like [`in_netns`] but returns the thread handle without waiting.
@@ -133,7 +142,9 @@ impl NetNs {
             bail!("netns {name} already exists (leftover of an earlier run? try cleanup)");
         }
         ip(&["netns", "add", name])?;
-        let ns = NetNs { name: name.to_string() };
+        let ns = NetNs {
+            name: name.to_string(),
+        };
         ip_in(name, &["link", "set", "lo", "up"])?;
         Ok(ns)
     }

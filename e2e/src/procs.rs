@@ -19,7 +19,10 @@ static CHILDREN: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 
 /// Pids of long-running children this process started and has not reaped yet.
 pub fn registered_children() -> Vec<u32> {
-    CHILDREN.lock().map(|s| s.iter().copied().collect()).unwrap_or_default()
+    CHILDREN
+        .lock()
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default()
 }
 
 /// Locates one of Weft's binaries: `$WEFT_BIN_DIR/<name>` if that variable is
@@ -135,7 +138,9 @@ impl Proc {
 
     /// Whether it is still running (reaps it if it exited).
     pub fn is_running(&mut self) -> bool {
-        let Some(c) = self.child.as_mut() else { return false };
+        let Some(c) = self.child.as_mut() else {
+            return false;
+        };
         match c.try_wait() {
             Ok(Some(st)) => {
                 self.exit = Some(st);
@@ -227,7 +232,10 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let (_, killed) = self.stop(Duration::from_secs(5));
         if killed {
-            eprintln!("warning: {} ignored SIGTERM for 5 s and was killed", self.name);
+            eprintln!(
+                "warning: {} ignored SIGTERM for 5 s and was killed",
+                self.name
+            );
         }
     }
 }
@@ -243,7 +251,10 @@ pub fn run_to_completion(
     timeout: Duration,
 ) -> Result<ExitStatus> {
     let mut p = Proc::spawn(
-        &program.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        &program
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         program,
         args,
         &[],
@@ -254,7 +265,11 @@ pub fn run_to_completion(
         Some(st) => Ok(st),
         None => {
             p.kill_hard();
-            bail!("{} {} did not finish within {timeout:?}", program.display(), args.join(" "))
+            bail!(
+                "{} {} did not finish within {timeout:?}",
+                program.display(),
+                args.join(" ")
+            )
         }
     }
 }

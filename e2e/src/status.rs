@@ -12,9 +12,11 @@ use weft_api::{MeshAppStatus, MeshNodeStatus};
 /// Reads a JSON file; `Ok(None)` if it does not exist.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).with_context(|| format!("cannot parse {}", path.display()))?,
-        )),
+        Ok(bytes) => {
+            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("cannot parse {}", path.display())
+            })?))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -26,7 +28,9 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
-        path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        path.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
@@ -35,7 +39,11 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
 }
 
 /// The stored status of MeshApp `ns/name`, if the operator wrote one.
-pub fn read_app_status(state: &StateDir, ns: &str, name: &str) -> Result<Option<StoredStatus<MeshAppStatus>>> {
+pub fn read_app_status(
+    state: &StateDir,
+    ns: &str,
+    name: &str,
+) -> Result<Option<StoredStatus<MeshAppStatus>>> {
     read_json(&state.status_file("meshapps", &format!("{ns}/{name}")))
 }
 
@@ -52,7 +60,10 @@ pub fn read_meshnode(state: &StateDir, node: &str) -> Result<Option<serde_json::
 
 /// Status of a condition type (`"True"`, `"False"`, ...), if present.
 pub fn condition<'a>(st: &'a MeshAppStatus, type_: &str) -> Option<&'a str> {
-    st.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.as_str())
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
 }
 
 /// One line describing an app status: `Ready=True nodes 2/2 peers 1/1 cidr ...`.
@@ -60,7 +71,7 @@ pub fn describe_app(st: &MeshAppStatus) -> String {
     let msg = st
         .conditions
         .iter()
-        .filter(|c| c.status != "True" || c.type_ != "Ready")
+        .filter(|c| c.type_ != "Ready")
         .map(|c| format!("{}={} ({}: {})", c.type_, c.status, c.reason, c.message))
         .collect::<Vec<_>>()
         .join("; ");
@@ -77,14 +88,21 @@ pub fn describe_app(st: &MeshAppStatus) -> String {
 }
 
 /// Waits until MeshApp `ns/name` has condition Ready=True and returns its status.
-pub fn wait_for_ready(state: &StateDir, ns: &str, name: &str, timeout: Duration) -> Result<MeshAppStatus> {
+pub fn wait_for_ready(
+    state: &StateDir,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<MeshAppStatus> {
     let mut last = String::from("no status file yet");
     let res = crate::wait_for(
         &format!("MeshApp {ns}/{name} to become Ready"),
         timeout,
         Duration::from_millis(50),
         || {
-            let Some(st) = read_app_status(state, ns, name)? else { return Ok(None) };
+            let Some(st) = read_app_status(state, ns, name)? else {
+                return Ok(None);
+            };
             last = describe_app(&st.status);
             Ok((condition(&st.status, "Ready") == Some("True")).then_some(st.status))
         },
@@ -100,9 +118,14 @@ pub fn get_meshapps(state: &StateDir, wide: bool) -> Result<String> {
     if wide {
         cmd.args(["-o", "wide"]);
     }
-    let out = cmd.output().with_context(|| format!("run {}", op.display()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("run {}", op.display()))?;
     if !out.status.success() {
-        bail!("weft-operator get meshapps failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "weft-operator get meshapps failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

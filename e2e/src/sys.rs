@@ -16,7 +16,11 @@ extern "C" fn on_signal(_sig: libc::c_int) {
 
 /// Installs the flag-raising handler for SIGINT and SIGTERM.
 pub fn install_interrupt_handler() -> nix::Result<()> {
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     for sig in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: `on_signal` only performs a store to a static atomic, which is
         // async-signal-safe; it neither allocates, locks nor touches errno.

@@ -33,13 +33,36 @@ impl Sim {
     pub fn with_prefix(prefix: &str, n_nodes: usize) -> Result<Sim> {
         ensure!((1..=250).contains(&n_nodes), "1..=250 nodes supported");
         let wan = NetNs::create(&format!("{prefix}-wan"))?;
-        let mut sim = Sim { prefix: prefix.to_string(), nodes: Vec::new(), wan };
-        sim.wan.ip(&["link", "add", WAN_BRIDGE, "type", "bridge", "stp_state", "0"])?;
+        let mut sim = Sim {
+            prefix: prefix.to_string(),
+            nodes: Vec::new(),
+            wan,
+        };
+        sim.wan.ip(&[
+            "link",
+            "add",
+            WAN_BRIDGE,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+        ])?;
         sim.wan.ip(&["link", "set", WAN_BRIDGE, "up"])?;
         for i in 1..=n_nodes {
             let node = NetNs::create(&format!("{prefix}-n{i}"))?;
             let port = Self::wan_port(i);
-            sim.wan.ip(&["link", "add", &port, "type", "veth", "peer", "name", NODE_WAN_IFACE, "netns", node.name()])?;
+            sim.wan.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                NODE_WAN_IFACE,
+                "netns",
+                node.name(),
+            ])?;
             sim.wan.ip(&["link", "set", &port, "master", WAN_BRIDGE])?;
             sim.wan.ip(&["link", "set", &port, "up"])?;
             let addr = format!("{}/24", Self::node_addr(i));

@@ -43,7 +43,10 @@ impl Workload {
         labels: &[(&str, &str)],
     ) -> Result<Workload> {
         let netns = NetNs::create(netns_name)?;
-        let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let file = state.workloads_dir(node).join(format!("{name}.json"));
         let w = Workload {
             name: name.to_string(),
@@ -84,14 +87,23 @@ impl Workload {
 
     /// Its app address as the node currently reports it.
     pub fn address(&self) -> Result<Option<Ipv4Addr>> {
-        let Some(st) = read_node_status(&self.state, &self.node)? else { return Ok(None) };
-        let Some(w) = st.workloads.iter().find(|w| w.name == self.name && w.namespace == self.namespace) else {
+        let Some(st) = read_node_status(&self.state, &self.node)? else {
+            return Ok(None);
+        };
+        let Some(w) = st
+            .workloads
+            .iter()
+            .find(|w| w.name == self.name && w.namespace == self.namespace)
+        else {
             return Ok(None);
         };
         match &w.address {
             Some(a) => {
                 let ip = a.split('/').next().unwrap_or(a);
-                Ok(Some(ip.parse().with_context(|| format!("bad workload address {a:?}"))?))
+                Ok(Some(
+                    ip.parse()
+                        .with_context(|| format!("bad workload address {a:?}"))?,
+                ))
             }
             None => Ok(None),
         }
@@ -100,7 +112,10 @@ impl Workload {
     /// Waits until the node reports an address for the workload.
     pub fn wait_address(&self, timeout: Duration) -> Result<Ipv4Addr> {
         crate::wait_for(
-            &format!("an address for workload {}/{} on {}", self.namespace, self.name, self.node),
+            &format!(
+                "an address for workload {}/{} on {}",
+                self.namespace, self.name, self.node
+            ),
             timeout,
             Duration::from_millis(20),
             || self.address(),
