@@ -14,9 +14,9 @@ use crate::traffic::which;
 /// Namespace of the scenario's apps.
 pub const NS: &str = "demo";
 /// Manifest file of the `web` app.
-pub const WEB_FILE: &str = "demo-web.yaml";
+pub const WEB_FILE: &str = "web.yaml";
 /// Manifest file of the `db` app.
-pub const DB_FILE: &str = "demo-db.yaml";
+pub const DB_FILE: &str = "db.yaml";
 
 /// A MeshApp manifest.
 pub fn app_manifest(
@@ -37,16 +37,6 @@ pub fn app_manifest(
     s
 }
 
-/// The `web` app: selects `tier: web`, range 10.100.0.0/16.
-pub fn web_manifest() -> String {
-    app_manifest("web", NS, &[("tier", "web")], Some("10.100.0.0/16"))
-}
-
-/// The `db` app: selects `weft.dev/app: db`, range allocated by the operator.
-pub fn db_manifest() -> String {
-    app_manifest("db", NS, &[(weft_api::labels::APP_LABEL, "db")], None)
-}
-
 /// Whether some YAML file text defines MeshApp `ns/name` (a textual check,
 /// enough for example files).
 fn defines_app(text: &str, ns: &str, name: &str) -> bool {
@@ -57,41 +47,38 @@ fn defines_app(text: &str, ns: &str, name: &str) -> bool {
     })
 }
 
-/// Copies `examples_dir/*.yaml` (if the directory exists) into the
-/// manifests dir, then writes the scenario's own manifest for `web` and/or
-/// `db` if no example defines them. Returns the file names written.
-pub fn install_manifests(cluster: &Cluster, examples_dir: Option<&Path>) -> Result<Vec<String>> {
+/// Applies every manifest in `examples_dir` (what a user would apply), and
+/// checks it defines the scenario's `web` and `db` apps in their own files
+/// (`web.yaml`, `db.yaml`), so the examples cannot silently rot. Returns the
+/// file names written.
+pub fn install_manifests(cluster: &Cluster, examples_dir: &Path) -> Result<Vec<String>> {
     let mut written = Vec::new();
     let (mut have_web, mut have_db) = (false, false);
-    if let Some(dir) = examples_dir.filter(|d| d.is_dir()) {
-        let mut files: Vec<_> = std::fs::read_dir(dir)?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-            .collect();
-        files.sort();
-        for f in files {
-            let text =
-                std::fs::read_to_string(&f).with_context(|| format!("read {}", f.display()))?;
-            have_web |= defines_app(&text, NS, "web");
-            have_db |= defines_app(&text, NS, "db");
-            let name = f
-                .file_name()
-                .context("file name")?
-                .to_string_lossy()
-                .into_owned();
-            cluster.apply_manifest(&name, &text)?;
-            written.push(name);
-        }
+    let mut files: Vec<_> = std::fs::read_dir(examples_dir)
+        .with_context(|| format!("read {}", examples_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .filter(|p| !p.file_name().is_some_and(|n| n == "kustomization.yaml"))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("read {}", f.display()))?;
+        let name = f
+            .file_name()
+            .context("file name")?
+            .to_string_lossy()
+            .into_owned();
+        have_web |= name == WEB_FILE && defines_app(&text, NS, "web");
+        have_db |= name == DB_FILE && defines_app(&text, NS, "db");
+        cluster.apply_manifest(&name, &text)?;
+        written.push(name);
     }
-    if !have_web {
-        cluster.apply_manifest(WEB_FILE, &web_manifest())?;
-        written.push(WEB_FILE.into());
-    }
-    if !have_db {
-        cluster.apply_manifest(DB_FILE, &db_manifest())?;
-        written.push(DB_FILE.into());
-    }
+    anyhow::ensure!(
+        have_web && have_db,
+        "{} must define MeshApp {NS}/web in {WEB_FILE} and {NS}/db in {DB_FILE}",
+        examples_dir.display()
+    );
     Ok(written)
 }
 

@@ -32,7 +32,7 @@ fn setup(test: &str) -> Option<(Cluster, Addrs)> {
     }
     let mut c = Cluster::new(2).expect("build the simulated network");
     c.start_all().expect("start operator and daemons");
-    scenario::install_manifests(&c, None).expect("write manifests");
+    scenario::install_manifests(&c, &scenario::repo_examples_dir()).expect("write manifests");
     scenario::add_workloads(&mut c).expect("announce workloads");
     for app in ["web", "db"] {
         c.wait_ready(NS, app, READY)

@@ -498,7 +498,10 @@ fn every_example_manifest_parses() {
         assert!(!objects.is_empty(), "{} has no objects", path.display());
         seen += 1;
     }
-    assert!(seen >= 2, "examples/ should hold apps.yaml and site.yaml");
+    assert!(
+        seen >= 2,
+        "examples/ should hold the app and site manifests"
+    );
     // And they plan cleanly together.
     let state = TempDir::new().unwrap();
     let mut op = Standalone::new(StandaloneConfig::new(&dir, state.path()));

@@ -327,7 +327,11 @@ fn run_weft(args: &Args) -> Result<WeftFigures> {
 
 fn measure_weft(c: &mut Cluster, args: &Args) -> Result<WeftFigures> {
     c.start_all()?;
-    scenario::install_manifests(c, args.examples.as_deref())?;
+    let examples = args
+        .examples
+        .clone()
+        .unwrap_or_else(scenario::repo_examples_dir);
+    scenario::install_manifests(c, &examples)?;
     scenario::add_workloads(c)?;
     let timeout = Duration::from_secs(args.ready_timeout);
     c.wait_ready(NS, "web", timeout)?;

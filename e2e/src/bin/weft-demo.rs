@@ -227,7 +227,7 @@ fn run(c: &mut Cluster, args: &Args, checks: &mut Checks) -> Result<()> {
         .examples
         .clone()
         .unwrap_or_else(scenario::repo_examples_dir);
-    let files = scenario::install_manifests(c, Some(&examples))?;
+    let files = scenario::install_manifests(c, &examples)?;
     println!("  manifests: {}", files.join(", "));
     println!("  app demo/web selects workloads labelled tier=web");
     println!("  app demo/db  selects workloads labelled weft.dev/app=db");
