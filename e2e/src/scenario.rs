@@ -59,7 +59,7 @@ pub fn install_manifests(cluster: &Cluster, examples_dir: &Path) -> Result<Vec<S
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .filter(|p| !p.file_name().is_some_and(|n| n == "kustomization.yaml"))
+        .filter(|p| p.file_name().is_none_or(|n| n != "kustomization.yaml"))
         .collect();
     files.sort();
     for f in files {
