@@ -214,6 +214,26 @@ fn daemon_restart_and_app_deletion() {
     tcp_transfer(&web1, &web2, web2_addr, 4 << 20).expect("TCP after restart");
     c.wait_ready(NS, "web", READY).unwrap();
 
+    // Drift: the running daemon repairs what is deleted behind its back.
+    let web_ns1 = c.app_netns(1, &format!("{NS}/web")).unwrap().unwrap();
+    let web_if1 = format!("wf{}", web_ns1.rsplit('-').next().unwrap());
+    weft_e2e::netns::ip(&["-n", &web_ns1, "link", "del", &web_if1]).expect("delete the interface");
+    ping_until_ok(&web1, web2_addr, Duration::from_secs(20))
+        .expect("a deleted WireGuard interface is recreated and traffic recovers");
+    // `ip netns del` unlinks the name at once, so its return means recreation
+    // (namespace inode numbers are recycled, so they cannot tell old from new).
+    weft_e2e::netns::ip(&["netns", "del", &web_ns1]).expect("delete the app netns");
+    assert!(!weft_e2e::netns::netns_exists(&web_ns1));
+    weft_e2e::wait_for(
+        "the app netns to be recreated",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || Ok(weft_e2e::netns::netns_exists(&web_ns1).then_some(())),
+    )
+    .unwrap();
+    ping_until_ok(&web1, web2_addr, Duration::from_secs(20))
+        .expect("a deleted app netns is recreated, the workload re-attached, and traffic recovers");
+
     // Deleting the db app removes its namespaces on both nodes; web keeps working.
     let db_netns: Vec<String> = (1..=2)
         .map(|i| {

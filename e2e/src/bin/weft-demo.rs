@@ -336,9 +336,11 @@ fn run(c: &mut Cluster, args: &Args, checks: &mut Checks) -> Result<()> {
             continue;
         };
         println!(
-            "  node {i} ({}), dataplane {:?}:",
+            "  node {i} ({}), WireGuard implementation: {}",
             c.node_name(i),
             st.dataplane
+                .map(|k| format!("{k:?}"))
+                .unwrap_or_else(|| "unknown".into())
         );
         for app in &st.apps {
             println!(
