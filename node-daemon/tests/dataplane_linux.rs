@@ -621,6 +621,28 @@ fn workloads_on_two_nodes_ping_over_a_real_wireguard_handshake() {
             m.nodes[i].udp_bound(PORT),
             "UDP port not bound in node netns {i}"
         );
+        // boringtun's own sockets were enlarged past the 208 KiB default
+        // (the kernel reports twice the requested 4 MiB as `rb`).
+        let mem = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &m.node_netns[i],
+            "ss",
+            "-uanm",
+            "sport",
+            "=",
+            &format!(":{PORT}"),
+        ]);
+        let rb: Vec<u64> = mem
+            .split("rb")
+            .skip(1)
+            .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .collect();
+        assert!(
+            !rb.is_empty() && rb.iter().all(|b| *b >= 4 << 20),
+            "receive buffers on port {PORT}: {mem}"
+        );
     }
     // Workloads keep their own default route (none here): only the app range goes to weft0.
     let routes = sh(&["ip", "-n", &m.workload_netns[0], "route"]);
