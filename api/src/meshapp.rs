@@ -79,6 +79,7 @@ pub struct MeshAppStatus {
     /// `Ready` (every node programmed, every peer pair handshaken) and `Degraded`
     /// (what is missing, or which field is invalid).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

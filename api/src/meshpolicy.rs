@@ -103,6 +103,7 @@ pub struct MeshPolicyStatus {
     /// `Accepted`: whether the policy is valid and references resolve; the
     /// message names the offending field otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -70,3 +70,16 @@ fn walk(schema: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
         walk(items, &format!("{path}[]"), missing);
     }
 }
+
+#[test]
+fn conditions_merge_by_type_under_server_side_apply() {
+    for (name, yaml) in weft_api::crd::all_crds_yaml() {
+        if name.starts_with("meshnodes") {
+            continue;
+        }
+        let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+        let c = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(c["x-kubernetes-list-type"], "map", "{name}");
+        assert_eq!(c["x-kubernetes-list-map-keys"][0], "type", "{name}");
+    }
+}
