@@ -10,6 +10,7 @@
 // kube-derive's repeated `printcolumn(type_ = ...)` arguments trip this lint.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod attach;
 pub mod conditions;
 pub mod crd;
 pub mod labels;
@@ -18,6 +19,7 @@ pub mod meshhub;
 pub mod meshnode;
 pub mod meshpolicy;
 pub mod meshsite;
+pub mod policy;
 pub mod selector;
 pub mod standalone;
 
@@ -29,6 +31,7 @@ pub use meshnode::{
 };
 pub use meshpolicy::{MeshPolicy, MeshPolicySpec, MeshPolicyStatus};
 pub use meshsite::{MeshSite, MeshSiteSpec, MeshSiteStatus, SiteKind};
+pub use policy::{CompiledPolicy, CompiledRule, PolicyDirection, PolicyProtocol};
 pub use selector::Selector;
 
 /// API group of every Weft resource.
