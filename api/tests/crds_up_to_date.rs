@@ -78,7 +78,8 @@ fn conditions_merge_by_type_under_server_side_apply() {
             continue;
         }
         let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
-        let c = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+        let c = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"]["conditions"];
         assert_eq!(c["x-kubernetes-list-type"], "map", "{name}");
         assert_eq!(c["x-kubernetes-list-map-keys"][0], "type", "{name}");
     }
