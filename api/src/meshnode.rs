@@ -8,6 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::CompiledPolicy;
+
 /// Desired state of one node, computed by the operator's planner. Users never
 /// write it; the node's daemon makes the kernel match it.
 #[derive(
@@ -77,6 +79,10 @@ pub struct AppAttachment {
     /// known yet are left out until their daemon reports them.
     #[serde(default)]
     pub peers: Vec<PeerSpec>,
+    /// The app's MeshPolicies compiled for this node's workloads; unset when
+    /// no policy isolates any of them (everything within the app is open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<CompiledPolicy>,
 }
 
 /// A WireGuard peer: another node of the same app.

@@ -48,6 +48,14 @@ pub fn diff(desired: &NodeState, observed: &NodeState, keys: &dyn KeySource) -> 
 
 fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op>) {
     let netns = &want.netns;
+    // The policy table only names addresses, so it goes first: a workload
+    // attached in this pass is already covered by it.
+    if want.policy.as_ref().map(|p| &p.digest) != have.policy.as_ref().map(|p| &p.digest) {
+        ops.push(Op::SetPolicy {
+            netns: netns.clone(),
+            policy: want.policy.clone(),
+        });
+    }
     // Workloads mirror the app's routes at attach time, so a route change
     // means re-attaching them.
     let routes_changed = match (&want.device, &have.device) {
@@ -236,6 +244,7 @@ mod tests {
                     ..Default::default()
                 }),
                 workloads: [("wv1".to_string(), link)].into(),
+                policy: None,
             },
         );
         st

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use ipnet::Ipv4Net;
 
 use crate::keys::PrivateKey;
-use crate::state::WorkloadLink;
+use crate::state::{PolicyTable, WorkloadLink};
 
 /// One change to the node's data plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +137,14 @@ pub enum Op {
         /// App-side interface name.
         host_interface: String,
     },
+    /// Replace the app's policy table as one atomic transaction (`None`
+    /// removes it: everything in the app is open again).
+    SetPolicy {
+        /// App netns name.
+        netns: String,
+        /// The new table.
+        policy: Option<PolicyTable>,
+    },
 }
 
 impl Op {
@@ -156,7 +164,8 @@ impl Op {
             | Op::SetPeer { netns, .. }
             | Op::RemovePeer { netns, .. }
             | Op::AttachWorkload { netns, .. }
-            | Op::DetachWorkload { netns, .. } => netns,
+            | Op::DetachWorkload { netns, .. }
+            | Op::SetPolicy { netns, .. } => netns,
         }
     }
 
@@ -177,6 +186,7 @@ impl Op {
             Op::RemovePeer { .. } => "remove_peer",
             Op::AttachWorkload { .. } => "attach_workload",
             Op::DetachWorkload { .. } => "detach_workload",
+            Op::SetPolicy { .. } => "set_policy",
         }
     }
 }

@@ -9,11 +9,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 use weft_api::standalone::LocalWorkload;
-use weft_api::{AppAttachment, MeshNodeSpec};
+use weft_api::{AppAttachment, CompiledPolicy, MeshNodeSpec, PolicyProtocol};
 
 use crate::error::Error;
 use crate::ipam::WorkloadIpam;
-use crate::state::{AppNet, Device, Peer, WorkloadLink};
+use crate::state::{AppNet, Device, Peer, Ruleset, RulesetRule, WorkloadLink};
 use crate::workloads;
 
 /// Prefix of every netns this node's daemon owns (`weft-<node>-`).
@@ -231,6 +231,10 @@ fn plan_app(
             );
         }
         out.addresses = addresses;
+        let policy = match &a.policy {
+            None => None,
+            Some(p) => Some(parse_policy(node, a, space, p)?.into_table()),
+        };
         Ok(AppNet {
             app: a.app.clone(),
             netns: a.netns.clone(),
@@ -245,6 +249,7 @@ fn plan_app(
                 peers,
             }),
             workloads: wl,
+            policy,
         })
     })();
     out
@@ -265,6 +270,87 @@ fn parse_net(node: &str, a: &AppAttachment, field: &str, v: &str) -> Result<Ipv4
     Ok(n)
 }
 
+/// Parses the compiled policy of an attachment; any bad field rejects the
+/// whole policy (the app then keeps its last good state: never half a policy).
+fn parse_policy(
+    node: &str,
+    a: &AppAttachment,
+    space: Ipv4Net,
+    p: &CompiledPolicy,
+) -> Result<Ruleset, Error> {
+    let addr = |field: String, s: &str| -> Result<Ipv4Addr, Error> {
+        s.trim()
+            .parse()
+            .map_err(|_| spec_err(node, a, &field, format!("{s:?} is not an IPv4 address")))
+    };
+    let mut out = Ruleset {
+        app_range: Some(space),
+        ..Default::default()
+    };
+    for (i, s) in p.ingress_isolated.iter().enumerate() {
+        out.ingress_isolated
+            .push(addr(format!("policy.ingressIsolated[{i}]"), s)?);
+    }
+    for (i, s) in p.egress_isolated.iter().enumerate() {
+        out.egress_isolated
+            .push(addr(format!("policy.egressIsolated[{i}]"), s)?);
+    }
+    for (i, r) in p.rules.iter().enumerate() {
+        let f = format!("policy.rules[{i}]");
+        let mut local = Vec::new();
+        for (j, s) in r.local.iter().enumerate() {
+            local.push(addr(format!("{f}.local[{j}]"), s)?);
+        }
+        let mut peers = Vec::new();
+        for (j, s) in r.peers.iter().enumerate() {
+            let n: Ipv4Net = s.trim().parse().map_err(|_| {
+                spec_err(
+                    node,
+                    a,
+                    &format!("{f}.peers[{j}]"),
+                    format!("{s:?} is not an IPv4 CIDR"),
+                )
+            })?;
+            peers.push(n.trunc());
+        }
+        let ports = match (r.port, r.end_port) {
+            (None, None) => None,
+            (Some(p), e) => {
+                let e = e.unwrap_or(p);
+                if p == 0 || e < p || matches!(r.protocol, None | Some(PolicyProtocol::Icmp)) {
+                    return Err(spec_err(
+                        node,
+                        a,
+                        &format!("{f}.port"),
+                        format!("ports {p}-{e} need TCP or UDP and 1 <= port <= endPort"),
+                    ));
+                }
+                Some((p, e))
+            }
+            (None, Some(_)) => {
+                return Err(spec_err(
+                    node,
+                    a,
+                    &format!("{f}.endPort"),
+                    "endPort needs port",
+                ))
+            }
+        };
+        if r.id.is_empty() {
+            return Err(spec_err(node, a, &format!("{f}.id"), "must not be empty"));
+        }
+        out.rules.push(RulesetRule {
+            id: r.id.clone(),
+            direction: r.direction,
+            local,
+            peers,
+            protocol: r.protocol,
+            ports,
+        });
+    }
+    Ok(out)
+}
+
 fn spec_err(node: &str, a: &AppAttachment, field: &str, message: impl Into<String>) -> Error {
     Error::Spec {
         node: node.into(),
@@ -275,7 +361,7 @@ fn spec_err(node: &str, a: &AppAttachment, field: &str, message: impl Into<Strin
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use weft_api::PeerSpec;
 
@@ -298,6 +384,7 @@ mod tests {
                 endpoint: "192.0.2.2:51820".into(),
                 allowed_ips: vec!["10.100.2.0/24".into()],
             }],
+            policy: None,
         }
     }
 

@@ -278,3 +278,90 @@ impl<D: Dataplane> Reconciler<D> {
 
 /// Plans are only read by status; re-exported for tests.
 pub type Plans = Vec<AppPlan>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::fake::FakeDataplane;
+    use crate::ops::Op;
+    use weft_api::{CompiledPolicy, CompiledRule, MeshNodeSpec, PolicyDirection, PolicyProtocol};
+
+    fn t() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
+    }
+
+    fn node(base: &weft_api::AppAttachment, policy: Option<CompiledPolicy>) -> MeshNode {
+        let mut a = base.clone();
+        a.policy = policy;
+        let mut mn = MeshNode::new(
+            "n1",
+            MeshNodeSpec {
+                site: "local".into(),
+                apps: vec![a],
+            },
+        );
+        mn.metadata.generation = Some(1);
+        mn
+    }
+
+    fn policy(local: &str) -> CompiledPolicy {
+        CompiledPolicy {
+            ingress_isolated: vec!["10.100.1.2".into()],
+            egress_isolated: vec![],
+            rules: vec![CompiledRule {
+                id: "demo/p:ingress[0].ports[0]".into(),
+                direction: PolicyDirection::Ingress,
+                local: vec![local.into()],
+                peers: vec!["10.100.2.0/24".into()],
+                protocol: Some(PolicyProtocol::Tcp),
+                port: Some(80),
+                end_port: None,
+            }],
+        }
+    }
+
+    fn set_policy_ops(r: &mut Reconciler<FakeDataplane>) -> Vec<Option<String>> {
+        r.dataplane()
+            .applied
+            .iter()
+            .filter_map(|o| match o {
+                Op::SetPolicy { policy, .. } => Some(policy.as_ref().map(|p| p.digest.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn policy_is_set_once_kept_while_invalid_and_removed_with_the_last_policy() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
+        let base = crate::plan::tests::attachment("n1", 1);
+        assert!(r.pass(Some(&node(&base, None)), &[], t()).errors.is_empty());
+        assert!(set_policy_ops(&mut r).is_empty(), "no policy, no table");
+
+        let good = node(&base, Some(policy("10.100.1.2")));
+        assert!(r.pass(Some(&good), &[], t()).errors.is_empty());
+        assert_eq!(set_policy_ops(&mut r).len(), 1);
+        assert_eq!(r.pass(Some(&good), &[], t()).writes, 0, "converged");
+
+        // A bad field: the status names it, the last good table stays.
+        let bad = node(&base, Some(policy("not-an-address")));
+        let rep = r.pass(Some(&bad), &[], t());
+        assert_eq!(rep.writes, 0);
+        assert!(
+            rep.errors
+                .iter()
+                .any(|e| e.contains("policy.rules[0].local[0]")),
+            "{:?}",
+            rep.errors
+        );
+        assert_eq!(set_policy_ops(&mut r).len(), 1);
+
+        // No policy any more: the table goes, in one op.
+        assert!(r.pass(Some(&node(&base, None)), &[], t()).errors.is_empty());
+        let ops = set_policy_ops(&mut r);
+        assert_eq!(ops.len(), 2);
+        assert_eq!(ops[1], None);
+        assert_eq!(r.pass(Some(&node(&base, None)), &[], t()).writes, 0);
+    }
+}

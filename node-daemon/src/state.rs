@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+pub use weft_api::{PolicyDirection, PolicyProtocol};
 
 /// Everything this daemon owns on the node, keyed by app netns name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,89 @@ pub struct AppNet {
     pub device: Option<Device>,
     /// Workload links, keyed by the app-side interface name.
     pub workloads: BTreeMap<String, WorkloadLink>,
+    /// The app's policy table in the netns; `None`: no table (all open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyTable>,
+}
+
+/// A policy ruleset and its digest. The diff compares digests only: the
+/// kernel side reports the digest it was written with (and whether the table
+/// still has every rule), not the rules themselves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyTable {
+    /// Hex digest of `ruleset` (see [`Ruleset::digest`]).
+    pub digest: String,
+    /// The rules (empty when observed).
+    pub ruleset: Ruleset,
+}
+
+/// The compiled policy of one app netns, parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ruleset {
+    /// The app's range (what a rule without peers allows).
+    pub app_range: Option<Ipv4Net>,
+    /// Local workload addresses whose incoming new flows are default-deny.
+    pub ingress_isolated: Vec<Ipv4Addr>,
+    /// Local workload addresses whose outgoing new flows are default-deny.
+    pub egress_isolated: Vec<Ipv4Addr>,
+    /// Allow rules, in order.
+    pub rules: Vec<RulesetRule>,
+}
+
+/// One allow rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesetRule {
+    /// Rule id (`namespace/policy:direction[i]...`), names its counter.
+    pub id: String,
+    /// Towards (ingress) or from (egress) the local addresses.
+    pub direction: PolicyDirection,
+    /// Local workload addresses.
+    pub local: Vec<Ipv4Addr>,
+    /// The other side; empty means the app range.
+    pub peers: Vec<Ipv4Net>,
+    /// Protocol; `None` is any.
+    pub protocol: Option<PolicyProtocol>,
+    /// Destination port range (inclusive), TCP/UDP only.
+    pub ports: Option<(u16, u16)>,
+}
+
+impl Ruleset {
+    /// Stable digest of the ruleset (16 hex digits of SHA-256 of its JSON).
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        crate::keys::hex(&Sha256::digest(&json)[..8])
+    }
+
+    /// The ruleset with its digest.
+    pub fn into_table(self) -> PolicyTable {
+        PolicyTable {
+            digest: self.digest(),
+            ruleset: self,
+        }
+    }
+}
+
+/// Packet and byte counts of one nftables counter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Counters of one app's policy table; observed only, never diffed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCounters {
+    /// New flows allowed, per rule id.
+    pub rules: BTreeMap<String, Counter>,
+    /// Packets of established/related flows (replies and later packets).
+    pub established: Counter,
+    /// Packets dropped because no ingress rule allowed them.
+    pub dropped_ingress: Counter,
+    /// Packets dropped because no egress rule allowed them.
+    pub dropped_egress: Counter,
 }
 
 /// A WireGuard interface inside an app netns.
@@ -96,5 +180,6 @@ impl AppNet {
         self.netns == other.netns
             && self.device == other.device
             && self.workloads == other.workloads
+            && self.policy.as_ref().map(|p| &p.digest) == other.policy.as_ref().map(|p| &p.digest)
     }
 }

@@ -306,6 +306,7 @@ fn app(spec: AppSpec<'_>) -> AppNet {
                 (host_if, link)
             })
             .collect(),
+        policy: None,
     }
 }
 

@@ -11,7 +11,7 @@ use weft_node_daemon::dataplane::fake::FakeDataplane;
 use weft_node_daemon::dataplane::Dataplane;
 use weft_node_daemon::diff::{diff, KeySource};
 use weft_node_daemon::keys::PrivateKey;
-use weft_node_daemon::state::{AppNet, Device, NodeState, Peer, WorkloadLink};
+use weft_node_daemon::state::{AppNet, Device, NodeState, Peer, Ruleset, WorkloadLink};
 
 /// Deterministic keys per netns (the fake derives public keys from them).
 struct Keys(BTreeMap<String, PrivateKey>);
@@ -87,6 +87,16 @@ fn build(
                 )
             })
             .collect();
+        // The policy varies with the address variant too (none, or an
+        // ingress isolation of one workload address).
+        let policy = (*addr_variant > 0).then(|| {
+            Ruleset {
+                app_range: Some(net(i as u8, 0, 16)),
+                ingress_isolated: vec![Ipv4Addr::new(10, i as u8, 1, *addr_variant)],
+                ..Default::default()
+            }
+            .into_table()
+        });
         st.apps.insert(
             netns.clone(),
             AppNet {
@@ -94,6 +104,7 @@ fn build(
                 netns,
                 device,
                 workloads,
+                policy,
             },
         );
     }

@@ -31,6 +31,7 @@ fn attachment(app: &str, id: &str, octet: u8) -> AppAttachment {
             endpoint: "192.0.2.2:51820".into(),
             allowed_ips: vec![format!("10.{octet}.2.0/24")],
         }],
+        policy: None,
     }
 }
 

@@ -196,7 +196,19 @@ pub fn policy_status(
 ) -> MeshPolicyStatus {
     let g = Some(generation);
     let cond = match outcome.errors.first() {
-        None => conditions::new(types::ACCEPTED, true, "Accepted", "policy is valid", g),
+        None if outcome.notes.is_empty() => {
+            conditions::new(types::ACCEPTED, true, "Accepted", "policy is valid", g)
+        }
+        None => conditions::new(
+            types::ACCEPTED,
+            true,
+            "Accepted",
+            format!(
+                "policy is valid; not enforced: {}",
+                outcome.notes.join("; ")
+            ),
+            g,
+        ),
         Some(first) => conditions::new(
             types::ACCEPTED,
             false,

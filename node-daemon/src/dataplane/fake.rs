@@ -54,9 +54,30 @@ impl Dataplane for FakeDataplane {
         for a in state.apps.values_mut() {
             a.app.clear(); // the kernel does not know app names
         }
+        let policy_counters = state
+            .apps
+            .iter()
+            .filter_map(|(k, a)| {
+                let p = a.policy.as_ref()?;
+                let rules = p
+                    .ruleset
+                    .rules
+                    .iter()
+                    .map(|r| (r.id.clone(), Default::default()))
+                    .collect();
+                Some((
+                    k.clone(),
+                    crate::state::PolicyCounters {
+                        rules,
+                        ..Default::default()
+                    },
+                ))
+            })
+            .collect();
         Ok(Observation {
             state,
             stats: Default::default(),
+            policy_counters,
         })
     }
 
@@ -192,6 +213,9 @@ impl Dataplane for FakeDataplane {
                 host_interface,
             } => {
                 self.app(netns, op)?.workloads.remove(host_interface);
+            }
+            Op::SetPolicy { netns, policy } => {
+                self.app(netns, op)?.policy = policy.clone();
             }
         }
         Ok(())

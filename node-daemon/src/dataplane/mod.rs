@@ -10,7 +10,7 @@ use weft_api::DataplaneKind;
 
 use crate::error::Error;
 use crate::ops::Op;
-use crate::state::{NodeState, PeerStats};
+use crate::state::{NodeState, PeerStats, PolicyCounters};
 use std::collections::BTreeMap;
 
 /// What an observation returns: the state plus live peer counters.
@@ -20,6 +20,8 @@ pub struct Observation {
     pub state: NodeState,
     /// Counters per (netns, peer public key).
     pub stats: BTreeMap<(String, String), PeerStats>,
+    /// Policy counters per netns (only netns with a policy table).
+    pub policy_counters: BTreeMap<String, PolicyCounters>,
 }
 
 /// A node's data plane. Calls are blocking and must come from a plain OS

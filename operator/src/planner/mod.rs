@@ -18,6 +18,7 @@ pub mod ipam;
 pub mod membership;
 pub mod naming;
 pub mod peers;
+pub mod policy;
 pub mod snapshot;
 pub mod validate;
 
@@ -65,6 +66,10 @@ pub struct PolicyOutcome {
     pub accepted: bool,
     /// Why not.
     pub errors: Vec<PlanError>,
+    /// Parts of an accepted policy that are not enforced (sorted), e.g. peers
+    /// in another app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What became of one MeshSite.
@@ -311,7 +316,72 @@ pub fn plan(s: &Snapshot) -> Plan {
         }
     }
 
-    // 8. Attachments and peers.
+    // 8. Policies: validate, then compile the accepted ones per app and node.
+    // An invalid policy is left out as a whole, never enforced half-way.
+    for (key, spec) in &s.policies {
+        let mut errors = validate::validate_policy(key, spec, &s.apps, &s.sites);
+        errors.sort();
+        out.policies.insert(
+            key.clone(),
+            PolicyOutcome {
+                accepted: errors.is_empty(),
+                errors,
+                notes: Vec::new(),
+            },
+        );
+    }
+    let mut compiled: BTreeMap<ObjectKey, policy::CompiledApp> = BTreeMap::new();
+    for (key, by_node) in &placed {
+        let Some(range) = ranges.get(key) else {
+            continue;
+        };
+        let accepted: Vec<(&ObjectKey, &weft_api::MeshPolicySpec)> = s
+            .policies
+            .iter()
+            .filter(|(pk, spec)| {
+                pk.namespace == key.namespace
+                    && spec.app == key.name
+                    && out.policies.get(*pk).is_some_and(|o| o.accepted)
+            })
+            .collect();
+        if accepted.is_empty() {
+            continue;
+        }
+        let no_labels = Labels::new();
+        let mut members = Vec::new();
+        for (node, (_, workloads)) in by_node {
+            let site = s.nodes.get(node).map_or(LOCAL_SITE, node_site);
+            for w in workloads {
+                let wk = ObjectKey::parse(w);
+                let labels = s
+                    .workloads
+                    .get(node)
+                    .and_then(|m| m.get(&wk))
+                    .unwrap_or(&no_labels);
+                let address = s
+                    .workload_addresses
+                    .get(node)
+                    .and_then(|m| m.get(&wk))
+                    .and_then(|a| a.split('/').next()?.trim().parse().ok())
+                    .filter(|a| range.contains(a));
+                members.push(policy::Member {
+                    node,
+                    site,
+                    labels,
+                    address,
+                });
+            }
+        }
+        let c = policy::compile_app(key, &members, &accepted);
+        for (pk, notes) in &c.notes {
+            if let Some(o) = out.policies.get_mut(pk) {
+                o.notes.extend(notes.iter().cloned());
+            }
+        }
+        compiled.insert(key.clone(), c);
+    }
+
+    // 9. Attachments and peers.
     for (node, info) in &s.nodes {
         out.nodes.insert(
             node.clone(),
@@ -363,6 +433,7 @@ pub fn plan(s: &Snapshot) -> Plan {
                 persistent_keepalive: v.keepalive,
                 workloads: workloads.clone(),
                 peers: peers::peers_of(node, &candidates),
+                policy: compiled.get(key).and_then(|c| c.nodes.get(node)).cloned(),
             });
         }
     }
@@ -370,7 +441,7 @@ pub fn plan(s: &Snapshot) -> Plan {
         spec.apps.sort_by(|a, b| a.app.cmp(&b.app));
     }
 
-    // 9. Outcomes.
+    // 10. Outcomes.
     for key in s.apps.keys() {
         let by_node = placed.get(key);
         let nodes: Vec<String> = by_node
@@ -402,17 +473,6 @@ pub fn plan(s: &Snapshot) -> Plan {
                 sites: sites.into_iter().collect(),
                 workloads: workloads.into_iter().collect(),
                 planned: valid.contains_key(key) && ranges.contains_key(key),
-                errors,
-            },
-        );
-    }
-    for (key, spec) in &s.policies {
-        let mut errors = validate::validate_policy(key, spec, &s.apps, &s.sites);
-        errors.sort();
-        out.policies.insert(
-            key.clone(),
-            PolicyOutcome {
-                accepted: errors.is_empty(),
                 errors,
             },
         );

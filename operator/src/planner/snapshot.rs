@@ -121,6 +121,10 @@ pub struct Snapshot {
     pub nodes: BTreeMap<String, NodeInfo>,
     /// Workloads running on each node: node → `namespace/name` → labels.
     pub workloads: BTreeMap<String, BTreeMap<ObjectKey, Labels>>,
+    /// Workload addresses reported by the daemons (MeshNode status):
+    /// node → `namespace/name` → IPv4 address in its app's range. Policies
+    /// compile selectors into these; a workload without one is in no set yet.
+    pub workload_addresses: BTreeMap<String, BTreeMap<ObjectKey, String>>,
     /// Public keys reported by the daemons: (node, app) → base64 key.
     pub public_keys: BTreeMap<(String, ObjectKey), String>,
     /// The MeshNode specs last written, by node (allocations stick to them).
@@ -136,6 +140,14 @@ impl Snapshot {
             .entry(node.to_string())
             .or_default()
             .insert(key, labels);
+    }
+
+    /// Records the address a node reported for one of its workloads.
+    pub fn add_workload_address(&mut self, node: &str, key: ObjectKey, address: impl Into<String>) {
+        self.workload_addresses
+            .entry(node.to_string())
+            .or_default()
+            .insert(key, address.into());
     }
 
     /// Records the public key a node reported for an app.

@@ -229,6 +229,13 @@ impl Standalone {
                         ObjectKey::new(&w.namespace, &w.name),
                         w.labels.clone(),
                     );
+                    if let Some(addr) = &w.address {
+                        snapshot.add_workload_address(
+                            name,
+                            ObjectKey::new(&w.namespace, &w.name),
+                            addr.clone(),
+                        );
+                    }
                 }
                 for a in &st.apps {
                     if !a.public_key.is_empty() {

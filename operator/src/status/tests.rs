@@ -177,6 +177,7 @@ fn policy_and_site_status() {
         &PolicyOutcome {
             accepted: true,
             errors: vec![],
+            notes: vec![],
         },
         2,
         None,
@@ -193,6 +194,7 @@ fn policy_and_site_status() {
                 "UnknownApp",
                 "no app",
             )],
+            notes: vec![],
         },
         2,
         None,

@@ -14,6 +14,7 @@
 
 mod kernel;
 mod netns;
+pub mod nft;
 mod nl;
 mod uapi;
 mod userspace;
@@ -466,6 +467,9 @@ impl LinuxDataplane {
                 Some(app) => workload::detach(&self.rt, &app, host_interface),
                 None => Ok(()),
             },
+            Op::SetPolicy { netns, policy } => {
+                netns::within(&self.app_ns(netns)?, || nft::apply(policy.as_ref()))
+            }
         }
     }
 
@@ -564,6 +568,21 @@ impl LinuxDataplane {
             live.insert(name.clone());
             let userspace_if = self.devices.get(&name).map(|d| d.interface.clone());
             let raw = self.read_app(&app, userspace_if.clone())?;
+            let policy = match netns::within(&app, nft::observe) {
+                Ok(Some((table, counters))) => {
+                    obs.policy_counters.insert(name.clone(), counters);
+                    Some(table)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    // Unknown content: the diff rewrites the table.
+                    tracing::warn!(netns = %name, error = %format!("{e:#}"), "cannot read the policy table");
+                    Some(crate::state::PolicyTable {
+                        digest: "unreadable".into(),
+                        ..Default::default()
+                    })
+                }
+            };
             let mut device = None;
             if let Some(rd) = raw.device {
                 let config = match rd.kernel_config {
@@ -622,6 +641,7 @@ impl LinuxDataplane {
                     netns: name,
                     device,
                     workloads: raw.workloads,
+                    policy,
                 },
             );
         }

@@ -1,0 +1,393 @@
+//! MeshPolicy enforcement with nftables, inside the app netns.
+//!
+//! Why nftables (and not eBPF) for enforcement: every packet of a workload
+//! crosses the FORWARD hook of its app netns, so one small table there sees
+//! both directions of every flow; conntrack gives "replies always pass" for
+//! free; a whole ruleset is replaced in ONE kernel transaction (`nft -f`
+//! batch: add table, delete table, recreate), so there is never a moment
+//! without rules; and per-rule counters come with it. Nothing is loaded when
+//! an app has no policy (zero overhead), and the table is private to the app
+//! netns: no other app, nor the node, is affected.
+//!
+//! Layout (`table ip weft`):
+//! ```text
+//! chain forward  (hook forward, policy accept)
+//!   ct state established,related counter accept   comment "weft:<digest>:<rules>"
+//!   ip daddr { ingress-isolated } jump ingress
+//!   ip saddr { egress-isolated }  jump egress
+//! chain ingress  (daddr is an isolated workload)
+//!   ip daddr {local} ip saddr {peers} [l4proto] [dport] counter return  comment "<rule id>"
+//!   ...
+//!   counter drop                                   comment "drop:ingress"
+//! chain egress   (saddr is an isolated workload), mirrored
+//! ```
+//! An allowed packet `return`s (not `accept`s), so a flow between two
+//! isolated workloads of the same node must pass the egress chain of its
+//! source AND the ingress chain of its destination.
+//!
+//! `nft` is spawned by the calling thread, which the caller has moved into the
+//! app netns (a child process inherits its parent thread's netns). The JSON is
+//! built with `serde_json`, checked against the `nftables` crate's schema
+//! types and fed to `nft -j -f -`; the table is read back with the crate's
+//! helper (`nft -j list table ip weft`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, Context, Result};
+use ipnet::Ipv4Net;
+use nftables::helper::{self, NftablesError};
+use serde_json::{json, Value};
+
+use crate::state::{
+    Counter, PolicyCounters, PolicyDirection, PolicyProtocol, PolicyTable, Ruleset,
+};
+
+/// Table name (family `ip`).
+pub const TABLE: &str = "weft";
+/// Comment prefix of the marker rule.
+const MARKER: &str = "weft:";
+/// Rule comments are limited to 128 bytes by the kernel.
+const MAX_COMMENT: usize = 127;
+
+fn set_of(nets: impl IntoIterator<Item = Ipv4Net>) -> Value {
+    let nets: Vec<Ipv4Net> = Ipv4Net::aggregate(&nets.into_iter().collect::<Vec<_>>());
+    let items: Vec<Value> = nets
+        .iter()
+        .map(|n| {
+            if n.prefix_len() == 32 {
+                json!(n.addr().to_string())
+            } else {
+                json!({"prefix": {"addr": n.addr().to_string(), "len": n.prefix_len()}})
+            }
+        })
+        .collect();
+    json!({"set": items})
+}
+
+fn addr_match(field: &str, nets: impl IntoIterator<Item = Ipv4Net>) -> Value {
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": field}}, "right": set_of(nets)}})
+}
+
+fn host(a: Ipv4Addr) -> Ipv4Net {
+    Ipv4Net::new(a, 32).expect("/32 is valid")
+}
+
+fn comment(s: &str) -> String {
+    let mut end = s.len().min(MAX_COMMENT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn rule(chain: &str, expr: Vec<Value>, comment_text: &str) -> Value {
+    json!({"add": {"rule": {
+        "family": "ip", "table": TABLE, "chain": chain,
+        "expr": expr, "comment": comment(comment_text)
+    }}})
+}
+
+/// The nft JSON commands that replace the table with `policy` (or just
+/// remove it), as one transaction. Pure.
+pub fn render(policy: Option<&PolicyTable>) -> Value {
+    let table = json!({"table": {"family": "ip", "name": TABLE}});
+    // `add` then `delete` works whether or not the table exists.
+    let mut cmds = vec![
+        json!({"add": table.clone()}),
+        json!({"delete": table.clone()}),
+    ];
+    if let Some(p) = policy {
+        cmds.push(json!({"add": table}));
+        cmds.extend(render_rules(&p.digest, &p.ruleset));
+    }
+    json!({"nftables": cmds})
+}
+
+fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
+    let chain = |name: &str, base: bool| {
+        let mut c = json!({"family": "ip", "table": TABLE, "name": name});
+        if base {
+            c["type"] = json!("filter");
+            c["hook"] = json!("forward");
+            c["prio"] = json!(0);
+            c["policy"] = json!("accept");
+        }
+        json!({"add": {"chain": c}})
+    };
+    let mut rules: Vec<(String, Vec<Value>, String)> = Vec::new();
+    let counter = || json!({"counter": {"packets": 0, "bytes": 0}});
+    rules.push((
+        "forward".into(),
+        vec![
+            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
+            counter(),
+            json!({"accept": null}),
+        ],
+        String::new(), // marker comment filled in below
+    ));
+    if !r.ingress_isolated.is_empty() {
+        rules.push((
+            "forward".into(),
+            vec![
+                addr_match("daddr", r.ingress_isolated.iter().copied().map(host)),
+                json!({"jump": {"target": "ingress"}}),
+            ],
+            "isolated:ingress".into(),
+        ));
+    }
+    if !r.egress_isolated.is_empty() {
+        rules.push((
+            "forward".into(),
+            vec![
+                addr_match("saddr", r.egress_isolated.iter().copied().map(host)),
+                json!({"jump": {"target": "egress"}}),
+            ],
+            "isolated:egress".into(),
+        ));
+    }
+    for (dir, chain_name) in [
+        (PolicyDirection::Ingress, "ingress"),
+        (PolicyDirection::Egress, "egress"),
+    ] {
+        let (local_field, peer_field) = match dir {
+            PolicyDirection::Ingress => ("daddr", "saddr"),
+            PolicyDirection::Egress => ("saddr", "daddr"),
+        };
+        for x in r.rules.iter().filter(|x| x.direction == dir) {
+            if x.local.is_empty() {
+                continue;
+            }
+            let mut expr = vec![addr_match(local_field, x.local.iter().copied().map(host))];
+            if x.peers.is_empty() {
+                if let Some(range) = r.app_range {
+                    expr.push(addr_match(peer_field, [range]));
+                }
+            } else {
+                expr.push(addr_match(peer_field, x.peers.iter().copied()));
+            }
+            if let Some(proto) = x.protocol {
+                let name = match proto {
+                    PolicyProtocol::Tcp => "tcp",
+                    PolicyProtocol::Udp => "udp",
+                    PolicyProtocol::Icmp => "icmp",
+                };
+                expr.push(json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": name}}));
+                if let (Some((lo, hi)), PolicyProtocol::Tcp | PolicyProtocol::Udp) =
+                    (x.ports, proto)
+                {
+                    let right = if lo == hi {
+                        json!(lo)
+                    } else {
+                        json!({"range": [lo, hi]})
+                    };
+                    expr.push(json!({"match": {"op": "==", "left": {"payload": {"protocol": name, "field": "dport"}}, "right": right}}));
+                }
+            }
+            expr.push(counter());
+            expr.push(json!({"return": null}));
+            rules.push((chain_name.into(), expr, x.id.clone()));
+        }
+        rules.push((
+            chain_name.into(),
+            vec![counter(), json!({"drop": null})],
+            format!("drop:{chain_name}"),
+        ));
+    }
+    let n = rules.len();
+    rules[0].2 = format!("{MARKER}{digest}:{n}");
+    let mut out = vec![
+        chain("forward", true),
+        chain("ingress", false),
+        chain("egress", false),
+    ];
+    out.extend(rules.into_iter().map(|(c, e, m)| rule(&c, e, &m)));
+    out
+}
+
+/// Whether the error means "there is no `nft` on this host".
+fn nft_missing(e: &NftablesError) -> bool {
+    matches!(e, NftablesError::NftExecution { inner, .. } if inner.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Replaces (or removes) the table in the calling thread's netns, atomically.
+pub fn apply(policy: Option<&PolicyTable>) -> Result<()> {
+    let doc = render(policy);
+    let nft: nftables::schema::Nftables<'_> =
+        serde_json::from_value(doc).context("nft ruleset does not fit the nftables schema")?;
+    // `nft -j -f -` as the crate's helper runs it, but with stderr captured
+    // so a refusal reaches the app's status with nft's own words.
+    let payload = serde_json::to_vec(&nft).context("serialise the nft ruleset")?;
+    let mut child = match Command::new("nft")
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        // Nothing to remove where nftables is not installed.
+        Err(e) if policy.is_none() && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).context("run nft"),
+    };
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(&payload)
+        .context("write to nft")?;
+    let out = child.wait_with_output().context("wait for nft")?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "nft refused the ruleset (nothing of it applied): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Reads the table back in the calling thread's netns: the digest it was
+/// written with (`"drift"` if rules went missing or were added) and its
+/// counters; `None` when there is no table (or no `nft` on the host).
+pub fn observe() -> Result<Option<(PolicyTable, PolicyCounters)>> {
+    let raw = match helper::get_current_ruleset_raw(
+        helper::DEFAULT_NFT,
+        ["list", "table", "ip", TABLE],
+    ) {
+        Ok(raw) => raw,
+        Err(NftablesError::NftFailed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            return Ok(None)
+        }
+        Err(e) if nft_missing(&e) => return Ok(None),
+        Err(NftablesError::NftFailed { stderr, .. }) => {
+            return Err(anyhow!("nft list table: {}", stderr.trim()))
+        }
+        Err(e) => return Err(e).context("nft list table"),
+    };
+    let v: Value = serde_json::from_str(&raw).context("nft output is not JSON")?;
+    Ok(Some(parse_listing(&v)))
+}
+
+/// Digest and counters from `nft -j list table ip weft` output. Pure.
+pub fn parse_listing(v: &Value) -> (PolicyTable, PolicyCounters) {
+    let mut counters = PolicyCounters::default();
+    let mut marker: Option<(String, usize)> = None;
+    let mut n = 0usize;
+    let mut seen: BTreeMap<String, Counter> = BTreeMap::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let Some(r) = item.get("rule") else { continue };
+        n += 1;
+        let c = r["expr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|e| e.get("counter"))
+            .map(|c| Counter {
+                packets: c["packets"].as_u64().unwrap_or(0),
+                bytes: c["bytes"].as_u64().unwrap_or(0),
+            })
+            .unwrap_or_default();
+        let comment = r["comment"].as_str().unwrap_or_default();
+        if let Some(rest) = comment.strip_prefix(MARKER) {
+            if let Some((d, k)) = rest.rsplit_once(':') {
+                marker = k.parse().ok().map(|k| (d.to_string(), k));
+            }
+            counters.established = c;
+        } else if comment == "drop:ingress" {
+            counters.dropped_ingress = c;
+        } else if comment == "drop:egress" {
+            counters.dropped_egress = c;
+        } else if !comment.is_empty() && !comment.starts_with("isolated:") {
+            let e = seen.entry(comment.to_string()).or_default();
+            e.packets += c.packets;
+            e.bytes += c.bytes;
+        }
+    }
+    counters.rules = seen;
+    let digest = match marker {
+        Some((d, k)) if k == n => d,
+        _ => "drift".to_string(),
+    };
+    (
+        PolicyTable {
+            digest,
+            ruleset: Ruleset::default(),
+        },
+        counters,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::RulesetRule;
+
+    fn sample() -> PolicyTable {
+        Ruleset {
+            app_range: Some("10.1.0.0/16".parse().unwrap()),
+            ingress_isolated: vec!["10.1.1.2".parse().unwrap()],
+            egress_isolated: vec![],
+            rules: vec![RulesetRule {
+                id: "demo/p:ingress[0].ports[0]".into(),
+                direction: PolicyDirection::Ingress,
+                local: vec!["10.1.1.2".parse().unwrap()],
+                peers: vec![
+                    "10.1.2.0/24".parse().unwrap(),
+                    "10.1.2.3/32".parse().unwrap(),
+                ],
+                protocol: Some(PolicyProtocol::Tcp),
+                ports: Some((80, 90)),
+            }],
+        }
+        .into_table()
+    }
+
+    #[test]
+    fn render_fits_the_crate_schema_and_is_one_transaction() {
+        let doc = render(Some(&sample()));
+        let nft: nftables::schema::Nftables<'_> = serde_json::from_value(doc.clone()).unwrap();
+        let cmds = doc["nftables"].as_array().unwrap();
+        // add+delete+add table, 3 chains, marker+jump+1 rule+2 drops.
+        assert_eq!(cmds.len(), 3 + 3 + 5);
+        assert_eq!(nft.objects.len(), cmds.len());
+        let marker = cmds[6]["add"]["rule"]["comment"].as_str().unwrap();
+        assert_eq!(marker, format!("weft:{}:5", sample().digest));
+        // Overlapping peers are merged (nft refuses overlapping intervals).
+        let text = doc.to_string();
+        assert!(
+            text.contains(r#"{"prefix":{"addr":"10.1.2.0","len":24}}"#),
+            "{text}"
+        );
+        assert!(!text.contains("10.1.2.3"));
+    }
+
+    #[test]
+    fn removal_is_add_then_delete() {
+        let doc = render(None);
+        assert_eq!(doc["nftables"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn listing_round_trip_gives_digest_and_counters() {
+        let doc = render(Some(&sample()));
+        // Shape the rendered rules like a listing: `{"rule": {...}}` objects.
+        let listing: Vec<Value> = doc["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["add"].get("rule").map(|r| json!({ "rule": r })))
+            .collect();
+        let (t, c) = parse_listing(&json!({ "nftables": listing }));
+        assert_eq!(t.digest, sample().digest);
+        assert!(c.rules.contains_key("demo/p:ingress[0].ports[0]"));
+        let mut fewer = listing.clone();
+        fewer.pop();
+        let (t, _) = parse_listing(&json!({ "nftables": fewer }));
+        assert_eq!(t.digest, "drift");
+    }
+}

@@ -1,0 +1,626 @@
+//! Privileged policy tests: a real app netns with real workloads (veths),
+//! the policy table programmed by `LinuxDataplane` through nftables, and real
+//! TCP, UDP and ICMP between the workloads. Needs root and `nft`; without them
+//! a test prints "SKIPPED: ..." unless CI=true, where it fails instead.
+//!
+//! Every packet between two workloads of one app crosses the FORWARD hook of
+//! the app netns, so one node with three workloads exercises the whole
+//! enforcement path (the WireGuard side only adds encryption).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use nix::sched::{setns, CloneFlags};
+use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
+use weft_node_daemon::dataplane::{Dataplane, Observation};
+use weft_node_daemon::diff::{diff, KeySource};
+use weft_node_daemon::keys::PrivateKey;
+use weft_node_daemon::ops::Op;
+use weft_node_daemon::state::{
+    AppNet, Device, NodeState, PolicyCounters, PolicyDirection, PolicyProtocol, PolicyTable,
+    Ruleset, RulesetRule, WorkloadLink,
+};
+
+// ---------------------------------------------------------------- skipping
+
+fn privileged(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::Uid::effective().is_root() {
+        missing.push("root".to_string());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun".to_string());
+    }
+    for (tool, arg) in [("ip", "-V"), ("ping", "-V"), ("nft", "--version")] {
+        if !Command::new(tool)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            missing.push(format!("the `{tool}` command"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("{test} needs {}", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{reason} (CI=true: a skipped privileged test is a failure)");
+    }
+    println!("SKIPPED: {reason}");
+    false
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One ping (one echo request) from `netns` to `dst`, waiting up to 1 s.
+fn ping(netns: &str, dst: Ipv4Addr) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", netns, "ping", "-n", "-q", "-c", "1", "-W", "1",
+        ])
+        .arg(dst.to_string())
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+// ---------------------------------------------------------------- cleanup
+
+#[derive(Default)]
+struct Cleanup {
+    netns: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in self.netns.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- threads in namespaces
+
+/// Runs `f` on a fresh thread inside `/run/netns/<netns>` (sockets it opens
+/// stay in that netns).
+fn in_ns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_ns(netns, f)
+        .join()
+        .expect("thread in netns panicked")
+}
+
+fn spawn_in_ns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let path = format!("/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let ns = File::open(&path).expect("open netns");
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// TCP echo servers on `ports` and a UDP counter on `udp_port`, in `netns`.
+fn start_servers(netns: &str, addr: Ipv4Addr, ports: &[u16], udp_port: u16) -> Arc<AtomicUsize> {
+    for &port in ports {
+        let l = in_ns(netns, move || {
+            TcpListener::bind((addr, port)).expect("bind")
+        });
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let got = Arc::new(AtomicUsize::new(0));
+    let sock = in_ns(netns, move || {
+        UdpSocket::bind((addr, udp_port)).expect("bind udp")
+    });
+    let g = got.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while sock.recv_from(&mut buf).is_ok() {
+            g.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    got
+}
+
+/// Opens a TCP connection from `netns` (1 s timeout) and checks one echo.
+fn tcp_connect(netns: &str, dst: Ipv4Addr, port: u16) -> Option<TcpStream> {
+    in_ns(netns, move || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((dst, port)), Duration::from_secs(1))
+                .ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        echo(&mut s).then_some(s)
+    })
+}
+
+fn echo(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 5];
+    s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
+}
+
+/// Sends `n` UDP datagrams of `size` bytes from `netns`.
+fn udp_send(netns: &str, dst: Ipv4Addr, port: u16, n: usize, size: usize) {
+    in_ns(netns, move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        for _ in 0..n {
+            s.send_to(&vec![7u8; size], (dst, port)).unwrap();
+        }
+    });
+}
+
+// ---------------------------------------------------------------- the node
+
+type Job = Box<dyn FnOnce(&mut LinuxDataplane) + Send>;
+
+/// A LinuxDataplane on its own thread inside the node netns.
+struct Node {
+    tx: Option<Sender<Job>>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    fn start(netns: &str) -> Node {
+        let (tx, rx) = channel::<Job>();
+        let (ready_tx, ready_rx) = channel();
+        let path = format!("/run/netns/{netns}");
+        let join = std::thread::spawn(move || {
+            let ns = File::open(&path).expect("open node netns");
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("enter node netns");
+            let mut dp = LinuxDataplane::new(LinuxOptions::default()).expect("LinuxDataplane");
+            ready_tx.send(()).unwrap();
+            for job in rx {
+                job(&mut dp);
+            }
+        });
+        ready_rx.recv().expect("node worker failed to start");
+        Node {
+            tx: Some(tx),
+            join: Some(join),
+        }
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut LinuxDataplane) -> T + Send + 'static,
+    ) -> T {
+        let (rtx, rrx) = channel();
+        self.tx
+            .as_ref()
+            .unwrap()
+            .send(Box::new(move |dp| drop(rtx.send(f(dp)))))
+            .expect("node worker gone");
+        rrx.recv().expect("node worker panicked")
+    }
+
+    /// observe -> diff -> apply; the ops applied (panics on a failed op).
+    fn sync(&self, desired: &NodeState, keys: &Keys, prefix: &str) -> Vec<Op> {
+        let (desired, keys, prefix) = (desired.clone(), keys.clone(), prefix.to_string());
+        self.call(move |dp| {
+            let obs = dp.observe(&prefix).expect("observe");
+            let ops = diff(&desired, &obs.state, &keys);
+            for op in &ops {
+                dp.apply(op).unwrap_or_else(|e| panic!("apply {op:?}: {e}"));
+            }
+            ops
+        })
+    }
+
+    fn apply(&self, op: Op) -> Result<(), String> {
+        self.call(move |dp| dp.apply(&op).map_err(|e| e.to_string()))
+    }
+
+    fn observe(&self, prefix: &str) -> Observation {
+        let prefix = prefix.to_string();
+        self.call(move |dp| dp.observe(&prefix).expect("observe"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct Keys(BTreeMap<String, PrivateKey>);
+
+impl KeySource for Keys {
+    fn private_key(&self, netns: &str) -> Option<PrivateKey> {
+        self.0.get(netns).cloned()
+    }
+}
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+// ---------------------------------------------------------------- the world
+
+const S: Ipv4Addr = Ipv4Addr::new(10, 125, 1, 10); // server
+const C: Ipv4Addr = Ipv4Addr::new(10, 125, 1, 11); // client (allowed)
+const O: Ipv4Addr = Ipv4Addr::new(10, 125, 1, 12); // other (not allowed)
+const RANGE: &str = "10.125.0.0/16";
+const UDP_PORT: u16 = 5353;
+
+/// One node, one app, three workloads (server, client, other).
+struct World {
+    // Field order is drop order: the worker stops before the namespaces go.
+    node: Node,
+    desired: NodeState,
+    keys: Keys,
+    prefix: String,
+    app_ns: String,
+    /// Workload netns: server, client, other.
+    wl: Vec<String>,
+    _cleanup: Cleanup,
+}
+
+impl World {
+    fn new(t: &str) -> World {
+        let tag = format!("{t}{}", std::process::id());
+        let mut cleanup = Cleanup::default();
+        let node_ns = format!("wpn-{tag}");
+        let prefix = format!("wpa-{tag}-");
+        let app_ns = format!("{prefix}a");
+        let wl: Vec<String> = ["s", "c", "o"]
+            .iter()
+            .map(|w| format!("wpw-{tag}-{w}"))
+            .collect();
+        cleanup.netns.push(node_ns.clone());
+        cleanup.netns.push(app_ns.clone());
+        cleanup.netns.extend(wl.iter().cloned());
+        for n in std::iter::once(&node_ns).chain(&wl) {
+            sh(&["ip", "netns", "add", n]);
+            sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        let key = PrivateKey::generate();
+        let workloads = [S, C, O]
+            .iter()
+            .zip(&wl)
+            .zip(["s", "c", "o"])
+            .map(|((addr, ns), w)| {
+                (
+                    format!("wv{tag}{w}"),
+                    WorkloadLink {
+                        workload: format!("default/{w}"),
+                        workload_netns: format!("/run/netns/{ns}"),
+                        address: *addr,
+                        mtu: 1420,
+                    },
+                )
+            })
+            .collect();
+        let app = AppNet {
+            app: "default/demo".into(),
+            netns: app_ns.clone(),
+            device: Some(Device {
+                interface: format!("wg{tag}"),
+                mtu: 1420,
+                up: true,
+                addresses: vec![net("10.125.1.1/32")],
+                routes: vec![net(RANGE)],
+                listen_port: 51820,
+                public_key: key.public_key(),
+                peers: BTreeMap::new(),
+            }),
+            workloads,
+            policy: None,
+        };
+        let mut desired = NodeState::default();
+        desired.apps.insert(app_ns.clone(), app);
+        let keys = Keys([(app_ns.clone(), key)].into());
+        let node = Node::start(&node_ns);
+        let w = World {
+            node,
+            desired,
+            keys,
+            prefix,
+            app_ns,
+            wl,
+            _cleanup: cleanup,
+        };
+        assert!(!w.sync().is_empty());
+        assert!(w.sync().is_empty(), "converged without policy");
+        w
+    }
+
+    fn sync(&self) -> Vec<Op> {
+        self.node.sync(&self.desired, &self.keys, &self.prefix)
+    }
+
+    fn set_policy(&mut self, p: Option<PolicyTable>) {
+        self.desired.apps.get_mut(&self.app_ns).unwrap().policy = p;
+    }
+
+    fn counters(&self) -> PolicyCounters {
+        self.node
+            .observe(&self.prefix)
+            .policy_counters
+            .remove(&self.app_ns)
+            .unwrap_or_default()
+    }
+
+    /// Syncs, expecting exactly one SetPolicy, then a converged resync.
+    fn sync_policy(&self) {
+        let ops = self.sync();
+        assert_eq!(
+            ops.iter().map(Op::name).collect::<Vec<_>>(),
+            vec!["set_policy"],
+            "a policy change is one transaction"
+        );
+        assert!(self.sync().is_empty(), "a converged resync writes nothing");
+    }
+
+    fn server(&self) -> &str {
+        &self.wl[0]
+    }
+    fn client(&self) -> &str {
+        &self.wl[1]
+    }
+    fn other(&self) -> &str {
+        &self.wl[2]
+    }
+}
+
+fn allow(id: &str, proto: Option<PolicyProtocol>, ports: Option<(u16, u16)>) -> RulesetRule {
+    RulesetRule {
+        id: id.into(),
+        direction: PolicyDirection::Ingress,
+        local: vec![S],
+        peers: vec![Ipv4Net::new(C, 32).unwrap()],
+        protocol: proto,
+        ports,
+    }
+}
+
+/// Server isolated for ingress; the client may reach it on the given rules.
+fn server_policy(rules: Vec<RulesetRule>) -> PolicyTable {
+    Ruleset {
+        app_range: Some(net(RANGE)),
+        ingress_isolated: vec![S],
+        egress_isolated: vec![],
+        rules,
+    }
+    .into_table()
+}
+
+const TCP_A: &str = "default/p:ingress[0].ports[0]";
+const TCP_B: &str = "default/p:ingress[0].ports[1]";
+const UDP: &str = "default/p:ingress[1].ports[0]";
+const ICMP: &str = "default/p:ingress[2]";
+
+fn v1() -> PolicyTable {
+    server_policy(vec![
+        allow(TCP_A, Some(PolicyProtocol::Tcp), Some((8080, 8080))),
+        allow(TCP_B, Some(PolicyProtocol::Tcp), Some((9090, 9095))),
+        allow(UDP, Some(PolicyProtocol::Udp), Some((UDP_PORT, UDP_PORT))),
+        allow(ICMP, Some(PolicyProtocol::Icmp), None),
+    ])
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(3);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn policy_allows_denies_counts_updates_and_reopens_with_real_traffic() {
+    if !privileged("policy_allows_denies_counts_updates_and_reopens_with_real_traffic") {
+        return;
+    }
+    let mut w = World::new("p");
+    let udp_got = start_servers(w.server(), S, &[8080, 8081, 9090], UDP_PORT);
+
+    // Open app: everyone reaches the server on every port.
+    assert!(
+        tcp_connect(w.other(), S, 8081).is_some(),
+        "open before policy"
+    );
+    assert!(ping(w.other(), S));
+    assert!(
+        w.counters() == PolicyCounters::default(),
+        "no table, no counters"
+    );
+
+    // Policy v1: only the client, only TCP 8080 and 9090-9095, UDP 5353, ICMP.
+    w.set_policy(Some(v1()));
+    w.sync_policy();
+    let c0 = w.counters();
+    assert_eq!(c0.rules.len(), 4, "{c0:?}");
+
+    // TCP: allowed passes, denied (other peer, other port) fails.
+    let mut long_lived = tcp_connect(w.client(), S, 8080).expect("client -> 8080 allowed");
+    let mut to_b = tcp_connect(w.client(), S, 9090).expect("client -> 9090 allowed");
+    assert!(
+        tcp_connect(w.client(), S, 8081).is_none(),
+        "port 8081 denied"
+    );
+    assert!(
+        tcp_connect(w.other(), S, 8080).is_none(),
+        "other peer denied"
+    );
+    // Replies and later packets pass through conntrack.
+    for _ in 0..3 {
+        assert!(echo(&mut long_lived));
+    }
+    // UDP: 3 from the client arrive, 5 from the other do not.
+    let before = udp_got.load(Ordering::SeqCst);
+    udp_send(w.client(), S, UDP_PORT, 3, 100);
+    wait_for("3 datagrams", || {
+        udp_got.load(Ordering::SeqCst) == before + 3
+    });
+    let c1 = w.counters();
+    udp_send(w.other(), S, UDP_PORT, 5, 100);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        udp_got.load(Ordering::SeqCst),
+        before + 3,
+        "denied UDP arrived"
+    );
+    let c2 = w.counters();
+    // ICMP: the client pings, the other cannot.
+    assert!(ping(w.client(), S), "client ping allowed");
+    assert!(!ping(w.other(), S), "other ping denied");
+    let c3 = w.counters();
+
+    // Counters move by the right amount: one new flow (its SYN) per TCP
+    // connection; each of the 3 datagrams of the unanswered UDP flow (still
+    // NEW for conntrack: 128 bytes each, 100 + UDP + IP); one per ping.
+    assert_eq!(c1.rules[TCP_A].packets, 1, "{c1:?}");
+    assert_eq!(c1.rules[TCP_B].packets, 1, "{c1:?}");
+    assert_eq!(c1.rules[UDP].packets, 3, "{c1:?}");
+    assert_eq!(c1.rules[UDP].bytes, 3 * 128, "{c1:?}");
+    // The 5 denied datagrams: exactly 5 drops of 128 bytes (100 + UDP + IP).
+    assert_eq!(c2.dropped_ingress.packets - c1.dropped_ingress.packets, 5);
+    assert_eq!(c2.dropped_ingress.bytes - c1.dropped_ingress.bytes, 5 * 128);
+    assert_eq!(c3.rules[ICMP].packets, 1, "{c3:?}");
+    assert!(
+        c3.dropped_ingress.packets > c2.dropped_ingress.packets,
+        "ping drop counted"
+    );
+    assert!(c3.established.packets > 0);
+
+    // Update: TCP 9090-9095 no longer allowed. The long-lived 8080
+    // connection survives the swap; new connections to 9090 fail.
+    w.set_policy(Some(server_policy(vec![
+        allow(TCP_A, Some(PolicyProtocol::Tcp), Some((8080, 8080))),
+        allow(UDP, Some(PolicyProtocol::Udp), Some((UDP_PORT, UDP_PORT))),
+        allow(ICMP, Some(PolicyProtocol::Icmp), None),
+    ])));
+    w.sync_policy();
+    assert!(
+        echo(&mut long_lived),
+        "long-lived allowed connection survived the update"
+    );
+    assert!(
+        tcp_connect(w.client(), S, 9090).is_none(),
+        "9090 newly denied"
+    );
+    assert!(
+        tcp_connect(w.client(), S, 8080).is_some(),
+        "8080 still allowed"
+    );
+    // (A connection already established on 9090 is conntrack state the update
+    // does not flush; only new flows see the new rules.)
+    drop(to_b.flush());
+
+    // Removing all policies reopens the app (and removes the table).
+    w.set_policy(None);
+    w.sync_policy();
+    assert!(w.node.observe(&w.prefix).state.apps[&w.app_ns]
+        .policy
+        .is_none());
+    assert!(tcp_connect(w.other(), S, 8081).is_some(), "open again");
+    assert!(ping(w.other(), S));
+    assert!(
+        echo(&mut long_lived),
+        "and the long-lived connection is still fine"
+    );
+}
+
+#[test]
+fn a_rejected_ruleset_leaves_the_previous_one_in_force() {
+    if !privileged("a_rejected_ruleset_leaves_the_previous_one_in_force") {
+        return;
+    }
+    let mut w = World::new("q");
+    let _ = start_servers(w.server(), S, &[8080, 8081], UDP_PORT);
+    w.set_policy(Some(v1()));
+    w.sync_policy();
+    let good = v1().digest;
+
+    // A ruleset nft refuses (an empty port range) as one transaction: nothing
+    // of it may be in force, and the previous table must be intact.
+    let bad = server_policy(vec![
+        allow(TCP_A, Some(PolicyProtocol::Tcp), Some((8081, 8081))),
+        allow(TCP_B, Some(PolicyProtocol::Tcp), Some((9000, 10))),
+    ]);
+    let err = w
+        .node
+        .apply(Op::SetPolicy {
+            netns: w.app_ns.clone(),
+            policy: Some(bad),
+        })
+        .expect_err("nft must refuse an empty range");
+    assert!(err.contains("nft"), "{err}");
+    let obs = w.node.observe(&w.prefix);
+    assert_eq!(
+        obs.state.apps[&w.app_ns].policy.as_ref().unwrap().digest,
+        good
+    );
+    assert!(
+        tcp_connect(w.client(), S, 8080).is_some(),
+        "old allow still in force"
+    );
+    assert!(
+        tcp_connect(w.client(), S, 8081).is_none(),
+        "new allow not half-applied"
+    );
+    assert!(w.sync().is_empty(), "still converged on the good table");
+
+    // Drift: a rule deleted behind the daemon's back is detected and restored.
+    let handle = {
+        let ns = w.app_ns.clone();
+        let out = sh(&[
+            "ip", "netns", "exec", &ns, "nft", "-a", "list", "chain", "ip", "weft", "ingress",
+        ]);
+        out.lines()
+            .find(|l| l.contains(TCP_A))
+            .and_then(|l| l.rsplit("handle ").next())
+            .map(|h| h.trim().to_string())
+            .expect("rule handle")
+    };
+    sh(&[
+        "ip", "netns", "exec", &w.app_ns, "nft", "delete", "rule", "ip", "weft", "ingress",
+        "handle", &handle,
+    ]);
+    assert!(
+        tcp_connect(w.client(), S, 8080).is_none(),
+        "rule really gone"
+    );
+    w.sync_policy();
+    assert!(tcp_connect(w.client(), S, 8080).is_some(), "rule restored");
+}
