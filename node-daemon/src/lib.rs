@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod diff;
 pub mod error;
 pub mod ipam;
+pub mod k8s;
 pub mod keys;
 pub mod ops;
 pub mod plan;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
 use weft_node_daemon::dataplane::Dataplane;
+use weft_node_daemon::k8s::KubeRunConfig;
 use weft_node_daemon::ops::Op;
 use weft_node_daemon::plan::{netns_prefix, owns_netns};
 use weft_node_daemon::runner::{run, RunConfig};
@@ -45,6 +46,30 @@ enum Cmd {
         /// Milliseconds between reconcile passes.
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
+        /// Use userspace WireGuard even where the kernel module exists.
+        #[arg(long)]
+        force_userspace: bool,
+    },
+    /// Run against the Kubernetes API: watch this node's MeshNode, write its status.
+    Kubernetes {
+        /// Node name (also its MeshNode name); the downward API's spec.nodeName.
+        #[arg(long, env = "WEFT_NODE")]
+        node: String,
+        /// Private data directory (keys, caches); 0700.
+        #[arg(long, default_value = "/var/lib/weft")]
+        data_dir: PathBuf,
+        /// Address other nodes reach this node at; the downward API's status.hostIP.
+        #[arg(long, env = "WEFT_ADVERTISE_ADDRESS")]
+        advertise_address: String,
+        /// Directory of workload announcements (stand-in until the CNI plugin lands).
+        #[arg(long, default_value = "/var/lib/weft/workloads")]
+        workloads_dir: PathBuf,
+        /// Milliseconds between reconcile passes.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Seconds between status writes when nothing changed.
+        #[arg(long, default_value_t = 10)]
+        heartbeat_seconds: u64,
         /// Use userspace WireGuard even where the kernel module exists.
         #[arg(long)]
         force_userspace: bool,
@@ -113,6 +138,30 @@ fn main() -> anyhow::Result<()> {
                 heartbeat: Duration::from_secs(5),
             };
             run(&cfg, dp, stop)?;
+        }
+        Cmd::Kubernetes {
+            node,
+            data_dir,
+            advertise_address,
+            workloads_dir,
+            interval_ms,
+            heartbeat_seconds,
+            force_userspace,
+        } => {
+            let dp = LinuxDataplane::new(LinuxOptions {
+                force_userspace,
+                ..Default::default()
+            })?;
+            tracing::info!(dataplane = ?dp.kind(), "data plane selected");
+            let cfg = KubeRunConfig {
+                node,
+                advertise_address,
+                data_dir,
+                workloads_dir,
+                interval: Duration::from_millis(interval_ms),
+                heartbeat: Duration::from_secs(heartbeat_seconds),
+            };
+            weft_node_daemon::k8s::run(&cfg, dp, stop)?;
         }
         Cmd::Cleanup { node, data_dir } => {
             let mut dp = LinuxDataplane::new(LinuxOptions {

@@ -10,7 +10,9 @@
 //! - [`planner`]: pure, deterministic planning (IPAM, naming, peers, validation).
 //! - [`status`]: pure aggregation of node status into object status.
 //! - [`standalone`]: the file-based control loop (no Kubernetes) and `get`.
+//! - [`k8s`]: the Kubernetes controllers (reflectors, server-side apply, finalizer, lease).
 
+pub mod k8s;
 pub mod planner;
 pub mod standalone;
 pub mod status;

@@ -1,4 +1,5 @@
-//! `weft-operator`: the standalone (file-based) control loop and `get`.
+//! `weft-operator`: the Kubernetes controllers, the standalone (file-based)
+//! control loop and `get`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +37,25 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Run the controllers against the Kubernetes API (in-cluster config or KUBECONFIG).
+    Kubernetes {
+        /// Pool app ranges are allocated from.
+        #[arg(long, env = "WEFT_POOL", default_value = weft_operator::planner::snapshot::DEFAULT_POOL)]
+        pool: Ipv4Net,
+        /// Seconds between full passes when nothing changes (lost-node detection).
+        #[arg(long, default_value_t = 10)]
+        resync_seconds: u64,
+        /// Elect a leader through this Lease (NAMESPACE/NAME); without it this
+        /// replica assumes it is the only one.
+        #[arg(long, env = "WEFT_LEADER_LEASE")]
+        leader_lease: Option<String>,
+        /// This replica's identity in the Lease (the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Address of /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_address: std::net::SocketAddr,
+    },
     /// Print objects from a state directory, like kubectl get.
     Get {
         /// meshapps, meshnodes, meshpolicies or meshsites.
@@ -55,9 +75,106 @@ enum Format {
     Json,
 }
 
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("signal received");
+}
+
+fn kubernetes(
+    pool: Ipv4Net,
+    resync_seconds: u64,
+    leader_lease: Option<String>,
+    identity: Option<String>,
+    metrics_address: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    use weft_operator::k8s::lease::LeaseConfig;
+    use weft_operator::k8s::run::{run, RunConfig};
+    let lease = match leader_lease {
+        None => None,
+        Some(l) => {
+            let (ns, name) = l.split_once('/').ok_or_else(|| {
+                anyhow::anyhow!("--leader-lease must be NAMESPACE/NAME, got {l:?}")
+            })?;
+            let identity = identity.ok_or_else(|| {
+                anyhow::anyhow!("--identity (or POD_NAME) is needed with --leader-lease")
+            })?;
+            Some(LeaseConfig::new(ns, name, &identity))
+        }
+    };
+    let cfg = RunConfig {
+        planner: weft_operator::planner::PlannerConfig {
+            pool,
+            ..Default::default()
+        },
+        lease,
+        resync: Duration::from_secs(resync_seconds),
+        debounce: Duration::from_millis(200),
+        metrics: Default::default(),
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let listener = tokio::net::TcpListener::bind(metrics_address).await?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let server = tokio::spawn(weft_operator::k8s::metrics::serve(
+                listener,
+                cfg.metrics.clone(),
+                async move {
+                    let mut rx = stop_rx;
+                    let _ = rx.wait_for(|stop| *stop).await;
+                },
+            ));
+            let client = kube::Client::try_default().await?;
+            tracing::info!(%pool, leader_election = cfg.lease.is_some(), "kubernetes operator starting");
+            let result = run(client, cfg, shutdown_signal()).await;
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            result
+        })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Kubernetes {
+            pool,
+            resync_seconds,
+            leader_lease,
+            identity,
+            metrics_address,
+        } => {
+            init_logs();
+            kubernetes(
+                pool,
+                resync_seconds,
+                leader_lease,
+                identity,
+                metrics_address,
+            )
+        }
         Command::Standalone {
             manifests,
             state,
@@ -65,14 +182,7 @@ fn main() -> anyhow::Result<()> {
             pool,
             once,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+            init_logs();
             let mut op = Standalone::new(StandaloneConfig::new(manifests, state).with_pool(pool));
             tracing::info!(%pool, interval_ms, "standalone operator starting");
             loop {

@@ -1,0 +1,293 @@
+//! The daemon's view of the API: a watch on its own MeshNode (by name, so it
+//! never lists other nodes') and server-side apply of that MeshNode's status.
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource};
+use serde_json::json;
+use tokio::task::JoinHandle;
+use weft_api::labels::DAEMON_MANAGER;
+use weft_api::{MeshNode, MeshNodeStatus};
+
+use crate::storage;
+
+/// The field selector that restricts the watch to one MeshNode.
+pub fn own_meshnode_selector(node: &str) -> String {
+    format!("metadata.name={node}")
+}
+
+/// The body of the status apply: identity and status only.
+pub fn status_apply_body(status: &MeshNodeStatus) -> serde_json::Value {
+    json!({
+        "apiVersion": MeshNode::api_version(&()),
+        "kind": MeshNode::kind(&()),
+        "status": status,
+    })
+}
+
+/// Watches one MeshNode and writes its status.
+pub struct KubeTransport {
+    node: String,
+    api: Api<MeshNode>,
+    store: Store<MeshNode>,
+    watch: JoinHandle<()>,
+    cache_path: PathBuf,
+    last_good: Option<MeshNode>,
+}
+
+impl KubeTransport {
+    /// Starts the watch on `rt`; the last good spec cached under `data_dir`
+    /// is served until the API answers (so a restart during an API outage
+    /// keeps the data plane).
+    pub fn start(client: Client, node: &str, data_dir: &Path, rt: &tokio::runtime::Handle) -> Self {
+        let api: Api<MeshNode> = Api::all(client);
+        let (store, writer) = reflector::store();
+        let stream = watcher(
+            api.clone(),
+            watcher::Config::default().fields(&own_meshnode_selector(node)),
+        )
+        .default_backoff();
+        let node_name = node.to_string();
+        let watch = rt.spawn(reflector::reflector(writer, stream).for_each(move |ev| {
+            if let Err(e) = ev {
+                tracing::warn!(node = %node_name, error = %e, "MeshNode watch failed; retrying with backoff");
+            }
+            std::future::ready(())
+        }));
+        let cache_path = data_dir.join("last-meshnode.json");
+        let last_good = storage::read_json(&cache_path).ok().flatten();
+        KubeTransport {
+            node: node.into(),
+            api,
+            store,
+            watch,
+            cache_path,
+            last_good,
+        }
+    }
+
+    fn current(&self) -> Option<MeshNode> {
+        self.store
+            .get(&ObjectRef::new(&self.node))
+            .map(|m| (*m).clone())
+    }
+
+    /// Whether the API currently has this node's MeshNode.
+    pub fn exists(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// The desired MeshNode: the watched object, else the last good one.
+    pub fn read_spec(&mut self) -> Option<MeshNode> {
+        if let Some(mn) = self.current() {
+            let same = self.last_good.as_ref().is_some_and(|g| {
+                g.metadata.generation == mn.metadata.generation && g.spec == mn.spec
+            });
+            if !same {
+                let mut cached = mn.clone();
+                cached.status = None;
+                cached.metadata.managed_fields = None;
+                if let Err(e) = storage::write_json_private(&self.cache_path, &cached) {
+                    tracing::warn!(error = %e, "cannot cache MeshNode spec");
+                }
+                self.last_good = Some(cached);
+            }
+        }
+        self.last_good.clone()
+    }
+
+    /// Server-side applies the status subresource as `weft-node-daemon`.
+    pub async fn publish_status(&self, status: &MeshNodeStatus) -> Result<(), kube::Error> {
+        self.api
+            .patch_status(
+                &self.node,
+                &PatchParams::apply(DAEMON_MANAGER).force(),
+                &Patch::Apply(&status_apply_body(status)),
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+impl Drop for KubeTransport {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use weft_api::{AppStatus, MeshNodeSpec};
+
+    use super::*;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn meshnode(name: &str, generation: i64) -> MeshNode {
+        let mut mn = MeshNode::new(
+            name,
+            MeshNodeSpec {
+                site: "local".into(),
+                apps: vec![],
+            },
+        );
+        mn.metadata.generation = Some(generation);
+        mn.metadata.resource_version = Some("7".into());
+        mn
+    }
+
+    fn ok(v: serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(&v).unwrap()))
+            .unwrap()
+    }
+
+    /// Answers the watcher's initial list with `items`; watch requests are
+    /// left hanging (nothing changes). Returns every other request.
+    async fn serve_until_other(
+        handle: &mut Handle,
+        items: &[MeshNode],
+    ) -> (
+        http::request::Parts,
+        serde_json::Value,
+        tower_test::mock::SendResponse<Response<Body>>,
+    ) {
+        loop {
+            let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+                .await
+                .expect("no request within 5 s")
+                .expect("client dropped");
+            let (parts, body) = req.into_parts();
+            let query = parts.uri.query().unwrap_or_default().to_string();
+            if parts.method == Method::GET
+                && parts.uri.path() == "/apis/weft.dev/v1alpha1/meshnodes"
+            {
+                assert!(
+                    query.contains("fieldSelector=metadata.name%3Dn1"),
+                    "the daemon must watch only its own MeshNode: {query}"
+                );
+                if query.contains("watch=true") {
+                    std::mem::forget(send); // keep the watch open, quietly
+                    continue;
+                }
+                send.send_response(ok(json!({
+                    "apiVersion": "weft.dev/v1alpha1",
+                    "kind": "MeshNodeList",
+                    "metadata": {"resourceVersion": "7"},
+                    "items": items,
+                })));
+                continue;
+            }
+            let bytes = body.collect_bytes().await.unwrap();
+            let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+            return (parts, body, send);
+        }
+    }
+
+    #[tokio::test]
+    async fn watches_only_its_own_meshnode_and_caches_the_spec_privately() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "default");
+        let mut t =
+            KubeTransport::start(client, "n1", dir.path(), &tokio::runtime::Handle::current());
+        let server = tokio::spawn(async move {
+            let _ = serve_until_other(&mut handle, &[meshnode("n1", 3)]).await;
+        });
+        let mut spec = None;
+        for _ in 0..100 {
+            spec = t.read_spec();
+            if spec.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let spec = spec.expect("the watched MeshNode is served");
+        assert_eq!(spec.metadata.generation, Some(3));
+        assert!(t.exists());
+        let cache = dir.path().join("last-meshnode.json");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_restart_without_the_api_serves_the_cached_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        storage::write_json_private(&dir.path().join("last-meshnode.json"), &meshnode("n1", 5))
+            .unwrap();
+        let (svc, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let mut t = KubeTransport::start(
+            Client::new(svc, "default"),
+            "n1",
+            dir.path(),
+            &tokio::runtime::Handle::current(),
+        );
+        assert_eq!(t.read_spec().unwrap().metadata.generation, Some(5));
+        assert!(!t.exists(), "the API has not answered");
+    }
+
+    #[tokio::test]
+    async fn status_goes_to_the_status_subresource_as_weft_node_daemon_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let t = KubeTransport::start(
+            Client::new(svc, "default"),
+            "n1",
+            dir.path(),
+            &tokio::runtime::Handle::current(),
+        );
+        let status = MeshNodeStatus {
+            apps: vec![AppStatus {
+                app: "demo/web".into(),
+                public_key: "PUB".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let server = tokio::spawn(async move {
+            let (parts, body, send) = serve_until_other(&mut handle, &[meshnode("n1", 1)]).await;
+            send.send_response(ok(serde_json::to_value(meshnode("n1", 1)).unwrap()));
+            (parts, body)
+        });
+        t.publish_status(&status).await.unwrap();
+        let (parts, body) = server.await.unwrap();
+        assert_eq!(parts.method, Method::PATCH);
+        assert_eq!(
+            parts.uri.path(),
+            "/apis/weft.dev/v1alpha1/meshnodes/n1/status"
+        );
+        let query = parts.uri.query().unwrap();
+        assert!(
+            query.contains("fieldManager=weft-node-daemon") && query.contains("force=true"),
+            "{query}"
+        );
+        assert_eq!(
+            parts.headers.get(http::header::CONTENT_TYPE).unwrap(),
+            "application/apply-patch+yaml"
+        );
+        let keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["apiVersion", "kind", "status"]);
+        assert_eq!(body["status"]["apps"][0]["publicKey"], "PUB");
+        assert!(
+            !body.to_string().contains("private"),
+            "no private key ever leaves the node"
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! One reconcile pass over everything: the planner is global (IPAM and peers
+//! span all apps), so a pass plans the whole snapshot and then writes only
+//! the differences. Level-triggered and idempotent: a pass over stores that
+//! already reflect the plan sends no request at all.
+//!
+//! Requests a pass may send, in this order:
+//! 1. MeshApp `metadata.finalizers` (merge patch guarded by resourceVersion):
+//!    add `weft.dev/cleanup` to live apps; release it from deleted apps once
+//!    no MeshNode spec or (non-lost) status lists them any more;
+//! 2. MeshNode server-side apply (manager `weft-operator`) where the planned
+//!    spec differs from the stored one;
+//! 3. status subresource server-side apply of MeshApp, MeshPolicy, MeshSite
+//!    where the status changed ignoring condition times, each followed by a
+//!    Warning Event (events.k8s.io) when bad input newly fails the object, so
+//!    `kubectl describe` shows what the user must fix. Events are best-effort:
+//!    a failure to publish one is logged, never retried as a failed pass.
+//!
+//! Spec and every other metadata field of user-owned objects are never sent.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use weft_api::conditions::{self, types};
+use weft_api::labels::{APP_FINALIZER, OPERATOR_MANAGER, SITE_LABEL};
+use weft_api::{MeshApp, MeshNode, MeshNodeSpec, MeshPolicy, MeshSite};
+
+use super::error::Error;
+use super::snapshot::{is_deleting, key_of, snapshot_from_stores, Observed};
+use crate::planner::{self, PlanError, PlannerConfig};
+use crate::status::{self, ConditionedStatus, NodeView};
+
+/// What one pass wrote.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReconcileReport {
+    /// MeshNodes whose spec was applied.
+    pub meshnode_writes: Vec<String>,
+    /// Status patches, as `Kind namespace/name`.
+    pub status_writes: Vec<String>,
+    /// MeshApps that got the finalizer.
+    pub finalizers_added: Vec<String>,
+    /// MeshApps whose finalizer was released.
+    pub finalizers_released: Vec<String>,
+    /// MeshApps being deleted that nodes still carry.
+    pub waiting_for_cleanup: Vec<String>,
+    /// Every plan error (bad input), for events and logs.
+    pub errors: Vec<PlanError>,
+    /// Peer links with a recent handshake, over all apps (for metrics).
+    pub peers_up: u32,
+    /// Peer links planned, over all apps.
+    pub peers_total: u32,
+}
+
+impl ReconcileReport {
+    /// Whether the pass sent any write.
+    pub fn wrote_anything(&self) -> bool {
+        !(self.meshnode_writes.is_empty()
+            && self.status_writes.is_empty()
+            && self.finalizers_added.is_empty()
+            && self.finalizers_released.is_empty())
+    }
+}
+
+fn has_finalizer(app: &MeshApp) -> bool {
+    app.finalizers().iter().any(|f| f == APP_FINALIZER)
+}
+
+async fn set_finalizers(
+    client: &Client,
+    app: &MeshApp,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let key = key_of(app);
+    let api: Api<MeshApp> = Api::namespaced(client.clone(), &key.namespace);
+    // resourceVersion makes this fail (409) instead of clobbering a
+    // finalizer list someone else changed meanwhile; the retry sees the new one.
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": app.resource_version(),
+            "finalizers": finalizers,
+        }
+    });
+    let pp = PatchParams {
+        field_manager: Some(OPERATOR_MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch(&key.name, &pp, &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::Finalizer {
+            object: key.to_string(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// The body of a MeshNode server-side apply: identity, site label and spec only.
+pub fn meshnode_apply_body(name: &str, spec: &MeshNodeSpec) -> serde_json::Value {
+    json!({
+        "apiVersion": MeshNode::api_version(&()),
+        "kind": MeshNode::kind(&()),
+        "metadata": {
+            "name": name,
+            "labels": { SITE_LABEL: spec.site },
+        },
+        "spec": spec,
+    })
+}
+
+async fn apply_status<K, S>(
+    api: Api<K>,
+    name: &str,
+    object: String,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(OPERATOR_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::StatusPatch {
+        kind: kind_name::<K>(),
+        object,
+        source,
+    })?;
+    Ok(())
+}
+
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "MeshApp" => "MeshApp",
+        "MeshPolicy" => "MeshPolicy",
+        "MeshSite" => "MeshSite",
+        _ => "object",
+    }
+}
+
+/// The condition of `type_` in `new` when it reports a failure (`failing`
+/// is the status meaning failure) that `old` did not already report.
+fn newly_failing<'a>(
+    old: Option<&[Condition]>,
+    new: &'a [Condition],
+    type_: &str,
+    failing: &str,
+) -> Option<&'a Condition> {
+    let cond = conditions::get(new, type_).filter(|c| c.status == failing)?;
+    let before = old.and_then(|o| conditions::get(o, type_));
+    if before.is_some_and(|b| conditions::same_ignoring_time(b, cond)) {
+        return None;
+    }
+    Some(cond)
+}
+
+/// Publishes a Warning Event about `obj`; failures are only logged.
+async fn warn_event<K: Resource<DynamicType = ()>>(recorder: &Recorder, obj: &K, cond: &Condition) {
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: cond.reason.chars().take(128).collect(),
+        note: Some(cond.message.chars().take(1000).collect()),
+        action: "Plan".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
+        tracing::warn!(error = %e, reason = %cond.reason, "cannot publish event");
+    }
+}
+
+/// Runs one pass: plan the stores' contents, write the differences.
+#[tracing::instrument(skip_all, fields(apps = obs.apps.len(), nodes = obs.nodes.len()))]
+pub async fn reconcile_all(
+    client: &Client,
+    obs: &Observed,
+    config: &PlannerConfig,
+    now: Timestamp,
+) -> Result<ReconcileReport, Error> {
+    let mut report = ReconcileReport::default();
+    let now_time = Time(now);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: OPERATOR_MANAGER.into(),
+            instance: None,
+        },
+    );
+    // Stores iterate in hash order; requests go out in key order.
+    let mut apps: Vec<&MeshApp> = obs.apps.iter().map(AsRef::as_ref).collect();
+    apps.sort_by_key(|a| key_of(*a));
+    let mut policies: Vec<&MeshPolicy> = obs.policies.iter().map(AsRef::as_ref).collect();
+    policies.sort_by_key(|p| key_of(*p));
+    let mut sites: Vec<&MeshSite> = obs.sites.iter().map(AsRef::as_ref).collect();
+    sites.sort_by_key(|s| s.name_any());
+
+    // 1a. Live apps carry the finalizer before their data plane exists.
+    for app in apps.iter().copied().filter(|a| !is_deleting(*a)) {
+        if !has_finalizer(app) {
+            let mut fins = app.finalizers().to_vec();
+            fins.push(APP_FINALIZER.to_string());
+            set_finalizers(client, app, fins).await?;
+            tracing::info!(app = %key_of(app), "added finalizer");
+            report.finalizers_added.push(key_of(app).to_string());
+        }
+    }
+
+    // 2. Plan.
+    let snapshot = snapshot_from_stores(obs, config, now);
+    let plan = planner::plan(&snapshot);
+    report.errors = plan.errors().into_iter().cloned().collect();
+
+    // 3. MeshNode specs that differ from the store.
+    let stored: BTreeMap<String, &MeshNode> = obs
+        .meshnodes
+        .iter()
+        .map(|m| (m.name_any(), m.as_ref()))
+        .collect();
+    let mut generations: BTreeMap<String, Option<i64>> = stored
+        .iter()
+        .map(|(n, m)| (n.clone(), m.metadata.generation))
+        .collect();
+    let nodes_api: Api<MeshNode> = Api::all(client.clone());
+    for (name, spec) in &plan.nodes {
+        if stored.get(name).is_some_and(|m| &m.spec == spec) {
+            continue;
+        }
+        let body = meshnode_apply_body(name, spec);
+        let written = nodes_api
+            .patch(
+                name,
+                &PatchParams::apply(OPERATOR_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(|source| Error::MeshNodeApply {
+                node: name.clone(),
+                source,
+            })?;
+        tracing::info!(node = %name, generation = ?written.metadata.generation, apps = spec.apps.len(), "applied MeshNode spec");
+        generations.insert(name.clone(), written.metadata.generation);
+        report.meshnode_writes.push(name.clone());
+    }
+
+    // 4. Statuses, only when they changed ignoring condition times.
+    let views: BTreeMap<String, NodeView<'_>> = snapshot
+        .nodes
+        .iter()
+        .map(|(name, info)| {
+            (
+                name.clone(),
+                NodeView {
+                    spec_generation: generations.get(name).copied().flatten(),
+                    status: stored.get(name).and_then(|m| m.status.as_ref()),
+                    lost: info.lost,
+                },
+            )
+        })
+        .collect();
+    for app in apps.iter().copied().filter(|a| !is_deleting(*a)) {
+        let key = key_of(app);
+        let Some(outcome) = plan.apps.get(&key) else {
+            continue;
+        };
+        let generation = app.metadata.generation.unwrap_or(0);
+        let new = status::app_status(
+            &key,
+            outcome,
+            &views,
+            generation,
+            app.status.as_ref(),
+            &now_time,
+        );
+        report.peers_up += new.peers_up;
+        report.peers_total += new.peers_total;
+        if app
+            .status
+            .as_ref()
+            .is_some_and(|old| old.same_ignoring_time(&new))
+        {
+            continue;
+        }
+        let api: Api<MeshApp> = Api::namespaced(client.clone(), &key.namespace);
+        apply_status(api, &key.name, key.to_string(), &new).await?;
+        report.status_writes.push(format!("MeshApp {key}"));
+        if !outcome.errors.is_empty() {
+            let old = app.status.as_ref().map(|s| s.conditions.as_slice());
+            if let Some(c) = newly_failing(old, &new.conditions, types::DEGRADED, "True") {
+                warn_event(&recorder, app, c).await;
+            }
+        }
+    }
+    for pol in policies.iter().copied().filter(|p| !is_deleting(*p)) {
+        let key = key_of(pol);
+        let Some(outcome) = plan.policies.get(&key) else {
+            continue;
+        };
+        let generation = pol.metadata.generation.unwrap_or(0);
+        let new = status::policy_status(outcome, generation, pol.status.as_ref(), &now_time);
+        if pol
+            .status
+            .as_ref()
+            .is_some_and(|old| old.same_ignoring_time(&new))
+        {
+            continue;
+        }
+        let api: Api<MeshPolicy> = Api::namespaced(client.clone(), &key.namespace);
+        apply_status(api, &key.name, key.to_string(), &new).await?;
+        report.status_writes.push(format!("MeshPolicy {key}"));
+        let old = pol.status.as_ref().map(|s| s.conditions.as_slice());
+        if let Some(c) = newly_failing(old, &new.conditions, types::ACCEPTED, "False") {
+            warn_event(&recorder, pol, c).await;
+        }
+    }
+    for site in sites.iter().copied().filter(|s| !is_deleting(*s)) {
+        let name = site.name_any();
+        let Some(outcome) = plan.sites.get(&name) else {
+            continue;
+        };
+        let generation = site.metadata.generation.unwrap_or(0);
+        let new = status::site_status(outcome, generation, site.status.as_ref(), &now_time);
+        if site
+            .status
+            .as_ref()
+            .is_some_and(|old| old.same_ignoring_time(&new))
+        {
+            continue;
+        }
+        let api: Api<MeshSite> = Api::all(client.clone());
+        apply_status(api, &name, name.clone(), &new).await?;
+        report.status_writes.push(format!("MeshSite {name}"));
+    }
+
+    // 1b. Deleted apps: release the finalizer once no node carries them.
+    for app in apps
+        .iter()
+        .copied()
+        .filter(|a| is_deleting(*a) && has_finalizer(a))
+    {
+        let key = key_of(app).to_string();
+        let in_spec: Vec<&String> = plan
+            .nodes
+            .iter()
+            .filter(|(_, spec)| spec.apps.iter().any(|a| a.app == key))
+            .map(|(n, _)| n)
+            .collect();
+        let in_status: Vec<String> = obs
+            .meshnodes
+            .iter()
+            .filter(|m| !snapshot.nodes.get(&m.name_any()).is_some_and(|n| n.lost))
+            .filter(|m| m.status.iter().flat_map(|s| &s.apps).any(|a| a.app == key))
+            .map(|m| m.name_any())
+            .collect();
+        if !in_spec.is_empty() || !in_status.is_empty() {
+            tracing::info!(app = %key, nodes = ?in_status, "waiting for nodes to remove the app");
+            report.waiting_for_cleanup.push(key);
+            continue;
+        }
+        let fins: Vec<String> = app
+            .finalizers()
+            .iter()
+            .filter(|f| *f != APP_FINALIZER)
+            .cloned()
+            .collect();
+        set_finalizers(client, app, fins).await?;
+        tracing::info!(app = %key, "every node removed the app; released finalizer");
+        report.finalizers_released.push(key);
+    }
+    Ok(report)
+}

@@ -1,0 +1,231 @@
+//! The `weft-operator kubernetes` loop: six reflectors, one trigger channel,
+//! a debounced global reconcile, exponential backoff with jitter on errors,
+//! and writes only while this replica leads.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+use weft_api::{MeshApp, MeshNode, MeshPolicy, MeshSite};
+
+use super::lease::{LeaderElector, LeaseConfig};
+use super::metrics::Metrics;
+use super::reconcile::reconcile_all;
+use super::snapshot::Observed;
+use crate::planner::PlannerConfig;
+
+/// Settings of the Kubernetes loop.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Planner settings.
+    pub planner: PlannerConfig,
+    /// Leader election; `None` runs as the only writer (one replica).
+    pub lease: Option<LeaseConfig>,
+    /// A pass runs at least this often (lost-node detection needs time to pass).
+    pub resync: Duration,
+    /// Changes arriving within this window are planned together.
+    pub debounce: Duration,
+    /// Where passes, errors, leadership and readiness are counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// First retry delay after a failed pass.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Next delay: doubled, capped.
+pub fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(BACKOFF_MAX)
+}
+
+/// Adds up to 25% jitter, derived from the clock's sub-second part.
+pub fn with_jitter(d: Duration) -> Duration {
+    let nanos = u64::from(Timestamp::now().subsec_nanosecond().unsigned_abs());
+    let max = u64::try_from(d.as_millis() / 4).unwrap_or(0);
+    if max == 0 {
+        return d;
+    }
+    d + Duration::from_millis(nanos % max)
+}
+
+fn reflect<K>(
+    api: Api<K>,
+    tx: mpsc::Sender<()>,
+    strip: bool,
+) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(move |o: &mut K| {
+            if strip {
+                o.managed_fields_mut().clear();
+            }
+        });
+    let fut = reflector::reflector(writer, stream).for_each(move |ev| {
+        let tx = tx.clone();
+        async move {
+            match ev {
+                Ok(_) => {
+                    let _ = tx.try_send(());
+                }
+                Err(e) => tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff"),
+            }
+        }
+    });
+    (reader, fut)
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    cfg: RunConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let (apps, f1) = reflect(Api::<MeshApp>::all(client.clone()), tx.clone(), false);
+    let (policies, f2) = reflect(Api::<MeshPolicy>::all(client.clone()), tx.clone(), false);
+    let (sites, f3) = reflect(Api::<MeshSite>::all(client.clone()), tx.clone(), false);
+    let (meshnodes, f4) = reflect(Api::<MeshNode>::all(client.clone()), tx.clone(), false);
+    let (pods, f5) = reflect(Api::<Pod>::all(client.clone()), tx.clone(), true);
+    let (nodes, f6) = reflect(Api::<Node>::all(client.clone()), tx.clone(), true);
+    let tasks = [
+        tokio::spawn(f1),
+        tokio::spawn(f2),
+        tokio::spawn(f3),
+        tokio::spawn(f4),
+        tokio::spawn(f5),
+        tokio::spawn(f6),
+    ];
+
+    let (leading_tx, mut leading) = watch::channel(cfg.lease.is_none());
+    let elector = cfg
+        .lease
+        .clone()
+        .map(|l| tokio::spawn(LeaderElector::new(client.clone(), l).run(leading_tx)));
+
+    tokio::pin!(shutdown);
+    tracing::info!("waiting for the caches to fill");
+    tokio::select! {
+        _ = &mut shutdown => return Ok(()),
+        r = async {
+            apps.wait_until_ready().await?;
+            policies.wait_until_ready().await?;
+            sites.wait_until_ready().await?;
+            meshnodes.wait_until_ready().await?;
+            pods.wait_until_ready().await?;
+            nodes.wait_until_ready().await
+        } => r?,
+    }
+    tracing::info!("caches ready");
+    cfg.metrics.set_ready(true);
+
+    let mut backoff = BACKOFF_MIN;
+    let mut logged: Vec<String> = Vec::new();
+    let mut due = true;
+    loop {
+        if !due {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = rx.recv() => {}
+                _ = leading.changed() => {}
+                _ = tokio::time::sleep(cfg.resync) => {}
+            }
+        }
+        due = false;
+        tokio::time::sleep(cfg.debounce).await;
+        while rx.try_recv().is_ok() {}
+        let is_leader = *leading.borrow();
+        cfg.metrics.set_leader(is_leader);
+        if !is_leader {
+            continue;
+        }
+        let obs = Observed {
+            apps: apps.state(),
+            policies: policies.state(),
+            sites: sites.state(),
+            meshnodes: meshnodes.state(),
+            pods: pods.state(),
+            nodes: nodes.state(),
+        };
+        let started = std::time::Instant::now();
+        let result = reconcile_all(&client, &obs, &cfg.planner, Timestamp::now()).await;
+        cfg.metrics.observe_pass(started.elapsed(), result.as_ref());
+        match result {
+            Ok(report) => {
+                backoff = BACKOFF_MIN;
+                let now: Vec<String> = report.errors.iter().map(ToString::to_string).collect();
+                for e in report
+                    .errors
+                    .iter()
+                    .filter(|e| !logged.contains(&e.to_string()))
+                {
+                    tracing::warn!(object = %e.object, field = %e.field, reason = %e.reason, "{}", e.message);
+                }
+                logged = now;
+                if report.wrote_anything() {
+                    tracing::debug!(?report, "pass wrote");
+                }
+            }
+            Err(e) => {
+                let delay = with_jitter(backoff);
+                tracing::warn!(reason = e.metric_label(), error = %e, retry_in_ms = delay.as_millis() as u64, "pass failed");
+                backoff = next_backoff(backoff);
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                due = true;
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    for t in tasks {
+        t.abort();
+    }
+    if let Some(e) = elector {
+        e.abort();
+        let _ = e.await;
+        if let Some(l) = cfg.lease.clone() {
+            match LeaderElector::new(client.clone(), l).release().await {
+                Ok(()) => tracing::info!("released the leader Lease"),
+                Err(e) => tracing::warn!(error = %e, "cannot release the leader Lease"),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap_and_jitter_adds_at_most_a_quarter() {
+        let mut d = BACKOFF_MIN;
+        for _ in 0..20 {
+            d = next_backoff(d);
+        }
+        assert_eq!(d, BACKOFF_MAX);
+        let j = with_jitter(Duration::from_secs(4));
+        assert!(j >= Duration::from_secs(4) && j < Duration::from_secs(5));
+    }
+}
