@@ -6,6 +6,7 @@
 //!  key store ──────┘   (pure)                (pure)           observe ◄─┘  (netlink, WireGuard)
 //! ```
 
+pub mod attach;
 pub mod dataplane;
 pub mod diff;
 pub mod error;

@@ -1,0 +1,150 @@
+//! State shared between the attach server and the run loop.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use weft_api::attach::{Attachment, WorkloadRef};
+
+use crate::storage;
+
+/// What the run loop concluded about a workload in its last pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Attached with this interface.
+    Attached(Attachment),
+    /// No MeshApp selects the workload.
+    NotMeshed,
+    /// Attaching failed; the message names the workload and the cause.
+    Failed {
+        /// CNI code.
+        code: u32,
+        /// Message.
+        message: String,
+    },
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Workloads announced by the runtime: `namespace/name` -> reference.
+    registered: BTreeMap<String, WorkloadRef>,
+    /// Outcomes of the last pass, per `namespace/name`.
+    outcomes: BTreeMap<String, Outcome>,
+    /// Bumped on every publish, so waiters see fresh passes only.
+    pass: u64,
+}
+
+/// Registry plus published outcomes, persisted so a restarted daemon
+/// re-attaches the workloads the runtime announced before.
+pub struct Shared {
+    inner: Mutex<Inner>,
+    published: Condvar,
+    path: Option<PathBuf>,
+}
+
+/// `namespace/name` of a workload reference.
+pub fn key(w: &WorkloadRef) -> String {
+    format!("{}/{}", w.namespace, w.name)
+}
+
+impl Shared {
+    /// In memory only (tests).
+    pub fn in_memory() -> Self {
+        Shared {
+            inner: Mutex::new(Inner::default()),
+            published: Condvar::new(),
+            path: None,
+        }
+    }
+
+    /// Backed by `path` (0600); loads what a previous run registered.
+    pub fn persistent(path: PathBuf) -> Result<Self, crate::Error> {
+        let registered = storage::read_json(&path)?.unwrap_or_default();
+        Ok(Shared {
+            inner: Mutex::new(Inner {
+                registered,
+                ..Default::default()
+            }),
+            published: Condvar::new(),
+            path: Some(path),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panicked holder leaves plain data behind; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(&self, inner: &Inner) {
+        if let Some(p) = &self.path {
+            if let Err(e) = storage::write_json_private(p, &inner.registered) {
+                tracing::warn!(error = %e, "cannot persist attach registry");
+            }
+        }
+    }
+
+    /// Records (or refreshes) a workload the runtime announced.
+    pub fn register(&self, w: WorkloadRef) {
+        let mut g = self.lock();
+        if g.registered.get(&key(&w)) != Some(&w) {
+            g.registered.insert(key(&w), w);
+            self.persist(&g);
+        }
+    }
+
+    /// Forgets a workload; returns whether it was known.
+    pub fn unregister(&self, k: &str) -> bool {
+        let mut g = self.lock();
+        let known = g.registered.remove(k).is_some();
+        if known {
+            self.persist(&g);
+        }
+        known
+    }
+
+    /// Workloads currently registered (the run loop's input).
+    pub fn registered(&self) -> Vec<WorkloadRef> {
+        self.lock().registered.values().cloned().collect()
+    }
+
+    /// The run loop publishes the outcome of a pass for every registered workload.
+    pub fn publish(&self, outcomes: BTreeMap<String, Outcome>) {
+        let mut g = self.lock();
+        g.outcomes = outcomes;
+        g.pass += 1;
+        self.published.notify_all();
+    }
+
+    /// The latest outcome for `k`, if any pass has decided one.
+    pub fn outcome(&self, k: &str) -> Option<Outcome> {
+        self.lock().outcomes.get(k).cloned()
+    }
+
+    /// Waits until a pass published *after this call* satisfies `done`, or
+    /// `timeout` passes. Returns the last outcome seen for `k`.
+    pub fn wait_for(
+        &self,
+        k: &str,
+        timeout: Duration,
+        done: impl Fn(Option<&Outcome>) -> bool,
+    ) -> (bool, Option<Outcome>) {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        let start = g.pass;
+        loop {
+            if g.pass > start && done(g.outcomes.get(k)) {
+                return (true, g.outcomes.get(k).cloned());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (false, g.outcomes.get(k).cloned());
+            }
+            g = self
+                .published
+                .wait_timeout(g, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
