@@ -905,3 +905,134 @@ fn two_apps_on_one_node_cannot_reach_each_other() {
     drop(node);
     drop(cleanup);
 }
+
+#[test]
+fn a_workload_cannot_send_from_an_address_that_is_not_its_own() {
+    if !privileged("a_workload_cannot_send_from_an_address_that_is_not_its_own") {
+        return;
+    }
+    let tag = format!("s{}", std::process::id());
+    let mut cleanup = Cleanup::default();
+    let node_ns = format!("wtn-{tag}");
+    let prefix = format!("wta-{tag}-");
+    let ns_a = format!("{prefix}a");
+    let wl: Vec<String> = ["w1", "w2"]
+        .iter()
+        .map(|w| format!("wtw-{tag}-{w}"))
+        .collect();
+    for n in [&node_ns, &ns_a].into_iter().chain(&wl) {
+        cleanup.netns.push(n.clone());
+    }
+    for n in std::iter::once(&node_ns).chain(&wl) {
+        sh(&["ip", "netns", "add", n]);
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+    }
+    let key = PrivateKey::generate();
+    let (w1, w2) = (Ipv4Addr::new(10, 123, 1, 10), Ipv4Addr::new(10, 123, 1, 11));
+    let mut desired = NodeState::default();
+    desired.apps.insert(
+        ns_a.clone(),
+        app(AppSpec {
+            netns: &ns_a,
+            interface: &format!("wg{tag}"),
+            key: &key,
+            address: "10.123.1.1/32",
+            range: "10.123.0.0/16",
+            port: PORT,
+            peers: vec![],
+            workloads: vec![
+                (format!("wv{tag}1"), wl[0].clone(), w1),
+                (format!("wv{tag}2"), wl[1].clone(), w2),
+            ],
+        }),
+    );
+    let keys = Keys([(ns_a.clone(), key)].into());
+    let node = Node::start(&node_ns, "s-node");
+    assert!(!node.sync(&desired, &keys, &prefix).is_empty());
+
+    // Count what reaches w2, by source address, in w2's own netns.
+    sh(&[
+        "ip", "netns", "exec", &wl[1], "nft", "add", "table", "ip", "probe",
+    ]);
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &wl[1],
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "probe",
+        "in",
+        "{ type filter hook input priority 0 ; }",
+    ]);
+    for src in ["10.123.1.10", "10.123.1.99"] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &wl[1],
+            "nft",
+            "add",
+            "rule",
+            "ip",
+            "probe",
+            "in",
+            "ip",
+            "saddr",
+            src,
+            "icmp",
+            "type",
+            "echo-request",
+            "counter",
+        ]);
+    }
+    let count = |src: &str| -> u64 {
+        let out = sh(&[
+            "ip", "netns", "exec", &wl[1], "nft", "list", "table", "ip", "probe",
+        ]);
+        out.lines()
+            .find(|l| l.contains(&format!("saddr {src} ")))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter for {src} in:\n{out}"))
+    };
+    // Positive control: w1's own address gets through.
+    assert!(ping(&wl[0], w2, 5));
+    assert!(count("10.123.1.10") >= 1);
+    // w1 claims another address of the app's range and sends from it.
+    sh(&[
+        "ip",
+        "-n",
+        &wl[0],
+        "addr",
+        "add",
+        "10.123.1.99/32",
+        "dev",
+        "weft0",
+    ]);
+    let _ = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &wl[0],
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        "10.123.1.99",
+        &w2.to_string(),
+    ]);
+    assert_eq!(
+        count("10.123.1.99"),
+        0,
+        "a spoofed source must be dropped in the app netns"
+    );
+    drop(node);
+}

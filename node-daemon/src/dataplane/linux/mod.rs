@@ -183,7 +183,13 @@ impl LinuxDataplane {
         })?;
         // /proc/sys/net is the calling thread's netns.
         netns::within(&ns, || {
-            netns::write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+            netns::write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+            // Strict reverse-path filtering: a workload can only send from the
+            // address routed to its own veth, so it cannot borrow another
+            // workload's address to slip past that workload's policy. (Traffic
+            // from peers is already source-checked by WireGuard's allowed IPs.)
+            netns::write_sysctl("/proc/sys/net/ipv4/conf/all/rp_filter", "1")?;
+            netns::write_sysctl("/proc/sys/net/ipv4/conf/default/rp_filter", "1")
         })
     }
 
