@@ -1,5 +1,6 @@
 .DEFAULT_GOAL := help
 CARGO ?= cargo
+IMAGE_TAG ?= dev
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -27,7 +28,11 @@ crds: ## Regenerate crds/*.yaml from the API types
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
+images: ## Build the weft-operator:dev and weft-node-daemon:dev images (docker, no registry)
+	$(CARGO) build --release --workspace --bins
+	WEFT_BIN_DIR=$(CURDIR)/target/release WEFT_IMAGE_TAG=$(IMAGE_TAG) bash images/build.sh
+
 lint: ## Clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-.PHONY: help setup build demo test bench crds fmt lint
+.PHONY: help setup build demo test bench crds images fmt lint

@@ -22,6 +22,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Docker engine: the image tests build and run Weft's images locally.
+if ! command -v docker >/dev/null; then
+  echo "weft: installing docker.io"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+  (service docker start || systemctl start docker) >/dev/null 2>&1 || (nohup dockerd >/var/log/weft-dockerd.log 2>&1 &)
+  for _ in $(seq 1 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || echo "weft: warning: the Docker engine is not running; image tests will fail under CI" >&2
+fi
+
 # Rust: the workspace needs a recent stable toolchain (kube 5 needs >= 1.89),
 # newer than Debian ships; rustup is the supported way to get it.
 if [ -x "$HOME/.cargo/bin/cargo" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
