@@ -163,6 +163,17 @@ pub struct AppStatus {
     /// Per-peer WireGuard state, sorted by `node`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerStatus>,
+    /// Peers with a completed WireGuard handshake in the last 180 seconds
+    /// (the daemon probes idle peers, so a healthy peer stays up).
+    #[serde(default)]
+    pub peers_up: u32,
+    /// Packets this node dropped for the app because no policy rule allowed
+    /// them (ingress and egress together), counted since the app's policy on
+    /// this node was last updated; unset when no policy applies here. Like
+    /// the byte counters it is refreshed with the heartbeat, not on every
+    /// change. Per-rule and per-direction figures are daemon metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_drops: Option<u64>,
 }
 
 /// WireGuard state of one peer as seen from this node.

@@ -39,6 +39,10 @@ impl TeardownReport {
     }
 }
 
+/// Where each simulated node's daemon serves `/metrics`, `/healthz` and
+/// `/readyz`, inside that node's namespace.
+pub const DAEMON_METRICS_ADDRESS: &str = "127.0.0.1:9464";
+
 /// A simulated deployment.
 pub struct Cluster {
     prefix: String,
@@ -175,6 +179,10 @@ impl Cluster {
             Sim::node_addr(i).to_string(),
             "--interval-ms".into(),
             self.interval_ms.to_string(),
+            // Each daemon runs in its node's namespace, so every node has its
+            // own loopback and the same port serves them all.
+            "--metrics-address".into(),
+            DAEMON_METRICS_ADDRESS.into(),
         ];
         let p = Proc::spawn(
             &format!("weft-node-daemon {node}"),
@@ -186,6 +194,29 @@ impl Cluster {
         )?;
         self.daemons[i - 1] = Some(p);
         Ok(())
+    }
+
+    /// GETs `path` (`/metrics`, `/healthz`, `/readyz`) from node `i`'s
+    /// daemon, from inside the node's namespace; returns status line and body.
+    pub fn daemon_http_get(&self, i: usize, path: &str) -> Result<(String, String)> {
+        let (host, port) = DAEMON_METRICS_ADDRESS
+            .split_once(':')
+            .context("metrics address")?;
+        let script = format!(
+            "exec 3<>/dev/tcp/{host}/{port} && printf 'GET {path} HTTP/1.1\\r\\nhost: x\\r\\n\\r\\n' >&3 && cat <&3"
+        );
+        let out = crate::netns::exec_in(&self.node_name(i), "bash", &["-c", &script])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "GET {path} on node {i}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("GET {path} on node {i}: no HTTP response: {text:?}"))?;
+        let status = head.lines().next().unwrap_or_default().to_string();
+        Ok((status, body.to_string()))
     }
 
     /// Starts the operator and every daemon.

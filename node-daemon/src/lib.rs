@@ -13,6 +13,7 @@ pub mod error;
 pub mod ipam;
 pub mod k8s;
 pub mod keys;
+pub mod metrics;
 pub mod ops;
 pub mod plan;
 pub mod reconcile;

@@ -10,6 +10,7 @@ use nix::sys::signal::{SigSet, Signal};
 use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
 use weft_node_daemon::dataplane::Dataplane;
 use weft_node_daemon::k8s::KubeRunConfig;
+use weft_node_daemon::metrics::{Metrics, Server};
 use weft_node_daemon::ops::Op;
 use weft_node_daemon::plan::{netns_prefix, owns_netns};
 use weft_node_daemon::runner::{run, RunConfig};
@@ -49,6 +50,10 @@ enum Cmd {
         /// Use userspace WireGuard even where the kernel module exists.
         #[arg(long)]
         force_userspace: bool,
+        /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464;
+        /// port 0 picks one). Off unless given.
+        #[arg(long, env = "WEFT_METRICS_ADDRESS")]
+        metrics_address: Option<std::net::SocketAddr>,
     },
     /// Run against the Kubernetes API: watch this node's MeshNode, write its status.
     Kubernetes {
@@ -73,6 +78,10 @@ enum Cmd {
         /// Use userspace WireGuard even where the kernel module exists.
         #[arg(long)]
         force_userspace: bool,
+        /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464;
+        /// port 0 picks one). Off unless given.
+        #[arg(long, env = "WEFT_METRICS_ADDRESS")]
+        metrics_address: Option<std::net::SocketAddr>,
     },
     /// Remove every namespace and key this node's daemon created.
     Cleanup {
@@ -122,6 +131,7 @@ fn main() -> anyhow::Result<()> {
             site,
             interval_ms,
             force_userspace,
+            metrics_address,
         } => {
             let dp = LinuxDataplane::new(LinuxOptions {
                 force_userspace,
@@ -137,7 +147,9 @@ fn main() -> anyhow::Result<()> {
                 interval: Duration::from_millis(interval_ms),
                 heartbeat: Duration::from_secs(5),
             };
-            run(&cfg, dp, stop)?;
+            let metrics = Arc::new(Metrics::default());
+            let _server = serve_metrics(metrics_address, &metrics)?;
+            run(&cfg, dp, stop, &metrics)?;
         }
         Cmd::Kubernetes {
             node,
@@ -147,6 +159,7 @@ fn main() -> anyhow::Result<()> {
             interval_ms,
             heartbeat_seconds,
             force_userspace,
+            metrics_address,
         } => {
             let dp = LinuxDataplane::new(LinuxOptions {
                 force_userspace,
@@ -161,7 +174,9 @@ fn main() -> anyhow::Result<()> {
                 interval: Duration::from_millis(interval_ms),
                 heartbeat: Duration::from_secs(heartbeat_seconds),
             };
-            weft_node_daemon::k8s::run(&cfg, dp, stop)?;
+            let metrics = Arc::new(Metrics::default());
+            let _server = serve_metrics(metrics_address, &metrics)?;
+            weft_node_daemon::k8s::run(&cfg, dp, stop, &metrics)?;
         }
         Cmd::Cleanup { node, data_dir } => {
             let mut dp = LinuxDataplane::new(LinuxOptions {
@@ -182,4 +197,17 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts the endpoint server when an address was given.
+fn serve_metrics(
+    address: Option<std::net::SocketAddr>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Server>> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let server = Server::start(address, metrics.clone())
+        .map_err(|e| anyhow::anyhow!("cannot serve metrics on {address}: {e}"))?;
+    Ok(Some(server))
 }

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::ipam::WorkloadIpam;
 use crate::keys::{KeyStore, PrivateKey};
 use crate::plan::{netns_prefix, owns_netns, plan, AppPlan};
-use crate::state::{AppNet, NodeState};
+use crate::state::{AppNet, NodeState, PolicyCounters};
 use crate::status;
 use crate::storage;
 
@@ -27,6 +27,12 @@ pub struct PassReport {
     pub errors: Vec<String>,
     /// The status to publish.
     pub status: MeshNodeStatus,
+    /// Data-plane writes made, by operation (metrics).
+    pub writes_by_op: BTreeMap<&'static str, u64>,
+    /// One [`Error::metric_label`] per problem of this pass (metrics).
+    pub error_reasons: Vec<&'static str>,
+    /// Policy counters per app (`namespace/name`) with a policy table.
+    pub policy_counters: BTreeMap<String, PolicyCounters>,
 }
 
 /// Per-node reconciler.
@@ -104,6 +110,7 @@ impl<D: Dataplane> Reconciler<D> {
                 o
             }
             Err(e) => {
+                report.error_reasons.push(e.metric_label());
                 report.errors.push(e.to_string());
                 Observation::default()
             }
@@ -135,6 +142,7 @@ impl<D: Dataplane> Reconciler<D> {
                     private.insert(a.netns.clone(), k);
                 }
                 Err(e) => {
+                    report.error_reasons.push(e.metric_label());
                     key_errors.insert(a.app.clone(), e.to_string());
                 }
             }
@@ -143,6 +151,7 @@ impl<D: Dataplane> Reconciler<D> {
         let plans = plan(&self.node, &spec.spec, local, &public, &mut self.ipam);
         if self.ipam != ipam_before {
             if let Err(e) = storage::write_json_private(&self.ipam_path, &self.ipam) {
+                report.error_reasons.push(e.metric_label());
                 report.errors.push(e.to_string());
             }
         }
@@ -156,6 +165,7 @@ impl<D: Dataplane> Reconciler<D> {
                     desired.apps.insert(app.netns.clone(), app.clone());
                 }
                 Err(e) => {
+                    report.error_reasons.push(e.metric_label());
                     app_errors.insert(p.app.clone(), e.to_string());
                     if let Some(prev) = spec
                         .spec
@@ -180,11 +190,13 @@ impl<D: Dataplane> Reconciler<D> {
             match self.dp.apply(op) {
                 Ok(()) => {
                     report.writes += 1;
+                    *report.writes_by_op.entry(op.name()).or_default() += 1;
                     tracing::debug!(node = %self.node, netns = op.netns(), op = op.name(), "applied");
                 }
                 Err(e) => {
                     tracing::warn!(node = %self.node, netns = op.netns(), op = op.name(), error = %e, "data-plane operation failed");
                     failed.insert(op.netns().to_string());
+                    report.error_reasons.push(e.metric_label());
                     report.errors.push(e.to_string());
                     if let Some(a) = spec.spec.apps.iter().find(|a| a.netns == op.netns()) {
                         app_errors.insert(a.app.clone(), e.to_string());
@@ -202,11 +214,17 @@ impl<D: Dataplane> Reconciler<D> {
             let netns = format!("{}{id}", netns_prefix(&self.node));
             if !wanted_ids.contains(id.as_str()) && !failed.contains(&netns) {
                 if let Err(e) = self.keys.remove(&id) {
+                    report.error_reasons.push(e.metric_label());
                     report.errors.push(e.to_string());
                 }
             }
         }
 
+        for a in &spec.spec.apps {
+            if let Some(c) = observed.policy_counters.get(&a.netns) {
+                report.policy_counters.insert(a.app.clone(), c.clone());
+            }
+        }
         report
             .errors
             .extend(app_errors.iter().map(|(app, e)| format!("{app}: {e}")));

@@ -1,5 +1,16 @@
-//! The daemon's main loop in standalone mode: poll spec and workloads, run a
-//! reconcile pass, publish status when it changed (or as a heartbeat).
+//! The daemon's main loop, shared by both modes: read the desired MeshNode
+//! through a [`Transport`], list local workloads, run a reconcile pass,
+//! publish status when it changed (or as a heartbeat), record metrics.
+//!
+//! ```text
+//!  Transport::read_spec ─┐
+//!  WorkloadSource::list ─┴─► Reconciler::pass ─► Transport::write_status (on change / heartbeat)
+//!                                            └─► Metrics::observe_pass
+//! ```
+//!
+//! Standalone mode uses [`FileTransport`] (the state directory), Kubernetes
+//! mode [`crate::k8s::KubeTransport`] (a watch on its own MeshNode and a
+//! status patch); nothing else differs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,13 +18,43 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use weft_api::standalone::{NodeRegistration, StateDir};
+use weft_api::{MeshNode, MeshNodeStatus};
 
 use crate::dataplane::Dataplane;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::standalone::FileTransport;
 use crate::status;
 use crate::workloads::{DirSource, WorkloadSource};
+
+/// How the daemon exchanges MeshNode state with the control plane.
+pub trait Transport {
+    /// Short name of the mode, for logs.
+    fn mode(&self) -> &'static str;
+    /// The desired MeshNode, or the last good one; `None` until one is known.
+    fn read_spec(&mut self) -> Option<MeshNode>;
+    /// Whether status can be written now (in Kubernetes only once the
+    /// operator has created the MeshNode).
+    fn can_write_status(&self) -> bool {
+        true
+    }
+    /// Publishes the status (the status subresource).
+    fn write_status(&mut self, status: &MeshNodeStatus) -> anyhow::Result<()>;
+}
+
+/// Settings of the shared loop.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    /// Node name.
+    pub node: String,
+    /// Address peers reach this node at.
+    pub advertise_address: String,
+    /// Time between passes.
+    pub interval: Duration,
+    /// Time between status writes when nothing changed.
+    pub heartbeat: Duration,
+}
 
 /// Settings of the standalone loop.
 #[derive(Clone, Debug)]
@@ -39,8 +80,13 @@ pub fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
-/// Runs until `stop` is set.
-pub fn run<D: Dataplane>(cfg: &RunConfig, dp: D, stop: Arc<AtomicBool>) -> Result<(), Error> {
+/// Runs the standalone mode until `stop` is set.
+pub fn run<D: Dataplane>(
+    cfg: &RunConfig,
+    dp: D,
+    stop: Arc<AtomicBool>,
+    metrics: &Metrics,
+) -> Result<(), Error> {
     let state = StateDir::new(&cfg.state_dir);
     let mut transport = FileTransport::new(state.clone(), &cfg.node, &cfg.data_dir);
     transport.register(&NodeRegistration {
@@ -50,16 +96,41 @@ pub fn run<D: Dataplane>(cfg: &RunConfig, dp: D, stop: Arc<AtomicBool>) -> Resul
         labels: Default::default(),
     })?;
     let mut source = DirSource::new(state.workloads_dir(&cfg.node));
-    let mut rec = Reconciler::new(&cfg.node, &cfg.advertise_address, dp, &cfg.data_dir)?;
-    let mut last_status = None;
+    let rec = Reconciler::new(&cfg.node, &cfg.advertise_address, dp, &cfg.data_dir)?;
+    let lc = LoopConfig {
+        node: cfg.node.clone(),
+        advertise_address: cfg.advertise_address.clone(),
+        interval: cfg.interval,
+        heartbeat: cfg.heartbeat,
+    };
+    run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
+    Ok(())
+}
+
+/// The loop itself, generic over the transport; runs until `stop` is set.
+/// Reconcile passes (and so every namespace switch) happen on the calling
+/// thread.
+pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
+    cfg: &LoopConfig,
+    transport: &mut T,
+    source: &mut W,
+    mut rec: Reconciler<D>,
+    stop: &AtomicBool,
+    metrics: &Metrics,
+) {
+    let mut last_status: Option<MeshNodeStatus> = None;
     let mut last_write = Instant::now();
     let mut last_errors: Vec<String> = Vec::new();
-    tracing::info!(node = %cfg.node, address = %cfg.advertise_address, "node daemon running (standalone)");
+    tracing::info!(node = %cfg.node, address = %cfg.advertise_address, mode = transport.mode(), "node daemon running");
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let spec = transport.read_spec();
         let local = source.list();
         let report = rec.pass(spec.as_ref(), &local, now());
+        metrics.observe_pass(started.elapsed(), &report);
+        if spec.is_some() {
+            metrics.set_ready(true);
+        }
         if report.errors != last_errors {
             for e in report.errors.iter().filter(|e| !last_errors.contains(e)) {
                 tracing::warn!(node = %cfg.node, error = %e, "reconcile problem");
@@ -70,21 +141,23 @@ pub fn run<D: Dataplane>(cfg: &RunConfig, dp: D, stop: Arc<AtomicBool>) -> Resul
             tracing::info!(node = %cfg.node, writes = report.writes, "data plane updated");
         }
         let due = last_write.elapsed() >= cfg.heartbeat;
-        if due
-            || last_status
-                .as_ref()
-                .is_none_or(|old| status::changed(old, &report.status))
-        {
+        let changed = last_status
+            .as_ref()
+            .is_none_or(|old| status::changed(old, &report.status));
+        if (due || changed) && transport.can_write_status() {
             match transport.write_status(&report.status) {
                 Ok(()) => {
+                    metrics.status_written();
                     last_write = Instant::now();
                     last_status = Some(report.status);
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot write status"),
+                Err(e) => {
+                    metrics.error("status_write");
+                    tracing::warn!(error = %e, "cannot write MeshNode status");
+                }
             }
         }
-        let elapsed = started.elapsed();
-        let mut left = cfg.interval.saturating_sub(elapsed);
+        let mut left = cfg.interval.saturating_sub(started.elapsed());
         while left > Duration::ZERO && !stop.load(Ordering::Relaxed) {
             let step = left.min(Duration::from_millis(50));
             std::thread::sleep(step);
@@ -92,5 +165,4 @@ pub fn run<D: Dataplane>(cfg: &RunConfig, dp: D, stop: Arc<AtomicBool>) -> Resul
         }
     }
     tracing::info!(node = %cfg.node, "node daemon stopping");
-    Ok(())
 }

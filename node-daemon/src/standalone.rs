@@ -8,6 +8,7 @@ use weft_api::MeshNode;
 use weft_api::MeshNodeStatus;
 
 use crate::error::Error;
+use crate::runner::Transport;
 use crate::storage;
 
 /// File-based exchange with the standalone operator.
@@ -73,5 +74,17 @@ impl FileTransport {
     /// Publishes the status (the status subresource).
     pub fn write_status(&self, status: &MeshNodeStatus) -> Result<(), Error> {
         storage::write_json(&self.state.node_status(&self.node), status, 0o644)
+    }
+}
+
+impl Transport for FileTransport {
+    fn mode(&self) -> &'static str {
+        "standalone"
+    }
+    fn read_spec(&mut self) -> Option<MeshNode> {
+        FileTransport::read_spec(self)
+    }
+    fn write_status(&mut self, status: &MeshNodeStatus) -> anyhow::Result<()> {
+        Ok(FileTransport::write_status(self, status)?)
     }
 }

@@ -12,6 +12,10 @@ use crate::dataplane::Observation;
 use crate::plan::AppPlan;
 use crate::workloads;
 
+/// A peer counts as up with a handshake younger than this (the operator's
+/// definition, so MeshNode and MeshApp status agree).
+pub use weft_operator::status::HANDSHAKE_FRESH_SECONDS;
+
 /// Assembles the status from this pass's plans, errors and observation.
 #[allow(clippy::too_many_arguments)]
 pub fn build(
@@ -62,6 +66,18 @@ pub fn build(
             attached.insert(w.clone(), (p.app.clone(), ip.to_string()));
         }
         let want = p.result.as_ref().ok().and_then(|a| a.device.as_ref());
+        let peers_up = peers
+            .iter()
+            .filter(|p| {
+                p.last_handshake_seconds
+                    .is_some_and(|s| s < HANDSHAKE_FRESH_SECONDS)
+            })
+            .count();
+        let policy_drops = observed.policy_counters.get(&netns).map(|c| {
+            c.dropped_ingress
+                .packets
+                .saturating_add(c.dropped_egress.packets)
+        });
         apps.push(AppStatus {
             app: p.app.clone(),
             public_key: want.map(|d| d.public_key.clone()).unwrap_or_default(),
@@ -74,6 +90,8 @@ pub fn build(
             programmed: error.is_none() && p.result.is_ok(),
             error,
             peers,
+            peers_up: u32::try_from(peers_up).unwrap_or(u32::MAX),
+            policy_drops,
         });
     }
     apps.sort_by(|a, b| a.app.cmp(&b.app));
@@ -143,6 +161,7 @@ pub fn changed(old: &MeshNodeStatus, new: &MeshNodeStatus) -> bool {
         // Counters move with every packet; publishing them on each change
         // would rewrite status constantly. They go out with the heartbeat.
         for a in &mut s.apps {
+            a.policy_drops = a.policy_drops.map(|_| 0);
             for p in &mut a.peers {
                 p.rx_bytes = 0;
                 p.tx_bytes = 0;
@@ -153,4 +172,90 @@ pub fn changed(old: &MeshNodeStatus, new: &MeshNodeStatus) -> bool {
     };
     strip(old) != strip(new)
         || !conditions::lists_equal_ignoring_time(&old.conditions, &new.conditions)
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_api::{CompiledPolicy, CompiledRule, MeshNodeSpec, PolicyDirection, PolicyProtocol};
+
+    use super::*;
+    use crate::dataplane::fake::FakeDataplane;
+    use crate::reconcile::Reconciler;
+
+    fn t() -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
+    }
+
+    fn node(policy: bool) -> MeshNode {
+        let mut a = crate::plan::tests::attachment("n1", 1);
+        a.policy = policy.then(|| CompiledPolicy {
+            ingress_isolated: vec!["10.100.1.2".into()],
+            egress_isolated: vec![],
+            rules: vec![CompiledRule {
+                id: "demo/p:ingress[0].ports[0]".into(),
+                direction: PolicyDirection::Ingress,
+                local: vec!["10.100.1.2".into()],
+                peers: vec!["10.100.2.0/24".into()],
+                protocol: Some(PolicyProtocol::Tcp),
+                port: Some(80),
+                end_port: None,
+            }],
+        });
+        let mut mn = MeshNode::new(
+            "n1",
+            MeshNodeSpec {
+                site: "local".into(),
+                apps: vec![a],
+            },
+        );
+        mn.metadata.generation = Some(1);
+        mn
+    }
+
+    #[test]
+    fn policy_drops_are_summarised_only_where_a_policy_applies() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
+        let open = r.pass(Some(&node(false)), &[], t());
+        assert_eq!(open.status.apps[0].policy_drops, None);
+        assert!(open.policy_counters.is_empty());
+        r.pass(Some(&node(true)), &[], t());
+        let guarded = r.pass(Some(&node(true)), &[], t());
+        assert_eq!(guarded.status.apps[0].policy_drops, Some(0));
+        assert!(guarded.policy_counters["demo/web"]
+            .rules
+            .contains_key("demo/p:ingress[0].ports[0]"));
+        assert_eq!(guarded.status.apps[0].peers_up, 0, "no handshake yet");
+        let json = serde_json::to_value(&guarded.status).unwrap();
+        assert_eq!(json["apps"][0]["policyDrops"], 0);
+        assert_eq!(json["apps"][0]["peersUp"], 0);
+    }
+
+    fn with(drops: Option<u64>, handshake: Option<u64>, rx: u64) -> MeshNodeStatus {
+        MeshNodeStatus {
+            apps: vec![AppStatus {
+                app: "demo/web".into(),
+                peers: vec![PeerStatus {
+                    node: "n2".into(),
+                    last_handshake_seconds: handshake,
+                    rx_bytes: rx,
+                    ..Default::default()
+                }],
+                peers_up: u32::from(handshake.is_some_and(|s| s < HANDSHAKE_FRESH_SECONDS)),
+                policy_drops: drops,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn moving_counters_alone_never_count_as_a_change() {
+        let base = with(Some(3), Some(5), 100);
+        assert!(!changed(&base, &with(Some(900), Some(17), 5000)));
+        // A policy appearing or going, or a peer going down, is a change.
+        assert!(changed(&base, &with(None, Some(5), 100)));
+        assert!(changed(&base, &with(Some(3), None, 100)));
+        assert!(changed(&base, &with(Some(3), Some(200), 100)));
+    }
 }

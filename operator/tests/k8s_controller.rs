@@ -144,6 +144,7 @@ fn daemon_status(spec: &MeshNodeSpec, generation: i64) -> MeshNodeStatus {
                         tx_bytes: 1,
                     })
                     .collect(),
+                ..Default::default()
             })
             .collect(),
         ..Default::default()

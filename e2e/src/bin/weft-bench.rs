@@ -6,7 +6,12 @@
 //! (c) Debian's wireguard-go between two namespaces,
 //! (d) time from dropping a new MeshApp manifest to the first packet through
 //!     its tunnel (workloads already announced), p50/p95,
-//! (e) resident memory of each daemon at idle with two apps.
+//! (e) resident memory of each daemon at idle with two apps,
+//! (f) throughput and RTT of (b) with 100 and 1,000 MeshPolicy rules in
+//!     place, as ratios to the same path with no policy at all. The rules
+//!     that allow the measured traffic come LAST, so the first packet of
+//!     every new flow walks the whole list (later packets of a flow take the
+//!     conntrack `established` rule at the top, as in production).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
@@ -44,6 +49,9 @@ struct Args {
     /// Seconds to wait for apps to become Ready.
     #[arg(long, default_value_t = 30)]
     ready_timeout: u64,
+    /// Rule counts for the policy-overhead rows (f), comma separated; empty skips.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    policy_rules: Vec<usize>,
     /// Directory whose *.yaml files are copied into the operator's manifests
     /// directory (apps `demo/web` and `demo/db` are added if none defines them).
     #[arg(long)]
@@ -128,6 +136,8 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 struct WeftFigures {
     row: Row,
+    /// (rules, row); 0 rules is the no-policy reference.
+    policy_rows: Vec<(usize, Row)>,
     ttfp_ms: Vec<f64>,
     ttfp_note: String,
     rss: Vec<(String, Option<u64>)>,
@@ -220,6 +230,7 @@ fn main() -> ExitCode {
                     note: format!("{e:#}"),
                     ..Default::default()
                 },
+                policy_rows: Vec::new(),
                 ttfp_ms: Vec::new(),
                 ttfp_note: "not measured".into(),
                 rss: Vec::new(),
@@ -295,6 +306,35 @@ fn main() -> ExitCode {
             kib.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
                 .unwrap_or_else(|| "-".into())
         );
+    }
+    if let Some((_, reference)) = weft.policy_rows.iter().find(|(n, _)| *n == 0) {
+        println!();
+        println!(
+            "(f) MeshPolicy overhead on the Weft path (allowing rules last; ratios to no policy):"
+        );
+        println!(
+            "{:<34} {:>14} {:>12} {:>18} {:>10}",
+            "rules in the app's table", "TCP Mbit/s", "ping RTT", "throughput ratio", "RTT ratio"
+        );
+        for (n, r) in &weft.policy_rows {
+            println!(
+                "{:<34} {:>14} {:>12} {:>18} {:>10}  {}",
+                if *n == 0 {
+                    "no policy".to_string()
+                } else {
+                    format!("{n} rules + the allowing ones")
+                },
+                r.mbit()
+                    .map(|m| format!("{m:.0}"))
+                    .unwrap_or_else(|| "-".into()),
+                r.rtt_ms
+                    .map(|v| format!("{v:.3} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                ratio(r.mbit(), reference.mbit()),
+                ratio(r.rtt_ms, reference.rtt_ms),
+                r.note.trim()
+            );
+        }
     }
     if ok {
         ExitCode::SUCCESS
@@ -446,10 +486,204 @@ fn measure_weft(c: &mut Cluster, args: &Args) -> Result<WeftFigures> {
         }
     }
     c.check_alive()?;
+
+    // (f) policy overhead.
+    let mut policy_rows = Vec::new();
+    if !args.policy_rules.is_empty() {
+        policy_rows = measure_policy_overhead(c, args, &examples, &web1, &web2, a.web2)?;
+    }
+    c.check_alive()?;
     Ok(WeftFigures {
         row,
+        policy_rows,
         ttfp_ms,
         ttfp_note,
         rss,
     })
+}
+
+/// File name of the generated policy in the manifests directory.
+const BENCH_POLICY_FILE: &str = "bench-policy.yaml";
+
+/// A MeshPolicy for `demo/web` with `n` ingress rules that never match the
+/// benchmark traffic (distinct /32 sources outside every node slice, distinct
+/// TCP ports), followed by the rule that allows it (TCP and ICMP from the
+/// app's web workloads). Compiled, that is `n + 2` allow rules per node.
+fn policy_with_rules(n: usize) -> String {
+    let mut y = String::from(
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshPolicy\nmetadata:\n  name: bench-rules\n  namespace: demo\nspec:\n  app: web\n  selector:\n    matchLabels:\n      tier: web\n  ingress:\n",
+    );
+    for i in 0..n {
+        // 10.100.200.0 - 10.100.255.255: inside the app range, never a node slice here.
+        let (hi, lo) = (200 + i / 256, i % 256);
+        y.push_str(&format!(
+            "    - peers: [{{cidr: 10.100.{hi}.{lo}/32}}]\n      ports: [{{protocol: TCP, port: {}}}]\n",
+            10_000 + i
+        ));
+    }
+    y.push_str(
+        "    - peers: [{selector: {matchLabels: {tier: web}}}]\n      ports: [{protocol: TCP}, {protocol: ICMP}]\n",
+    );
+    y
+}
+
+/// Allow rules (`... return`) in the `ip weft` table of `netns`; 0 without a table.
+fn nft_allow_rules(netns: &str) -> usize {
+    match weft_e2e::netns::exec_in(netns, "nft", &["list", "table", "ip", "weft"]) {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.trim_end().contains(" return"))
+            .count(),
+        _ => 0,
+    }
+}
+
+/// Waits until the web app's table on both nodes has at least `want` allow
+/// rules (`want == 0`: no table at all).
+fn wait_rules(c: &mut Cluster, want: usize) -> Result<()> {
+    let netns: Vec<String> = (1..=2)
+        .map(|i| {
+            c.app_netns(i, &format!("{NS}/web"))?
+                .context("web has no namespace on a node")
+        })
+        .collect::<Result<_>>()?;
+    let t0 = Instant::now();
+    weft_e2e::wait_for(
+        &format!("{want} policy rules programmed on both nodes"),
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || {
+            let counts: Vec<usize> = netns.iter().map(|n| nft_allow_rules(n)).collect();
+            let done = if want == 0 {
+                counts.iter().all(|k| *k == 0)
+            } else {
+                counts.iter().all(|k| *k >= want)
+            };
+            Ok(done.then_some(()))
+        },
+    )?;
+    println!(
+        "  {want} allow rules programmed on both nodes after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    c.check_alive()
+}
+
+/// (f): the example policies are removed for a no-policy reference, then
+/// the generated policy is applied with each rule count in turn.
+fn measure_policy_overhead(
+    c: &mut Cluster,
+    args: &Args,
+    examples: &std::path::Path,
+    web1: &str,
+    web2: &str,
+    addr: Ipv4Addr,
+) -> Result<Vec<(usize, Row)>> {
+    let log_dir = c.log_dir();
+    let mut rows = Vec::new();
+    // Example policies would add rules of their own: take them out.
+    for f in std::fs::read_dir(examples)?.flatten() {
+        let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+        if text.contains("kind: MeshPolicy") {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if c.manifests_dir().join(&name).exists() {
+                c.delete_manifest(&name)?;
+            }
+        }
+    }
+    wait_rules(c, 0)?;
+    weft_e2e::traffic::ping_until_ok(web1, addr, Duration::from_secs(30))?;
+    let before = pass_stats(c);
+    let mut row = measure("no policy", web1, web2, addr, args, &log_dir);
+    note_pass_time(&mut row, before, pass_stats(c));
+    rows.push((0, row));
+    for &n in &args.policy_rules {
+        if weft_e2e::interrupted() {
+            break;
+        }
+        c.apply_manifest(BENCH_POLICY_FILE, &policy_with_rules(n))?;
+        wait_rules(c, n + 2)?;
+        weft_e2e::traffic::ping_until_ok(web1, addr, Duration::from_secs(30))?;
+        let before = pass_stats(c);
+        let mut row = measure(&format!("{n} rules"), web1, web2, addr, args, &log_dir);
+        note_pass_time(&mut row, before, pass_stats(c));
+        rows.push((n, row));
+    }
+    print_daemon_metrics(c);
+    c.delete_manifest(BENCH_POLICY_FILE)?;
+    Ok(rows)
+}
+
+/// (sum of seconds, count) of the receiving node's reconcile passes, from
+/// its `/metrics`.
+fn pass_stats(c: &Cluster) -> Option<(f64, f64)> {
+    let (_, body) = c.daemon_http_get(2, "/metrics").ok()?;
+    let v = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    Some((
+        v("weft_node_reconcile_duration_seconds_sum")?,
+        v("weft_node_reconcile_duration_seconds_count")?,
+    ))
+}
+
+/// Notes the receiving daemon's mean pass time during the row: it reads the
+/// policy counters (`nft list`) every pass and shares the CPUs with the
+/// traffic.
+fn note_pass_time(row: &mut Row, before: Option<(f64, f64)>, after: Option<(f64, f64)>) {
+    if let (Some((s0, n0)), Some((s1, n1))) = (before, after) {
+        if n1 > n0 {
+            row.note.push_str(&format!(
+                "daemon pass {:.1} ms avg over {} passes",
+                (s1 - s0) / (n1 - n0) * 1e3,
+                n1 - n0
+            ));
+        }
+    }
+}
+
+/// What the receiving node's daemon exports after the policy runs: the
+/// allowing rules' counters, drops, peers and pass timings.
+fn print_daemon_metrics(c: &Cluster) {
+    match c.daemon_http_get(2, "/metrics") {
+        Ok((status, body)) => {
+            println!("  node 2 daemon /metrics ({status}), excerpt:");
+            for l in body.lines().filter(|l| {
+                !l.starts_with('#')
+                    && l.contains("app=\"demo/web\"")
+                    && (l.contains("rule=\"demo/bench-rules:ingress[")
+                        && !l.contains("ingress[0].")
+                        && !l.contains("ingress[1].")
+                        && l.contains("_packets_total")
+                        && !l.ends_with(" 0")
+                        || l.starts_with("weft_node_policy_drops_packets_total")
+                        || l.starts_with("weft_node_peers_up"))
+                    || l.starts_with("weft_node_reconcile_duration_seconds_count")
+                    || l.starts_with("weft_node_reconcile_duration_seconds_sum")
+            }) {
+                println!("    {l}");
+            }
+        }
+        Err(e) => println!("  node 2 daemon /metrics: {e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_policy_puts_the_allowing_rule_last_and_ports_are_distinct() {
+        let y = policy_with_rules(1000);
+        let entries: Vec<&str> = y.lines().filter(|l| l.starts_with("    - peers")).collect();
+        assert_eq!(entries.len(), 1001);
+        assert!(entries[1000].contains("tier: web"));
+        assert!(y.contains("cidr: 10.100.200.0/32"));
+        assert!(y.contains("cidr: 10.100.203.231/32"), "the 1000th source");
+        assert!(y.contains("port: 10999}"));
+        let ports: std::collections::BTreeSet<&str> =
+            y.lines().filter_map(|l| l.split("port: ").nth(1)).collect();
+        assert_eq!(ports.len(), 1000);
+    }
 }

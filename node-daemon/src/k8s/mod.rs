@@ -8,21 +8,21 @@
 //! ```
 //!
 //! The daemon sees only its own MeshNode and writes only its status; RBAC in
-//! `config/rbac` grants exactly that. The reconcile pass is the same code as
-//! in standalone mode; only the transport differs.
+//! `config/rbac` grants exactly that. The loop is the same code as in
+//! standalone mode ([`crate::runner::run_loop`]); only the transport differs.
 
 pub mod transport;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::dataplane::Dataplane;
+use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
-use crate::runner::now;
-use crate::status;
-use crate::workloads::{DirSource, WorkloadSource};
+use crate::runner::{run_loop, LoopConfig};
+use crate::workloads::DirSource;
 
 pub use transport::KubeTransport;
 
@@ -43,10 +43,15 @@ pub struct KubeRunConfig {
     pub heartbeat: Duration,
 }
 
-/// Runs until `stop` is set. Reconcile passes (and so every namespace
-/// switch) happen on the calling thread; the API client runs on its own
-/// small runtime.
-pub fn run<D: Dataplane>(cfg: &KubeRunConfig, dp: D, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// Runs until `stop` is set: the shared loop ([`run_loop`]) over a
+/// [`KubeTransport`]. Reconcile passes (and so every namespace switch) happen
+/// on the calling thread; the API client runs on its own small runtime.
+pub fn run<D: Dataplane>(
+    cfg: &KubeRunConfig,
+    dp: D,
+    stop: Arc<AtomicBool>,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("kube-client")
@@ -55,47 +60,14 @@ pub fn run<D: Dataplane>(cfg: &KubeRunConfig, dp: D, stop: Arc<AtomicBool>) -> a
     let client = rt.block_on(kube::Client::try_default())?;
     let mut transport = KubeTransport::start(client, &cfg.node, &cfg.data_dir, rt.handle());
     let mut source = DirSource::new(cfg.workloads_dir.clone());
-    let mut rec = Reconciler::new(&cfg.node, &cfg.advertise_address, dp, &cfg.data_dir)?;
-    let mut last_status = None;
-    let mut last_write = Instant::now();
-    let mut last_errors: Vec<String> = Vec::new();
-    tracing::info!(node = %cfg.node, address = %cfg.advertise_address, "node daemon running (kubernetes)");
-    while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
-        let spec = transport.read_spec();
-        let local = source.list();
-        let report = rec.pass(spec.as_ref(), &local, now());
-        if report.errors != last_errors {
-            for e in report.errors.iter().filter(|e| !last_errors.contains(e)) {
-                tracing::warn!(node = %cfg.node, error = %e, "reconcile problem");
-            }
-            last_errors = report.errors.clone();
-        }
-        if report.writes > 0 {
-            tracing::info!(node = %cfg.node, writes = report.writes, "data plane updated");
-        }
-        let due = last_write.elapsed() >= cfg.heartbeat;
-        let changed = last_status
-            .as_ref()
-            .is_none_or(|old| status::changed(old, &report.status));
-        // Status can only be written once the operator created the MeshNode.
-        if spec.is_some() && transport.exists() && (due || changed) {
-            match rt.block_on(transport.publish_status(&report.status)) {
-                Ok(()) => {
-                    last_write = Instant::now();
-                    last_status = Some(report.status);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot write MeshNode status"),
-            }
-        }
-        let mut left = cfg.interval.saturating_sub(started.elapsed());
-        while left > Duration::ZERO && !stop.load(Ordering::Relaxed) {
-            let step = left.min(Duration::from_millis(50));
-            std::thread::sleep(step);
-            left = left.saturating_sub(step);
-        }
-    }
-    tracing::info!(node = %cfg.node, "node daemon stopping");
+    let rec = Reconciler::new(&cfg.node, &cfg.advertise_address, dp, &cfg.data_dir)?;
+    let lc = LoopConfig {
+        node: cfg.node.clone(),
+        advertise_address: cfg.advertise_address.clone(),
+        interval: cfg.interval,
+        heartbeat: cfg.heartbeat,
+    };
+    run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
     drop(transport);
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use weft_api::labels::DAEMON_MANAGER;
 use weft_api::{MeshNode, MeshNodeStatus};
 
+use crate::runner::Transport;
 use crate::storage;
 
 /// The field selector that restricts the watch to one MeshNode.
@@ -37,6 +38,7 @@ pub struct KubeTransport {
     watch: JoinHandle<()>,
     cache_path: PathBuf,
     last_good: Option<MeshNode>,
+    rt: tokio::runtime::Handle,
 }
 
 impl KubeTransport {
@@ -67,6 +69,7 @@ impl KubeTransport {
             watch,
             cache_path,
             last_good,
+            rt: rt.clone(),
         }
     }
 
@@ -110,6 +113,25 @@ impl KubeTransport {
             )
             .await
             .map(|_| ())
+    }
+}
+
+/// The blocking side the shared loop uses: `write_status` waits for the
+/// patch on the client runtime, so it must not be called from a tokio worker.
+impl Transport for KubeTransport {
+    fn mode(&self) -> &'static str {
+        "kubernetes"
+    }
+    fn read_spec(&mut self) -> Option<MeshNode> {
+        KubeTransport::read_spec(self)
+    }
+    /// Status can only be written once the operator created the MeshNode.
+    fn can_write_status(&self) -> bool {
+        self.exists()
+    }
+    fn write_status(&mut self, status: &MeshNodeStatus) -> anyhow::Result<()> {
+        let rt = self.rt.clone();
+        Ok(rt.block_on(self.publish_status(status))?)
     }
 }
 

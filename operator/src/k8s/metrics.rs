@@ -1,5 +1,6 @@
-//! Prometheus metrics and health endpoints of the Kubernetes operator, on a
-//! deliberately tiny HTTP/1.1 responder (three GET paths, no keep-alive).
+//! Prometheus metrics and health endpoints of the Kubernetes operator, on the
+//! tiny HTTP/1.1 responder of [`super::metrics_exposition`] (shared with the
+//! node daemon).
 //!
 //! | path | answers |
 //! |---|---|
@@ -9,28 +10,21 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
 use super::error::Error;
+pub use super::metrics_exposition::{serve, DURATION_BUCKETS};
+use super::metrics_exposition::{Endpoints, Histogram};
 use super::reconcile::ReconcileReport;
-
-/// Upper bounds (seconds) of the reconcile duration histogram.
-pub const DURATION_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// Counters and gauges of the operator.
 #[derive(Debug, Default)]
 pub struct Metrics {
     reconciles: AtomicU64,
     errors: Mutex<BTreeMap<&'static str, u64>>,
-    buckets: [AtomicU64; DURATION_BUCKETS.len()],
-    duration_count: AtomicU64,
-    duration_sum_micros: AtomicU64,
+    duration: Histogram,
     meshnode_writes: AtomicU64,
     status_writes: AtomicU64,
     plan_errors: AtomicU64,
@@ -44,17 +38,7 @@ impl Metrics {
     /// Records one reconcile pass.
     pub fn observe_pass(&self, took: Duration, result: Result<&ReconcileReport, &Error>) {
         self.reconciles.fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
-        self.duration_sum_micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.duration.observe(took);
         match result {
             Ok(r) => {
                 let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
@@ -155,86 +139,34 @@ impl Metrics {
                 );
             }
         }
-        let name = "weft_operator_reconcile_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Duration of reconcile passes.\n# TYPE {name} histogram"
+        self.duration.render(
+            &mut out,
+            "weft_operator_reconcile_duration_seconds",
+            "Duration of reconcile passes.",
         );
-        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{le}\"}} {}",
-                get(&self.buckets[i])
-            );
-        }
-        let count = get(&self.duration_count);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = get(&self.duration_sum_micros) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
         out
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    while len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
+impl Endpoints for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
     }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") if metrics.is_ready() => ("200 OK", "text/plain", "ready\n".to_string()),
-        ("GET", "/readyz") => (
-            "503 Service Unavailable",
-            "text/plain",
-            "caches not filled yet\n".to_string(),
-        ),
-        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-    };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Serves the endpoints on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let metrics = metrics.clone();
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &metrics)).await;
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "metrics listener accept failed"),
-            },
-        }
+    fn is_ready(&self) -> bool {
+        Metrics::is_ready(self)
+    }
+    fn not_ready_reason(&self) -> &'static str {
+        "caches not filled yet\n"
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
 
     #[test]
