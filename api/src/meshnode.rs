@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::CompiledPolicy;
 
+/// A peer link counts as up when its last handshake is younger than this
+/// (WireGuard rejects sessions older than 180 s). The operator and the daemon
+/// both judge "peer up" by it.
+pub const HANDSHAKE_FRESH_SECONDS: u64 = 180;
+
 /// Desired state of one node, computed by the operator's planner. Users never
 /// write it; the node's daemon makes the kernel match it.
 #[derive(

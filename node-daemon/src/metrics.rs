@@ -1,5 +1,5 @@
 //! Prometheus metrics and health endpoints of the node daemon, served with
-//! the operator's responder ([`weft_operator::k8s::metrics_exposition`]).
+//! the operator's responder ([`weft_metrics`]).
 //!
 //! | path | answers |
 //! |---|---|
@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use weft_operator::k8s::metrics_exposition::{family, sample, serve, Endpoints, Histogram};
-use weft_operator::status::HANDSHAKE_FRESH_SECONDS;
+use weft_api::meshnode::HANDSHAKE_FRESH_SECONDS;
+use weft_metrics::{family, sample, serve, Endpoints, Histogram};
 
 use crate::reconcile::PassReport;
 use crate::state::PolicyCounters;

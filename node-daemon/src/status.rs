@@ -14,7 +14,7 @@ use crate::workloads;
 
 /// A peer counts as up with a handshake younger than this (the operator's
 /// definition, so MeshNode and MeshApp status agree).
-pub use weft_operator::status::HANDSHAKE_FRESH_SECONDS;
+pub use weft_api::meshnode::HANDSHAKE_FRESH_SECONDS;
 
 /// Assembles the status from this pass's plans, errors and observation.
 #[allow(clippy::too_many_arguments)]

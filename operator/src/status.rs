@@ -15,8 +15,7 @@ use weft_api::{AppStatus, MeshAppStatus, MeshNodeStatus, MeshPolicyStatus, MeshS
 
 use crate::planner::{AppOutcome, ErrorKind, ObjectKey, PlanError, PolicyOutcome, SiteOutcome};
 
-/// A peer link counts as up when its last handshake is younger than this.
-pub const HANDSHAKE_FRESH_SECONDS: u64 = 180;
+pub use weft_api::meshnode::HANDSHAKE_FRESH_SECONDS;
 
 /// How many names a condition message lists before summarising.
 const MAX_LISTED: usize = 5;

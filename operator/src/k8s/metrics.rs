@@ -1,5 +1,5 @@
 //! Prometheus metrics and health endpoints of the Kubernetes operator, on the
-//! tiny HTTP/1.1 responder of [`super::metrics_exposition`] (shared with the
+//! tiny HTTP/1.1 responder of [`weft_metrics`] (shared with the
 //! node daemon).
 //!
 //! | path | answers |
@@ -15,9 +15,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::error::Error;
-pub use super::metrics_exposition::{serve, DURATION_BUCKETS};
-use super::metrics_exposition::{Endpoints, Histogram};
 use super::reconcile::ReconcileReport;
+pub use weft_metrics::{serve, DURATION_BUCKETS};
+use weft_metrics::{Endpoints, Histogram};
 
 /// Counters and gauges of the operator.
 #[derive(Debug, Default)]

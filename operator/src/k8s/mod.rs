@@ -15,13 +15,11 @@
 //! - [`reconcile`]: one pass against the API (what the controller tests drive).
 //! - [`lease`]: leader election over a `coordination.k8s.io` Lease.
 //! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`.
-//! - [`metrics_exposition`]: text format and HTTP responder, shared with the node daemon.
 //! - [`run`]: reflectors, triggers, backoff; the `weft-operator kubernetes` loop.
 
 pub mod error;
 pub mod lease;
 pub mod metrics;
-pub mod metrics_exposition;
 pub mod reconcile;
 pub mod run;
 pub mod snapshot;

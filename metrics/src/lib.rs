@@ -1,7 +1,7 @@
 //! Prometheus text exposition (format 0.0.4) and the deliberately tiny
 //! HTTP/1.1 responder behind `/metrics`, `/healthz` and `/readyz` (three GET
-//! paths, no keep-alive). Shared by the operator ([`super::metrics`]) and the
-//! node daemon, which implement [`Endpoints`] over their own counters.
+//! paths, no keep-alive). Shared by the operator and the node daemon, which
+//! implement [`Endpoints`] over their own counters.
 
 use std::fmt::Write as _;
 use std::future::Future;
