@@ -194,14 +194,18 @@ struct Node {
 }
 
 impl Node {
-    fn start(netns: &str) -> Node {
+    fn start(netns: &str, full_read: std::time::Duration) -> Node {
         let (tx, rx) = channel::<Job>();
         let (ready_tx, ready_rx) = channel();
         let path = format!("/run/netns/{netns}");
         let join = std::thread::spawn(move || {
             let ns = File::open(&path).expect("open node netns");
             setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("enter node netns");
-            let mut dp = LinuxDataplane::new(LinuxOptions::default()).expect("LinuxDataplane");
+            let mut dp = LinuxDataplane::new(LinuxOptions {
+                policy_full_read_interval: full_read,
+                ..LinuxOptions::default()
+            })
+            .expect("LinuxDataplane");
             ready_tx.send(()).unwrap();
             for job in rx {
                 job(&mut dp);
@@ -294,7 +298,13 @@ struct World {
 }
 
 impl World {
+    /// Every pass reads the whole table: most tests check counters and
+    /// hand-made rule drift right after the traffic.
     fn new(t: &str) -> World {
+        World::with_full_read(t, std::time::Duration::ZERO)
+    }
+
+    fn with_full_read(t: &str, full_read: std::time::Duration) -> World {
         let tag = format!("{t}{}", std::process::id());
         let mut cleanup = Cleanup::default();
         let node_ns = format!("wpn-{tag}");
@@ -347,7 +357,7 @@ impl World {
         let mut desired = NodeState::default();
         desired.apps.insert(app_ns.clone(), app);
         let keys = Keys([(app_ns.clone(), key)].into());
-        let node = Node::start(&node_ns);
+        let node = Node::start(&node_ns, full_read);
         let w = World {
             node,
             desired,
@@ -623,4 +633,28 @@ fn a_rejected_ruleset_leaves_the_previous_one_in_force() {
     );
     w.sync_policy();
     assert!(tcp_connect(w.client(), S, 8080).is_some(), "rule restored");
+}
+
+#[test]
+fn between_full_reads_a_deleted_table_is_still_caught_on_the_next_pass() {
+    if !privileged("between_full_reads_a_deleted_table_is_still_caught_on_the_next_pass") {
+        return;
+    }
+    // The production default: full reads every 5 s, a marker check per pass.
+    let mut w = World::with_full_read("m", std::time::Duration::from_secs(5));
+    w.set_policy(Some(v1()));
+    w.sync_policy();
+    assert!(
+        w.sync().is_empty(),
+        "cached reads keep a converged pass write-free"
+    );
+    sh(&[
+        "ip", "netns", "exec", &w.app_ns, "nft", "delete", "table", "ip", "weft",
+    ]);
+    assert_eq!(
+        w.sync().iter().map(Op::name).collect::<Vec<_>>(),
+        vec!["set_policy"],
+        "the marker check notices the missing table without waiting for a full read"
+    );
+    assert!(w.sync().is_empty());
 }

@@ -51,6 +51,11 @@ pub struct LinuxOptions {
     pub netns_run_dir: PathBuf,
     /// Use boringtun even when the kernel has WireGuard.
     pub force_userspace: bool,
+    /// How long a full read of an app's policy table (every rule and
+    /// counter) is reused; in between only its marker rule is checked.
+    /// Listing thousands of rules on every pass costs a core; a deleted or
+    /// replaced table is still caught on the next pass.
+    pub policy_full_read_interval: std::time::Duration,
 }
 
 impl Default for LinuxOptions {
@@ -58,6 +63,7 @@ impl Default for LinuxOptions {
         LinuxOptions {
             netns_run_dir: PathBuf::from("/run/netns"),
             force_userspace: false,
+            policy_full_read_interval: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -73,6 +79,15 @@ pub struct LinuxDataplane {
     rt: Runtime,
     /// boringtun devices we run, keyed by app netns.
     devices: BTreeMap<String, UserspaceDevice>,
+    /// Last full read of each app netns' policy table (see `observe_policy`).
+    policy_reads: BTreeMap<String, PolicyRead>,
+    policy_full_read_interval: std::time::Duration,
+}
+
+/// A full policy-table read and when it was made.
+struct PolicyRead {
+    at: std::time::Instant,
+    table: Option<(crate::state::PolicyTable, crate::state::PolicyCounters)>,
 }
 
 impl std::fmt::Debug for LinuxDataplane {
@@ -123,6 +138,8 @@ impl LinuxDataplane {
                 node_ns,
                 rt,
                 devices: BTreeMap::new(),
+                policy_reads: BTreeMap::new(),
+                policy_full_read_interval: opts.policy_full_read_interval,
             })
         };
         init().map_err(|e| Error::dp("init", "", format!("{e:#}")))
@@ -195,6 +212,7 @@ impl LinuxDataplane {
 
     fn delete_netns(&mut self, netns: &str) -> Result<()> {
         self.drop_record(netns);
+        self.policy_reads.remove(netns);
         netns::delete(&self.run_dir, netns)
     }
 
@@ -474,9 +492,38 @@ impl LinuxDataplane {
                 None => Ok(()),
             },
             Op::SetPolicy { netns, policy } => {
+                self.policy_reads.remove(netns);
                 netns::within(&self.app_ns(netns)?, || nft::apply(policy.as_ref()))
             }
         }
+    }
+
+    /// The app netns' policy table: a full read at most every
+    /// `policy_full_read_interval`, and in between only the marker rule of
+    /// the small `forward` chain, compared with the last full read.
+    fn observe_policy(
+        &mut self,
+        name: &str,
+        app: &File,
+    ) -> Result<Option<(crate::state::PolicyTable, crate::state::PolicyCounters)>> {
+        if let Some(last) = self.policy_reads.get(name) {
+            if last.at.elapsed() < self.policy_full_read_interval {
+                let marker = netns::within(app, nft::observe_marker)?;
+                let cached = last.table.as_ref().map(|(t, _)| t.digest.clone());
+                if marker == cached {
+                    return Ok(last.table.clone());
+                }
+            }
+        }
+        let table = netns::within(app, nft::observe)?;
+        self.policy_reads.insert(
+            name.to_string(),
+            PolicyRead {
+                at: std::time::Instant::now(),
+                table: table.clone(),
+            },
+        );
+        Ok(table)
     }
 
     /// Reads one app netns (netlink side, plus the kernel WireGuard config).
@@ -574,7 +621,7 @@ impl LinuxDataplane {
             live.insert(name.clone());
             let userspace_if = self.devices.get(&name).map(|d| d.interface.clone());
             let raw = self.read_app(&app, userspace_if.clone())?;
-            let policy = match netns::within(&app, nft::observe) {
+            let policy = match self.observe_policy(&name, &app) {
                 Ok(Some((table, counters))) => {
                     obs.policy_counters.insert(name.clone(), counters);
                     Some(table)

@@ -273,6 +273,41 @@ pub fn observe() -> Result<Option<(PolicyTable, PolicyCounters)>> {
     Ok(Some(parse_listing(&v)))
 }
 
+/// Only the digest in the marker rule of the `forward` chain (`None` when
+/// there is no table): a cheap check that the table is still the one last
+/// read in full. Rule-level drift inside the table waits for the next full read.
+pub fn observe_marker() -> Result<Option<String>> {
+    let raw = match helper::get_current_ruleset_raw(
+        helper::DEFAULT_NFT,
+        ["list", "chain", "ip", TABLE, "forward"],
+    ) {
+        Ok(raw) => raw,
+        Err(NftablesError::NftFailed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            return Ok(None)
+        }
+        Err(e) if nft_missing(&e) => return Ok(None),
+        Err(NftablesError::NftFailed { stderr, .. }) => {
+            return Err(anyhow!("nft list chain: {}", stderr.trim()))
+        }
+        Err(e) => return Err(e).context("nft list chain"),
+    };
+    let v: Value = serde_json::from_str(&raw).context("nft output is not JSON")?;
+    Ok(Some(
+        marker_digest(&v).unwrap_or_else(|| "drift".to_string()),
+    ))
+}
+
+/// The digest of the marker rule in a listing, if present.
+fn marker_digest(v: &Value) -> Option<String> {
+    v["nftables"].as_array()?.iter().find_map(|item| {
+        let comment = item.get("rule")?["comment"].as_str()?;
+        let rest = comment.strip_prefix(MARKER)?;
+        rest.rsplit_once(':').map(|(d, _)| d.to_string())
+    })
+}
+
 /// Digest and counters from `nft -j list table ip weft` output. Pure.
 pub fn parse_listing(v: &Value) -> (PolicyTable, PolicyCounters) {
     let mut counters = PolicyCounters::default();
@@ -370,6 +405,17 @@ mod tests {
     fn removal_is_add_then_delete() {
         let doc = render(None);
         assert_eq!(doc["nftables"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn marker_digest_is_read_from_a_chain_listing() {
+        let v = json!({"nftables": [
+            {"metainfo": {"json_schema_version": 1}},
+            {"rule": {"family": "ip", "table": "weft", "chain": "forward", "comment": "weft:abc123:7", "expr": []}},
+            {"rule": {"family": "ip", "table": "weft", "chain": "forward", "expr": []}}
+        ]});
+        assert_eq!(marker_digest(&v).as_deref(), Some("abc123"));
+        assert_eq!(marker_digest(&json!({"nftables": []})), None);
     }
 
     #[test]
