@@ -249,14 +249,13 @@ pub fn apply(policy: Option<&PolicyTable>) -> Result<()> {
     }
 }
 
-/// Reads the table back in the calling thread's netns: the digest it was
-/// written with (`"drift"` if rules went missing or were added) and its
-/// counters; `None` when there is no table (or no `nft` on the host).
-pub fn observe() -> Result<Option<(PolicyTable, PolicyCounters)>> {
-    let raw = match helper::get_current_ruleset_raw(
-        helper::DEFAULT_NFT,
-        ["list", "table", "ip", TABLE],
-    ) {
+/// Runs `nft -j list <what...>` in the calling thread's netns; `None` when
+/// the table does not exist (or nft is not installed: nothing to read).
+fn list(what: &[&str]) -> Result<Option<Value>> {
+    let args: Vec<&str> = std::iter::once("list")
+        .chain(what.iter().copied())
+        .collect();
+    let raw = match helper::get_current_ruleset_raw(helper::DEFAULT_NFT, args) {
         Ok(raw) => raw,
         Err(NftablesError::NftFailed { stderr, .. })
             if stderr.contains("No such file or directory") =>
@@ -265,38 +264,27 @@ pub fn observe() -> Result<Option<(PolicyTable, PolicyCounters)>> {
         }
         Err(e) if nft_missing(&e) => return Ok(None),
         Err(NftablesError::NftFailed { stderr, .. }) => {
-            return Err(anyhow!("nft list table: {}", stderr.trim()))
+            return Err(anyhow!("nft list {}: {}", what.join(" "), stderr.trim()))
         }
-        Err(e) => return Err(e).context("nft list table"),
+        Err(e) => return Err(e).with_context(|| format!("nft list {}", what.join(" "))),
     };
-    let v: Value = serde_json::from_str(&raw).context("nft output is not JSON")?;
-    Ok(Some(parse_listing(&v)))
+    Ok(Some(
+        serde_json::from_str(&raw).context("nft output is not JSON")?,
+    ))
+}
+
+/// Reads the table back: its digest (from the marker rule, or "drift" when
+/// rules were added or removed by hand) and every counter.
+pub fn observe() -> Result<Option<(PolicyTable, PolicyCounters)>> {
+    Ok(list(&["table", "ip", TABLE])?.map(|v| parse_listing(&v)))
 }
 
 /// Only the digest in the marker rule of the `forward` chain (`None` when
 /// there is no table): a cheap check that the table is still the one last
 /// read in full. Rule-level drift inside the table waits for the next full read.
 pub fn observe_marker() -> Result<Option<String>> {
-    let raw = match helper::get_current_ruleset_raw(
-        helper::DEFAULT_NFT,
-        ["list", "chain", "ip", TABLE, "forward"],
-    ) {
-        Ok(raw) => raw,
-        Err(NftablesError::NftFailed { stderr, .. })
-            if stderr.contains("No such file or directory") =>
-        {
-            return Ok(None)
-        }
-        Err(e) if nft_missing(&e) => return Ok(None),
-        Err(NftablesError::NftFailed { stderr, .. }) => {
-            return Err(anyhow!("nft list chain: {}", stderr.trim()))
-        }
-        Err(e) => return Err(e).context("nft list chain"),
-    };
-    let v: Value = serde_json::from_str(&raw).context("nft output is not JSON")?;
-    Ok(Some(
-        marker_digest(&v).unwrap_or_else(|| "drift".to_string()),
-    ))
+    Ok(list(&["chain", "ip", TABLE, "forward"])?
+        .map(|v| marker_digest(&v).unwrap_or_else(|| "drift".to_string())))
 }
 
 /// The digest of the marker rule in a listing, if present.
