@@ -11,7 +11,8 @@ need_root() {
 need_root
 
 PKGS=(iproute2 iputils-ping iperf3 wireguard-tools wireguard-go nftables busybox-static
-      procps util-linux psmisc gcc make pkg-config ca-certificates kmod lua5.4)
+      procps util-linux psmisc gcc make pkg-config ca-certificates kmod lua5.4
+      containernetworking-plugins)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -57,6 +57,7 @@ pub struct Cluster {
     sim: Option<Sim>,
     wg_before: BTreeSet<String>,
     keep_run_dir: bool,
+    attach_sockets: bool,
     torn_down: bool,
 }
 
@@ -94,6 +95,7 @@ impl Cluster {
             sim: Some(sim),
             wg_before,
             keep_run_dir: std::env::var_os("WEFT_E2E_KEEP").is_some(),
+            attach_sockets: false,
             torn_down: false,
         })
     }
@@ -137,6 +139,17 @@ impl Cluster {
     /// Keep the run directory after teardown (logs for debugging).
     pub fn keep_run_dir(&mut self, keep: bool) {
         self.keep_run_dir = keep;
+    }
+
+    /// Daemons started from now on serve the CNI attach protocol on
+    /// [`Cluster::attach_socket`] (one per node: the nodes share the host's
+    /// filesystem).
+    pub fn enable_attach_sockets(&mut self) {
+        self.attach_sockets = true;
+    }
+    /// Node `i`'s attach socket (when enabled).
+    pub fn attach_socket(&self, i: usize) -> PathBuf {
+        self.run_path.join("attach").join(format!("n{i}.sock"))
     }
 
     /// Starts `weft-operator standalone` in the host namespace.
@@ -184,6 +197,11 @@ impl Cluster {
             "--metrics-address".into(),
             DAEMON_METRICS_ADDRESS.into(),
         ];
+        let mut args = args;
+        if self.attach_sockets {
+            args.push("--attach-socket".into());
+            args.push(self.attach_socket(i).to_string_lossy().into_owned());
+        }
         let p = Proc::spawn(
             &format!("weft-node-daemon {node}"),
             &bin("weft-node-daemon")?,

@@ -24,6 +24,7 @@ pub mod baseline;
 pub mod capture;
 pub mod cleanup;
 pub mod cluster;
+pub mod cni;
 pub mod netns;
 pub mod procs;
 pub mod scenario;

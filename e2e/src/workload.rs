@@ -128,3 +128,43 @@ impl Drop for Workload {
         let _ = self.withdraw();
     }
 }
+
+/// Announces a pod's metadata to `node` with an empty netns: the container
+/// runtime tells the daemon the netns through the CNI ADD (standalone
+/// stand-in for the Pod object). Returns the announcement file.
+pub fn announce_pod(
+    state: &StateDir,
+    node: &str,
+    name: &str,
+    namespace: &str,
+    labels: &[(&str, &str)],
+) -> Result<PathBuf> {
+    let lw = LocalWorkload {
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        netns: String::new(),
+    };
+    let file = state.workloads_dir(node).join(format!("{name}.json"));
+    write_atomic(&file, &serde_json::to_vec_pretty(&lw)?)?;
+    Ok(file)
+}
+
+/// A workload's app address as `node` reports it (`None` until attached or
+/// once released).
+pub fn reported_address(
+    state: &StateDir,
+    node: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>> {
+    Ok(read_node_status(state, node)?.and_then(|st| {
+        st.workloads
+            .into_iter()
+            .find(|w| w.name == name && w.namespace == namespace)
+            .and_then(|w| w.address)
+    }))
+}

@@ -7,6 +7,7 @@
 //! ```
 
 pub mod attach;
+pub mod cni_install;
 pub mod dataplane;
 pub mod diff;
 pub mod error;

@@ -54,6 +54,10 @@ enum Cmd {
         /// port 0 picks one). Off unless given.
         #[arg(long, env = "WEFT_METRICS_ADDRESS")]
         metrics_address: Option<std::net::SocketAddr>,
+        /// Serve the CNI attach protocol on this unix socket (e.g.
+        /// /run/weft/attach.sock). Off unless given.
+        #[arg(long)]
+        attach_socket: Option<PathBuf>,
     },
     /// Run against the Kubernetes API: watch this node's MeshNode, write its status.
     Kubernetes {
@@ -82,6 +86,25 @@ enum Cmd {
         /// port 0 picks one). Off unless given.
         #[arg(long, env = "WEFT_METRICS_ADDRESS")]
         metrics_address: Option<std::net::SocketAddr>,
+    },
+    /// Put the weft-cni plugin last into every *.conflist of the node's CNI
+    /// chain and copy its binary (or, with --uninstall, remove both).
+    CniInstall {
+        /// The runtime's CNI configuration directory.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// The runtime's CNI binary directory.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// The weft-cni binary to copy (default: next to this executable).
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// Attach socket the plugin talks to.
+        #[arg(long, default_value = weft_api::attach::DEFAULT_SOCKET)]
+        daemon_socket: String,
+        /// Remove what install added instead.
+        #[arg(long)]
+        uninstall: bool,
     },
     /// Remove every namespace and key this node's daemon created.
     Cleanup {
@@ -132,6 +155,7 @@ fn main() -> anyhow::Result<()> {
             interval_ms,
             force_userspace,
             metrics_address,
+            attach_socket,
         } => {
             let dp = LinuxDataplane::new(LinuxOptions {
                 force_userspace,
@@ -139,6 +163,7 @@ fn main() -> anyhow::Result<()> {
             })?;
             tracing::info!(dataplane = ?dp.kind(), "data plane selected");
             let cfg = RunConfig {
+                attach_socket,
                 node,
                 site,
                 advertise_address,
@@ -177,6 +202,40 @@ fn main() -> anyhow::Result<()> {
             let metrics = Arc::new(Metrics::default());
             let _server = serve_metrics(metrics_address, &metrics)?;
             weft_node_daemon::k8s::run(&cfg, dp, stop, &metrics)?;
+        }
+        Cmd::CniInstall {
+            conf_dir,
+            bin_dir,
+            plugin,
+            daemon_socket,
+            uninstall,
+        } => {
+            use weft_node_daemon::cni_install;
+            let rep = if uninstall {
+                cni_install::uninstall(&conf_dir, &bin_dir)?
+            } else {
+                let plugin = match plugin {
+                    Some(p) => p,
+                    None => std::env::current_exe()?
+                        .parent()
+                        .map(|d| d.join(cni_install::PLUGIN_TYPE))
+                        .ok_or_else(|| anyhow::anyhow!("cannot locate weft-cni; pass --plugin"))?,
+                };
+                cni_install::install(&conf_dir, &bin_dir, &plugin, &daemon_socket)?
+            };
+            for p in &rep.rewritten {
+                println!("rewrote {}", p.display());
+            }
+            for p in &rep.unchanged {
+                println!("unchanged {}", p.display());
+            }
+            if let Some(b) = &rep.binary {
+                println!(
+                    "{} {}",
+                    if uninstall { "removed" } else { "installed" },
+                    b.display()
+                );
+            }
         }
         Cmd::Cleanup { node, data_dir } => {
             let mut dp = LinuxDataplane::new(LinuxOptions {

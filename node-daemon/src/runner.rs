@@ -8,6 +8,11 @@
 //!                                            └─► Metrics::observe_pass
 //! ```
 //!
+//! With an attach socket (standalone `--attach-socket`), the workload source
+//! merges announcements with what the container runtime registered, and
+//! after every pass publishes one outcome per registered workload to the
+//! attach server ([`crate::attach`]).
+//!
 //! Standalone mode uses [`FileTransport`] (the state directory), Kubernetes
 //! mode [`crate::k8s::KubeTransport`] (a watch on its own MeshNode and a
 //! status patch); nothing else differs.
@@ -20,13 +25,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use weft_api::standalone::{NodeRegistration, StateDir};
 use weft_api::{MeshNode, MeshNodeStatus};
 
+use crate::attach::{AttachServer, Shared};
 use crate::dataplane::Dataplane;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::standalone::FileTransport;
 use crate::status;
-use crate::workloads::{DirSource, WorkloadSource};
+use crate::workloads::{DirSource, RuntimeSource, WorkloadSource};
 
 /// How the daemon exchanges MeshNode state with the control plane.
 pub trait Transport {
@@ -73,7 +79,13 @@ pub struct RunConfig {
     pub interval: Duration,
     /// Time between status writes when nothing changed.
     pub heartbeat: Duration,
+    /// Serve the CNI attach protocol on this unix socket (off when `None`).
+    pub attach_socket: Option<std::path::PathBuf>,
 }
+
+/// How long an ADD waits for the pass that attaches its workload (the
+/// plugin gives up a little later).
+pub const ATTACH_WAIT: Duration = Duration::from_secs(25);
 
 /// Current time as a Kubernetes `Time`.
 pub fn now() -> Time {
@@ -95,7 +107,7 @@ pub fn run<D: Dataplane>(
         address: cfg.advertise_address.clone(),
         labels: Default::default(),
     })?;
-    let mut source = DirSource::new(state.workloads_dir(&cfg.node));
+    let dir = DirSource::new(state.workloads_dir(&cfg.node));
     let rec = Reconciler::new(&cfg.node, &cfg.advertise_address, dp, &cfg.data_dir)?;
     let lc = LoopConfig {
         node: cfg.node.clone(),
@@ -103,7 +115,26 @@ pub fn run<D: Dataplane>(
         interval: cfg.interval,
         heartbeat: cfg.heartbeat,
     };
+    let Some(socket) = &cfg.attach_socket else {
+        let mut source = dir;
+        run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
+        return Ok(());
+    };
+    let shared = Arc::new(Shared::persistent(
+        cfg.data_dir.join("attach-registry.json"),
+    )?);
+    let server = AttachServer::bind(socket, shared.clone(), ATTACH_WAIT)
+        .map_err(|e| Error::io(socket, e))?;
+    tracing::info!(socket = %socket.display(), "attach socket listening");
+    let server_stop = stop.clone();
+    let server_thread = std::thread::Builder::new()
+        .name("attach".into())
+        .spawn(move || server.serve(server_stop))
+        .map_err(|e| Error::io(socket, e))?;
+    let mut source = RuntimeSource::new(dir, shared);
     run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
+    stop.store(true, Ordering::Relaxed);
+    let _ = server_thread.join();
     Ok(())
 }
 
@@ -126,7 +157,8 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
         let started = Instant::now();
         let spec = transport.read_spec();
         let local = source.list();
-        let report = rec.pass(spec.as_ref(), &local, now());
+        let mut report = rec.pass(spec.as_ref(), &local, now());
+        add_pending(&mut report.status, source.pending());
         metrics.observe_pass(started.elapsed(), &report);
         if spec.is_some() {
             metrics.set_ready(true);
@@ -149,7 +181,7 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
                 Ok(()) => {
                     metrics.status_written();
                     last_write = Instant::now();
-                    last_status = Some(report.status);
+                    last_status = Some(report.status.clone());
                 }
                 Err(e) => {
                     metrics.error("status_write");
@@ -157,6 +189,9 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
                 }
             }
         }
+        // After the status write: whoever the answer reaches can already
+        // read the address in status.
+        source.after_pass(spec.as_ref(), &report.status);
         let mut left = cfg.interval.saturating_sub(started.elapsed());
         while left > Duration::ZERO && !stop.load(Ordering::Relaxed) {
             let step = left.min(Duration::from_millis(50));
@@ -165,4 +200,31 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
         }
     }
     tracing::info!(node = %cfg.node, "node daemon stopping");
+}
+
+/// Adds workloads that are announced but not attachable yet to the status
+/// (no app, no address), keeping the list sorted by `namespace/name`.
+fn add_pending(status: &mut MeshNodeStatus, pending: Vec<weft_api::standalone::LocalWorkload>) {
+    if pending.is_empty() {
+        return;
+    }
+    for w in pending {
+        if status
+            .workloads
+            .iter()
+            .any(|s| s.namespace == w.namespace && s.name == w.name)
+        {
+            continue;
+        }
+        status.workloads.push(weft_api::WorkloadStatus {
+            name: w.name,
+            namespace: w.namespace,
+            labels: w.labels,
+            app: None,
+            address: None,
+        });
+    }
+    status
+        .workloads
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 }

@@ -2,15 +2,33 @@
 //! and Docker sources come later; the standalone source reads announcement
 //! files dropped into the node's workloads directory.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use weft_api::attach::WorkloadRef;
 use weft_api::standalone::LocalWorkload;
+use weft_api::{MeshNode, MeshNodeStatus};
+
+use crate::attach::publish::{self, LinkReader};
+use crate::attach::{registry, Shared};
 
 /// A source of the node's current workloads.
 pub trait WorkloadSource: Send {
     /// Current workloads, sorted by `namespace/name`. Unreadable entries are
     /// reported through `tracing` and skipped.
     fn list(&mut self) -> Vec<LocalWorkload>;
+
+    /// Workloads known from the last [`list`](Self::list) that cannot be
+    /// attached yet (announced, but their runtime has not told us their
+    /// netns). They appear in status, so the operator can plan them, but get
+    /// no interface.
+    fn pending(&self) -> Vec<LocalWorkload> {
+        Vec::new()
+    }
+
+    /// Called after every pass with its spec and (final) status.
+    fn after_pass(&mut self, _spec: Option<&MeshNode>, _status: &MeshNodeStatus) {}
 }
 
 /// Reads `*.json` [`LocalWorkload`] files from a directory.
@@ -27,8 +45,10 @@ impl DirSource {
     }
 }
 
-impl WorkloadSource for DirSource {
-    fn list(&mut self) -> Vec<LocalWorkload> {
+impl DirSource {
+    /// Every readable announcement with a name, sorted and deduplicated by
+    /// `namespace/name`; the netns may be empty ("the runtime will tell").
+    pub fn scan(&self) -> Vec<LocalWorkload> {
         let mut out = Vec::new();
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return out;
@@ -41,8 +61,8 @@ impl WorkloadSource for DirSource {
             match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| {
                 serde_json::from_slice::<LocalWorkload>(&b).map_err(|e| e.to_string())
             }) {
-                Ok(w) if w.name.is_empty() || w.netns.is_empty() => {
-                    tracing::warn!(file = %p.display(), "workload announcement needs non-empty name and netns; ignored")
+                Ok(w) if w.name.is_empty() => {
+                    tracing::warn!(file = %p.display(), "workload announcement needs a non-empty name; ignored")
                 }
                 Ok(w) => out.push(w),
                 Err(err) => {
@@ -56,7 +76,238 @@ impl WorkloadSource for DirSource {
     }
 }
 
+impl WorkloadSource for DirSource {
+    fn list(&mut self) -> Vec<LocalWorkload> {
+        let mut out = self.scan();
+        out.retain(|w| {
+            if w.netns.is_empty() {
+                tracing::warn!(workload = %key(w), "workload announcement needs a netns (no attach socket to learn it from); ignored");
+            }
+            !w.netns.is_empty()
+        });
+        out
+    }
+}
+
+/// Announcements merged with what the runtime registered over the attach socket.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Merged {
+    /// Workloads to attach (each with its netns).
+    pub attach: Vec<LocalWorkload>,
+    /// Announced with an empty netns and not registered yet: status only.
+    pub pending: Vec<LocalWorkload>,
+    /// `namespace/name` of every announcement (attachable or not).
+    pub announced: BTreeSet<String>,
+}
+
+/// Merges announcements with the attach registry: an announcement with an
+/// empty netns takes the netns of the registry entry with its
+/// `namespace/name`; without one it is pending. An announcement that names
+/// its netns is used as it is.
+pub fn merge(announced: Vec<LocalWorkload>, registered: &[WorkloadRef]) -> Merged {
+    let mut m = Merged::default();
+    for mut w in announced {
+        let k = key(&w);
+        m.announced.insert(k.clone());
+        if w.netns.is_empty() {
+            match registered
+                .iter()
+                .find(|r| registry::key(r) == k && !r.netns.is_empty())
+            {
+                Some(r) => w.netns = r.netns.clone(),
+                None => {
+                    m.pending.push(w);
+                    continue;
+                }
+            }
+        }
+        m.attach.push(w);
+    }
+    m
+}
+
+/// The standalone source with a runtime attach socket: Pod metadata from
+/// the announcement files, the netns from the runtime's ADD. After each
+/// pass it publishes one outcome per registered workload.
+pub struct RuntimeSource {
+    dir: DirSource,
+    shared: Arc<Shared>,
+    /// The registry as of the last `list` (outcomes must describe the pass
+    /// that saw exactly these registrations).
+    registered: Vec<WorkloadRef>,
+    merged: Merged,
+    /// The netns each workload was attached to in the last pass: a
+    /// workload whose runtime gave it a new sandbox (same name, new netns)
+    /// is left out for one pass, so its old attachment goes before the new
+    /// one is made (links compare by address, not by netns).
+    last_netns: std::collections::BTreeMap<String, String>,
+    read_link: LinkReader,
+}
+
+impl RuntimeSource {
+    /// Announcements from `dir`, netns from `shared`.
+    pub fn new(dir: DirSource, shared: Arc<Shared>) -> Self {
+        Self::with_link_reader(dir, shared, Box::new(publish::read_workload_link))
+    }
+
+    /// With an injected reader of the workload's `weft0` (tests).
+    pub fn with_link_reader(dir: DirSource, shared: Arc<Shared>, read_link: LinkReader) -> Self {
+        RuntimeSource {
+            dir,
+            shared,
+            registered: Vec::new(),
+            merged: Merged::default(),
+            last_netns: Default::default(),
+            read_link,
+        }
+    }
+}
+
+impl WorkloadSource for RuntimeSource {
+    fn list(&mut self) -> Vec<LocalWorkload> {
+        self.registered = self.shared.registered();
+        self.merged = merge(self.dir.scan(), &self.registered);
+        let last = std::mem::take(&mut self.last_netns);
+        let mut out = Vec::new();
+        for w in &self.merged.attach {
+            let k = key(w);
+            if last.get(&k).is_some_and(|n| n != &w.netns) {
+                tracing::info!(workload = %k, netns = %w.netns, "workload moved to a new sandbox; re-attaching");
+                continue;
+            }
+            self.last_netns.insert(k, w.netns.clone());
+            out.push(w.clone());
+        }
+        out
+    }
+
+    fn pending(&self) -> Vec<LocalWorkload> {
+        self.merged.pending.clone()
+    }
+
+    fn after_pass(&mut self, spec: Option<&MeshNode>, status: &MeshNodeStatus) {
+        let o = publish::outcomes(
+            &self.registered,
+            &self.merged.announced,
+            spec,
+            status,
+            &*self.read_link,
+        );
+        self.shared.publish(o);
+    }
+}
+
 /// `namespace/name` of a workload.
 pub fn key(w: &LocalWorkload) -> String {
     format!("{}/{}", w.namespace, w.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attach::Outcome;
+
+    fn announce(dir: &std::path::Path, name: &str, netns: &str) {
+        let w = LocalWorkload {
+            name: name.into(),
+            namespace: "demo".into(),
+            labels: [("weft.dev/app".to_string(), "web".to_string())].into(),
+            netns: netns.into(),
+        };
+        std::fs::write(
+            dir.join(format!("{name}.json")),
+            serde_json::to_vec(&w).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn reg(name: &str) -> WorkloadRef {
+        WorkloadRef {
+            container_id: format!("c-{name}"),
+            netns: format!("/run/netns/{name}"),
+            namespace: "demo".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn announcements_take_their_netns_from_the_runtime() {
+        let d = tempfile::tempdir().unwrap();
+        announce(d.path(), "hand", "/run/netns/hand"); // wired by hand: as before
+        announce(d.path(), "pod-1", ""); // the runtime will tell
+        announce(d.path(), "pod-2", ""); // not added yet
+        let shared = Arc::new(Shared::in_memory());
+        shared.register(reg("pod-1"));
+        shared.register(reg("stray")); // never announced
+        let mut src = RuntimeSource::with_link_reader(
+            DirSource::new(d.path().to_path_buf()),
+            shared.clone(),
+            Box::new(|_: &str| None),
+        );
+        let listed = src.list();
+        let names: Vec<(&str, &str)> = listed
+            .iter()
+            .map(|w| (w.name.as_str(), w.netns.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("hand", "/run/netns/hand"), ("pod-1", "/run/netns/pod-1")]
+        );
+        let pending: Vec<String> = src.pending().iter().map(key).collect();
+        assert_eq!(pending, vec!["demo/pod-2".to_string()]);
+
+        src.after_pass(None, &MeshNodeStatus::default());
+        assert_eq!(shared.outcome("demo/stray"), Some(Outcome::NotMeshed));
+        assert_eq!(shared.outcome("demo/pod-1"), None, "not attached yet");
+
+        // A plain DirSource ignores what it cannot attach.
+        let plain: Vec<String> = DirSource::new(d.path().to_path_buf())
+            .list()
+            .iter()
+            .map(key)
+            .collect();
+        assert_eq!(plain, vec!["demo/hand".to_string()]);
+    }
+
+    #[test]
+    fn outcomes_describe_the_registrations_the_pass_saw() {
+        let d = tempfile::tempdir().unwrap();
+        let shared = Arc::new(Shared::in_memory());
+        let mut src = RuntimeSource::with_link_reader(
+            DirSource::new(d.path().to_path_buf()),
+            shared.clone(),
+            Box::new(|_: &str| None),
+        );
+        src.list();
+        // Registered after the pass listed its workloads: no outcome yet, so
+        // an ADD waits for the next pass instead of reading a stale one.
+        shared.register(reg("late"));
+        src.after_pass(None, &MeshNodeStatus::default());
+        assert_eq!(shared.outcome("demo/late"), None);
+        src.list();
+        src.after_pass(None, &MeshNodeStatus::default());
+        assert_eq!(shared.outcome("demo/late"), Some(Outcome::NotMeshed));
+    }
+
+    #[test]
+    fn a_new_sandbox_of_the_same_pod_is_detached_then_attached() {
+        let d = tempfile::tempdir().unwrap();
+        announce(d.path(), "pod-1", "");
+        let shared = Arc::new(Shared::in_memory());
+        shared.register(reg("pod-1"));
+        let mut src = RuntimeSource::with_link_reader(
+            DirSource::new(d.path().to_path_buf()),
+            shared.clone(),
+            Box::new(|_: &str| None),
+        );
+        assert_eq!(src.list().len(), 1);
+        let mut again = reg("pod-1");
+        again.netns = "/run/netns/pod-1-new".into();
+        shared.register(again);
+        assert!(src.list().is_empty(), "old attachment goes first");
+        let l = src.list();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].netns, "/run/netns/pod-1-new");
+        assert_eq!(src.list().len(), 1, "then it stays");
+    }
 }

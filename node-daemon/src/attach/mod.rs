@@ -9,6 +9,7 @@
 //! The server never touches the data plane itself, so attachment stays in the
 //! one reconcile path (and a daemon restart re-attaches from the registry).
 
+pub mod publish;
 pub mod registry;
 pub mod server;
 

@@ -1,0 +1,252 @@
+//! What the run loop tells the attach server after each pass: one
+//! [`Outcome`] per registered workload, decided from the pass's status, the
+//! MeshNode spec and the workload's own `weft0` (pure but for the link
+//! reader, which is injected so tests need no namespaces).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use weft_api::attach::{Attachment, WorkloadRef};
+use weft_api::{MeshNode, MeshNodeStatus};
+
+use super::registry::{key, Outcome};
+use crate::state::{WORKLOAD_GATEWAY, WORKLOAD_IFNAME};
+
+/// The workload end of an attachment as seen inside the workload's netns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// MAC address (`aa:bb:...`).
+    pub mac: String,
+    /// IPv4 addresses on the interface.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// Reads the workload end of an attachment from a netns path.
+pub type LinkReader = Box<dyn Fn(&str) -> Option<LinkInfo> + Send>;
+
+/// Decides the outcome of every registered workload:
+/// - no announcement with its `namespace/name` → [`Outcome::NotMeshed`]
+///   (in standalone mode the announcement is the Pod object: no app can
+///   select a workload that was never announced);
+/// - status gives it an app and address, and `weft0` in its netns carries
+///   that address → [`Outcome::Attached`];
+/// - otherwise nothing yet (an ADD keeps waiting).
+pub fn outcomes(
+    registered: &[WorkloadRef],
+    announced: &BTreeSet<String>,
+    spec: Option<&MeshNode>,
+    status: &MeshNodeStatus,
+    read_link: &dyn Fn(&str) -> Option<LinkInfo>,
+) -> BTreeMap<String, Outcome> {
+    let mut out = BTreeMap::new();
+    for r in registered {
+        let k = key(r);
+        if !announced.contains(&k) {
+            out.insert(k, Outcome::NotMeshed);
+            continue;
+        }
+        let Some(w) = status
+            .workloads
+            .iter()
+            .find(|w| w.namespace == r.namespace && w.name == r.name)
+        else {
+            continue;
+        };
+        let (Some(app), Some(address)) = (&w.app, &w.address) else {
+            continue;
+        };
+        let Ok(ip) = address.parse::<Ipv4Addr>() else {
+            continue;
+        };
+        let Some(range) = spec
+            .and_then(|s| s.spec.apps.iter().find(|a| &a.app == app))
+            .map(|a| a.address_space.clone())
+        else {
+            continue;
+        };
+        let Some(link) = read_link(&r.netns) else {
+            continue;
+        };
+        if !link.addresses.contains(&ip) {
+            continue;
+        }
+        out.insert(
+            k,
+            Outcome::Attached(Attachment {
+                app: app.clone(),
+                interface: WORKLOAD_IFNAME.into(),
+                mac: link.mac,
+                address: format!("{ip}/32"),
+                gateway: WORKLOAD_GATEWAY.to_string(),
+                routes: vec![range],
+            }),
+        );
+    }
+    out
+}
+
+/// Reads `weft0` inside the network namespace at `netns_path`, from a
+/// short-lived thread that enters it (the caller's namespace is untouched).
+/// `None` when the namespace or the interface is missing.
+pub fn read_workload_link(netns_path: &str) -> Option<LinkInfo> {
+    if netns_path.is_empty() {
+        return None;
+    }
+    let path = netns_path.to_string();
+    std::thread::Builder::new()
+        .name("weft0-probe".into())
+        .spawn(move || -> Option<LinkInfo> {
+            let f = std::fs::File::open(&path).ok()?;
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            let mut info: Option<LinkInfo> = None;
+            for ifa in nix::ifaddrs::getifaddrs().ok()? {
+                if ifa.interface_name != WORKLOAD_IFNAME {
+                    continue;
+                }
+                let entry = info.get_or_insert_with(LinkInfo::default);
+                if let Some(a) = ifa.address.as_ref() {
+                    if let Some(l) = a.as_link_addr() {
+                        if let Some(mac) = l.addr() {
+                            entry.mac = mac
+                                .iter()
+                                .map(|b| format!("{b:02x}"))
+                                .collect::<Vec<_>>()
+                                .join(":");
+                        }
+                    } else if let Some(v4) = a.as_sockaddr_in() {
+                        entry.addresses.push(v4.ip());
+                    }
+                }
+            }
+            info.filter(|i| !i.mac.is_empty())
+        })
+        .ok()?
+        .join()
+        .ok()
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::{AppAttachment, MeshNodeSpec, WorkloadStatus};
+
+    fn r(name: &str) -> WorkloadRef {
+        WorkloadRef {
+            container_id: format!("c-{name}"),
+            netns: format!("/run/netns/{name}"),
+            namespace: "demo".into(),
+            name: name.into(),
+        }
+    }
+
+    fn spec() -> MeshNode {
+        MeshNode::new(
+            "n1",
+            MeshNodeSpec {
+                site: "local".into(),
+                apps: vec![AppAttachment {
+                    app: "demo/web".into(),
+                    address_space: "10.100.0.0/16".into(),
+                    ..Default::default()
+                }],
+            },
+        )
+    }
+
+    fn status(name: &str, address: Option<&str>) -> MeshNodeStatus {
+        MeshNodeStatus {
+            workloads: vec![WorkloadStatus {
+                name: name.into(),
+                namespace: "demo".into(),
+                app: address.map(|_| "demo/web".into()),
+                address: address.map(Into::into),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn link(ip: &str) -> impl Fn(&str) -> Option<LinkInfo> {
+        let ip: Ipv4Addr = ip.parse().unwrap();
+        move |p: &str| {
+            (p == "/run/netns/p1").then(|| LinkInfo {
+                mac: "02:00:00:00:00:01".into(),
+                addresses: vec![ip],
+            })
+        }
+    }
+
+    #[test]
+    fn attached_once_status_and_link_agree() {
+        let announced: BTreeSet<String> = ["demo/p1".to_string()].into();
+        let o = outcomes(
+            &[r("p1")],
+            &announced,
+            Some(&spec()),
+            &status("p1", Some("10.100.1.2")),
+            &link("10.100.1.2"),
+        );
+        assert_eq!(
+            o["demo/p1"],
+            Outcome::Attached(Attachment {
+                app: "demo/web".into(),
+                interface: "weft0".into(),
+                mac: "02:00:00:00:00:01".into(),
+                address: "10.100.1.2/32".into(),
+                gateway: "169.254.1.1".into(),
+                routes: vec!["10.100.0.0/16".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn nothing_yet_while_unplanned_or_unwired() {
+        let announced: BTreeSet<String> = ["demo/p1".to_string()].into();
+        // Planned nowhere yet.
+        assert!(outcomes(
+            &[r("p1")],
+            &announced,
+            Some(&spec()),
+            &status("p1", None),
+            &link("10.100.1.2")
+        )
+        .is_empty());
+        // Planned, but weft0 does not carry the address yet.
+        assert!(outcomes(
+            &[r("p1")],
+            &announced,
+            Some(&spec()),
+            &status("p1", Some("10.100.1.2")),
+            &link("10.100.1.9")
+        )
+        .is_empty());
+        // No spec known.
+        assert!(outcomes(
+            &[r("p1")],
+            &announced,
+            None,
+            &status("p1", Some("10.100.1.2")),
+            &link("10.100.1.2")
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn a_registered_workload_nobody_announced_is_not_meshed() {
+        let o = outcomes(
+            &[r("p2")],
+            &BTreeSet::new(),
+            Some(&spec()),
+            &MeshNodeStatus::default(),
+            &|_: &str| None,
+        );
+        assert_eq!(o["demo/p2"], Outcome::NotMeshed);
+    }
+
+    #[test]
+    fn reading_a_missing_namespace_gives_none() {
+        assert_eq!(read_workload_link(""), None);
+        assert_eq!(read_workload_link("/nonexistent/netns"), None);
+    }
+}
