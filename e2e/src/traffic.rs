@@ -513,6 +513,19 @@ pub fn iperf3_tcp(
 ) -> Result<f64> {
     let iperf = which("iperf3").context("iperf3 is not installed")?;
     let port = "5201";
+    // A one-shot server (-1) from the previous run may still hold the port for
+    // a moment after its client finished; a new server would fail to bind.
+    let listening = || -> Result<bool> {
+        let out = exec_in(server_netns, "ss", &["-Hltn", "sport", "=", ":5201"])?;
+        Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
+    };
+    let free_by = Instant::now() + Duration::from_secs(10);
+    while listening()? {
+        if Instant::now() > free_by {
+            bail!("port {port} is still taken in {server_netns} by an earlier iperf3 server");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut server = Proc::spawn(
         "iperf3-server",
         &iperf,
@@ -521,6 +534,13 @@ pub fn iperf3_tcp(
         Some(server_netns),
         &log_dir.join("iperf3-server.log"),
     )?;
+    let up_by = Instant::now() + Duration::from_secs(10);
+    while !listening()? {
+        if Instant::now() > up_by {
+            bail!("iperf3 server did not start listening in {server_netns}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let start = Instant::now();
     let out = loop {
         crate::check_interrupt()?;

@@ -50,10 +50,10 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     ready_timeout: u64,
     /// Rule counts for the policy-overhead rows (f), comma separated; empty skips.
-    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
-    policy_rules: Vec<usize>,
+    #[arg(long, default_value = "100,1000", value_parser = parse_counts)]
+    policy_rules: RuleCounts,
     /// Directory whose *.yaml files are copied into the operator's manifests
-    /// directory (apps `demo/web` and `demo/db` are added if none defines them).
+    /// directory (it must define apps `demo/web` and `demo/db`).
     #[arg(long)]
     examples: Option<std::path::PathBuf>,
 }
@@ -489,7 +489,7 @@ fn measure_weft(c: &mut Cluster, args: &Args) -> Result<WeftFigures> {
 
     // (f) policy overhead.
     let mut policy_rows = Vec::new();
-    if !args.policy_rules.is_empty() {
+    if !args.policy_rules.0.is_empty() {
         policy_rows = measure_policy_overhead(c, args, &examples, &web1, &web2, a.web2)?;
     }
     c.check_alive()?;
@@ -597,7 +597,7 @@ fn measure_policy_overhead(
     let mut row = measure("no policy", web1, web2, addr, args, &log_dir);
     note_pass_time(&mut row, before, pass_stats(c));
     rows.push((0, row));
-    for &n in &args.policy_rules {
+    for &n in &args.policy_rules.0 {
         if weft_e2e::interrupted() {
             break;
         }
@@ -686,4 +686,17 @@ mod tests {
             y.lines().filter_map(|l| l.split("port: ").nth(1)).collect();
         assert_eq!(ports.len(), 1000);
     }
+}
+
+/// Rule counts for the policy rows; empty means none.
+#[derive(Clone, Debug)]
+struct RuleCounts(Vec<usize>);
+
+fn parse_counts(s: &str) -> Result<RuleCounts, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse::<usize>().map_err(|e| format!("{x:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(RuleCounts)
 }
