@@ -211,6 +211,17 @@ impl Cluster {
             &self.log_dir().join(format!("daemon-n{i}.log")),
         )?;
         self.daemons[i - 1] = Some(p);
+        if self.attach_sockets {
+            // A runtime would retry on "try again later"; tests wait until the
+            // daemon serves its socket instead.
+            let sock = self.attach_socket(i);
+            crate::wait_for(
+                &format!("daemon {i} to serve {}", sock.display()),
+                Duration::from_secs(15),
+                Duration::from_millis(20),
+                || Ok(sock.exists().then_some(())),
+            )?;
+        }
         Ok(())
     }
 
