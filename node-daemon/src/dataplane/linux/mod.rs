@@ -159,6 +159,23 @@ impl LinuxDataplane {
         netns::within(ns, || nl::run(&self.rt, f))
     }
 
+    /// Runs one netlink change on `interface` in the app netns `netns`. A
+    /// missing interface is an error when adding, and nothing to do when
+    /// removing (`missing_ok`): removals stay idempotent.
+    fn on_link<F, Fut>(&self, netns: &str, interface: &str, missing_ok: bool, f: F) -> Result<()>
+    where
+        F: FnOnce(rtnetlink::Handle, u32) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        self.nl_in(&self.app_ns(netns)?, |h| async move {
+            match nl::link_by_name(&h, interface).await? {
+                Some(l) => f(h, l.header.index).await,
+                None if missing_ok => Ok(()),
+                None => Err(anyhow!("no link {interface}")),
+            }
+        })
+    }
+
     fn record(&mut self, netns: &str, interface: &str) -> Result<&mut UserspaceDevice> {
         self.devices
             .get_mut(netns)
@@ -376,8 +393,7 @@ impl LinuxDataplane {
                     );
                 }
                 let mtu = u32::from(*mtu);
-                self.nl_in(&self.app_ns(netns)?, |h| async move {
-                    let idx = nl::index_of(&h, interface).await?;
+                self.on_link(netns, interface, false, |h, idx| async move {
                     nl::set_mtu_up(&h, idx, mtu).await
                 })
             }
@@ -387,8 +403,7 @@ impl LinuxDataplane {
                 address,
             } => {
                 let a = *address;
-                self.nl_in(&self.app_ns(netns)?, |h| async move {
-                    let idx = nl::index_of(&h, interface).await?;
+                self.on_link(netns, interface, false, |h, idx| async move {
                     nl::add_address(&h, idx, a).await
                 })
             }
@@ -398,11 +413,8 @@ impl LinuxDataplane {
                 address,
             } => {
                 let a = *address;
-                self.nl_in(&self.app_ns(netns)?, |h| async move {
-                    match nl::link_by_name(&h, interface).await? {
-                        Some(l) => nl::del_address(&h, l.header.index, a).await,
-                        None => Ok(()),
-                    }
+                self.on_link(netns, interface, true, |h, idx| async move {
+                    nl::del_address(&h, idx, a).await
                 })
             }
             Op::AddRoute {
@@ -411,8 +423,7 @@ impl LinuxDataplane {
                 destination,
             } => {
                 let d = *destination;
-                self.nl_in(&self.app_ns(netns)?, |h| async move {
-                    let idx = nl::index_of(&h, interface).await?;
+                self.on_link(netns, interface, false, |h, idx| async move {
                     nl::add_route(&h, idx, d, None).await
                 })
             }
@@ -422,11 +433,8 @@ impl LinuxDataplane {
                 destination,
             } => {
                 let d = *destination;
-                self.nl_in(&self.app_ns(netns)?, |h| async move {
-                    match nl::link_by_name(&h, interface).await? {
-                        Some(l) => nl::del_route(&h, l.header.index, d).await,
-                        None => Ok(()),
-                    }
+                self.on_link(netns, interface, true, |h, idx| async move {
+                    nl::del_route(&h, idx, d).await
                 })
             }
             Op::SetPeer {
