@@ -112,14 +112,12 @@ fn split_key(key: &str) -> (String, String) {
 /// Renders `get KIND` for a state directory.
 pub fn render(kind: &str, state: &Path, output: Output, now: Timestamp) -> anyhow::Result<String> {
     let state = StateDir::new(state);
-    let wide = output == Output::Wide;
     match kind {
-        "meshapps" | "meshapp" | "mapp" => {
-            let items = stored::<MeshAppStatus>(&state, "meshapps")?;
-            if output == Output::Json {
-                return json(&items);
-            }
-            let mut header = vec![
+        "meshapps" | "meshapp" | "mapp" => render_stored::<MeshAppStatus>(
+            &state,
+            "meshapps",
+            output,
+            &[
                 "NAMESPACE",
                 "NAME",
                 "READY",
@@ -127,90 +125,91 @@ pub fn render(kind: &str, state: &Path, output: Output, now: Timestamp) -> anyho
                 "PEERS",
                 "CIDR",
                 "AGE",
-            ];
-            if wide {
-                header.extend(["REASON", "MESSAGE"]);
-            }
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|s| {
-                    let (ns, name) = split_key(&s.key);
-                    let (ready, reason, message) = cond_cells(&s.status.conditions, types::READY);
-                    let mut row = vec![
-                        ns,
-                        name,
-                        ready,
-                        s.status.nodes.clone().unwrap_or_default(),
-                        s.status.peers.clone().unwrap_or_default(),
-                        s.status
-                            .address_space
-                            .clone()
-                            .unwrap_or_else(|| "<none>".into()),
-                        age(&s.first_seen, now),
-                    ];
-                    if wide {
-                        row.extend([reason, message]);
-                    }
-                    row
-                })
-                .collect();
-            Ok(table(&header, &rows))
-        }
-        "meshpolicies" | "meshpolicy" | "mpol" => {
-            let items = stored::<MeshPolicyStatus>(&state, "meshpolicies")?;
-            if output == Output::Json {
-                return json(&items);
-            }
-            let mut header = vec!["NAMESPACE", "NAME", "ACCEPTED", "AGE"];
-            if wide {
-                header.extend(["REASON", "MESSAGE"]);
-            }
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|s| {
-                    let (ns, name) = split_key(&s.key);
-                    let (ok, reason, message) = cond_cells(&s.status.conditions, types::ACCEPTED);
-                    let mut row = vec![ns, name, ok, age(&s.first_seen, now)];
-                    if wide {
-                        row.extend([reason, message]);
-                    }
-                    row
-                })
-                .collect();
-            Ok(table(&header, &rows))
-        }
-        "meshsites" | "meshsite" | "msite" => {
-            let items = stored::<MeshSiteStatus>(&state, "meshsites")?;
-            if output == Output::Json {
-                return json(&items);
-            }
-            let mut header = vec!["NAME", "NODES", "READY", "AGE"];
-            if wide {
-                header.extend(["REASON", "MESSAGE"]);
-            }
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|s| {
-                    let (ready, reason, message) = cond_cells(&s.status.conditions, types::READY);
-                    let mut row = vec![
-                        s.key.clone(),
-                        s.status.nodes.to_string(),
-                        ready,
-                        age(&s.first_seen, now),
-                    ];
-                    if wide {
-                        row.extend([reason, message]);
-                    }
-                    row
-                })
-                .collect();
-            Ok(table(&header, &rows))
-        }
+            ],
+            |s| {
+                let (ns, name) = split_key(&s.key);
+                let (ready, reason, message) = cond_cells(&s.status.conditions, types::READY);
+                let cells = vec![
+                    ns,
+                    name,
+                    ready,
+                    s.status.nodes.clone().unwrap_or_default(),
+                    s.status.peers.clone().unwrap_or_default(),
+                    s.status
+                        .address_space
+                        .clone()
+                        .unwrap_or_else(|| "<none>".into()),
+                    age(&s.first_seen, now),
+                ];
+                (cells, [reason, message])
+            },
+        ),
+        "meshpolicies" | "meshpolicy" | "mpol" => render_stored::<MeshPolicyStatus>(
+            &state,
+            "meshpolicies",
+            output,
+            &["NAMESPACE", "NAME", "ACCEPTED", "AGE"],
+            |s| {
+                let (ns, name) = split_key(&s.key);
+                let (ok, reason, message) = cond_cells(&s.status.conditions, types::ACCEPTED);
+                (
+                    vec![ns, name, ok, age(&s.first_seen, now)],
+                    [reason, message],
+                )
+            },
+        ),
+        "meshsites" | "meshsite" | "msite" => render_stored::<MeshSiteStatus>(
+            &state,
+            "meshsites",
+            output,
+            &["NAME", "NODES", "READY", "AGE"],
+            |s| {
+                let (ready, reason, message) = cond_cells(&s.status.conditions, types::READY);
+                let cells = vec![
+                    s.key.clone(),
+                    s.status.nodes.to_string(),
+                    ready,
+                    age(&s.first_seen, now),
+                ];
+                (cells, [reason, message])
+            },
+        ),
         "meshnodes" | "meshnode" | "mnode" => render_nodes(&state, output, now),
         other => anyhow::bail!(
             "unknown kind {other:?}: use meshapps, meshnodes, meshpolicies or meshsites"
         ),
     }
+}
+
+/// One user kind's stored statuses as JSON or a table; `cells` gives a row's
+/// columns and its condition's reason and message (shown with `-o wide`).
+fn render_stored<S: DeserializeOwned + Serialize>(
+    state: &StateDir,
+    plural: &str,
+    output: Output,
+    columns: &[&str],
+    cells: impl Fn(&StoredStatus<S>) -> (Vec<String>, [String; 2]),
+) -> anyhow::Result<String> {
+    let items = stored::<S>(state, plural)?;
+    if output == Output::Json {
+        return json(&items);
+    }
+    let wide = output == Output::Wide;
+    let mut header = columns.to_vec();
+    if wide {
+        header.extend(["REASON", "MESSAGE"]);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|s| {
+            let (mut row, why) = cells(s);
+            if wide {
+                row.extend(why);
+            }
+            row
+        })
+        .collect();
+    Ok(table(&header, &rows))
 }
 
 fn render_nodes(state: &StateDir, output: Output, now: Timestamp) -> anyhow::Result<String> {
