@@ -73,10 +73,15 @@ pub fn public_hex_to_b64(h: &str) -> Option<String> {
     bytes.map(|b| B64.encode(b))
 }
 
-/// One key file per app id under `<data-dir>/keys`.
+/// One key file per app id under `<data-dir>/keys`, cached in memory so a
+/// reconcile pass reads no file once the keys are loaded.
 #[derive(Clone, Debug)]
 pub struct KeyStore {
     dir: PathBuf,
+    loaded: std::collections::BTreeMap<String, PrivateKey>,
+    /// App ids with a key file: scanned once at open (keys a previous run
+    /// left), then kept up to date here.
+    on_disk: std::collections::BTreeSet<String>,
 }
 
 impl KeyStore {
@@ -86,7 +91,21 @@ impl KeyStore {
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::io(&dir, e))?;
-        Ok(KeyStore { dir })
+        let on_disk = fs::read_dir(&dir)
+            .map_err(|e| Error::io(&dir, e))?
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".key"))
+                    .map(String::from)
+            })
+            .collect();
+        Ok(KeyStore {
+            dir,
+            loaded: Default::default(),
+            on_disk,
+        })
     }
 
     fn path(&self, app_id: &str) -> PathBuf {
@@ -94,7 +113,17 @@ impl KeyStore {
     }
 
     /// The app's key, generated and stored (0600) on first use.
-    pub fn get_or_create(&self, app_id: &str) -> Result<PrivateKey, Error> {
+    pub fn get_or_create(&mut self, app_id: &str) -> Result<PrivateKey, Error> {
+        if let Some(k) = self.loaded.get(app_id) {
+            return Ok(k.clone());
+        }
+        let key = self.load_or_create(app_id)?;
+        self.loaded.insert(app_id.to_string(), key.clone());
+        self.on_disk.insert(app_id.to_string());
+        Ok(key)
+    }
+
+    fn load_or_create(&self, app_id: &str) -> Result<PrivateKey, Error> {
         let path = self.path(app_id);
         match fs::read(&path) {
             Ok(b) if b.len() == 32 => {
@@ -129,28 +158,21 @@ impl KeyStore {
 
     /// App ids that have a key on disk.
     pub fn app_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".key"))
-                    .map(String::from)
-            })
-            .collect();
-        ids.sort();
-        ids
+        self.on_disk.iter().cloned().collect()
     }
 
     /// Removes the app's key (the app left this node).
-    pub fn remove(&self, app_id: &str) -> Result<(), Error> {
+    pub fn remove(&mut self, app_id: &str) -> Result<(), Error> {
         match fs::remove_file(self.path(app_id)) {
+            // Still on disk: keep it listed so the next pass retries.
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::io(&self.path(app_id), e))
             }
-            _ => Ok(()),
+            _ => {
+                self.loaded.remove(app_id);
+                self.on_disk.remove(app_id);
+                Ok(())
+            }
         }
     }
 }
@@ -162,7 +184,7 @@ mod tests {
     #[test]
     fn key_is_created_once_with_mode_0600_and_reloaded() {
         let d = tempfile::tempdir().unwrap();
-        let ks = KeyStore::open(d.path()).unwrap();
+        let mut ks = KeyStore::open(d.path()).unwrap();
         let k1 = ks.get_or_create("abc").unwrap();
         let k2 = ks.get_or_create("abc").unwrap();
         assert_eq!(k1.public_key(), k2.public_key());
@@ -201,7 +223,7 @@ mod tests {
     #[test]
     fn truncated_key_file_is_an_error_not_a_new_key() {
         let d = tempfile::tempdir().unwrap();
-        let ks = KeyStore::open(d.path()).unwrap();
+        let mut ks = KeyStore::open(d.path()).unwrap();
         fs::write(d.path().join("keys/bad.key"), b"short").unwrap();
         assert!(ks.get_or_create("bad").is_err());
     }
