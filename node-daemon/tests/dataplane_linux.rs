@@ -12,7 +12,6 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
@@ -21,6 +20,9 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use nix::sched::{setns, CloneFlags};
+mod support;
+
+use support::{privileged, run, sh, sh_ok, Cleanup};
 use weft_api::DataplaneKind;
 use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
 use weft_node_daemon::dataplane::{Dataplane, Observation};
@@ -33,58 +35,6 @@ const PORT: u16 = 51820;
 /// Ping payload marker ("WeftPing"): must never be visible on the node link.
 const MARKER: &[u8] = b"WeftPing";
 const MARKER_HEX: &str = "5765667450696e67";
-
-// ---------------------------------------------------------------- skipping
-
-/// Whether the privileged prerequisites are here. Missing under CI=true is a
-/// failure naming what is missing.
-fn privileged(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::Uid::effective().is_root() {
-        missing.push("root".to_string());
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        missing.push("/dev/net/tun".to_string());
-    }
-    for tool in ["ip", "ping"] {
-        let found = Command::new(tool).arg("-V").output().is_ok();
-        if !found {
-            missing.push(format!("the `{tool}` command"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!("{test} needs {}", missing.join(", "));
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{reason} (CI=true: a skipped privileged test is a failure)");
-    }
-    println!("SKIPPED: {reason}");
-    false
-}
-
-// ---------------------------------------------------------------- shell helpers
-
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sh_ok(args: &[&str]) -> bool {
-    run(args).status.success()
-}
 
 /// One ping from `netns` to `dst` (retrying for up to `secs` seconds).
 fn ping(netns: &str, dst: Ipv4Addr, secs: u32) -> bool {
@@ -101,22 +51,6 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(Instant::now() < end, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-// ---------------------------------------------------------------- cleanup
-
-/// Removes every namespace it lists (and whatever lives in them) on drop.
-#[derive(Default)]
-struct Cleanup {
-    netns: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in self.netns.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
     }
 }
 
@@ -537,7 +471,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn workloads_on_two_nodes_ping_over_a_real_wireguard_handshake() {
-    if !privileged("workloads_on_two_nodes_ping_over_a_real_wireguard_handshake") {
+    if !privileged(
+        "workloads_on_two_nodes_ping_over_a_real_wireguard_handshake",
+        &[],
+    ) {
         return;
     }
     let m = Mesh::new("a");
@@ -657,7 +594,7 @@ fn workloads_on_two_nodes_ping_over_a_real_wireguard_handshake() {
 
 #[test]
 fn converged_resync_makes_zero_writes() {
-    if !privileged("converged_resync_makes_zero_writes") {
+    if !privileged("converged_resync_makes_zero_writes", &[]) {
         return;
     }
     let m = Mesh::new("b");
@@ -702,7 +639,7 @@ fn converged_resync_makes_zero_writes() {
 
 #[test]
 fn deleted_interface_is_recreated_on_resync() {
-    if !privileged("deleted_interface_is_recreated_on_resync") {
+    if !privileged("deleted_interface_is_recreated_on_resync", &[]) {
         return;
     }
     let m = Mesh::new("c");
@@ -752,7 +689,7 @@ fn deleted_interface_is_recreated_on_resync() {
 
 #[test]
 fn deleted_app_is_fully_cleaned_up() {
-    if !privileged("deleted_app_is_fully_cleaned_up") {
+    if !privileged("deleted_app_is_fully_cleaned_up", &[]) {
         return;
     }
     let m = Mesh::new("d");
@@ -804,7 +741,7 @@ fn deleted_app_is_fully_cleaned_up() {
 
 #[test]
 fn two_apps_on_one_node_cannot_reach_each_other() {
-    if !privileged("two_apps_on_one_node_cannot_reach_each_other") {
+    if !privileged("two_apps_on_one_node_cannot_reach_each_other", &[]) {
         return;
     }
     let pid = std::process::id();
@@ -908,7 +845,10 @@ fn two_apps_on_one_node_cannot_reach_each_other() {
 
 #[test]
 fn a_workload_cannot_send_from_an_address_that_is_not_its_own() {
-    if !privileged("a_workload_cannot_send_from_an_address_that_is_not_its_own") {
+    if !privileged(
+        "a_workload_cannot_send_from_an_address_that_is_not_its_own",
+        &[("nft", "--version")],
+    ) {
         return;
     }
     let tag = format!("s{}", std::process::id());

@@ -12,7 +12,6 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
@@ -27,53 +26,13 @@ use weft_node_daemon::dataplane::{Dataplane, Observation};
 use weft_node_daemon::diff::{diff, KeySource};
 use weft_node_daemon::keys::PrivateKey;
 use weft_node_daemon::ops::Op;
+mod support;
+
+use support::{privileged, sh, Cleanup};
 use weft_node_daemon::state::{
     AppNet, Device, NodeState, PolicyCounters, PolicyDirection, PolicyProtocol, PolicyTable,
     Ruleset, RulesetRule, WorkloadLink,
 };
-
-// ---------------------------------------------------------------- skipping
-
-fn privileged(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::Uid::effective().is_root() {
-        missing.push("root".to_string());
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        missing.push("/dev/net/tun".to_string());
-    }
-    for (tool, arg) in [("ip", "-V"), ("ping", "-V"), ("nft", "--version")] {
-        if !Command::new(tool)
-            .arg(arg)
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            missing.push(format!("the `{tool}` command"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!("{test} needs {}", missing.join(", "));
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{reason} (CI=true: a skipped privileged test is a failure)");
-    }
-    println!("SKIPPED: {reason}");
-    false
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// One ping (one echo request) from `netns` to `dst`, waiting up to 1 s.
 fn ping(netns: &str, dst: Ipv4Addr) -> bool {
@@ -84,21 +43,6 @@ fn ping(netns: &str, dst: Ipv4Addr) -> bool {
         .arg(dst.to_string())
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-// ---------------------------------------------------------------- cleanup
-
-#[derive(Default)]
-struct Cleanup {
-    netns: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in self.netns.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", n]).output();
-        }
-    }
 }
 
 // ---------------------------------------------------------------- threads in namespaces
@@ -458,7 +402,10 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn policy_allows_denies_counts_updates_and_reopens_with_real_traffic() {
-    if !privileged("policy_allows_denies_counts_updates_and_reopens_with_real_traffic") {
+    if !privileged(
+        "policy_allows_denies_counts_updates_and_reopens_with_real_traffic",
+        &[("nft", "--version")],
+    ) {
         return;
     }
     let mut w = World::new("p");
@@ -573,7 +520,10 @@ fn policy_allows_denies_counts_updates_and_reopens_with_real_traffic() {
 
 #[test]
 fn a_rejected_ruleset_leaves_the_previous_one_in_force() {
-    if !privileged("a_rejected_ruleset_leaves_the_previous_one_in_force") {
+    if !privileged(
+        "a_rejected_ruleset_leaves_the_previous_one_in_force",
+        &[("nft", "--version")],
+    ) {
         return;
     }
     let mut w = World::new("q");
@@ -637,7 +587,10 @@ fn a_rejected_ruleset_leaves_the_previous_one_in_force() {
 
 #[test]
 fn between_full_reads_a_deleted_table_is_still_caught_on_the_next_pass() {
-    if !privileged("between_full_reads_a_deleted_table_is_still_caught_on_the_next_pass") {
+    if !privileged(
+        "between_full_reads_a_deleted_table_is_still_caught_on_the_next_pass",
+        &[("nft", "--version")],
+    ) {
         return;
     }
     // The production default: full reads every 5 s, a marker check per pass.
