@@ -39,6 +39,25 @@ impl TeardownReport {
     }
 }
 
+/// Tears `c` down and panics unless it went without a warning and left no
+/// namespace, WireGuard socket or child process behind (for tests).
+pub fn assert_torn_down_cleanly(mut c: Cluster) {
+    let rep = c.teardown();
+    assert!(
+        rep.warnings.is_empty(),
+        "teardown warnings: {:?}",
+        rep.warnings
+    );
+    assert!(rep.leftovers.is_empty(), "left behind: {}", rep.leftovers);
+    assert!(
+        rep.new_wg_sockets.is_empty(),
+        "WireGuard sockets left behind: {:?}",
+        rep.new_wg_sockets
+    );
+    let children = crate::procs::registered_children();
+    assert!(children.is_empty(), "children still running: {children:?}");
+}
+
 /// Where each simulated node's daemon serves `/metrics`, `/healthz` and
 /// `/readyz`, inside that node's namespace.
 pub const DAEMON_METRICS_ADDRESS: &str = "127.0.0.1:9464";

@@ -13,10 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use weft_e2e::cluster::Cluster;
+use weft_e2e::cluster::{assert_torn_down_cleanly, Cluster};
 use weft_e2e::cni::{missing_cni_plugins, CniOutput, Runtime, DEBIAN_CNI_DIR};
 use weft_e2e::netns::{ip_in, NetNs};
-use weft_e2e::procs::registered_children;
 use weft_e2e::scenario::{self, NS};
 use weft_e2e::traffic::{ping, ping_until_ok};
 use weft_e2e::workload::{announce_pod, reported_address, WORKLOAD_IFACE};
@@ -334,21 +333,5 @@ fn pods_chained_after_bridge_talk_through_their_app() {
     );
     drop(down);
 
-    let rep = c.teardown();
-    assert!(
-        rep.warnings.is_empty(),
-        "teardown warnings: {:?}",
-        rep.warnings
-    );
-    assert!(rep.leftovers.is_empty(), "left behind: {}", rep.leftovers);
-    assert!(
-        rep.new_wg_sockets.is_empty(),
-        "WireGuard sockets left behind: {:?}",
-        rep.new_wg_sockets
-    );
-    assert!(
-        registered_children().is_empty(),
-        "children still running: {:?}",
-        registered_children()
-    );
+    assert_torn_down_cleanly(c);
 }

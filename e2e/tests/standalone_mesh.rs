@@ -9,8 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use weft_e2e::capture::{Capture, CaptureConfig};
-use weft_e2e::cluster::Cluster;
-use weft_e2e::procs::registered_children;
+use weft_e2e::cluster::{assert_torn_down_cleanly, Cluster};
 use weft_e2e::scenario::{self, Addrs, NS};
 use weft_e2e::topology::Sim;
 use weft_e2e::traffic::{ping, ping_until_ok, tcp_transfer, tcp_transfer_opts, TransferOpts};
@@ -40,26 +39,6 @@ fn setup(test: &str) -> Option<(Cluster, Addrs)> {
     }
     let a = scenario::wait_addresses(&mut c, READY).expect("workload addresses");
     Some((c, a))
-}
-
-fn assert_clean(mut c: Cluster) {
-    let rep = c.teardown();
-    assert!(
-        rep.warnings.is_empty(),
-        "teardown warnings: {:?}",
-        rep.warnings
-    );
-    assert!(rep.leftovers.is_empty(), "left behind: {}", rep.leftovers);
-    assert!(
-        rep.new_wg_sockets.is_empty(),
-        "WireGuard sockets left behind: {:?}",
-        rep.new_wg_sockets
-    );
-    assert!(
-        registered_children().is_empty(),
-        "children still running: {:?}",
-        registered_children()
-    );
 }
 
 fn assert_ping(from: &str, to: std::net::Ipv4Addr, what: &str) {
@@ -192,7 +171,7 @@ fn mesh_connectivity_isolation_and_encryption() {
     );
 
     c.check_alive().unwrap();
-    assert_clean(c);
+    assert_torn_down_cleanly(c);
 }
 
 #[test]
@@ -270,5 +249,5 @@ fn daemon_restart_and_app_deletion() {
     assert_ping(&web1, web2_addr, "web-1 -> web-2 after deleting db");
 
     c.check_alive().unwrap();
-    assert_clean(c);
+    assert_torn_down_cleanly(c);
 }
