@@ -157,11 +157,7 @@ fn main() -> anyhow::Result<()> {
             metrics_address,
             attach_socket,
         } => {
-            let dp = LinuxDataplane::new(LinuxOptions {
-                force_userspace,
-                ..Default::default()
-            })?;
-            tracing::info!(dataplane = ?dp.kind(), "data plane selected");
+            let dp = dataplane(force_userspace)?;
             let cfg = RunConfig {
                 attach_socket,
                 node,
@@ -186,11 +182,7 @@ fn main() -> anyhow::Result<()> {
             force_userspace,
             metrics_address,
         } => {
-            let dp = LinuxDataplane::new(LinuxOptions {
-                force_userspace,
-                ..Default::default()
-            })?;
-            tracing::info!(dataplane = ?dp.kind(), "data plane selected");
+            let dp = dataplane(force_userspace)?;
             let cfg = KubeRunConfig {
                 node,
                 advertise_address,
@@ -259,6 +251,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Starts the endpoint server when an address was given.
+/// The node's data plane (kernel WireGuard if present, else boringtun).
+fn dataplane(force_userspace: bool) -> anyhow::Result<LinuxDataplane> {
+    let dp = LinuxDataplane::new(LinuxOptions {
+        force_userspace,
+        ..Default::default()
+    })?;
+    tracing::info!(dataplane = ?dp.kind(), "data plane selected");
+    Ok(dp)
+}
+
 fn serve_metrics(
     address: Option<std::net::SocketAddr>,
     metrics: &Arc<Metrics>,
