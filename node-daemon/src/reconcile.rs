@@ -13,7 +13,7 @@ use crate::diff::{diff, KeySource};
 use crate::error::Error;
 use crate::ipam::WorkloadIpam;
 use crate::keys::{KeyStore, PrivateKey};
-use crate::plan::{netns_prefix, owns_netns, plan, AppPlan};
+use crate::plan::{netns_prefix, owns_netns, plan};
 use crate::state::{AppNet, NodeState, PolicyCounters};
 use crate::status;
 use crate::storage;
@@ -293,9 +293,6 @@ impl<D: Dataplane> Reconciler<D> {
         self.last_probe.retain(|k, _| live.contains(k));
     }
 }
-
-/// Plans are only read by status; re-exported for tests.
-pub type Plans = Vec<AppPlan>;
 
 #[cfg(test)]
 mod tests {

@@ -173,13 +173,3 @@ pub const WORKLOAD_IFNAME: &str = "weft0";
 /// Gateway address the workload routes the app range through (link-local,
 /// answered by a static neighbour entry, never by ARP).
 pub const WORKLOAD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
-
-impl AppNet {
-    /// Whether two app states are the same for the data plane (ignores labels).
-    pub fn same_dataplane(&self, other: &AppNet) -> bool {
-        self.netns == other.netns
-            && self.device == other.device
-            && self.workloads == other.workloads
-            && self.policy.as_ref().map(|p| &p.digest) == other.policy.as_ref().map(|p| &p.digest)
-    }
-}
