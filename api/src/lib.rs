@@ -26,10 +26,10 @@ pub mod standalone;
 pub use meshapp::{MeshApp, MeshAppSpec, MeshAppStatus};
 pub use meshhub::{MeshHub, MeshHubSpec, MeshHubStatus};
 pub use meshnode::{
-    AppAttachment, AppStatus, DataplaneKind, MeshNode, MeshNodeSpec, MeshNodeStatus, PeerSpec,
-    PeerStatus, WorkloadStatus,
+    AppAttachment, AppLink, AppSelector, AppStatus, DataplaneKind, MeshNode, MeshNodeSpec,
+    MeshNodeStatus, PeerSpec, PeerStatus, WorkloadStatus,
 };
-pub use meshpolicy::{MeshPolicy, MeshPolicySpec, MeshPolicyStatus};
+pub use meshpolicy::{EnforcedPolicy, MeshPolicy, MeshPolicySpec, MeshPolicyStatus};
 pub use meshsite::{MeshSite, MeshSiteSpec, MeshSiteStatus, SiteKind};
 pub use policy::{CompiledPolicy, CompiledRule, PolicyDirection, PolicyProtocol};
 pub use selector::Selector;

@@ -1,6 +1,6 @@
 //! MeshApp: one application's private network.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -108,4 +108,37 @@ pub struct MeshAppStatus {
     /// Sites where the app currently has nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sites: Vec<String>,
+    /// The app's traffic, summed over the nodes that report it; unset until
+    /// one does. Refreshed with the nodes' heartbeats, not per packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficSummary>,
+}
+
+/// An app's traffic summed over its nodes. A packet between two nodes counts
+/// in `txPackets` at its sender and in `rxPackets` at its receiver; each
+/// node's counters start when its daemon starts counting and restart when
+/// the app's peer set there changes, so the two sums need not be equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficSummary {
+    /// WireGuard bytes received from peers (encrypted, overhead included).
+    pub rx_bytes: u64,
+    /// WireGuard bytes sent to peers.
+    pub tx_bytes: u64,
+    /// IP packets received from peers through the tunnels.
+    pub rx_packets: u64,
+    /// IP packets sent to peers through the tunnels.
+    pub tx_packets: u64,
+    /// Packets dropped by policy on the app's nodes.
+    pub policy_drops: u64,
+    /// Connections open now on the app's nodes (a connection between two
+    /// nodes counts on each of them).
+    pub active_connections: u64,
+    /// Nodes whose figures are included.
+    pub nodes: u32,
+    /// When these figures were summed. They are refreshed at most once a
+    /// minute (or with any other change of the status), so moving counters
+    /// alone do not rewrite the status on every node heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
 }

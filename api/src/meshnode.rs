@@ -8,7 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::CompiledPolicy;
+use crate::policy::{CompiledPolicy, CompiledRule};
+use crate::selector::Selector;
 
 /// A peer link counts as up when its last handshake is younger than this
 /// (WireGuard rejects sessions older than 180 s). The operator and the daemon
@@ -49,6 +50,51 @@ pub struct MeshNodeSpec {
     /// One entry per app with a workload on this node, sorted by `app`.
     #[serde(default)]
     pub apps: Vec<AppAttachment>,
+    /// How every app that spans this node's site selects its workloads,
+    /// sorted by `app`. With it the daemon tells at once that a new workload
+    /// belongs to no app (the CNI plugin then passes it through untouched)
+    /// instead of waiting for the operator to plan it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_selectors: Vec<AppSelector>,
+}
+
+/// Which workloads an app claims (see [`AppSelector::claims`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSelector {
+    /// The app, as `namespace/name`.
+    pub app: String,
+    /// The app's `spec.selector`.
+    #[serde(default)]
+    pub selector: Selector,
+}
+
+impl AppSelector {
+    /// Whether the app claims a workload of `namespace` with `labels`: it
+    /// must be in the app's namespace and either carry `weft.dev/app: <name>`
+    /// or match a non-empty selector (an empty selector claims only the
+    /// labelled workloads, never a whole namespace). The planner and the
+    /// daemon both decide membership with this one function.
+    pub fn claims(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        let (app_ns, app_name) = self.app.split_once('/').unwrap_or(("", &self.app));
+        claims(app_ns, app_name, &self.selector, namespace, labels)
+    }
+}
+
+/// [`AppSelector::claims`] on borrowed parts (the planner's form).
+pub fn claims(
+    app_namespace: &str,
+    app_name: &str,
+    selector: &Selector,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    if app_namespace != namespace {
+        return false;
+    }
+    let selector_empty = selector.match_labels.is_empty() && selector.match_expressions.is_empty();
+    labels.get(crate::labels::APP_LABEL).map(String::as_str) == Some(app_name)
+        || (!selector_empty && selector.matches(labels))
 }
 
 /// One app's data plane on one node.
@@ -88,6 +134,38 @@ pub struct AppAttachment {
     /// no policy isolates any of them (everything within the app is open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<CompiledPolicy>,
+    /// Links to other apps on this node, sorted by `app`: one per app that
+    /// this app's and that app's MeshPolicies both allow traffic with (peers
+    /// with `app`). Apps share nothing else; without a link no packet can
+    /// pass between them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_links: Vec<AppLink>,
+}
+
+/// A veth pair between this app's namespace and another app's namespace on
+/// the same node. Each side routes the other app's range through it, and
+/// each side's policy table passes only the flows its own policies allow
+/// (this app's egress towards the other app, its ingress from it); every
+/// other packet between the two apps is dropped. Both apps carry the link,
+/// each with its own end and its own rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppLink {
+    /// The other app, as `namespace/name`.
+    pub app: String,
+    /// The other app's network namespace on this node.
+    pub netns: String,
+    /// This end of the pair (in this app's namespace; at most 15 bytes).
+    pub interface: String,
+    /// The other end (in the other app's namespace).
+    pub peer_interface: String,
+    /// The other app's range, routed through the link (this app's workloads
+    /// get a route for it too).
+    pub address_space: String,
+    /// This app's allow rules for flows with the other app (`peers` are
+    /// addresses of the other app), sorted by `id`. Replies always pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<CompiledRule>,
 }
 
 /// A WireGuard peer: another node of the same app.
@@ -179,6 +257,13 @@ pub struct AppStatus {
     /// change. Per-rule and per-direction figures are daemon metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_drops: Option<u64>,
+    /// Connections of the app open on this node right now: entries of the
+    /// app network namespace's connection tracking that have seen a reply
+    /// and, for TCP, are ESTABLISHED (not opening or closing); ICMP (pings)
+    /// never counts. Unset where the node cannot read connection tracking.
+    /// Refreshed with the heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_connections: Option<u64>,
 }
 
 /// WireGuard state of one peer as seen from this node.
@@ -198,6 +283,19 @@ pub struct PeerStatus {
     /// Bytes sent to the peer.
     #[serde(default)]
     pub tx_bytes: u64,
+    /// IP packets received from the peer through the tunnel (inner packets,
+    /// counted as they leave the app's interface; WireGuard's own handshakes
+    /// and keepalives are not packets here). `rxBytes`/`txBytes` are
+    /// WireGuard's figures: encrypted bytes, overhead included.
+    #[serde(default)]
+    pub rx_packets: u64,
+    /// IP packets sent to the peer through the tunnel (after policy).
+    #[serde(default)]
+    pub tx_packets: u64,
+    /// Open connections with the peer: the app's `activeConnections` whose
+    /// other end is in the peer's ranges.
+    #[serde(default)]
+    pub active_connections: u64,
 }
 
 /// A workload on the node.

@@ -10,8 +10,12 @@ use crate::selector::Selector;
 /// A MeshPolicy restricts traffic between the workloads of one MeshApp, like a
 /// NetworkPolicy: a workload no policy selects is open within its app; once a
 /// policy selects it for a direction, that direction is denied except what some
-/// policy allows. Replies to allowed flows always pass.
-#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// policy allows. Replies to allowed flows always pass. Traffic with another
+/// app is denied unless both apps' policies allow it (`peers[].app`). An
+/// invalid update keeps the last accepted version enforced.
+#[derive(
+    CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
@@ -70,13 +74,22 @@ pub struct PolicyPeer {
     /// Workloads by label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<Selector>,
-    /// Workloads of another MeshApp (that app's own policy must allow it too).
+    /// Workloads of another MeshApp (`name` in this namespace, or
+    /// `namespace/name`); `selector`, `site` and `cidr` then narrow that
+    /// app's workloads. Traffic between two apps is denied unless both sides
+    /// allow it: a flow from A's workload W to B's workload V needs an
+    /// egress rule of A allowing W to reach app B and an ingress rule of B
+    /// allowing V to be reached from app A (replies pass). Enforced between
+    /// workloads on the same node (through a link between the two apps'
+    /// namespaces there); peers on other nodes are out of reach, which the
+    /// `Accepted` message says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
     /// Workloads at a MeshSite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
-    /// An IPv4 range inside the app's address space.
+    /// An IPv4 range inside the app's address space (the peer `app`'s when
+    /// set); a range outside it is rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
 }
@@ -108,4 +121,22 @@ pub struct MeshPolicyStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What is enforced while the current spec is rejected: the last accepted
+    /// spec and its generation. An invalid update never opens what the
+    /// policy isolated; the previous version stays in force (compiled against
+    /// the current workloads) until the spec is fixed or the policy deleted.
+    /// While the spec is accepted this is the current spec; unset when no
+    /// version was ever accepted (nothing is enforced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<EnforcedPolicy>,
+}
+
+/// A MeshPolicy spec as it was accepted, with the generation it had then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcedPolicy {
+    /// `metadata.generation` of the policy when this spec was accepted.
+    pub generation: i64,
+    /// The accepted spec.
+    pub spec: MeshPolicySpec,
 }

@@ -77,6 +77,8 @@ pub struct Cluster {
     wg_before: BTreeSet<String>,
     keep_run_dir: bool,
     attach_sockets: bool,
+    /// Extra daemon arguments per node (1-based index).
+    daemon_args: std::collections::BTreeMap<usize, Vec<String>>,
     torn_down: bool,
 }
 
@@ -115,6 +117,7 @@ impl Cluster {
             wg_before,
             keep_run_dir: std::env::var_os("WEFT_E2E_KEEP").is_some(),
             attach_sockets: false,
+            daemon_args: Default::default(),
             torn_down: false,
         })
     }
@@ -166,6 +169,14 @@ impl Cluster {
     pub fn enable_attach_sockets(&mut self) {
         self.attach_sockets = true;
     }
+
+    /// Extra arguments for node `i`'s daemon from its next start on (e.g.
+    /// `--site edge --workloads docker`).
+    pub fn set_daemon_args(&mut self, i: usize, args: &[&str]) {
+        self.daemon_args
+            .insert(i, args.iter().map(|a| a.to_string()).collect());
+    }
+
     /// Node `i`'s attach socket (when enabled).
     pub fn attach_socket(&self, i: usize) -> PathBuf {
         self.run_path.join("attach").join(format!("n{i}.sock"))
@@ -181,6 +192,10 @@ impl Cluster {
             self.state.root().to_string_lossy().into_owned(),
             "--interval-ms".into(),
             self.interval_ms.to_string(),
+            // Tests and the demo read fresh traffic figures from MeshApp
+            // status; production keeps the once-a-minute default.
+            "--traffic-refresh-seconds".into(),
+            "1".into(),
         ];
         let p = Proc::spawn(
             "weft-operator",
@@ -221,6 +236,7 @@ impl Cluster {
             args.push("--attach-socket".into());
             args.push(self.attach_socket(i).to_string_lossy().into_owned());
         }
+        args.extend(self.daemon_args.get(&i).cloned().unwrap_or_default());
         let p = Proc::spawn(
             &format!("weft-node-daemon {node}"),
             &bin("weft-node-daemon")?,

@@ -303,6 +303,44 @@ fn pods_chained_after_bridge_talk_through_their_app() {
     );
     drop(stray);
 
+    // A pod announced (a Pod object exists) whose labels no app of this
+    // node's site claims: the daemon knows from its MeshNode's appSelectors
+    // and passes it through at once, without waiting for the operator
+    // (which never lists it; the ADD used to time out with code 11).
+    let batch = NetNs::create(&format!("{}-pod-5", c.prefix())).unwrap();
+    announce_pod(
+        c.state(),
+        &c.node_name(1),
+        "pod-5",
+        NS,
+        &[("tier", "batch")],
+    )
+    .unwrap();
+    let rt5 = runtime(&c, 1, &batch, "pod-5");
+    let prev5 = must(
+        rt5.invoke(&plugin("bridge"), "ADD", &bridge_conf(&c, 1))
+            .unwrap(),
+        "bridge ADD pod-5",
+    );
+    let res5 = must(
+        rt5.invoke_chained(&weft, "ADD", &weft_conf(&c, 1), &prev5)
+            .unwrap(),
+        "weft-cni ADD of an announced pod no app claims",
+    );
+    assert_eq!(res5, prev5, "prevResult unchanged");
+    assert!(!has_link(batch.name(), WORKLOAD_IFACE));
+    must(
+        rt5.invoke_chained(&weft, "DEL", &weft_conf(&c, 1), &res5)
+            .unwrap(),
+        "DEL pod-5",
+    );
+    must(
+        rt5.invoke(&plugin("bridge"), "DEL", &bridge_conf(&c, 1))
+            .unwrap(),
+        "bridge DEL pod-5",
+    );
+    drop(batch);
+
     // The daemon is down: try again later (11), non-zero exit, nothing made.
     c.crash_daemon(2).unwrap();
     let down = NetNs::create(&format!("{}-pod-4", c.prefix())).unwrap();

@@ -17,6 +17,8 @@ const READY: Duration = Duration::from_secs(25);
 const DENIED: u64 = 7;
 /// IP length of each: 20 (IP) + 8 (UDP) + 2 (`x\n`).
 const DENIED_BYTES: u64 = 30;
+/// Longer than the daemon's traffic read interval (2 s) plus a pass.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// The value of the sample `series` (name with labels, exactly) in `body`.
 fn value(body: &str, series: &str) -> Option<f64> {
@@ -84,6 +86,14 @@ fn daemon_metrics_and_status_match_the_traffic_sent() {
         "weft_node_policy_rule_packets_total{{app=\"{app}\",rule=\"{NS}/web-ingress:ingress[0].ports[1]\"}}"
     );
     let rx = format!("weft_node_peer_receive_bytes_total{{app=\"{app}\",peer=\"{peer}\"}}");
+    // Per-peer packets are read at most every 2 s: let the figures of the
+    // pings above settle before taking the baseline.
+    std::thread::sleep(SETTLE);
+    let packets = |node: usize, dir: &str| {
+        let other = c.node_name(3 - node);
+        format!("weft_node_peer_{dir}_packets_total{{app=\"{app}\",peer=\"{other}\"}}")
+    };
+    let base1 = scrape(&c, 1);
     let before = scrape(&c, 2);
     let get = |body: &str, s: &str| value(body, s).unwrap_or_else(|| panic!("no {s} in\n{body}"));
     let (drops0, bytes0, icmp0, rx0) = (
@@ -146,6 +156,132 @@ fn daemon_metrics_and_status_match_the_traffic_sent() {
     assert!(value(&after, "weft_node_reconcile_passes_total").unwrap() >= 1.0);
     assert!(value(&after, "weft_node_reconcile_duration_seconds_count").unwrap() >= 1.0);
     assert!(after.contains("weft_node_dataplane_writes_total{op=\"set_policy\"}"));
+
+    // Packets per peer, both ways, exactly: node 1 sent the denied datagrams
+    // and 5 echo requests (policy drops at node 2 come after its count of
+    // what arrived), node 2 sent the 5 replies. Nothing else crossed.
+    let sent = (DENIED + 5) as f64;
+    let counted = weft_e2e::wait_for(
+        "per-peer packets in both daemons' metrics",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let (b1, b2) = (scrape(&c, 1), scrape(&c, 2));
+            let done = get(&b2, &packets(2, "receive"))
+                >= get(&before, &packets(2, "receive")) + sent
+                && get(&b1, &packets(1, "receive")) >= get(&base1, &packets(1, "receive")) + 5.0;
+            Ok(done.then_some((b1, b2)))
+        },
+    )
+    .unwrap();
+    std::thread::sleep(SETTLE); // anything late would show now
+    let (b1, b2) = (scrape(&c, 1), scrape(&c, 2));
+    let delta = |now: &str, then: &str, node: usize, dir: &str| {
+        get(now, &packets(node, dir)) - get(then, &packets(node, dir))
+    };
+    assert_eq!(delta(&b1, &base1, 1, "transmit"), sent, "node 1 sent");
+    assert_eq!(delta(&b2, &before, 2, "receive"), sent, "node 2 received");
+    assert_eq!(delta(&b2, &before, 2, "transmit"), 5.0, "node 2 replied");
+    assert_eq!(delta(&b1, &base1, 1, "receive"), 5.0, "node 1 got replies");
+    drop(counted);
+    // The counting rules are written when an app's peer set changes, and
+    // not once while traffic flowed (passes ran every 100 ms).
+    let rewrites = "weft_node_dataplane_writes_total{op=\"set_traffic_counters\"}";
+    assert_eq!(get(&b1, rewrites), get(&base1, rewrites), "node 1");
+    assert_eq!(get(&b2, rewrites), get(&before, rewrites), "node 2");
+
+    // Active connections: none but the one TCP connection held open, on
+    // both nodes, app-wide and for the peer; none again once it is closed.
+    let conns = |i: usize| {
+        let body = scrape(&c, i);
+        let app_wide = format!("weft_node_active_connections{{app=\"{app}\"}}");
+        let other = c.node_name(3 - i);
+        let peer = format!("weft_node_peer_active_connections{{app=\"{app}\",peer=\"{other}\"}}");
+        (get(&body, &app_wide), get(&body, &peer))
+    };
+    assert_eq!(
+        (conns(1), conns(2)),
+        ((0.0, 0.0), (0.0, 0.0)),
+        "pings are no connections"
+    );
+    let web2 = c.workload("web-2").netns().to_string();
+    let web2_addr = a.web2;
+    let listener = weft_e2e::netns::in_netns(&web2, || {
+        Ok(std::net::TcpListener::bind((
+            std::net::Ipv4Addr::UNSPECIFIED,
+            8080,
+        ))?)
+    })
+    .unwrap();
+    let client = weft_e2e::netns::in_netns(&web1, move || {
+        Ok(std::net::TcpStream::connect_timeout(
+            &(web2_addr, 8080).into(),
+            Duration::from_secs(5),
+        )?)
+    })
+    .unwrap();
+    let (server, _) = listener.accept().unwrap();
+    weft_e2e::wait_for(
+        "one open connection on both nodes",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || Ok((conns(1) == (1.0, 1.0) && conns(2) == (1.0, 1.0)).then_some(())),
+    )
+    .unwrap();
+    let open_status = weft_e2e::wait_for(
+        "activeConnections in node 2's MeshNode status",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let st = c.node_status(2)?;
+            Ok(st
+                .and_then(|s| s.apps.into_iter().find(|x| x.app == app))
+                .filter(|x| x.active_connections == Some(1)))
+        },
+    )
+    .unwrap();
+    let p = open_status.peers.iter().find(|p| p.node == peer).unwrap();
+    assert_eq!(p.active_connections, 1);
+    assert!(p.rx_packets >= DENIED + 5 && p.tx_packets >= 5, "{p:?}");
+    drop(client);
+    drop(server);
+    weft_e2e::wait_for(
+        "no open connection once closed",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || Ok((conns(1) == (0.0, 0.0) && conns(2) == (0.0, 0.0)).then_some(())),
+    )
+    .unwrap();
+
+    // The MeshApp sums its nodes' reports (once traffic is quiet and both
+    // heartbeats are in, the sums match the node statuses exactly).
+    let traffic = weft_e2e::wait_for(
+        "demo/web's MeshApp traffic summing its MeshNode statuses",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || {
+            let mut want = (0, 0, 0);
+            for i in 1..=2 {
+                let st = c.node_status(i)?.unwrap_or_default();
+                for x in st.apps.iter().filter(|x| x.app == app) {
+                    want.2 += x.active_connections.unwrap_or(0);
+                    for p in &x.peers {
+                        want.0 += p.rx_packets;
+                        want.1 += p.tx_packets;
+                    }
+                }
+            }
+            let st = c.app_status(NS, "web")?;
+            Ok(st.and_then(|s| s.traffic).filter(|t| {
+                t.nodes == 2
+                    && (t.rx_packets, t.tx_packets, t.active_connections) == want
+                    && t.rx_packets >= 2 * 5 + DENIED
+            }))
+        },
+    )
+    .unwrap();
+    assert!(traffic.policy_drops >= DENIED, "{traffic:?}");
+    assert!(traffic.rx_bytes > 0 && traffic.tx_bytes > 0, "{traffic:?}");
 
     // No key material in the exposition, of either node.
     for i in 1..=2 {

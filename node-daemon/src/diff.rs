@@ -2,6 +2,10 @@
 //! the kernel accepts (namespaces, then devices, then what hangs off them;
 //! removals before additions within an interface). Empty when converged.
 
+use std::collections::BTreeSet;
+
+use ipnet::Ipv4Net;
+
 use crate::ops::Op;
 use crate::state::{AppNet, Device, NodeState, WorkloadLink};
 
@@ -43,7 +47,70 @@ pub fn diff(desired: &NodeState, observed: &NodeState, keys: &dyn KeySource) -> 
             Some(have) => diff_app(want, have, keys, &mut ops),
         }
     }
+    diff_links(desired, observed, &mut ops);
     ops
+}
+
+/// App links, once every netns exists (a pair spans two of them) and every
+/// policy table is in place (a link must never carry traffic unfiltered).
+/// The end whose netns sorts first creates the pair; each side routes its
+/// own end.
+fn diff_links(desired: &NodeState, observed: &NodeState, ops: &mut Vec<Op>) {
+    let mut created: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for (netns, want) in &desired.apps {
+        let have = observed.apps.get(netns);
+        for ifc in have
+            .into_iter()
+            .flat_map(|h| h.links.keys())
+            .filter(|k| !want.links.contains_key(*k))
+        {
+            ops.push(Op::DeleteAppLink {
+                netns: netns.clone(),
+                interface: ifc.clone(),
+            });
+        }
+        for (ifc, l) in &want.links {
+            let present = have.is_some_and(|h| h.links.contains_key(ifc));
+            if !present && l.owned_by(netns) {
+                ops.push(Op::CreateAppLink {
+                    netns: netns.clone(),
+                    interface: ifc.clone(),
+                    peer_netns: l.peer_netns.clone(),
+                    peer_interface: l.peer_interface.clone(),
+                });
+                created.insert((netns, ifc));
+                created.insert((&l.peer_netns, &l.peer_interface));
+            }
+        }
+    }
+    for (netns, want) in &desired.apps {
+        for (ifc, l) in &want.links {
+            let have_routes: &[Ipv4Net] = if created.contains(&(netns.as_str(), ifc.as_str())) {
+                &[]
+            } else {
+                match observed.apps.get(netns).and_then(|h| h.links.get(ifc)) {
+                    Some(h) => &h.routes,
+                    // Not there and not ours to create: the other side's
+                    // pass creates it.
+                    None => continue,
+                }
+            };
+            for r in have_routes.iter().filter(|r| !l.routes.contains(r)) {
+                ops.push(Op::DeleteAppLinkRoute {
+                    netns: netns.clone(),
+                    interface: ifc.clone(),
+                    destination: *r,
+                });
+            }
+            for r in l.routes.iter().filter(|r| !have_routes.contains(r)) {
+                ops.push(Op::AddAppLinkRoute {
+                    netns: netns.clone(),
+                    interface: ifc.clone(),
+                    destination: *r,
+                });
+            }
+        }
+    }
 }
 
 fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op>) {
@@ -56,12 +123,20 @@ fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op
             policy: want.policy.clone(),
         });
     }
-    // Workloads mirror the app's routes at attach time, so a route change
-    // means re-attaching them.
+    // Workloads mirror the app's range at attach time, so a change of the
+    // range means re-attaching them.
     let routes_changed = match (&want.device, &have.device) {
         (Some(w), Some(h)) => w.routes != h.routes,
         _ => false,
     };
+    // A linked app's range coming or going only changes the workloads'
+    // routes, in place (their links and connections are untouched). The
+    // kernel side compared is the app netns' link routes: while a link
+    // cannot be created, the (idempotent) route update repeats every pass.
+    let link_routes_changed = !routes_changed
+        && want.device.is_some()
+        && have.device.is_some()
+        && want.workload_routes() != have.workload_routes();
     // Workload links that are gone or changed go first (they may hold addresses).
     for (host_if, link) in &have.workloads {
         if routes_changed
@@ -103,6 +178,14 @@ fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op
                 netns: netns.clone(),
                 host_interface: host_if.clone(),
                 link: link.clone(),
+                routes: want.workload_routes(),
+            });
+        } else if link_routes_changed {
+            ops.push(Op::SetWorkloadRoutes {
+                netns: netns.clone(),
+                host_interface: host_if.clone(),
+                workload_netns: link.workload_netns.clone(),
+                routes: want.workload_routes(),
             });
         }
     }
@@ -245,6 +328,7 @@ mod tests {
                 }),
                 workloads: [("wv1".to_string(), link)].into(),
                 policy: None,
+                links: Default::default(),
             },
         );
         st
@@ -267,6 +351,81 @@ mod tests {
                 "attach_workload"
             ]
         );
+    }
+
+    /// Two apps linked to each other, on top of `app()`.
+    fn linked_pair() -> NodeState {
+        let mut st = app("10.1.0.0/16");
+        let mut b = st.apps["weft-n1-aaaaaaaaaa"].clone();
+        b.netns = "weft-n1-bbbbbbbbbb".into();
+        b.device.as_mut().unwrap().routes = vec!["10.2.0.0/16".parse().unwrap()];
+        b.workloads.clear();
+        st.apps.insert(b.netns.clone(), b);
+        let end = |peer: &str, peer_if: &str, range: &str| crate::state::AppLinkEnd {
+            peer_netns: peer.into(),
+            peer_interface: peer_if.into(),
+            routes: vec![range.parse().unwrap()],
+        };
+        let a = st.apps.get_mut("weft-n1-aaaaaaaaaa").unwrap();
+        a.links.insert(
+            "wxb".into(),
+            end("weft-n1-bbbbbbbbbb", "wxa", "10.2.0.0/16"),
+        );
+        let b = st.apps.get_mut("weft-n1-bbbbbbbbbb").unwrap();
+        b.links.insert(
+            "wxa".into(),
+            end("weft-n1-aaaaaaaaaa", "wxb", "10.1.0.0/16"),
+        );
+        st
+    }
+
+    #[test]
+    fn an_app_link_is_created_once_routed_on_both_ends_and_then_converged() {
+        use crate::dataplane::fake::FakeDataplane;
+        use crate::dataplane::Dataplane;
+        let keys = OneKey(PrivateKey::generate());
+        let mut want = linked_pair();
+        for a in want.apps.values_mut() {
+            a.device.as_mut().unwrap().public_key = keys.0.public_key();
+        }
+        let mut without = want.clone();
+        for a in without.apps.values_mut() {
+            a.links.clear();
+        }
+        let mut dp = FakeDataplane::default();
+        for op in diff(&without, &dp.observe("weft-").unwrap().state, &keys) {
+            dp.apply(&op).unwrap();
+        }
+        let ops = diff(&want, &dp.observe("weft-").unwrap().state, &keys);
+        let names: Vec<&str> = ops.iter().map(|o| o.name()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "set_workload_routes",
+                "create_app_link",
+                "add_app_link_route",
+                "add_app_link_route"
+            ],
+            "the owner (first netns) creates the pair; the workload gets the new route in place"
+        );
+        match &ops[0] {
+            Op::SetWorkloadRoutes { routes, .. } => assert_eq!(routes.len(), 2, "{routes:?}"),
+            o => panic!("{o:?}"),
+        }
+        assert!(
+            matches!(&ops[1], Op::CreateAppLink { netns, .. } if netns == "weft-n1-aaaaaaaaaa")
+        );
+        for op in &ops {
+            dp.apply(op).unwrap();
+        }
+        assert!(diff(&want, &dp.observe("weft-").unwrap().state, &keys).is_empty());
+        // Unlinking removes the pair through one end (both go) and converges.
+        let ops = diff(&without, &dp.observe("weft-").unwrap().state, &keys);
+        assert!(ops.iter().any(|o| o.name() == "delete_app_link"), "{ops:?}");
+        for op in &ops {
+            dp.apply(op).unwrap();
+        }
+        assert!(diff(&without, &dp.observe("weft-").unwrap().state, &keys).is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod attach;
 pub mod cni_install;
 pub mod dataplane;
 pub mod diff;
+pub mod docker;
 pub mod error;
 pub mod ipam;
 pub mod k8s;

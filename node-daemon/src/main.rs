@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
 use weft_node_daemon::dataplane::Dataplane;
-use weft_node_daemon::k8s::KubeRunConfig;
+use weft_node_daemon::k8s::{CniChain, KubeRunConfig};
 use weft_node_daemon::metrics::{Metrics, Server};
 use weft_node_daemon::ops::Op;
 use weft_node_daemon::plan::{netns_prefix, owns_netns};
@@ -23,6 +23,15 @@ use weft_node_daemon::runner::{run, RunConfig};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Where a daemon's workloads come from (besides a CNI runtime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum WorkloadsFrom {
+    /// Announcement files in `<state>/nodes/<node>/workloads/`.
+    Files,
+    /// The local Docker engine.
+    Docker,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +67,14 @@ enum Cmd {
         /// /run/weft/attach.sock). Off unless given.
         #[arg(long)]
         attach_socket: Option<PathBuf>,
+        /// Where the node's workloads come from: `files` (announcements in
+        /// the state directory) or `docker` (running containers labelled
+        /// weft.dev/app, from the engine at --docker-socket).
+        #[arg(long, value_enum, default_value_t = WorkloadsFrom::Files)]
+        workloads: WorkloadsFrom,
+        /// The Docker engine's API socket (with --workloads docker).
+        #[arg(long, default_value = weft_node_daemon::docker::DEFAULT_SOCKET)]
+        docker_socket: PathBuf,
     },
     /// Run against the Kubernetes API: watch this node's MeshNode, write its status.
     Kubernetes {
@@ -86,6 +103,32 @@ enum Cmd {
         /// port 0 picks one). Off unless given.
         #[arg(long, env = "WEFT_METRICS_ADDRESS")]
         metrics_address: Option<std::net::SocketAddr>,
+        /// Serve the CNI attach protocol on this unix socket; pods then come
+        /// from a watch on this node's pods. Off unless given.
+        #[arg(long)]
+        attach_socket: Option<PathBuf>,
+        /// Put weft-cni into the CNI chain in this directory while running
+        /// (needs --attach-socket); removed again on a graceful exit.
+        #[arg(long, requires = "attach_socket")]
+        cni_conf_dir: Option<PathBuf>,
+        /// CNI binary directory the plugin is copied to.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        cni_bin_dir: PathBuf,
+        /// The weft-cni binary (default: next to this executable).
+        #[arg(long)]
+        cni_plugin: Option<PathBuf>,
+        /// Edge host without a Kubernetes Node: register this host as a
+        /// MeshNode of this MeshSite.
+        #[arg(long)]
+        register_site: Option<String>,
+        /// Where the node's workloads come from besides the CNI plugin:
+        /// `files` (announcements in --workloads-dir) or `docker` (an edge
+        /// host's containers labelled weft.dev/app).
+        #[arg(long, value_enum, default_value_t = WorkloadsFrom::Files)]
+        workloads: WorkloadsFrom,
+        /// The Docker engine's API socket (with --workloads docker).
+        #[arg(long, default_value = weft_node_daemon::docker::DEFAULT_SOCKET)]
+        docker_socket: PathBuf,
     },
     /// Put the weft-cni plugin last into every *.conflist of the node's CNI
     /// chain and copy its binary (or, with --uninstall, remove both).
@@ -156,7 +199,12 @@ fn main() -> anyhow::Result<()> {
             force_userspace,
             metrics_address,
             attach_socket,
+            workloads,
+            docker_socket,
         } => {
+            if workloads == WorkloadsFrom::Docker && attach_socket.is_some() {
+                anyhow::bail!("--attach-socket serves a CNI runtime; it cannot be combined with --workloads docker");
+            }
             let dp = dataplane(force_userspace)?;
             let cfg = RunConfig {
                 attach_socket,
@@ -170,7 +218,12 @@ fn main() -> anyhow::Result<()> {
             };
             let metrics = Arc::new(Metrics::default());
             let _server = serve_metrics(metrics_address, &metrics)?;
-            run(&cfg, dp, stop, &metrics)?;
+            match workloads {
+                WorkloadsFrom::Files => run(&cfg, dp, stop, &metrics)?,
+                WorkloadsFrom::Docker => {
+                    weft_node_daemon::docker::run(&cfg, &docker_socket, dp, stop, &metrics)?
+                }
+            }
         }
         Cmd::Kubernetes {
             node,
@@ -181,8 +234,26 @@ fn main() -> anyhow::Result<()> {
             heartbeat_seconds,
             force_userspace,
             metrics_address,
+            attach_socket,
+            cni_conf_dir,
+            cni_bin_dir,
+            cni_plugin,
+            register_site,
+            workloads,
+            docker_socket,
         } => {
             let dp = dataplane(force_userspace)?;
+            let cni = match cni_conf_dir {
+                Some(conf_dir) => Some(CniChain {
+                    conf_dir,
+                    bin_dir: cni_bin_dir,
+                    plugin: match cni_plugin {
+                        Some(p) => p,
+                        None => plugin_next_to_me()?,
+                    },
+                }),
+                None => None,
+            };
             let cfg = KubeRunConfig {
                 node,
                 advertise_address,
@@ -190,6 +261,10 @@ fn main() -> anyhow::Result<()> {
                 workloads_dir,
                 interval: Duration::from_millis(interval_ms),
                 heartbeat: Duration::from_secs(heartbeat_seconds),
+                attach_socket,
+                cni,
+                register_site,
+                docker_socket: (workloads == WorkloadsFrom::Docker).then_some(docker_socket),
             };
             let metrics = Arc::new(Metrics::default());
             let _server = serve_metrics(metrics_address, &metrics)?;
@@ -208,10 +283,7 @@ fn main() -> anyhow::Result<()> {
             } else {
                 let plugin = match plugin {
                     Some(p) => p,
-                    None => std::env::current_exe()?
-                        .parent()
-                        .map(|d| d.join(cni_install::PLUGIN_TYPE))
-                        .ok_or_else(|| anyhow::anyhow!("cannot locate weft-cni; pass --plugin"))?,
+                    None => plugin_next_to_me()?,
                 };
                 cni_install::install(&conf_dir, &bin_dir, &plugin, &daemon_socket)?
             };
@@ -250,7 +322,14 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the endpoint server when an address was given.
+/// The weft-cni binary shipped next to this executable.
+fn plugin_next_to_me() -> anyhow::Result<PathBuf> {
+    std::env::current_exe()?
+        .parent()
+        .map(|d| d.join(weft_node_daemon::cni_install::PLUGIN_TYPE))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate weft-cni; pass its path"))
+}
+
 /// The node's data plane (kernel WireGuard if present, else boringtun).
 fn dataplane(force_userspace: bool) -> anyhow::Result<LinuxDataplane> {
     let dp = LinuxDataplane::new(LinuxOptions {
@@ -261,6 +340,7 @@ fn dataplane(force_userspace: bool) -> anyhow::Result<LinuxDataplane> {
     Ok(dp)
 }
 
+/// Starts the endpoint server when an address was given.
 fn serve_metrics(
     address: Option<std::net::SocketAddr>,
     metrics: &Arc<Metrics>,

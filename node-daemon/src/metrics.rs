@@ -12,6 +12,11 @@
 //! app or peer that left disappears from the exposition. Labels carry app
 //! names, peer node names, rule ids, op names and error reasons only: no
 //! key of any kind.
+//!
+//! Sources: handshake age and bytes per peer are WireGuard's; packets per
+//! peer and open connections come from the app netns' `weft_stats` table and
+//! connection tracking (`dataplane::linux::stats`, read at most every 2 s);
+//! rule counters and drops from the policy table.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,6 +41,12 @@ pub struct PeerFigures {
     pub rx_bytes: u64,
     /// Bytes sent to the peer.
     pub tx_bytes: u64,
+    /// IP packets received from the peer through the tunnel.
+    pub rx_packets: u64,
+    /// IP packets sent to the peer through the tunnel.
+    pub tx_packets: u64,
+    /// Open connections with the peer.
+    pub active_connections: u64,
 }
 
 /// One app's figures from the last pass.
@@ -45,6 +56,8 @@ pub struct AppFigures {
     pub peers: Vec<PeerFigures>,
     /// The app's policy counters, when it has a policy table.
     pub policy: Option<PolicyCounters>,
+    /// Open connections in the app's netns, when known.
+    pub active_connections: Option<u64>,
 }
 
 /// Counters and gauges of the daemon.
@@ -87,10 +100,21 @@ impl Metrics {
                         handshake_age_seconds: p.last_handshake_seconds,
                         rx_bytes: p.rx_bytes,
                         tx_bytes: p.tx_bytes,
+                        rx_packets: p.rx_packets,
+                        tx_packets: p.tx_packets,
+                        active_connections: p.active_connections,
                     })
                     .collect();
                 let policy = report.policy_counters.get(&a.app).cloned();
-                (a.app.clone(), AppFigures { peers, policy })
+                let active_connections = a.active_connections;
+                (
+                    a.app.clone(),
+                    AppFigures {
+                        peers,
+                        policy,
+                        active_connections,
+                    },
+                )
             })
             .collect();
         if let Ok(mut m) = self.apps.lock() {
@@ -199,24 +223,57 @@ impl Metrics {
                 }
             }
         }
-        for (name, help, rx) in [
+        type PeerValue = fn(&PeerFigures) -> u64;
+        let per_peer: [(&str, &str, &str, PeerValue); 5] = [
             (
                 "weft_node_peer_receive_bytes_total",
-                "Bytes received from the peer through the tunnel.",
-                true,
+                "counter",
+                "Bytes received from the peer (WireGuard's count: encrypted, overhead included).",
+                |p| p.rx_bytes,
             ),
             (
                 "weft_node_peer_transmit_bytes_total",
-                "Bytes sent to the peer through the tunnel.",
-                false,
+                "counter",
+                "Bytes sent to the peer (WireGuard's count: encrypted, overhead included).",
+                |p| p.tx_bytes,
             ),
-        ] {
-            family(o, name, "counter", help);
+            (
+                "weft_node_peer_receive_packets_total",
+                "counter",
+                "IP packets received from the peer through the tunnel (restarts when the peer set changes).",
+                |p| p.rx_packets,
+            ),
+            (
+                "weft_node_peer_transmit_packets_total",
+                "counter",
+                "IP packets sent to the peer through the tunnel, after policy (restarts when the peer set changes).",
+                |p| p.tx_packets,
+            ),
+            (
+                "weft_node_peer_active_connections",
+                "gauge",
+                "Open connections whose other end is in the peer's ranges (replied, TCP established).",
+                |p| p.active_connections,
+            ),
+        ];
+        for (name, kind, help, value) in per_peer {
+            family(o, name, kind, help);
             for (app, f) in &apps {
                 for p in &f.peers {
-                    let v = if rx { p.rx_bytes } else { p.tx_bytes };
-                    sample(o, name, &[("app", app), ("peer", &p.node)], v);
+                    sample(o, name, &[("app", app), ("peer", &p.node)], value(p));
                 }
+            }
+        }
+        let name = "weft_node_active_connections";
+        family(
+            o,
+            name,
+            "gauge",
+            "Open connections in the app's namespace on this node (replied, TCP established).",
+        );
+        for (app, f) in &apps {
+            if let Some(n) = f.active_connections {
+                sample(o, name, &[("app", app)], n);
             }
         }
 
@@ -390,6 +447,9 @@ mod tests {
                             last_handshake_seconds: Some(4),
                             rx_bytes: 1000,
                             tx_bytes: 2000,
+                            rx_packets: 11,
+                            tx_packets: 12,
+                            active_connections: 2,
                         },
                         PeerStatus {
                             node: "n3".into(),
@@ -397,8 +457,10 @@ mod tests {
                             last_handshake_seconds: None,
                             rx_bytes: 0,
                             tx_bytes: 148,
+                            ..Default::default()
                         },
                     ],
+                    active_connections: Some(3),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -439,6 +501,12 @@ mod tests {
             "weft_node_peer_handshake_age_seconds{app=\"demo/web\",peer=\"n2\"} 4\n",
             "weft_node_peer_receive_bytes_total{app=\"demo/web\",peer=\"n2\"} 1000\n",
             "weft_node_peer_transmit_bytes_total{app=\"demo/web\",peer=\"n3\"} 148\n",
+            "weft_node_peer_receive_packets_total{app=\"demo/web\",peer=\"n2\"} 11\n",
+            "weft_node_peer_transmit_packets_total{app=\"demo/web\",peer=\"n2\"} 12\n",
+            "weft_node_peer_transmit_packets_total{app=\"demo/web\",peer=\"n3\"} 0\n",
+            "weft_node_peer_active_connections{app=\"demo/web\",peer=\"n2\"} 2\n",
+            "weft_node_active_connections{app=\"demo/web\"} 3\n",
+            "# TYPE weft_node_active_connections gauge\n",
             "weft_node_policy_rule_packets_total{app=\"demo/web\",rule=\"demo/p:ingress[0].ports[0]\"} 3\n",
             "weft_node_policy_rule_bytes_total{app=\"demo/web\",rule=\"demo/p:ingress[0].ports[0]\"} 180\n",
             "weft_node_policy_drops_packets_total{app=\"demo/web\",direction=\"ingress\"} 2\n",

@@ -129,6 +129,21 @@ pub enum Op {
         host_interface: String,
         /// The workload.
         link: WorkloadLink,
+        /// What the workload routes through the app netns (the app range
+        /// and linked apps' ranges); empty: mirror the WireGuard routes.
+        routes: Vec<Ipv4Net>,
+    },
+    /// Replace what an attached workload routes through the app netns (via
+    /// its gateway), leaving its link and address alone.
+    SetWorkloadRoutes {
+        /// App netns name.
+        netns: String,
+        /// App-side interface name (names the workload in errors).
+        host_interface: String,
+        /// Path of the workload's netns.
+        workload_netns: String,
+        /// The routes it should have (replaced as a whole).
+        routes: Vec<Ipv4Net>,
     },
     /// Remove a workload's veth pair (both ends go with it).
     DetachWorkload {
@@ -144,6 +159,43 @@ pub enum Op {
         netns: String,
         /// The new table.
         policy: Option<PolicyTable>,
+    },
+    /// Create a veth pair between two app netns (replacing either end),
+    /// both ends up, each with a static neighbour for the link gateway.
+    CreateAppLink {
+        /// This app's netns (the end that owns the pair).
+        netns: String,
+        /// This end's name.
+        interface: String,
+        /// The other app's netns.
+        peer_netns: String,
+        /// The other end's name.
+        peer_interface: String,
+    },
+    /// Remove an app link (both ends go with it; missing is fine).
+    DeleteAppLink {
+        /// Netns of the end named.
+        netns: String,
+        /// Interface name.
+        interface: String,
+    },
+    /// Route a destination through an app link (via its gateway).
+    AddAppLinkRoute {
+        /// Netns name.
+        netns: String,
+        /// Link end name.
+        interface: String,
+        /// Destination.
+        destination: Ipv4Net,
+    },
+    /// Remove a route through an app link.
+    DeleteAppLinkRoute {
+        /// Netns name.
+        netns: String,
+        /// Link end name.
+        interface: String,
+        /// Destination.
+        destination: Ipv4Net,
     },
 }
 
@@ -165,7 +217,12 @@ impl Op {
             | Op::RemovePeer { netns, .. }
             | Op::AttachWorkload { netns, .. }
             | Op::DetachWorkload { netns, .. }
-            | Op::SetPolicy { netns, .. } => netns,
+            | Op::SetPolicy { netns, .. }
+            | Op::SetWorkloadRoutes { netns, .. }
+            | Op::CreateAppLink { netns, .. }
+            | Op::DeleteAppLink { netns, .. }
+            | Op::AddAppLinkRoute { netns, .. }
+            | Op::DeleteAppLinkRoute { netns, .. } => netns,
         }
     }
 
@@ -187,6 +244,11 @@ impl Op {
             Op::AttachWorkload { .. } => "attach_workload",
             Op::DetachWorkload { .. } => "detach_workload",
             Op::SetPolicy { .. } => "set_policy",
+            Op::SetWorkloadRoutes { .. } => "set_workload_routes",
+            Op::CreateAppLink { .. } => "create_app_link",
+            Op::DeleteAppLink { .. } => "delete_app_link",
+            Op::AddAppLinkRoute { .. } => "add_app_link_route",
+            Op::DeleteAppLinkRoute { .. } => "delete_app_link_route",
         }
     }
 }

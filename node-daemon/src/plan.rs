@@ -9,11 +9,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 use weft_api::standalone::LocalWorkload;
-use weft_api::{AppAttachment, CompiledPolicy, MeshNodeSpec, PolicyProtocol};
+use weft_api::{AppAttachment, CompiledPolicy, CompiledRule, MeshNodeSpec, PolicyProtocol};
 
 use crate::error::Error;
 use crate::ipam::WorkloadIpam;
-use crate::state::{AppNet, Device, Peer, Ruleset, RulesetRule, WorkloadLink};
+use crate::state::{AppLinkEnd, AppNet, Device, Peer, Ruleset, RulesetRule, WorkloadLink};
 use crate::workloads;
 
 /// Prefix of every netns this node's daemon owns (`weft-<node>-`).
@@ -231,9 +231,23 @@ fn plan_app(
             );
         }
         out.addresses = addresses;
-        let policy = match &a.policy {
-            None => None,
-            Some(p) => Some(parse_policy(node, a, space, p)?.into_table()),
+        let (links, linked, cross_app) = parse_app_links(node, a)?;
+        // A link without a table would pass everything between the two
+        // apps, so linked apps always get one (even with no own policy).
+        let policy = match (&a.policy, links.is_empty()) {
+            (None, true) => None,
+            (p, _) => {
+                let mut r = match p {
+                    Some(p) => parse_policy(node, a, space, p)?,
+                    None => Ruleset {
+                        app_range: Some(space),
+                        ..Default::default()
+                    },
+                };
+                r.linked = linked;
+                r.cross_app = cross_app;
+                Some(r.into_table())
+            }
         };
         Ok(AppNet {
             app: a.app.clone(),
@@ -250,9 +264,91 @@ fn plan_app(
             }),
             workloads: wl,
             policy,
+            links,
         })
     })();
     out
+}
+
+type ParsedLinks = (BTreeMap<String, AppLinkEnd>, Vec<Ipv4Net>, Vec<RulesetRule>);
+
+/// The attachment's app links: link ends, linked ranges, and this app's
+/// rules for them. Any bad field rejects the app (it keeps its last good state).
+fn parse_app_links(node: &str, a: &AppAttachment) -> Result<ParsedLinks, Error> {
+    let mut links = BTreeMap::new();
+    let mut linked = Vec::new();
+    let mut rules = Vec::new();
+    for (i, l) in a.app_links.iter().enumerate() {
+        let f = format!("appLinks[{i}]");
+        for (field, name) in [
+            ("interface", &l.interface),
+            ("peerInterface", &l.peer_interface),
+        ] {
+            if !valid_ifname(name) {
+                return Err(spec_err(
+                    node,
+                    a,
+                    &format!("{f}.{field}"),
+                    format!("{name:?} is not a valid interface name (1-15 bytes of [A-Za-z0-9_-])"),
+                ));
+            }
+        }
+        if !owns_netns(node, &l.netns) || l.netns == a.netns {
+            return Err(spec_err(
+                node,
+                a,
+                &format!("{f}.netns"),
+                format!(
+                    "{:?} is not another app's namespace on this node (want {}<appId>)",
+                    l.netns,
+                    netns_prefix(node)
+                ),
+            ));
+        }
+        let range = parse_net(node, a, &format!("{f}.addressSpace"), &l.address_space)?;
+        let parsed = parse_rules(node, a, &format!("{f}.rules"), &l.rules)?;
+        if let Some(r) = parsed
+            .iter()
+            .find(|r| r.peers.iter().any(|p| !range.contains(p)))
+        {
+            return Err(spec_err(
+                node,
+                a,
+                &format!("{f}.rules"),
+                format!("rule {} has peers outside {range}", r.id),
+            ));
+        }
+        rules.extend(parsed);
+        linked.push(range);
+        if links
+            .insert(
+                l.interface.clone(),
+                AppLinkEnd {
+                    peer_netns: l.netns.clone(),
+                    peer_interface: l.peer_interface.clone(),
+                    routes: vec![range],
+                },
+            )
+            .is_some()
+        {
+            return Err(spec_err(
+                node,
+                a,
+                &format!("{f}.interface"),
+                format!("{:?} is used by two links", l.interface),
+            ));
+        }
+    }
+    linked.sort();
+    Ok((links, linked, rules))
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn parse_net(node: &str, a: &AppAttachment, field: &str, v: &str) -> Result<Ipv4Net, Error> {
@@ -295,8 +391,25 @@ fn parse_policy(
         out.egress_isolated
             .push(addr(format!("policy.egressIsolated[{i}]"), s)?);
     }
-    for (i, r) in p.rules.iter().enumerate() {
-        let f = format!("policy.rules[{i}]");
+    out.rules = parse_rules(node, a, "policy.rules", &p.rules)?;
+    Ok(out)
+}
+
+/// Parses compiled rules; `field` names the list in errors.
+fn parse_rules(
+    node: &str,
+    a: &AppAttachment,
+    field: &str,
+    rules: &[CompiledRule],
+) -> Result<Vec<RulesetRule>, Error> {
+    let addr = |field: String, s: &str| -> Result<Ipv4Addr, Error> {
+        s.trim()
+            .parse()
+            .map_err(|_| spec_err(node, a, &field, format!("{s:?} is not an IPv4 address")))
+    };
+    let mut out = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let f = format!("{field}[{i}]");
         let mut local = Vec::new();
         for (j, s) in r.local.iter().enumerate() {
             local.push(addr(format!("{f}.local[{j}]"), s)?);
@@ -339,7 +452,7 @@ fn parse_policy(
         if r.id.is_empty() {
             return Err(spec_err(node, a, &format!("{f}.id"), "must not be empty"));
         }
-        out.rules.push(RulesetRule {
+        out.push(RulesetRule {
             id: r.id.clone(),
             direction: r.direction,
             local,
@@ -385,6 +498,7 @@ pub(crate) mod tests {
                 allowed_ips: vec!["10.100.2.0/24".into()],
             }],
             policy: None,
+            app_links: Vec::new(),
         }
     }
 
@@ -402,6 +516,7 @@ pub(crate) mod tests {
         let spec = MeshNodeSpec {
             site: "local".into(),
             apps: vec![attachment("n1", 1)],
+            ..Default::default()
         };
         let mut ipam = WorkloadIpam::default();
         let p = plan(
@@ -471,6 +586,7 @@ pub(crate) mod tests {
             let spec = MeshNodeSpec {
                 site: "local".into(),
                 apps: vec![attachment("n1", 1), bad],
+                ..Default::default()
             };
             let p = plan(
                 "n1",
@@ -488,6 +604,117 @@ pub(crate) mod tests {
                 err.contains(&format!("spec.apps[demo/bad].{field}")),
                 "{field}: {err}"
             );
+        }
+    }
+
+    fn linked(node: &str) -> AppAttachment {
+        let mut a = attachment(node, 1);
+        a.app_links = vec![weft_api::AppLink {
+            app: "demo/db".into(),
+            netns: format!("weft-{node}-dddddddddd"),
+            interface: "wxdddddddddd".into(),
+            peer_interface: "wxabcdefghij".into(),
+            address_space: "10.200.0.0/16".into(),
+            rules: vec![CompiledRule {
+                id: "demo/p:egress[0]".into(),
+                direction: weft_api::PolicyDirection::Egress,
+                local: vec!["10.100.1.2".into()],
+                peers: vec!["10.200.1.2/32".into()],
+                protocol: None,
+                port: None,
+                end_port: None,
+            }],
+        }];
+        a
+    }
+
+    #[test]
+    fn an_app_link_gives_a_link_end_workload_routes_and_a_table() {
+        let spec = MeshNodeSpec {
+            site: "local".into(),
+            apps: vec![linked("n1")],
+            ..Default::default()
+        };
+        let p = plan(
+            "n1",
+            &spec,
+            &[wl("w1")],
+            &Default::default(),
+            &mut WorkloadIpam::default(),
+        );
+        let app = p[0].result.as_ref().unwrap();
+        let end = &app.links["wxdddddddddd"];
+        assert_eq!(end.peer_netns, "weft-n1-dddddddddd");
+        assert_eq!(end.peer_interface, "wxabcdefghij");
+        assert_eq!(
+            end.routes,
+            vec!["10.200.0.0/16".parse::<Ipv4Net>().unwrap()]
+        );
+        assert_eq!(
+            app.workload_routes(),
+            vec![
+                "10.100.0.0/16".parse::<Ipv4Net>().unwrap(),
+                "10.200.0.0/16".parse().unwrap()
+            ]
+        );
+        // No own policy, yet a table: a link is never left unfiltered.
+        let t = &app.policy.as_ref().expect("table").ruleset;
+        assert!(t.rules.is_empty() && t.ingress_isolated.is_empty());
+        assert_eq!(t.linked, vec!["10.200.0.0/16".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(t.cross_app.len(), 1);
+        assert_eq!(t.cross_app[0].id, "demo/p:egress[0]");
+    }
+
+    #[test]
+    fn a_bad_app_link_is_named_and_rejects_only_its_app() {
+        type Breaker = Box<dyn Fn(&mut weft_api::AppLink)>;
+        let cases: Vec<(&str, Breaker)> = vec![
+            (
+                "appLinks[0].netns",
+                Box::new(|l| l.netns = "weft-n2-dddddddddd".into()),
+            ),
+            (
+                "appLinks[0].interface",
+                Box::new(|l| l.interface = "way-too-long-link-name".into()),
+            ),
+            (
+                "appLinks[0].addressSpace",
+                Box::new(|l| l.address_space = "10.200.0.1/16".into()),
+            ),
+            (
+                "appLinks[0].rules",
+                Box::new(|l| l.rules[0].peers = vec!["10.9.9.9/32".into()]),
+            ),
+            (
+                "appLinks[0].rules[0].local[0]",
+                Box::new(|l| l.rules[0].local = vec!["x".into()]),
+            ),
+        ];
+        for (field, breaker) in cases {
+            let mut bad = linked("n1");
+            breaker(&mut bad.app_links[0]);
+            let mut other = attachment("n1", 1);
+            other.app = "demo/other".into();
+            other.app_id = "oooooooooo".into();
+            other.netns = "weft-n1-oooooooooo".into();
+            let spec = MeshNodeSpec {
+                site: "local".into(),
+                apps: vec![bad, other],
+                ..Default::default()
+            };
+            let p = plan(
+                "n1",
+                &spec,
+                &[],
+                &Default::default(),
+                &mut WorkloadIpam::default(),
+            );
+            let err = p[0].result.as_ref().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("spec.apps[demo/web].{field}")),
+                "{field}: {err}"
+            );
+            assert!(p[1].result.is_ok(), "{field}: the other app still plans");
         }
     }
 

@@ -104,7 +104,7 @@ impl<D: Dataplane> Reconciler<D> {
         now: Time,
     ) -> PassReport {
         let mut report = PassReport::default();
-        let observed = match self.dp.observe(&netns_prefix(&self.node)) {
+        let mut observed = match self.dp.observe(&netns_prefix(&self.node)) {
             Ok(mut o) => {
                 o.state.apps.retain(|k, _| owns_netns(&self.node, k));
                 o
@@ -207,6 +207,7 @@ impl<D: Dataplane> Reconciler<D> {
         self.writes_total += report.writes as u64;
 
         self.probe_stale_peers(&desired, &observed, &failed);
+        observed.traffic = self.count_traffic(&desired, &failed, &mut report);
 
         // Keys of apps that left this node go once their netns is gone.
         let wanted_ids: BTreeSet<&str> = spec.spec.apps.iter().map(|a| a.app_id.as_str()).collect();
@@ -247,6 +248,50 @@ impl<D: Dataplane> Reconciler<D> {
 }
 
 impl<D: Dataplane> Reconciler<D> {
+    /// Traffic figures of every app netns this pass programmed (the counting
+    /// rules follow the peers just applied). A failure only costs the figures:
+    /// it is logged and counted, never an app error.
+    fn count_traffic(
+        &mut self,
+        desired: &NodeState,
+        failed: &BTreeSet<String>,
+        report: &mut PassReport,
+    ) -> BTreeMap<String, crate::dataplane::AppTraffic> {
+        let mut out = BTreeMap::new();
+        for (netns, app) in &desired.apps {
+            let Some(dev) = &app.device else { continue };
+            if failed.contains(netns) {
+                continue;
+            }
+            let want = crate::dataplane::TrafficSpec {
+                interface: dev.interface.clone(),
+                peers: dev
+                    .peers
+                    .iter()
+                    .map(|(k, p)| (k.clone(), p.allowed_ips.clone()))
+                    .collect(),
+            };
+            match self.dp.traffic(netns, &want) {
+                Ok(t) => {
+                    if t.wrote {
+                        report.writes += 1;
+                        self.writes_total += 1;
+                        *report
+                            .writes_by_op
+                            .entry("set_traffic_counters")
+                            .or_default() += 1;
+                    }
+                    out.insert(netns.clone(), t);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %self.node, netns = %netns, error = %e, "cannot count traffic");
+                    report.error_reasons.push(e.metric_label());
+                }
+            }
+        }
+        out
+    }
+
     /// Sends a probe through the tunnel to every peer without a recent
     /// handshake (rate-limited), so "peers up" reflects a proven handshake
     /// rather than configuration alone.
@@ -313,6 +358,7 @@ mod tests {
             MeshNodeSpec {
                 site: "local".into(),
                 apps: vec![a],
+                ..Default::default()
             },
         );
         mn.metadata.generation = Some(1);

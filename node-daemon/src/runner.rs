@@ -8,7 +8,7 @@
 //!                                            └─► Metrics::observe_pass
 //! ```
 //!
-//! With an attach socket (standalone `--attach-socket`), the workload source
+//! With an attach socket (`--attach-socket`), the workload source
 //! merges announcements with what the container runtime registered, and
 //! after every pass publishes one outcome per registered workload to the
 //! attach server ([`crate::attach`]).
@@ -120,22 +120,46 @@ pub fn run<D: Dataplane>(
         run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
         return Ok(());
     };
-    let shared = Arc::new(Shared::persistent(
-        cfg.data_dir.join("attach-registry.json"),
-    )?);
-    let server = AttachServer::bind(socket, shared.clone(), ATTACH_WAIT)
-        .map_err(|e| Error::io(socket, e))?;
-    tracing::info!(socket = %socket.display(), "attach socket listening");
-    let server_stop = stop.clone();
-    let server_thread = std::thread::Builder::new()
-        .name("attach".into())
-        .spawn(move || server.serve(server_stop))
-        .map_err(|e| Error::io(socket, e))?;
-    let mut source = RuntimeSource::new(dir, shared);
+    let attach = AttachService::start(socket, &cfg.data_dir, &stop)?;
+    let mut source = RuntimeSource::new(dir, attach.shared.clone());
     run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
-    stop.store(true, Ordering::Relaxed);
-    let _ = server_thread.join();
+    attach.stop(&stop);
     Ok(())
+}
+
+/// The attach socket's server thread and the registry it shares with the
+/// loop (both modes).
+pub struct AttachService {
+    /// Registry and outcomes shared with [`RuntimeSource`].
+    pub shared: Arc<Shared>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl AttachService {
+    /// Binds `socket` (the registry persists under `data_dir`, so a restart
+    /// re-attaches what the runtime added before) and serves it until `stop`.
+    pub fn start(
+        socket: &std::path::Path,
+        data_dir: &std::path::Path,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Self, Error> {
+        let shared = Arc::new(Shared::persistent(data_dir.join("attach-registry.json"))?);
+        let server = AttachServer::bind(socket, shared.clone(), ATTACH_WAIT)
+            .map_err(|e| Error::io(socket, e))?;
+        tracing::info!(socket = %socket.display(), "attach socket listening");
+        let server_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("attach".into())
+            .spawn(move || server.serve(server_stop))
+            .map_err(|e| Error::io(socket, e))?;
+        Ok(AttachService { shared, thread })
+    }
+
+    /// Sets `stop` and waits for the server thread.
+    pub fn stop(self, stop: &AtomicBool) {
+        stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
 }
 
 /// The loop itself, generic over the transport; runs until `stop` is set.
@@ -159,6 +183,9 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
         let local = source.list();
         let mut report = rec.pass(spec.as_ref(), &local, now());
         add_pending(&mut report.status, source.pending());
+        if let Some(c) = source.condition() {
+            weft_api::conditions::set(&mut report.status.conditions, c, now());
+        }
         metrics.observe_pass(started.elapsed(), &report);
         if spec.is_some() {
             metrics.set_ready(true);

@@ -30,6 +30,45 @@ pub struct AppNet {
     /// The app's policy table in the netns; `None`: no table (all open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyTable>,
+    /// App links (veth ends towards other apps' netns), keyed by the
+    /// interface name in this netns.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<String, AppLinkEnd>,
+}
+
+/// This netns' end of a veth pair to another app's netns on the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppLinkEnd {
+    /// The other app's netns (desired only; the kernel does not report it).
+    pub peer_netns: String,
+    /// The other end's name (desired only).
+    pub peer_interface: String,
+    /// Destinations routed through the link (the other app's range).
+    pub routes: Vec<Ipv4Net>,
+}
+
+impl AppLinkEnd {
+    /// Of a pair, the end in the netns whose name sorts first creates (and
+    /// deletes) the veth, so the two apps never race for it.
+    pub fn owned_by(&self, netns: &str) -> bool {
+        netns < self.peer_netns.as_str()
+    }
+}
+
+impl AppNet {
+    /// What each workload routes through its gateway: the app range plus
+    /// the range of every linked app.
+    pub fn workload_routes(&self) -> Vec<Ipv4Net> {
+        let mut r: Vec<Ipv4Net> = self
+            .device
+            .iter()
+            .flat_map(|d| d.routes.iter().copied())
+            .chain(self.links.values().flat_map(|l| l.routes.iter().copied()))
+            .collect();
+        r.sort();
+        r.dedup();
+        r
+    }
 }
 
 /// A policy ruleset and its digest. The diff compares digests only: the
@@ -54,6 +93,15 @@ pub struct Ruleset {
     pub egress_isolated: Vec<Ipv4Addr>,
     /// Allow rules, in order.
     pub rules: Vec<RulesetRule>,
+    /// Ranges of the apps linked to this one. When any, every flow between
+    /// the app range and outside it is dropped unless a `cross_app` rule
+    /// allows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linked: Vec<Ipv4Net>,
+    /// This app's allow rules for flows with linked apps (`peers` are their
+    /// addresses); evaluated instead of `rules` for such flows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cross_app: Vec<RulesetRule>,
 }
 
 /// One allow rule.

@@ -42,6 +42,7 @@ pub fn build(
             .get(&netns)
             .and_then(|a| a.device.as_ref());
         let error = app_errors.get(&p.app).cloned();
+        let traffic = observed.traffic.get(&netns);
         let peers = p
             .peer_nodes
             .iter()
@@ -51,12 +52,19 @@ pub fn build(
                     .get(&(netns.clone(), pk.clone()))
                     .cloned()
                     .unwrap_or_default();
+                let t = traffic
+                    .and_then(|t| t.peers.get(pk))
+                    .copied()
+                    .unwrap_or_default();
                 PeerStatus {
                     node: peer_node.clone(),
                     public_key: pk.clone(),
                     last_handshake_seconds: st.last_handshake_seconds,
                     rx_bytes: st.rx_bytes,
                     tx_bytes: st.tx_bytes,
+                    rx_packets: t.rx_packets,
+                    tx_packets: t.tx_packets,
+                    active_connections: t.active_connections,
                 }
             })
             .collect::<Vec<_>>();
@@ -92,6 +100,7 @@ pub fn build(
             peers,
             peers_up: u32::try_from(peers_up).unwrap_or(u32::MAX),
             policy_drops,
+            active_connections: traffic.and_then(|t| t.active_connections),
         });
     }
     apps.sort_by(|a, b| a.app.cmp(&b.app));
@@ -162,9 +171,13 @@ pub fn changed(old: &MeshNodeStatus, new: &MeshNodeStatus) -> bool {
         // would rewrite status constantly. They go out with the heartbeat.
         for a in &mut s.apps {
             a.policy_drops = a.policy_drops.map(|_| 0);
+            a.active_connections = a.active_connections.map(|_| 0);
             for p in &mut a.peers {
                 p.rx_bytes = 0;
                 p.tx_bytes = 0;
+                p.rx_packets = 0;
+                p.tx_packets = 0;
+                p.active_connections = 0;
                 p.last_handshake_seconds = p.last_handshake_seconds.map(|_| 0);
             }
         }
@@ -206,6 +219,7 @@ mod tests {
             MeshNodeSpec {
                 site: "local".into(),
                 apps: vec![a],
+                ..Default::default()
             },
         );
         mn.metadata.generation = Some(1);
@@ -229,6 +243,50 @@ mod tests {
         let json = serde_json::to_value(&guarded.status).unwrap();
         assert_eq!(json["apps"][0]["policyDrops"], 0);
         assert_eq!(json["apps"][0]["peersUp"], 0);
+    }
+
+    #[test]
+    fn traffic_figures_reach_the_status_and_counting_rules_are_written_once() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
+        let spec = node(false); // one peer key for every pass
+        let first = r.pass(Some(&spec), &[], t());
+        assert_eq!(first.writes_by_op.get("set_traffic_counters"), Some(&1));
+        let settled = r.pass(Some(&spec), &[], t());
+        let netns = spec.spec.apps[0].netns.clone();
+        let counted = r.dataplane().traffic_specs[&netns].clone();
+        let (pk, ranges) = counted.peers.iter().next().expect("the app has a peer");
+        assert!(!ranges.is_empty(), "counted by the peer's allowed IPs");
+        let injected = crate::dataplane::AppTraffic {
+            peers: [(
+                pk.clone(),
+                crate::dataplane::PeerTraffic {
+                    rx_packets: 5,
+                    tx_packets: 6,
+                    active_connections: 1,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            active_connections: Some(2),
+            wrote: false,
+        };
+        r.dataplane().traffic.insert(netns, injected);
+        let rep = r.pass(Some(&spec), &[], t());
+        assert_eq!(rep.writes, 0, "converged: the counting rules stay");
+        assert_eq!(r.dataplane().traffic_writes, 1);
+        let app = &rep.status.apps[0];
+        let peer = app.peers.iter().find(|p| &p.public_key == pk).unwrap();
+        assert_eq!((peer.rx_packets, peer.tx_packets), (5, 6));
+        assert_eq!(peer.active_connections, 1);
+        assert_eq!(app.active_connections, Some(2));
+        assert!(
+            !changed(&settled.status, &rep.status),
+            "moving figures alone are no change"
+        );
+        let json = serde_json::to_value(&rep.status).unwrap();
+        assert_eq!(json["apps"][0]["activeConnections"], 2);
+        assert_eq!(json["apps"][0]["peers"][0]["rxPackets"], 5);
     }
 
     fn with(drops: Option<u64>, handshake: Option<u64>, rx: u64) -> MeshNodeStatus {

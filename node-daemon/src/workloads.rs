@@ -1,11 +1,13 @@
-//! Where the daemon learns which workloads run on its node. Kubernetes (CNI)
-//! and Docker sources come later; the standalone source reads announcement
-//! files dropped into the node's workloads directory.
+//! Where the daemon learns which workloads run on its node: announcement
+//! files dropped into the node's workloads directory ([`DirSource`]), those
+//! merged with what a CNI runtime registered ([`RuntimeSource`]), or the
+//! local Docker engine ([`crate::docker::DockerSource`]).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use weft_api::attach::WorkloadRef;
 use weft_api::standalone::LocalWorkload;
 use weft_api::{MeshNode, MeshNodeStatus};
@@ -29,6 +31,61 @@ pub trait WorkloadSource: Send {
 
     /// Called after every pass with its spec and (final) status.
     fn after_pass(&mut self, _spec: Option<&MeshNode>, _status: &MeshNodeStatus) {}
+
+    /// A condition about the source itself (e.g. its container engine is
+    /// unreachable), added to the node's status; `None` for sources that
+    /// cannot fail that way.
+    fn condition(&self) -> Option<Condition> {
+        None
+    }
+}
+
+/// Holds back a workload whose runtime gave it a new sandbox (same name,
+/// new netns) for one pass, so its old attachment goes before the new one
+/// is made (links compare by address, not by netns).
+#[derive(Debug, Default)]
+pub struct SandboxChanges {
+    /// The netns each workload was attached to in the last pass.
+    last_netns: std::collections::BTreeMap<String, String>,
+}
+
+impl SandboxChanges {
+    /// The workloads to attach this pass (input order kept).
+    pub fn filter(&mut self, workloads: Vec<LocalWorkload>) -> Vec<LocalWorkload> {
+        let last = std::mem::take(&mut self.last_netns);
+        let mut out = Vec::with_capacity(workloads.len());
+        for w in workloads {
+            let k = key(&w);
+            if last.get(&k).is_some_and(|n| n != &w.netns) {
+                tracing::info!(workload = %k, netns = %w.netns, "workload moved to a new sandbox; re-attaching");
+                continue;
+            }
+            self.last_netns.insert(k, w.netns.clone());
+            out.push(w);
+        }
+        out
+    }
+}
+
+/// Where workload metadata (namespace, name, labels) comes from when the
+/// runtime tells the netns over the attach socket.
+pub trait Announcements: Send {
+    /// Every known workload, sorted by `namespace/name`; netns may be empty.
+    fn scan(&self) -> Vec<LocalWorkload>;
+
+    /// Whether a registered workload missing from [`scan`](Self::scan)
+    /// belongs to no app. True for announcement files (standalone: the file
+    /// is the Pod object, written before the runtime's ADD); false for a
+    /// watch that may lag behind the runtime (the ADD then waits).
+    fn complete(&self) -> bool {
+        true
+    }
+}
+
+impl Announcements for DirSource {
+    fn scan(&self) -> Vec<LocalWorkload> {
+        DirSource::scan(self)
+    }
 }
 
 /// Reads `*.json` [`LocalWorkload`] files from a directory.
@@ -96,8 +153,8 @@ pub struct Merged {
     pub attach: Vec<LocalWorkload>,
     /// Announced with an empty netns and not registered yet: status only.
     pub pending: Vec<LocalWorkload>,
-    /// `namespace/name` of every announcement (attachable or not).
-    pub announced: BTreeSet<String>,
+    /// `namespace/name` → labels of every announcement (attachable or not).
+    pub announced: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Merges announcements with the attach registry: an announcement with an
@@ -108,7 +165,7 @@ pub fn merge(announced: Vec<LocalWorkload>, registered: &[WorkloadRef]) -> Merge
     let mut m = Merged::default();
     for mut w in announced {
         let k = key(&w);
-        m.announced.insert(k.clone());
+        m.announced.insert(k.clone(), w.labels.clone());
         if w.netns.is_empty() {
             match registered
                 .iter()
@@ -126,38 +183,39 @@ pub fn merge(announced: Vec<LocalWorkload>, registered: &[WorkloadRef]) -> Merge
     m
 }
 
-/// The standalone source with a runtime attach socket: Pod metadata from
-/// the announcement files, the netns from the runtime's ADD. After each
-/// pass it publishes one outcome per registered workload.
+/// Workloads a runtime attaches over the attach socket: metadata from
+/// [`Announcements`] (files in standalone mode, the Pod watch in Kubernetes
+/// mode), the netns from the runtime's ADD. After each pass it publishes one
+/// outcome per registered workload.
 pub struct RuntimeSource {
-    dir: DirSource,
+    dir: Box<dyn Announcements>,
     shared: Arc<Shared>,
     /// The registry as of the last `list` (outcomes must describe the pass
     /// that saw exactly these registrations).
     registered: Vec<WorkloadRef>,
     merged: Merged,
-    /// The netns each workload was attached to in the last pass: a
-    /// workload whose runtime gave it a new sandbox (same name, new netns)
-    /// is left out for one pass, so its old attachment goes before the new
-    /// one is made (links compare by address, not by netns).
-    last_netns: std::collections::BTreeMap<String, String>,
+    sandboxes: SandboxChanges,
     read_link: LinkReader,
 }
 
 impl RuntimeSource {
     /// Announcements from `dir`, netns from `shared`.
-    pub fn new(dir: DirSource, shared: Arc<Shared>) -> Self {
+    pub fn new(dir: impl Announcements + 'static, shared: Arc<Shared>) -> Self {
         Self::with_link_reader(dir, shared, Box::new(publish::read_workload_link))
     }
 
     /// With an injected reader of the workload's `weft0` (tests).
-    pub fn with_link_reader(dir: DirSource, shared: Arc<Shared>, read_link: LinkReader) -> Self {
+    pub fn with_link_reader(
+        dir: impl Announcements + 'static,
+        shared: Arc<Shared>,
+        read_link: LinkReader,
+    ) -> Self {
         RuntimeSource {
-            dir,
+            dir: Box::new(dir),
             shared,
             registered: Vec::new(),
             merged: Merged::default(),
-            last_netns: Default::default(),
+            sandboxes: SandboxChanges::default(),
             read_link,
         }
     }
@@ -167,18 +225,7 @@ impl WorkloadSource for RuntimeSource {
     fn list(&mut self) -> Vec<LocalWorkload> {
         self.registered = self.shared.registered();
         self.merged = merge(self.dir.scan(), &self.registered);
-        let last = std::mem::take(&mut self.last_netns);
-        let mut out = Vec::new();
-        for w in &self.merged.attach {
-            let k = key(w);
-            if last.get(&k).is_some_and(|n| n != &w.netns) {
-                tracing::info!(workload = %k, netns = %w.netns, "workload moved to a new sandbox; re-attaching");
-                continue;
-            }
-            self.last_netns.insert(k, w.netns.clone());
-            out.push(w.clone());
-        }
-        out
+        self.sandboxes.filter(self.merged.attach.clone())
     }
 
     fn pending(&self) -> Vec<LocalWorkload> {
@@ -189,6 +236,7 @@ impl WorkloadSource for RuntimeSource {
         let o = publish::outcomes(
             &self.registered,
             &self.merged.announced,
+            self.dir.complete(),
             spec,
             status,
             &*self.read_link,

@@ -241,6 +241,7 @@ fn app(spec: AppSpec<'_>) -> AppNet {
             })
             .collect(),
         policy: None,
+        links: Default::default(),
     }
 }
 

@@ -105,6 +105,7 @@ fn build(
                 device,
                 workloads,
                 policy,
+                links: Default::default(),
             },
         );
     }

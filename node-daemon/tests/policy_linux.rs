@@ -30,8 +30,8 @@ mod support;
 
 use support::{privileged, sh, Cleanup};
 use weft_node_daemon::state::{
-    AppNet, Device, NodeState, PolicyCounters, PolicyDirection, PolicyProtocol, PolicyTable,
-    Ruleset, RulesetRule, WorkloadLink,
+    AppLinkEnd, AppNet, Device, NodeState, PolicyCounters, PolicyDirection, PolicyProtocol,
+    PolicyTable, Ruleset, RulesetRule, WorkloadLink,
 };
 
 /// One ping (one echo request) from `netns` to `dst`, waiting up to 1 s.
@@ -297,6 +297,7 @@ impl World {
             }),
             workloads,
             policy: None,
+            links: Default::default(),
         };
         let mut desired = NodeState::default();
         desired.apps.insert(app_ns.clone(), app);
@@ -372,6 +373,7 @@ fn server_policy(rules: Vec<RulesetRule>) -> PolicyTable {
         ingress_isolated: vec![S],
         egress_isolated: vec![],
         rules,
+        ..Default::default()
     }
     .into_table()
 }
@@ -610,4 +612,370 @@ fn between_full_reads_a_deleted_table_is_still_caught_on_the_next_pass() {
         "the marker check notices the missing table without waiting for a full read"
     );
     assert!(w.sync().is_empty());
+}
+
+// ---------------------------------------------------------------- two apps, one link
+
+const A_RANGE: &str = "10.126.0.0/16";
+const B_RANGE: &str = "10.127.0.0/16";
+const A_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 126, 1, 10); // allowed by both sides
+const A_OTHER: Ipv4Addr = Ipv4Addr::new(10, 126, 1, 11); // not allowed by app A
+const B_SERVER: Ipv4Addr = Ipv4Addr::new(10, 127, 1, 10);
+const B_OTHER: Ipv4Addr = Ipv4Addr::new(10, 127, 1, 11); // not a peer of A's rule
+
+fn rule(
+    id: &str,
+    direction: PolicyDirection,
+    local: Ipv4Addr,
+    peer: Ipv4Addr,
+    protocol: Option<PolicyProtocol>,
+    ports: Option<(u16, u16)>,
+) -> RulesetRule {
+    RulesetRule {
+        id: id.into(),
+        direction,
+        local: vec![local],
+        peers: vec![Ipv4Net::new(peer, 32).unwrap()],
+        protocol,
+        ports,
+    }
+}
+
+/// App A's side: egress from its client to B's server, any protocol.
+fn a_side() -> PolicyTable {
+    Ruleset {
+        app_range: Some(net(A_RANGE)),
+        linked: vec![net(B_RANGE)],
+        cross_app: vec![rule(
+            "demo/a-out:egress[0]",
+            PolicyDirection::Egress,
+            A_CLIENT,
+            B_SERVER,
+            None,
+            None,
+        )],
+        ..Default::default()
+    }
+    .into_table()
+}
+
+const B_TCP: &str = "demo/b-in:ingress[0].ports[0]";
+const B_UDP: &str = "demo/b-in:ingress[0].ports[1]";
+const B_ICMP: &str = "demo/b-in:ingress[0].ports[2]";
+
+/// App B's side: ingress to its server from A's client on TCP 8080, UDP,
+/// ICMP; `allow: false` keeps the link but allows nothing.
+fn b_side(allow: bool) -> PolicyTable {
+    let cross_app = if allow {
+        vec![
+            rule(
+                B_TCP,
+                PolicyDirection::Ingress,
+                B_SERVER,
+                A_CLIENT,
+                Some(PolicyProtocol::Tcp),
+                Some((8080, 8080)),
+            ),
+            rule(
+                B_UDP,
+                PolicyDirection::Ingress,
+                B_SERVER,
+                A_CLIENT,
+                Some(PolicyProtocol::Udp),
+                Some((UDP_PORT, UDP_PORT)),
+            ),
+            rule(
+                B_ICMP,
+                PolicyDirection::Ingress,
+                B_SERVER,
+                A_CLIENT,
+                Some(PolicyProtocol::Icmp),
+                None,
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
+    Ruleset {
+        app_range: Some(net(B_RANGE)),
+        linked: vec![net(A_RANGE)],
+        cross_app,
+        ..Default::default()
+    }
+    .into_table()
+}
+
+fn app_net(
+    tag: &str,
+    netns: &str,
+    name: &str,
+    range: &str,
+    port: u16,
+    key: &PrivateKey,
+    workloads: &[(&str, Ipv4Addr)],
+) -> AppNet {
+    let tunnel = Ipv4Net::new(net(range).hosts().next().unwrap(), 32).unwrap();
+    AppNet {
+        app: format!("demo/{name}"),
+        netns: netns.into(),
+        device: Some(Device {
+            interface: format!("wg{tag}{name}"),
+            mtu: 1420,
+            up: true,
+            addresses: vec![tunnel],
+            routes: vec![net(range)],
+            listen_port: port,
+            public_key: key.public_key(),
+            peers: BTreeMap::new(),
+        }),
+        workloads: workloads
+            .iter()
+            .map(|(wl, addr)| {
+                (
+                    format!("wv{tag}{}", &wl[wl.len() - 2..]),
+                    WorkloadLink {
+                        workload: format!("demo/{wl}"),
+                        workload_netns: format!("/run/netns/{wl}"),
+                        address: *addr,
+                        mtu: 1420,
+                    },
+                )
+            })
+            .collect(),
+        policy: None,
+        links: BTreeMap::new(),
+    }
+}
+
+fn link_names(netns: &str) -> Vec<String> {
+    sh(&["ip", "-n", netns, "-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("wx"))
+        .collect()
+}
+
+#[test]
+fn apps_reach_each_other_only_where_both_sides_allow_with_real_traffic() {
+    if !privileged(
+        "apps_reach_each_other_only_where_both_sides_allow_with_real_traffic",
+        &[("nft", "--version")],
+    ) {
+        return;
+    }
+    let tag = format!("x{}", std::process::id());
+    let mut cleanup = Cleanup::default();
+    let node_ns = format!("wpn-{tag}");
+    let prefix = format!("wpa-{tag}-");
+    let (a_ns, b_ns) = (format!("{prefix}a"), format!("{prefix}b"));
+    let wl = |w: &str| format!("wpw-{tag}-{w}");
+    let (ac, ao, bs, bo) = (wl("ac"), wl("ao"), wl("bs"), wl("bo"));
+    cleanup
+        .netns
+        .extend([node_ns.clone(), a_ns.clone(), b_ns.clone()]);
+    cleanup
+        .netns
+        .extend([ac.clone(), ao.clone(), bs.clone(), bo.clone()]);
+    for n in [&node_ns, &ac, &ao, &bs, &bo] {
+        sh(&["ip", "netns", "add", n]);
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"]);
+    }
+    let (ka, kb) = (PrivateKey::generate(), PrivateKey::generate());
+    let mut desired = NodeState::default();
+    let a = app_net(
+        &tag,
+        &a_ns,
+        "a",
+        A_RANGE,
+        51830,
+        &ka,
+        &[(&ac, A_CLIENT), (&ao, A_OTHER)],
+    );
+    let b = app_net(
+        &tag,
+        &b_ns,
+        "b",
+        B_RANGE,
+        51831,
+        &kb,
+        &[(&bs, B_SERVER), (&bo, B_OTHER)],
+    );
+    desired.apps.insert(a_ns.clone(), a);
+    desired.apps.insert(b_ns.clone(), b);
+    let keys = Keys([(a_ns.clone(), ka), (b_ns.clone(), kb)].into());
+    let node = Node::start(&node_ns, Duration::ZERO);
+    assert!(!node.sync(&desired, &keys, &prefix).is_empty());
+    assert!(node.sync(&desired, &keys, &prefix).is_empty(), "converged");
+    let udp_got = start_servers(&bs, B_SERVER, &[8080, 8081], UDP_PORT);
+    start_servers(&bo, B_OTHER, &[8080], UDP_PORT);
+
+    // Unlinked: two apps share no route at all.
+    assert!(
+        tcp_connect(&ac, B_SERVER, 8080).is_none(),
+        "no link, no path"
+    );
+    assert!(!ping(&ac, B_SERVER));
+
+    // Both sides allow: a link with routes on both ends, each side's table.
+    let (a_if, b_if) = (format!("wx{tag}b"), format!("wx{tag}a"));
+    let link = |peer_netns: &str, peer_if: &str, range: &str| AppLinkEnd {
+        peer_netns: peer_netns.into(),
+        peer_interface: peer_if.into(),
+        routes: vec![net(range)],
+    };
+    {
+        let a = desired.apps.get_mut(&a_ns).unwrap();
+        a.links.insert(a_if.clone(), link(&b_ns, &b_if, B_RANGE));
+        a.policy = Some(a_side());
+        let b = desired.apps.get_mut(&b_ns).unwrap();
+        b.links.insert(b_if.clone(), link(&a_ns, &a_if, A_RANGE));
+        b.policy = Some(b_side(true));
+    }
+    let ops = node.sync(&desired, &keys, &prefix);
+    let names: Vec<&str> = ops.iter().map(Op::name).collect();
+    let pos = |n: &str| {
+        names
+            .iter()
+            .position(|x| *x == n)
+            .unwrap_or_else(|| panic!("{n} in {names:?}"))
+    };
+    assert_eq!(
+        names.iter().filter(|n| **n == "create_app_link").count(),
+        1,
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| **n == "add_app_link_route").count(),
+        2,
+        "{names:?}"
+    );
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| **n == "set_workload_routes")
+            .count(),
+        4,
+        "every workload gets the other range, in place: {names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| *n == "attach_workload" || *n == "detach_workload"),
+        "no workload is re-attached: {names:?}"
+    );
+    let routes = sh(&["ip", "-n", &ac, "route", "show"]);
+    assert!(
+        routes.contains(B_RANGE) && routes.contains(A_RANGE),
+        "{routes}"
+    );
+    assert!(
+        pos("set_policy") < pos("create_app_link"),
+        "tables before the link: {names:?}"
+    );
+    assert!(
+        node.sync(&desired, &keys, &prefix).is_empty(),
+        "a converged resync writes nothing"
+    );
+    assert_eq!(link_names(&a_ns), vec![a_if.clone()]);
+    assert_eq!(link_names(&b_ns), vec![b_if.clone()]);
+
+    // Allowed: TCP 8080 with its replies, UDP, ICMP.
+    let mut conn = tcp_connect(&ac, B_SERVER, 8080).expect("A client -> B server 8080 allowed");
+    for _ in 0..3 {
+        assert!(echo(&mut conn), "replies pass");
+    }
+    let before = udp_got.load(Ordering::SeqCst);
+    udp_send(&ac, B_SERVER, UDP_PORT, 3, 100);
+    wait_for("3 datagrams across apps", || {
+        udp_got.load(Ordering::SeqCst) == before + 3
+    });
+    assert!(ping(&ac, B_SERVER), "ICMP allowed");
+
+    // Denied: a port only A allows (dropped by B), a workload A does not
+    // allow (dropped by A), a B workload A does not name, the reverse
+    // direction (nobody allows B -> A).
+    let counters = |ns: &str| {
+        node.observe(&prefix)
+            .policy_counters
+            .remove(ns)
+            .unwrap_or_default()
+    };
+    let (a0, b0) = (counters(&a_ns), counters(&b_ns));
+    assert!(
+        tcp_connect(&ac, B_SERVER, 8081).is_none(),
+        "8081: B does not allow it"
+    );
+    let (a1, b1) = (counters(&a_ns), counters(&b_ns));
+    assert!(
+        b1.dropped_ingress.packets > b0.dropped_ingress.packets,
+        "B dropped it: {b1:?}"
+    );
+    assert!(a1.rules["demo/a-out:egress[0]"].packets > a0.rules["demo/a-out:egress[0]"].packets);
+    assert!(
+        tcp_connect(&ao, B_SERVER, 8080).is_none(),
+        "A's other workload denied"
+    );
+    assert!(!ping(&ao, B_SERVER));
+    let a2 = counters(&a_ns);
+    assert!(
+        a2.dropped_egress.packets > a1.dropped_egress.packets,
+        "A dropped it: {a2:?}"
+    );
+    assert!(
+        tcp_connect(&ac, B_OTHER, 8080).is_none(),
+        "B's other workload denied"
+    );
+    assert!(!ping(&bs, A_CLIENT), "B -> A is allowed by nobody");
+    let b2 = counters(&b_ns);
+    assert_eq!(b2.rules[B_TCP].packets, 1, "one allowed TCP flow: {b2:?}");
+    assert_eq!(b2.rules[B_UDP].packets, 3, "{b2:?}");
+    assert_eq!(b2.rules[B_ICMP].packets, 1, "{b2:?}");
+
+    // B withdraws its allow (the link stays for now): closed at once for
+    // new flows; the established connection is conntrack state and lives on.
+    desired.apps.get_mut(&b_ns).unwrap().policy = Some(b_side(false));
+    let ops = node.sync(&desired, &keys, &prefix);
+    assert_eq!(
+        ops.iter().map(Op::name).collect::<Vec<_>>(),
+        vec!["set_policy"]
+    );
+    assert!(tcp_connect(&ac, B_SERVER, 8080).is_none(), "closed by B");
+    assert!(!ping(&ac, B_SERVER));
+    assert!(
+        echo(&mut conn),
+        "the established connection survives the update"
+    );
+
+    // The planner then drops the link on both sides: it is removed.
+    for ns in [&a_ns, &b_ns] {
+        let app = desired.apps.get_mut(ns).unwrap();
+        app.links.clear();
+        app.policy = None;
+    }
+    let ops = node.sync(&desired, &keys, &prefix);
+    assert!(ops.iter().any(|o| o.name() == "delete_app_link"), "{ops:?}");
+    assert_eq!(
+        ops.iter()
+            .filter(|o| o.name() == "set_workload_routes")
+            .count(),
+        4,
+        "{ops:?}"
+    );
+    assert!(
+        node.sync(&desired, &keys, &prefix).is_empty(),
+        "converged after removal"
+    );
+    assert!(link_names(&a_ns).is_empty() && link_names(&b_ns).is_empty());
+    let routes = sh(&["ip", "-n", &ac, "route", "show"]);
+    assert!(
+        !routes.contains(B_RANGE),
+        "the other range is gone: {routes}"
+    );
+    assert!(
+        tcp_connect(&ac, B_SERVER, 8080).is_none(),
+        "no link, no path"
+    );
+    assert!(!ping(&ac, B_SERVER));
+    drop(node);
 }

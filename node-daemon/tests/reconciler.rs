@@ -32,6 +32,7 @@ fn attachment(app: &str, id: &str, octet: u8) -> AppAttachment {
             allowed_ips: vec![format!("10.{octet}.2.0/24")],
         }],
         policy: None,
+        app_links: Vec::new(),
     }
 }
 
@@ -41,6 +42,7 @@ fn meshnode(generation: i64, apps: Vec<AppAttachment>) -> MeshNode {
         MeshNodeSpec {
             site: "local".into(),
             apps,
+            ..Default::default()
         },
     );
     mn.metadata.generation = Some(generation);

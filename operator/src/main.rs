@@ -36,6 +36,10 @@ enum Command {
         /// Do one pass and exit.
         #[arg(long)]
         once: bool,
+        /// Seconds before moving traffic counters alone rewrite a MeshApp's
+        /// status (any other change rewrites it at once).
+        #[arg(long, default_value_t = weft_operator::status::TRAFFIC_REFRESH_SECONDS)]
+        traffic_refresh_seconds: i64,
     },
     /// Run the controllers against the Kubernetes API (in-cluster config or KUBECONFIG).
     Kubernetes {
@@ -181,9 +185,14 @@ fn main() -> anyhow::Result<()> {
             interval_ms,
             pool,
             once,
+            traffic_refresh_seconds,
         } => {
             init_logs();
-            let mut op = Standalone::new(StandaloneConfig::new(manifests, state).with_pool(pool));
+            let mut op = Standalone::new(
+                StandaloneConfig::new(manifests, state)
+                    .with_pool(pool)
+                    .with_traffic_refresh(traffic_refresh_seconds),
+            );
             tracing::info!(%pool, interval_ms, "standalone operator starting");
             loop {
                 match op.tick(Timestamp::now()) {

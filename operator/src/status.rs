@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use weft_api::conditions::{self, types};
-use weft_api::{AppStatus, MeshAppStatus, MeshNodeStatus, MeshPolicyStatus, MeshSiteStatus};
+use weft_api::meshapp::TrafficSummary;
+use weft_api::{
+    AppStatus, EnforcedPolicy, MeshAppStatus, MeshNodeStatus, MeshPolicyStatus, MeshSiteStatus,
+};
 
 use crate::planner::{AppOutcome, ErrorKind, ObjectKey, PlanError, PolicyOutcome, SiteOutcome};
 
@@ -93,6 +96,28 @@ pub fn app_status(
     generation: i64,
     previous: Option<&MeshAppStatus>,
     now: &Time,
+) -> MeshAppStatus {
+    app_status_with_refresh(
+        app,
+        outcome,
+        nodes,
+        generation,
+        previous,
+        now,
+        TRAFFIC_REFRESH_SECONDS,
+    )
+}
+
+/// [`app_status`] with traffic figures refreshed every `traffic_refresh`
+/// seconds instead of [`TRAFFIC_REFRESH_SECONDS`].
+pub fn app_status_with_refresh(
+    app: &ObjectKey,
+    outcome: &AppOutcome,
+    nodes: &BTreeMap<String, NodeView<'_>>,
+    generation: i64,
+    previous: Option<&MeshAppStatus>,
+    now: &Time,
+    traffic_refresh: i64,
 ) -> MeshAppStatus {
     let name = app.to_string();
     let view = |n: &str| nodes.get(n).copied().unwrap_or_default();
@@ -183,7 +208,71 @@ pub fn app_status(
         nodes: Some(format!("{nodes_ready}/{nodes_total}")),
         peers: Some(format!("{peers_up}/{pairs_total}")),
         sites: outcome.sites.clone(),
+        traffic: refreshed_traffic(
+            previous.and_then(|p| p.traffic.as_ref()),
+            traffic_summary(&name, outcome, nodes),
+            now,
+            traffic_refresh,
+        ),
     }
+}
+
+/// How long summed traffic figures may age before counters alone make the
+/// operator write MeshApp status again.
+pub const TRAFFIC_REFRESH_SECONDS: i64 = 60;
+
+/// The new figures stamped `now`, unless they equal the previous ones, or
+/// the previous ones (from the same number of nodes) are younger than
+/// `refresh_seconds`: then the previous ones stay, so a status that changed
+/// only in its counters is not rewritten on every heartbeat.
+fn refreshed_traffic(
+    previous: Option<&TrafficSummary>,
+    fresh: Option<TrafficSummary>,
+    now: &Time,
+    refresh_seconds: i64,
+) -> Option<TrafficSummary> {
+    let mut fresh = fresh?;
+    if let Some(old) = previous {
+        let young = old
+            .observed_at
+            .as_ref()
+            .is_some_and(|t| now.0.as_second() - t.0.as_second() < refresh_seconds);
+        let unchanged = TrafficSummary {
+            observed_at: old.observed_at.clone(),
+            ..fresh.clone()
+        } == *old;
+        if unchanged || (young && old.nodes == fresh.nodes) {
+            return Some(old.clone());
+        }
+    }
+    fresh.observed_at = Some(now.clone());
+    Some(fresh)
+}
+
+/// The app's traffic summed over its nodes that report it (lost nodes are
+/// left out: their figures are stale). `None` until one reports.
+fn traffic_summary(
+    app: &str,
+    outcome: &AppOutcome,
+    nodes: &BTreeMap<String, NodeView<'_>>,
+) -> Option<TrafficSummary> {
+    let mut sum = TrafficSummary::default();
+    for n in &outcome.nodes {
+        let Some(view) = nodes.get(n).filter(|v| !v.lost) else {
+            continue;
+        };
+        let Some(a) = view.app(app) else { continue };
+        sum.nodes += 1;
+        sum.policy_drops += a.policy_drops.unwrap_or(0);
+        sum.active_connections += a.active_connections.unwrap_or(0);
+        for p in &a.peers {
+            sum.rx_bytes += p.rx_bytes;
+            sum.tx_bytes += p.tx_bytes;
+            sum.rx_packets += p.rx_packets;
+            sum.tx_packets += p.tx_packets;
+        }
+    }
+    (sum.nodes > 0).then_some(sum)
 }
 
 /// MeshPolicy status: `Accepted`, naming the offending field otherwise.
@@ -208,19 +297,36 @@ pub fn policy_status(
             ),
             g,
         ),
-        Some(first) => conditions::new(
-            types::ACCEPTED,
-            false,
-            &first.reason,
-            error_summary(&outcome.errors),
-            g,
-        ),
+        Some(first) => {
+            let enforcing = match &outcome.still_enforced {
+                Some(e) => format!("still enforcing generation {}", e.generation),
+                None => "nothing of it is enforced".to_string(),
+            };
+            conditions::new(
+                types::ACCEPTED,
+                false,
+                &first.reason,
+                format!("{}; {enforcing}", error_summary(&outcome.errors)),
+                g,
+            )
+        }
     };
     let mut conds = previous.map(|p| p.conditions.clone()).unwrap_or_default();
     apply_conditions(&mut conds, vec![cond], now);
+    // What is enforced: the current spec once accepted, else the last
+    // accepted one the planner kept in force (read back on the next pass,
+    // also after a restart).
+    let enforced = match &outcome.accepted_spec {
+        Some(spec) => Some(EnforcedPolicy {
+            generation,
+            spec: spec.clone(),
+        }),
+        None => outcome.still_enforced.clone(),
+    };
     MeshPolicyStatus {
         conditions: conds,
         observed_generation: g,
+        enforced,
     }
 }
 

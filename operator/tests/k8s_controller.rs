@@ -142,6 +142,7 @@ fn daemon_status(spec: &MeshNodeSpec, generation: i64) -> MeshNodeStatus {
                         last_handshake_seconds: Some(5),
                         rx_bytes: 1,
                         tx_bytes: 1,
+                        ..Default::default()
                     })
                     .collect(),
                 ..Default::default()
@@ -406,6 +407,10 @@ impl ApiServerVerifier {
         assert_eq!(seen.body["type"], "Warning");
         assert_eq!(seen.body["regarding"]["name"], object);
         assert_eq!(seen.body["reportingController"], "weft-operator");
+        assert_eq!(
+            seen.body["reportingInstance"], "weft-operator-0",
+            "the Event says which replica (the leader) reported it"
+        );
         let note = seen.body["note"].as_str().unwrap();
         assert!(
             note.contains(field),
@@ -431,7 +436,14 @@ where
     let verifier = ApiServerVerifier::new(handle, &obs);
     let client = Client::new(svc, "default");
     let task = tokio::spawn(async move {
-        let r = reconcile_all(&client, &obs, &PlannerConfig::default(), at).await;
+        let r = reconcile_all(
+            &client,
+            &obs,
+            &PlannerConfig::default(),
+            at,
+            Some("weft-operator-0"),
+        )
+        .await;
         drop(client);
         r
     });
@@ -617,6 +629,7 @@ async fn deleting_an_app_removes_it_from_every_node_and_releases_the_finalizer_o
     let report = pass(obs.clone(), now(), |v| async move {
         let (v, n1) = v.meshnode_is_applied("n1").await;
         assert!(n1.apps.is_empty());
+        assert!(n1.app_selectors.is_empty(), "a deleted app claims no pods");
         let (v, n2) = v.meshnode_is_applied("n2").await;
         assert!(n2.apps.is_empty());
         v.no_more_requests().await;
@@ -628,6 +641,7 @@ async fn deleting_an_app_removes_it_from_every_node_and_releases_the_finalizer_o
     for mn in &mut obs.meshnodes {
         let mut m = (**mn).clone();
         m.spec.apps.clear();
+        m.spec.app_selectors.clear();
         *mn = Arc::new(m);
     }
     let report = pass(obs.clone(), now(), |v| v.no_more_requests()).await;
@@ -659,6 +673,7 @@ async fn a_lost_node_does_not_hold_up_the_finalizer() {
     for mn in &mut obs.meshnodes {
         let mut m = (**mn).clone();
         m.spec.apps.clear();
+        m.spec.app_selectors.clear();
         *mn = Arc::new(m);
     }
     // n2 went NotReady with the app still in its last status.
@@ -709,7 +724,7 @@ async fn reconciling_never_changes_spec_or_metadata_of_user_objects_except_the_f
     let task = {
         let obs = obs.clone();
         tokio::spawn(async move {
-            let r = reconcile_all(&client, &obs, &PlannerConfig::default(), now()).await;
+            let r = reconcile_all(&client, &obs, &PlannerConfig::default(), now(), None).await;
             drop(client);
             r
         })

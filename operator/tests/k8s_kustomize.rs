@@ -83,7 +83,21 @@ fn config_default_renders_everything_weft_needs() {
     assert_eq!(pod["hostNetwork"], true);
     let mounts = pod["containers"][0]["volumeMounts"].to_string();
     assert!(mounts.contains("/run/netns") && mounts.contains("/var/lib/weft"));
-    assert_eq!(pod["containers"][0]["args"][0], "kubernetes");
+    let args = &pod["containers"][0]["args"];
+    assert_eq!(args[0], "kubernetes");
+    // The CNI chain: the socket on a host path the plugin reaches, the
+    // conflist and binary directories of the host.
+    let args = args.to_string();
+    assert!(
+        args.contains("--attach-socket=/run/weft/attach.sock")
+            && args.contains("--cni-conf-dir=/host/etc/cni/net.d")
+            && args.contains("--cni-plugin=/opt/weft/cni/weft-cni"),
+        "{args}"
+    );
+    let volumes = pod["volumes"].to_string();
+    for host in ["/run/weft", "/etc/cni/net.d", "/opt/cni/bin"] {
+        assert!(volumes.contains(host), "{host} is not mounted: {volumes}");
+    }
 }
 
 #[test]
@@ -119,8 +133,12 @@ fn rbac_is_least_privilege_and_never_mentions_secrets() {
                 vec!["get".into(), "list".into(), "watch".into()]
             ),
             (vec!["meshnodes/status".to_string()], vec!["patch".into()]),
+            (
+                vec!["pods".to_string()],
+                vec!["get".into(), "list".into(), "watch".into()]
+            ),
         ],
-        "the daemon reads MeshNodes and writes only their status"
+        "the daemon reads MeshNodes and its pods, and writes only MeshNode status"
     );
     let operator = rules(find(&docs, "ClusterRole", "weft-operator"));
     for (resources, verbs) in &operator {
@@ -138,4 +156,36 @@ fn rbac_is_least_privilege_and_never_mentions_secrets() {
             "no full-object writes: {resources:?}"
         );
     }
+}
+
+#[test]
+fn an_edge_host_may_touch_only_its_own_meshnode() {
+    let Some(docs) = render("config/edge") else {
+        return;
+    };
+    let role = rules(find(&docs, "ClusterRole", "weft-edge-edge-1"));
+    let raw = find(&docs, "ClusterRole", "weft-edge-edge-1")["rules"].clone();
+    for (i, (resources, verbs)) in role.iter().enumerate() {
+        assert!(
+            resources.iter().all(|r| r.starts_with("meshnodes")),
+            "an edge host reads nothing but its MeshNode: {resources:?}"
+        );
+        if verbs != &["create".to_string()] {
+            // Everything but create (which RBAC cannot scope; the admission
+            // policy does) names the one object.
+            assert_eq!(raw[i]["resourceNames"], serde_json::json!(["edge-1"]));
+        }
+    }
+    let policy = find(&docs, "ValidatingAdmissionPolicy", "weft-edge-own-meshnode");
+    let text = policy.to_string();
+    assert!(
+        text.contains("weft-edge-' + object.metadata.name"),
+        "creates are held to the host's own name: {text}"
+    );
+    find(
+        &docs,
+        "ValidatingAdmissionPolicyBinding",
+        "weft-edge-own-meshnode",
+    );
+    find(&docs, "ServiceAccount", "weft-edge-edge-1");
 }

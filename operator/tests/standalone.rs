@@ -374,7 +374,14 @@ fn deleting_a_manifest_removes_its_apps() {
 
     fs::remove_file(env.manifests.path().join("extra.yml")).unwrap();
     let r = env.op.tick(t(1)).unwrap();
-    assert_eq!(r.meshnode_writes, vec!["n2"]);
+    // n2 loses the app; n1 (same site) loses its selector.
+    assert_eq!(r.meshnode_writes, vec!["n1", "n2"]);
+    assert!(!env
+        .meshnode("n1")
+        .spec
+        .app_selectors
+        .iter()
+        .any(|a| a.app == "demo/api"));
     assert_eq!(r.status_deletes, vec!["meshapps/demo/api"]);
     let n2 = env.meshnode("n2");
     assert_eq!(n2.metadata.generation, Some(2));

@@ -11,7 +11,12 @@
 //!     place, as ratios to the same path with no policy at all. The rules
 //!     that allow the measured traffic come LAST, so the first packet of
 //!     every new flow walks the whole list (later packets of a flow take the
-//!     conntrack `established` rule at the top, as in production).
+//!     conntrack `established` rule at the top, as in production),
+//! (g) workload migration: a workload moves between two nodes (same name and
+//!     labels, removed from one, started on the other; a client stays on a
+//!     third node), p50/p95 of the time from its new attachment (its `weft0`
+//!     has the address) to the first client packet reaching it there (see
+//!     `weft_e2e::migration`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
@@ -43,6 +48,9 @@ struct Args {
     /// Time-to-first-packet runs (0 skips).
     #[arg(long, default_value_t = 10)]
     ttfp_runs: u32,
+    /// Workload moves for the migration figure (g) (0 skips).
+    #[arg(long, default_value_t = 10)]
+    migration_runs: u32,
     /// Skip the wireguard-go row.
     #[arg(long)]
     skip_wireguard_go: bool,
@@ -242,6 +250,30 @@ fn main() -> ExitCode {
         return ExitCode::from(130);
     }
 
+    let migration = if args.migration_runs == 0 {
+        Migration {
+            note: "skipped (--migration-runs 0)".into(),
+            ..Default::default()
+        }
+    } else {
+        println!("(g) workload migration: three simulated nodes");
+        match run_migration(&args) {
+            Ok(m) => m,
+            Err(e) => {
+                ok = false;
+                eprintln!("migration measurements failed: {e:#}");
+                Migration {
+                    note: format!("{e:#}"),
+                    ..Default::default()
+                }
+            }
+        }
+    };
+    if weft_e2e::interrupted() {
+        eprintln!("interrupted");
+        return ExitCode::from(130);
+    }
+
     println!();
     println!("Results (one run, same CPUs for everything; compare ratios, not absolute figures)");
     println!(
@@ -307,6 +339,24 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| "-".into())
         );
     }
+    if migration.attach_to_first_ms.is_empty() {
+        println!(
+            "(g) workload migration: attach -> first packet: {}",
+            migration.note
+        );
+    } else {
+        let m = &migration.attach_to_first_ms;
+        println!(
+            "(g) workload migration: attach -> first packet, {} moves: p50 {:.0} ms, p95 {:.0} ms (min {:.0}, max {:.0}); the attachment came p50 {:.0} ms after the workload appeared on its new node {}",
+            m.len(),
+            percentile(m, 50.0),
+            percentile(m, 95.0),
+            percentile(m, 0.0),
+            percentile(m, 100.0),
+            percentile(&migration.announce_to_attach_ms, 50.0),
+            migration.note
+        );
+    }
     if let Some((_, reference)) = weft.policy_rows.iter().find(|(n, _)| *n == 0) {
         println!();
         println!(
@@ -341,6 +391,72 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// (g) figures.
+#[derive(Default)]
+struct Migration {
+    attach_to_first_ms: Vec<f64>,
+    announce_to_attach_ms: Vec<f64>,
+    note: String,
+}
+
+/// (g): client on node 3, the workload moves 1 -> 2 -> 1 -> ... on its own
+/// three-node cluster (so a move always crosses nodes and leaves one).
+fn run_migration(args: &Args) -> Result<Migration> {
+    use weft_e2e::migration;
+    let mut c = Cluster::new(3)?;
+    let res = (|| -> Result<Migration> {
+        c.start_all()?;
+        let examples = args
+            .examples
+            .clone()
+            .unwrap_or_else(scenario::repo_examples_dir);
+        scenario::install_manifests(&c, &examples)?;
+        migration::setup(&mut c, 3, 1)?;
+        let mut m = Migration::default();
+        for run in 1..=args.migration_runs {
+            let to = if run % 2 == 1 { 2 } else { 1 };
+            match migration::move_to(&mut c, to, Duration::from_secs(30)) {
+                Ok(mv) => {
+                    let ms = mv.attach_to_first_packet.as_secs_f64() * 1e3;
+                    println!(
+                        "  move {run}/{} to node {to} ({}): attached after {:.0} ms, first packet {ms:.0} ms after the attachment",
+                        args.migration_runs,
+                        mv.address,
+                        mv.announce_to_attach.as_secs_f64() * 1e3
+                    );
+                    m.attach_to_first_ms.push(ms);
+                    m.announce_to_attach_ms
+                        .push(mv.announce_to_attach.as_secs_f64() * 1e3);
+                }
+                Err(e) => {
+                    println!("  move {run}: {e:#}");
+                    m.note = format!("(move {run} failed: {e:#})");
+                    break; // the mover is gone: later moves would measure nothing
+                }
+            }
+        }
+        c.check_alive()?;
+        Ok(m)
+    })();
+    if res.is_err() && !weft_e2e::interrupted() {
+        c.keep_run_dir(true);
+    }
+    let rep = c.teardown();
+    for w in &rep.warnings {
+        println!("  teardown warning: {w}");
+    }
+    if !rep.clean() {
+        println!(
+            "  teardown left behind: {} {:?}",
+            rep.leftovers, rep.new_wg_sockets
+        );
+    }
+    if let Some(d) = &rep.kept_run_dir {
+        println!("  logs and state kept in {}", d.display());
+    }
+    res
 }
 
 fn run_weft(args: &Args) -> Result<WeftFigures> {

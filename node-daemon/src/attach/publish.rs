@@ -3,7 +3,7 @@
 //! MeshNode spec and the workload's own `weft0` (pure but for the link
 //! reader, which is injected so tests need no namespaces).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use weft_api::attach::{Attachment, WorkloadRef};
@@ -25,15 +25,18 @@ pub struct LinkInfo {
 pub type LinkReader = Box<dyn Fn(&str) -> Option<LinkInfo> + Send>;
 
 /// Decides the outcome of every registered workload:
-/// - no announcement with its `namespace/name` → [`Outcome::NotMeshed`]
+/// - not announced, when announcements are `complete` → [`Outcome::NotMeshed`]
 ///   (in standalone mode the announcement is the Pod object: no app can
 ///   select a workload that was never announced);
+/// - announced, and no app of the MeshNode's `appSelectors` claims it →
+///   [`Outcome::NotMeshed`] at once, without waiting for the operator;
 /// - status gives it an app and address, and `weft0` in its netns carries
 ///   that address → [`Outcome::Attached`];
 /// - otherwise nothing yet (an ADD keeps waiting).
 pub fn outcomes(
     registered: &[WorkloadRef],
-    announced: &BTreeSet<String>,
+    announced: &BTreeMap<String, BTreeMap<String, String>>,
+    complete: bool,
     spec: Option<&MeshNode>,
     status: &MeshNodeStatus,
     read_link: &dyn Fn(&str) -> Option<LinkInfo>,
@@ -41,7 +44,19 @@ pub fn outcomes(
     let mut out = BTreeMap::new();
     for r in registered {
         let k = key(r);
-        if !announced.contains(&k) {
+        let Some(labels) = announced.get(&k) else {
+            if complete {
+                out.insert(k, Outcome::NotMeshed);
+            }
+            continue;
+        };
+        let claimed = spec.is_none_or(|s| {
+            s.spec
+                .app_selectors
+                .iter()
+                .any(|a| a.claims(&r.namespace, labels))
+        });
+        if !claimed {
             out.insert(k, Outcome::NotMeshed);
             continue;
         }
@@ -129,7 +144,18 @@ pub fn read_workload_link(netns_path: &str) -> Option<LinkInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_api::{AppAttachment, MeshNodeSpec, WorkloadStatus};
+    use weft_api::{AppAttachment, AppSelector, MeshNodeSpec, WorkloadStatus};
+
+    type Announced = BTreeMap<String, BTreeMap<String, String>>;
+
+    /// `demo/<name>` announced with `weft.dev/app: <app>`.
+    fn announced(name: &str, app: &str) -> Announced {
+        [(
+            format!("demo/{name}"),
+            [("weft.dev/app".to_string(), app.to_string())].into(),
+        )]
+        .into()
+    }
 
     fn r(name: &str) -> WorkloadRef {
         WorkloadRef {
@@ -149,6 +175,10 @@ mod tests {
                     app: "demo/web".into(),
                     address_space: "10.100.0.0/16".into(),
                     ..Default::default()
+                }],
+                app_selectors: vec![AppSelector {
+                    app: "demo/web".into(),
+                    selector: Default::default(),
                 }],
             },
         )
@@ -179,10 +209,11 @@ mod tests {
 
     #[test]
     fn attached_once_status_and_link_agree() {
-        let announced: BTreeSet<String> = ["demo/p1".to_string()].into();
+        let announced = announced("p1", "web");
         let o = outcomes(
             &[r("p1")],
             &announced,
+            true,
             Some(&spec()),
             &status("p1", Some("10.100.1.2")),
             &link("10.100.1.2"),
@@ -202,11 +233,12 @@ mod tests {
 
     #[test]
     fn nothing_yet_while_unplanned_or_unwired() {
-        let announced: BTreeSet<String> = ["demo/p1".to_string()].into();
+        let announced = announced("p1", "web");
         // Planned nowhere yet.
         assert!(outcomes(
             &[r("p1")],
             &announced,
+            true,
             Some(&spec()),
             &status("p1", None),
             &link("10.100.1.2")
@@ -216,6 +248,7 @@ mod tests {
         assert!(outcomes(
             &[r("p1")],
             &announced,
+            true,
             Some(&spec()),
             &status("p1", Some("10.100.1.2")),
             &link("10.100.1.9")
@@ -225,6 +258,7 @@ mod tests {
         assert!(outcomes(
             &[r("p1")],
             &announced,
+            true,
             None,
             &status("p1", Some("10.100.1.2")),
             &link("10.100.1.2")
@@ -236,12 +270,58 @@ mod tests {
     fn a_registered_workload_nobody_announced_is_not_meshed() {
         let o = outcomes(
             &[r("p2")],
-            &BTreeSet::new(),
+            &Announced::new(),
+            true,
             Some(&spec()),
             &MeshNodeStatus::default(),
             &|_: &str| None,
         );
         assert_eq!(o["demo/p2"], Outcome::NotMeshed);
+        // A lagging watch may not have seen it yet: wait instead.
+        let o = outcomes(
+            &[r("p2")],
+            &Announced::new(),
+            false,
+            Some(&spec()),
+            &MeshNodeStatus::default(),
+            &|_: &str| None,
+        );
+        assert!(o.is_empty(), "{o:?}");
+    }
+
+    #[test]
+    fn a_workload_no_app_selector_claims_passes_at_once() {
+        // Announced, but labelled for an app that does not span this node:
+        // no need to wait for the operator.
+        let o = outcomes(
+            &[r("p3")],
+            &announced("p3", "billing"),
+            false,
+            Some(&spec()),
+            &MeshNodeStatus::default(),
+            &|_: &str| None,
+        );
+        assert_eq!(o["demo/p3"], Outcome::NotMeshed);
+        // Claimed by demo/web but not planned yet: keep waiting.
+        let o = outcomes(
+            &[r("p3")],
+            &announced("p3", "web"),
+            false,
+            Some(&spec()),
+            &MeshNodeStatus::default(),
+            &|_: &str| None,
+        );
+        assert!(o.is_empty(), "{o:?}");
+        // No MeshNode yet: nothing is known, keep waiting.
+        let o = outcomes(
+            &[r("p3")],
+            &announced("p3", "billing"),
+            false,
+            None,
+            &MeshNodeStatus::default(),
+            &|_: &str| None,
+        );
+        assert!(o.is_empty(), "{o:?}");
     }
 
     #[test]

@@ -3,10 +3,10 @@
 
 use weft_api::DataplaneKind;
 
-use super::{Dataplane, Observation};
+use super::{AppTraffic, Dataplane, Observation, TrafficSpec};
 use crate::error::Error;
 use crate::ops::Op;
-use crate::state::{AppNet, Device, NodeState, Peer};
+use crate::state::{AppLinkEnd, AppNet, Device, NodeState, Peer};
 
 /// A data plane that lives in memory.
 #[derive(Debug, Default)]
@@ -19,6 +19,12 @@ pub struct FakeDataplane {
     pub fail_ops: Vec<&'static str>,
     /// Probes sent: (netns, destination).
     pub probes: Vec<(String, std::net::Ipv4Addr)>,
+    /// What each netns counts (the "stats table").
+    pub traffic_specs: std::collections::BTreeMap<String, TrafficSpec>,
+    /// Figures tests inject per netns (peers not counted are left out).
+    pub traffic: std::collections::BTreeMap<String, AppTraffic>,
+    /// Writes of counting rules.
+    pub traffic_writes: usize,
 }
 
 impl FakeDataplane {
@@ -76,9 +82,28 @@ impl Dataplane for FakeDataplane {
             .collect();
         Ok(Observation {
             state,
-            stats: Default::default(),
             policy_counters,
+            ..Default::default()
         })
+    }
+
+    fn traffic(&mut self, netns: &str, want: &TrafficSpec) -> Result<AppTraffic, Error> {
+        if !self.state.apps.contains_key(netns) {
+            return Err(Error::dp("traffic", netns, "no such netns"));
+        }
+        let wrote = self.traffic_specs.get(netns) != Some(want);
+        if wrote {
+            self.traffic_specs.insert(netns.to_string(), want.clone());
+            self.traffic_writes += 1;
+        }
+        let mut t = self.traffic.get(netns).cloned().unwrap_or_default();
+        t.peers.retain(|k, _| want.peers.contains_key(k));
+        for k in want.peers.keys() {
+            t.peers.entry(k.clone()).or_default();
+        }
+        t.active_connections = Some(t.active_connections.unwrap_or(0));
+        t.wrote = wrote;
+        Ok(t)
     }
 
     fn probe(&mut self, netns: &str, destination: std::net::Ipv4Addr) -> Result<(), Error> {
@@ -103,6 +128,7 @@ impl Dataplane for FakeDataplane {
             }
             Op::DeleteNetns { netns } => {
                 self.state.apps.remove(netns);
+                self.traffic_specs.remove(netns); // the rules go with the netns
             }
             Op::CreateDevice {
                 netns,
@@ -203,6 +229,7 @@ impl Dataplane for FakeDataplane {
                 netns,
                 host_interface,
                 link,
+                ..
             } => {
                 self.app(netns, op)?
                     .workloads
@@ -216,6 +243,66 @@ impl Dataplane for FakeDataplane {
             }
             Op::SetPolicy { netns, policy } => {
                 self.app(netns, op)?.policy = policy.clone();
+            }
+            // Workload routes live in the workload's netns, which the fake
+            // (like the real observation) does not model.
+            Op::SetWorkloadRoutes { netns, .. } => {
+                self.app(netns, op)?;
+            }
+            Op::CreateAppLink {
+                netns,
+                interface,
+                peer_netns,
+                peer_interface,
+            } => {
+                // Like a veth pair: both ends appear (fresh, unrouted) or neither.
+                if !self.state.apps.contains_key(peer_netns) {
+                    return Err(Error::dp(
+                        op.name(),
+                        netns,
+                        format!("no netns {peer_netns}"),
+                    ));
+                }
+                let end = |peer_netns: &str, peer_interface: &str| AppLinkEnd {
+                    peer_netns: peer_netns.to_string(),
+                    peer_interface: peer_interface.to_string(),
+                    routes: Vec::new(),
+                };
+                let mine = end(peer_netns, peer_interface);
+                self.app(netns, op)?.links.insert(interface.clone(), mine);
+                let theirs = end(netns, interface);
+                self.app(peer_netns, op)?
+                    .links
+                    .insert(peer_interface.clone(), theirs);
+            }
+            Op::DeleteAppLink { netns, interface } => {
+                if let Some(l) = self.app(netns, op)?.links.remove(interface) {
+                    if let Some(peer) = self.state.apps.get_mut(&l.peer_netns) {
+                        peer.links.remove(&l.peer_interface);
+                    }
+                }
+            }
+            Op::AddAppLinkRoute {
+                netns,
+                interface,
+                destination,
+            } => {
+                let l = self
+                    .app(netns, op)?
+                    .links
+                    .get_mut(interface)
+                    .ok_or_else(|| Error::dp(op.name(), netns, format!("no link {interface}")))?;
+                l.routes.push(*destination);
+                l.routes.sort();
+            }
+            Op::DeleteAppLinkRoute {
+                netns,
+                interface,
+                destination,
+            } => {
+                if let Some(l) = self.app(netns, op)?.links.get_mut(interface) {
+                    l.routes.retain(|r| r != destination);
+                }
             }
         }
         Ok(())

@@ -10,7 +10,17 @@
 //! The daemon sees only its own MeshNode and writes only its status; RBAC in
 //! `config/rbac` grants exactly that. The loop is the same code as in
 //! standalone mode ([`crate::runner::run_loop`]); only the transport differs.
+//!
+//! With `--attach-socket` the daemon serves the CNI plugin: pod metadata
+//! comes from a watch on this node's pods ([`pods`]), the netns from the
+//! plugin's ADD. With `--cni-conf-dir` it also puts the plugin into the
+//! node's CNI chain once the socket listens, and takes it out again on a
+//! graceful exit, so a node without a running daemon keeps starting pods
+//! (unmeshed) instead of failing every ADD. An edge host (no Kubernetes
+//! Node) passes `--register-site` and creates its own MeshNode, and takes
+//! its workloads from Docker (`--workloads docker`).
 
+pub mod pods;
 pub mod transport;
 
 use std::path::PathBuf;
@@ -18,12 +28,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cni_install;
 use crate::dataplane::Dataplane;
+use crate::docker::DockerSource;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
-use crate::runner::{run_loop, LoopConfig};
-use crate::workloads::DirSource;
+use crate::runner::{run_loop, AttachService, LoopConfig};
+use crate::workloads::{DirSource, RuntimeSource};
 
+pub use pods::PodAnnouncements;
 pub use transport::KubeTransport;
 
 /// Settings of the Kubernetes loop.
@@ -41,6 +54,26 @@ pub struct KubeRunConfig {
     pub interval: Duration,
     /// Time between status writes when nothing changed.
     pub heartbeat: Duration,
+    /// Serve the CNI attach protocol here (pods come from the pod watch).
+    pub attach_socket: Option<PathBuf>,
+    /// Put the CNI plugin into the node's chain while running.
+    pub cni: Option<CniChain>,
+    /// Register this host as a MeshNode of this site (edge hosts).
+    pub register_site: Option<String>,
+    /// Take workloads from the Docker engine at this socket (edge hosts)
+    /// instead of announcement files.
+    pub docker_socket: Option<PathBuf>,
+}
+
+/// Where the node's CNI configuration and plugins live.
+#[derive(Clone, Debug)]
+pub struct CniChain {
+    /// The runtime's CNI configuration directory (`/etc/cni/net.d`).
+    pub conf_dir: PathBuf,
+    /// The runtime's CNI binary directory (`/opt/cni/bin`).
+    pub bin_dir: PathBuf,
+    /// The weft-cni binary to copy there.
+    pub plugin: PathBuf,
 }
 
 /// Runs until `stop` is set: the shared loop ([`run_loop`]) over a
@@ -58,8 +91,10 @@ pub fn run<D: Dataplane>(
         .enable_all()
         .build()?;
     let client = rt.block_on(kube::Client::try_default())?;
-    let mut transport = KubeTransport::start(client, &cfg.node, &cfg.data_dir, rt.handle());
-    let mut source = DirSource::new(cfg.workloads_dir.clone());
+    let mut transport = KubeTransport::start(client.clone(), &cfg.node, &cfg.data_dir, rt.handle());
+    if let Some(site) = &cfg.register_site {
+        transport = transport.register_as(site);
+    }
     let rec = Reconciler::new(&cfg.node, &cfg.advertise_address, dp, &cfg.data_dir)?;
     let lc = LoopConfig {
         node: cfg.node.clone(),
@@ -67,7 +102,48 @@ pub fn run<D: Dataplane>(
         interval: cfg.interval,
         heartbeat: cfg.heartbeat,
     };
-    run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
+    match (&cfg.attach_socket, &cfg.docker_socket) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("--attach-socket serves a CNI runtime; it cannot be combined with --workloads docker")
+        }
+        (None, Some(docker)) => {
+            let mut source = DockerSource::start(docker.clone())?;
+            tracing::info!(socket = %docker.display(), "workloads from the Docker engine");
+            run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
+        }
+        (None, None) => {
+            let mut source = DirSource::new(cfg.workloads_dir.clone());
+            run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
+        }
+        (Some(socket), None) => {
+            let attach = AttachService::start(socket, &cfg.data_dir, &stop)?;
+            let chained = match &cfg.cni {
+                Some(c) => {
+                    let socket = socket.to_string_lossy();
+                    let rep = cni_install::install(&c.conf_dir, &c.bin_dir, &c.plugin, &socket)?;
+                    tracing::info!(
+                        rewritten = rep.rewritten.len(),
+                        unchanged = rep.unchanged.len(),
+                        "weft-cni is in the node's CNI chain"
+                    );
+                    Some(c)
+                }
+                None => None,
+            };
+            let pods = PodAnnouncements::start(client, &cfg.node, rt.handle());
+            let mut source = RuntimeSource::new(pods, attach.shared.clone());
+            run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
+            if let Some(c) = chained {
+                match cni_install::uninstall(&c.conf_dir, &c.bin_dir) {
+                    Ok(_) => tracing::info!("weft-cni removed from the node's CNI chain"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot remove weft-cni from the CNI chain")
+                    }
+                }
+            }
+            attach.stop(&stop);
+        }
+    }
     drop(transport);
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())

@@ -10,7 +10,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource};
 use serde_json::json;
 use tokio::task::JoinHandle;
-use weft_api::labels::DAEMON_MANAGER;
+use weft_api::labels::{DAEMON_MANAGER, SITE_LABEL};
 use weft_api::{MeshNode, MeshNodeStatus};
 
 use crate::runner::Transport;
@@ -30,9 +30,26 @@ pub fn status_apply_body(status: &MeshNodeStatus) -> serde_json::Value {
     })
 }
 
+/// The body that registers an edge host as a MeshNode of `site`: identity,
+/// the site label and `spec.site`, nothing the operator plans.
+pub fn registration_body(node: &str, site: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": MeshNode::api_version(&()),
+        "kind": MeshNode::kind(&()),
+        "metadata": {"name": node, "labels": {SITE_LABEL: site}},
+        "spec": {"site": site},
+    })
+}
+
+/// How often a failed registration is retried.
+const REGISTER_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Watches one MeshNode and writes its status.
 pub struct KubeTransport {
     node: String,
+    /// Edge hosts (no Kubernetes Node) create their own MeshNode of this site.
+    register_site: Option<String>,
+    last_register: Option<std::time::Instant>,
     api: Api<MeshNode>,
     store: Store<MeshNode>,
     watch: JoinHandle<()>,
@@ -64,12 +81,59 @@ impl KubeTransport {
         let last_good = storage::read_json(&cache_path).ok().flatten();
         KubeTransport {
             node: node.into(),
+            register_site: None,
+            last_register: None,
             api,
             store,
             watch,
             cache_path,
             last_good,
             rt: rt.clone(),
+        }
+    }
+
+    /// Makes this daemon register its node as a MeshNode of `site` while
+    /// the API has none (an edge host: no Kubernetes Node, so the operator
+    /// would never plan it otherwise).
+    pub fn register_as(mut self, site: &str) -> Self {
+        self.register_site = Some(site.to_string());
+        self
+    }
+
+    /// Server-side applies [`registration_body`] as `weft-node-daemon`
+    /// (no force: the operator owns the rest of the spec). Creating the
+    /// object needs `create` on meshnodes; config/edge grants exactly that.
+    pub async fn register(&self, site: &str) -> Result<(), kube::Error> {
+        self.api
+            .patch(
+                &self.node,
+                &PatchParams::apply(DAEMON_MANAGER),
+                &Patch::Apply(&registration_body(&self.node, site)),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Registers when due: only for edge hosts, only while the watch has no
+    /// MeshNode, at most every [`REGISTER_RETRY`].
+    fn register_if_due(&mut self) {
+        let Some(site) = self.register_site.clone() else {
+            return;
+        };
+        if self.exists()
+            || self
+                .last_register
+                .is_some_and(|t| t.elapsed() < REGISTER_RETRY)
+        {
+            return;
+        }
+        self.last_register = Some(std::time::Instant::now());
+        let rt = self.rt.clone();
+        match rt.block_on(self.register(&site)) {
+            Ok(()) => tracing::info!(node = %self.node, %site, "registered as a MeshNode"),
+            Err(e) => {
+                tracing::warn!(node = %self.node, %site, error = %e, "cannot register as a MeshNode; retrying")
+            }
         }
     }
 
@@ -123,6 +187,7 @@ impl Transport for KubeTransport {
         "kubernetes"
     }
     fn read_spec(&mut self) -> Option<MeshNode> {
+        self.register_if_due();
         KubeTransport::read_spec(self)
     }
     /// Status can only be written once the operator created the MeshNode.
@@ -159,6 +224,7 @@ mod tests {
             MeshNodeSpec {
                 site: "local".into(),
                 apps: vec![],
+                ..Default::default()
             },
         );
         mn.metadata.generation = Some(generation);
@@ -311,5 +377,35 @@ mod tests {
             !body.to_string().contains("private"),
             "no private key ever leaves the node"
         );
+    }
+
+    #[tokio::test]
+    async fn an_edge_host_registers_its_meshnode_with_only_its_site() {
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let t = KubeTransport::start(
+            Client::new(svc, "default"),
+            "n1",
+            dir.path(),
+            &tokio::runtime::Handle::current(),
+        )
+        .register_as("edge");
+        let server = tokio::spawn(async move {
+            let (parts, body, send) = serve_until_other(&mut handle, &[]).await;
+            send.send_response(ok(serde_json::to_value(meshnode("n1", 1)).unwrap()));
+            (parts, body)
+        });
+        t.register("edge").await.unwrap();
+        let (parts, body) = server.await.unwrap();
+        assert_eq!(parts.method, Method::PATCH);
+        assert_eq!(parts.uri.path(), "/apis/weft.dev/v1alpha1/meshnodes/n1");
+        let query = parts.uri.query().unwrap();
+        assert!(
+            query.contains("fieldManager=weft-node-daemon") && !query.contains("force"),
+            "the operator keeps ownership of what it plans: {query}"
+        );
+        assert_eq!(body["metadata"]["labels"]["weft.dev/site"], "edge");
+        assert_eq!(body["spec"], json!({"site": "edge"}), "no apps, no keys");
+        assert!(body.get("status").is_none());
     }
 }

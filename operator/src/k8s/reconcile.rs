@@ -188,14 +188,17 @@ pub async fn reconcile_all(
     obs: &Observed,
     config: &PlannerConfig,
     now: Timestamp,
+    instance: Option<&str>,
 ) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
     let now_time = Time(now);
+    // The instance (this replica's pod name) tells which replica, the
+    // leader at the time, reported an Event.
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
             controller: OPERATOR_MANAGER.into(),
-            instance: None,
+            instance: instance.map(str::to_string),
         },
     );
     // Stores iterate in hash order; requests go out in key order.

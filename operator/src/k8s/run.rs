@@ -167,7 +167,8 @@ pub async fn run(
             nodes: nodes.state(),
         };
         let started = std::time::Instant::now();
-        let result = reconcile_all(&client, &obs, &cfg.planner, Timestamp::now()).await;
+        let instance = cfg.lease.as_ref().map(|l| l.identity.as_str());
+        let result = reconcile_all(&client, &obs, &cfg.planner, Timestamp::now(), instance).await;
         cfg.metrics.observe_pass(started.elapsed(), result.as_ref());
         match result {
             Ok(report) => {

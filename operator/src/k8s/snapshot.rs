@@ -6,8 +6,9 @@
 //! |---|---|
 //! | MeshApp / MeshPolicy / MeshSite (not being deleted) | `apps` / `policies` / `sites` |
 //! | MeshApp `status.addressSpace` | `previous_ranges` (allocations stick) |
+//! | MeshPolicy `status.enforced` | `previous_policies` (kept while the spec is rejected) |
 //! | Node: InternalIP, `weft.dev/site` label, Ready condition | `nodes` (NotReady ⇒ lost) |
-//! | MeshNode without a Node (edge host, deleted Node) | `nodes`, lost when its heartbeat is stale |
+//! | MeshNode without a Node (edge host, deleted Node) | `nodes`, lost when its heartbeat is stale; its status' workloads |
 //! | MeshNode spec / status | `previous_specs` / `public_keys`, `workload_addresses` |
 //! | Pod with `spec.nodeName`, not finished | `workloads` of that node |
 
@@ -109,7 +110,11 @@ pub fn snapshot_from_stores(obs: &Observed, config: &PlannerConfig, now: Timesta
         s.apps.insert(key, app.spec.clone());
     }
     for p in obs.policies.iter().filter(|p| !is_deleting(p.as_ref())) {
-        s.policies.insert(key_of(p.as_ref()), p.spec.clone());
+        let key = key_of(p.as_ref());
+        if let Some(e) = p.status.as_ref().and_then(|st| st.enforced.clone()) {
+            s.previous_policies.insert(key.clone(), e);
+        }
+        s.policies.insert(key, p.spec.clone());
     }
     for site in obs.sites.iter().filter(|x| !is_deleting(x.as_ref())) {
         s.sites.insert(site.name_any(), site.spec.clone());
@@ -147,7 +152,18 @@ pub fn snapshot_from_stores(obs: &Observed, config: &PlannerConfig, now: Timesta
                 },
             );
         }
+        // An edge host has no pods: its daemon reports its workloads (Docker
+        // containers) with their labels in status, as in standalone mode.
+        // Pods of a Kubernetes node come from the Pod watch instead.
+        let edge = !obs.nodes.iter().any(|n| n.name_any() == name);
         for w in mn.status.iter().flat_map(|st| &st.workloads) {
+            if edge {
+                s.add_workload(
+                    &name,
+                    ObjectKey::new(&w.namespace, &w.name),
+                    w.labels.clone(),
+                );
+            }
             if let Some(addr) = &w.address {
                 s.add_workload_address(&name, ObjectKey::new(&w.namespace, &w.name), addr.clone());
             }
@@ -316,6 +332,7 @@ mod tests {
                     listen_port: 51820,
                     ..Default::default()
                 }],
+                ..Default::default()
             },
         );
         mn.status = Some(MeshNodeStatus {
@@ -386,6 +403,26 @@ mod tests {
         assert_eq!(s.nodes["fresh"].address, "198.51.100.7");
         assert!(s.nodes["stale"].lost);
         assert!(s.nodes["silent"].lost);
+    }
+
+    #[test]
+    fn an_edge_host_workloads_come_from_its_meshnode_status_a_nodes_from_pods() {
+        let mut edge = (*meshnode("edge-1", Some(1))).clone();
+        edge.status.as_mut().unwrap().workloads[0].labels =
+            [("weft.dev/app".to_string(), "web".to_string())].into();
+        let obs = Observed {
+            nodes: vec![node("n1", "192.0.2.1", "True", None)],
+            // n1's status lists web-1 too, but a Kubernetes node's
+            // workloads are its pods: status must not add any.
+            meshnodes: vec![meshnode("n1", Some(1)), Arc::new(edge)],
+            ..Default::default()
+        };
+        let s = snapshot_from_stores(&obs, &PlannerConfig::default(), now());
+        assert_eq!(
+            s.workloads["edge-1"][&ObjectKey::new("demo", "web-1")]["weft.dev/app"],
+            "web"
+        );
+        assert!(!s.workloads.contains_key("n1"), "{:?}", s.workloads);
     }
 
     #[test]

@@ -11,21 +11,41 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use weft_api::labels::APP_LABEL;
-use weft_api::{MeshAppSpec, MeshNodeSpec};
+use weft_api::{AppSelector, MeshAppSpec, MeshNodeSpec};
 
 use super::error::{ErrorKind, PlanError};
 use super::snapshot::{Labels, ObjectKey};
 use super::validate::object_name;
 
-/// Whether `app` claims a workload of `namespace` with `labels`.
+/// Whether `app` claims a workload of `namespace` with `labels` (the rule is
+/// shared with the daemon: [`weft_api::meshnode::claims`]).
 pub fn claims(app: &ObjectKey, spec: &MeshAppSpec, namespace: &str, labels: &Labels) -> bool {
-    if app.namespace != namespace {
-        return false;
-    }
-    let selector = &spec.selector;
-    let selector_empty = selector.match_labels.is_empty() && selector.match_expressions.is_empty();
-    labels.get(APP_LABEL) == Some(&app.name) || (!selector_empty && selector.matches(labels))
+    weft_api::meshnode::claims(&app.namespace, &app.name, &spec.selector, namespace, labels)
+}
+
+/// The selectors of the apps that span `site`, for a MeshNode of that site,
+/// sorted by app. `sites_of` gives an app's sites (empty = the local site).
+pub fn node_selectors<'a>(
+    apps: impl IntoIterator<Item = (&'a ObjectKey, &'a MeshAppSpec)>,
+    site: &str,
+    local_site: &str,
+) -> Vec<AppSelector> {
+    let mut out: Vec<AppSelector> = apps
+        .into_iter()
+        .filter(|(_, spec)| {
+            if spec.sites.is_empty() {
+                site == local_site
+            } else {
+                spec.sites.iter().any(|s| s == site)
+            }
+        })
+        .map(|(key, spec)| AppSelector {
+            app: key.to_string(),
+            selector: spec.selector.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.app.cmp(&b.app));
+    out
 }
 
 /// Workloads per app and node.
@@ -98,4 +118,58 @@ pub fn assign_workloads(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_api::Selector;
+
+    use super::*;
+
+    fn app(sites: &[&str], selector: Selector) -> MeshAppSpec {
+        MeshAppSpec {
+            sites: sites.iter().map(|s| s.to_string()).collect(),
+            selector,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_node_gets_the_selectors_of_the_apps_of_its_site() {
+        let web = ObjectKey::new("demo", "web");
+        let edge = ObjectKey::new("demo", "edge-app");
+        let both = ObjectKey::new("ops", "both");
+        let apps = [
+            (web.clone(), app(&[], Selector::labels([("tier", "web")]))),
+            (edge.clone(), app(&["edge"], Selector::default())),
+            (both.clone(), app(&["local", "edge"], Selector::default())),
+        ];
+        let local = node_selectors(apps.iter().map(|(k, s)| (k, s)), "local", "local");
+        let names: Vec<&str> = local.iter().map(|a| a.app.as_str()).collect();
+        assert_eq!(names, ["demo/web", "ops/both"], "no sites = local only");
+        assert_eq!(local[0].selector, Selector::labels([("tier", "web")]));
+        let at_edge = node_selectors(apps.iter().map(|(k, s)| (k, s)), "edge", "local");
+        let names: Vec<&str> = at_edge.iter().map(|a| a.app.as_str()).collect();
+        assert_eq!(names, ["demo/edge-app", "ops/both"]);
+    }
+
+    #[test]
+    fn the_daemon_and_the_planner_agree_on_claims() {
+        let key = ObjectKey::new("demo", "web");
+        let spec = app(&[], Selector::labels([("tier", "web")]));
+        let sel = &node_selectors([(&key, &spec)], "local", "local")[0];
+        for (ns, labels, want) in [
+            ("demo", vec![("tier", "web")], true),
+            ("demo", vec![("weft.dev/app", "web")], true),
+            ("demo", vec![("tier", "db")], false),
+            ("other", vec![("tier", "web")], false),
+        ] {
+            let labels: Labels = labels
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(claims(&key, &spec, ns, &labels), want, "{ns} {labels:?}");
+            assert_eq!(sel.claims(ns, &labels), want, "{ns} {labels:?}");
+        }
+    }
 }

@@ -13,6 +13,7 @@
 //! with more objects never moves an existing allocation. Invalid objects get
 //! a [`PlanError`] naming the field and are left out; everything else plans.
 
+pub mod crossapp;
 pub mod error;
 pub mod ipam;
 pub mod membership;
@@ -27,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use weft_api::labels::LOCAL_SITE;
-use weft_api::{AppAttachment, MeshAppSpec, MeshNodeSpec};
+use weft_api::{AppAttachment, EnforcedPolicy, MeshAppSpec, MeshNodeSpec, MeshPolicySpec};
 
 pub use error::{ErrorKind, PlanError};
 pub use snapshot::{Labels, NodeInfo, ObjectKey, PlannerConfig, Snapshot};
@@ -70,6 +71,15 @@ pub struct PolicyOutcome {
     /// in another app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The current spec, when accepted: what the status records as enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_spec: Option<MeshPolicySpec>,
+    /// While the current spec is rejected: the last accepted version (from
+    /// the stored status), which stays enforced so an invalid update never
+    /// opens what the policy isolated. `None`: nothing of the policy is
+    /// enforced (never accepted, or that version no longer applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub still_enforced: Option<EnforcedPolicy>,
 }
 
 /// What became of one MeshSite.
@@ -316,39 +326,47 @@ pub fn plan(s: &Snapshot) -> Plan {
         }
     }
 
-    // 8. Policies: validate, then compile the accepted ones per app and node.
-    // An invalid policy is left out as a whole, never enforced half-way.
+    // 8. Policies: validate, then compile the enforced ones per app and node.
+    // An invalid policy is never enforced half-way: its last accepted
+    // version stays in force instead (fail closed), or nothing when it was
+    // never accepted.
+    let mut enforced_specs: BTreeMap<&ObjectKey, &MeshPolicySpec> = BTreeMap::new();
     for (key, spec) in &s.policies {
         let mut errors = validate::validate_policy(key, spec, &s.apps, &s.sites);
+        errors.extend(validate::policy_range_errors(key, spec, &ranges));
         errors.sort();
+        let accepted = errors.is_empty();
+        let still_enforced = if accepted {
+            None
+        } else {
+            s.previous_policies
+                .get(key)
+                .filter(|prev| validate::still_enforceable(key, &prev.spec, &s.apps, &s.sites))
+        };
+        if accepted {
+            enforced_specs.insert(key, spec);
+        } else if let Some(prev) = still_enforced {
+            enforced_specs.insert(key, &prev.spec);
+        }
         out.policies.insert(
             key.clone(),
             PolicyOutcome {
-                accepted: errors.is_empty(),
+                accepted,
                 errors,
                 notes: Vec::new(),
+                accepted_spec: accepted.then(|| spec.clone()),
+                still_enforced: still_enforced.cloned(),
             },
         );
     }
-    let mut compiled: BTreeMap<ObjectKey, policy::CompiledApp> = BTreeMap::new();
+    // Every placed app's workloads, as the compilers see them.
+    let no_labels = Labels::new();
+    let mut all_members: BTreeMap<ObjectKey, Vec<policy::Member<'_>>> = BTreeMap::new();
     for (key, by_node) in &placed {
         let Some(range) = ranges.get(key) else {
             continue;
         };
-        let accepted: Vec<(&ObjectKey, &weft_api::MeshPolicySpec)> = s
-            .policies
-            .iter()
-            .filter(|(pk, spec)| {
-                pk.namespace == key.namespace
-                    && spec.app == key.name
-                    && out.policies.get(*pk).is_some_and(|o| o.accepted)
-            })
-            .collect();
-        if accepted.is_empty() {
-            continue;
-        }
-        let no_labels = Labels::new();
-        let mut members = Vec::new();
+        let members = all_members.entry(key.clone()).or_default();
         for (node, (_, workloads)) in by_node {
             let site = s.nodes.get(node).map_or(LOCAL_SITE, node_site);
             for w in workloads {
@@ -372,13 +390,32 @@ pub fn plan(s: &Snapshot) -> Plan {
                 });
             }
         }
-        let c = policy::compile_app(key, &members, &accepted);
+    }
+    let mut compiled: BTreeMap<ObjectKey, policy::CompiledApp> = BTreeMap::new();
+    for (key, members) in &all_members {
+        let accepted: Vec<(&ObjectKey, &MeshPolicySpec)> = enforced_specs
+            .iter()
+            .filter(|(pk, spec)| pk.namespace == key.namespace && spec.app == key.name)
+            .map(|(pk, spec)| (*pk, *spec))
+            .collect();
+        if accepted.is_empty() {
+            continue;
+        }
+        let c = policy::compile_app(key, members, &accepted);
         for (pk, notes) in &c.notes {
             if let Some(o) = out.policies.get_mut(pk) {
                 o.notes.extend(notes.iter().cloned());
             }
         }
         compiled.insert(key.clone(), c);
+    }
+    let enforced_list: Vec<(&ObjectKey, &MeshPolicySpec)> =
+        enforced_specs.iter().map(|(k, v)| (*k, *v)).collect();
+    let cross = crossapp::compile(&all_members, &enforced_list);
+    for (pk, notes) in &cross.notes {
+        if let Some(o) = out.policies.get_mut(pk) {
+            o.notes.extend(notes.iter().cloned());
+        }
     }
 
     // 9. Attachments and peers.
@@ -388,6 +425,10 @@ pub fn plan(s: &Snapshot) -> Plan {
             MeshNodeSpec {
                 site: node_site(info).to_string(),
                 apps: Vec::new(),
+                // Every app of the site, valid or not: a workload of an app
+                // that is still invalid waits (and its ADD fails, so the
+                // runtime retries) rather than starting unmeshed for good.
+                app_selectors: membership::node_selectors(&s.apps, node_site(info), LOCAL_SITE),
             },
         );
     }
@@ -434,6 +475,23 @@ pub fn plan(s: &Snapshot) -> Plan {
                 workloads: workloads.clone(),
                 peers: peers::peers_of(node, &candidates),
                 policy: compiled.get(key).and_then(|c| c.nodes.get(node)).cloned(),
+                app_links: cross
+                    .links
+                    .get(&(key.clone(), node.clone()))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(other, rules)| {
+                        let other_id = ids.get(other)?;
+                        Some(weft_api::AppLink {
+                            app: other.to_string(),
+                            netns: naming::netns_name(node, other_id),
+                            interface: naming::app_link_name(other_id),
+                            peer_interface: naming::app_link_name(id),
+                            address_space: ranges.get(other)?.to_string(),
+                            rules: rules.clone(),
+                        })
+                    })
+                    .collect(),
             });
         }
     }

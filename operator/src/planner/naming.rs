@@ -63,6 +63,13 @@ pub fn interface_name(app_id: &str) -> String {
     format!("{INTERFACE_PREFIX}{app_id}")
 }
 
+/// Name of an app link's end inside one app's netns: `wx` + the OTHER
+/// app's id (12 bytes), unique in that netns because each other app gets
+/// at most one link.
+pub fn app_link_name(other_app_id: &str) -> String {
+    format!("wx{other_app_id}")
+}
+
 /// Network namespace of an app on a node.
 pub fn netns_name(node: &str, app_id: &str) -> String {
     format!("weft-{node}-{app_id}")
@@ -155,6 +162,7 @@ mod tests {
                     app_id: app_id_candidate(&new, 0),
                     ..Default::default()
                 }],
+                ..Default::default()
             },
         );
         let ids = assign_app_ids([&old, &new], &prev);

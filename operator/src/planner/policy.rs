@@ -15,8 +15,8 @@
 //! to itself (or, together with a selector/site, to the matching addresses
 //! inside it); a peer with nothing set, or a rule with no peers, means the
 //! whole app. A rule whose peers resolve to nothing allows nothing and is left
-//! out. Peers in another app (`peers[].app`) are not compiled yet: they allow
-//! nothing, and the policy's outcome carries a note saying so.
+//! out. Peers in another app (`peers[].app`) match nothing here: flows
+//! between apps are compiled separately, into app links (see `crossapp`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -51,7 +51,7 @@ pub struct CompiledApp {
 }
 
 /// (id suffix, protocol, first port, last port) of one compiled rule.
-type PortMatch = (String, Option<PolicyProtocol>, Option<u16>, Option<u16>);
+pub(crate) type PortMatch = (String, Option<PolicyProtocol>, Option<u16>, Option<u16>);
 
 /// Resolved other side of a rule.
 enum Peers {
@@ -97,34 +97,13 @@ pub fn compile_app(
                 }
             }
             for (i, rule) in list.iter().enumerate() {
-                let field = format!("spec.{name}[{i}]");
-                let peers = resolve_peers(app, rule, members, &field, &mut out.notes, key);
+                let peers = resolve_peers(app, rule, members);
                 let peers: Vec<String> = match peers {
                     Peers::Any => Vec::new(),
                     Peers::Set(s) if s.is_empty() => continue,
                     Peers::Set(s) => s.iter().map(ToString::to_string).collect(),
                 };
-                let ports: Vec<PortMatch> = if rule.ports.is_empty() {
-                    vec![(String::new(), None, None, None)]
-                } else {
-                    rule.ports
-                        .iter()
-                        .enumerate()
-                        .map(|(j, p)| {
-                            let proto = match p.protocol.as_deref().unwrap_or("TCP") {
-                                "UDP" => PolicyProtocol::Udp,
-                                "ICMP" => PolicyProtocol::Icmp,
-                                _ => PolicyProtocol::Tcp,
-                            };
-                            let (port, end) = if proto == PolicyProtocol::Icmp {
-                                (None, None)
-                            } else {
-                                (p.port, p.end_port.filter(|e| Some(*e) != p.port))
-                            };
-                            (format!(".ports[{j}]"), Some(proto), port, end)
-                        })
-                        .collect()
-                };
+                let ports = port_matches(rule);
                 for (node, addrs) in &local {
                     for (suffix, protocol, port, end_port) in &ports {
                         rules.entry(node).or_default().push(CompiledRule {
@@ -163,29 +142,40 @@ pub fn compile_app(
     out
 }
 
-fn resolve_peers(
-    app: &ObjectKey,
-    rule: &PolicyRule,
-    members: &[Member<'_>],
-    field: &str,
-    notes: &mut BTreeMap<ObjectKey, Vec<String>>,
-    policy: &ObjectKey,
-) -> Peers {
+/// The port matches of a rule (one with no ports: everything).
+pub(crate) fn port_matches(rule: &PolicyRule) -> Vec<PortMatch> {
+    if rule.ports.is_empty() {
+        return vec![(String::new(), None, None, None)];
+    }
+    rule.ports
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            let proto = match p.protocol.as_deref().unwrap_or("TCP") {
+                "UDP" => PolicyProtocol::Udp,
+                "ICMP" => PolicyProtocol::Icmp,
+                _ => PolicyProtocol::Tcp,
+            };
+            let (port, end) = if proto == PolicyProtocol::Icmp {
+                (None, None)
+            } else {
+                (p.port, p.end_port.filter(|e| Some(*e) != p.port))
+            };
+            (format!(".ports[{j}]"), Some(proto), port, end)
+        })
+        .collect()
+}
+
+fn resolve_peers(app: &ObjectKey, rule: &PolicyRule, members: &[Member<'_>]) -> Peers {
     if rule.peers.is_empty() {
         return Peers::Any;
     }
     let mut set = BTreeSet::new();
-    for (j, peer) in rule.peers.iter().enumerate() {
+    for peer in &rule.peers {
         if let Some(other) = &peer.app {
-            let other = if other.contains('/') {
-                ObjectKey::parse(other)
-            } else {
-                ObjectKey::new(&app.namespace, other)
-            };
-            if &other != app {
-                notes.entry(policy.clone()).or_default().push(format!(
-                    "{field}.peers[{j}].app: peers in another app ({other}) are not enforced yet; this peer allows nothing"
-                ));
+            // Peers in another app are compiled into app links
+            // (`crossapp`); inside this app they match nothing.
+            if &super::validate::peer_app_key(&app.namespace, other) != app {
                 continue;
             }
         }

@@ -8,7 +8,7 @@ use std::fmt;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use weft_api::{MeshAppSpec, MeshNodeSpec, MeshPolicySpec, MeshSiteSpec};
+use weft_api::{EnforcedPolicy, MeshAppSpec, MeshNodeSpec, MeshPolicySpec, MeshSiteSpec};
 
 /// Labels of a workload.
 pub type Labels = BTreeMap<String, String>;
@@ -131,6 +131,9 @@ pub struct Snapshot {
     pub previous_specs: BTreeMap<String, MeshNodeSpec>,
     /// App ranges allocated before (from stored MeshApp status), by app.
     pub previous_ranges: BTreeMap<ObjectKey, String>,
+    /// The last accepted spec of each MeshPolicy (stored status `enforced`),
+    /// by policy: enforced instead of a current spec that is rejected.
+    pub previous_policies: BTreeMap<ObjectKey, EnforcedPolicy>,
 }
 
 impl Snapshot {

@@ -176,9 +176,80 @@ pub fn validate_policy(
     for (dir, rules) in [("ingress", &spec.ingress), ("egress", &spec.egress)] {
         for (i, rule) in rules.iter().flatten().enumerate() {
             rule_errors(rule, &format!("spec.{dir}[{i}]"), &object, sites, &mut errs);
+            for (j, peer) in rule.peers.iter().enumerate() {
+                let Some(other) = &peer.app else { continue };
+                let other_key = peer_app_key(&key.namespace, other);
+                if !apps.contains_key(&other_key) {
+                    errs.push(PlanError::new(
+                        ErrorKind::Invalid,
+                        &object,
+                        format!("spec.{dir}[{i}].peers[{j}].app"),
+                        "UnknownApp",
+                        format!("no MeshApp named {other_key}"),
+                    ));
+                }
+            }
         }
     }
     errs
+}
+
+/// The app a peer's `app` names: `namespace/name`, or a bare name in the
+/// policy's namespace.
+pub fn peer_app_key(policy_namespace: &str, app: &str) -> ObjectKey {
+    match app.split_once('/') {
+        Some((ns, name)) => ObjectKey::new(ns, name),
+        None => ObjectKey::new(policy_namespace, app),
+    }
+}
+
+/// Peer CIDRs must lie inside the range of the app they refer to (the
+/// policy's app, or the peer's `app`): a range outside it can never match a
+/// workload, which is always a mistake. Apps without a range yet are skipped.
+pub fn policy_range_errors(
+    key: &ObjectKey,
+    spec: &MeshPolicySpec,
+    ranges: &BTreeMap<ObjectKey, Ipv4Net>,
+) -> Vec<PlanError> {
+    let object = object_name("MeshPolicy", key);
+    let mut errs = Vec::new();
+    for (dir, rules) in [("ingress", &spec.ingress), ("egress", &spec.egress)] {
+        for (i, rule) in rules.iter().flatten().enumerate() {
+            for (j, peer) in rule.peers.iter().enumerate() {
+                let Some(Ok(cidr)) = peer.cidr.as_deref().map(parse_cidr) else {
+                    continue;
+                };
+                let app = peer_app_key(&key.namespace, peer.app.as_deref().unwrap_or(&spec.app));
+                let Some(range) = ranges.get(&app) else {
+                    continue;
+                };
+                if !range.contains(&cidr) {
+                    errs.push(PlanError::new(
+                        ErrorKind::Invalid,
+                        &object,
+                        format!("spec.{dir}[{i}].peers[{j}].cidr"),
+                        "InvalidCidr",
+                        format!("{cidr} is outside the range {range} of MeshApp {app}"),
+                    ));
+                }
+            }
+        }
+    }
+    errs
+}
+
+/// Whether a previously accepted spec can still be enforced: it must still
+/// be valid, except for references that merely match nothing now (a deleted
+/// site or peer app), which only shrink what it allows.
+pub fn still_enforceable(
+    key: &ObjectKey,
+    spec: &MeshPolicySpec,
+    apps: &BTreeMap<ObjectKey, weft_api::MeshAppSpec>,
+    sites: &BTreeMap<String, MeshSiteSpec>,
+) -> bool {
+    validate_policy(key, spec, apps, sites)
+        .iter()
+        .all(|e| e.reason == "UnknownSite" || (e.reason == "UnknownApp" && e.field != "spec.app"))
 }
 
 fn rule_errors(

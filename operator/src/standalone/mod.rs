@@ -46,6 +46,9 @@ pub struct StandaloneConfig {
     pub state: PathBuf,
     /// Planner settings (pool, prefix, base port).
     pub planner: PlannerConfig,
+    /// Seconds before moving counters alone rewrite a MeshApp's traffic
+    /// figures (see [`status::TRAFFIC_REFRESH_SECONDS`]).
+    pub traffic_refresh_seconds: i64,
 }
 
 impl StandaloneConfig {
@@ -55,7 +58,14 @@ impl StandaloneConfig {
             manifests: manifests.into(),
             state: state.into(),
             planner: PlannerConfig::default(),
+            traffic_refresh_seconds: status::TRAFFIC_REFRESH_SECONDS,
         }
+    }
+
+    /// Sets how often traffic figures alone rewrite MeshApp status.
+    pub fn with_traffic_refresh(mut self, seconds: i64) -> Self {
+        self.traffic_refresh_seconds = seconds;
+        self
     }
 
     /// Sets the allocation pool.
@@ -277,6 +287,13 @@ impl Standalone {
                     .insert(ObjectKey::parse(key), range.clone());
             }
         }
+        for (key, st) in stored_policies.iter() {
+            if let Some(e) = &st.status.enforced {
+                snapshot
+                    .previous_policies
+                    .insert(ObjectKey::parse(key), e.clone());
+            }
+        }
 
         // 4. Plan.
         let plan = planner::plan(&snapshot);
@@ -326,6 +343,7 @@ impl Standalone {
         let first_seen = now.to_string();
         let mut writes = Vec::new();
         let mut deletes = Vec::new();
+        let traffic_refresh = self.cfg.traffic_refresh_seconds;
 
         let app_items: BTreeMap<String, (&MeshAppSpec, _)> = snapshot
             .apps
@@ -341,13 +359,14 @@ impl Standalone {
             &mut writes,
             &mut deletes,
             |key, (_, outcome), generation, prev| {
-                status::app_status(
+                status::app_status_with_refresh(
                     &ObjectKey::parse(key),
                     outcome,
                     &views,
                     generation,
                     prev,
                     &now_time,
+                    traffic_refresh,
                 )
             },
         )?;

@@ -178,6 +178,7 @@ fn policy_and_site_status() {
             accepted: true,
             errors: vec![],
             notes: vec![],
+            ..Default::default()
         },
         2,
         None,
@@ -195,6 +196,7 @@ fn policy_and_site_status() {
                 "no app",
             )],
             notes: vec![],
+            ..Default::default()
         },
         2,
         None,
@@ -222,4 +224,65 @@ fn policy_and_site_status() {
     assert!(r.message.contains('b'));
     let empty = site_status(&SiteOutcome::default(), 1, None, &t(0));
     assert!(!conditions::is_true(&empty.conditions, types::READY));
+}
+
+#[test]
+fn traffic_is_summed_over_reporting_nodes_only() {
+    let with_traffic = |peer: &str, rx: u64, tx: u64, conns: u64, drops: Option<u64>| {
+        let mut s = node_status(1, true, &[(peer, Some(5))]);
+        let a = &mut s.apps[0];
+        a.peers[0].rx_packets = rx;
+        a.peers[0].tx_packets = tx;
+        a.peers[0].rx_bytes = rx * 100;
+        a.peers[0].tx_bytes = tx * 100;
+        a.active_connections = Some(conns);
+        a.policy_drops = drops;
+        s
+    };
+    let a = with_traffic("b", 10, 7, 2, Some(3));
+    let b = with_traffic("a", 7, 10, 1, None);
+    let c = with_traffic("a", 1000, 1000, 50, Some(1000));
+    let mut v = views(&[("a", 1, &a), ("b", 1, &b), ("c", 1, &c)]);
+    v.get_mut("c").unwrap().lost = true;
+    let st = app_status(&key(), &outcome(&["a", "b", "c"]), &v, 1, None, &t(0));
+    let sum = st.traffic.expect("two nodes report");
+    assert_eq!(
+        (sum.rx_packets, sum.tx_packets, sum.rx_bytes, sum.tx_bytes),
+        (17, 17, 1700, 1700),
+        "each packet once at its sender and once at its receiver"
+    );
+    assert_eq!((sum.active_connections, sum.policy_drops), (3, 3));
+    assert_eq!(sum.nodes, 2, "the lost node's figures are stale");
+    let json = serde_json::to_value(&sum).unwrap();
+    assert_eq!(json["rxPackets"], 17);
+    assert_eq!(json["activeConnections"], 3);
+
+    let none = app_status(&key(), &outcome(&["a"]), &BTreeMap::new(), 1, None, &t(0));
+    assert_eq!(none.traffic, None, "no report, no figures");
+}
+
+#[test]
+fn moving_counters_alone_refresh_the_traffic_figures_once_a_minute() {
+    let with_rx = |rx: u64| {
+        let mut s = node_status(1, true, &[("b", Some(5))]);
+        s.apps[0].peers[0].rx_packets = rx;
+        s
+    };
+    let first = with_rx(10);
+    let v = views(&[("a", 1, &first)]);
+    let st = app_status(&key(), &outcome(&["a"]), &v, 1, None, &t(0));
+    assert_eq!(st.traffic.as_ref().unwrap().observed_at, Some(t(0)));
+
+    // 30 s later only the counter moved: the status stays as it was, so
+    // the operator writes nothing.
+    let later = with_rx(20);
+    let v = views(&[("a", 1, &later)]);
+    let st2 = app_status(&key(), &outcome(&["a"]), &v, 1, Some(&st), &t(30));
+    assert!(st2.same_ignoring_time(&st), "{:?}", st2.traffic);
+    assert_eq!(st2.traffic.as_ref().unwrap().rx_packets, 10);
+
+    // A minute on, the figures are refreshed.
+    let st3 = app_status(&key(), &outcome(&["a"]), &v, 1, Some(&st2), &t(61));
+    let tr = st3.traffic.as_ref().unwrap();
+    assert_eq!((tr.rx_packets, tr.observed_at.clone()), (20, Some(t(61))));
 }

@@ -12,10 +12,12 @@
 //! [`netns::within`]), which always returns to its original netns, so every
 //! call must come from a plain OS thread, never from a tokio worker.
 
+mod applink;
 mod kernel;
 mod netns;
 pub mod nft;
 mod nl;
+pub mod stats;
 mod uapi;
 mod userspace;
 mod workload;
@@ -33,11 +35,11 @@ use rtnetlink::LinkUnspec;
 use tokio::runtime::Runtime;
 use weft_api::DataplaneKind;
 
-use super::{Dataplane, Observation};
+use super::{AppTraffic, Dataplane, Observation, TrafficSpec};
 use crate::error::Error;
 use crate::keys::PrivateKey;
 use crate::ops::Op;
-use crate::state::{AppNet, Device, Peer, PeerStats, WorkloadLink};
+use crate::state::{AppLinkEnd, AppNet, Device, Peer, PeerStats, WorkloadLink};
 use uapi::UapiDevice;
 use userspace::UserspaceDevice;
 
@@ -56,6 +58,9 @@ pub struct LinuxOptions {
     /// Listing thousands of rules on every pass costs a core; a deleted or
     /// replaced table is still caught on the next pass.
     pub policy_full_read_interval: std::time::Duration,
+    /// How long traffic figures (per-peer packets, connections) are reused
+    /// before the next read (see [`stats::Stats`]).
+    pub traffic_read_interval: std::time::Duration,
 }
 
 impl Default for LinuxOptions {
@@ -64,6 +69,7 @@ impl Default for LinuxOptions {
             netns_run_dir: PathBuf::from("/run/netns"),
             force_userspace: false,
             policy_full_read_interval: std::time::Duration::from_secs(5),
+            traffic_read_interval: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -82,6 +88,8 @@ pub struct LinuxDataplane {
     /// Last full read of each app netns' policy table (see `observe_policy`).
     policy_reads: BTreeMap<String, PolicyRead>,
     policy_full_read_interval: std::time::Duration,
+    /// Traffic counting rules and cached reads, per app netns.
+    stats: stats::Stats,
 }
 
 /// A full policy-table read and when it was made.
@@ -104,6 +112,7 @@ impl std::fmt::Debug for LinuxDataplane {
 struct RawApp {
     device: Option<RawDevice>,
     workloads: BTreeMap<String, WorkloadLink>,
+    links: BTreeMap<String, AppLinkEnd>,
 }
 
 struct RawDevice {
@@ -140,6 +149,7 @@ impl LinuxDataplane {
                 devices: BTreeMap::new(),
                 policy_reads: BTreeMap::new(),
                 policy_full_read_interval: opts.policy_full_read_interval,
+                stats: stats::Stats::new(opts.traffic_read_interval),
             })
         };
         init().map_err(|e| Error::dp("init", "", format!("{e:#}")))
@@ -230,6 +240,7 @@ impl LinuxDataplane {
     fn delete_netns(&mut self, netns: &str) -> Result<()> {
         self.drop_record(netns);
         self.policy_reads.remove(netns);
+        self.stats.forget(netns);
         netns::delete(&self.run_dir, netns)
     }
 
@@ -487,10 +498,55 @@ impl LinuxDataplane {
                 netns,
                 host_interface,
                 link,
+                routes,
             } => {
                 let app = self.app_ns(netns)?;
                 let wg = self.wg_interface(netns, &app)?;
-                workload::attach(&self.rt, &app, wg.as_deref(), host_interface, link)
+                workload::attach(&self.rt, &app, wg.as_deref(), host_interface, link, routes)
+            }
+            Op::SetWorkloadRoutes {
+                host_interface,
+                workload_netns,
+                routes,
+                ..
+            } => workload::set_routes(&self.rt, host_interface, workload_netns, routes),
+            Op::CreateAppLink {
+                netns,
+                interface,
+                peer_netns,
+                peer_interface,
+            } => applink::create(
+                &self.rt,
+                &self.app_ns(netns)?,
+                interface,
+                &self.app_ns(peer_netns)?,
+                peer_interface,
+            ),
+            Op::DeleteAppLink { netns, interface } => {
+                match netns::open(&self.run_dir.join(netns))? {
+                    Some(app) => applink::delete(&self.rt, &app, interface),
+                    None => Ok(()),
+                }
+            }
+            Op::AddAppLinkRoute {
+                netns,
+                interface,
+                destination,
+            } => {
+                let d = *destination;
+                self.on_link(netns, interface, false, |h, idx| async move {
+                    nl::add_route_onlink(&h, idx, d, applink::LINK_GATEWAY).await
+                })
+            }
+            Op::DeleteAppLinkRoute {
+                netns,
+                interface,
+                destination,
+            } => {
+                let d = *destination;
+                self.on_link(netns, interface, true, |h, idx| async move {
+                    nl::del_route(&h, idx, d).await
+                })
             }
             Op::DetachWorkload {
                 netns,
@@ -577,6 +633,38 @@ impl LinuxDataplane {
                     }
                     None => None,
                 };
+                // App links: their routes (the other end's netns is not
+                // reported back; the diff does not need it).
+                let mut app_links = BTreeMap::new();
+                for l in &links {
+                    let Some(name) = nl::link_name(l) else {
+                        continue;
+                    };
+                    if !name.starts_with(applink::LINK_PREFIX)
+                        || nl::link_kind(l) != Some(&InfoKind::Veth)
+                    {
+                        continue;
+                    }
+                    let idx = l.header.index;
+                    let mut r: Vec<Ipv4Net> = routes
+                        .iter()
+                        .filter(|r| {
+                            r.oif == Some(idx)
+                                && r.protocol
+                                    != rtnetlink::packet_route::route::RouteProtocol::Kernel
+                        })
+                        .map(|r| r.dst)
+                        .collect();
+                    r.sort();
+                    r.dedup();
+                    app_links.insert(
+                        name.to_string(),
+                        AppLinkEnd {
+                            routes: r,
+                            ..Default::default()
+                        },
+                    );
+                }
                 let mut workloads = BTreeMap::new();
                 for l in &links {
                     let Some(name) = nl::link_name(l) else {
@@ -607,7 +695,11 @@ impl LinuxDataplane {
                         },
                     );
                 }
-                Ok(RawApp { device, workloads })
+                Ok(RawApp {
+                    device,
+                    workloads,
+                    links: app_links,
+                })
             })?;
             if kind == DataplaneKind::Kernel {
                 if let Some(d) = raw.device.as_mut() {
@@ -703,6 +795,7 @@ impl LinuxDataplane {
                     device,
                     workloads: raw.workloads,
                     policy,
+                    links: raw.links,
                 },
             );
         }
@@ -768,6 +861,15 @@ impl Dataplane for LinuxDataplane {
             })
         };
         run().map_err(|e| Error::dp("probe", netns, format!("{e:#}")))
+    }
+
+    fn traffic(&mut self, netns: &str, want: &TrafficSpec) -> Result<AppTraffic, Error> {
+        let app = self
+            .app_ns(netns)
+            .map_err(|e| Error::dp("traffic", netns, format!("{e:#}")))?;
+        self.stats
+            .traffic(netns, want, |f| netns::within(&app, f))
+            .map_err(|e| Error::dp("traffic", netns, format!("{e:#}")))
     }
 }
 

@@ -21,6 +21,12 @@
 //!   counter drop                                   comment "drop:ingress"
 //! chain egress   (saddr is an isolated workload), mirrored
 //! ```
+//! An app linked to other apps (see `AppLinkEnd`) also gets, right after
+//! the marker, `ip saddr != <app range> jump cross_ingress` and `ip daddr
+//! != <app range> jump cross_egress`: chains of its cross-app rules that
+//! `accept` (ending the hook) and otherwise drop (`drop:cross-ingress`,
+//! `drop:cross-egress`, counted with the direction's drops). Only links
+//! bring such packets; the table is what keeps them to the allowed flows.
 //! An allowed packet `return`s (not `accept`s), so a flow between two
 //! isolated workloads of the same node must pass the egress chain of its
 //! source AND the ingress chain of its destination.
@@ -42,7 +48,7 @@ use nftables::helper::{self, NftablesError};
 use serde_json::{json, Value};
 
 use crate::state::{
-    Counter, PolicyCounters, PolicyDirection, PolicyProtocol, PolicyTable, Ruleset,
+    Counter, PolicyCounters, PolicyDirection, PolicyProtocol, PolicyTable, Ruleset, RulesetRule,
 };
 
 /// Table name (family `ip`).
@@ -128,6 +134,22 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
         ],
         String::new(), // marker comment filled in below
     ));
+    // Flows with linked apps are decided entirely by the cross-app chains
+    // (their `accept` ends the hook), before any isolation: a workload open
+    // within its app is still closed to other apps unless a rule allows it.
+    let cross = !r.linked.is_empty() || !r.cross_app.is_empty();
+    if let (true, Some(range)) = (cross, r.app_range) {
+        for (field, target) in [("saddr", "cross_ingress"), ("daddr", "cross_egress")] {
+            rules.push((
+                "forward".into(),
+                vec![
+                    json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": field}}, "right": {"prefix": {"addr": range.addr().to_string(), "len": range.prefix_len()}}}}),
+                    json!({"jump": {"target": target}}),
+                ],
+                format!("foreign:{target}"),
+            ));
+        }
+    }
     if !r.ingress_isolated.is_empty() {
         rules.push((
             "forward".into(),
@@ -157,44 +179,38 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
             PolicyDirection::Egress => ("saddr", "daddr"),
         };
         for x in r.rules.iter().filter(|x| x.direction == dir) {
-            if x.local.is_empty() {
-                continue;
+            if let Some(expr) = rule_match(x, local_field, peer_field, r.app_range) {
+                let mut expr = expr;
+                expr.push(counter());
+                expr.push(json!({"return": null}));
+                rules.push((chain_name.into(), expr, x.id.clone()));
             }
-            let mut expr = vec![addr_match(local_field, x.local.iter().copied().map(host))];
-            if x.peers.is_empty() {
-                if let Some(range) = r.app_range {
-                    expr.push(addr_match(peer_field, [range]));
-                }
-            } else {
-                expr.push(addr_match(peer_field, x.peers.iter().copied()));
-            }
-            if let Some(proto) = x.protocol {
-                let name = match proto {
-                    PolicyProtocol::Tcp => "tcp",
-                    PolicyProtocol::Udp => "udp",
-                    PolicyProtocol::Icmp => "icmp",
-                };
-                expr.push(json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": name}}));
-                if let (Some((lo, hi)), PolicyProtocol::Tcp | PolicyProtocol::Udp) =
-                    (x.ports, proto)
-                {
-                    let right = if lo == hi {
-                        json!(lo)
-                    } else {
-                        json!({"range": [lo, hi]})
-                    };
-                    expr.push(json!({"match": {"op": "==", "left": {"payload": {"protocol": name, "field": "dport"}}, "right": right}}));
-                }
-            }
-            expr.push(counter());
-            expr.push(json!({"return": null}));
-            rules.push((chain_name.into(), expr, x.id.clone()));
         }
         rules.push((
             chain_name.into(),
             vec![counter(), json!({"drop": null})],
             format!("drop:{chain_name}"),
         ));
+        if cross {
+            // Cross-app rules never have empty peers (the planner lists the
+            // other app's addresses), so no range stands in for them.
+            let cross_chain = format!("cross_{chain_name}");
+            for x in r.cross_app.iter().filter(|x| x.direction == dir) {
+                if x.peers.is_empty() {
+                    continue;
+                }
+                if let Some(mut expr) = rule_match(x, local_field, peer_field, None) {
+                    expr.push(counter());
+                    expr.push(json!({"accept": null}));
+                    rules.push((cross_chain.clone(), expr, x.id.clone()));
+                }
+            }
+            rules.push((
+                cross_chain,
+                vec![counter(), json!({"drop": null})],
+                format!("drop:cross-{chain_name}"),
+            ));
+        }
     }
     let n = rules.len();
     rules[0].2 = format!("{MARKER}{digest}:{n}");
@@ -203,8 +219,52 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
         chain("ingress", false),
         chain("egress", false),
     ];
+    if cross {
+        out.push(chain("cross_ingress", false));
+        out.push(chain("cross_egress", false));
+    }
     out.extend(rules.into_iter().map(|(c, e, m)| rule(&c, e, &m)));
     out
+}
+
+/// The match expressions of one allow rule (`None`: it has no local
+/// address, so it can never match).
+fn rule_match(
+    x: &RulesetRule,
+    local_field: &str,
+    peer_field: &str,
+    app_range: Option<Ipv4Net>,
+) -> Option<Vec<Value>> {
+    if x.local.is_empty() {
+        return None;
+    }
+    let mut expr = vec![addr_match(local_field, x.local.iter().copied().map(host))];
+    if x.peers.is_empty() {
+        if let Some(range) = app_range {
+            expr.push(addr_match(peer_field, [range]));
+        }
+    } else {
+        expr.push(addr_match(peer_field, x.peers.iter().copied()));
+    }
+    if let Some(proto) = x.protocol {
+        let name = match proto {
+            PolicyProtocol::Tcp => "tcp",
+            PolicyProtocol::Udp => "udp",
+            PolicyProtocol::Icmp => "icmp",
+        };
+        expr.push(
+            json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": name}}),
+        );
+        if let (Some((lo, hi)), PolicyProtocol::Tcp | PolicyProtocol::Udp) = (x.ports, proto) {
+            let right = if lo == hi {
+                json!(lo)
+            } else {
+                json!({"range": [lo, hi]})
+            };
+            expr.push(json!({"match": {"op": "==", "left": {"payload": {"protocol": name, "field": "dport"}}, "right": right}}));
+        }
+    }
+    Some(expr)
 }
 
 /// Whether the error means "there is no `nft` on this host".
@@ -321,11 +381,16 @@ pub fn parse_listing(v: &Value) -> (PolicyTable, PolicyCounters) {
                 marker = k.parse().ok().map(|k| (d.to_string(), k));
             }
             counters.established = c;
-        } else if comment == "drop:ingress" {
-            counters.dropped_ingress = c;
-        } else if comment == "drop:egress" {
-            counters.dropped_egress = c;
-        } else if !comment.is_empty() && !comment.starts_with("isolated:") {
+        } else if comment == "drop:ingress" || comment == "drop:cross-ingress" {
+            counters.dropped_ingress.packets += c.packets;
+            counters.dropped_ingress.bytes += c.bytes;
+        } else if comment == "drop:egress" || comment == "drop:cross-egress" {
+            counters.dropped_egress.packets += c.packets;
+            counters.dropped_egress.bytes += c.bytes;
+        } else if !comment.is_empty()
+            && !comment.starts_with("isolated:")
+            && !comment.starts_with("foreign:")
+        {
             let e = seen.entry(comment.to_string()).or_default();
             e.packets += c.packets;
             e.bytes += c.bytes;
@@ -348,7 +413,6 @@ pub fn parse_listing(v: &Value) -> (PolicyTable, PolicyCounters) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::RulesetRule;
 
     fn sample() -> PolicyTable {
         Ruleset {
@@ -366,6 +430,7 @@ mod tests {
                 protocol: Some(PolicyProtocol::Tcp),
                 ports: Some((80, 90)),
             }],
+            ..Default::default()
         }
         .into_table()
     }

@@ -15,7 +15,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -323,6 +323,29 @@ pub(crate) async fn add_route(
         .execute()
         .await
         .with_context(|| format!("add route {dst}"))
+}
+
+/// Adds (or replaces) `dst` via `gateway` on link `index`, the gateway
+/// being on-link by fiat (no address or route for it is needed; a static
+/// neighbour entry answers it).
+pub(crate) async fn add_route_onlink(
+    h: &Handle,
+    index: u32,
+    dst: Ipv4Net,
+    gateway: Ipv4Addr,
+) -> Result<()> {
+    let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.network(), dst.prefix_len())
+        .output_interface(index)
+        .gateway(gateway)
+        .build();
+    msg.header.flags |= RouteFlags::Onlink;
+    h.route()
+        .add(msg)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("add route {dst} via {gateway} onlink"))
 }
 
 /// Removes `dst` through link `index` (missing is fine).

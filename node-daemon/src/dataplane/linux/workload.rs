@@ -33,14 +33,16 @@ fn host_route(addr: Ipv4Addr) -> Ipv4Net {
 }
 
 /// Attaches a workload (replacing an existing attachment of the same name).
-/// `wg_if` is the app's WireGuard interface: the routes through it (the app
-/// range) are mirrored into the workload netns via the gateway.
+/// The workload routes `routes` (the app range, linked apps' ranges) via the
+/// gateway; when empty, the routes through `wg_if`, the app's WireGuard
+/// interface, are mirrored instead.
 pub(crate) fn attach(
     rt: &Runtime,
     app: &File,
     wg_if: Option<&str>,
     host_if: &str,
     link: &WorkloadLink,
+    routes: &[Ipv4Net],
 ) -> Result<()> {
     let wl = netns::open(Path::new(&link.workload_netns))?.ok_or_else(|| {
         anyhow!(
@@ -76,6 +78,7 @@ pub(crate) fn attach(
             let host_mac = nl::link_mac(&host).ok_or_else(|| anyhow!("{host_if} has no MAC"))?;
             let peer_mac = nl::link_mac(&peer).ok_or_else(|| anyhow!("{tmp} has no MAC"))?;
             let app_routes: Vec<Ipv4Net> = match wg_if {
+                _ if !routes.is_empty() => routes.to_vec(),
                 Some(n) => match nl::link_by_name(&h, n).await? {
                     Some(l) => nl::routes_via(&h, l.header.index)
                         .await?
@@ -130,6 +133,38 @@ pub(crate) fn attach(
         return Err(e);
     }
     Ok(())
+}
+
+/// Makes the workload route exactly `routes` via the gateway on `weft0`
+/// (adding and removing routes in place: its link, address and open
+/// connections are untouched).
+pub(crate) fn set_routes(
+    rt: &Runtime,
+    host_if: &str,
+    workload_netns: &str,
+    routes: &[Ipv4Net],
+) -> Result<()> {
+    let wl = netns::open(Path::new(workload_netns))?
+        .ok_or_else(|| anyhow!("workload netns {workload_netns} of {host_if} is gone"))?;
+    netns::within(&wl, || {
+        nl::run(rt, |h| async move {
+            let idx = nl::index_of(&h, WORKLOAD_IFNAME).await?;
+            let have = nl::routes_via(&h, idx).await?;
+            let via_gw = |r: &nl::Route| r.gateway == Some(WORKLOAD_GATEWAY);
+            for r in have
+                .iter()
+                .filter(|r| via_gw(r) && !routes.contains(&r.dst))
+            {
+                nl::del_route(&h, idx, r.dst).await?;
+            }
+            for r in routes {
+                if !have.iter().any(|x| via_gw(x) && x.dst == *r) {
+                    nl::add_route(&h, idx, *r, Some(WORKLOAD_GATEWAY)).await?;
+                }
+            }
+            Ok(())
+        })
+    })
 }
 
 /// Removes a workload's veth pair (missing is fine).

@@ -171,7 +171,7 @@ fn empty_ingress_denies_everything_and_egress_isolation_is_separate() {
 }
 
 #[test]
-fn peers_resolving_to_nothing_allow_nothing_and_cross_app_is_noted() {
+fn peers_resolving_to_nothing_and_peers_in_another_app_allow_nothing_inside_it() {
     let w = World::demo();
     let m = w.members();
     let key = ObjectKey::new("demo", "p");
@@ -198,11 +198,9 @@ fn peers_resolving_to_nothing_allow_nothing_and_cross_app_is_noted() {
     let c = compile_app(&app(), &m, &[(&key, &spec)]);
     assert!(c.nodes["n1"].rules.is_empty());
     assert!(!allowed(&c, &m, 1, 0, PolicyProtocol::Tcp, 80));
-    let notes = &c.notes[&key];
-    assert_eq!(notes.len(), 1);
     assert!(
-        notes[0].contains("spec.ingress[1].peers[0].app"),
-        "{notes:?}"
+        c.notes.is_empty(),
+        "peers in another app are compiled into app links, not here"
     );
 }
 
@@ -497,7 +495,7 @@ fn an_invalid_policy_is_not_enforced_at_all_and_names_the_field() {
 }
 
 #[test]
-fn a_cross_app_peer_is_noted_in_the_outcome() {
+fn a_peer_in_an_unknown_app_is_rejected_naming_the_field() {
     let mut p = allow_clients();
     p.ingress.as_mut().unwrap()[0].peers[0] = PolicyPeer {
         app: Some("db".into()),
@@ -505,6 +503,152 @@ fn a_cross_app_peer_is_noted_in_the_outcome() {
     };
     let plan = super::super::plan(&snapshot_with(&[("x", p)]));
     let o = &plan.policies[&ObjectKey::new("demo", "x")];
-    assert!(o.accepted);
-    assert!(o.notes[0].contains("not enforced"), "{:?}", o.notes);
+    assert!(!o.accepted);
+    assert_eq!(o.errors[0].field, "spec.ingress[0].peers[0].app");
+    assert_eq!(o.errors[0].reason, "UnknownApp");
+}
+
+// ---- an invalid update keeps the last accepted version (fail closed) ----
+
+type Breaker = Box<dyn Fn(&mut MeshPolicySpec)>;
+
+/// Ways to break `allow_clients()`, each with the field the error names.
+fn breakers() -> Vec<(&'static str, Breaker)> {
+    fn peer(p: &mut MeshPolicySpec) -> &mut PolicyPeer {
+        &mut p.ingress.as_mut().unwrap()[0].peers[0]
+    }
+    fn port(p: &mut MeshPolicySpec) -> &mut PolicyPort {
+        &mut p.ingress.as_mut().unwrap()[0].ports[0]
+    }
+    vec![
+        (
+            "spec.ingress[0].peers[0].cidr",
+            Box::new(|p| peer(p).cidr = Some("10.1.0.0/33".into())),
+        ),
+        (
+            "spec.ingress[0].peers[0].cidr",
+            Box::new(|p| peer(p).cidr = Some("10.9.0.0/16".into())),
+        ),
+        (
+            "spec.ingress[0].peers[0].selector.matchExpressions[0]",
+            Box::new(|p| {
+                peer(p).selector = Some(Selector {
+                    match_expressions: vec![weft_api::selector::SelectorRequirement {
+                        key: "role".into(),
+                        operator: weft_api::selector::SelectorOperator::In,
+                        values: vec![],
+                    }],
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "spec.ingress[0].ports[0].protocol",
+            Box::new(|p| port(p).protocol = Some("SCTP".into())),
+        ),
+        (
+            "spec.ingress[0].ports[0].endPort",
+            Box::new(|p| port(p).end_port = Some(79)),
+        ),
+    ]
+}
+
+fn enforced(spec: MeshPolicySpec, generation: i64) -> weft_api::EnforcedPolicy {
+    weft_api::EnforcedPolicy { generation, spec }
+}
+
+#[test]
+fn an_invalid_update_keeps_enforcing_the_last_accepted_version() {
+    let key = ObjectKey::new("demo", "allow");
+    let accepted = super::super::plan(&snapshot_with(&[("allow", allow_clients())]));
+    let open = super::super::plan(&snapshot_with(&[]));
+    assert_ne!(accepted.nodes, open.nodes);
+    for (field, breaker) in breakers() {
+        let mut bad = allow_clients();
+        breaker(&mut bad);
+        let mut s = snapshot_with(&[("allow", bad)]);
+        s.previous_policies
+            .insert(key.clone(), enforced(allow_clients(), 3));
+        let plan = super::super::plan(&s);
+        assert_eq!(
+            plan.nodes, accepted.nodes,
+            "{field}: the accepted version stays in force"
+        );
+        let o = &plan.policies[&key];
+        assert!(!o.accepted, "{field}");
+        assert!(
+            o.errors.iter().any(|e| e.field.starts_with(field)),
+            "{field}: {:?}",
+            o.errors
+        );
+        assert_eq!(o.still_enforced, Some(enforced(allow_clients(), 3)));
+        // The status says so, and records what is enforced for the next pass.
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+        );
+        let st = crate::status::policy_status(o, 4, None, &now);
+        let c = &st.conditions[0];
+        assert_eq!((c.type_.as_str(), c.status.as_str()), ("Accepted", "False"));
+        assert!(c.message.contains(field), "{}", c.message);
+        assert!(
+            c.message.ends_with("still enforcing generation 3"),
+            "{}",
+            c.message
+        );
+        assert_eq!(st.enforced, Some(enforced(allow_clients(), 3)));
+    }
+}
+
+#[test]
+fn fixing_the_spec_enforces_the_new_version() {
+    let key = ObjectKey::new("demo", "allow");
+    let mut fixed = allow_clients();
+    fixed.ingress.as_mut().unwrap()[0].ports = vec![tcp(8443, None)];
+    let mut s = snapshot_with(&[("allow", fixed.clone())]);
+    s.previous_policies
+        .insert(key.clone(), enforced(allow_clients(), 3));
+    let plan = super::super::plan(&s);
+    let rules = &plan.nodes["n1"].apps[0].policy.as_ref().unwrap().rules;
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].port,
+        Some(8443),
+        "the new version, not the stored one"
+    );
+    let o = &plan.policies[&key];
+    assert!(o.accepted && o.still_enforced.is_none());
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+    );
+    let st = crate::status::policy_status(o, 5, None, &now);
+    assert_eq!(st.enforced, Some(enforced(fixed, 5)));
+}
+
+#[test]
+fn a_policy_never_accepted_enforces_nothing_and_a_deleted_one_is_gone() {
+    let key = ObjectKey::new("demo", "allow");
+    let open = super::super::plan(&snapshot_with(&[]));
+    let mut bad = allow_clients();
+    bad.ingress.as_mut().unwrap()[0].ports[0].protocol = Some("SCTP".into());
+    let plan = super::super::plan(&snapshot_with(&[("allow", bad)]));
+    assert_eq!(plan.nodes, open.nodes, "new and invalid: nothing enforced");
+    let o = &plan.policies[&key];
+    assert!(o.still_enforced.is_none());
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+    );
+    let st = crate::status::policy_status(o, 1, None, &now);
+    assert!(
+        st.conditions[0]
+            .message
+            .ends_with("nothing of it is enforced"),
+        "{}",
+        st.conditions[0].message
+    );
+    assert_eq!(st.enforced, None);
+    // Deleted: a stored enforced spec without the policy enforces nothing.
+    let mut s = snapshot_with(&[]);
+    s.previous_policies
+        .insert(key, enforced(allow_clients(), 2));
+    assert_eq!(super::super::plan(&s).nodes, open.nodes);
 }

@@ -1,0 +1,130 @@
+//! The pods of this node, as the CNI plugin's ADD needs them: namespace,
+//! name and labels (the runtime tells the netns over the attach socket).
+//! One watch with `spec.nodeName=<node>`, so the daemon never lists the
+//! cluster's other pods.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, ResourceExt};
+use tokio::task::JoinHandle;
+use weft_api::standalone::LocalWorkload;
+
+use crate::workloads::Announcements;
+
+/// The field selector of the watch: pods scheduled to `node`.
+pub fn on_node_selector(node: &str) -> String {
+    format!("spec.nodeName={node}")
+}
+
+/// A pod as a workload announcement; `None` once it finished (its sandbox
+/// is going or gone, and a finished pod never needs an attachment).
+pub fn announcement(pod: &Pod) -> Option<LocalWorkload> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    Some(LocalWorkload {
+        name: pod.name_any(),
+        namespace: pod.namespace().unwrap_or_else(|| "default".into()),
+        labels: pod.labels().clone(),
+        netns: String::new(),
+    })
+}
+
+/// Announcements from the pod watch.
+pub struct PodAnnouncements {
+    store: Store<Pod>,
+    watch: JoinHandle<()>,
+}
+
+impl PodAnnouncements {
+    /// Starts the watch on `rt`.
+    pub fn start(client: Client, node: &str, rt: &tokio::runtime::Handle) -> Self {
+        let api: Api<Pod> = Api::all(client);
+        let (store, writer) = reflector::store();
+        let stream = watcher(
+            api,
+            watcher::Config::default().fields(&on_node_selector(node)),
+        )
+        .default_backoff();
+        let watch = rt.spawn(reflector::reflector(writer, stream).for_each(|ev| {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "pod watch failed; retrying with backoff");
+            }
+            std::future::ready(())
+        }));
+        PodAnnouncements { store, watch }
+    }
+}
+
+impl Announcements for PodAnnouncements {
+    fn scan(&self) -> Vec<LocalWorkload> {
+        let mut out: Vec<LocalWorkload> = self
+            .store
+            .state()
+            .iter()
+            .filter_map(|p| announcement(p))
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
+    }
+
+    /// The watch can lag behind the kubelet's ADD: a pod missing from it
+    /// is not yet known, not "of no app".
+    fn complete(&self) -> bool {
+        false
+    }
+}
+
+impl Drop for PodAnnouncements {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodStatus;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn pod(name: &str, phase: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("demo".into()),
+                labels: Some([("tier".to_string(), "web".to_string())].into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn running_pods_are_announced_with_labels_and_no_netns() {
+        let a = announcement(&pod("web-1", "Running")).unwrap();
+        assert_eq!((a.namespace.as_str(), a.name.as_str()), ("demo", "web-1"));
+        assert_eq!(a.labels.get("tier").map(String::as_str), Some("web"));
+        assert!(a.netns.is_empty(), "the runtime tells the netns");
+        assert!(announcement(&pod("web-2", "Pending")).is_some());
+    }
+
+    #[test]
+    fn finished_pods_are_not() {
+        assert!(announcement(&pod("job-1", "Succeeded")).is_none());
+        assert!(announcement(&pod("job-2", "Failed")).is_none());
+    }
+
+    #[test]
+    fn the_watch_is_restricted_to_this_node() {
+        assert_eq!(on_node_selector("n1"), "spec.nodeName=n1");
+    }
+}
