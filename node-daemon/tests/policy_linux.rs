@@ -483,7 +483,8 @@ fn policy_allows_denies_counts_updates_and_reopens_with_real_traffic() {
     assert!(c3.established.packets > 0);
 
     // Update: TCP 9090-9095 no longer allowed. The long-lived 8080
-    // connection survives the swap; new connections to 9090 fail.
+    // connection survives the swap; the connection open on 9090 is closed
+    // (reset on its next packet); new connections to 9090 fail.
     w.set_policy(Some(server_policy(vec![
         allow(TCP_A, Some(PolicyProtocol::Tcp), Some((8080, 8080))),
         allow(UDP, Some(PolicyProtocol::Udp), Some((UDP_PORT, UDP_PORT))),
@@ -502,9 +503,24 @@ fn policy_allows_denies_counts_updates_and_reopens_with_real_traffic() {
         tcp_connect(w.client(), S, 8080).is_some(),
         "8080 still allowed"
     );
-    // (A connection already established on 9090 is conntrack state the update
-    // does not flush; only new flows see the new rules.)
-    drop(to_b.flush());
+    // Its next packet is judged again under the new rules, refused, and
+    // the client gets a reset: the connection is closed, not just stalled.
+    let before = w.counters();
+    let mut buf = [0u8; 5];
+    let outcome = to_b
+        .write_all(b"hello")
+        .and_then(|()| to_b.read_exact(&mut buf));
+    let err = outcome.expect_err("a connection on a newly denied port must close");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionReset,
+        "closed by a reset, not a timeout: {err}"
+    );
+    let after = w.counters();
+    assert!(
+        after.dropped_ingress.packets > before.dropped_ingress.packets,
+        "the refused packet counts as a drop: {before:?} -> {after:?}"
+    );
 
     // Removing all policies reopens the app (and removes the table).
     w.set_policy(None);
@@ -933,7 +949,7 @@ fn apps_reach_each_other_only_where_both_sides_allow_with_real_traffic() {
     assert_eq!(b2.rules[B_ICMP].packets, 1, "{b2:?}");
 
     // B withdraws its allow (the link stays for now): closed at once for
-    // new flows; the established connection is conntrack state and lives on.
+    // new flows, and the established connection is reset on its next packet.
     desired.apps.get_mut(&b_ns).unwrap().policy = Some(b_side(false));
     let ops = node.sync(&desired, &keys, &prefix);
     assert_eq!(
@@ -943,8 +959,8 @@ fn apps_reach_each_other_only_where_both_sides_allow_with_real_traffic() {
     assert!(tcp_connect(&ac, B_SERVER, 8080).is_none(), "closed by B");
     assert!(!ping(&ac, B_SERVER));
     assert!(
-        echo(&mut conn),
-        "the established connection survives the update"
+        !echo(&mut conn),
+        "the established connection no longer passes once B denies it"
     );
 
     // The planner then drops the link on both sides: it is removed.

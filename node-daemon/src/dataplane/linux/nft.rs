@@ -12,15 +12,26 @@
 //! Layout (`table ip weft`):
 //! ```text
 //! chain forward  (hook forward, policy accept)
-//!   ct state established,related counter accept   comment "weft:<digest>:<rules>"
+//!   ct state established,related ct mark GEN counter accept  comment "weft:<digest>:<rules>"
+//!   ct state established,related ct direction reply accept   comment "stale:replies"
 //!   ip daddr { ingress-isolated } jump ingress
 //!   ip saddr { egress-isolated }  jump egress
+//!   ct mark set GEN                                          comment "admit"
 //! chain ingress  (daddr is an isolated workload)
 //!   ip daddr {local} ip saddr {peers} [l4proto] [dport] counter return  comment "<rule id>"
 //!   ...
-//!   counter drop                                   comment "drop:ingress"
+//!   ct state established tcp counter reject with tcp reset   comment "drop:ingress"
+//!   counter drop                                             comment "drop:ingress"
 //! chain egress   (saddr is an isolated workload), mirrored
 //! ```
+//! GEN is derived from the ruleset's digest. Only flows admitted under the
+//! ruleset in force take the fast path (one rule); after an update, the
+//! next packet of every older flow in its original direction is judged
+//! again by the new rules, once: a connection still allowed is re-marked and
+//! lives on, one on a port that is now denied is reset (TCP) or dropped,
+//! so a newly denied port really closes. Its replies pass meanwhile. A
+//! rule's counter therefore counts new flows plus, once per update, the
+//! flows it re-admits.
 //! An app linked to other apps (see `AppLinkEnd`) also gets, right after
 //! the marker, `ip saddr != <app range> jump cross_ingress` and `ip daddr
 //! != <app range> jump cross_egress`: chains of its cross-app rules that
@@ -55,6 +66,10 @@ use crate::state::{
 pub const TABLE: &str = "weft";
 /// Comment prefix of the marker rule.
 const MARKER: &str = "weft:";
+/// Comment of the rule passing replies of flows admitted under an earlier ruleset.
+const STALE_REPLIES: &str = "stale:replies";
+/// Comment of the rule marking admitted flows.
+const ADMIT: &str = "admit";
 /// Rule comments are limited to 128 bytes by the kernel.
 const MAX_COMMENT: usize = 127;
 
@@ -125,14 +140,29 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
     };
     let mut rules: Vec<(String, Vec<Value>, String)> = Vec::new();
     let counter = || json!({"counter": {"packets": 0, "bytes": 0}});
+    let mark = generation_mark(digest);
+    let established = || json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}});
     rules.push((
         "forward".into(),
         vec![
-            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
+            established(),
+            json!({"match": {"op": "==", "left": {"ct": {"key": "mark"}}, "right": mark}}),
             counter(),
             json!({"accept": null}),
         ],
         String::new(), // marker comment filled in below
+    ));
+    // A flow admitted under an earlier ruleset carries an older mark: its
+    // replies still pass, its next packet the other way is judged again.
+    rules.push((
+        "forward".into(),
+        vec![
+            established(),
+            json!({"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}),
+            counter(),
+            json!({"accept": null}),
+        ],
+        STALE_REPLIES.into(),
     ));
     // Flows with linked apps are decided entirely by the cross-app chains
     // (their `accept` ends the hook), before any isolation: a workload open
@@ -170,6 +200,8 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
             "isolated:egress".into(),
         ));
     }
+    // Whatever got here is allowed: remember under which ruleset.
+    rules.push(("forward".into(), vec![set_mark(mark)], ADMIT.into()));
     for (dir, chain_name) in [
         (PolicyDirection::Ingress, "ingress"),
         (PolicyDirection::Egress, "egress"),
@@ -186,11 +218,7 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
                 rules.push((chain_name.into(), expr, x.id.clone()));
             }
         }
-        rules.push((
-            chain_name.into(),
-            vec![counter(), json!({"drop": null})],
-            format!("drop:{chain_name}"),
-        ));
+        rules.extend(drop_rules(chain_name, &format!("drop:{chain_name}")));
         if cross {
             // Cross-app rules never have empty peers (the planner lists the
             // other app's addresses), so no range stands in for them.
@@ -201,14 +229,14 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
                 }
                 if let Some(mut expr) = rule_match(x, local_field, peer_field, None) {
                     expr.push(counter());
+                    expr.push(set_mark(mark));
                     expr.push(json!({"accept": null}));
                     rules.push((cross_chain.clone(), expr, x.id.clone()));
                 }
             }
-            rules.push((
-                cross_chain,
-                vec![counter(), json!({"drop": null})],
-                format!("drop:cross-{chain_name}"),
+            rules.extend(drop_rules(
+                &cross_chain,
+                &format!("drop:cross-{chain_name}"),
             ));
         }
     }
@@ -225,6 +253,43 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
     }
     out.extend(rules.into_iter().map(|(c, e, m)| rule(&c, e, &m)));
     out
+}
+
+/// The conntrack mark of flows admitted under the ruleset with `digest`
+/// (never 0, the mark of flows no ruleset admitted yet).
+pub fn generation_mark(digest: &str) -> u32 {
+    let hex: String = digest.chars().take(8).collect();
+    u32::from_str_radix(&hex, 16).unwrap_or(0).max(1)
+}
+
+fn set_mark(mark: u32) -> Value {
+    json!({"mangle": {"key": {"ct": {"key": "mark"}}, "value": mark}})
+}
+
+/// The end of a chain: an established TCP flow judged again after an
+/// update and now denied is reset (both ends learn at once that the port
+/// closed); everything else is dropped silently. Both count as drops.
+fn drop_rules(chain: &str, comment: &str) -> Vec<(String, Vec<Value>, String)> {
+    vec![
+        (
+            chain.to_string(),
+            vec![
+                json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established"]}}),
+                json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}),
+                json!({"counter": {"packets": 0, "bytes": 0}}),
+                json!({"reject": {"type": "tcp reset"}}),
+            ],
+            comment.to_string(),
+        ),
+        (
+            chain.to_string(),
+            vec![
+                json!({"counter": {"packets": 0, "bytes": 0}}),
+                json!({"drop": null}),
+            ],
+            comment.to_string(),
+        ),
+    ]
 }
 
 /// The match expressions of one allow rule (`None`: it has no local
@@ -390,6 +455,8 @@ pub fn parse_listing(v: &Value) -> (PolicyTable, PolicyCounters) {
         } else if !comment.is_empty()
             && !comment.starts_with("isolated:")
             && !comment.starts_with("foreign:")
+            && comment != STALE_REPLIES
+            && comment != ADMIT
         {
             let e = seen.entry(comment.to_string()).or_default();
             e.packets += c.packets;
@@ -440,11 +507,20 @@ mod tests {
         let doc = render(Some(&sample()));
         let nft: nftables::schema::Nftables<'_> = serde_json::from_value(doc.clone()).unwrap();
         let cmds = doc["nftables"].as_array().unwrap();
-        // add+delete+add table, 3 chains, marker+jump+1 rule+2 drops.
-        assert_eq!(cmds.len(), 3 + 3 + 5);
+        // add+delete+add table, 3 chains; forward: marker, stale replies,
+        // jump, admit; ingress: 1 rule, reset, drop; egress: reset, drop.
+        assert_eq!(cmds.len(), 3 + 3 + 9);
         assert_eq!(nft.objects.len(), cmds.len());
         let marker = cmds[6]["add"]["rule"]["comment"].as_str().unwrap();
-        assert_eq!(marker, format!("weft:{}:5", sample().digest));
+        assert_eq!(marker, format!("weft:{}:9", sample().digest));
+        // The fast path only for flows admitted under this very ruleset.
+        let mark = generation_mark(&sample().digest);
+        assert_ne!(mark, 0);
+        assert_eq!(
+            cmds[6]["add"]["rule"]["expr"][1]["match"]["right"],
+            json!(mark)
+        );
+        assert_eq!(cmds[9]["add"]["rule"]["comment"], "admit");
         // Overlapping peers are merged (nft refuses overlapping intervals).
         let text = doc.to_string();
         assert!(
