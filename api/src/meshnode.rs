@@ -81,6 +81,31 @@ impl AppSelector {
     }
 }
 
+/// The selectors of the apps that span `site` (an app with no `sites` spans
+/// the local site only), sorted by app: what a MeshNode of that site needs
+/// to tell whether a new workload belongs to some app.
+pub fn selectors_for_site<'a>(
+    apps: impl IntoIterator<Item = (String, &'a crate::MeshAppSpec)>,
+    site: &str,
+) -> Vec<AppSelector> {
+    let mut out: Vec<AppSelector> = apps
+        .into_iter()
+        .filter(|(_, spec)| {
+            if spec.sites.is_empty() {
+                site == crate::labels::LOCAL_SITE
+            } else {
+                spec.sites.iter().any(|s| s == site)
+            }
+        })
+        .map(|(app, spec)| AppSelector {
+            app,
+            selector: spec.selector.clone(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.app.cmp(&b.app));
+    out
+}
+
 /// [`AppSelector::claims`] on borrowed parts (the planner's form).
 pub fn claims(
     app_namespace: &str,

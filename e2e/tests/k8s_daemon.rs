@@ -21,6 +21,7 @@ use weft_e2e::scenario;
 
 const MESHNODES: &str = "/apis/weft.dev/v1alpha1/meshnodes";
 const PODS: &str = "/api/v1/pods";
+const MESHAPPS: &str = "/apis/weft.dev/v1alpha1/meshapps";
 
 fn runnable(test: &str) -> bool {
     let Some(m) = scenario::missing_privileges() else {
@@ -105,6 +106,17 @@ fn kubernetes_mode_serves_the_cni_chain_and_passes_pods_of_no_app() {
                      "appSelectors": [{"app": "demo/web", "selector": {"matchLabels": {"tier": "web"}}}]},
         })],
     );
+    // The daemon's own view of the apps: web claims tier=web. (The
+    // MeshNode's appSelectors say the same; the first-hand view wins.)
+    api.set_list(
+        MESHAPPS,
+        "MeshAppList",
+        vec![json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshApp",
+            "metadata": {"name": "web", "namespace": "demo", "resourceVersion": "1"},
+            "spec": {"selector": {"matchLabels": {"tier": "web"}}},
+        })],
+    );
     api.set_list(
         PODS,
         "PodList",
@@ -184,7 +196,7 @@ fn kubernetes_mode_serves_the_cni_chain_and_passes_pods_of_no_app() {
                     .contains(&format!("fieldSelector=metadata.name%3D{node}")),
                 "{s:?}"
             );
-        } else {
+        } else if s.path != MESHAPPS {
             panic!("the daemon reads nothing else: {s:?}");
         }
     }

@@ -50,6 +50,9 @@ pub struct Reconciler<D: Dataplane> {
     pub writes_total: u64,
     /// When each (netns, peer) was last probed.
     last_probe: BTreeMap<(String, String), std::time::Instant>,
+    /// The last traffic figures read per netns: a failed read reports these
+    /// (stale) rather than zeros, which Prometheus would take for a reset.
+    last_traffic: BTreeMap<String, crate::dataplane::AppTraffic>,
 }
 
 /// Handshakes older than this are refreshed by a probe, so a healthy idle
@@ -87,6 +90,7 @@ impl<D: Dataplane> Reconciler<D> {
             last_good: BTreeMap::new(),
             writes_total: 0,
             last_probe: BTreeMap::new(),
+            last_traffic: BTreeMap::new(),
         })
     }
 
@@ -281,11 +285,21 @@ impl<D: Dataplane> Reconciler<D> {
                             .entry("set_traffic_counters")
                             .or_default() += 1;
                     }
+                    self.last_traffic.insert(netns.clone(), t.clone());
                     out.insert(netns.clone(), t);
                 }
                 Err(e) => {
                     tracing::warn!(node = %self.node, netns = %netns, error = %e, "cannot count traffic");
                     report.error_reasons.push(e.metric_label());
+                    if let Some(last) = self.last_traffic.get(netns) {
+                        out.insert(
+                            netns.clone(),
+                            crate::dataplane::AppTraffic {
+                                wrote: false,
+                                ..last.clone()
+                            },
+                        );
+                    }
                 }
             }
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use weft_api::attach::WorkloadRef;
 use weft_api::standalone::LocalWorkload;
-use weft_api::{MeshNode, MeshNodeStatus};
+use weft_api::{AppSelector, MeshNode, MeshNodeStatus};
 
 use crate::attach::publish::{self, LinkReader};
 use crate::attach::{registry, Shared};
@@ -79,6 +79,14 @@ pub trait Announcements: Send {
     /// watch that may lag behind the runtime (the ADD then waits).
     fn complete(&self) -> bool {
         true
+    }
+
+    /// The selectors of the apps spanning `site`, when this source watches
+    /// the apps itself (first hand, so a pod created together with its app
+    /// is not passed through before the operator has planned the app);
+    /// `None` uses the MeshNode's `spec.appSelectors`.
+    fn selectors(&self, _site: &str) -> Option<Vec<AppSelector>> {
+        None
     }
 }
 
@@ -233,10 +241,12 @@ impl WorkloadSource for RuntimeSource {
     }
 
     fn after_pass(&mut self, spec: Option<&MeshNode>, status: &MeshNodeStatus) {
+        let selectors = spec.and_then(|s| self.dir.selectors(&s.spec.site));
         let o = publish::outcomes(
             &self.registered,
             &self.merged.announced,
             self.dir.complete(),
+            selectors.as_deref(),
             spec,
             status,
             &*self.read_link,

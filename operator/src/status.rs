@@ -197,7 +197,7 @@ pub fn app_status_with_refresh(
 
     let mut conds = previous.map(|p| p.conditions.clone()).unwrap_or_default();
     apply_conditions(&mut conds, vec![ready, degraded], now);
-    MeshAppStatus {
+    let mut status = MeshAppStatus {
         conditions: conds,
         observed_generation: g,
         address_space: outcome.address_space.clone(),
@@ -208,13 +208,23 @@ pub fn app_status_with_refresh(
         nodes: Some(format!("{nodes_ready}/{nodes_total}")),
         peers: Some(format!("{peers_up}/{pairs_total}")),
         sites: outcome.sites.clone(),
-        traffic: refreshed_traffic(
-            previous.and_then(|p| p.traffic.as_ref()),
-            traffic_summary(&name, outcome, nodes),
-            now,
-            traffic_refresh,
-        ),
+        traffic: None,
+    };
+    let fresh = traffic_summary(&name, outcome, nodes);
+    status.traffic = refreshed_traffic(
+        previous.and_then(|p| p.traffic.as_ref()),
+        fresh.clone(),
+        now,
+        traffic_refresh,
+    );
+    // Written anyway because something else changed: take fresh figures.
+    if previous.is_none_or(|p| !p.same_ignoring_time(&status)) {
+        status.traffic = fresh.map(|t| TrafficSummary {
+            observed_at: Some(now.clone()),
+            ..t
+        });
     }
+    status
 }
 
 /// How long summed traffic figures may age before counters alone make the
@@ -224,7 +234,8 @@ pub const TRAFFIC_REFRESH_SECONDS: i64 = 60;
 /// The new figures stamped `now`, unless they equal the previous ones, or
 /// the previous ones (from the same number of nodes) are younger than
 /// `refresh_seconds`: then the previous ones stay, so a status that changed
-/// only in its counters is not rewritten on every heartbeat.
+/// only in its counters is not rewritten on every heartbeat. (When anything
+/// else changed, the caller takes the new figures: the write happens anyway.)
 fn refreshed_traffic(
     previous: Option<&TrafficSummary>,
     fresh: Option<TrafficSummary>,

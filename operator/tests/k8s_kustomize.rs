@@ -137,8 +137,12 @@ fn rbac_is_least_privilege_and_never_mentions_secrets() {
                 vec!["pods".to_string()],
                 vec!["get".into(), "list".into(), "watch".into()]
             ),
+            (
+                vec!["meshapps".to_string()],
+                vec!["get".into(), "list".into(), "watch".into()]
+            ),
         ],
-        "the daemon reads MeshNodes and its pods, and writes only MeshNode status"
+        "the daemon reads MeshNodes, MeshApps and its pods, and writes only MeshNode status"
     );
     let operator = rules(find(&docs, "ClusterRole", "weft-operator"));
     for (resources, verbs) in &operator {
@@ -181,6 +185,10 @@ fn an_edge_host_may_touch_only_its_own_meshnode() {
     assert!(
         text.contains("weft-edge-' + object.metadata.name"),
         "creates are held to the host's own name: {text}"
+    );
+    assert!(
+        text.contains("object.spec.site == 'edge'"),
+        "an edge host cannot claim another site: {text}"
     );
     find(
         &docs,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use weft_api::attach::{Attachment, WorkloadRef};
-use weft_api::{MeshNode, MeshNodeStatus};
+use weft_api::{AppSelector, MeshNode, MeshNodeStatus};
 
 use super::registry::{key, Outcome};
 use crate::state::{WORKLOAD_GATEWAY, WORKLOAD_IFNAME};
@@ -28,8 +28,9 @@ pub type LinkReader = Box<dyn Fn(&str) -> Option<LinkInfo> + Send>;
 /// - not announced, when announcements are `complete` → [`Outcome::NotMeshed`]
 ///   (in standalone mode the announcement is the Pod object: no app can
 ///   select a workload that was never announced);
-/// - announced, and no app of the MeshNode's `appSelectors` claims it →
-///   [`Outcome::NotMeshed`] at once, without waiting for the operator;
+/// - announced, and no app of `selectors` (else the MeshNode's
+///   `appSelectors`) claims it → [`Outcome::NotMeshed`] at once, without
+///   waiting for the operator;
 /// - status gives it an app and address, and `weft0` in its netns carries
 ///   that address → [`Outcome::Attached`];
 /// - otherwise nothing yet (an ADD keeps waiting).
@@ -37,6 +38,7 @@ pub fn outcomes(
     registered: &[WorkloadRef],
     announced: &BTreeMap<String, BTreeMap<String, String>>,
     complete: bool,
+    selectors: Option<&[AppSelector]>,
     spec: Option<&MeshNode>,
     status: &MeshNodeStatus,
     read_link: &dyn Fn(&str) -> Option<LinkInfo>,
@@ -51,8 +53,8 @@ pub fn outcomes(
             continue;
         };
         let claimed = spec.is_none_or(|s| {
-            s.spec
-                .app_selectors
+            selectors
+                .unwrap_or(&s.spec.app_selectors)
                 .iter()
                 .any(|a| a.claims(&r.namespace, labels))
         });
@@ -214,6 +216,7 @@ mod tests {
             &[r("p1")],
             &announced,
             true,
+            None,
             Some(&spec()),
             &status("p1", Some("10.100.1.2")),
             &link("10.100.1.2"),
@@ -239,6 +242,7 @@ mod tests {
             &[r("p1")],
             &announced,
             true,
+            None,
             Some(&spec()),
             &status("p1", None),
             &link("10.100.1.2")
@@ -249,6 +253,7 @@ mod tests {
             &[r("p1")],
             &announced,
             true,
+            None,
             Some(&spec()),
             &status("p1", Some("10.100.1.2")),
             &link("10.100.1.9")
@@ -259,6 +264,7 @@ mod tests {
             &[r("p1")],
             &announced,
             true,
+            None,
             None,
             &status("p1", Some("10.100.1.2")),
             &link("10.100.1.2")
@@ -272,6 +278,7 @@ mod tests {
             &[r("p2")],
             &Announced::new(),
             true,
+            None,
             Some(&spec()),
             &MeshNodeStatus::default(),
             &|_: &str| None,
@@ -282,6 +289,7 @@ mod tests {
             &[r("p2")],
             &Announced::new(),
             false,
+            None,
             Some(&spec()),
             &MeshNodeStatus::default(),
             &|_: &str| None,
@@ -297,6 +305,7 @@ mod tests {
             &[r("p3")],
             &announced("p3", "billing"),
             false,
+            None,
             Some(&spec()),
             &MeshNodeStatus::default(),
             &|_: &str| None,
@@ -307,6 +316,7 @@ mod tests {
             &[r("p3")],
             &announced("p3", "web"),
             false,
+            None,
             Some(&spec()),
             &MeshNodeStatus::default(),
             &|_: &str| None,
@@ -318,10 +328,31 @@ mod tests {
             &announced("p3", "billing"),
             false,
             None,
+            None,
             &MeshNodeStatus::default(),
             &|_: &str| None,
         );
         assert!(o.is_empty(), "{o:?}");
+    }
+
+    #[test]
+    fn first_hand_selectors_win_over_a_spec_the_operator_has_not_updated_yet() {
+        // The pod's app was created a moment ago: the MeshNode does not
+        // list it yet, the daemon's own watch of the apps does.
+        let billing = [AppSelector {
+            app: "demo/billing".into(),
+            selector: Default::default(),
+        }];
+        let o = outcomes(
+            &[r("p4")],
+            &announced("p4", "billing"),
+            false,
+            Some(&billing),
+            Some(&spec()),
+            &MeshNodeStatus::default(),
+            &|_: &str| None,
+        );
+        assert!(o.is_empty(), "claimed: wait for the operator: {o:?}");
     }
 
     #[test]

@@ -76,6 +76,38 @@ pub struct CniChain {
     pub plugin: PathBuf,
 }
 
+/// weft-cni in the node's CNI chain, taken out again on drop.
+struct ChainGuard<'a>(&'a CniChain);
+
+impl<'a> ChainGuard<'a> {
+    /// Installs; a failure half-way is undone before the error is returned.
+    fn install(c: &'a CniChain, socket: &str) -> anyhow::Result<Self> {
+        match cni_install::install(&c.conf_dir, &c.bin_dir, &c.plugin, socket) {
+            Ok(rep) => {
+                tracing::info!(
+                    rewritten = rep.rewritten.len(),
+                    unchanged = rep.unchanged.len(),
+                    "weft-cni is in the node's CNI chain"
+                );
+                Ok(ChainGuard(c))
+            }
+            Err(e) => {
+                let _ = cni_install::uninstall(&c.conf_dir, &c.bin_dir);
+                Err(e.context("cannot put weft-cni into the node's CNI chain"))
+            }
+        }
+    }
+}
+
+impl Drop for ChainGuard<'_> {
+    fn drop(&mut self) {
+        match cni_install::uninstall(&self.0.conf_dir, &self.0.bin_dir) {
+            Ok(_) => tracing::info!("weft-cni removed from the node's CNI chain"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove weft-cni from the CNI chain"),
+        }
+    }
+}
+
 /// Runs until `stop` is set: the shared loop ([`run_loop`]) over a
 /// [`KubeTransport`]. Reconcile passes (and so every namespace switch) happen
 /// on the calling thread; the API client runs on its own small runtime.
@@ -117,30 +149,24 @@ pub fn run<D: Dataplane>(
         }
         (Some(socket), None) => {
             let attach = AttachService::start(socket, &cfg.data_dir, &stop)?;
-            let chained = match &cfg.cni {
-                Some(c) => {
-                    let socket = socket.to_string_lossy();
-                    let rep = cni_install::install(&c.conf_dir, &c.bin_dir, &c.plugin, &socket)?;
-                    tracing::info!(
-                        rewritten = rep.rewritten.len(),
-                        unchanged = rep.unchanged.len(),
-                        "weft-cni is in the node's CNI chain"
-                    );
-                    Some(c)
-                }
+            // Chained for as long as the guard lives: removed on a normal
+            // return and on a panic alike (a SIGKILL leaves it: the
+            // plugin then answers "try again later" until we are back).
+            let chain = match &cfg.cni {
+                Some(c) => match ChainGuard::install(c, &socket.to_string_lossy()) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        attach.stop(&stop);
+                        return Err(e);
+                    }
+                },
                 None => None,
             };
             let pods = PodAnnouncements::start(client, &cfg.node, rt.handle());
             let mut source = RuntimeSource::new(pods, attach.shared.clone());
             run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
-            if let Some(c) = chained {
-                match cni_install::uninstall(&c.conf_dir, &c.bin_dir) {
-                    Ok(_) => tracing::info!("weft-cni removed from the node's CNI chain"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot remove weft-cni from the CNI chain")
-                    }
-                }
-            }
+            // Out of the chain before the socket closes.
+            drop(chain);
             attach.stop(&stop);
         }
     }

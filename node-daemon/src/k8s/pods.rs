@@ -1,7 +1,13 @@
 //! The pods of this node, as the CNI plugin's ADD needs them: namespace,
 //! name and labels (the runtime tells the netns over the attach socket).
 //! One watch with `spec.nodeName=<node>`, so the daemon never lists the
-//! cluster's other pods.
+//! cluster's other pods. A second watch, on MeshApps, tells first hand
+//! whether some app claims a new pod: a pod created together with its app
+//! reaches the daemon before the operator has planned the app, and must
+//! wait for it rather than pass through unmeshed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -10,7 +16,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::task::JoinHandle;
+use weft_api::meshnode::selectors_for_site;
 use weft_api::standalone::LocalWorkload;
+use weft_api::{AppSelector, MeshApp};
 
 use crate::workloads::Announcements;
 
@@ -34,16 +42,19 @@ pub fn announcement(pod: &Pod) -> Option<LocalWorkload> {
     })
 }
 
-/// Announcements from the pod watch.
+/// Announcements from the pod watch, app selectors from the MeshApp watch.
 pub struct PodAnnouncements {
     store: Store<Pod>,
     watch: JoinHandle<()>,
+    apps: Store<MeshApp>,
+    apps_ready: Arc<AtomicBool>,
+    apps_watch: JoinHandle<()>,
 }
 
 impl PodAnnouncements {
     /// Starts the watch on `rt`.
     pub fn start(client: Client, node: &str, rt: &tokio::runtime::Handle) -> Self {
-        let api: Api<Pod> = Api::all(client);
+        let api: Api<Pod> = Api::all(client.clone());
         let (store, writer) = reflector::store();
         let stream = watcher(
             api,
@@ -56,8 +67,47 @@ impl PodAnnouncements {
             }
             std::future::ready(())
         }));
-        PodAnnouncements { store, watch }
+        let (apps, writer) = reflector::store();
+        let stream =
+            watcher(Api::<MeshApp>::all(client), watcher::Config::default()).default_backoff();
+        let apps_watch = rt.spawn(reflector::reflector(writer, stream).for_each(|ev| {
+            if let Err(e) = ev {
+                tracing::warn!(error = %e, "MeshApp watch failed; retrying with backoff");
+            }
+            std::future::ready(())
+        }));
+        let apps_ready = Arc::new(AtomicBool::new(false));
+        {
+            let (apps, ready) = (apps.clone(), apps_ready.clone());
+            rt.spawn(async move {
+                if apps.wait_until_ready().await.is_ok() {
+                    ready.store(true, Ordering::Relaxed);
+                }
+            });
+        }
+        PodAnnouncements {
+            store,
+            watch,
+            apps,
+            apps_ready,
+            apps_watch,
+        }
     }
+}
+
+/// The selectors of `apps` (not being deleted) spanning `site`.
+pub fn app_selectors(apps: &[Arc<MeshApp>], site: &str) -> Vec<AppSelector> {
+    selectors_for_site(
+        apps.iter()
+            .filter(|a| a.metadata.deletion_timestamp.is_none())
+            .map(|a| {
+                (
+                    format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()),
+                    &a.spec,
+                )
+            }),
+        site,
+    )
 }
 
 impl Announcements for PodAnnouncements {
@@ -77,11 +127,20 @@ impl Announcements for PodAnnouncements {
     fn complete(&self) -> bool {
         false
     }
+
+    /// First hand once the MeshApp watch has listed; until then the
+    /// MeshNode's `appSelectors`.
+    fn selectors(&self, site: &str) -> Option<Vec<AppSelector>> {
+        self.apps_ready
+            .load(Ordering::Relaxed)
+            .then(|| app_selectors(&self.apps.state(), site))
+    }
 }
 
 impl Drop for PodAnnouncements {
     fn drop(&mut self) {
         self.watch.abort();
+        self.apps_watch.abort();
     }
 }
 
@@ -89,6 +148,7 @@ impl Drop for PodAnnouncements {
 mod tests {
     use k8s_openapi::api::core::v1::PodStatus;
     use kube::api::ObjectMeta;
+    use weft_api::MeshAppSpec;
 
     use super::*;
 
@@ -121,6 +181,37 @@ mod tests {
     fn finished_pods_are_not() {
         assert!(announcement(&pod("job-1", "Succeeded")).is_none());
         assert!(announcement(&pod("job-2", "Failed")).is_none());
+    }
+
+    #[test]
+    fn apps_of_the_site_and_not_being_deleted_give_the_selectors() {
+        let app = |name: &str, sites: &[&str], deleting: bool| {
+            let mut a = MeshApp::new(
+                name,
+                MeshAppSpec {
+                    sites: sites.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+            );
+            a.metadata.namespace = Some("demo".into());
+            if deleting {
+                a.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::now(),
+                    ));
+            }
+            Arc::new(a)
+        };
+        let apps = [
+            app("web", &[], false),
+            app("edge-only", &["edge"], false),
+            app("gone", &[], true),
+        ];
+        let names: Vec<String> = app_selectors(&apps, "local")
+            .into_iter()
+            .map(|s| s.app)
+            .collect();
+        assert_eq!(names, ["demo/web"]);
     }
 
     #[test]

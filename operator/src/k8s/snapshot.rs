@@ -8,7 +8,7 @@
 //! | MeshApp `status.addressSpace` | `previous_ranges` (allocations stick) |
 //! | MeshPolicy `status.enforced` | `previous_policies` (kept while the spec is rejected) |
 //! | Node: InternalIP, `weft.dev/site` label, Ready condition | `nodes` (NotReady ⇒ lost) |
-//! | MeshNode without a Node (edge host, deleted Node) | `nodes`, lost when its heartbeat is stale; its status' workloads |
+//! | MeshNode without a Node (edge host, deleted Node) | `nodes`, lost when its heartbeat is stale; its status' workloads if its site is of kind Edge |
 //! | MeshNode spec / status | `previous_specs` / `public_keys`, `workload_addresses` |
 //! | Pod with `spec.nodeName`, not finished | `workloads` of that node |
 
@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use weft_api::labels::SITE_LABEL;
-use weft_api::{MeshApp, MeshNode, MeshPolicy, MeshSite};
+use weft_api::{MeshApp, MeshNode, MeshPolicy, MeshSite, SiteKind};
 
 use crate::planner::{NodeInfo, ObjectKey, PlannerConfig, Snapshot};
 use crate::standalone::LOST_AFTER_SECONDS;
@@ -154,8 +154,16 @@ pub fn snapshot_from_stores(obs: &Observed, config: &PlannerConfig, now: Timesta
         }
         // An edge host has no pods: its daemon reports its workloads (Docker
         // containers) with their labels in status, as in standalone mode.
-        // Pods of a Kubernetes node come from the Pod watch instead.
-        let edge = !obs.nodes.iter().any(|n| n.name_any() == name);
+        // Only MeshNodes of a MeshSite of kind Edge are believed: a node's
+        // own report must not let it join apps of a Kubernetes site (pods
+        // there come from the Pod watch), nor may a Kubernetes MeshNode
+        // whose Node is gone.
+        let edge = !obs.nodes.iter().any(|n| n.name_any() == name)
+            && s.nodes.get(&name).is_some_and(|n| {
+                s.sites
+                    .get(&n.site)
+                    .is_some_and(|site| site.kind == SiteKind::Edge)
+            });
         for w in mn.status.iter().flat_map(|st| &st.workloads) {
             if edge {
                 s.add_workload(
@@ -407,14 +415,35 @@ mod tests {
 
     #[test]
     fn an_edge_host_workloads_come_from_its_meshnode_status_a_nodes_from_pods() {
-        let mut edge = (*meshnode("edge-1", Some(1))).clone();
-        edge.status.as_mut().unwrap().workloads[0].labels =
-            [("weft.dev/app".to_string(), "web".to_string())].into();
+        let with_site = |name: &str, site: &str| {
+            let mut m = (*meshnode(name, Some(1))).clone();
+            m.spec.site = site.into();
+            m.status.as_mut().unwrap().workloads[0].labels =
+                [("weft.dev/app".to_string(), "web".to_string())].into();
+            Arc::new(m)
+        };
+        let site = |name: &str, kind: SiteKind| {
+            Arc::new(MeshSite::new(
+                name,
+                weft_api::MeshSiteSpec {
+                    kind,
+                    ..Default::default()
+                },
+            ))
+        };
         let obs = Observed {
             nodes: vec![node("n1", "192.0.2.1", "True", None)],
-            // n1's status lists web-1 too, but a Kubernetes node's
-            // workloads are its pods: status must not add any.
-            meshnodes: vec![meshnode("n1", Some(1)), Arc::new(edge)],
+            sites: vec![site("edge", SiteKind::Edge), site("local", SiteKind::Local)],
+            meshnodes: vec![
+                // n1's status lists web-1 too, but a Kubernetes node's
+                // workloads are its pods: status must not add any.
+                meshnode("n1", Some(1)),
+                with_site("edge-1", "edge"),
+                // Claims a Kubernetes site without a Node: not believed.
+                with_site("rogue", "local"),
+                // A site that does not exist: not believed either.
+                with_site("nowhere-1", "nowhere"),
+            ],
             ..Default::default()
         };
         let s = snapshot_from_stores(&obs, &PlannerConfig::default(), now());
@@ -422,7 +451,12 @@ mod tests {
             s.workloads["edge-1"][&ObjectKey::new("demo", "web-1")]["weft.dev/app"],
             "web"
         );
-        assert!(!s.workloads.contains_key("n1"), "{:?}", s.workloads);
+        assert_eq!(
+            s.workloads.keys().collect::<Vec<_>>(),
+            ["edge-1"],
+            "{:?}",
+            s.workloads
+        );
     }
 
     #[test]

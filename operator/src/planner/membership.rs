@@ -23,29 +23,13 @@ pub fn claims(app: &ObjectKey, spec: &MeshAppSpec, namespace: &str, labels: &Lab
     weft_api::meshnode::claims(&app.namespace, &app.name, &spec.selector, namespace, labels)
 }
 
-/// The selectors of the apps that span `site`, for a MeshNode of that site,
-/// sorted by app. `sites_of` gives an app's sites (empty = the local site).
+/// The selectors of the apps that span `site`, for a MeshNode of that site
+/// (the rule is shared with the daemon: [`weft_api::meshnode::selectors_for_site`]).
 pub fn node_selectors<'a>(
     apps: impl IntoIterator<Item = (&'a ObjectKey, &'a MeshAppSpec)>,
     site: &str,
-    local_site: &str,
 ) -> Vec<AppSelector> {
-    let mut out: Vec<AppSelector> = apps
-        .into_iter()
-        .filter(|(_, spec)| {
-            if spec.sites.is_empty() {
-                site == local_site
-            } else {
-                spec.sites.iter().any(|s| s == site)
-            }
-        })
-        .map(|(key, spec)| AppSelector {
-            app: key.to_string(),
-            selector: spec.selector.clone(),
-        })
-        .collect();
-    out.sort_by(|a, b| a.app.cmp(&b.app));
-    out
+    weft_api::meshnode::selectors_for_site(apps.into_iter().map(|(k, s)| (k.to_string(), s)), site)
 }
 
 /// Workloads per app and node.
@@ -144,11 +128,11 @@ mod tests {
             (edge.clone(), app(&["edge"], Selector::default())),
             (both.clone(), app(&["local", "edge"], Selector::default())),
         ];
-        let local = node_selectors(apps.iter().map(|(k, s)| (k, s)), "local", "local");
+        let local = node_selectors(apps.iter().map(|(k, s)| (k, s)), "local");
         let names: Vec<&str> = local.iter().map(|a| a.app.as_str()).collect();
         assert_eq!(names, ["demo/web", "ops/both"], "no sites = local only");
         assert_eq!(local[0].selector, Selector::labels([("tier", "web")]));
-        let at_edge = node_selectors(apps.iter().map(|(k, s)| (k, s)), "edge", "local");
+        let at_edge = node_selectors(apps.iter().map(|(k, s)| (k, s)), "edge");
         let names: Vec<&str> = at_edge.iter().map(|a| a.app.as_str()).collect();
         assert_eq!(names, ["demo/edge-app", "ops/both"]);
     }
@@ -157,7 +141,7 @@ mod tests {
     fn the_daemon_and_the_planner_agree_on_claims() {
         let key = ObjectKey::new("demo", "web");
         let spec = app(&[], Selector::labels([("tier", "web")]));
-        let sel = &node_selectors([(&key, &spec)], "local", "local")[0];
+        let sel = &node_selectors([(&key, &spec)], "local")[0];
         for (ns, labels, want) in [
             ("demo", vec![("tier", "web")], true),
             ("demo", vec![("weft.dev/app", "web")], true),

@@ -428,7 +428,7 @@ pub fn plan(s: &Snapshot) -> Plan {
                 // Every app of the site, valid or not: a workload of an app
                 // that is still invalid waits (and its ADD fails, so the
                 // runtime retries) rather than starting unmeshed for good.
-                app_selectors: membership::node_selectors(&s.apps, node_site(info), LOCAL_SITE),
+                app_selectors: membership::node_selectors(&s.apps, node_site(info)),
             },
         );
     }

@@ -281,6 +281,18 @@ fn moving_counters_alone_refresh_the_traffic_figures_once_a_minute() {
     assert!(st2.same_ignoring_time(&st), "{:?}", st2.traffic);
     assert_eq!(st2.traffic.as_ref().unwrap().rx_packets, 10);
 
+    // Anything else changing (here a node turns not ready) writes the
+    // status anyway, with fresh figures.
+    let down = {
+        let mut s = with_rx(25);
+        s.apps[0].programmed = false;
+        s
+    };
+    let v_down = views(&[("a", 1, &down)]);
+    let st_down = app_status(&key(), &outcome(&["a"]), &v_down, 1, Some(&st2), &t(40));
+    let tr = st_down.traffic.as_ref().unwrap();
+    assert_eq!((tr.rx_packets, tr.observed_at.clone()), (25, Some(t(40))));
+
     // A minute on, the figures are refreshed.
     let st3 = app_status(&key(), &outcome(&["a"]), &v, 1, Some(&st2), &t(61));
     let tr = st3.traffic.as_ref().unwrap();
