@@ -136,16 +136,23 @@ pub fn missing_privileges() -> Option<String> {
 /// For tests: `true` if the privileged scenario can run. Otherwise panics
 /// under CI (`CI=true`: a skip there is a failure) or prints `SKIPPED: ...`.
 pub fn privileged_or_skip(test: &str) -> bool {
-    match missing_privileges() {
-        None => true,
-        Some(m) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("{test}: cannot run under CI, missing {m}");
-            }
-            println!("SKIPPED: {test}: missing {m}");
-            false
-        }
+    require(test, [], "")
+}
+
+/// Like [`privileged_or_skip`], with more requirements: `extra` lists what
+/// else is missing, `hint` says how to get it.
+pub fn require(test: &str, extra: impl IntoIterator<Item = String>, hint: &str) -> bool {
+    let mut missing: Vec<String> = missing_privileges().into_iter().collect();
+    missing.extend(extra);
+    if missing.is_empty() {
+        return true;
     }
+    let m = missing.join(", ");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: cannot run under CI, missing {m}{hint}");
+    }
+    println!("SKIPPED: {test}: missing {m}");
+    false
 }
 
 /// Path of the repository's `examples/` directory (from this crate's location).

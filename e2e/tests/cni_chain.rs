@@ -24,17 +24,11 @@ const WAIT: Duration = Duration::from_secs(30);
 const APP_RANGE: &str = "10.100.0.0/16"; // examples/web.yaml
 
 fn runnable(test: &str) -> bool {
-    let mut missing: Vec<String> = scenario::missing_privileges().into_iter().collect();
-    missing.extend(missing_cni_plugins());
-    if missing.is_empty() {
-        return true;
-    }
-    let m = missing.join(", ");
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{test}: cannot run under CI, missing {m} (scripts/setup.sh installs containernetworking-plugins)");
-    }
-    println!("SKIPPED: {test}: missing {m}");
-    false
+    scenario::require(
+        test,
+        missing_cni_plugins(),
+        " (scripts/setup.sh installs containernetworking-plugins)",
+    )
 }
 
 fn plugin(name: &str) -> PathBuf {

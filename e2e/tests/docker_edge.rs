@@ -40,17 +40,7 @@ const EDGE: usize = 2;
 const NAMESPACE_LABEL: &str = "weft.dev/namespace";
 
 fn runnable(test: &str) -> bool {
-    let mut missing: Vec<String> = scenario::missing_privileges().into_iter().collect();
-    missing.extend(missing_docker());
-    if missing.is_empty() {
-        return true;
-    }
-    let m = missing.join(", ");
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{test}: cannot run under CI, missing {m} (scripts/setup.sh installs them)");
-    }
-    println!("SKIPPED: {test}: missing {m}");
-    false
+    scenario::require(test, missing_docker(), " (scripts/setup.sh installs them)")
 }
 
 /// An app spanning the cluster and the edge, joined by `weft.dev/app`.

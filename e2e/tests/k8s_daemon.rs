@@ -24,14 +24,7 @@ const PODS: &str = "/api/v1/pods";
 const MESHAPPS: &str = "/apis/weft.dev/v1alpha1/meshapps";
 
 fn runnable(test: &str) -> bool {
-    let Some(m) = scenario::missing_privileges() else {
-        return true;
-    };
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{test}: cannot run under CI, missing {m}");
-    }
-    println!("SKIPPED: {test}: missing {m}");
-    false
+    scenario::privileged_or_skip(test)
 }
 
 fn pod(name: &str, node: &str, labels: Value) -> Value {
@@ -239,14 +232,7 @@ fn kubernetes_mode_serves_the_cni_chain_and_passes_pods_of_no_app() {
 #[test]
 fn an_edge_host_registers_its_own_meshnode_and_reports_its_containers() {
     let test = "an_edge_host_registers_its_own_meshnode_and_reports_its_containers";
-    if !runnable(test) {
-        return;
-    }
-    if let Some(m) = missing_docker() {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("{test}: cannot run under CI, missing {m}");
-        }
-        println!("SKIPPED: {test}: missing {m}");
+    if !scenario::require(test, missing_docker(), " (scripts/setup.sh installs them)") {
         return;
     }
     let prefix = weft_e2e::unique_prefix();

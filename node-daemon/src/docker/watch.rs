@@ -52,7 +52,7 @@ fn inspect(socket: &Path, id: &str) -> Result<Option<(Container, Option<NetnsId>
 }
 
 /// Lists and inspects every running labelled container.
-fn catch_up(socket: &Path) -> Result<Vec<(Container, Option<NetnsId>)>, String> {
+fn catch_up(socket: &Path, stop: &AtomicBool) -> Result<Vec<(Container, Option<NetnsId>)>, String> {
     let (status, body) = http::get(socket, &api::list_path(), REQUEST_TIMEOUT)?;
     if status != 200 {
         return Err(format!(
@@ -63,6 +63,10 @@ fn catch_up(socket: &Path) -> Result<Vec<(Container, Option<NetnsId>)>, String> 
     }
     let mut out = Vec::new();
     for id in api::parse_list(&body)? {
+        // Shutting down: each inspect may wait out its timeout.
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         if let Some(c) = inspect(socket, &id)? {
             out.push(c);
         }
@@ -91,7 +95,7 @@ fn session(socket: &Path, inv: &Mutex<Inventory>, stop: &AtomicBool) -> Result<(
         }
         early.extend(events.poll()?);
     }
-    let listed = catch_up(socket)?;
+    let listed = catch_up(socket, stop)?;
     let n = listed.len();
     {
         let mut g = lock(inv);

@@ -339,24 +339,28 @@ fn nft_missing(e: &NftablesError) -> bool {
 
 /// Replaces (or removes) the table in the calling thread's netns, atomically.
 pub fn apply(policy: Option<&PolicyTable>) -> Result<()> {
-    let doc = render(policy);
-    let nft: nftables::schema::Nftables<'_> =
-        serde_json::from_value(doc).context("nft ruleset does not fit the nftables schema")?;
-    // `nft -j -f -` as the crate's helper runs it, but with stderr captured
-    // so a refusal reaches the app's status with nft's own words.
-    let payload = serde_json::to_vec(&nft).context("serialise the nft ruleset")?;
-    let mut child = match Command::new("nft")
+    match run_batch(render(policy), "the ruleset") {
+        // Nothing to remove where nftables is not installed.
+        Err(e) if policy.is_none() && is_not_found(&e) => Ok(()),
+        r => r,
+    }
+}
+
+/// Feeds one JSON batch to `nft -j -f -` in the calling thread's netns (one
+/// kernel transaction: all of it or nothing), checked against the
+/// `nftables` crate's schema first. Like the crate's helper, but with
+/// stderr captured so a refusal reaches status in nft's own words.
+pub(super) fn run_batch(doc: Value, what: &str) -> Result<()> {
+    let nft: nftables::schema::Nftables<'_> = serde_json::from_value(doc)
+        .with_context(|| format!("{what} does not fit the nftables schema"))?;
+    let payload = serde_json::to_vec(&nft).with_context(|| format!("serialise {what}"))?;
+    let mut child = Command::new("nft")
         .args(["-j", "-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-    {
-        Ok(c) => c,
-        // Nothing to remove where nftables is not installed.
-        Err(e) if policy.is_none() && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).context("run nft"),
-    };
+        .context("run nft")?;
     child
         .stdin
         .take()
@@ -368,10 +372,15 @@ pub fn apply(policy: Option<&PolicyTable>) -> Result<()> {
         Ok(())
     } else {
         Err(anyhow!(
-            "nft refused the ruleset (nothing of it applied): {}",
+            "nft refused {what} (nothing of it applied): {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Runs `nft -j list <what...>` in the calling thread's netns; `None` when

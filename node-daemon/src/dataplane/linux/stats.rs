@@ -46,9 +46,8 @@
 //! `nf_conntrack_count` (every tracked entry, closing ones included).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{anyhow, Context, Result};
 use ipnet::Ipv4Net;
@@ -201,32 +200,7 @@ pub fn parse_listing(v: &Value) -> Listing {
 
 /// Replaces the table in the calling thread's netns, atomically.
 pub fn apply(spec: &TrafficSpec) -> Result<()> {
-    let doc = render(spec);
-    let nft: nftables::schema::Nftables<'_> =
-        serde_json::from_value(doc).context("traffic counters do not fit the nftables schema")?;
-    let payload = serde_json::to_vec(&nft).context("serialise the traffic counters")?;
-    let mut child = Command::new("nft")
-        .args(["-j", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("run nft")?;
-    child
-        .stdin
-        .take()
-        .context("nft stdin")?
-        .write_all(&payload)
-        .context("write to nft")?;
-    let out = child.wait_with_output().context("wait for nft")?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(anyhow!(
-            "nft refused the traffic counters: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    super::nft::run_batch(render(spec), "the traffic counters")
 }
 
 /// Lists the table in the calling thread's netns; `None` when it is absent.
