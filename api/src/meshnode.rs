@@ -47,7 +47,8 @@ pub const HANDSHAKE_FRESH_SECONDS: u64 = 180;
 pub struct MeshNodeSpec {
     /// MeshSite the node belongs to.
     pub site: String,
-    /// One entry per app with a workload on this node, sorted by `app`.
+    /// One entry per app with a workload on this node (or that carries
+    /// cross-app flows crossing here, see `AppLink`), sorted by `app`.
     #[serde(default)]
     pub apps: Vec<AppAttachment>,
     /// How every app that spans this node's site selects its workloads,
@@ -165,6 +166,30 @@ pub struct AppAttachment {
     /// pass between them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_links: Vec<AppLink>,
+    /// Other apps this app exchanges allowed flows with through its own
+    /// tunnel, on this node, where it has no app link to them, sorted by
+    /// `app`: this app's rules for those flows (enforced like a link's
+    /// rules). The other app's workload addresses involved are listed in
+    /// the `allowedIps` of the peer they are reached through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_apps: Vec<RemoteApp>,
+}
+
+/// Flows with another app that reach this node through this app's tunnel
+/// (the two workloads are on different nodes; the pair crosses between the
+/// apps on the other node, over an app link there). Both apps' tables on
+/// the path enforce their own side; this is this app's side on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteApp {
+    /// The other app, as `namespace/name`.
+    pub app: String,
+    /// The other app's range (every rule peer lies inside it).
+    pub address_space: String,
+    /// This app's allow rules for flows with the other app (`peers` are
+    /// addresses of the other app), sorted by `id`. Replies always pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<CompiledRule>,
 }
 
 /// A veth pair between this app's namespace and another app's namespace on
@@ -172,7 +197,9 @@ pub struct AppAttachment {
 /// each side's policy table passes only the flows its own policies allow
 /// (this app's egress towards the other app, its ingress from it); every
 /// other packet between the two apps is dropped. Both apps carry the link,
-/// each with its own end and its own rules.
+/// each with its own end and its own rules. A link also carries pairs whose
+/// other workload lives on another node: the pair crosses here, and one of
+/// the two apps' tunnels carries it on (see `RemoteApp`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppLink {
@@ -188,7 +215,9 @@ pub struct AppLink {
     /// get a route for it too).
     pub address_space: String,
     /// This app's allow rules for flows with the other app (`peers` are
-    /// addresses of the other app), sorted by `id`. Replies always pass.
+    /// addresses of the other app; `local` are this app's, possibly of
+    /// workloads on other nodes whose flows cross here), sorted by `id`.
+    /// Replies always pass.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<CompiledRule>,
 }
@@ -205,7 +234,11 @@ pub struct PeerSpec {
     pub public_key: String,
     /// `address:port` where the peer listens.
     pub endpoint: String,
-    /// Ranges routed to the peer: its slice of the app range.
+    /// Ranges routed to the peer: its slice of the app range, then (as
+    /// /32s) workloads of other apps that this app's tunnel carries to the
+    /// peer for allowed cross-app flows. The daemon routes those foreign
+    /// prefixes through the tunnel, and WireGuard accepts packets from the
+    /// peer with them as source.
     pub allowed_ips: Vec<String>,
 }
 

@@ -79,10 +79,12 @@ pub struct PolicyPeer {
     /// app's workloads. Traffic between two apps is denied unless both sides
     /// allow it: a flow from A's workload W to B's workload V needs an
     /// egress rule of A allowing W to reach app B and an ingress rule of B
-    /// allowing V to be reached from app A (replies pass). Enforced between
-    /// workloads on the same node (through a link between the two apps'
-    /// namespaces there); peers on other nodes are out of reach, which the
-    /// `Accepted` message says.
+    /// allowing V to be reached from app A, on a port both allow (replies
+    /// pass). On one node the two apps' namespaces get a link; between
+    /// nodes one of the two apps' tunnels carries the other's allowed
+    /// addresses (that app is placed, without workloads, on the node where
+    /// the pair crosses). Every table on the path enforces its own app's
+    /// side; nothing is translated (app ranges never overlap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
     /// Workloads at a MeshSite.

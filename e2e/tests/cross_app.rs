@@ -1,8 +1,10 @@
 //! End-to-end: traffic between two apps, through the standalone operator and
 //! real node daemons, with `examples/policy-web-db.yaml` (web's
 //! role=frontend may open TCP 5432 to db's role=primary, both sides say so).
-//! On node 1 both apps get an app link; everything else between the apps
-//! stays dropped, and deleting the policies closes the path again.
+//! On node 1 both apps get an app link; fe also reaches the primary on node
+//! 2 (the pair crosses on node 2, in web's tunnel); everything else between
+//! the apps stays dropped, and deleting the policies closes the paths
+//! again. `cross_app_nodes.rs` covers a carrier placed without workloads.
 //!
 //! Needs root, `ip`, `ping`, `nft` and the workspace binaries built first
 //! (`cargo build --workspace`). Without root the test prints `SKIPPED` —
@@ -99,23 +101,44 @@ fn two_apps_talk_only_where_both_policies_allow() {
     wait("fe -> pg:5432 through the app link", READY, || {
         tcp(&c, "fe", "pg", pg, PG, 3)
     });
-    // The link is node 1's only: both apps' entries there carry it.
+    // fe -> pg-far crosses nodes: db sorts first, so the pair crosses on
+    // pg-far's node (2), over a web-db link there, and web's tunnel carries
+    // pg-far's address between the nodes.
+    wait("fe -> pg-far:5432 across nodes", READY, || {
+        tcp(&c, "fe", "pg-far", pg_far, PG, 3)
+    });
+    for i in [1, 2] {
+        let n = weft_e2e::status::read_meshnode(c.state(), &c.node_name(i))
+            .unwrap()
+            .unwrap();
+        for (app, other) in [("web", "db"), ("db", "web")] {
+            let att = n["spec"]["apps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["app"] == format!("{NS}/{app}"))
+                .unwrap();
+            assert_eq!(att["appLinks"][0]["app"], format!("{NS}/{other}"), "{att}");
+        }
+    }
     let n1 = weft_e2e::status::read_meshnode(c.state(), &c.node_name(1))
         .unwrap()
         .unwrap();
-    for (app, other) in [("web", "db"), ("db", "web")] {
-        let att = n1["spec"]["apps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["app"] == format!("{NS}/{app}"))
-            .unwrap();
-        assert_eq!(att["appLinks"][0]["app"], format!("{NS}/{other}"), "{att}");
-    }
-    let n2 = weft_e2e::status::read_meshnode(c.state(), &c.node_name(2))
+    let web1 = n1["spec"]["apps"]
+        .as_array()
         .unwrap()
-        .unwrap();
-    assert!(!n2.to_string().contains("appLinks"), "no link on node 2");
+        .iter()
+        .find(|a| a["app"] == format!("{NS}/web"))
+        .unwrap()
+        .clone();
+    let carried: Vec<String> = web1["peers"][0]["allowedIps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(carried, vec![format!("{pg_far}/32")], "{web1}");
     // Everything else between the apps stays dropped.
     assert!(!tcp(&c, "fe", "pg", pg, 5433, 3), "another port");
     assert!(!pings(&c, "fe", pg), "ICMP is not allowed");
@@ -129,28 +152,40 @@ fn two_apps_talk_only_where_both_policies_allow() {
     );
     assert!(!tcp(&c, "pg", "fe", fe, PG, 3), "the reverse direction");
     assert!(
-        !tcp(&c, "fe", "pg-far", pg_far, PG, 3),
-        "db on the other node"
+        !tcp(&c, "pg-far", "fe", fe, PG, 3),
+        "the reverse direction across nodes"
+    );
+    assert!(
+        !tcp(&c, "web-1", "pg-far", pg_far, PG, 3),
+        "a web workload web does not allow, across nodes"
+    );
+    assert!(
+        !tcp(&c, "fe", "db-2", a.db2, PG, 3),
+        "a db workload db does not expose, across nodes"
     );
     assert!(!pings(&c, "web-1", a.db1), "web-1 -> db-1 (same node)");
     // Inside their own apps the selected workloads stay open.
     assert!(pings(&c, "fe", a.web2), "fe -> web-2 (within web)");
     assert!(pings(&c, "db-2", pg), "db-2 -> pg (within db)");
-    // The policy names what is out of reach.
+    // Everything the policies allow is carried: nothing to note.
     let st = policy_status(&c, "web-to-db");
     let acc = conditions::get(&st.conditions, types::ACCEPTED).unwrap();
     assert_eq!(acc.status, "True", "{}", acc.message);
-    assert!(
-        acc.message.contains(&c.node_name(2)) && acc.message.contains("out of reach"),
-        "{}",
-        acc.message
-    );
+    assert!(!acc.message.contains("not carried"), "{}", acc.message);
 
-    // Deleting the policy pair removes the link: the path is gone.
+    // Deleting the policy pair removes the links: both paths are gone.
     c.delete_manifest("policy-web-db.yaml").unwrap();
-    wait("the app link to go", READY, || {
-        !tcp(&c, "fe", "pg", pg, PG, 2)
+    wait("the app links to go", READY, || {
+        !tcp(&c, "fe", "pg", pg, PG, 2) && !tcp(&c, "fe", "pg-far", pg_far, PG, 2)
     });
+    for i in [1, 2] {
+        let n = weft_e2e::status::read_meshnode(c.state(), &c.node_name(i))
+            .unwrap()
+            .unwrap()
+            .to_string();
+        assert!(!n.contains("appLinks") && !n.contains("remoteApps"), "{n}");
+        assert!(!n.contains(&format!("{pg_far}/32")), "{n}");
+    }
     assert!(pings(&c, "fe", a.web2), "web still works");
     assert_torn_down_cleanly(c);
 }

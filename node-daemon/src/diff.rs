@@ -124,9 +124,10 @@ fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op
         });
     }
     // Workloads mirror the app's range at attach time, so a change of the
-    // range means re-attaching them.
+    // range means re-attaching them. Foreign /32s the tunnel carries for
+    // cross-app flows come and go in place, like a linked app's range.
     let routes_changed = match (&want.device, &have.device) {
-        (Some(w), Some(h)) => w.routes != h.routes,
+        (Some(w), Some(h)) => own_routes(&w.routes) != own_routes(&h.routes),
         _ => false,
     };
     // A linked app's range coming or going only changes the workloads'
@@ -189,6 +190,19 @@ fn diff_app(want: &AppNet, have: &AppNet, keys: &dyn KeySource, ops: &mut Vec<Op
             });
         }
     }
+}
+
+/// The routes of a device that are the app's own range. The others are
+/// single addresses of other apps' workloads that the tunnel carries for
+/// cross-app flows: an app range is never a single address (it holds a
+/// node slice with a tunnel address and workloads), a carried address
+/// always is.
+fn own_routes(routes: &[Ipv4Net]) -> Vec<Ipv4Net> {
+    routes
+        .iter()
+        .filter(|r| r.prefix_len() < 32)
+        .copied()
+        .collect()
 }
 
 /// Workload links compare by what the kernel shows (address, MTU); names and
@@ -426,6 +440,41 @@ mod tests {
             dp.apply(op).unwrap();
         }
         assert!(diff(&without, &dp.observe("weft-").unwrap().state, &keys).is_empty());
+    }
+
+    #[test]
+    fn a_carried_address_comes_and_goes_without_touching_workload_links() {
+        use crate::dataplane::fake::FakeDataplane;
+        use crate::dataplane::Dataplane;
+        let keys = OneKey(PrivateKey::generate());
+        let mut plain = app("10.1.0.0/16");
+        for a in plain.apps.values_mut() {
+            a.device.as_mut().unwrap().public_key = keys.0.public_key();
+        }
+        let mut carrying = plain.clone();
+        let d = carrying
+            .apps
+            .values_mut()
+            .next()
+            .unwrap()
+            .device
+            .as_mut()
+            .unwrap();
+        d.routes.push("10.2.3.4/32".parse().unwrap());
+        let mut dp = FakeDataplane::default();
+        for op in diff(&plain, &dp.observe("weft-").unwrap().state, &keys) {
+            dp.apply(&op).unwrap();
+        }
+        for (want, added) in [(&carrying, true), (&plain, false)] {
+            let ops = diff(want, &dp.observe("weft-").unwrap().state, &keys);
+            let names: Vec<&str> = ops.iter().map(|o| o.name()).collect();
+            let route = if added { "add_route" } else { "delete_route" };
+            assert_eq!(names, vec![route, "set_workload_routes"], "{ops:?}");
+            for op in &ops {
+                dp.apply(op).unwrap();
+            }
+            assert!(diff(want, &dp.observe("weft-").unwrap().state, &keys).is_empty());
+        }
     }
 
     #[test]

@@ -168,6 +168,11 @@ fn plan_app(
             ));
         }
         let public_key = public_keys.get(&a.app_id).cloned().unwrap_or_default();
+        let (links, others, cross_app) = parse_app_links(node, a)?;
+        // Prefixes outside the app's range that peers carry for cross-app
+        // flows: each must lie in the range of an app this one has flows
+        // with here, so a bad spec can never pull other traffic into the tunnel.
+        let mut foreign: Vec<Ipv4Net> = Vec::new();
         let mut peers = BTreeMap::new();
         for (i, p) in a.peers.iter().enumerate() {
             if crate::keys::public_b64_to_hex(&p.public_key).is_none() {
@@ -196,7 +201,19 @@ fn plan_app(
                         format!("{ip:?} is not an IPv4 CIDR"),
                     )
                 })?;
-                allowed.push(n.trunc());
+                let n = n.trunc();
+                if !space.contains(&n) {
+                    if !others.iter().any(|o| o.contains(&n)) {
+                        return Err(spec_err(
+                            node,
+                            a,
+                            &format!("peers[{i}].allowedIps[{j}]"),
+                            format!("{n} is neither inside addressSpace {space} nor inside the range of an app in appLinks or remoteApps"),
+                        ));
+                    }
+                    foreign.push(n);
+                }
+                allowed.push(n);
             }
             allowed.sort();
             allowed.dedup();
@@ -231,10 +248,16 @@ fn plan_app(
             );
         }
         out.addresses = addresses;
-        let (links, linked, cross_app) = parse_app_links(node, a)?;
-        // A link without a table would pass everything between the two
-        // apps, so linked apps always get one (even with no own policy).
-        let policy = match (&a.policy, links.is_empty()) {
+        let linked: Vec<Ipv4Net> = {
+            let mut l: Vec<Ipv4Net> = links.values().flat_map(|l| l.routes.clone()).collect();
+            l.sort();
+            l.dedup();
+            l
+        };
+        // A link (or a tunnel carrying another app's addresses) without a
+        // table would pass everything between the two apps, so such an app
+        // always gets one, even with no own policy.
+        let policy = match (&a.policy, links.is_empty() && cross_app.is_empty()) {
             (None, true) => None,
             (p, _) => {
                 let mut r = match p {
@@ -257,7 +280,15 @@ fn plan_app(
                 mtu: a.mtu,
                 up: true,
                 addresses: vec![Ipv4Net::new(addr, 32).expect("/32 is valid")],
-                routes: vec![space],
+                // The app's range, then the foreign /32s its peers carry
+                // (longest prefix: they win over a link's route for the
+                // other app's whole range, so a carried pair always takes
+                // the tunnel, both ways).
+                routes: {
+                    foreign.sort();
+                    foreign.dedup();
+                    std::iter::once(space).chain(foreign).collect()
+                },
                 listen_port: a.listen_port,
                 public_key,
                 peers,
@@ -272,11 +303,12 @@ fn plan_app(
 
 type ParsedLinks = (BTreeMap<String, AppLinkEnd>, Vec<Ipv4Net>, Vec<RulesetRule>);
 
-/// The attachment's app links: link ends, linked ranges, and this app's
-/// rules for them. Any bad field rejects the app (it keeps its last good state).
+/// The attachment's app links and remote apps: link ends, the ranges of
+/// every app this one has flows with here, and this app's rules for those
+/// flows. Any bad field rejects the app (it keeps its last good state).
 fn parse_app_links(node: &str, a: &AppAttachment) -> Result<ParsedLinks, Error> {
     let mut links = BTreeMap::new();
-    let mut linked = Vec::new();
+    let mut others = Vec::new();
     let mut rules = Vec::new();
     for (i, l) in a.app_links.iter().enumerate() {
         let f = format!("appLinks[{i}]");
@@ -305,21 +337,8 @@ fn parse_app_links(node: &str, a: &AppAttachment) -> Result<ParsedLinks, Error> 
                 ),
             ));
         }
-        let range = parse_net(node, a, &format!("{f}.addressSpace"), &l.address_space)?;
-        let parsed = parse_rules(node, a, &format!("{f}.rules"), &l.rules)?;
-        if let Some(r) = parsed
-            .iter()
-            .find(|r| r.peers.iter().any(|p| !range.contains(p)))
-        {
-            return Err(spec_err(
-                node,
-                a,
-                &format!("{f}.rules"),
-                format!("rule {} has peers outside {range}", r.id),
-            ));
-        }
-        rules.extend(parsed);
-        linked.push(range);
+        let range = parse_other_rules(node, a, &f, &l.address_space, &l.rules, &mut rules)?;
+        others.push(range);
         if links
             .insert(
                 l.interface.clone(),
@@ -339,8 +358,52 @@ fn parse_app_links(node: &str, a: &AppAttachment) -> Result<ParsedLinks, Error> 
             ));
         }
     }
-    linked.sort();
-    Ok((links, linked, rules))
+    for (i, r) in a.remote_apps.iter().enumerate() {
+        let f = format!("remoteApps[{i}]");
+        let range = parse_other_rules(node, a, &f, &r.address_space, &r.rules, &mut rules)?;
+        others.push(range);
+    }
+    others.sort();
+    others.dedup();
+    Ok((links, others, rules))
+}
+
+/// Another app's range (`<f>.addressSpace`, disjoint from this app's) and
+/// this app's rules for flows with it (`<f>.rules`, peers inside that
+/// range), appended to `out`.
+fn parse_other_rules(
+    node: &str,
+    a: &AppAttachment,
+    f: &str,
+    address_space: &str,
+    rules: &[CompiledRule],
+    out: &mut Vec<RulesetRule>,
+) -> Result<Ipv4Net, Error> {
+    let range = parse_net(node, a, &format!("{f}.addressSpace"), address_space)?;
+    if let Ok(own) = a.address_space.parse::<Ipv4Net>() {
+        if own.contains(&range) || range.contains(&own) {
+            return Err(spec_err(
+                node,
+                a,
+                &format!("{f}.addressSpace"),
+                format!("{range} overlaps this app's range {own}"),
+            ));
+        }
+    }
+    let parsed = parse_rules(node, a, &format!("{f}.rules"), rules)?;
+    if let Some(r) = parsed
+        .iter()
+        .find(|r| r.peers.iter().any(|p| !range.contains(p)))
+    {
+        return Err(spec_err(
+            node,
+            a,
+            &format!("{f}.rules"),
+            format!("rule {} has peers outside {range}", r.id),
+        ));
+    }
+    out.extend(parsed);
+    Ok(range)
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -499,6 +562,7 @@ pub(crate) mod tests {
             }],
             policy: None,
             app_links: Vec::new(),
+            remote_apps: Vec::new(),
         }
     }
 
@@ -715,6 +779,97 @@ pub(crate) mod tests {
                 "{field}: {err}"
             );
             assert!(p[1].result.is_ok(), "{field}: the other app still plans");
+        }
+    }
+
+    /// web on n1 reaching db's 10.200.2.2 (on n2) through its own tunnel:
+    /// no link here, the peer n2 carries the /32.
+    fn carrying(node: &str) -> AppAttachment {
+        let mut a = attachment(node, 1);
+        a.peers[0].allowed_ips.push("10.200.2.2/32".into());
+        a.remote_apps = vec![weft_api::meshnode::RemoteApp {
+            app: "demo/db".into(),
+            address_space: "10.200.0.0/16".into(),
+            rules: linked(node).app_links[0].rules.clone(),
+        }];
+        a
+    }
+
+    #[test]
+    fn carried_addresses_are_routed_through_the_tunnel_and_filtered() {
+        let spec = MeshNodeSpec {
+            site: "local".into(),
+            apps: vec![carrying("n1")],
+            ..Default::default()
+        };
+        let p = plan(
+            "n1",
+            &spec,
+            &[wl("w1")],
+            &Default::default(),
+            &mut WorkloadIpam::default(),
+        );
+        let app = p[0].result.as_ref().unwrap();
+        let d = app.device.as_ref().unwrap();
+        let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        assert_eq!(d.routes, vec![net("10.100.0.0/16"), net("10.200.2.2/32")]);
+        assert_eq!(
+            d.peers.values().next().unwrap().allowed_ips,
+            vec![net("10.100.2.0/24"), net("10.200.2.2/32")]
+        );
+        // Workloads route the carried address back through the app.
+        assert_eq!(app.workload_routes(), d.routes);
+        assert!(app.links.is_empty());
+        let t = &app
+            .policy
+            .as_ref()
+            .expect("a table guards the carried flows")
+            .ruleset;
+        assert!(t.linked.is_empty());
+        assert_eq!(t.cross_app.len(), 1);
+    }
+
+    #[test]
+    fn a_foreign_prefix_without_its_app_or_a_bad_remote_app_is_named() {
+        type Breaker = Box<dyn Fn(&mut AppAttachment)>;
+        let cases: Vec<(&str, Breaker)> = vec![
+            (
+                "peers[0].allowedIps[1]",
+                Box::new(|a| a.peers[0].allowed_ips[1] = "10.9.9.9/32".into()),
+            ),
+            (
+                "peers[0].allowedIps[1]",
+                Box::new(|a| a.remote_apps.clear()),
+            ),
+            (
+                "remoteApps[0].addressSpace",
+                Box::new(|a| a.remote_apps[0].address_space = "10.100.0.0/8".into()),
+            ),
+            (
+                "remoteApps[0].rules",
+                Box::new(|a| a.remote_apps[0].rules[0].peers = vec!["10.9.9.9/32".into()]),
+            ),
+        ];
+        for (field, breaker) in cases {
+            let mut bad = carrying("n1");
+            breaker(&mut bad);
+            let spec = MeshNodeSpec {
+                site: "local".into(),
+                apps: vec![bad],
+                ..Default::default()
+            };
+            let p = plan(
+                "n1",
+                &spec,
+                &[],
+                &Default::default(),
+                &mut WorkloadIpam::default(),
+            );
+            let err = p[0].result.as_ref().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("spec.apps[demo/web].{field}")),
+                "{field}: {err}"
+            );
         }
     }
 

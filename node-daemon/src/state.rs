@@ -56,8 +56,9 @@ impl AppLinkEnd {
 }
 
 impl AppNet {
-    /// What each workload routes through its gateway: the app range plus
-    /// the range of every linked app.
+    /// What each workload routes through its gateway: the app range, the
+    /// range of every linked app, and the other apps' addresses the tunnel
+    /// carries (cross-app flows between nodes: replies must go back in).
     pub fn workload_routes(&self) -> Vec<Ipv4Net> {
         let mut r: Vec<Ipv4Net> = self
             .device
@@ -171,7 +172,8 @@ pub struct Device {
     pub up: bool,
     /// Addresses on the interface (a single /32 today).
     pub addresses: Vec<Ipv4Net>,
-    /// Destinations routed through the interface (the app range).
+    /// Destinations routed through the interface: the app range, then
+    /// other apps' workload /32s carried for cross-app flows.
     pub routes: Vec<Ipv4Net>,
     /// UDP port listened on in the node netns.
     pub listen_port: u16,

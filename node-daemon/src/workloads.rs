@@ -3,9 +3,10 @@
 //! merged with what a CNI runtime registered ([`RuntimeSource`]), or the
 //! local Docker engine ([`crate::docker::DockerSource`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use weft_api::attach::WorkloadRef;
@@ -204,7 +205,15 @@ pub struct RuntimeSource {
     merged: Merged,
     sandboxes: SandboxChanges,
     read_link: LinkReader,
+    /// When each announcement was first seen (see [`SETTLE`]).
+    first_seen: BTreeMap<String, Instant>,
 }
+
+/// How long an announcement must be known before the MeshNode's
+/// `appSelectors` (second hand: written by the operator, possibly before it
+/// saw an app created together with the workload) may pass it through as
+/// belonging to no app. First-hand selectors need no wait.
+pub const SETTLE: Duration = Duration::from_secs(3);
 
 impl RuntimeSource {
     /// Announcements from `dir`, netns from `shared`.
@@ -225,6 +234,7 @@ impl RuntimeSource {
             merged: Merged::default(),
             sandboxes: SandboxChanges::default(),
             read_link,
+            first_seen: BTreeMap::new(),
         }
     }
 }
@@ -233,6 +243,12 @@ impl WorkloadSource for RuntimeSource {
     fn list(&mut self) -> Vec<LocalWorkload> {
         self.registered = self.shared.registered();
         self.merged = merge(self.dir.scan(), &self.registered);
+        let now = Instant::now();
+        self.first_seen
+            .retain(|k, _| self.merged.announced.contains_key(k));
+        for k in self.merged.announced.keys() {
+            self.first_seen.entry(k.clone()).or_insert(now);
+        }
         self.sandboxes.filter(self.merged.attach.clone())
     }
 
@@ -242,11 +258,23 @@ impl WorkloadSource for RuntimeSource {
 
     fn after_pass(&mut self, spec: Option<&MeshNode>, status: &MeshNodeStatus) {
         let selectors = spec.and_then(|s| self.dir.selectors(&s.spec.site));
+        let unsettled: BTreeSet<String> = if selectors.is_some() {
+            BTreeSet::new()
+        } else {
+            self.first_seen
+                .iter()
+                .filter(|(_, t)| t.elapsed() < SETTLE)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
         let o = publish::outcomes(
             &self.registered,
-            &self.merged.announced,
-            self.dir.complete(),
-            selectors.as_deref(),
+            &publish::Claims {
+                announced: &self.merged.announced,
+                complete: self.dir.complete(),
+                selectors: selectors.as_deref(),
+                unsettled: &unsettled,
+            },
             spec,
             status,
             &*self.read_link,

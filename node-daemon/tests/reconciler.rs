@@ -33,6 +33,7 @@ fn attachment(app: &str, id: &str, octet: u8) -> AppAttachment {
         }],
         policy: None,
         app_links: Vec::new(),
+        remote_apps: Vec::new(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! MeshNode spec and the workload's own `weft0` (pure but for the link
 //! reader, which is injected so tests need no namespaces).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use weft_api::attach::{Attachment, WorkloadRef};
@@ -24,25 +24,42 @@ pub struct LinkInfo {
 /// Reads the workload end of an attachment from a netns path.
 pub type LinkReader = Box<dyn Fn(&str) -> Option<LinkInfo> + Send>;
 
+/// What decides whether a registered workload belongs to some app.
+#[derive(Clone, Copy, Debug)]
+pub struct Claims<'a> {
+    /// `namespace/name` → labels of every announced workload.
+    pub announced: &'a BTreeMap<String, BTreeMap<String, String>>,
+    /// Whether a workload missing from `announced` belongs to no app.
+    pub complete: bool,
+    /// The apps' selectors first hand; `None` uses the MeshNode's.
+    pub selectors: Option<&'a [AppSelector]>,
+    /// Announcements too recent to trust the MeshNode's selectors about.
+    pub unsettled: &'a BTreeSet<String>,
+}
+
 /// Decides the outcome of every registered workload:
 /// - not announced, when announcements are `complete` → [`Outcome::NotMeshed`]
 ///   (in standalone mode the announcement is the Pod object: no app can
 ///   select a workload that was never announced);
 /// - announced, and no app of `selectors` (else the MeshNode's
-///   `appSelectors`) claims it → [`Outcome::NotMeshed`] at once, without
-///   waiting for the operator;
+///   `appSelectors`, once the announcement is not in `unsettled`) claims it
+///   → [`Outcome::NotMeshed`], without waiting for the operator;
 /// - status gives it an app and address, and `weft0` in its netns carries
 ///   that address → [`Outcome::Attached`];
 /// - otherwise nothing yet (an ADD keeps waiting).
 pub fn outcomes(
     registered: &[WorkloadRef],
-    announced: &BTreeMap<String, BTreeMap<String, String>>,
-    complete: bool,
-    selectors: Option<&[AppSelector]>,
+    claims: &Claims<'_>,
     spec: Option<&MeshNode>,
     status: &MeshNodeStatus,
     read_link: &dyn Fn(&str) -> Option<LinkInfo>,
 ) -> BTreeMap<String, Outcome> {
+    let Claims {
+        announced,
+        complete,
+        selectors,
+        unsettled,
+    } = *claims;
     let mut out = BTreeMap::new();
     for r in registered {
         let k = key(r);
@@ -59,7 +76,11 @@ pub fn outcomes(
                 .any(|a| a.claims(&r.namespace, labels))
         });
         if !claimed {
-            out.insert(k, Outcome::NotMeshed);
+            // The operator's selectors may predate an app created together
+            // with this workload: trust them only after a while.
+            if selectors.is_some() || !unsettled.contains(&k) {
+                out.insert(k, Outcome::NotMeshed);
+            }
             continue;
         }
         let Some(w) = status
@@ -214,9 +235,12 @@ mod tests {
         let announced = announced("p1", "web");
         let o = outcomes(
             &[r("p1")],
-            &announced,
-            true,
-            None,
+            &Claims {
+                announced: &announced,
+                complete: true,
+                selectors: None,
+                unsettled: &BTreeSet::new(),
+            },
             Some(&spec()),
             &status("p1", Some("10.100.1.2")),
             &link("10.100.1.2"),
@@ -240,9 +264,12 @@ mod tests {
         // Planned nowhere yet.
         assert!(outcomes(
             &[r("p1")],
-            &announced,
-            true,
-            None,
+            &Claims {
+                announced: &announced,
+                complete: true,
+                selectors: None,
+                unsettled: &BTreeSet::new(),
+            },
             Some(&spec()),
             &status("p1", None),
             &link("10.100.1.2")
@@ -251,9 +278,12 @@ mod tests {
         // Planned, but weft0 does not carry the address yet.
         assert!(outcomes(
             &[r("p1")],
-            &announced,
-            true,
-            None,
+            &Claims {
+                announced: &announced,
+                complete: true,
+                selectors: None,
+                unsettled: &BTreeSet::new(),
+            },
             Some(&spec()),
             &status("p1", Some("10.100.1.2")),
             &link("10.100.1.9")
@@ -262,9 +292,12 @@ mod tests {
         // No spec known.
         assert!(outcomes(
             &[r("p1")],
-            &announced,
-            true,
-            None,
+            &Claims {
+                announced: &announced,
+                complete: true,
+                selectors: None,
+                unsettled: &BTreeSet::new(),
+            },
             None,
             &status("p1", Some("10.100.1.2")),
             &link("10.100.1.2")
@@ -276,9 +309,12 @@ mod tests {
     fn a_registered_workload_nobody_announced_is_not_meshed() {
         let o = outcomes(
             &[r("p2")],
-            &Announced::new(),
-            true,
-            None,
+            &Claims {
+                announced: &Announced::new(),
+                complete: true,
+                selectors: None,
+                unsettled: &BTreeSet::new(),
+            },
             Some(&spec()),
             &MeshNodeStatus::default(),
             &|_: &str| None,
@@ -287,9 +323,12 @@ mod tests {
         // A lagging watch may not have seen it yet: wait instead.
         let o = outcomes(
             &[r("p2")],
-            &Announced::new(),
-            false,
-            None,
+            &Claims {
+                announced: &Announced::new(),
+                complete: false,
+                selectors: None,
+                unsettled: &BTreeSet::new(),
+            },
             Some(&spec()),
             &MeshNodeStatus::default(),
             &|_: &str| None,
@@ -303,9 +342,12 @@ mod tests {
         // no need to wait for the operator.
         let o = outcomes(
             &[r("p3")],
-            &announced("p3", "billing"),
-            false,
-            None,
+            &Claims {
+                announced: &announced("p3", "billing"),
+                complete: false,
+                selectors: None,
+                unsettled: &BTreeSet::new(),
+            },
             Some(&spec()),
             &MeshNodeStatus::default(),
             &|_: &str| None,
@@ -314,9 +356,12 @@ mod tests {
         // Claimed by demo/web but not planned yet: keep waiting.
         let o = outcomes(
             &[r("p3")],
-            &announced("p3", "web"),
-            false,
-            None,
+            &Claims {
+                announced: &announced("p3", "web"),
+                complete: false,
+                selectors: None,
+                unsettled: &BTreeSet::new(),
+            },
             Some(&spec()),
             &MeshNodeStatus::default(),
             &|_: &str| None,
@@ -325,14 +370,51 @@ mod tests {
         // No MeshNode yet: nothing is known, keep waiting.
         let o = outcomes(
             &[r("p3")],
-            &announced("p3", "billing"),
-            false,
-            None,
+            &Claims {
+                announced: &announced("p3", "billing"),
+                complete: false,
+                selectors: None,
+                unsettled: &BTreeSet::new(),
+            },
             None,
             &MeshNodeStatus::default(),
             &|_: &str| None,
         );
         assert!(o.is_empty(), "{o:?}");
+    }
+
+    #[test]
+    fn second_hand_selectors_pass_a_workload_only_once_it_settled() {
+        let unsettled: BTreeSet<String> = ["demo/p5".to_string()].into();
+        let o = outcomes(
+            &[r("p5")],
+            &Claims {
+                announced: &announced("p5", "billing"),
+                complete: true,
+                selectors: None,
+                unsettled: &unsettled,
+            },
+            Some(&spec()),
+            &MeshNodeStatus::default(),
+            &|_: &str| None,
+        );
+        assert!(
+            o.is_empty(),
+            "the operator may not have seen its app yet: {o:?}"
+        );
+        let o = outcomes(
+            &[r("p5")],
+            &Claims {
+                announced: &announced("p5", "billing"),
+                complete: true,
+                selectors: None,
+                unsettled: &BTreeSet::new(),
+            },
+            Some(&spec()),
+            &MeshNodeStatus::default(),
+            &|_: &str| None,
+        );
+        assert_eq!(o["demo/p5"], Outcome::NotMeshed);
     }
 
     #[test]
@@ -345,9 +427,12 @@ mod tests {
         }];
         let o = outcomes(
             &[r("p4")],
-            &announced("p4", "billing"),
-            false,
-            Some(&billing),
+            &Claims {
+                announced: &announced("p4", "billing"),
+                complete: false,
+                selectors: Some(&billing),
+                unsettled: &BTreeSet::new(),
+            },
             Some(&spec()),
             &MeshNodeStatus::default(),
             &|_: &str| None,

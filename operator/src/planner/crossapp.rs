@@ -1,42 +1,69 @@
-//! Traffic between apps (pure): which pairs of apps get an app link on a
-//! node, and each side's allow rules for it.
+//! Traffic between apps (pure): where two apps get an app link, which
+//! tunnel carries the other app's addresses, and each side's allow rules.
 //!
 //! Semantics: a new flow from workload W of app A to workload V of app B
 //! passes only when some policy of A allows egress from W to app B (a peer
 //! with `app: B`, narrowed by its selector/site/cidr) AND some policy of B
-//! allows ingress to V from app A. Replies pass (conntrack). Anything else
-//! between apps is denied: apps share no route unless a link exists, and a
-//! link carries only what each side's rules allow.
+//! allows ingress to V from app A, on a port both allow. Replies pass
+//! (conntrack). Anything else between apps is denied: apps share no route
+//! unless a link exists, and every table on the path passes only what its
+//! own app's rules allow.
 //!
-//! Data path, per node: a veth pair between A's and B's namespaces (the app
-//! link), B's range routed into it on A's side and A's range on B's side.
-//! A's table enforces A's half (egress to B, ingress from B), B's table B's
-//! half, so a flow crosses both checks. App ranges never overlap (IPAM
-//! guarantees it), so no address translation is needed.
+//! Data path of an allowed pair (w of P, v of T, where P's key sorts before
+//! T's; P/T say nothing about who initiates):
+//! - same node X: a veth pair between P's and T's namespaces on X (the app
+//!   link), each app's range routed into it on the other side.
+//! - w on X, v on Y, X != Y: the pair crosses between the apps on X, and
+//!   T's tunnel carries it between X and Y. T is placed on X if it has no
+//!   workload there (a transit placement: an ordinary attachment without
+//!   workloads, with its own slice, port, keys and full mesh), P and T are
+//!   linked on X, and on Y T's peer entry for X lists w/32 in its
+//!   AllowedIPs (the daemon routes such foreign prefixes through the
+//!   tunnel, and gives T's workloads a route for them). WireGuard's
+//!   cryptokey routing then accepts packets from X whose source is w.
+//!   Checks: P's table on X, T's table on X and on Y (T's rules name v as
+//!   local even on X, where v does not live).
 //!
-//! Supported subset: both workloads on the SAME node. A flow between apps on
-//! different nodes would need the destination app's tunnel to carry the
-//! source app's addresses; it is not planned, and the policy's `Accepted`
-//! message says which peers are out of reach because of it.
+//! Why one tunnel per pair, chosen by app order and not by who initiates:
+//! a pair allowed in both directions would otherwise have w/32 in T's
+//! tunnel AND v/32 in P's, and each end's longest-prefix route would send
+//! a reply back through the other tunnel than its request: conntrack on the
+//! way back never saw the flow and the reply dies. With one carrier per
+//! pair both directions take the same path, and every namespace on it sees
+//! both halves of each connection.
+//!
+//! App ranges never overlap (IPAM and validation guarantee it), so nothing
+//! is translated: addresses are the same everywhere on the path.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use weft_api::{CompiledRule, MeshPolicySpec, PolicyDirection};
+use weft_api::{CompiledRule, MeshPolicySpec, PolicyDirection, PolicyProtocol};
 
 use super::policy::{port_matches, Member, PortMatch};
 use super::snapshot::ObjectKey;
 use super::validate::peer_app_key;
 
-/// One app's links on one node: other app → this app's rules for it.
-pub type NodeLinks = BTreeMap<ObjectKey, Vec<CompiledRule>>;
+/// One app's cross-app rules on one node: other app → this app's rules.
+pub type NodeRules = BTreeMap<ObjectKey, Vec<CompiledRule>>;
 
 /// What compiling every policy's cross-app peers gives.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CrossApp {
-    /// (app, node) → the app's links there.
-    pub links: BTreeMap<(ObjectKey, String), NodeLinks>,
-    /// Per policy: peers that cannot be reached (other nodes).
+    /// (app, node) → this app's rules there, per other app: in the app
+    /// link when `linked` has the pair, otherwise for flows that reach the
+    /// node through this app's own tunnel.
+    pub rules: BTreeMap<(ObjectKey, String), NodeRules>,
+    /// (app, node) → the other apps it has an app link with there (both
+    /// apps carry the pair).
+    pub linked: BTreeMap<(ObjectKey, String), BTreeSet<ObjectKey>>,
+    /// (app, node) → peer node → other apps' workload addresses that this
+    /// app's tunnel carries to that peer (its extra AllowedIPs).
+    pub carried: BTreeMap<(ObjectKey, String), BTreeMap<String, BTreeSet<Ipv4Addr>>>,
+    /// app → nodes where a link needs the app (with or without workloads
+    /// of its own there).
+    pub needed: BTreeMap<ObjectKey, BTreeSet<String>>,
+    /// Per policy: allowed flows that cannot be carried, and why.
     pub notes: BTreeMap<ObjectKey, Vec<String>>,
 }
 
@@ -48,6 +75,9 @@ struct Half {
     app: ObjectKey,
     other: ObjectKey,
     direction: PolicyDirection,
+    policy: ObjectKey,
+    /// `spec.<direction>[i]`, for notes.
+    field: String,
     id: String,
     ports: Vec<PortMatch>,
     /// This app's selected workloads, per node.
@@ -66,13 +96,170 @@ fn by_node<'m>(members: impl Iterator<Item = &'m Member<'m>>) -> ByNode {
     out
 }
 
+fn intersect(a: &ByNode, b: &ByNode) -> Vec<(String, Ipv4Addr)> {
+    a.iter()
+        .filter_map(|(n, xs)| Some((n, xs, b.get(n)?)))
+        .flat_map(|(n, xs, ys)| xs.intersection(ys).map(move |x| (n.clone(), *x)))
+        .collect()
+}
+
+/// Whether some packet matches a port entry of both lists.
+fn ports_overlap(a: &[PortMatch], b: &[PortMatch]) -> bool {
+    let one = |x: &PortMatch, y: &PortMatch| -> bool {
+        let (px, py) = (x.1, y.1);
+        if px.is_some() && py.is_some() && px != py {
+            return false;
+        }
+        if px == Some(PolicyProtocol::Icmp) || py == Some(PolicyProtocol::Icmp) {
+            return true;
+        }
+        match (x.2, y.2) {
+            (Some(lx), Some(ly)) => {
+                let hx = x.3.unwrap_or(lx);
+                let hy = y.3.unwrap_or(ly);
+                lx.max(ly) <= hx.min(hy)
+            }
+            _ => true,
+        }
+    };
+    a.iter().any(|x| b.iter().any(|y| one(x, y)))
+}
+
+/// Where one half's rule applies: (app, node, other app, half index) →
+/// (local addresses, peer addresses).
+type Uses =
+    BTreeMap<(ObjectKey, String, ObjectKey, usize), (BTreeSet<Ipv4Addr>, BTreeSet<Ipv4Addr>)>;
+
 /// Compiles the cross-app peers of `policies` (the enforced spec of each,
-/// keyed by policy) over every planned app's `members`.
+/// keyed by policy) over every planned app's `members`. `can_host(app,
+/// node)`: whether `app` is, or may be placed, on `node` (a pair whose
+/// carrier app cannot be on the crossing node is not carried, and noted).
 pub fn compile(
     members: &BTreeMap<ObjectKey, Vec<Member<'_>>>,
     policies: &[(&ObjectKey, &MeshPolicySpec)],
+    can_host: &dyn Fn(&ObjectKey, &str) -> bool,
 ) -> CrossApp {
     let mut out = CrossApp::default();
+    let halves = halves(members, policies);
+    let mut uses: Uses = BTreeMap::new();
+    let mut use_half = |h: usize, node: &str, local: Ipv4Addr, peer: Ipv4Addr| {
+        let half: &Half = &halves[h];
+        let e = uses
+            .entry((half.app.clone(), node.to_string(), half.other.clone(), h))
+            .or_default();
+        e.0.insert(local);
+        e.1.insert(peer);
+    };
+    // Every (egress half of S towards D, ingress half of D from S) pair:
+    // the flows both allow are its sources × destinations.
+    for (ei, e) in halves.iter().enumerate() {
+        if e.direction != PolicyDirection::Egress {
+            continue;
+        }
+        for (ii, i) in halves.iter().enumerate() {
+            if i.direction != PolicyDirection::Ingress
+                || i.app != e.other
+                || i.other != e.app
+                || !ports_overlap(&e.ports, &i.ports)
+            {
+                continue;
+            }
+            let sources = intersect(&e.local, &i.remote);
+            let dests = intersect(&e.remote, &i.local);
+            for (sn, s) in &sources {
+                for (dn, d) in &dests {
+                    if sn == dn {
+                        link(&mut out, &e.app, &i.app, sn);
+                        use_half(ei, sn, *s, *d);
+                        use_half(ii, sn, *d, *s);
+                        continue;
+                    }
+                    // P: the app whose key sorts first; the pair crosses
+                    // on P's workload's node, in T's tunnel.
+                    let src_is_p = e.app < i.app;
+                    let (p_half, t_half) = if src_is_p { (ei, ii) } else { (ii, ei) };
+                    let ((pn, p), (tn, t)) = if src_is_p {
+                        ((sn, *s), (dn, *d))
+                    } else {
+                        ((dn, *d), (sn, *s))
+                    };
+                    let t_app = &halves[t_half].app;
+                    if !can_host(t_app, pn) {
+                        let p_app = &halves[p_half].app;
+                        for h in [e, i] {
+                            out.notes.entry(h.policy.clone()).or_default().push(format!(
+                                "{}: flows between {p_app} on {pn} and {t_app} on {tn} are not carried ({t_app} cannot be placed on {pn}: its sites do not include that node's)",
+                                h.field
+                            ));
+                        }
+                        continue;
+                    }
+                    link(&mut out, &e.app, &i.app, pn);
+                    use_half(p_half, pn, p, t);
+                    use_half(t_half, pn, t, p);
+                    use_half(t_half, tn, t, p);
+                    out.carried
+                        .entry((t_app.clone(), tn.clone()))
+                        .or_default()
+                        .entry(pn.clone())
+                        .or_default()
+                        .insert(p);
+                }
+            }
+        }
+    }
+    for ((app, node, other, h), (locals, peers)) in uses {
+        let half = &halves[h];
+        let local: Vec<String> = locals.iter().map(ToString::to_string).collect();
+        let peers: Vec<String> = peers.iter().map(|a| format!("{a}/32")).collect();
+        let rules = out
+            .rules
+            .entry((app, node))
+            .or_default()
+            .entry(other)
+            .or_default();
+        for (suffix, protocol, port, end_port) in &half.ports {
+            rules.push(CompiledRule {
+                id: format!("{}{suffix}", half.id),
+                direction: half.direction,
+                local: local.clone(),
+                peers: peers.clone(),
+                protocol: *protocol,
+                port: *port,
+                end_port: *end_port,
+            });
+        }
+    }
+    for rules in out.rules.values_mut().flat_map(|r| r.values_mut()) {
+        rules.sort();
+        rules.dedup();
+    }
+    for notes in out.notes.values_mut() {
+        notes.sort();
+        notes.dedup();
+    }
+    out
+}
+
+/// Records an app link between `a` and `b` on `node` (both carry it).
+fn link(out: &mut CrossApp, a: &ObjectKey, b: &ObjectKey, node: &str) {
+    for (x, y) in [(a, b), (b, a)] {
+        out.linked
+            .entry((x.clone(), node.to_string()))
+            .or_default()
+            .insert(y.clone());
+        out.needed
+            .entry(x.clone())
+            .or_default()
+            .insert(node.to_string());
+    }
+}
+
+/// Every rule of every policy that names another app, split per other app.
+fn halves(
+    members: &BTreeMap<ObjectKey, Vec<Member<'_>>>,
+    policies: &[(&ObjectKey, &MeshPolicySpec)],
+) -> Vec<Half> {
     let mut halves: Vec<Half> = Vec::new();
     for (key, spec) in policies {
         let app = ObjectKey::new(&key.namespace, &spec.app);
@@ -87,7 +274,7 @@ pub fn compile(
             for (i, rule) in list.iter().flatten().enumerate() {
                 // Peers of one rule, grouped by the other app they name.
                 let mut remote: BTreeMap<ObjectKey, ByNode> = BTreeMap::new();
-                for (j, peer) in rule.peers.iter().enumerate() {
+                for peer in &rule.peers {
                     let Some(other) = peer.app.as_deref() else {
                         continue;
                     };
@@ -106,17 +293,6 @@ pub fn compile(
                             && m.address
                                 .is_some_and(|a| cidr.is_none_or(|c| c.contains(&a)))
                     }));
-                    let elsewhere: Vec<&str> = matched
-                        .keys()
-                        .filter(|n| !local.contains_key(*n))
-                        .map(String::as_str)
-                        .collect();
-                    if !local.is_empty() && !elsewhere.is_empty() {
-                        out.notes.entry((*key).clone()).or_default().push(format!(
-                            "spec.{name}[{i}].peers[{j}].app: workloads of {other} on {} are out of reach (traffic between apps flows only between workloads on the same node)",
-                            elsewhere.join(", ")
-                        ));
-                    }
                     let entry = remote.entry(other).or_default();
                     for (n, addrs) in matched {
                         entry.entry(n).or_default().extend(addrs);
@@ -127,6 +303,8 @@ pub fn compile(
                         app: app.clone(),
                         other,
                         direction,
+                        policy: (*key).clone(),
+                        field: format!("spec.{name}[{i}]"),
                         id: format!("{key}:{name}[{i}]"),
                         ports: port_matches(rule),
                         local: local.clone(),
@@ -136,115 +314,7 @@ pub fn compile(
             }
         }
     }
-
-    // Per node and ordered app pair (src, dst): src's egress halves towards
-    // dst meet dst's ingress halves from src.
-    let nodes: BTreeSet<&String> = halves.iter().flat_map(|h| h.local.keys()).collect();
-    let pairs: BTreeSet<(&ObjectKey, &ObjectKey)> = halves
-        .iter()
-        .filter(|h| h.direction == PolicyDirection::Egress)
-        .map(|h| (&h.app, &h.other))
-        .collect();
-    for node in nodes {
-        for (src, dst) in &pairs {
-            let egress: Vec<&Half> = halves
-                .iter()
-                .filter(|h| {
-                    h.direction == PolicyDirection::Egress && &h.app == *src && &h.other == *dst
-                })
-                .collect();
-            let ingress: Vec<&Half> = halves
-                .iter()
-                .filter(|h| {
-                    h.direction == PolicyDirection::Ingress && &h.app == *dst && &h.other == *src
-                })
-                .collect();
-            let union = |hs: &[&Half], local: bool| -> BTreeSet<Ipv4Addr> {
-                hs.iter()
-                    .filter_map(|h| if local { &h.local } else { &h.remote }.get(node))
-                    .flatten()
-                    .copied()
-                    .collect()
-            };
-            // Sources both sides allow, destinations both sides allow.
-            let sources: BTreeSet<Ipv4Addr> = union(&egress, true)
-                .intersection(&union(&ingress, false))
-                .copied()
-                .collect();
-            let dests: BTreeSet<Ipv4Addr> = union(&egress, false)
-                .intersection(&union(&ingress, true))
-                .copied()
-                .collect();
-            let src_rules = side_rules(&egress, node, &sources, &dests);
-            let dst_rules = side_rules(&ingress, node, &dests, &sources);
-            if src_rules.is_empty() || dst_rules.is_empty() {
-                continue; // one side does not allow it: no link for this direction
-            }
-            for (app, other, rules) in [(*src, *dst, src_rules), (*dst, *src, dst_rules)] {
-                out.links
-                    .entry((app.clone(), node.clone()))
-                    .or_default()
-                    .entry(other.clone())
-                    .or_default()
-                    .extend(rules);
-            }
-        }
-    }
-    for links in out.links.values_mut() {
-        for rules in links.values_mut() {
-            rules.sort();
-            rules.dedup();
-        }
-    }
-    for notes in out.notes.values_mut() {
-        notes.sort();
-        notes.dedup();
-    }
-    out
-}
-
-/// One side's rules on `node`: each half narrowed to the local addresses
-/// in `locals` and the remote ones in `remotes`.
-fn side_rules(
-    halves: &[&Half],
-    node: &str,
-    locals: &BTreeSet<Ipv4Addr>,
-    remotes: &BTreeSet<Ipv4Addr>,
-) -> Vec<CompiledRule> {
-    let mut out = Vec::new();
-    for h in halves {
-        let local: Vec<String> = h
-            .local
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter(|a| locals.contains(a))
-            .map(ToString::to_string)
-            .collect();
-        let peers: Vec<String> = h
-            .remote
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter(|a| remotes.contains(a))
-            .map(|a| format!("{a}/32"))
-            .collect();
-        if local.is_empty() || peers.is_empty() {
-            continue;
-        }
-        for (suffix, protocol, port, end_port) in &h.ports {
-            out.push(CompiledRule {
-                id: format!("{}{suffix}", h.id),
-                direction: h.direction,
-                local: local.clone(),
-                peers: peers.clone(),
-                protocol: *protocol,
-                port: *port,
-                end_port: *end_port,
-            });
-        }
-    }
-    out
+    halves
 }
 
 #[cfg(test)]

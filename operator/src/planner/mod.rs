@@ -45,10 +45,16 @@ pub struct AppOutcome {
     pub app_id: String,
     /// The app's range, if it has one.
     pub address_space: Option<String>,
-    /// Nodes carrying the app (sorted), lost ones included.
+    /// Nodes carrying the app (sorted), lost and transit ones included.
     pub nodes: Vec<String>,
     /// The subset of `nodes` that stopped reporting.
     pub lost_nodes: Vec<String>,
+    /// The subset of `nodes` where the app has no workload and is placed
+    /// only to carry allowed cross-app flows (see `crossapp`). They are
+    /// nodes of the app like any other: a full-mesh member, with their own
+    /// peers and handshakes, so Ready waits for them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transit_nodes: Vec<String>,
     /// Sites of `nodes` (sorted, unique).
     pub sites: Vec<String>,
     /// The app's workloads, `namespace/name` (sorted, unique).
@@ -188,29 +194,106 @@ pub fn plan(s: &Snapshot) -> Plan {
         app_errors.entry(key).or_default().push(err);
     }
 
-    // 5. Node slices, per app.
+    // 5. Where each app has workloads (within its sites).
+    let spans = |key: &ObjectKey, node: &str| -> bool {
+        // No sites listed means the local site only: an app spans other
+        // clusters or edge sites only when it says so.
+        let Some(v) = valid.get(key) else {
+            return false;
+        };
+        s.nodes.get(node).is_some_and(|info| {
+            let site = node_site(info);
+            if v.sites.is_empty() {
+                site == weft_api::labels::LOCAL_SITE
+            } else {
+                v.sites.iter().any(|x| x == site)
+            }
+        })
+    };
+    // app → node → workloads
+    let mut sited: BTreeMap<ObjectKey, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for key in ranges.keys() {
+        let Some(on_nodes) = members.placements.get(key) else {
+            continue;
+        };
+        let by_node: BTreeMap<String, Vec<String>> = on_nodes
+            .iter()
+            .filter(|(n, _)| spans(key, n))
+            .map(|(n, w)| (n.clone(), w.iter().map(ToString::to_string).collect()))
+            .collect();
+        sited.insert(key.clone(), by_node);
+    }
+
+    // 6. Policies: validate. An invalid policy is never enforced half-way:
+    // its last accepted version stays in force instead (fail closed), or
+    // nothing when it was never accepted.
+    let mut enforced_specs: BTreeMap<&ObjectKey, &MeshPolicySpec> = BTreeMap::new();
+    for (key, spec) in &s.policies {
+        let mut errors = validate::validate_policy(key, spec, &s.apps, &s.sites);
+        errors.extend(validate::policy_range_errors(key, spec, &ranges));
+        errors.sort();
+        let accepted = errors.is_empty();
+        let still_enforced = if accepted {
+            None
+        } else {
+            s.previous_policies
+                .get(key)
+                .filter(|prev| validate::still_enforceable(key, &prev.spec, &s.apps, &s.sites))
+        };
+        if accepted {
+            enforced_specs.insert(key, spec);
+        } else if let Some(prev) = still_enforced {
+            enforced_specs.insert(key, &prev.spec);
+        }
+        out.policies.insert(
+            key.clone(),
+            PolicyOutcome {
+                accepted,
+                errors,
+                notes: Vec::new(),
+                accepted_spec: accepted.then(|| spec.clone()),
+                still_enforced: still_enforced.cloned(),
+            },
+        );
+    }
+    let enforced_list: Vec<(&ObjectKey, &MeshPolicySpec)> =
+        enforced_specs.iter().map(|(k, v)| (*k, *v)).collect();
+
+    // 7. Transit placements: an allowed cross-app pair on two nodes crosses
+    // on one of them, where both apps must be (see `crossapp`). An app is
+    // placed there without workloads when it has none there; only within
+    // its own sites.
+    let transit: BTreeMap<ObjectKey, BTreeSet<String>> = {
+        let pre = members_of(s, &ranges, &sited);
+        crossapp::compile(&pre, &enforced_list, &spans)
+            .needed
+            .into_iter()
+            .map(|(key, nodes)| {
+                let own = sited.get(&key);
+                let extra: BTreeSet<String> = nodes
+                    .into_iter()
+                    .filter(|n| !own.is_some_and(|o| o.contains_key(n)))
+                    .collect();
+                (key, extra)
+            })
+            .filter(|(_, n)| !n.is_empty())
+            .collect()
+    };
+
+    // 8. Node slices, per app (nodes with workloads first, so a transit
+    // placement never takes the last free slice from one).
     // (app, node) → (slice, workloads)
     let mut placed: BTreeMap<ObjectKey, BTreeMap<String, (Ipv4Net, Vec<String>)>> = BTreeMap::new();
     for (key, range) in &ranges {
         let Some(v) = valid.get(key) else { continue };
-        let Some(on_nodes) = members.placements.get(key) else {
+        let (own, extra) = (sited.get(key), transit.get(key));
+        if own.is_none() && extra.is_none() {
             continue;
-        };
-        let nodes: Vec<String> = on_nodes
-            .keys()
-            .filter(|n| {
-                // No sites listed means the local site only: an app spans
-                // other clusters or edge sites only when it says so.
-                s.nodes.get(*n).is_some_and(|info| {
-                    let site = node_site(info);
-                    if v.sites.is_empty() {
-                        site == weft_api::labels::LOCAL_SITE
-                    } else {
-                        v.sites.iter().any(|x| x == site)
-                    }
-                })
-            })
-            .cloned()
+        }
+        let nodes: Vec<String> = own
+            .into_iter()
+            .flat_map(|o| o.keys().cloned())
+            .chain(extra.into_iter().flatten().cloned())
             .collect();
         let app_name = key.to_string();
         let previous: BTreeMap<String, Ipv4Net> = nodes
@@ -243,15 +326,12 @@ pub fn plan(s: &Snapshot) -> Plan {
         }
         let entry = placed.entry(key.clone()).or_default();
         for (node, slice) in slices {
-            let wls = on_nodes
-                .get(&node)
-                .map(|w| w.iter().map(ToString::to_string).collect())
-                .unwrap_or_default();
+            let wls = own.and_then(|o| o.get(&node)).cloned().unwrap_or_default();
             entry.insert(node, (slice, wls));
         }
     }
 
-    // 6. Listen ports, per node.
+    // 9. Listen ports, per node.
     let mut ports: BTreeMap<(String, ObjectKey), u16> = BTreeMap::new();
     let mut apps_on_node: BTreeMap<&str, Vec<&ObjectKey>> = BTreeMap::new();
     for (key, by_node) in &placed {
@@ -307,7 +387,7 @@ pub fn plan(s: &Snapshot) -> Plan {
         by_node.retain(|node, _| ports.contains_key(&(node.clone(), key.clone())));
     }
 
-    // 7. Node errors (unusable endpoint addresses).
+    // 10. Node errors (unusable endpoint addresses).
     for (node, info) in &s.nodes {
         if validate::parse_node_address(&info.address).is_none() {
             out.node_errors
@@ -326,71 +406,16 @@ pub fn plan(s: &Snapshot) -> Plan {
         }
     }
 
-    // 8. Policies: validate, then compile the enforced ones per app and node.
-    // An invalid policy is never enforced half-way: its last accepted
-    // version stays in force instead (fail closed), or nothing when it was
-    // never accepted.
-    let mut enforced_specs: BTreeMap<&ObjectKey, &MeshPolicySpec> = BTreeMap::new();
-    for (key, spec) in &s.policies {
-        let mut errors = validate::validate_policy(key, spec, &s.apps, &s.sites);
-        errors.extend(validate::policy_range_errors(key, spec, &ranges));
-        errors.sort();
-        let accepted = errors.is_empty();
-        let still_enforced = if accepted {
-            None
-        } else {
-            s.previous_policies
-                .get(key)
-                .filter(|prev| validate::still_enforceable(key, &prev.spec, &s.apps, &s.sites))
-        };
-        if accepted {
-            enforced_specs.insert(key, spec);
-        } else if let Some(prev) = still_enforced {
-            enforced_specs.insert(key, &prev.spec);
-        }
-        out.policies.insert(
-            key.clone(),
-            PolicyOutcome {
-                accepted,
-                errors,
-                notes: Vec::new(),
-                accepted_spec: accepted.then(|| spec.clone()),
-                still_enforced: still_enforced.cloned(),
-            },
-        );
-    }
-    // Every placed app's workloads, as the compilers see them.
-    let no_labels = Labels::new();
-    let mut all_members: BTreeMap<ObjectKey, Vec<policy::Member<'_>>> = BTreeMap::new();
-    for (key, by_node) in &placed {
-        let Some(range) = ranges.get(key) else {
-            continue;
-        };
-        let members = all_members.entry(key.clone()).or_default();
-        for (node, (_, workloads)) in by_node {
-            let site = s.nodes.get(node).map_or(LOCAL_SITE, node_site);
-            for w in workloads {
-                let wk = ObjectKey::parse(w);
-                let labels = s
-                    .workloads
-                    .get(node)
-                    .and_then(|m| m.get(&wk))
-                    .unwrap_or(&no_labels);
-                let address = s
-                    .workload_addresses
-                    .get(node)
-                    .and_then(|m| m.get(&wk))
-                    .and_then(|a| a.split('/').next()?.trim().parse().ok())
-                    .filter(|a| range.contains(a));
-                members.push(policy::Member {
-                    node,
-                    site,
-                    labels,
-                    address,
-                });
-            }
-        }
-    }
+    // 11. Policies: compile the enforced ones per app and node, over the
+    // workloads that were placed.
+    let placed_workloads: BTreeMap<ObjectKey, BTreeMap<String, Vec<String>>> = placed
+        .iter()
+        .map(|(k, b)| {
+            let w = b.iter().map(|(n, (_, w))| (n.clone(), w.clone()));
+            (k.clone(), w.collect())
+        })
+        .collect();
+    let all_members = members_of(s, &ranges, &placed_workloads);
     let mut compiled: BTreeMap<ObjectKey, policy::CompiledApp> = BTreeMap::new();
     for (key, members) in &all_members {
         let accepted: Vec<(&ObjectKey, &MeshPolicySpec)> = enforced_specs
@@ -409,16 +434,22 @@ pub fn plan(s: &Snapshot) -> Plan {
         }
         compiled.insert(key.clone(), c);
     }
-    let enforced_list: Vec<(&ObjectKey, &MeshPolicySpec)> =
-        enforced_specs.iter().map(|(k, v)| (*k, *v)).collect();
-    let cross = crossapp::compile(&all_members, &enforced_list);
+    let is_placed =
+        |key: &ObjectKey, node: &str| placed.get(key).is_some_and(|b| b.contains_key(node));
+    let cross = crossapp::compile(&all_members, &enforced_list, &is_placed);
     for (pk, notes) in &cross.notes {
         if let Some(o) = out.policies.get_mut(pk) {
             o.notes.extend(notes.iter().cloned());
         }
     }
+    // A transit placement no link needs any more (a slice or port ran out
+    // elsewhere on the path) is dropped.
+    for (key, by_node) in placed.iter_mut() {
+        let needed = cross.needed.get(key);
+        by_node.retain(|n, (_, w)| !w.is_empty() || needed.is_some_and(|x| x.contains(n)));
+    }
 
-    // 9. Attachments and peers.
+    // 12. Attachments and peers.
     for (node, info) in &s.nodes {
         out.nodes.insert(
             node.clone(),
@@ -461,6 +492,12 @@ pub fn plan(s: &Snapshot) -> Plan {
             let Some(port) = ports.get(&(node.clone(), key.clone())) else {
                 continue;
             };
+            let here = (key.clone(), node.clone());
+            let no_links = BTreeSet::new();
+            let linked = cross.linked.get(&here).unwrap_or(&no_links);
+            let no_rules = crossapp::NodeRules::new();
+            let cross_rules = cross.rules.get(&here).unwrap_or(&no_rules);
+            let rules_for = |other: &ObjectKey| cross_rules.get(other).cloned().unwrap_or_default();
             spec.apps.push(AppAttachment {
                 app: key.to_string(),
                 app_id: id.clone(),
@@ -473,14 +510,11 @@ pub fn plan(s: &Snapshot) -> Plan {
                 mtu: v.mtu,
                 persistent_keepalive: v.keepalive,
                 workloads: workloads.clone(),
-                peers: peers::peers_of(node, &candidates),
+                peers: peers::peers_of(node, &candidates, cross.carried.get(&here)),
                 policy: compiled.get(key).and_then(|c| c.nodes.get(node)).cloned(),
-                app_links: cross
-                    .links
-                    .get(&(key.clone(), node.clone()))
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|(other, rules)| {
+                app_links: linked
+                    .iter()
+                    .filter_map(|other| {
                         let other_id = ids.get(other)?;
                         Some(weft_api::AppLink {
                             app: other.to_string(),
@@ -488,7 +522,18 @@ pub fn plan(s: &Snapshot) -> Plan {
                             interface: naming::app_link_name(other_id),
                             peer_interface: naming::app_link_name(id),
                             address_space: ranges.get(other)?.to_string(),
-                            rules: rules.clone(),
+                            rules: rules_for(other),
+                        })
+                    })
+                    .collect(),
+                remote_apps: cross_rules
+                    .keys()
+                    .filter(|other| !linked.contains(*other))
+                    .filter_map(|other| {
+                        Some(weft_api::meshnode::RemoteApp {
+                            app: other.to_string(),
+                            address_space: ranges.get(other)?.to_string(),
+                            rules: rules_for(other),
                         })
                     })
                     .collect(),
@@ -499,7 +544,7 @@ pub fn plan(s: &Snapshot) -> Plan {
         spec.apps.sort_by(|a, b| a.app.cmp(&b.app));
     }
 
-    // 10. Outcomes.
+    // 13. Outcomes.
     for key in s.apps.keys() {
         let by_node = placed.get(key);
         let nodes: Vec<String> = by_node
@@ -518,6 +563,12 @@ pub fn plan(s: &Snapshot) -> Plan {
             .into_iter()
             .flat_map(|b| b.values().flat_map(|(_, w)| w.iter().cloned()))
             .collect();
+        let transit_nodes = by_node
+            .into_iter()
+            .flatten()
+            .filter(|(_, (_, w))| w.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
         let mut errors = app_errors.remove(key).unwrap_or_default();
         errors.sort();
         errors.dedup();
@@ -530,6 +581,7 @@ pub fn plan(s: &Snapshot) -> Plan {
                 lost_nodes,
                 sites: sites.into_iter().collect(),
                 workloads: workloads.into_iter().collect(),
+                transit_nodes,
                 planned: valid.contains_key(key) && ranges.contains_key(key),
                 errors,
             },
@@ -546,6 +598,48 @@ pub fn plan(s: &Snapshot) -> Plan {
             }
         }
         out.sites.insert(site.clone(), outcome);
+    }
+    out
+}
+
+/// Every app's workloads, as the policy compilers see them: node, site,
+/// labels and reported address (when inside the app's range), from
+/// `workloads` (app → node → workload keys).
+fn members_of<'a>(
+    s: &'a Snapshot,
+    ranges: &BTreeMap<ObjectKey, Ipv4Net>,
+    workloads: &'a BTreeMap<ObjectKey, BTreeMap<String, Vec<String>>>,
+) -> BTreeMap<ObjectKey, Vec<policy::Member<'a>>> {
+    static NO_LABELS: Labels = Labels::new();
+    let mut out: BTreeMap<ObjectKey, Vec<policy::Member<'a>>> = BTreeMap::new();
+    for (key, by_node) in workloads {
+        let Some(range) = ranges.get(key) else {
+            continue;
+        };
+        let members = out.entry(key.clone()).or_default();
+        for (node, wls) in by_node {
+            let site = s.nodes.get(node).map_or(LOCAL_SITE, node_site);
+            for w in wls {
+                let wk = ObjectKey::parse(w);
+                let labels = s
+                    .workloads
+                    .get(node)
+                    .and_then(|m| m.get(&wk))
+                    .unwrap_or(&NO_LABELS);
+                let address = s
+                    .workload_addresses
+                    .get(node)
+                    .and_then(|m| m.get(&wk))
+                    .and_then(|a| a.split('/').next()?.trim().parse().ok())
+                    .filter(|a| range.contains(a));
+                members.push(policy::Member {
+                    node,
+                    site,
+                    labels,
+                    address,
+                });
+            }
+        }
     }
     out
 }

@@ -1,6 +1,7 @@
 //! The peer graph: a full mesh among an app's nodes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use weft_api::PeerSpec;
 
@@ -18,17 +19,26 @@ pub struct PeerCandidate {
 }
 
 /// Peers of `node`: every other node of the app that is not lost and whose
-/// key and endpoint are known, sorted by node name.
-pub fn peers_of(node: &str, members: &BTreeMap<String, PeerCandidate>) -> Vec<PeerSpec> {
+/// key and endpoint are known, sorted by node name. `carried`: peer node →
+/// other apps' workload addresses this node's tunnel routes to that peer
+/// (cross-app flows), appended to its AllowedIPs as /32s.
+pub fn peers_of(
+    node: &str,
+    members: &BTreeMap<String, PeerCandidate>,
+    carried: Option<&BTreeMap<String, BTreeSet<Ipv4Addr>>>,
+) -> Vec<PeerSpec> {
     members
         .iter()
         .filter(|(other, c)| other.as_str() != node && !c.lost)
         .filter_map(|(other, c)| {
+            let foreign = carried.and_then(|m| m.get(other)).into_iter().flatten();
             Some(PeerSpec {
                 node: other.clone(),
                 public_key: c.public_key.clone().filter(|k| !k.is_empty())?,
                 endpoint: c.endpoint.clone()?,
-                allowed_ips: vec![c.slice.clone()],
+                allowed_ips: std::iter::once(c.slice.clone())
+                    .chain(foreign.map(|a| format!("{a}/32")))
+                    .collect(),
             })
         })
         .collect()

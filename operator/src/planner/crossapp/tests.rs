@@ -1,5 +1,5 @@
-//! Cross-app allows through the whole planner: a link (and rules) only
-//! where both apps' policies allow the flow, on the node where both live.
+//! Cross-app allows through the whole planner: links, transit placements,
+//! carried addresses and rules only where both apps' policies allow a flow.
 
 use weft_api::meshpolicy::{PolicyPeer, PolicyPort, PolicyRule};
 use weft_api::{AppAttachment, MeshAppSpec, MeshPolicySpec, PolicyDirection, Selector};
@@ -180,27 +180,248 @@ fn a_selector_on_the_other_side_narrows_the_sources() {
     assert!(att(&p, "n1", "db").app_links.is_empty());
 }
 
+/// `world` with public keys for every app on every node (peers are only
+/// listed once their key is known).
+fn keyed(web_node: &str, db_node: &str) -> Snapshot {
+    let mut s = world(web_node, db_node);
+    for n in ["n1", "n2"] {
+        for app in ["web", "db"] {
+            s.add_public_key(n, key(app), format!("{n}-{app}-key"));
+        }
+    }
+    s
+}
+
+fn peer_ips(a: &AppAttachment, node: &str) -> Vec<String> {
+    a.peers
+        .iter()
+        .find(|p| p.node == node)
+        .map(|p| p.allowed_ips.clone())
+        .unwrap_or_default()
+}
+
+fn has(p: &Plan, node: &str, app: &str) -> bool {
+    p.nodes[node]
+        .apps
+        .iter()
+        .any(|a| a.app == format!("demo/{app}"))
+}
+
+/// web's client on n1 may reach db's pg on n2 (both sides allow it).
+fn cross_node_pair() -> Snapshot {
+    let mut s = keyed("n1", "n2");
+    s.policies.insert(key("web-out"), web_egress_to_db());
+    s.policies.insert(key("db-in"), db_ingress_from_web(None));
+    s
+}
+
 #[test]
-fn apps_on_different_nodes_are_not_linked_and_the_policy_says_why() {
-    let mut s = world("n1", "n2");
+fn a_pair_on_two_nodes_crosses_on_one_and_the_other_tunnel_carries_it() {
+    let p = plan(&cross_node_pair());
+    // demo/db sorts before demo/web: the pair crosses on pg's node (n2),
+    // and web's tunnel carries pg's address between n1 and n2. web is
+    // placed on n2 without workloads.
+    let web2 = att(&p, "n2", "web");
+    assert!(web2.workloads.is_empty());
+    assert_eq!(p.apps[&key("web")].nodes, vec!["n1", "n2"]);
+    assert_eq!(p.apps[&key("web")].transit_nodes, vec!["n2"]);
+    assert_eq!(p.apps[&key("db")].nodes, vec!["n2"], "db needs no transit");
+    // A transit placement is a full node of the app: own slice, port, mesh.
+    let web1 = att(&p, "n1", "web");
+    assert_ne!(web2.node_slice, web1.node_slice);
+    assert_eq!(peer_ips(web2, "n1"), vec![web1.node_slice.clone()]);
+    // The link on n2, with each side's rules for exactly the allowed pair.
+    let db2 = att(&p, "n2", "db");
+    assert_eq!(web2.app_links.len(), 1);
+    assert_eq!(db2.app_links.len(), 1);
+    assert_eq!(web2.app_links[0].netns, db2.netns);
+    assert_eq!(db2.app_links[0].netns, web2.netns);
+    let wr = &web2.app_links[0].rules;
+    assert_eq!(wr.len(), 1);
+    assert_eq!(
+        (wr[0].direction, &wr[0].local, &wr[0].peers),
+        (
+            PolicyDirection::Egress,
+            &vec!["10.1.0.2".to_string()],
+            &vec!["10.2.1.2/32".to_string()]
+        )
+    );
+    let dr = &db2.app_links[0].rules;
+    assert_eq!(dr.len(), 1);
+    assert_eq!(
+        (dr[0].direction, &dr[0].local, &dr[0].peers),
+        (
+            PolicyDirection::Ingress,
+            &vec!["10.2.1.2".to_string()],
+            &vec!["10.1.0.2/32".to_string()]
+        )
+    );
+    // n1: web's peer n2 carries pg's /32 (and nothing else of db), web's
+    // rules there come without a link (db is not on n1).
+    assert_eq!(
+        peer_ips(web1, "n2"),
+        vec![web2.node_slice.clone(), "10.2.1.2/32".to_string()]
+    );
+    assert!(web1.app_links.is_empty());
+    assert_eq!(web1.remote_apps.len(), 1);
+    let ra = &web1.remote_apps[0];
+    assert_eq!(
+        (ra.app.as_str(), ra.address_space.as_str()),
+        ("demo/db", "10.2.0.0/16")
+    );
+    assert_eq!(ra.rules, *wr, "the same half, on both nodes of web");
+    assert!(!has(&p, "n1", "db"), "db is not placed on n1");
+    // db's tunnel carries nothing foreign; no note remains.
+    assert!(db2.peers.iter().all(|x| x.allowed_ips.len() == 1));
+    assert!(p.policies.values().all(|o| o.notes.is_empty()), "{p:?}");
+}
+
+#[test]
+fn one_side_alone_places_and_carries_nothing_across_nodes() {
+    for (name, spec) in [
+        ("web-out", web_egress_to_db()),
+        ("db-in", db_ingress_from_web(None)),
+    ] {
+        let mut s = keyed("n1", "n2");
+        s.policies.insert(key(name), spec);
+        let p = plan(&s);
+        assert!(!has(&p, "n2", "web"), "{name}: no transit web on n2");
+        assert!(!has(&p, "n1", "db"), "{name}: no transit db on n1");
+        for spec in p.nodes.values() {
+            for a in &spec.apps {
+                assert!(a.app_links.is_empty() && a.remote_apps.is_empty(), "{name}");
+                assert!(a.peers.iter().all(|x| x.allowed_ips.len() == 1), "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ports_the_two_sides_do_not_share_allow_nothing() {
+    let mut s = keyed("n1", "n2");
+    s.policies.insert(key("web-out"), web_egress_to_db());
+    let mut db = db_ingress_from_web(None);
+    db.ingress.as_mut().unwrap()[0].ports = vec![tcp(5433)];
+    s.policies.insert(key("db-in"), db);
+    let p = plan(&s);
+    assert!(!has(&p, "n2", "web"));
+    assert!(att(&p, "n1", "web").remote_apps.is_empty());
+}
+
+#[test]
+fn the_reverse_direction_uses_the_same_carrier() {
+    // pg (db, n2) as the client of web's server (n1): db's egress to web
+    // and web's ingress from db. The pair still crosses on pg's node in
+    // web's tunnel, so a pair allowed both ways has one path.
+    let mut s = keyed("n1", "n2");
+    s.policies.insert(
+        key("db-out"),
+        MeshPolicySpec {
+            app: "db".into(),
+            selector: Selector::default(),
+            ingress: None,
+            egress: Some(vec![PolicyRule {
+                peers: vec![PolicyPeer {
+                    app: Some("web".into()),
+                    ..Default::default()
+                }],
+                ports: vec![tcp(80)],
+            }]),
+        },
+    );
+    s.policies.insert(
+        key("web-in"),
+        MeshPolicySpec {
+            app: "web".into(),
+            selector: Selector::labels([("role", "server")]),
+            ingress: Some(vec![PolicyRule {
+                peers: vec![PolicyPeer {
+                    app: Some("db".into()),
+                    ..Default::default()
+                }],
+                ports: vec![tcp(80)],
+            }]),
+            egress: None,
+        },
+    );
+    let p = plan(&s);
+    let web1 = att(&p, "n1", "web");
+    let web2 = att(&p, "n2", "web");
+    assert!(web2.workloads.is_empty(), "web is the transit on n2");
+    assert_eq!(
+        peer_ips(web1, "n2"),
+        vec![web2.node_slice.clone(), "10.2.1.2/32".to_string()]
+    );
+    let r = &web1.remote_apps[0].rules;
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].direction, PolicyDirection::Ingress);
+    assert_eq!(r[0].local, vec!["10.1.0.3"], "only the server");
+    let dr = &att(&p, "n2", "db").app_links[0].rules;
+    assert_eq!(dr[0].direction, PolicyDirection::Egress);
+    assert_eq!(dr[0].peers, vec!["10.1.0.3/32"]);
+
+    // Allowing the first direction too keeps one carrier (web) and one
+    // crossing node (n2): db's tunnel never carries web's addresses.
     s.policies.insert(key("web-out"), web_egress_to_db());
     s.policies.insert(key("db-in"), db_ingress_from_web(None));
     let p = plan(&s);
-    assert!(p
-        .nodes
-        .values()
-        .all(|n| n.apps.iter().all(|a| a.app_links.is_empty())));
-    let o = &p.policies[&key("web-out")];
-    assert!(o.accepted);
-    assert!(
-        o.notes
-            .iter()
-            .any(|n| n.contains("spec.egress[0].peers[0].app")
-                && n.contains("demo/db on n2")
-                && n.contains("same node")),
-        "{:?}",
-        o.notes
+    assert!(!has(&p, "n1", "db"));
+    assert_eq!(
+        peer_ips(att(&p, "n1", "web"), "n2"),
+        vec![
+            att(&p, "n2", "web").node_slice.clone(),
+            "10.2.1.2/32".to_string()
+        ]
     );
+    assert!(att(&p, "n2", "db")
+        .peers
+        .iter()
+        .all(|x| x.allowed_ips.len() == 1));
+}
+
+#[test]
+fn withdrawing_an_allow_removes_transit_link_and_carried_addresses() {
+    let mut s = cross_node_pair();
+    let first = plan(&s);
+    s.previous_specs = first.nodes.clone();
+    // Converged: planning again over its own output changes nothing.
+    assert_eq!(plan(&s).nodes, first.nodes);
+    s.policies.remove(&key("db-in"));
+    let p = plan(&s);
+    assert!(!has(&p, "n2", "web"), "transit placement gone");
+    assert_eq!(p.apps[&key("web")].nodes, vec!["n1"]);
+    assert!(p.apps[&key("web")].transit_nodes.is_empty());
+    let web1 = att(&p, "n1", "web");
+    assert!(web1.peers.is_empty(), "web has no other node now");
+    assert!(web1.remote_apps.is_empty() && web1.app_links.is_empty());
+    assert!(att(&p, "n2", "db").app_links.is_empty());
+    // Allowing again gives the transit its old slice back (sticky).
+    s.previous_specs = first.nodes.clone();
+    s.policies.insert(key("db-in"), db_ingress_from_web(None));
+    assert_eq!(plan(&s).nodes, first.nodes);
+}
+
+#[test]
+fn a_carrier_outside_its_sites_is_not_placed_and_the_policies_say_so() {
+    let mut s = cross_node_pair();
+    // n2 moves to site "edge", which db lists and web does not.
+    s.nodes.get_mut("n2").unwrap().site = "edge".into();
+    s.sites.insert("edge".into(), Default::default());
+    s.apps.get_mut(&key("db")).unwrap().sites = vec!["edge".into()];
+    let p = plan(&s);
+    assert!(has(&p, "n2", "db"));
+    assert!(!has(&p, "n2", "web"), "web does not span edge");
+    for pol in ["web-out", "db-in"] {
+        let o = &p.policies[&key(pol)];
+        assert!(o.accepted, "{pol}: {o:?}");
+        assert!(
+            o.notes
+                .iter()
+                .any(|n| n.contains("not carried") && n.contains("demo/web cannot be placed on n2")),
+            "{pol}: {:?}",
+            o.notes
+        );
+    }
 }
 
 #[test]
