@@ -71,7 +71,13 @@ fn diff_links(desired: &NodeState, observed: &NodeState, ops: &mut Vec<Op>) {
         }
         for (ifc, l) in &want.links {
             let present = have.is_some_and(|h| h.links.contains_key(ifc));
-            if !present && l.owned_by(netns) {
+            // Both sides must want the pair: each side's table enforces its
+            // half of a cross-app flow, so one side alone never links.
+            let mutual = desired
+                .apps
+                .get(&l.peer_netns)
+                .is_some_and(|p| p.links.contains_key(&l.peer_interface));
+            if !present && mutual && l.owned_by(netns) {
                 ops.push(Op::CreateAppLink {
                     netns: netns.clone(),
                     interface: ifc.clone(),
@@ -440,6 +446,23 @@ mod tests {
             dp.apply(op).unwrap();
         }
         assert!(diff(&without, &dp.observe("weft-").unwrap().state, &keys).is_empty());
+    }
+
+    #[test]
+    fn one_side_alone_never_links() {
+        let keys = OneKey(PrivateKey::generate());
+        let mut want = linked_pair();
+        // B's side does not (or no longer, or not yet) want the pair.
+        want.apps
+            .get_mut("weft-n1-bbbbbbbbbb")
+            .unwrap()
+            .links
+            .clear();
+        let ops = diff(&want, &NodeState::default(), &keys);
+        assert!(
+            !ops.iter().any(|o| o.name() == "create_app_link"),
+            "{ops:?}"
+        );
     }
 
     #[test]

@@ -191,6 +191,13 @@ impl<D: Dataplane> Reconciler<D> {
             if failed.contains(op.netns()) {
                 continue; // later ops in a failed netns depend on the failed one
             }
+            // A link reaches into the other app's netns: not while that side
+            // failed this pass (its policy table may be missing).
+            if let crate::ops::Op::CreateAppLink { peer_netns, .. } = op {
+                if failed.contains(peer_netns) {
+                    continue;
+                }
+            }
             match self.dp.apply(op) {
                 Ok(()) => {
                     report.writes += 1;
