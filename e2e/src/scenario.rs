@@ -155,6 +155,30 @@ pub fn require(test: &str, extra: impl IntoIterator<Item = String>, hint: &str) 
     false
 }
 
+/// For tests: `nodes` simulated nodes with the operator and their daemons
+/// running, or `None` when the test is skipped (see [`privileged_or_skip`]).
+/// The binaries must have been built (`cargo build --workspace`).
+pub fn started_cluster(test: &str, nodes: usize) -> Option<crate::cluster::Cluster> {
+    if !privileged_or_skip(test) {
+        return None;
+    }
+    for b in ["weft-operator", "weft-node-daemon"] {
+        if let Err(e) = crate::bin(b) {
+            panic!("{e:#}: run `cargo build --workspace` first");
+        }
+    }
+    let mut c = crate::cluster::Cluster::new(nodes).expect("build the simulated network");
+    c.start_all().expect("start operator and daemons");
+    Some(c)
+}
+
+/// [`started_cluster`] with the repository's `examples/` applied.
+pub fn cluster_with_examples(test: &str, nodes: usize) -> Option<crate::cluster::Cluster> {
+    let c = started_cluster(test, nodes)?;
+    install_manifests(&c, &repo_examples_dir()).expect("write manifests");
+    Some(c)
+}
+
 /// Path of the repository's `examples/` directory (from this crate's location).
 pub fn repo_examples_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -67,17 +67,11 @@ fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn two_apps_talk_only_where_both_policies_allow() {
-    if !scenario::privileged_or_skip("two_apps_talk_only_where_both_policies_allow") {
+    let Some(mut c) =
+        scenario::cluster_with_examples("two_apps_talk_only_where_both_policies_allow", 2)
+    else {
         return;
-    }
-    for b in ["weft-operator", "weft-node-daemon"] {
-        if let Err(e) = weft_e2e::bin(b) {
-            panic!("{e:#}: run `cargo build --workspace` first");
-        }
-    }
-    let mut c = Cluster::new(2).expect("build the simulated network");
-    c.start_all().expect("start operator and daemons");
-    scenario::install_manifests(&c, &scenario::repo_examples_dir()).expect("write manifests");
+    };
     scenario::add_workloads(&mut c).expect("announce workloads");
     c.add_workload(1, "fe", NS, &[("tier", "web"), ("role", "frontend")])
         .unwrap();

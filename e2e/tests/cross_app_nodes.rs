@@ -108,17 +108,12 @@ fn carried(att: &Value, node: &str) -> Vec<String> {
 
 #[test]
 fn apps_on_different_nodes_talk_only_where_both_policies_allow() {
-    if !scenario::privileged_or_skip("apps_on_different_nodes_talk_only_where_both_policies_allow")
-    {
+    let Some(mut c) = scenario::started_cluster(
+        "apps_on_different_nodes_talk_only_where_both_policies_allow",
+        2,
+    ) else {
         return;
-    }
-    for b in ["weft-operator", "weft-node-daemon"] {
-        if let Err(e) = weft_e2e::bin(b) {
-            panic!("{e:#}: run `cargo build --workspace` first");
-        }
-    }
-    let mut c = Cluster::new(2).expect("build the simulated network");
-    c.start_all().expect("start operator and daemons");
+    };
     for (app, range) in [
         ("api", "10.140.0.0/16"),
         ("store", "10.141.0.0/16"),

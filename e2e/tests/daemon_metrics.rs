@@ -54,17 +54,11 @@ fn b64(bytes: &[u8]) -> String {
 
 #[test]
 fn daemon_metrics_and_status_match_the_traffic_sent() {
-    if !scenario::privileged_or_skip("daemon_metrics_and_status_match_the_traffic_sent") {
+    let Some(mut c) =
+        scenario::cluster_with_examples("daemon_metrics_and_status_match_the_traffic_sent", 2)
+    else {
         return;
-    }
-    for b in ["weft-operator", "weft-node-daemon"] {
-        if let Err(e) = weft_e2e::bin(b) {
-            panic!("{e:#}: run `cargo build --workspace` first");
-        }
-    }
-    let mut c = Cluster::new(2).expect("build the simulated network");
-    c.start_all().expect("start operator and daemons");
-    scenario::install_manifests(&c, &scenario::repo_examples_dir()).expect("write manifests");
+    };
     scenario::add_workloads(&mut c).expect("announce workloads");
     c.wait_ready(NS, "web", READY).expect("demo/web Ready");
     let a = scenario::wait_addresses(&mut c, READY).expect("workload addresses");

@@ -84,17 +84,11 @@ fn assert_in_slice(c: &Cluster, node: usize, addr: std::net::Ipv4Addr) {
 
 #[test]
 fn a_moved_workload_is_reachable_at_its_new_place_without_user_action() {
-    if !scenario::privileged_or_skip("a_moved_workload_is_reachable_at_its_new_place") {
+    let Some(mut c) =
+        scenario::cluster_with_examples("a_moved_workload_is_reachable_at_its_new_place", 3)
+    else {
         return;
-    }
-    for b in ["weft-operator", "weft-node-daemon"] {
-        if let Err(e) = weft_e2e::bin(b) {
-            panic!("{e:#}: run `cargo build --workspace` first");
-        }
-    }
-    let mut c = Cluster::new(3).expect("build the simulated network");
-    c.start_all().expect("start operator and daemons");
-    scenario::install_manifests(&c, &scenario::repo_examples_dir()).expect("write manifests");
+    };
 
     // Client on node 3, workload on node 1.
     let first = migration::setup(&mut c, 3, 1).expect("client reaches the workload on node 1");

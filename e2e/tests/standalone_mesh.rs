@@ -21,17 +21,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const READY: Duration = Duration::from_secs(25);
 
 fn setup(test: &str) -> Option<(Cluster, Addrs)> {
-    if !scenario::privileged_or_skip(test) {
-        return None;
-    }
-    for b in ["weft-operator", "weft-node-daemon"] {
-        if let Err(e) = weft_e2e::bin(b) {
-            panic!("{e:#}: run `cargo build --workspace` first");
-        }
-    }
-    let mut c = Cluster::new(2).expect("build the simulated network");
-    c.start_all().expect("start operator and daemons");
-    scenario::install_manifests(&c, &scenario::repo_examples_dir()).expect("write manifests");
+    let mut c = scenario::cluster_with_examples(test, 2)?;
     scenario::add_workloads(&mut c).expect("announce workloads");
     for app in ["web", "db"] {
         c.wait_ready(NS, app, READY)

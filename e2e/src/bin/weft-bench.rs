@@ -440,6 +440,12 @@ fn run_migration(args: &Args) -> Result<Migration> {
         c.check_alive()?;
         Ok(m)
     })();
+    finish(c, res, "migration")
+}
+
+/// Tears the cluster down (keeping its run directory when the measurement
+/// failed) and reports what teardown found; passes `res` through.
+fn finish<T>(mut c: Cluster, res: Result<T>, what: &str) -> Result<T> {
     if res.is_err() && !weft_e2e::interrupted() {
         c.keep_run_dir(true);
     }
@@ -454,7 +460,7 @@ fn run_migration(args: &Args) -> Result<Migration> {
         );
     }
     if let Some(d) = &rep.kept_run_dir {
-        println!("  logs and state kept in {}", d.display());
+        println!("  {what} logs and state kept in {}", d.display());
     }
     res
 }
@@ -462,23 +468,7 @@ fn run_migration(args: &Args) -> Result<Migration> {
 fn run_weft(args: &Args) -> Result<WeftFigures> {
     let mut c = Cluster::new(2)?;
     let res = measure_weft(&mut c, args);
-    if res.is_err() && !weft_e2e::interrupted() {
-        c.keep_run_dir(true);
-    }
-    let rep = c.teardown();
-    for w in &rep.warnings {
-        println!("  teardown warning: {w}");
-    }
-    if !rep.clean() {
-        println!(
-            "  teardown left behind: {} {:?}",
-            rep.leftovers, rep.new_wg_sockets
-        );
-    }
-    if let Some(d) = &rep.kept_run_dir {
-        println!("  Weft logs and state kept in {}", d.display());
-    }
-    res
+    finish(c, res, "Weft")
 }
 
 fn measure_weft(c: &mut Cluster, args: &Args) -> Result<WeftFigures> {

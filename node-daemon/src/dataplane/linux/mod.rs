@@ -607,17 +607,7 @@ impl LinuxDataplane {
                 let device = match wg {
                     Some(l) => {
                         let idx = l.header.index;
-                        let mut r: Vec<Ipv4Net> = routes
-                            .iter()
-                            .filter(|r| {
-                                r.oif == Some(idx)
-                                    && r.protocol
-                                        != rtnetlink::packet_route::route::RouteProtocol::Kernel
-                            })
-                            .map(|r| r.dst)
-                            .collect();
-                        r.sort();
-                        r.dedup();
+                        let r = nl::destinations_via(&routes, idx);
                         Some(RawDevice {
                             interface: nl::link_name(l).unwrap_or_default().to_string(),
                             mtu: u16::try_from(nl::link_mtu(l)).unwrap_or(u16::MAX),
@@ -645,18 +635,7 @@ impl LinuxDataplane {
                     {
                         continue;
                     }
-                    let idx = l.header.index;
-                    let mut r: Vec<Ipv4Net> = routes
-                        .iter()
-                        .filter(|r| {
-                            r.oif == Some(idx)
-                                && r.protocol
-                                    != rtnetlink::packet_route::route::RouteProtocol::Kernel
-                        })
-                        .map(|r| r.dst)
-                        .collect();
-                    r.sort();
-                    r.dedup();
+                    let r = nl::destinations_via(&routes, l.header.index);
                     app_links.insert(
                         name.to_string(),
                         AppLinkEnd {

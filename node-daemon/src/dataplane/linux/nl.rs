@@ -235,6 +235,19 @@ pub(crate) struct Route {
     pub msg: RouteMessage,
 }
 
+/// Destinations routed through interface `idx` by us (the kernel's own
+/// routes, e.g. for an address's prefix, left out), sorted and unique.
+pub(crate) fn destinations_via(routes: &[Route], idx: u32) -> Vec<Ipv4Net> {
+    let mut r: Vec<Ipv4Net> = routes
+        .iter()
+        .filter(|r| r.oif == Some(idx) && r.protocol != RouteProtocol::Kernel)
+        .map(|r| r.dst)
+        .collect();
+    r.sort();
+    r.dedup();
+    r
+}
+
 /// IPv4 unicast routes of the main table.
 pub(crate) async fn routes(h: &Handle) -> Result<Vec<Route>> {
     let all: Vec<RouteMessage> = h
