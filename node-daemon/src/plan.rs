@@ -211,6 +211,30 @@ fn plan_app(
                             format!("{n} is neither inside addressSpace {space} nor inside the range of an app in appLinks or remoteApps"),
                         ));
                     }
+                    // Only single workloads of another app are carried:
+                    // anything wider would pull that app's traffic (or a
+                    // link's route) into this tunnel.
+                    if n.prefix_len() != 32 {
+                        return Err(spec_err(
+                            node,
+                            a,
+                            &format!("peers[{i}].allowedIps[{j}]"),
+                            format!(
+                                "{n} is another app's range, not a single workload address (/32)"
+                            ),
+                        ));
+                    }
+                    if let Some((k, _)) = peers
+                        .iter()
+                        .find(|(_, q): &(&String, &Peer)| q.allowed_ips.contains(&n))
+                    {
+                        return Err(spec_err(
+                            node,
+                            a,
+                            &format!("peers[{i}].allowedIps[{j}]"),
+                            format!("{n} is already carried to the peer with key {k}"),
+                        ));
+                    }
                     foreign.push(n);
                 }
                 allowed.push(n);
@@ -840,6 +864,22 @@ pub(crate) mod tests {
             (
                 "peers[0].allowedIps[1]",
                 Box::new(|a| a.remote_apps.clear()),
+            ),
+            (
+                "peers[0].allowedIps[1]",
+                // The other app's whole range: would pull all of it here.
+                Box::new(|a| a.peers[0].allowed_ips[1] = "10.200.0.0/16".into()),
+            ),
+            (
+                "peers[1].allowedIps[1]",
+                // The same carried address on a second peer.
+                Box::new(|a| {
+                    let mut second = a.peers[0].clone();
+                    second.node = "n3".into();
+                    second.public_key = crate::keys::PrivateKey::generate().public_key();
+                    second.allowed_ips[0] = "10.100.3.0/24".into();
+                    a.peers.push(second);
+                }),
             ),
             (
                 "remoteApps[0].addressSpace",

@@ -50,9 +50,55 @@ pub struct Reconciler<D: Dataplane> {
     pub writes_total: u64,
     /// When each (netns, peer) was last probed.
     last_probe: BTreeMap<(String, String), std::time::Instant>,
+    /// App netns where a workload route update failed or was skipped: their
+    /// workloads' routes are sent again on the next pass.
+    workload_routes_unsure: BTreeSet<String>,
     /// The last traffic figures read per netns: a failed read reports these
     /// (stale) rather than zeros, which Prometheus would take for a reset.
     last_traffic: BTreeMap<String, crate::dataplane::AppTraffic>,
+}
+
+/// `SetWorkloadRoutes` for every workload of the apps in `unsure` that this
+/// pass's `ops` do not attach or update already. Pure.
+pub fn retry_workload_routes(
+    desired: &NodeState,
+    ops: &[crate::ops::Op],
+    unsure: &BTreeSet<String>,
+) -> Vec<crate::ops::Op> {
+    use crate::ops::Op;
+    let covered: BTreeSet<(&str, &str)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::AttachWorkload {
+                netns,
+                host_interface,
+                ..
+            }
+            | Op::SetWorkloadRoutes {
+                netns,
+                host_interface,
+                ..
+            } => Some((netns.as_str(), host_interface.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for netns in unsure {
+        let Some(app) = desired.apps.get(netns).filter(|a| a.device.is_some()) else {
+            continue;
+        };
+        for (host_if, link) in &app.workloads {
+            if !covered.contains(&(netns.as_str(), host_if.as_str())) {
+                out.push(Op::SetWorkloadRoutes {
+                    netns: netns.clone(),
+                    host_interface: host_if.clone(),
+                    workload_netns: link.workload_netns.clone(),
+                    routes: app.workload_routes(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Handshakes older than this are refreshed by a probe, so a healthy idle
@@ -91,6 +137,7 @@ impl<D: Dataplane> Reconciler<D> {
             writes_total: 0,
             last_probe: BTreeMap::new(),
             last_traffic: BTreeMap::new(),
+            workload_routes_unsure: BTreeSet::new(),
         })
     }
 
@@ -185,10 +232,17 @@ impl<D: Dataplane> Reconciler<D> {
         }
         self.last_good.retain(|k, _| desired.apps.contains_key(k));
 
-        let ops = diff(&desired, &observed.state, &Keys(private));
+        let mut ops = diff(&desired, &observed.state, &Keys(private));
+        // Workload routes are not read back (they live in each workload's
+        // netns): where an update failed last pass, send them again.
+        let retry = std::mem::take(&mut self.workload_routes_unsure);
+        ops.extend(retry_workload_routes(&desired, &ops, &retry));
         let mut failed: BTreeSet<String> = BTreeSet::new();
         for op in &ops {
             if failed.contains(op.netns()) {
+                if matches!(op, crate::ops::Op::SetWorkloadRoutes { .. }) {
+                    self.workload_routes_unsure.insert(op.netns().to_string());
+                }
                 continue; // later ops in a failed netns depend on the failed one
             }
             // A link reaches into the other app's netns: not while that side
@@ -206,7 +260,13 @@ impl<D: Dataplane> Reconciler<D> {
                 }
                 Err(e) => {
                     tracing::warn!(node = %self.node, netns = op.netns(), op = op.name(), error = %e, "data-plane operation failed");
-                    failed.insert(op.netns().to_string());
+                    if matches!(op, crate::ops::Op::SetWorkloadRoutes { .. }) {
+                        // One workload's routes (its netns may be going):
+                        // the others still get theirs; retried next pass.
+                        self.workload_routes_unsure.insert(op.netns().to_string());
+                    } else {
+                        failed.insert(op.netns().to_string());
+                    }
                     report.error_reasons.push(e.metric_label());
                     report.errors.push(e.to_string());
                     if let Some(a) = spec.spec.apps.iter().find(|a| a.netns == op.netns()) {
@@ -369,6 +429,59 @@ mod tests {
 
     fn t() -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
+    }
+
+    #[test]
+    fn workload_routes_that_may_have_failed_are_sent_again() {
+        use crate::state::{AppNet, Device, WorkloadLink};
+        let link = |n: &str| WorkloadLink {
+            workload: format!("d/{n}"),
+            workload_netns: format!("/run/netns/{n}"),
+            address: "10.1.1.2".parse().unwrap(),
+            mtu: 1420,
+        };
+        let mut desired = NodeState::default();
+        desired.apps.insert(
+            "weft-n1-a".into(),
+            AppNet {
+                netns: "weft-n1-a".into(),
+                device: Some(Device {
+                    routes: vec![
+                        "10.1.0.0/16".parse().unwrap(),
+                        "10.2.0.7/32".parse().unwrap(),
+                    ],
+                    ..Default::default()
+                }),
+                workloads: [
+                    ("wv1".to_string(), link("w1")),
+                    ("wv2".to_string(), link("w2")),
+                ]
+                .into(),
+                ..Default::default()
+            },
+        );
+        let unsure: BTreeSet<String> = ["weft-n1-a".to_string(), "weft-n1-gone".to_string()].into();
+        // wv1 is re-attached by this pass anyway; only wv2 needs a resend.
+        let pass = vec![Op::AttachWorkload {
+            netns: "weft-n1-a".into(),
+            host_interface: "wv1".into(),
+            link: link("w1"),
+            routes: vec![],
+        }];
+        let again = retry_workload_routes(&desired, &pass, &unsure);
+        assert_eq!(again.len(), 1, "{again:?}");
+        match &again[0] {
+            Op::SetWorkloadRoutes {
+                host_interface,
+                routes,
+                ..
+            } => {
+                assert_eq!(host_interface, "wv2");
+                assert_eq!(routes, &desired.apps["weft-n1-a"].workload_routes());
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(retry_workload_routes(&desired, &[], &BTreeSet::new()).is_empty());
     }
 
     fn node(base: &weft_api::AppAttachment, policy: Option<CompiledPolicy>) -> MeshNode {

@@ -209,10 +209,10 @@ pub struct RuntimeSource {
     first_seen: BTreeMap<String, Instant>,
 }
 
-/// How long an announcement must be known before the MeshNode's
-/// `appSelectors` (second hand: written by the operator, possibly before it
-/// saw an app created together with the workload) may pass it through as
-/// belonging to no app. First-hand selectors need no wait.
+/// How long an announcement must be known before it may pass through as
+/// belonging to no app: the MeshNode's `appSelectors` may have been written
+/// before the operator saw an app created together with the workload, and
+/// the daemon's own MeshApp watch may lag behind its pod watch.
 pub const SETTLE: Duration = Duration::from_secs(3);
 
 impl RuntimeSource {
@@ -258,15 +258,12 @@ impl WorkloadSource for RuntimeSource {
 
     fn after_pass(&mut self, spec: Option<&MeshNode>, status: &MeshNodeStatus) {
         let selectors = spec.and_then(|s| self.dir.selectors(&s.spec.site));
-        let unsettled: BTreeSet<String> = if selectors.is_some() {
-            BTreeSet::new()
-        } else {
-            self.first_seen
-                .iter()
-                .filter(|(_, t)| t.elapsed() < SETTLE)
-                .map(|(k, _)| k.clone())
-                .collect()
-        };
+        let unsettled: BTreeSet<String> = self
+            .first_seen
+            .iter()
+            .filter(|(_, t)| t.elapsed() < SETTLE)
+            .map(|(k, _)| k.clone())
+            .collect();
         let o = publish::outcomes(
             &self.registered,
             &publish::Claims {

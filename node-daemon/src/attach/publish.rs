@@ -33,7 +33,7 @@ pub struct Claims<'a> {
     pub complete: bool,
     /// The apps' selectors first hand; `None` uses the MeshNode's.
     pub selectors: Option<&'a [AppSelector]>,
-    /// Announcements too recent to trust the MeshNode's selectors about.
+    /// Announcements too recent to trust any view of the apps about.
     pub unsettled: &'a BTreeSet<String>,
 }
 
@@ -41,9 +41,9 @@ pub struct Claims<'a> {
 /// - not announced, when announcements are `complete` → [`Outcome::NotMeshed`]
 ///   (in standalone mode the announcement is the Pod object: no app can
 ///   select a workload that was never announced);
-/// - announced, and no app of `selectors` (else the MeshNode's
-///   `appSelectors`, once the announcement is not in `unsettled`) claims it
-///   → [`Outcome::NotMeshed`], without waiting for the operator;
+/// - announced, not in `unsettled`, and no app of `selectors` (else the
+///   MeshNode's `appSelectors`) claims it → [`Outcome::NotMeshed`], without
+///   waiting for the operator;
 /// - status gives it an app and address, and `weft0` in its netns carries
 ///   that address → [`Outcome::Attached`];
 /// - otherwise nothing yet (an ADD keeps waiting).
@@ -76,9 +76,10 @@ pub fn outcomes(
                 .any(|a| a.claims(&r.namespace, labels))
         });
         if !claimed {
-            // The operator's selectors may predate an app created together
-            // with this workload: trust them only after a while.
-            if selectors.is_some() || !unsettled.contains(&k) {
+            // Any view of the apps may lag behind an app created together
+            // with this workload (the operator's, or a watch stream behind
+            // the pod's): trust "no app" only after a while.
+            if !unsettled.contains(&k) {
                 out.insert(k, Outcome::NotMeshed);
             }
             continue;

@@ -70,21 +70,25 @@ impl PodAnnouncements {
         let (apps, writer) = reflector::store();
         let stream =
             watcher(Api::<MeshApp>::all(client), watcher::Config::default()).default_backoff();
-        let apps_watch = rt.spawn(reflector::reflector(writer, stream).for_each(|ev| {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, "MeshApp watch failed; retrying with backoff");
+        // First hand only while the watch is healthy: cleared on an error,
+        // set again once a (re)list completed or a change arrived.
+        let apps_ready = Arc::new(AtomicBool::new(false));
+        let ready = apps_ready.clone();
+        let apps_watch = rt.spawn(reflector::reflector(writer, stream).for_each(move |ev| {
+            match ev {
+                Err(e) => {
+                    ready.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "MeshApp watch failed; retrying with backoff");
+                }
+                Ok(
+                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
+                ) => {
+                    ready.store(true, Ordering::Relaxed);
+                }
+                Ok(_) => {}
             }
             std::future::ready(())
         }));
-        let apps_ready = Arc::new(AtomicBool::new(false));
-        {
-            let (apps, ready) = (apps.clone(), apps_ready.clone());
-            rt.spawn(async move {
-                if apps.wait_until_ready().await.is_ok() {
-                    ready.store(true, Ordering::Relaxed);
-                }
-            });
-        }
         PodAnnouncements {
             store,
             watch,

@@ -264,7 +264,19 @@ pub fn plan(s: &Snapshot) -> Plan {
     // placed there without workloads when it has none there; only within
     // its own sites.
     let transit: BTreeMap<ObjectKey, BTreeSet<String>> = {
-        let pre = members_of(s, &ranges, &sited);
+        // Slices are not assigned yet: the ones of the previous specs.
+        let previous_slice = |key: &ObjectKey, node: &str| {
+            let app = key.to_string();
+            s.previous_specs
+                .get(node)?
+                .apps
+                .iter()
+                .find(|a| a.app == app)?
+                .node_slice
+                .parse()
+                .ok()
+        };
+        let pre = members_of(s, &sited, &previous_slice);
         crossapp::compile(&pre, &enforced_list, &spans)
             .needed
             .into_iter()
@@ -415,7 +427,9 @@ pub fn plan(s: &Snapshot) -> Plan {
             (k.clone(), w.collect())
         })
         .collect();
-    let all_members = members_of(s, &ranges, &placed_workloads);
+    let placed_slice =
+        |key: &ObjectKey, node: &str| placed.get(key).and_then(|b| b.get(node)).map(|(n, _)| *n);
+    let all_members = members_of(s, &placed_workloads, &placed_slice);
     let mut compiled: BTreeMap<ObjectKey, policy::CompiledApp> = BTreeMap::new();
     for (key, members) in &all_members {
         let accepted: Vec<(&ObjectKey, &MeshPolicySpec)> = enforced_specs
@@ -603,21 +617,23 @@ pub fn plan(s: &Snapshot) -> Plan {
 }
 
 /// Every app's workloads, as the policy compilers see them: node, site,
-/// labels and reported address (when inside the app's range), from
-/// `workloads` (app → node → workload keys).
+/// labels and reported address, from `workloads` (app → node → workload
+/// keys). A reported address counts only inside the app's slice on that
+/// node (`slice_of`): addresses become rules and, for cross-app flows,
+/// WireGuard AllowedIPs, so a node must not be able to claim another
+/// node's addresses by reporting them. Slices are disjoint, so no address
+/// counts twice.
 fn members_of<'a>(
     s: &'a Snapshot,
-    ranges: &BTreeMap<ObjectKey, Ipv4Net>,
     workloads: &'a BTreeMap<ObjectKey, BTreeMap<String, Vec<String>>>,
+    slice_of: &dyn Fn(&ObjectKey, &str) -> Option<Ipv4Net>,
 ) -> BTreeMap<ObjectKey, Vec<policy::Member<'a>>> {
     static NO_LABELS: Labels = Labels::new();
     let mut out: BTreeMap<ObjectKey, Vec<policy::Member<'a>>> = BTreeMap::new();
     for (key, by_node) in workloads {
-        let Some(range) = ranges.get(key) else {
-            continue;
-        };
         let members = out.entry(key.clone()).or_default();
         for (node, wls) in by_node {
+            let slice = slice_of(key, node);
             let site = s.nodes.get(node).map_or(LOCAL_SITE, node_site);
             for w in wls {
                 let wk = ObjectKey::parse(w);
@@ -631,7 +647,7 @@ fn members_of<'a>(
                     .get(node)
                     .and_then(|m| m.get(&wk))
                     .and_then(|a| a.split('/').next()?.trim().parse().ok())
-                    .filter(|a| range.contains(a));
+                    .filter(|a| slice.is_some_and(|n| n.contains(a)));
                 members.push(policy::Member {
                     node,
                     site,

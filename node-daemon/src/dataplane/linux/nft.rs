@@ -13,6 +13,8 @@
 //! ```text
 //! chain forward  (hook forward, policy accept)
 //!   ct state established,related ct mark GEN counter accept  comment "weft:<digest>:<rules>"
+//!   ct mark DENIED tcp reject with tcp reset / ct mark DENIED drop  comment "denied"
+//!   ct state related accept                                  comment "stale:replies"
 //!   ct state established,related ct direction reply accept   comment "stale:replies"
 //!   ip daddr { ingress-isolated } jump ingress
 //!   ip saddr { egress-isolated }  jump egress
@@ -20,7 +22,8 @@
 //! chain ingress  (daddr is an isolated workload)
 //!   ip daddr {local} ip saddr {peers} [l4proto] [dport] counter return  comment "<rule id>"
 //!   ...
-//!   ct state established tcp counter reject with tcp reset   comment "drop:ingress"
+//!   ct state established tcp ct mark set DENIED reject with tcp reset  comment "drop:ingress"
+//!   ct state established ct mark set DENIED drop             comment "drop:ingress"
 //!   counter drop                                             comment "drop:ingress"
 //! chain egress   (saddr is an isolated workload), mirrored
 //! ```
@@ -28,10 +31,12 @@
 //! ruleset in force take the fast path (one rule); after an update, the
 //! next packet of every older flow in its original direction is judged
 //! again by the new rules, once: a connection still allowed is re-marked and
-//! lives on, one on a port that is now denied is reset (TCP) or dropped,
-//! so a newly denied port really closes. Its replies pass meanwhile. A
-//! rule's counter therefore counts new flows plus, once per update, the
-//! flows it re-admits.
+//! lives on; one on a port that is now denied is marked DENIED (GEN with
+//! the top bit set) and its packets either way are refused from then on,
+//! TCP ones with a reset, so both ends of a newly denied connection learn
+//! it closed. Until its original direction sends again, an older flow's
+//! replies pass. A rule's counter counts new flows plus, once per update,
+//! the flows it re-admits.
 //! An app linked to other apps (see `AppLinkEnd`) also gets, right after
 //! the marker, `ip saddr != <app range> jump cross_ingress` and `ip daddr
 //! != <app range> jump cross_egress`: chains of its cross-app rules that
@@ -68,6 +73,8 @@ pub const TABLE: &str = "weft";
 const MARKER: &str = "weft:";
 /// Comment of the rule passing replies of flows admitted under an earlier ruleset.
 const STALE_REPLIES: &str = "stale:replies";
+/// Comment of the rules refusing flows marked denied.
+const DENIED: &str = "denied";
 /// Comment of the rule marking admitted flows.
 const ADMIT: &str = "admit";
 /// Rule comments are limited to 128 bytes by the kernel.
@@ -152,8 +159,38 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
         ],
         String::new(), // marker comment filled in below
     ));
+    // A flow this ruleset refused after admitting it earlier: both ends
+    // are shut out (TCP peers get a reset, so neither side hangs on).
+    let denied = denied_mark(mark);
+    let is_denied =
+        || json!({"match": {"op": "==", "left": {"ct": {"key": "mark"}}, "right": denied}});
+    rules.push((
+        "forward".into(),
+        vec![
+            is_denied(),
+            json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}),
+            counter(),
+            json!({"reject": {"type": "tcp reset"}}),
+        ],
+        DENIED.into(),
+    ));
+    rules.push((
+        "forward".into(),
+        vec![is_denied(), counter(), json!({"drop": null})],
+        DENIED.into(),
+    ));
     // A flow admitted under an earlier ruleset carries an older mark: its
-    // replies still pass, its next packet the other way is judged again.
+    // replies and related ICMP errors still pass, its next packet the other
+    // way is judged again.
+    rules.push((
+        "forward".into(),
+        vec![
+            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["related"]}}),
+            counter(),
+            json!({"accept": null}),
+        ],
+        STALE_REPLIES.into(),
+    ));
     rules.push((
         "forward".into(),
         vec![
@@ -218,7 +255,11 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
                 rules.push((chain_name.into(), expr, x.id.clone()));
             }
         }
-        rules.extend(drop_rules(chain_name, &format!("drop:{chain_name}")));
+        rules.extend(drop_rules(
+            chain_name,
+            &format!("drop:{chain_name}"),
+            denied,
+        ));
         if cross {
             // Cross-app rules never have empty peers (the planner lists the
             // other app's addresses), so no range stands in for them.
@@ -237,6 +278,7 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
             rules.extend(drop_rules(
                 &cross_chain,
                 &format!("drop:cross-{chain_name}"),
+                denied,
             ));
         }
     }
@@ -256,27 +298,40 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
 }
 
 /// The conntrack mark of flows admitted under the ruleset with `digest`
-/// (never 0, the mark of flows no ruleset admitted yet).
+/// (never 0, the mark of flows no ruleset admitted yet; the top bit is
+/// [`denied_mark`]'s).
 pub fn generation_mark(digest: &str) -> u32 {
     let hex: String = digest.chars().take(8).collect();
-    u32::from_str_radix(&hex, 16).unwrap_or(0).max(1)
+    (u32::from_str_radix(&hex, 16).unwrap_or(0) & !DENIED_BIT).max(1)
 }
+
+/// The mark of flows the ruleset with generation mark `mark` refused after
+/// an earlier one admitted them. A later ruleset judges them afresh.
+pub fn denied_mark(mark: u32) -> u32 {
+    mark | DENIED_BIT
+}
+
+const DENIED_BIT: u32 = 1 << 31;
 
 fn set_mark(mark: u32) -> Value {
     json!({"mangle": {"key": {"ct": {"key": "mark"}}, "value": mark}})
 }
 
-/// The end of a chain: an established TCP flow judged again after an
-/// update and now denied is reset (both ends learn at once that the port
-/// closed); everything else is dropped silently. Both count as drops.
-fn drop_rules(chain: &str, comment: &str) -> Vec<(String, Vec<Value>, String)> {
+/// The end of a chain. An established flow judged again after an update
+/// and now refused is marked `denied` (so its packets either way are
+/// refused from now on) and, if TCP, reset; a new flow is dropped
+/// silently. All count as drops.
+fn drop_rules(chain: &str, comment: &str, denied: u32) -> Vec<(String, Vec<Value>, String)> {
+    let established = || json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established"]}});
+    let counter = || json!({"counter": {"packets": 0, "bytes": 0}});
     vec![
         (
             chain.to_string(),
             vec![
-                json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established"]}}),
+                established(),
                 json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}),
-                json!({"counter": {"packets": 0, "bytes": 0}}),
+                set_mark(denied),
+                counter(),
                 json!({"reject": {"type": "tcp reset"}}),
             ],
             comment.to_string(),
@@ -284,9 +339,16 @@ fn drop_rules(chain: &str, comment: &str) -> Vec<(String, Vec<Value>, String)> {
         (
             chain.to_string(),
             vec![
-                json!({"counter": {"packets": 0, "bytes": 0}}),
+                established(),
+                set_mark(denied),
+                counter(),
                 json!({"drop": null}),
             ],
+            comment.to_string(),
+        ),
+        (
+            chain.to_string(),
+            vec![counter(), json!({"drop": null})],
             comment.to_string(),
         ),
     ]
@@ -454,17 +516,21 @@ pub fn parse_listing(v: &Value) -> (PolicyTable, PolicyCounters) {
             if let Some((d, k)) = rest.rsplit_once(':') {
                 marker = k.parse().ok().map(|k| (d.to_string(), k));
             }
-            counters.established = c;
+            counters.established.packets += c.packets;
+            counters.established.bytes += c.bytes;
         } else if comment == "drop:ingress" || comment == "drop:cross-ingress" {
             counters.dropped_ingress.packets += c.packets;
             counters.dropped_ingress.bytes += c.bytes;
         } else if comment == "drop:egress" || comment == "drop:cross-egress" {
             counters.dropped_egress.packets += c.packets;
             counters.dropped_egress.bytes += c.bytes;
+        } else if comment == STALE_REPLIES {
+            counters.established.packets += c.packets;
+            counters.established.bytes += c.bytes;
         } else if !comment.is_empty()
             && !comment.starts_with("isolated:")
             && !comment.starts_with("foreign:")
-            && comment != STALE_REPLIES
+            && comment != DENIED
             && comment != ADMIT
         {
             let e = seen.entry(comment.to_string()).or_default();
@@ -516,12 +582,13 @@ mod tests {
         let doc = render(Some(&sample()));
         let nft: nftables::schema::Nftables<'_> = serde_json::from_value(doc.clone()).unwrap();
         let cmds = doc["nftables"].as_array().unwrap();
-        // add+delete+add table, 3 chains; forward: marker, stale replies,
-        // jump, admit; ingress: 1 rule, reset, drop; egress: reset, drop.
-        assert_eq!(cmds.len(), 3 + 3 + 9);
+        // add+delete+add table, 3 chains; forward: marker, 2 denied,
+        // related, stale replies, jump, admit; ingress: 1 rule, reset,
+        // denied drop, drop; egress: reset, denied drop, drop.
+        assert_eq!(cmds.len(), 3 + 3 + 14);
         assert_eq!(nft.objects.len(), cmds.len());
         let marker = cmds[6]["add"]["rule"]["comment"].as_str().unwrap();
-        assert_eq!(marker, format!("weft:{}:9", sample().digest));
+        assert_eq!(marker, format!("weft:{}:14", sample().digest));
         // The fast path only for flows admitted under this very ruleset.
         let mark = generation_mark(&sample().digest);
         assert_ne!(mark, 0);
@@ -529,7 +596,11 @@ mod tests {
             cmds[6]["add"]["rule"]["expr"][1]["match"]["right"],
             json!(mark)
         );
-        assert_eq!(cmds[9]["add"]["rule"]["comment"], "admit");
+        assert_eq!(cmds[12]["add"]["rule"]["comment"], "admit");
+        // A refused flow's mark differs from the admitted one's, and a
+        // later ruleset's admitted mark never equals it.
+        assert_eq!(denied_mark(mark), mark | (1 << 31));
+        assert_eq!(generation_mark("ffffffff") & (1 << 31), 0);
         // Overlapping peers are merged (nft refuses overlapping intervals).
         let text = doc.to_string();
         assert!(

@@ -41,26 +41,33 @@ fn world(web_node: &str, db_node: &str) -> Snapshot {
             },
         );
     }
-    let slice = |n: &str, app_octet: u8| {
-        if n == "n1" {
-            format!("10.{app_octet}.0")
-        } else {
-            format!("10.{app_octet}.1")
-        }
-    };
-    for (name, app, role, node, host) in [
-        ("client", "web", "client", web_node, 2),
+    let workloads = [
+        ("client", "web", "client", web_node, 2u32),
         ("server", "web", "server", web_node, 3),
         ("pg", "db", "pg", db_node, 2),
-    ] {
-        let wk = key(name);
+    ];
+    for (name, app, role, node, _) in workloads {
         let labels = [("weft.dev/app", app), ("role", role)]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        s.add_workload(node, wk.clone(), labels);
-        let octet = if app == "web" { 1 } else { 2 };
-        s.add_workload_address(node, wk, format!("{}.{host}", slice(node, octet)));
+        s.add_workload(node, key(name), labels);
+    }
+    // As in a live cluster: the nodes got their slices from an earlier
+    // plan, and their daemons report addresses from them (the planner
+    // counts a reported address only inside the reporting node's slice).
+    s.previous_specs = plan(&s).nodes;
+    for (name, app, _, node, host) in workloads {
+        let slice: ipnet::Ipv4Net = s.previous_specs[node]
+            .apps
+            .iter()
+            .find(|a| a.app == format!("demo/{app}"))
+            .unwrap()
+            .node_slice
+            .parse()
+            .unwrap();
+        let addr = std::net::Ipv4Addr::from(u32::from(slice.network()) + host);
+        s.add_workload_address(node, key(name), addr.to_string());
     }
     s
 }
@@ -243,7 +250,7 @@ fn a_pair_on_two_nodes_crosses_on_one_and_the_other_tunnel_carries_it() {
         (
             PolicyDirection::Egress,
             &vec!["10.1.0.2".to_string()],
-            &vec!["10.2.1.2/32".to_string()]
+            &vec!["10.2.0.2/32".to_string()]
         )
     );
     let dr = &db2.app_links[0].rules;
@@ -252,7 +259,7 @@ fn a_pair_on_two_nodes_crosses_on_one_and_the_other_tunnel_carries_it() {
         (dr[0].direction, &dr[0].local, &dr[0].peers),
         (
             PolicyDirection::Ingress,
-            &vec!["10.2.1.2".to_string()],
+            &vec!["10.2.0.2".to_string()],
             &vec!["10.1.0.2/32".to_string()]
         )
     );
@@ -260,7 +267,7 @@ fn a_pair_on_two_nodes_crosses_on_one_and_the_other_tunnel_carries_it() {
     // rules there come without a link (db is not on n1).
     assert_eq!(
         peer_ips(web1, "n2"),
-        vec![web2.node_slice.clone(), "10.2.1.2/32".to_string()]
+        vec![web2.node_slice.clone(), "10.2.0.2/32".to_string()]
     );
     assert!(web1.app_links.is_empty());
     assert_eq!(web1.remote_apps.len(), 1);
@@ -350,7 +357,7 @@ fn the_reverse_direction_uses_the_same_carrier() {
     assert!(web2.workloads.is_empty(), "web is the transit on n2");
     assert_eq!(
         peer_ips(web1, "n2"),
-        vec![web2.node_slice.clone(), "10.2.1.2/32".to_string()]
+        vec![web2.node_slice.clone(), "10.2.0.2/32".to_string()]
     );
     let r = &web1.remote_apps[0].rules;
     assert_eq!(r.len(), 1);
@@ -370,7 +377,7 @@ fn the_reverse_direction_uses_the_same_carrier() {
         peer_ips(att(&p, "n1", "web"), "n2"),
         vec![
             att(&p, "n2", "web").node_slice.clone(),
-            "10.2.1.2/32".to_string()
+            "10.2.0.2/32".to_string()
         ]
     );
     assert!(att(&p, "n2", "db")
@@ -447,4 +454,50 @@ fn an_invalid_update_of_one_side_keeps_the_link_it_allowed() {
         att(&p, "n1", "db").app_links.is_empty(),
         "never accepted: no link"
     );
+}
+
+#[test]
+fn a_node_cannot_claim_another_nodes_address() {
+    let mut s = cross_node_pair();
+    let pg_addr = s.workload_addresses["n2"][&key("pg")].clone();
+    // A third node reports a db workload (labels db's policy admits) with
+    // pg's address, which lies in db's slice on n2. Believed, it would put
+    // pg's /32 on web's peer n3 too: traffic for pg diverted to n3.
+    s.nodes.insert(
+        "n3".into(),
+        NodeInfo {
+            site: String::new(),
+            address: "192.0.2.3".into(),
+            lost: false,
+        },
+    );
+    let labels = [("weft.dev/app", "db"), ("role", "pg")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    s.add_workload("n3", key("rogue"), labels);
+    s.add_workload_address("n3", key("rogue"), pg_addr.clone());
+    for app in ["web", "db"] {
+        s.add_public_key("n3", key(app), format!("n3-{app}-key"));
+    }
+    // Two rounds, as in a live cluster: n3 gets its slices, then plans on.
+    s.previous_specs = plan(&s).nodes;
+    let p = plan(&s);
+    let host = format!("{pg_addr}/32");
+    for (node, spec) in &p.nodes {
+        for app in &spec.apps {
+            for peer in app.peers.iter().filter(|x| x.node != "n2") {
+                assert!(
+                    !peer.allowed_ips.contains(&host),
+                    "{node}: {} routes pg's address to {}: {:?}",
+                    app.app,
+                    peer.node,
+                    peer.allowed_ips
+                );
+            }
+        }
+    }
+    // pg itself is still carried to n2 (the legitimate pair works).
+    let web1 = att(&p, "n1", "web");
+    assert!(peer_ips(web1, "n2").contains(&host));
 }
