@@ -58,6 +58,22 @@ pub struct Reconciler<D: Dataplane> {
     last_traffic: BTreeMap<String, crate::dataplane::AppTraffic>,
 }
 
+/// Removes app links only one side wants (the other app's entry was
+/// rejected and runs on its last good state, or left): such a link is never
+/// created, so neither its routes nor the workloads' routes for it may be
+/// wanted either (they would be rewritten on every pass). Pure.
+pub fn drop_one_sided_links(desired: &mut NodeState) {
+    let wanted: BTreeSet<(String, String)> = desired
+        .apps
+        .iter()
+        .flat_map(|(netns, a)| a.links.keys().map(move |i| (netns.clone(), i.clone())))
+        .collect();
+    for app in desired.apps.values_mut() {
+        app.links
+            .retain(|_, l| wanted.contains(&(l.peer_netns.clone(), l.peer_interface.clone())));
+    }
+}
+
 /// `SetWorkloadRoutes` for every workload of the apps in `unsure` that this
 /// pass's `ops` do not attach or update already. Pure.
 pub fn retry_workload_routes(
@@ -231,6 +247,7 @@ impl<D: Dataplane> Reconciler<D> {
             }
         }
         self.last_good.retain(|k, _| desired.apps.contains_key(k));
+        drop_one_sided_links(&mut desired);
 
         let mut ops = diff(&desired, &observed.state, &Keys(private));
         // Workload routes are not read back (they live in each workload's
@@ -429,6 +446,40 @@ mod tests {
 
     fn t() -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
+    }
+
+    #[test]
+    fn a_link_only_one_side_wants_is_not_wanted_at_all() {
+        use crate::state::{AppLinkEnd, AppNet};
+        let end = |peer: &str, peer_if: &str| AppLinkEnd {
+            peer_netns: peer.into(),
+            peer_interface: peer_if.into(),
+            routes: vec!["10.2.0.0/16".parse().unwrap()],
+        };
+        let mut st = NodeState::default();
+        for (ns, other, ifc, peer_if) in [("a", "b", "wxb", "wxa"), ("c", "b", "wxb", "wxc")] {
+            st.apps.insert(
+                ns.into(),
+                AppNet {
+                    netns: ns.into(),
+                    links: [(ifc.to_string(), end(other, peer_if))].into(),
+                    ..Default::default()
+                },
+            );
+        }
+        // b wants the link with a only.
+        st.apps.insert(
+            "b".into(),
+            AppNet {
+                netns: "b".into(),
+                links: [("wxa".to_string(), end("a", "wxb"))].into(),
+                ..Default::default()
+            },
+        );
+        drop_one_sided_links(&mut st);
+        assert_eq!(st.apps["a"].links.len(), 1);
+        assert_eq!(st.apps["b"].links.len(), 1);
+        assert!(st.apps["c"].links.is_empty(), "b does not want c's link");
     }
 
     #[test]
