@@ -322,6 +322,13 @@ pub fn plan(s: &Snapshot) -> Plan {
             .collect();
         let (slices, full) = ipam::assign_slices(range, v.node_prefix_len, &nodes, &previous);
         for node in full {
+            // Say why the app wanted the node when no workload of its own
+            // runs there: another app's policy asked for a transit placement.
+            let why = if own.is_some_and(|o| o.contains_key(&node)) {
+                ""
+            } else {
+                " (a transit placement for allowed cross-app flows, not carried)"
+            };
             app_errors
                 .entry(key.clone())
                 .or_default()
@@ -331,7 +338,7 @@ pub fn plan(s: &Snapshot) -> Plan {
                     "spec.nodePrefixLength",
                     "NodeSlicesExhausted",
                     format!(
-                        "no free /{} slice left in {range} for node {node}",
+                        "no free /{} slice left in {range} for node {node}{why}",
                         v.node_prefix_len
                     ),
                 ));

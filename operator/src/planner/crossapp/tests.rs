@@ -501,3 +501,23 @@ fn a_node_cannot_claim_another_nodes_address() {
     let web1 = att(&p, "n1", "web");
     assert!(peer_ips(web1, "n2").contains(&host));
 }
+
+#[test]
+fn a_transit_placement_without_a_free_slice_says_why() {
+    let mut s = cross_node_pair();
+    // web's range holds one /24: its own node takes it, the transit
+    // placement on n2 finds none.
+    let web = s.apps.get_mut(&key("web")).unwrap();
+    web.address_space = Some("10.1.0.0/24".into());
+    web.node_prefix_length = Some(24);
+    let p = plan(&s);
+    let errs = &p.apps[&key("web")].errors;
+    assert!(
+        errs.iter().any(|e| e.reason == "NodeSlicesExhausted"
+            && e.message.contains("node n2")
+            && e.message.contains("transit placement")),
+        "{errs:?}"
+    );
+    // web still runs where its workloads are.
+    assert!(p.nodes["n1"].apps.iter().any(|a| a.app == "demo/web"));
+}
