@@ -536,6 +536,81 @@ fn policy_allows_denies_counts_updates_and_reopens_with_real_traffic() {
     );
 }
 
+/// A server that only streams (its client sent one datagram before the
+/// update, then stays silent) is cut off too: replies are judged as their
+/// flow, not waved through.
+#[test]
+fn a_stream_the_update_denies_stops_in_the_reply_direction_too() {
+    if !privileged(
+        "a_stream_the_update_denies_stops_in_the_reply_direction_too",
+        &[("nft", "--version")],
+    ) {
+        return;
+    }
+    const PUSH_PORT: u16 = 6100;
+    let mut w = World::new("s");
+    w.set_policy(Some(server_policy(vec![allow(
+        UDP,
+        Some(PolicyProtocol::Udp),
+        Some((PUSH_PORT, PUSH_PORT)),
+    )])));
+    w.sync_policy();
+    // The server learns the client's address from one datagram, then
+    // pushes whenever the test asks.
+    let server = in_ns(w.server(), || {
+        UdpSocket::bind((S, PUSH_PORT)).expect("bind push server")
+    });
+    let client = in_ns(w.client(), || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s
+    });
+    client.send_to(b"subscribe", (S, PUSH_PORT)).unwrap();
+    let mut buf = [0u8; 64];
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let (_, subscriber) = server.recv_from(&mut buf).expect("subscription allowed");
+    let mut pushed = |n: usize| -> usize {
+        for _ in 0..n {
+            server.send_to(b"update", subscriber).unwrap();
+        }
+        let mut got = 0;
+        while client.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    };
+    assert_eq!(pushed(3), 3, "the stream flows while allowed");
+    // An update that still allows it: the stream goes on (its next reply
+    // is judged once and re-admitted).
+    w.set_policy(Some(server_policy(vec![
+        allow(UDP, Some(PolicyProtocol::Udp), Some((PUSH_PORT, PUSH_PORT))),
+        allow(ICMP, Some(PolicyProtocol::Icmp), None),
+    ])));
+    w.sync_policy();
+    assert_eq!(pushed(3), 3, "still allowed: the stream goes on");
+    // The update allows nothing on that port any more; the client never
+    // sends again, only the server pushes.
+    w.set_policy(Some(server_policy(vec![allow(
+        TCP_A,
+        Some(PolicyProtocol::Tcp),
+        Some((8080, 8080)),
+    )])));
+    w.sync_policy();
+    let before = w.counters();
+    assert_eq!(
+        pushed(3),
+        0,
+        "the denied stream stops, though only replies flow"
+    );
+    assert!(
+        w.counters().dropped_ingress.packets > before.dropped_ingress.packets,
+        "the judged reply counts as a drop"
+    );
+}
+
 #[test]
 fn a_rejected_ruleset_leaves_the_previous_one_in_force() {
     if !privileged(

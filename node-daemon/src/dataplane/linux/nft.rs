@@ -14,8 +14,10 @@
 //! chain forward  (hook forward, policy accept)
 //!   ct state established,related ct mark GEN counter accept  comment "weft:<digest>:<rules>"
 //!   ct mark DENIED tcp reject with tcp reset / ct mark DENIED drop  comment "denied"
-//!   ct state related accept                                  comment "stale:replies"
-//!   ct state established,related ct direction reply accept   comment "stale:replies"
+//!   ct state related accept                                  comment "stale:related"
+//!   ct direction reply ip saddr { ingress-isolated } jump ingress_reply
+//!   ct direction reply ip daddr { egress-isolated }  jump egress_reply
+//!   ct direction reply ct mark set GEN accept                comment "admit"
 //!   ip daddr { ingress-isolated } jump ingress
 //!   ip saddr { egress-isolated }  jump egress
 //!   ct mark set GEN                                          comment "admit"
@@ -26,20 +28,25 @@
 //!   ct state established ct mark set DENIED drop             comment "drop:ingress"
 //!   counter drop                                             comment "drop:ingress"
 //! chain egress   (saddr is an isolated workload), mirrored
+//! chain ingress_reply, egress_reply: the same rules with source and
+//!   destination (and dport/sport) swapped
 //! ```
 //! GEN is derived from the ruleset's digest. Only flows admitted under the
 //! ruleset in force take the fast path (one rule); after an update, the
-//! next packet of every older flow in its original direction is judged
-//! again by the new rules, once: a connection still allowed is re-marked and
-//! lives on; one on a port that is now denied is marked DENIED (GEN with
-//! the top bit set) and its packets either way are refused from then on,
-//! TCP ones with a reset, so both ends of a newly denied connection learn
-//! it closed. Until its original direction sends again, an older flow's
-//! replies pass. A rule's counter counts new flows plus, once per update,
-//! the flows it re-admits.
-//! An app linked to other apps (see `AppLinkEnd`) also gets, right after
-//! the marker, `ip saddr != <app range> jump cross_ingress` and `ip daddr
-//! != <app range> jump cross_egress`: chains of its cross-app rules that
+//! next packet of every older flow, whichever way it travels, is judged
+//! again by the new rules, once (a reply by the `_reply` chains, as its
+//! flow). A connection still allowed is re-marked and lives on; one on a
+//! port that is now denied is marked DENIED (GEN with the top bit set) and
+//! its packets either way are refused from then on, TCP ones with a reset,
+//! so both ends of a newly denied connection learn it closed, even when
+//! only the server still sends. A rule's counter counts new flows plus,
+//! once per update, the flows it re-admits. (Matching conntrack's original
+//! tuple instead would need one chain set, but Debian's nft 1.0.6 JSON
+//! parser mangles prefixes on `ct original ip saddr`.)
+//! An app linked to other apps (see `AppLinkEnd`) also gets, before the
+//! isolation jumps, `ip saddr != <app range> jump cross_ingress` and `ip
+//! daddr != <app range> jump cross_egress` (and their `_reply` mirrors):
+//! chains of its cross-app rules that
 //! `accept` (ending the hook) and otherwise drop (`drop:cross-ingress`,
 //! `drop:cross-egress`, counted with the direction's drops). Only links
 //! bring such packets; the table is what keeps them to the allowed flows.
@@ -71,8 +78,9 @@ use crate::state::{
 pub const TABLE: &str = "weft";
 /// Comment prefix of the marker rule.
 const MARKER: &str = "weft:";
-/// Comment of the rule passing replies of flows admitted under an earlier ruleset.
-const STALE_REPLIES: &str = "stale:replies";
+/// Comment of the rule passing related packets (ICMP errors) of flows
+/// admitted under an earlier ruleset.
+const STALE_RELATED: &str = "stale:related";
 /// Comment of the rules refusing flows marked denied.
 const DENIED: &str = "denied";
 /// Comment of the rule marking admitted flows.
@@ -179,9 +187,7 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
         vec![is_denied(), counter(), json!({"drop": null})],
         DENIED.into(),
     ));
-    // A flow admitted under an earlier ruleset carries an older mark: its
-    // replies and related ICMP errors still pass, its next packet the other
-    // way is judged again.
+    // ICMP errors about a flow admitted under an earlier ruleset pass.
     rules.push((
         "forward".into(),
         vec![
@@ -189,112 +195,163 @@ fn render_rules(digest: &str, r: &Ruleset) -> Vec<Value> {
             counter(),
             json!({"accept": null}),
         ],
-        STALE_REPLIES.into(),
-    ));
-    rules.push((
-        "forward".into(),
-        vec![
-            established(),
-            json!({"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}),
-            counter(),
-            json!({"accept": null}),
-        ],
-        STALE_REPLIES.into(),
+        STALE_RELATED.into(),
     ));
     // Flows with linked apps are decided entirely by the cross-app chains
     // (their `accept` ends the hook), before any isolation: a workload open
     // within its app is still closed to other apps unless a rule allows it.
     let cross = !r.linked.is_empty() || !r.cross_app.is_empty();
-    if let (true, Some(range)) = (cross, r.app_range) {
-        for (field, target) in [("saddr", "cross_ingress"), ("daddr", "cross_egress")] {
-            rules.push((
-                "forward".into(),
-                vec![
-                    json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": field}}, "right": {"prefix": {"addr": range.addr().to_string(), "len": range.prefix_len()}}}}),
-                    json!({"jump": {"target": target}}),
-                ],
-                format!("foreign:{target}"),
-            ));
-        }
-    }
-    if !r.ingress_isolated.is_empty() {
-        rules.push((
-            "forward".into(),
-            vec![
-                addr_match("daddr", r.ingress_isolated.iter().copied().map(host)),
-                json!({"jump": {"target": "ingress"}}),
-            ],
-            "isolated:ingress".into(),
-        ));
-    }
-    if !r.egress_isolated.is_empty() {
-        rules.push((
-            "forward".into(),
-            vec![
-                addr_match("saddr", r.egress_isolated.iter().copied().map(host)),
-                json!({"jump": {"target": "egress"}}),
-            ],
-            "isolated:egress".into(),
-        ));
-    }
-    // Whatever got here is allowed: remember under which ruleset.
-    rules.push(("forward".into(), vec![set_mark(mark)], ADMIT.into()));
-    for (dir, chain_name) in [
-        (PolicyDirection::Ingress, "ingress"),
-        (PolicyDirection::Egress, "egress"),
-    ] {
-        let (local_field, peer_field) = match dir {
-            PolicyDirection::Ingress => ("daddr", "saddr"),
-            PolicyDirection::Egress => ("saddr", "daddr"),
+    // A reply-direction packet here belongs to a flow admitted under an
+    // earlier ruleset (new flows start in their original direction): it is
+    // judged as its flow, by the same rules with source and destination
+    // swapped, so a stream the update denies stops even if only the
+    // server still sends.
+    for o in [Orientation::Reply, Orientation::Original] {
+        let only = |mut expr: Vec<Value>| {
+            if o == Orientation::Reply {
+                expr.insert(
+                    0,
+                    json!({"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}}),
+                );
+            }
+            expr
         };
-        for x in r.rules.iter().filter(|x| x.direction == dir) {
-            if let Some(expr) = rule_match(x, local_field, peer_field, r.app_range) {
-                let mut expr = expr;
-                expr.push(counter());
-                expr.push(json!({"return": null}));
-                rules.push((chain_name.into(), expr, x.id.clone()));
+        if let (true, Some(range)) = (cross, r.app_range) {
+            for (field, target) in [("saddr", "cross_ingress"), ("daddr", "cross_egress")] {
+                rules.push((
+                    "forward".into(),
+                    only(vec![
+                        json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": o.addr(field)}}, "right": {"prefix": {"addr": range.addr().to_string(), "len": range.prefix_len()}}}}),
+                        json!({"jump": {"target": o.chain(target)}}),
+                    ]),
+                    format!("foreign:{target}"),
+                ));
             }
         }
-        rules.extend(drop_rules(
-            chain_name,
-            &format!("drop:{chain_name}"),
-            denied,
-        ));
-        if cross {
-            // Cross-app rules never have empty peers (the planner lists the
-            // other app's addresses), so no range stands in for them.
-            let cross_chain = format!("cross_{chain_name}");
-            for x in r.cross_app.iter().filter(|x| x.direction == dir) {
-                if x.peers.is_empty() {
-                    continue;
-                }
-                if let Some(mut expr) = rule_match(x, local_field, peer_field, None) {
+        if !r.ingress_isolated.is_empty() {
+            rules.push((
+                "forward".into(),
+                only(vec![
+                    addr_match(
+                        o.addr("daddr"),
+                        r.ingress_isolated.iter().copied().map(host),
+                    ),
+                    json!({"jump": {"target": o.chain("ingress")}}),
+                ]),
+                "isolated:ingress".into(),
+            ));
+        }
+        if !r.egress_isolated.is_empty() {
+            rules.push((
+                "forward".into(),
+                only(vec![
+                    addr_match(o.addr("saddr"), r.egress_isolated.iter().copied().map(host)),
+                    json!({"jump": {"target": o.chain("egress")}}),
+                ]),
+                "isolated:egress".into(),
+            ));
+        }
+        // Whatever got here is allowed: remember under which ruleset.
+        let mut admit = only(vec![set_mark(mark)]);
+        if o == Orientation::Reply {
+            admit.push(json!({"accept": null}));
+        }
+        rules.push(("forward".into(), admit, ADMIT.into()));
+    }
+    for o in [Orientation::Original, Orientation::Reply] {
+        for (dir, chain_name) in [
+            (PolicyDirection::Ingress, "ingress"),
+            (PolicyDirection::Egress, "egress"),
+        ] {
+            let (local_field, peer_field) = match dir {
+                PolicyDirection::Ingress => ("daddr", "saddr"),
+                PolicyDirection::Egress => ("saddr", "daddr"),
+            };
+            for x in r.rules.iter().filter(|x| x.direction == dir) {
+                if let Some(mut expr) = rule_match(x, o, local_field, peer_field, r.app_range) {
                     expr.push(counter());
-                    expr.push(set_mark(mark));
-                    expr.push(json!({"accept": null}));
-                    rules.push((cross_chain.clone(), expr, x.id.clone()));
+                    expr.push(json!({"return": null}));
+                    rules.push((o.chain(chain_name), expr, x.id.clone()));
                 }
             }
             rules.extend(drop_rules(
-                &cross_chain,
-                &format!("drop:cross-{chain_name}"),
+                &o.chain(chain_name),
+                &format!("drop:{chain_name}"),
                 denied,
             ));
+            if cross {
+                // Cross-app rules never have empty peers (the planner lists
+                // the other app's addresses), so no range stands in for them.
+                let cross_chain = o.chain(&format!("cross_{chain_name}"));
+                for x in r.cross_app.iter().filter(|x| x.direction == dir) {
+                    if x.peers.is_empty() {
+                        continue;
+                    }
+                    if let Some(mut expr) = rule_match(x, o, local_field, peer_field, None) {
+                        expr.push(counter());
+                        expr.push(set_mark(mark));
+                        expr.push(json!({"accept": null}));
+                        rules.push((cross_chain.clone(), expr, x.id.clone()));
+                    }
+                }
+                rules.extend(drop_rules(
+                    &cross_chain,
+                    &format!("drop:cross-{chain_name}"),
+                    denied,
+                ));
+            }
         }
     }
     let n = rules.len();
     rules[0].2 = format!("{MARKER}{digest}:{n}");
-    let mut out = vec![
-        chain("forward", true),
-        chain("ingress", false),
-        chain("egress", false),
-    ];
-    if cross {
-        out.push(chain("cross_ingress", false));
-        out.push(chain("cross_egress", false));
+    let mut out = vec![chain("forward", true)];
+    for o in [Orientation::Original, Orientation::Reply] {
+        out.push(chain(&o.chain("ingress"), false));
+        out.push(chain(&o.chain("egress"), false));
+        if cross {
+            out.push(chain(&o.chain("cross_ingress"), false));
+            out.push(chain(&o.chain("cross_egress"), false));
+        }
     }
     out.extend(rules.into_iter().map(|(c, e, m)| rule(&c, e, &m)));
     out
+}
+
+/// Which way a packet travels relative to its flow's first packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Orientation {
+    /// As the flow started: rules match the packet's fields as they are.
+    Original,
+    /// A reply: the flow's source is the packet's destination (and its
+    /// destination port the packet's source port).
+    Reply,
+}
+
+impl Orientation {
+    /// The packet field that holds the flow's `field`.
+    fn addr(self, field: &'static str) -> &'static str {
+        match (self, field) {
+            (Orientation::Reply, "saddr") => "daddr",
+            (Orientation::Reply, "daddr") => "saddr",
+            (_, f) => f,
+        }
+    }
+
+    /// The packet field that holds the flow's destination port.
+    fn dport(self) -> &'static str {
+        match self {
+            Orientation::Original => "dport",
+            Orientation::Reply => "sport",
+        }
+    }
+
+    /// The chain judging this orientation.
+    fn chain(self, base: &str) -> String {
+        match self {
+            Orientation::Original => base.to_string(),
+            Orientation::Reply => format!("{base}_reply"),
+        }
+    }
 }
 
 /// The conntrack mark of flows admitted under the ruleset with `digest`
@@ -358,13 +415,15 @@ fn drop_rules(chain: &str, comment: &str, denied: u32) -> Vec<(String, Vec<Value
 /// address, so it can never match).
 fn rule_match(
     x: &RulesetRule,
-    local_field: &str,
-    peer_field: &str,
+    o: Orientation,
+    local_field: &'static str,
+    peer_field: &'static str,
     app_range: Option<Ipv4Net>,
 ) -> Option<Vec<Value>> {
     if x.local.is_empty() {
         return None;
     }
+    let (local_field, peer_field) = (o.addr(local_field), o.addr(peer_field));
     let mut expr = vec![addr_match(local_field, x.local.iter().copied().map(host))];
     if x.peers.is_empty() {
         if let Some(range) = app_range {
@@ -388,7 +447,7 @@ fn rule_match(
             } else {
                 json!({"range": [lo, hi]})
             };
-            expr.push(json!({"match": {"op": "==", "left": {"payload": {"protocol": name, "field": "dport"}}, "right": right}}));
+            expr.push(json!({"match": {"op": "==", "left": {"payload": {"protocol": name, "field": o.dport()}}, "right": right}}));
         }
     }
     Some(expr)
@@ -524,7 +583,7 @@ pub fn parse_listing(v: &Value) -> (PolicyTable, PolicyCounters) {
         } else if comment == "drop:egress" || comment == "drop:cross-egress" {
             counters.dropped_egress.packets += c.packets;
             counters.dropped_egress.bytes += c.bytes;
-        } else if comment == STALE_REPLIES {
+        } else if comment == STALE_RELATED {
             counters.established.packets += c.packets;
             counters.established.bytes += c.bytes;
         } else if !comment.is_empty()
@@ -582,21 +641,37 @@ mod tests {
         let doc = render(Some(&sample()));
         let nft: nftables::schema::Nftables<'_> = serde_json::from_value(doc.clone()).unwrap();
         let cmds = doc["nftables"].as_array().unwrap();
-        // add+delete+add table, 3 chains; forward: marker, 2 denied,
-        // related, stale replies, jump, admit; ingress: 1 rule, reset,
-        // denied drop, drop; egress: reset, denied drop, drop.
-        assert_eq!(cmds.len(), 3 + 3 + 14);
+        // add+delete+add table, 5 chains (forward, ingress, egress and
+        // their _reply mirrors); forward: marker, 2 denied, related, reply
+        // jump, reply admit, jump, admit; ingress and ingress_reply: 1 rule,
+        // reset, denied drop, drop; egress and egress_reply: 3 drops.
+        assert_eq!(cmds.len(), 3 + 5 + 22);
         assert_eq!(nft.objects.len(), cmds.len());
-        let marker = cmds[6]["add"]["rule"]["comment"].as_str().unwrap();
-        assert_eq!(marker, format!("weft:{}:14", sample().digest));
+        let marker = cmds[8]["add"]["rule"]["comment"].as_str().unwrap();
+        assert_eq!(marker, format!("weft:{}:22", sample().digest));
         // The fast path only for flows admitted under this very ruleset.
         let mark = generation_mark(&sample().digest);
         assert_ne!(mark, 0);
         assert_eq!(
-            cmds[6]["add"]["rule"]["expr"][1]["match"]["right"],
+            cmds[8]["add"]["rule"]["expr"][1]["match"]["right"],
             json!(mark)
         );
-        assert_eq!(cmds[12]["add"]["rule"]["comment"], "admit");
+        assert_eq!(cmds[15]["add"]["rule"]["comment"], "admit");
+        // A reply is judged as its flow: the rule with source and
+        // destination swapped, its port on the source side.
+        let reply_rule = cmds
+            .iter()
+            .map(|c| &c["add"]["rule"])
+            .find(|r| r["chain"] == "ingress_reply" && r["comment"] == "demo/p:ingress[0].ports[0]")
+            .expect("the rule mirrored for replies");
+        let e = &reply_rule["expr"];
+        assert_eq!(
+            e[0]["match"]["left"]["payload"]["field"], "saddr",
+            "{reply_rule}"
+        );
+        assert_eq!(e[0]["match"]["right"], json!({"set": ["10.1.1.2"]}));
+        assert_eq!(e[1]["match"]["left"]["payload"]["field"], "daddr");
+        assert_eq!(e[3]["match"]["left"]["payload"]["field"], "sport");
         // A refused flow's mark differs from the admitted one's, and a
         // later ruleset's admitted mark never equals it.
         assert_eq!(denied_mark(mark), mark | (1 << 31));
