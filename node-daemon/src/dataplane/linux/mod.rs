@@ -17,6 +17,7 @@ mod kernel;
 mod netns;
 pub mod nft;
 mod nl;
+pub mod sockets;
 pub mod stats;
 mod uapi;
 mod userspace;

@@ -147,23 +147,40 @@ pub(crate) fn set_routes(
     let wl = netns::open(Path::new(workload_netns))?
         .ok_or_else(|| anyhow!("workload netns {workload_netns} of {host_if} is gone"))?;
     netns::within(&wl, || {
-        nl::run(rt, |h| async move {
+        let lost = nl::run(rt, |h| async move {
             let idx = nl::index_of(&h, WORKLOAD_IFNAME).await?;
             let have = nl::routes_via(&h, idx).await?;
             let via_gw = |r: &nl::Route| r.gateway == Some(WORKLOAD_GATEWAY);
+            let mut lost = Vec::new();
             for r in have
                 .iter()
                 .filter(|r| via_gw(r) && !routes.contains(&r.dst))
             {
                 nl::del_route(&h, idx, r.dst).await?;
+                lost.push(r.dst);
             }
             for r in routes {
                 if !have.iter().any(|x| via_gw(x) && x.dst == *r) {
                     nl::add_route(&h, idx, *r, Some(WORKLOAD_GATEWAY)).await?;
                 }
             }
-            Ok(())
-        })
+            Ok(lost)
+        })?;
+        // Connections over a path that is gone would otherwise hang
+        // retransmitting: close them (see `sockets`). The routes are right
+        // either way, so a failure here is only logged.
+        match super::sockets::close_tcp_to(&lost) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                workload_netns,
+                closed = n,
+                "closed connections whose destination lost its route"
+            ),
+            Err(e) => {
+                tracing::warn!(workload_netns, error = %e, "cannot close connections whose destination lost its route")
+            }
+        }
+        Ok(())
     })
 }
 
