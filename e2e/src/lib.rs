@@ -31,6 +31,7 @@ pub mod docker;
 pub mod fakeapi;
 pub mod migration;
 pub mod netns;
+pub mod probe;
 pub mod procs;
 pub mod scenario;
 pub mod status;

@@ -10,43 +10,17 @@
 //! (`cargo build --workspace`). Without root the test prints `SKIPPED` —
 //! except under `CI=true`, where a skip is a failure.
 
-use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weft_api::conditions::{self, types};
 use weft_api::standalone::StoredStatus;
 use weft_api::MeshPolicyStatus;
 use weft_e2e::cluster::{assert_torn_down_cleanly, Cluster};
+use weft_e2e::probe;
 use weft_e2e::scenario::{self, NS};
-use weft_e2e::traffic::{ping, tcp_transfer_opts, TransferOpts};
 
 const READY: Duration = Duration::from_secs(25);
 const PG: u16 = 5432;
-
-fn tcp(c: &Cluster, from: &str, to: &str, addr: Ipv4Addr, port: u16, secs: u64) -> bool {
-    let (from, to) = (
-        c.workload(from).netns().to_string(),
-        c.workload(to).netns().to_string(),
-    );
-    tcp_transfer_opts(
-        &from,
-        &to,
-        addr,
-        &TransferOpts {
-            bytes: 256 << 10,
-            port,
-            fill: None,
-            timeout: Duration::from_secs(secs),
-        },
-    )
-    .is_ok()
-}
-
-fn pings(c: &Cluster, from: &str, to: Ipv4Addr) -> bool {
-    ping(c.workload(from).netns(), to, 2, Duration::from_secs(2))
-        .unwrap()
-        .ok
-}
 
 fn policy_status(c: &Cluster, name: &str) -> MeshPolicyStatus {
     let path = c
@@ -55,14 +29,6 @@ fn policy_status(c: &Cluster, name: &str) -> MeshPolicyStatus {
     let s: StoredStatus<MeshPolicyStatus> =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     s.status
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -92,14 +58,14 @@ fn two_apps_talk_only_where_both_policies_allow() {
     // Both sides allow fe -> pg on TCP 5432: it passes (with its replies,
     // the transfer is checked end to end). The link may take a pass or two
     // after the addresses are reported.
-    wait("fe -> pg:5432 through the app link", READY, || {
-        tcp(&c, "fe", "pg", pg, PG, 3)
+    probe::wait("fe -> pg:5432 through the app link", READY, || {
+        probe::tcp(&c, "fe", "pg", pg, PG, 256 << 10, 3)
     });
     // fe -> pg-far crosses nodes: db sorts first, so the pair crosses on
     // pg-far's node (2), over a web-db link there, and web's tunnel carries
     // pg-far's address between the nodes.
-    wait("fe -> pg-far:5432 across nodes", READY, || {
-        tcp(&c, "fe", "pg-far", pg_far, PG, 3)
+    probe::wait("fe -> pg-far:5432 across nodes", READY, || {
+        probe::tcp(&c, "fe", "pg-far", pg_far, PG, 256 << 10, 3)
     });
     for i in [1, 2] {
         let n = weft_e2e::status::read_meshnode(c.state(), &c.node_name(i))
@@ -134,33 +100,42 @@ fn two_apps_talk_only_where_both_policies_allow() {
         .collect();
     assert_eq!(carried, vec![format!("{pg_far}/32")], "{web1}");
     // Everything else between the apps stays dropped.
-    assert!(!tcp(&c, "fe", "pg", pg, 5433, 3), "another port");
-    assert!(!pings(&c, "fe", pg), "ICMP is not allowed");
     assert!(
-        !tcp(&c, "web-1", "pg", pg, PG, 3),
+        !probe::tcp(&c, "fe", "pg", pg, 5433, 256 << 10, 3),
+        "another port"
+    );
+    assert!(!probe::pings(&c, "fe", pg), "ICMP is not allowed");
+    assert!(
+        !probe::tcp(&c, "web-1", "pg", pg, PG, 256 << 10, 3),
         "a web workload web does not allow"
     );
     assert!(
-        !tcp(&c, "fe", "db-1", a.db1, PG, 3),
+        !probe::tcp(&c, "fe", "db-1", a.db1, PG, 256 << 10, 3),
         "a db workload db does not expose"
     );
-    assert!(!tcp(&c, "pg", "fe", fe, PG, 3), "the reverse direction");
     assert!(
-        !tcp(&c, "pg-far", "fe", fe, PG, 3),
+        !probe::tcp(&c, "pg", "fe", fe, PG, 256 << 10, 3),
+        "the reverse direction"
+    );
+    assert!(
+        !probe::tcp(&c, "pg-far", "fe", fe, PG, 256 << 10, 3),
         "the reverse direction across nodes"
     );
     assert!(
-        !tcp(&c, "web-1", "pg-far", pg_far, PG, 3),
+        !probe::tcp(&c, "web-1", "pg-far", pg_far, PG, 256 << 10, 3),
         "a web workload web does not allow, across nodes"
     );
     assert!(
-        !tcp(&c, "fe", "db-2", a.db2, PG, 3),
+        !probe::tcp(&c, "fe", "db-2", a.db2, PG, 256 << 10, 3),
         "a db workload db does not expose, across nodes"
     );
-    assert!(!pings(&c, "web-1", a.db1), "web-1 -> db-1 (same node)");
+    assert!(
+        !probe::pings(&c, "web-1", a.db1),
+        "web-1 -> db-1 (same node)"
+    );
     // Inside their own apps the selected workloads stay open.
-    assert!(pings(&c, "fe", a.web2), "fe -> web-2 (within web)");
-    assert!(pings(&c, "db-2", pg), "db-2 -> pg (within db)");
+    assert!(probe::pings(&c, "fe", a.web2), "fe -> web-2 (within web)");
+    assert!(probe::pings(&c, "db-2", pg), "db-2 -> pg (within db)");
     // Everything the policies allow is carried: nothing to note.
     let st = policy_status(&c, "web-to-db");
     let acc = conditions::get(&st.conditions, types::ACCEPTED).unwrap();
@@ -169,8 +144,9 @@ fn two_apps_talk_only_where_both_policies_allow() {
 
     // Deleting the policy pair removes the links: both paths are gone.
     c.delete_manifest("policy-web-db.yaml").unwrap();
-    wait("the app links to go", READY, || {
-        !tcp(&c, "fe", "pg", pg, PG, 2) && !tcp(&c, "fe", "pg-far", pg_far, PG, 2)
+    probe::wait("the app links to go", READY, || {
+        !probe::tcp(&c, "fe", "pg", pg, PG, 256 << 10, 2)
+            && !probe::tcp(&c, "fe", "pg-far", pg_far, PG, 256 << 10, 2)
     });
     for i in [1, 2] {
         let n = weft_e2e::status::read_meshnode(c.state(), &c.node_name(i))
@@ -180,6 +156,6 @@ fn two_apps_talk_only_where_both_policies_allow() {
         assert!(!n.contains("appLinks") && !n.contains("remoteApps"), "{n}");
         assert!(!n.contains(&format!("{pg_far}/32")), "{n}");
     }
-    assert!(pings(&c, "fe", a.web2), "web still works");
+    assert!(probe::pings(&c, "fe", a.web2), "web still works");
     assert_torn_down_cleanly(c);
 }

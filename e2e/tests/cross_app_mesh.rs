@@ -35,14 +35,15 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStr
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use serde_json::Value;
 use weft_e2e::cluster::{assert_torn_down_cleanly, Cluster};
 use weft_e2e::netns::{exec_in, in_netns, ip_in, spawn_in_netns};
+use weft_e2e::probe;
 use weft_e2e::scenario::{self, app_manifest, NS};
-use weft_e2e::traffic::{ping, udp_probe_until_ok, UdpEcho};
+use weft_e2e::traffic::{udp_probe_until_ok, UdpEcho};
 
 const READY: Duration = Duration::from_secs(30);
 const TCP_PORT: u16 = 7000;
@@ -157,59 +158,10 @@ fn tcp_echo(from: &str, dst: SocketAddrV4, timeout: Duration) -> Result<()> {
     })
 }
 
-fn udp_echo(c: &Cluster, from: &str, to: &str, addr: Ipv4Addr, port: u16, t: Duration) -> bool {
-    let echo = UdpEcho::start(c.workload(to).netns(), port).unwrap();
-    let ok = udp_probe_until_ok(
-        c.workload(from).netns(),
-        SocketAddrV4::new(addr, port),
-        Duration::from_millis(100),
-        t,
-    )
-    .is_ok();
-    echo.stop().unwrap();
-    ok
-}
-
-fn pings(c: &Cluster, from: &str, to: Ipv4Addr) -> bool {
-    ping(c.workload(from).netns(), to, 2, Duration::from_secs(2))
-        .unwrap()
-        .ok
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// TCP 7000, UDP 7001 and ICMP (YAML list items of `ports`).
 const ALL_PORTS: &str = "        - {protocol: TCP, port: 7000}\n        - {protocol: UDP, port: 7001}\n        - {protocol: ICMP}\n";
 /// The same without TCP 7000.
 const NO_TCP: &str = "        - {protocol: UDP, port: 7001}\n        - {protocol: ICMP}\n";
-
-/// An `egress` or `ingress` policy of `app` for its workloads labelled
-/// role=`role`, towards/from `peer`'s (app, role), on `ports`, plus `{}`
-/// (its own app stays open).
-fn policy(name: &str, app: &str, role: &str, dir: &str, peer: (&str, &str), ports: &str) -> String {
-    format!(
-        "apiVersion: weft.dev/v1alpha1\nkind: MeshPolicy\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  app: {app}\n  selector:\n    matchLabels:\n      role: {role}\n  {dir}:\n    - peers:\n        - app: {}\n          selector:\n            matchLabels:\n              role: {}\n      ports:\n{ports}    - {{}}\n",
-        peer.0, peer.1
-    )
-}
-
-/// Node `i`'s MeshNode spec entry for app `demo/<app>`, if any.
-fn attachment(c: &Cluster, i: usize, app: &str) -> Option<Value> {
-    let n = weft_e2e::status::read_meshnode(c.state(), &c.node_name(i))
-        .unwrap()
-        .unwrap();
-    n["spec"]["apps"]
-        .as_array()?
-        .iter()
-        .find(|a| a["app"] == format!("{NS}/{app}"))
-        .cloned()
-}
 
 /// App `demo/<app>`'s netns, WireGuard interface and public key on node `i`
 /// (from the node's status).
@@ -366,7 +318,7 @@ fn settle_and_finish(
     mut cond: impl FnMut() -> bool,
     snapshot: impl FnOnce() -> String,
 ) -> (Outcome, String) {
-    wait(what, READY, || held.ended() || cond());
+    probe::wait(what, READY, || held.ended() || cond());
     for _ in 0..20 {
         if held.ended() {
             break;
@@ -435,7 +387,7 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
 
     c.apply_manifest(
         "alpha-out.yaml",
-        &policy(
+        &probe::cross_app_policy(
             "alpha-out",
             "alpha",
             "client",
@@ -447,7 +399,7 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
     .unwrap();
     c.apply_manifest(
         "beta-in.yaml",
-        &policy(
+        &probe::cross_app_policy(
             "beta-in",
             "beta",
             "server",
@@ -482,7 +434,7 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
         .collect();
     for (from, _, dst, what) in pairs {
         let from = ns(&c, from);
-        wait(&format!("TCP {what}"), READY, || {
+        probe::wait(&format!("TCP {what}"), READY, || {
             tcp_echo(
                 &from,
                 SocketAddrV4::new(dst, TCP_PORT),
@@ -494,11 +446,11 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
     drop(servers);
     for (from, to, dst, what) in pairs {
         assert!(
-            udp_echo(&c, from, to, dst, UDP_PORT, Duration::from_secs(5)),
+            probe::udp(&c, from, to, dst, UDP_PORT, Duration::from_secs(5)),
             "UDP {what}{}",
             dump(&c, &nodes)
         );
-        assert!(pings(&c, from, dst), "ICMP {what}");
+        assert!(probe::pings(&c, from, dst), "ICMP {what}");
     }
     // A port neither side allows fails for every pair (TCP and UDP, all at
     // once: each probe waits for nothing to come back), and so does the
@@ -599,7 +551,7 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
         );
     }
     for (i, other, carried) in [(1, 2, a2), (2, 1, a1)] {
-        let att = attachment(&c, i, "beta").unwrap();
+        let att = probe::attachment(&c, i, "beta").unwrap();
         let peer = att["peers"]
             .as_array()
             .unwrap()
@@ -618,17 +570,17 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
 
     // 3. b1 leaves: beta stays on node 1 as a transit placement for a1 -> b2.
     c.remove_workload("b1");
-    wait(
+    probe::wait(
         "beta on node 1 to become a transit placement",
         READY,
-        || attachment(&c, 1, "beta").is_some_and(|a| a.get("workloads").is_none()),
+        || probe::attachment(&c, 1, "beta").is_some_and(|a| a.get("workloads").is_none()),
     );
     let (transit_ns, _, _) = device(&c, 1, "beta");
     let alpha1_ns = c.app_netns(1, &format!("{NS}/alpha")).unwrap().unwrap();
     let (b2_ns, a1_ns) = (ns(&c, "b2"), ns(&c, "a1"));
     let to_b2 = SocketAddrV4::new(b2, TCP_PORT);
     let server = TcpEcho::start(&b2_ns, TCP_PORT).unwrap();
-    wait("a1 -> b2 through the transit placement", READY, || {
+    probe::wait("a1 -> b2 through the transit placement", READY, || {
         tcp_echo(&a1_ns, to_b2, Duration::from_secs(1)).is_ok()
     });
 
@@ -639,7 +591,7 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
     let old_rules = nft_table(&transit_ns, "weft");
     c.apply_manifest(
         "beta-in.yaml",
-        &policy(
+        &probe::cross_app_policy(
             "beta-in",
             "beta",
             "server",
@@ -672,7 +624,7 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
         "a new a1 -> b2:{TCP_PORT} connection passed"
     );
     assert!(
-        udp_echo(&c, "a1", "b2", b2, UDP_PORT, Duration::from_secs(5)),
+        probe::udp(&c, "a1", "b2", b2, UDP_PORT, Duration::from_secs(5)),
         "UDP a1 -> b2 still allowed and carried"
     );
     assert!(
@@ -687,7 +639,7 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
     // (the application sees ECONNABORTED).
     c.apply_manifest(
         "beta-in.yaml",
-        &policy(
+        &probe::cross_app_policy(
             "beta-in",
             "beta",
             "server",
@@ -697,7 +649,7 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
         ),
     )
     .unwrap();
-    wait("a1 -> b2:7000 allowed again", READY, || {
+    probe::wait("a1 -> b2:7000 allowed again", READY, || {
         tcp_echo(&a1_ns, to_b2, Duration::from_secs(1)).is_ok()
     });
     let held = Held::open(&a1_ns, to_b2).expect("a1 -> b2 established");
@@ -710,7 +662,7 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
         || {
             route_dev(&beta2_ns, &a1.to_string()).is_none()
                 && counted_ranges(&beta2_ns, &beta1_key).is_none_or(|l| !names_addr(&l, a1))
-                && attachment(&c, 1, "beta").is_none()
+                && probe::attachment(&c, 1, "beta").is_none()
                 && !c.weft_netns(1).contains(&transit_ns)
         },
         || {
@@ -727,16 +679,16 @@ fn apps_on_both_nodes_carry_every_pair_and_reset_withdrawn_flows() {
         "a new a2 -> b2 connection (link on node 2) passed"
     );
     drop(server);
-    wait("the carried a1/32 to leave node 2's kernel", READY, || {
+    probe::wait("the carried a1/32 to leave node 2's kernel", READY, || {
         route_dev(&beta2_ns, &a1.to_string()).is_none()
             && counted_ranges(&beta2_ns, &beta1_key).is_none_or(|l| !names_addr(&l, a1))
     });
-    wait("the transit netns to be deleted", READY, || {
-        attachment(&c, 1, "beta").is_none() && !c.weft_netns(1).contains(&transit_ns)
+    probe::wait("the transit netns to be deleted", READY, || {
+        probe::attachment(&c, 1, "beta").is_none() && !c.weft_netns(1).contains(&transit_ns)
     });
-    let beta2 = attachment(&c, 2, "beta").unwrap();
+    let beta2 = probe::attachment(&c, 2, "beta").unwrap();
     assert!(!beta2.to_string().contains(&format!("{a1}/32")), "{beta2}");
-    assert!(pings(&c, "a1", a2), "alpha still works inside");
+    assert!(probe::pings(&c, "a1", a2), "alpha still works inside");
     assert_torn_down_cleanly(c);
     // Judged last so that everything above is checked whatever its outcome.
     assert!(

@@ -11,87 +11,17 @@
 //! (`cargo build --workspace`). Without root the test prints `SKIPPED` —
 //! except under `CI=true`, where a skip is a failure.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use weft_e2e::cluster::{assert_torn_down_cleanly, Cluster};
+use weft_e2e::probe;
 use weft_e2e::scenario::{self, app_manifest, NS};
-use weft_e2e::traffic::{ping, tcp_transfer_opts, udp_probe_until_ok, TransferOpts, UdpEcho};
 
 const READY: Duration = Duration::from_secs(30);
 const TCP_PORT: u16 = 7000;
 const UDP_PORT: u16 = 7001;
 const REVERSE_PORT: u16 = 7100;
-
-fn tcp(c: &Cluster, from: &str, to: &str, addr: Ipv4Addr, port: u16, secs: u64) -> bool {
-    let (from, to) = (
-        c.workload(from).netns().to_string(),
-        c.workload(to).netns().to_string(),
-    );
-    tcp_transfer_opts(
-        &from,
-        &to,
-        addr,
-        &TransferOpts {
-            bytes: 128 << 10,
-            port,
-            fill: None,
-            timeout: Duration::from_secs(secs),
-        },
-    )
-    .is_ok()
-}
-
-fn pings(c: &Cluster, from: &str, to: Ipv4Addr) -> bool {
-    ping(c.workload(from).netns(), to, 2, Duration::from_secs(2))
-        .unwrap()
-        .ok
-}
-
-/// A UDP datagram from `from` to an echo server in `to` comes back.
-fn udp(c: &Cluster, from: &str, to: &str, addr: Ipv4Addr, port: u16, secs: u64) -> bool {
-    let echo = UdpEcho::start(c.workload(to).netns(), port).unwrap();
-    let ok = udp_probe_until_ok(
-        c.workload(from).netns(),
-        SocketAddrV4::new(addr, port),
-        Duration::from_millis(100),
-        Duration::from_secs(secs),
-    )
-    .is_ok();
-    echo.stop().unwrap();
-    ok
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// An egress (`dir: egress`) or ingress policy of `app` for its workloads
-/// labelled role=`role`, towards/from `peer_app`'s role=`peer_role`, on
-/// `ports` (YAML list items), plus `{}` (its own app stays open).
-fn policy(name: &str, app: &str, role: &str, dir: &str, peer: (&str, &str), ports: &str) -> String {
-    format!(
-        "apiVersion: weft.dev/v1alpha1\nkind: MeshPolicy\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  app: {app}\n  selector:\n    matchLabels:\n      role: {role}\n  {dir}:\n    - peers:\n        - app: {}\n          selector:\n            matchLabels:\n              role: {}\n      ports:\n{ports}    - {{}}\n",
-        peer.0, peer.1
-    )
-}
-
-/// Node `i`'s MeshNode entry for app `demo/<app>`, if any.
-fn attachment(c: &Cluster, i: usize, app: &str) -> Option<Value> {
-    let n = weft_e2e::status::read_meshnode(c.state(), &c.node_name(i))
-        .unwrap()
-        .unwrap();
-    n["spec"]["apps"]
-        .as_array()?
-        .iter()
-        .find(|a| a["app"] == format!("{NS}/{app}"))
-        .cloned()
-}
 
 /// The addresses (beyond its own slice) that `att`'s peer `node` carries.
 fn carried(att: &Value, node: &str) -> Vec<String> {
@@ -147,14 +77,17 @@ fn apps_on_different_nodes_talk_only_where_both_policies_allow() {
     );
     let (o1, o2) = (addr(&mut c, "o1"), addr(&mut c, "o2"));
     let (n1, n2) = (c.node_name(1), c.node_name(2));
-    assert!(attachment(&c, 1, "store").is_none(), "no transit yet");
+    assert!(
+        probe::attachment(&c, 1, "store").is_none(),
+        "no transit yet"
+    );
 
     // w (api, node 1) may reach v (store, node 2) on TCP 7000, UDP 7001 and
     // ICMP; both sides say so.
     let fwd_ports = "        - {protocol: TCP, port: 7000}\n        - {protocol: UDP, port: 7001}\n        - {protocol: ICMP}\n";
     c.apply_manifest(
         "api-out.yaml",
-        &policy(
+        &probe::cross_app_policy(
             "api-out",
             "api",
             "client",
@@ -166,7 +99,7 @@ fn apps_on_different_nodes_talk_only_where_both_policies_allow() {
     .unwrap();
     c.apply_manifest(
         "store-in.yaml",
-        &policy(
+        &probe::cross_app_policy(
             "store-in",
             "store",
             "server",
@@ -176,25 +109,28 @@ fn apps_on_different_nodes_talk_only_where_both_policies_allow() {
         ),
     )
     .unwrap();
-    wait("w -> v:7000 across nodes", READY, || {
-        tcp(&c, "w", "v", v, TCP_PORT, 3)
+    probe::wait("w -> v:7000 across nodes", READY, || {
+        probe::tcp(&c, "w", "v", v, TCP_PORT, 128 << 10, 3)
     });
-    assert!(udp(&c, "w", "v", v, UDP_PORT, 5), "UDP w -> v:7001");
-    assert!(pings(&c, "w", v), "ICMP w -> v");
+    assert!(
+        probe::udp(&c, "w", "v", v, UDP_PORT, Duration::from_secs(5)),
+        "UDP w -> v:7001"
+    );
+    assert!(probe::pings(&c, "w", v), "ICMP w -> v");
     // store on node 1: a transit placement (no workloads) linked to api;
     // store on node 2 carries exactly w's address from node 1.
-    let transit = attachment(&c, 1, "store").expect("store placed on node 1");
+    let transit = probe::attachment(&c, 1, "store").expect("store placed on node 1");
     assert!(transit.get("workloads").is_none(), "{transit}");
     assert_eq!(
         transit["appLinks"][0]["app"],
         format!("{NS}/api"),
         "{transit}"
     );
-    let store2 = attachment(&c, 2, "store").unwrap();
+    let store2 = probe::attachment(&c, 2, "store").unwrap();
     assert_eq!(carried(&store2, &n1), vec![format!("{w}/32")], "{store2}");
     assert!(carried(&transit, &n2).is_empty(), "{transit}");
     assert!(
-        attachment(&c, 2, "api").is_none(),
+        probe::attachment(&c, 2, "api").is_none(),
         "api is not placed on node 2"
     );
     // The transit node is a node of store: Ready counts its handshakes.
@@ -203,33 +139,45 @@ fn apps_on_different_nodes_talk_only_where_both_policies_allow() {
     assert_eq!(st.nodes.as_deref(), Some("2/2"), "{st:?}");
 
     // Everything else between the apps stays dropped.
-    assert!(!tcp(&c, "w", "v", v, 7002, 3), "a port neither side allows");
-    assert!(!udp(&c, "w", "v", v, 7003, 2), "a UDP port not allowed");
     assert!(
-        !tcp(&c, "w-other", "v", v, TCP_PORT, 3),
+        !probe::tcp(&c, "w", "v", v, 7002, 128 << 10, 3),
+        "a port neither side allows"
+    );
+    assert!(
+        !probe::udp(&c, "w", "v", v, 7003, Duration::from_secs(2)),
+        "a UDP port not allowed"
+    );
+    assert!(
+        !probe::tcp(&c, "w-other", "v", v, TCP_PORT, 128 << 10, 3),
         "an api workload api does not allow"
     );
-    assert!(!pings(&c, "w-other", v), "ICMP from it neither");
+    assert!(!probe::pings(&c, "w-other", v), "ICMP from it neither");
     assert!(
-        !tcp(&c, "v", "w", w, TCP_PORT, 3),
+        !probe::tcp(&c, "v", "w", w, TCP_PORT, 128 << 10, 3),
         "the reverse direction is not allowed"
     );
     // Unrelated apps stay isolated from both, on either node.
-    assert!(!tcp(&c, "w", "o2", o2, TCP_PORT, 3), "api -> other");
-    assert!(!pings(&c, "o1", v), "other -> store");
-    assert!(!tcp(&c, "o1", "v", v, TCP_PORT, 3), "other -> store (TCP)");
-    assert!(!pings(&c, "v", o1), "store -> other");
-    assert!(!pings(&c, "o1", w), "other -> api on the same node");
+    assert!(
+        !probe::tcp(&c, "w", "o2", o2, TCP_PORT, 128 << 10, 3),
+        "api -> other"
+    );
+    assert!(!probe::pings(&c, "o1", v), "other -> store");
+    assert!(
+        !probe::tcp(&c, "o1", "v", v, TCP_PORT, 128 << 10, 3),
+        "other -> store (TCP)"
+    );
+    assert!(!probe::pings(&c, "v", o1), "store -> other");
+    assert!(!probe::pings(&c, "o1", w), "other -> api on the same node");
     // Within their own apps things are unchanged.
-    assert!(pings(&c, "w", w_other), "w -> w-other (within api)");
-    assert!(pings(&c, "o1", o2), "o1 -> o2 (within other)");
+    assert!(probe::pings(&c, "w", w_other), "w -> w-other (within api)");
+    assert!(probe::pings(&c, "o1", o2), "o1 -> o2 (within other)");
 
     // The reverse direction, once both sides allow it (v opens TCP 7100 on
     // w): the same carrier and crossing node, so both flows work at once.
     let rev_ports = "        - {protocol: TCP, port: 7100}\n";
     c.apply_manifest(
         "store-out.yaml",
-        &policy(
+        &probe::cross_app_policy(
             "store-out",
             "store",
             "server",
@@ -241,7 +189,7 @@ fn apps_on_different_nodes_talk_only_where_both_policies_allow() {
     .unwrap();
     c.apply_manifest(
         "api-in.yaml",
-        &policy(
+        &probe::cross_app_policy(
             "api-in",
             "api",
             "client",
@@ -251,52 +199,58 @@ fn apps_on_different_nodes_talk_only_where_both_policies_allow() {
         ),
     )
     .unwrap();
-    wait("v -> w:7100 across nodes", READY, || {
-        tcp(&c, "v", "w", w, REVERSE_PORT, 3)
+    probe::wait("v -> w:7100 across nodes", READY, || {
+        probe::tcp(&c, "v", "w", w, REVERSE_PORT, 128 << 10, 3)
     });
-    assert!(tcp(&c, "w", "v", v, TCP_PORT, 5), "w -> v still passes");
     assert!(
-        !tcp(&c, "v", "w", w, TCP_PORT, 3),
+        probe::tcp(&c, "w", "v", v, TCP_PORT, 128 << 10, 5),
+        "w -> v still passes"
+    );
+    assert!(
+        !probe::tcp(&c, "v", "w", w, TCP_PORT, 128 << 10, 3),
         "v -> w:7000 is not allowed"
     );
     assert!(
-        !tcp(&c, "w", "v", v, REVERSE_PORT, 3),
+        !probe::tcp(&c, "w", "v", v, REVERSE_PORT, 128 << 10, 3),
         "w -> v:7100 neither"
     );
     assert!(
-        carried(&attachment(&c, 1, "api").unwrap(), &n2).is_empty(),
+        carried(&probe::attachment(&c, 1, "api").unwrap(), &n2).is_empty(),
         "api's tunnel carries nothing: one carrier per pair"
     );
 
     // Withdrawing one side of the reverse allow stops it; the forward flow
     // keeps its path.
     c.delete_manifest("api-in.yaml").unwrap();
-    wait("v -> w:7100 to stop", READY, || {
-        !tcp(&c, "v", "w", w, REVERSE_PORT, 2)
+    probe::wait("v -> w:7100 to stop", READY, || {
+        !probe::tcp(&c, "v", "w", w, REVERSE_PORT, 128 << 10, 2)
     });
-    assert!(tcp(&c, "w", "v", v, TCP_PORT, 5), "w -> v still passes");
+    assert!(
+        probe::tcp(&c, "w", "v", v, TCP_PORT, 128 << 10, 5),
+        "w -> v still passes"
+    );
 
     // Withdrawing one side of the forward allow stops new flows and removes
     // the transit placement, the link and the carried address.
     let transit_ns = c.app_netns(1, &format!("{NS}/store")).unwrap().unwrap();
     c.delete_manifest("store-in.yaml").unwrap();
-    wait("w -> v:7000 to stop", READY, || {
-        !tcp(&c, "w", "v", v, TCP_PORT, 2)
+    probe::wait("w -> v:7000 to stop", READY, || {
+        !probe::tcp(&c, "w", "v", v, TCP_PORT, 128 << 10, 2)
     });
-    wait("the transit placement to go", READY, || {
-        attachment(&c, 1, "store").is_none() && !c.weft_netns(1).contains(&transit_ns)
+    probe::wait("the transit placement to go", READY, || {
+        probe::attachment(&c, 1, "store").is_none() && !c.weft_netns(1).contains(&transit_ns)
     });
-    assert!(!pings(&c, "w", v), "ICMP stopped too");
-    let store2 = attachment(&c, 2, "store").unwrap();
+    assert!(!probe::pings(&c, "w", v), "ICMP stopped too");
+    let store2 = probe::attachment(&c, 2, "store").unwrap();
     assert!(carried(&store2, &n1).is_empty(), "{store2}");
     assert!(store2["peers"].as_array().is_none_or(|p| p.is_empty()));
-    let api1 = attachment(&c, 1, "api").unwrap();
+    let api1 = probe::attachment(&c, 1, "api").unwrap();
     assert!(api1.get("appLinks").is_none(), "{api1}");
-    wait("store Ready on its one node", READY, || {
+    probe::wait("store Ready on its one node", READY, || {
         c.app_status(NS, "store")
             .unwrap()
             .is_some_and(|s| s.nodes.as_deref() == Some("1/1"))
     });
-    assert!(pings(&c, "w", w_other), "api still works inside");
+    assert!(probe::pings(&c, "w", w_other), "api still works inside");
     assert_torn_down_cleanly(c);
 }
