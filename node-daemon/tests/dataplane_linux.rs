@@ -6,27 +6,24 @@
 //! Each simulated node is a netns with its own `LinuxDataplane`, driven from
 //! a dedicated thread that entered the node netns first (as the daemon does).
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::channel;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
 use nix::sched::{setns, CloneFlags};
 mod support;
 
-use support::{privileged, run, sh, sh_ok, Cleanup};
-use weft_api::DataplaneKind;
-use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
-use weft_node_daemon::dataplane::{Dataplane, Observation};
-use weft_node_daemon::diff::{diff, KeySource};
+use support::{net, privileged, run, sh, sh_ok, Cleanup, Keys, Node};
+use weft_node_daemon::dataplane::linux::LinuxOptions;
+use weft_node_daemon::dataplane::Dataplane;
+use weft_node_daemon::diff::diff;
 use weft_node_daemon::keys::PrivateKey;
 use weft_node_daemon::ops::Op;
 use weft_node_daemon::state::{AppNet, Device, NodeState, Peer, WorkloadLink};
@@ -56,77 +53,13 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 // ---------------------------------------------------------------- node workers
 
-type Job = Box<dyn FnOnce(&mut LinuxDataplane) + Send>;
-
-/// A LinuxDataplane living on its own thread inside a node netns.
-struct Node {
-    netns: String,
-    thread_name: String,
-    kind: DataplaneKind,
-    tx: Option<Sender<Job>>,
-    join: Option<JoinHandle<()>>,
+/// What these tests read off a node worker besides the data plane.
+trait NodeExt {
+    fn threads(&self) -> usize;
+    fn udp_bound(&self, port: u16) -> bool;
 }
 
-impl Node {
-    fn start(netns: &str, thread_name: &str) -> Node {
-        let (tx, rx) = channel::<Job>();
-        let (ready_tx, ready_rx) = channel();
-        let path = format!("/run/netns/{netns}");
-        let join = std::thread::Builder::new()
-            .name(thread_name.to_string())
-            .spawn(move || {
-                let ns = File::open(&path).expect("open node netns");
-                setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("enter node netns");
-                let mut dp =
-                    LinuxDataplane::new(LinuxOptions::default()).expect("LinuxDataplane::new");
-                ready_tx.send(dp.kind()).unwrap();
-                for job in rx {
-                    job(&mut dp);
-                }
-            })
-            .unwrap();
-        let kind = ready_rx.recv().expect("node worker failed to start");
-        Node {
-            netns: netns.to_string(),
-            thread_name: thread_name.to_string(),
-            kind,
-            tx: Some(tx),
-            join: Some(join),
-        }
-    }
-
-    fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut LinuxDataplane) -> T + Send + 'static,
-    ) -> T {
-        let (rtx, rrx) = channel();
-        self.tx
-            .as_ref()
-            .unwrap()
-            .send(Box::new(move |dp| drop(rtx.send(f(dp)))))
-            .expect("node worker gone");
-        rrx.recv()
-            .unwrap_or_else(|_| panic!("node worker {} panicked", self.netns))
-    }
-
-    /// observe -> diff -> apply; returns the ops applied.
-    fn sync(&self, desired: &NodeState, keys: &Keys, prefix: &str) -> Vec<Op> {
-        let (desired, keys, prefix) = (desired.clone(), keys.clone(), prefix.to_string());
-        self.call(move |dp| {
-            let obs = dp.observe(&prefix).expect("observe");
-            let ops = diff(&desired, &obs.state, &keys);
-            for op in &ops {
-                dp.apply(op).unwrap_or_else(|e| panic!("apply {op:?}: {e}"));
-            }
-            ops
-        })
-    }
-
-    fn observe(&self, prefix: &str) -> Observation {
-        let prefix = prefix.to_string();
-        self.call(move |dp| dp.observe(&prefix).expect("observe"))
-    }
-
+impl NodeExt for Node {
     /// Threads of this process named like the worker (boringtun's threads
     /// inherit the name of the thread that started them).
     fn threads(&self) -> usize {
@@ -161,30 +94,6 @@ impl Node {
                 })
         })
     }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
-        }
-    }
-}
-
-// ---------------------------------------------------------------- desired state
-
-#[derive(Clone, Default)]
-struct Keys(BTreeMap<String, PrivateKey>);
-
-impl KeySource for Keys {
-    fn private_key(&self, netns: &str) -> Option<PrivateKey> {
-        self.0.get(netns).cloned()
-    }
-}
-
-fn net(s: &str) -> Ipv4Net {
-    s.parse().unwrap()
 }
 
 struct AppSpec<'a> {
@@ -346,7 +255,13 @@ impl Mesh {
             keys.push(Keys([(app_netns[i].clone(), k[i].clone())].into()));
         }
         let nodes = (0..2)
-            .map(|i| Node::start(&node_netns[i], &format!("{t}-node{}", i + 1)))
+            .map(|i| {
+                Node::start(
+                    &node_netns[i],
+                    &format!("{t}-node{}", i + 1),
+                    LinuxOptions::default(),
+                )
+            })
             .collect();
         Mesh {
             nodes,
@@ -795,7 +710,7 @@ fn two_apps_on_one_node_cannot_reach_each_other() {
     desired.apps.insert(ns_a.clone(), app_a);
     desired.apps.insert(ns_b.clone(), app_b);
     let keys = Keys([(ns_a.clone(), ka), (ns_b.clone(), kb)].into());
-    let node = Node::start(&node_ns, "e-node");
+    let node = Node::start(&node_ns, "e-node", LinuxOptions::default());
     assert!(!node.sync(&desired, &keys, &prefix).is_empty());
     assert!(node.sync(&desired, &keys, &prefix).is_empty());
 
@@ -888,7 +803,7 @@ fn a_workload_cannot_send_from_an_address_that_is_not_its_own() {
         }),
     );
     let keys = Keys([(ns_a.clone(), key)].into());
-    let node = Node::start(&node_ns, "s-node");
+    let node = Node::start(&node_ns, "s-node", LinuxOptions::default());
     assert!(!node.sync(&desired, &keys, &prefix).is_empty());
 
     // Count what reaches w2, by source address, in w2's own netns.

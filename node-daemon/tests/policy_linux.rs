@@ -14,21 +14,18 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use nix::sched::{setns, CloneFlags};
-use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
-use weft_node_daemon::dataplane::{Dataplane, Observation};
-use weft_node_daemon::diff::{diff, KeySource};
+use weft_node_daemon::dataplane::linux::LinuxOptions;
 use weft_node_daemon::keys::PrivateKey;
 use weft_node_daemon::ops::Op;
 mod support;
 
-use support::{privileged, sh, Cleanup};
+use support::{net, privileged, sh, Cleanup, Keys, Node};
 use weft_node_daemon::state::{
     AppLinkEnd, AppNet, Device, NodeState, PolicyCounters, PolicyDirection, PolicyProtocol,
     PolicyTable, Ruleset, RulesetRule, WorkloadLink,
@@ -129,97 +126,6 @@ fn udp_send(netns: &str, dst: Ipv4Addr, port: u16, n: usize, size: usize) {
 
 // ---------------------------------------------------------------- the node
 
-type Job = Box<dyn FnOnce(&mut LinuxDataplane) + Send>;
-
-/// A LinuxDataplane on its own thread inside the node netns.
-struct Node {
-    tx: Option<Sender<Job>>,
-    join: Option<JoinHandle<()>>,
-}
-
-impl Node {
-    fn start(netns: &str, full_read: std::time::Duration) -> Node {
-        let (tx, rx) = channel::<Job>();
-        let (ready_tx, ready_rx) = channel();
-        let path = format!("/run/netns/{netns}");
-        let join = std::thread::spawn(move || {
-            let ns = File::open(&path).expect("open node netns");
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("enter node netns");
-            let mut dp = LinuxDataplane::new(LinuxOptions {
-                policy_full_read_interval: full_read,
-                ..LinuxOptions::default()
-            })
-            .expect("LinuxDataplane");
-            ready_tx.send(()).unwrap();
-            for job in rx {
-                job(&mut dp);
-            }
-        });
-        ready_rx.recv().expect("node worker failed to start");
-        Node {
-            tx: Some(tx),
-            join: Some(join),
-        }
-    }
-
-    fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut LinuxDataplane) -> T + Send + 'static,
-    ) -> T {
-        let (rtx, rrx) = channel();
-        self.tx
-            .as_ref()
-            .unwrap()
-            .send(Box::new(move |dp| drop(rtx.send(f(dp)))))
-            .expect("node worker gone");
-        rrx.recv().expect("node worker panicked")
-    }
-
-    /// observe -> diff -> apply; the ops applied (panics on a failed op).
-    fn sync(&self, desired: &NodeState, keys: &Keys, prefix: &str) -> Vec<Op> {
-        let (desired, keys, prefix) = (desired.clone(), keys.clone(), prefix.to_string());
-        self.call(move |dp| {
-            let obs = dp.observe(&prefix).expect("observe");
-            let ops = diff(&desired, &obs.state, &keys);
-            for op in &ops {
-                dp.apply(op).unwrap_or_else(|e| panic!("apply {op:?}: {e}"));
-            }
-            ops
-        })
-    }
-
-    fn apply(&self, op: Op) -> Result<(), String> {
-        self.call(move |dp| dp.apply(&op).map_err(|e| e.to_string()))
-    }
-
-    fn observe(&self, prefix: &str) -> Observation {
-        let prefix = prefix.to_string();
-        self.call(move |dp| dp.observe(&prefix).expect("observe"))
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
-        }
-    }
-}
-
-#[derive(Clone, Default)]
-struct Keys(BTreeMap<String, PrivateKey>);
-
-impl KeySource for Keys {
-    fn private_key(&self, netns: &str) -> Option<PrivateKey> {
-        self.0.get(netns).cloned()
-    }
-}
-
-fn net(s: &str) -> Ipv4Net {
-    s.parse().unwrap()
-}
-
 // ---------------------------------------------------------------- the world
 
 const S: Ipv4Addr = Ipv4Addr::new(10, 125, 1, 10); // server
@@ -302,7 +208,14 @@ impl World {
         let mut desired = NodeState::default();
         desired.apps.insert(app_ns.clone(), app);
         let keys = Keys([(app_ns.clone(), key)].into());
-        let node = Node::start(&node_ns, full_read);
+        let node = Node::start(
+            &node_ns,
+            "policy-node",
+            LinuxOptions {
+                policy_full_read_interval: full_read,
+                ..LinuxOptions::default()
+            },
+        );
         let w = World {
             node,
             desired,
@@ -895,7 +808,14 @@ fn apps_reach_each_other_only_where_both_sides_allow_with_real_traffic() {
     desired.apps.insert(a_ns.clone(), a);
     desired.apps.insert(b_ns.clone(), b);
     let keys = Keys([(a_ns.clone(), ka), (b_ns.clone(), kb)].into());
-    let node = Node::start(&node_ns, Duration::ZERO);
+    let node = Node::start(
+        &node_ns,
+        "policy-node",
+        LinuxOptions {
+            policy_full_read_interval: Duration::ZERO,
+            ..LinuxOptions::default()
+        },
+    );
     assert!(!node.sync(&desired, &keys, &prefix).is_empty());
     assert!(node.sync(&desired, &keys, &prefix).is_empty(), "converged");
     let udp_got = start_servers(&bs, B_SERVER, &[8080, 8081], UDP_PORT);
