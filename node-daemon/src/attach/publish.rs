@@ -231,6 +231,22 @@ mod tests {
         }
     }
 
+    /// The outcome for workload `name` before anything was planned for it
+    /// (empty status, no `weft0`).
+    fn unplanned(
+        name: &str,
+        claims: Claims<'_>,
+        spec: Option<&MeshNode>,
+    ) -> BTreeMap<String, Outcome> {
+        outcomes(
+            &[r(name)],
+            &claims,
+            spec,
+            &MeshNodeStatus::default(),
+            &|_: &str| None,
+        )
+    }
+
     #[test]
     fn attached_once_status_and_link_agree() {
         let announced = announced("p1", "web");
@@ -308,31 +324,27 @@ mod tests {
 
     #[test]
     fn a_registered_workload_nobody_announced_is_not_meshed() {
-        let o = outcomes(
-            &[r("p2")],
-            &Claims {
+        let o = unplanned(
+            "p2",
+            Claims {
                 announced: &Announced::new(),
                 complete: true,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
             },
             Some(&spec()),
-            &MeshNodeStatus::default(),
-            &|_: &str| None,
         );
         assert_eq!(o["demo/p2"], Outcome::NotMeshed);
         // A lagging watch may not have seen it yet: wait instead.
-        let o = outcomes(
-            &[r("p2")],
-            &Claims {
+        let o = unplanned(
+            "p2",
+            Claims {
                 announced: &Announced::new(),
                 complete: false,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
             },
             Some(&spec()),
-            &MeshNodeStatus::default(),
-            &|_: &str| None,
         );
         assert!(o.is_empty(), "{o:?}");
     }
@@ -341,45 +353,39 @@ mod tests {
     fn a_workload_no_app_selector_claims_passes_at_once() {
         // Announced, but labelled for an app that does not span this node:
         // no need to wait for the operator.
-        let o = outcomes(
-            &[r("p3")],
-            &Claims {
+        let o = unplanned(
+            "p3",
+            Claims {
                 announced: &announced("p3", "billing"),
                 complete: false,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
             },
             Some(&spec()),
-            &MeshNodeStatus::default(),
-            &|_: &str| None,
         );
         assert_eq!(o["demo/p3"], Outcome::NotMeshed);
         // Claimed by demo/web but not planned yet: keep waiting.
-        let o = outcomes(
-            &[r("p3")],
-            &Claims {
+        let o = unplanned(
+            "p3",
+            Claims {
                 announced: &announced("p3", "web"),
                 complete: false,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
             },
             Some(&spec()),
-            &MeshNodeStatus::default(),
-            &|_: &str| None,
         );
         assert!(o.is_empty(), "{o:?}");
         // No MeshNode yet: nothing is known, keep waiting.
-        let o = outcomes(
-            &[r("p3")],
-            &Claims {
+        let o = unplanned(
+            "p3",
+            Claims {
                 announced: &announced("p3", "billing"),
                 complete: false,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
             },
             None,
-            &MeshNodeStatus::default(),
-            &|_: &str| None,
         );
         assert!(o.is_empty(), "{o:?}");
     }
@@ -387,33 +393,29 @@ mod tests {
     #[test]
     fn second_hand_selectors_pass_a_workload_only_once_it_settled() {
         let unsettled: BTreeSet<String> = ["demo/p5".to_string()].into();
-        let o = outcomes(
-            &[r("p5")],
-            &Claims {
+        let o = unplanned(
+            "p5",
+            Claims {
                 announced: &announced("p5", "billing"),
                 complete: true,
                 selectors: None,
                 unsettled: &unsettled,
             },
             Some(&spec()),
-            &MeshNodeStatus::default(),
-            &|_: &str| None,
         );
         assert!(
             o.is_empty(),
             "the operator may not have seen its app yet: {o:?}"
         );
-        let o = outcomes(
-            &[r("p5")],
-            &Claims {
+        let o = unplanned(
+            "p5",
+            Claims {
                 announced: &announced("p5", "billing"),
                 complete: true,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
             },
             Some(&spec()),
-            &MeshNodeStatus::default(),
-            &|_: &str| None,
         );
         assert_eq!(o["demo/p5"], Outcome::NotMeshed);
     }
@@ -426,17 +428,15 @@ mod tests {
             app: "demo/billing".into(),
             selector: Default::default(),
         }];
-        let o = outcomes(
-            &[r("p4")],
-            &Claims {
+        let o = unplanned(
+            "p4",
+            Claims {
                 announced: &announced("p4", "billing"),
                 complete: false,
                 selectors: Some(&billing),
                 unsettled: &BTreeSet::new(),
             },
             Some(&spec()),
-            &MeshNodeStatus::default(),
-            &|_: &str| None,
         );
         assert!(o.is_empty(), "claimed: wait for the operator: {o:?}");
     }
