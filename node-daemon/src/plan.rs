@@ -671,18 +671,7 @@ pub(crate) mod tests {
             bad.app_id = "bbbbbbbbbb".into();
             bad.netns = "weft-n1-bbbbbbbbbb".into();
             breaker(&mut bad);
-            let spec = MeshNodeSpec {
-                site: "local".into(),
-                apps: vec![attachment("n1", 1), bad],
-                ..Default::default()
-            };
-            let p = plan(
-                "n1",
-                &spec,
-                &[],
-                &Default::default(),
-                &mut WorkloadIpam::default(),
-            );
+            let p = plan_on_n1(vec![attachment("n1", 1), bad], &[]);
             assert!(
                 p[0].result.is_ok(),
                 "good app must still plan when {field} is bad"
@@ -716,20 +705,25 @@ pub(crate) mod tests {
         a
     }
 
-    #[test]
-    fn an_app_link_gives_a_link_end_workload_routes_and_a_table() {
+    /// Plans `apps` on node n1 with `local` workloads and a fresh IPAM.
+    fn plan_on_n1(apps: Vec<AppAttachment>, local: &[LocalWorkload]) -> Vec<AppPlan> {
         let spec = MeshNodeSpec {
             site: "local".into(),
-            apps: vec![linked("n1")],
+            apps,
             ..Default::default()
         };
-        let p = plan(
+        plan(
             "n1",
             &spec,
-            &[wl("w1")],
+            local,
             &Default::default(),
             &mut WorkloadIpam::default(),
-        );
+        )
+    }
+
+    #[test]
+    fn an_app_link_gives_a_link_end_workload_routes_and_a_table() {
+        let p = plan_on_n1(vec![linked("n1")], &[wl("w1")]);
         let app = p[0].result.as_ref().unwrap();
         let end = &app.links["wxdddddddddd"];
         assert_eq!(end.peer_netns, "weft-n1-dddddddddd");
@@ -785,18 +779,7 @@ pub(crate) mod tests {
             other.app = "demo/other".into();
             other.app_id = "oooooooooo".into();
             other.netns = "weft-n1-oooooooooo".into();
-            let spec = MeshNodeSpec {
-                site: "local".into(),
-                apps: vec![bad, other],
-                ..Default::default()
-            };
-            let p = plan(
-                "n1",
-                &spec,
-                &[],
-                &Default::default(),
-                &mut WorkloadIpam::default(),
-            );
+            let p = plan_on_n1(vec![bad, other], &[]);
             let err = p[0].result.as_ref().unwrap_err().to_string();
             assert!(
                 err.contains(&format!("spec.apps[demo/web].{field}")),
@@ -821,18 +804,7 @@ pub(crate) mod tests {
 
     #[test]
     fn carried_addresses_are_routed_through_the_tunnel_and_filtered() {
-        let spec = MeshNodeSpec {
-            site: "local".into(),
-            apps: vec![carrying("n1")],
-            ..Default::default()
-        };
-        let p = plan(
-            "n1",
-            &spec,
-            &[wl("w1")],
-            &Default::default(),
-            &mut WorkloadIpam::default(),
-        );
+        let p = plan_on_n1(vec![carrying("n1")], &[wl("w1")]);
         let app = p[0].result.as_ref().unwrap();
         let d = app.device.as_ref().unwrap();
         let net = |s: &str| s.parse::<Ipv4Net>().unwrap();
@@ -893,18 +865,7 @@ pub(crate) mod tests {
         for (field, breaker) in cases {
             let mut bad = carrying("n1");
             breaker(&mut bad);
-            let spec = MeshNodeSpec {
-                site: "local".into(),
-                apps: vec![bad],
-                ..Default::default()
-            };
-            let p = plan(
-                "n1",
-                &spec,
-                &[],
-                &Default::default(),
-                &mut WorkloadIpam::default(),
-            );
+            let p = plan_on_n1(vec![bad], &[]);
             let err = p[0].result.as_ref().unwrap_err().to_string();
             assert!(
                 err.contains(&format!("spec.apps[demo/web].{field}")),
