@@ -22,15 +22,16 @@ pub mod meshsite;
 pub mod policy;
 pub mod selector;
 pub mod standalone;
+pub mod validation;
 
-pub use meshapp::{MeshApp, MeshAppSpec, MeshAppStatus};
+pub use meshapp::{EnforcedApp, MeshApp, MeshAppSpec, MeshAppStatus};
 pub use meshhub::{MeshHub, MeshHubSpec, MeshHubStatus};
 pub use meshnode::{
     AppAttachment, AppLink, AppSelector, AppStatus, DataplaneKind, MeshNode, MeshNodeSpec,
     MeshNodeStatus, PeerSpec, PeerStatus, WorkloadStatus,
 };
 pub use meshpolicy::{EnforcedPolicy, MeshPolicy, MeshPolicySpec, MeshPolicyStatus};
-pub use meshsite::{MeshSite, MeshSiteSpec, MeshSiteStatus, SiteKind};
+pub use meshsite::{EnforcedSite, MeshSite, MeshSiteSpec, MeshSiteStatus, SiteKind};
 pub use policy::{CompiledPolicy, CompiledRule, PolicyDirection, PolicyProtocol};
 pub use selector::Selector;
 

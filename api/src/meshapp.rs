@@ -15,7 +15,9 @@ pub const DEFAULT_NODE_PREFIX_LENGTH: u8 = 24;
 /// A MeshApp gives the workloads it selects their own encrypted network: on every
 /// node where such a workload runs, Weft creates a network namespace with a
 /// WireGuard interface, and those interfaces form a one-hop full mesh.
-#[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(
+    CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
@@ -112,6 +114,22 @@ pub struct MeshAppStatus {
     /// one does. Refreshed with the nodes' heartbeats, not per packet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<TrafficSummary>,
+    /// The spec in force and the generation it had when accepted. While the
+    /// current spec is rejected (invalid, or it changes `addressSpace`) the
+    /// last accepted one stays in force, so a bad edit never tears down or
+    /// renumbers a working app; unset while no version was ever accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<EnforcedApp>,
+}
+
+/// A MeshApp spec as it was accepted, with the generation it had then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcedApp {
+    /// `metadata.generation` of the app when this spec was accepted.
+    pub generation: i64,
+    /// The accepted spec.
+    pub spec: MeshAppSpec,
 }
 
 /// An app's traffic summed over its nodes. A packet between two nodes counts

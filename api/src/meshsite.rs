@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 /// A MeshSite is a place where nodes of Weft apps run: the cluster the operator
 /// runs in, another cluster federated through a MeshHub, or a group of
 /// Docker-only edge hosts. Nodes name their site with the `weft.dev/site` label.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
+)]
 #[kube(
     group = "weft.dev",
     version = "v1alpha1",
@@ -72,4 +74,18 @@ pub struct MeshSiteStatus {
     /// When the site's nodes last reported (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<String>,
+    /// The spec in force and the generation it had when accepted; while the
+    /// current spec is rejected the last accepted one stays in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<EnforcedSite>,
+}
+
+/// A MeshSite spec as it was accepted, with the generation it had then.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcedSite {
+    /// `metadata.generation` of the site when this spec was accepted.
+    pub generation: i64,
+    /// The accepted spec.
+    pub spec: MeshSiteSpec,
 }

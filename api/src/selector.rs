@@ -69,8 +69,42 @@ impl Selector {
     /// Problems that make the selector unusable, as `(field, message)` pairs
     /// relative to the selector (e.g. `matchExpressions[0].values`).
     pub fn validate(&self) -> Vec<(String, String)> {
-        let mut errs = Vec::new();
+        use crate::validation;
+        let mut errs: Vec<(String, String)> = validation::labels(&self.match_labels)
+            .into_iter()
+            .map(|(f, m)| (format!("matchLabels{f}"), m))
+            .collect();
+        if self.match_expressions.len() > validation::MAX_LABELS {
+            errs.push((
+                "matchExpressions".into(),
+                format!(
+                    "{} requirements; at most {}",
+                    self.match_expressions.len(),
+                    validation::MAX_LABELS
+                ),
+            ));
+        }
         for (i, r) in self.match_expressions.iter().enumerate() {
+            if !r.key.is_empty() {
+                if let Err(e) = validation::label_key(&r.key) {
+                    errs.push((format!("matchExpressions[{i}].key"), e));
+                }
+            }
+            if r.values.len() > validation::MAX_SELECTOR_VALUES {
+                errs.push((
+                    format!("matchExpressions[{i}].values"),
+                    format!(
+                        "{} values; at most {}",
+                        r.values.len(),
+                        validation::MAX_SELECTOR_VALUES
+                    ),
+                ));
+            }
+            for (j, v) in r.values.iter().enumerate() {
+                if let Err(e) = validation::label_value(v) {
+                    errs.push((format!("matchExpressions[{i}].values[{j}]"), e));
+                }
+            }
             let needs_values = matches!(r.operator, SelectorOperator::In | SelectorOperator::NotIn);
             if needs_values && r.values.is_empty() {
                 errs.push((

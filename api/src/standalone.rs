@@ -61,6 +61,54 @@ pub struct StoredStatus<S> {
     pub spec_hash: String,
     /// The status itself.
     pub status: S,
+    /// The manifest file that defined the object when this was written, so
+    /// a file that stops parsing (even across an operator restart) keeps
+    /// the objects it defined in force instead of deleting them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Longest file stem used as is for a stored status (255 bytes is the
+/// usual file name limit).
+const MAX_PLAIN_FILE_STEM: usize = 180;
+
+/// A small stable hash for file names (not for security).
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The state of one manifest file, as the standalone operator last read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestFileStatus {
+    /// The file.
+    pub file: String,
+    /// Objects it defines, as `Kind namespace/name` (or `Kind name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
+    /// What is wrong with it; empty when every document was accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ManifestProblem>,
+}
+
+/// One problem of a manifest file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestProblem {
+    /// Index of the document in the file (0-based); unset for the file as
+    /// a whole (unreadable, not YAML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<usize>,
+    /// The object the document defines, when it can be told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// The offending field, e.g. `spec.addressSpace`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
 }
 
 fn default_namespace() -> String {
@@ -104,10 +152,26 @@ impl StateDir {
     pub fn status_dir(&self, plural: &str) -> PathBuf {
         self.0.join("status").join(plural)
     }
-    /// Stored status file of one object.
+    /// Stored status file of one object: `<namespace>.<name>.json`, or for
+    /// a key too long for one file name (a 63-character namespace and a
+    /// 253-character name are both valid) its first 160 bytes and a hash.
     pub fn status_file(&self, plural: &str, key: &str) -> PathBuf {
-        self.status_dir(plural)
-            .join(format!("{}.json", key.replace('/', ".")))
+        let flat = key.replace('/', ".");
+        let name = if flat.len() <= MAX_PLAIN_FILE_STEM {
+            flat
+        } else {
+            let mut cut = MAX_PLAIN_FILE_STEM - 20;
+            while !flat.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("{}-{:016x}", &flat[..cut], fnv1a(key.as_bytes()))
+        };
+        self.status_dir(plural).join(format!("{name}.json"))
+    }
+    /// Where the standalone operator records the state of every manifest
+    /// file (parsed, or why not), for `get manifests`.
+    pub fn manifest_status(&self) -> PathBuf {
+        self.0.join("status").join("manifests.json")
     }
     /// The root.
     pub fn root(&self) -> &Path {

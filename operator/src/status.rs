@@ -13,10 +13,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use weft_api::conditions::{self, types};
 use weft_api::meshapp::TrafficSummary;
 use weft_api::{
-    AppStatus, EnforcedPolicy, MeshAppStatus, MeshNodeStatus, MeshPolicyStatus, MeshSiteStatus,
+    AppStatus, EnforcedApp, EnforcedPolicy, EnforcedSite, MeshAppStatus, MeshHubStatus,
+    MeshNodeStatus, MeshPolicyStatus, MeshSiteStatus,
 };
 
-use crate::planner::{AppOutcome, ErrorKind, ObjectKey, PlanError, PolicyOutcome, SiteOutcome};
+use crate::planner::{
+    AppOutcome, ErrorKind, HubOutcome, ObjectKey, PlanError, PolicyOutcome, SiteOutcome,
+};
 
 pub use weft_api::meshnode::HANDSHAKE_FRESH_SECONDS;
 
@@ -156,16 +159,27 @@ pub fn app_status_with_refresh(
         } else {
             first.reason.as_str()
         };
-        let msg = error_summary(&outcome.errors);
+        let mut msg = error_summary(&outcome.errors);
+        if outcome.accepted_spec.is_none() {
+            match &outcome.still_enforced {
+                Some(e) => msg.push_str(&format!("; still enforcing generation {}", e.generation)),
+                None if !outcome.planned => msg.push_str("; nothing of it is enforced"),
+                None => {}
+            }
+        }
         (
             conditions::new(types::READY, false, reason, msg.clone(), g),
             conditions::new(types::DEGRADED, true, &first.reason, msg, g),
         )
     } else if total == 0 {
-        let msg = "no workload of the app runs on a registered node";
+        let msg = format!(
+            "spec.selector: matches no workload on a registered node of the app's sites (workloads labelled {}={} join too)",
+            weft_api::labels::APP_LABEL,
+            app.name
+        );
         (
-            conditions::new(types::READY, false, "NoWorkloads", msg, g),
-            conditions::new(types::DEGRADED, false, "NoWorkloads", msg, g),
+            conditions::new(types::READY, false, "NoWorkloads", msg.clone(), g),
+            conditions::new(types::DEGRADED, true, "NoWorkloads", msg, g),
         )
     } else if !not_ready.is_empty() {
         let msg = format!(
@@ -209,6 +223,13 @@ pub fn app_status_with_refresh(
         peers: Some(format!("{peers_up}/{pairs_total}")),
         sites: outcome.sites.clone(),
         traffic: None,
+        enforced: match &outcome.accepted_spec {
+            Some(spec) => Some(EnforcedApp {
+                generation,
+                spec: spec.clone(),
+            }),
+            None => outcome.still_enforced.clone(),
+        },
     };
     let fresh = traffic_summary(&name, outcome, nodes);
     status.traffic = refreshed_traffic(
@@ -350,7 +371,19 @@ pub fn site_status(
 ) -> MeshSiteStatus {
     let g = Some(generation);
     let n = outcome.nodes.len();
-    let cond = if n == 0 {
+    let cond = if let Some(first) = outcome.errors.first() {
+        let enforcing = match &outcome.still_enforced {
+            Some(e) => format!("still enforcing generation {}", e.generation),
+            None => "nothing of it is enforced".to_string(),
+        };
+        conditions::new(
+            types::READY,
+            false,
+            &first.reason,
+            format!("{}; {enforcing}", error_summary(&outcome.errors)),
+            g,
+        )
+    } else if n == 0 {
         conditions::new(
             types::READY,
             false,
@@ -386,6 +419,41 @@ pub fn site_status(
         observed_generation: g,
         nodes: u32::try_from(n).unwrap_or(u32::MAX),
         last_sync: None,
+        enforced: match &outcome.accepted_spec {
+            Some(spec) => Some(EnforcedSite {
+                generation,
+                spec: spec.clone(),
+            }),
+            None => outcome.still_enforced.clone(),
+        },
+    }
+}
+
+/// MeshHub status: `Accepted`, naming the offending field otherwise.
+/// Federation does not run yet, so no `Ready` is claimed.
+pub fn hub_status(
+    outcome: &HubOutcome,
+    generation: i64,
+    previous: Option<&MeshHubStatus>,
+    now: &Time,
+) -> MeshHubStatus {
+    let g = Some(generation);
+    let cond = match outcome.errors.first() {
+        None => conditions::new(types::ACCEPTED, true, "Accepted", "hub spec is valid", g),
+        Some(first) => conditions::new(
+            types::ACCEPTED,
+            false,
+            &first.reason,
+            error_summary(&outcome.errors),
+            g,
+        ),
+    };
+    let mut conds = previous.map(|p| p.conditions.clone()).unwrap_or_default();
+    apply_conditions(&mut conds, vec![cond], now);
+    MeshHubStatus {
+        conditions: conds,
+        observed_generation: g,
+        members: outcome.members,
     }
 }
 
@@ -412,6 +480,12 @@ impl ConditionedStatus for MeshAppStatus {
 }
 
 impl ConditionedStatus for MeshPolicyStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+impl ConditionedStatus for MeshHubStatus {
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.conditions
     }

@@ -316,7 +316,15 @@ fn a_broken_manifest_keeps_its_last_good_content() {
     .unwrap();
     let r = env.op.tick(t(1)).unwrap();
     assert_eq!(r.manifest_errors.len(), 1, "{r:?}");
-    assert!(!r.wrote_anything(), "{r:?}");
+    assert!(r.meshnode_writes.is_empty(), "{r:?}");
+    // The apps say why, and that their last accepted spec stays in force.
+    let web = env.app_status("demo/web").unwrap();
+    let ready = conditions::get(&web.status.conditions, types::READY).unwrap();
+    assert!(
+        ready.message.contains("apps.yaml")
+            && ready.message.contains("still enforcing generation 1"),
+        "{ready:?}"
+    );
     assert_eq!(env.meshnode("n1").spec, before.spec);
     assert_eq!(
         env.meshnode("n1").metadata.generation,
@@ -337,13 +345,19 @@ fn a_broken_manifest_keeps_its_last_good_content() {
         "{:?}",
         r.manifest_errors
     );
-    assert!(!r.wrote_anything());
+    assert!(r.meshnode_writes.is_empty(), "{r:?}");
 
-    // Fixing the file clears the error.
+    // Fixing the file clears the error; nothing was ever rewritten on a node.
     fs::write(env.manifests.path().join("apps.yaml"), APPS).unwrap();
     let r = env.op.tick(t(3)).unwrap();
     assert!(r.manifest_errors.is_empty());
-    assert!(!r.wrote_anything());
+    assert!(r.meshnode_writes.is_empty(), "{r:?}");
+    let r = env.op.tick(t(4)).unwrap();
+    assert!(!r.wrote_anything(), "{r:?}");
+    assert_eq!(
+        env.meshnode("n1").metadata.generation,
+        before.metadata.generation
+    );
 }
 
 #[test]
@@ -500,9 +514,17 @@ fn every_example_manifest_parses() {
             continue;
         }
         let text = fs::read_to_string(&path).unwrap();
-        let objects = weft_operator::standalone::manifests::parse_manifest(&path, &text)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(!objects.is_empty(), "{} has no objects", path.display());
+        let parsed = weft_operator::standalone::manifests::parse_manifest(&path, &text);
+        assert_eq!(parsed.file_problem, None, "{}", path.display());
+        assert!(!parsed.docs.is_empty(), "{} has no objects", path.display());
+        for d in &parsed.docs {
+            assert!(
+                d.problems.is_empty(),
+                "{}: {:?}",
+                path.display(),
+                d.problems
+            );
+        }
         seen += 1;
     }
     assert!(

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | MeshApp / MeshPolicy / MeshSite (not being deleted) | `apps` / `policies` / `sites` |
 //! | MeshApp `status.addressSpace` | `previous_ranges` (allocations stick) |
-//! | MeshPolicy `status.enforced` | `previous_policies` (kept while the spec is rejected) |
+//! | MeshPolicy / MeshApp / MeshSite `status.enforced` | `previous_policies` / `previous_apps` / `previous_sites` (kept while the spec is rejected) |
 //! | Node: InternalIP, `weft.dev/site` label, Ready condition | `nodes` (NotReady ⇒ lost) |
 //! | MeshNode without a Node (edge host, deleted Node) | `nodes`, lost when its heartbeat is stale; its status' workloads if its site is of kind Edge |
 //! | MeshNode spec / status | `previous_specs` / `public_keys`, `workload_addresses` |
@@ -20,6 +20,7 @@ use kube::ResourceExt;
 use weft_api::labels::SITE_LABEL;
 use weft_api::{MeshApp, MeshNode, MeshPolicy, MeshSite, SiteKind};
 
+use crate::planner::accept::effective_site_kind;
 use crate::planner::{NodeInfo, ObjectKey, PlannerConfig, Snapshot};
 use crate::standalone::LOST_AFTER_SECONDS;
 
@@ -107,6 +108,9 @@ pub fn snapshot_from_stores(obs: &Observed, config: &PlannerConfig, now: Timesta
         if let Some(range) = app.status.as_ref().and_then(|st| st.address_space.clone()) {
             s.previous_ranges.insert(key.clone(), range);
         }
+        if let Some(e) = app.status.as_ref().and_then(|st| st.enforced.clone()) {
+            s.previous_apps.insert(key.clone(), e);
+        }
         s.apps.insert(key, app.spec.clone());
     }
     for p in obs.policies.iter().filter(|p| !is_deleting(p.as_ref())) {
@@ -117,6 +121,9 @@ pub fn snapshot_from_stores(obs: &Observed, config: &PlannerConfig, now: Timesta
         s.policies.insert(key, p.spec.clone());
     }
     for site in obs.sites.iter().filter(|x| !is_deleting(x.as_ref())) {
+        if let Some(e) = site.status.as_ref().and_then(|st| st.enforced.clone()) {
+            s.previous_sites.insert(site.name_any(), e);
+        }
         s.sites.insert(site.name_any(), site.spec.clone());
     }
     for node in &obs.nodes {
@@ -159,11 +166,9 @@ pub fn snapshot_from_stores(obs: &Observed, config: &PlannerConfig, now: Timesta
         // there come from the Pod watch), nor may a Kubernetes MeshNode
         // whose Node is gone.
         let edge = !obs.nodes.iter().any(|n| n.name_any() == name)
-            && s.nodes.get(&name).is_some_and(|n| {
-                s.sites
-                    .get(&n.site)
-                    .is_some_and(|site| site.kind == SiteKind::Edge)
-            });
+            && s.nodes
+                .get(&name)
+                .is_some_and(|n| effective_site_kind(&s, &n.site) == Some(SiteKind::Edge));
         for w in mn.status.iter().flat_map(|st| &st.workloads) {
             if edge {
                 s.add_workload(

@@ -13,6 +13,7 @@
 //! with more objects never moves an existing allocation. Invalid objects get
 //! a [`PlanError`] naming the field and are left out; everything else plans.
 
+pub mod accept;
 pub mod crossapp;
 pub mod error;
 pub mod ipam;
@@ -28,7 +29,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use weft_api::labels::LOCAL_SITE;
-use weft_api::{AppAttachment, EnforcedPolicy, MeshAppSpec, MeshNodeSpec, MeshPolicySpec};
+use weft_api::{
+    AppAttachment, EnforcedApp, EnforcedPolicy, EnforcedSite, MeshAppSpec, MeshNodeSpec,
+    MeshPolicySpec, MeshSiteSpec,
+};
 
 pub use error::{ErrorKind, PlanError};
 pub use snapshot::{Labels, NodeInfo, ObjectKey, PlannerConfig, Snapshot};
@@ -63,6 +67,13 @@ pub struct AppOutcome {
     pub planned: bool,
     /// Problems found (sorted).
     pub errors: Vec<PlanError>,
+    /// The current spec, when accepted: what the status records as enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_spec: Option<MeshAppSpec>,
+    /// While the current spec is rejected: the last accepted version, which
+    /// stays in force (see [`accept`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub still_enforced: Option<EnforcedApp>,
 }
 
 /// What became of one MeshPolicy.
@@ -96,6 +107,25 @@ pub struct SiteOutcome {
     pub nodes: Vec<String>,
     /// The subset that stopped reporting.
     pub lost_nodes: Vec<String>,
+    /// Problems of the current spec (sorted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<PlanError>,
+    /// The current spec, when accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_spec: Option<MeshSiteSpec>,
+    /// While the current spec is rejected: the last accepted version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub still_enforced: Option<EnforcedSite>,
+}
+
+/// What became of one MeshHub (checked only; federation is not planned).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubOutcome {
+    /// Problems of the spec (sorted).
+    pub errors: Vec<PlanError>,
+    /// Member sites listed.
+    pub members: u32,
 }
 
 /// The planner's output.
@@ -109,6 +139,8 @@ pub struct Plan {
     pub policies: BTreeMap<ObjectKey, PolicyOutcome>,
     /// Outcome per MeshSite.
     pub sites: BTreeMap<String, SiteOutcome>,
+    /// Outcome per MeshHub.
+    pub hubs: BTreeMap<String, HubOutcome>,
     /// Problems with nodes themselves (e.g. an unusable address).
     pub node_errors: BTreeMap<String, Vec<PlanError>>,
 }
@@ -120,6 +152,8 @@ impl Plan {
             .values()
             .flat_map(|a| &a.errors)
             .chain(self.policies.values().flat_map(|p| &p.errors))
+            .chain(self.sites.values().flat_map(|p| &p.errors))
+            .chain(self.hubs.values().flat_map(|p| &p.errors))
             .chain(self.node_errors.values().flatten())
             .collect()
     }
@@ -139,15 +173,21 @@ pub fn plan(s: &Snapshot) -> Plan {
     let mut out = Plan::default();
     let mut app_errors: BTreeMap<ObjectKey, Vec<PlanError>> = BTreeMap::new();
 
-    // 1. Validation.
+    // 1. Validation: the spec in force of every site and app (the current
+    // one when valid, else the last accepted one).
+    let site_decisions = accept::decide_sites(s);
+    let mut app_decisions = accept::decide_apps(s, &s.sites);
     let mut valid: BTreeMap<ObjectKey, ValidApp> = BTreeMap::new();
-    for (key, spec) in &s.apps {
-        match validate::validate_app(key, spec, &s.sites, &s.config) {
-            Ok(v) => {
-                valid.insert(key.clone(), v);
-            }
-            Err(errs) => app_errors.entry(key.clone()).or_default().extend(errs),
+    let mut in_force: BTreeMap<ObjectKey, MeshAppSpec> = BTreeMap::new();
+    for (key, d) in &mut app_decisions {
+        if let Some((spec, v)) = d.effective.clone() {
+            valid.insert(key.clone(), v);
+            in_force.insert(key.clone(), spec);
         }
+        app_errors
+            .entry(key.clone())
+            .or_default()
+            .append(&mut d.errors.clone());
     }
 
     // 2. Ids for every app (invalid ones keep theirs reserved).
@@ -176,12 +216,8 @@ pub fn plan(s: &Snapshot) -> Plan {
     }
 
     // 4. Workloads to apps (among valid apps).
-    let claimants: BTreeMap<ObjectKey, &MeshAppSpec> = s
-        .apps
-        .iter()
-        .filter(|(k, _)| valid.contains_key(*k))
-        .map(|(k, spec)| (k.clone(), spec))
-        .collect();
+    let claimants: BTreeMap<ObjectKey, &MeshAppSpec> =
+        in_force.iter().map(|(k, spec)| (k.clone(), spec)).collect();
     let registered_workloads: BTreeMap<String, BTreeMap<ObjectKey, Labels>> = s
         .workloads
         .iter()
@@ -229,8 +265,12 @@ pub fn plan(s: &Snapshot) -> Plan {
     // nothing when it was never accepted.
     let mut enforced_specs: BTreeMap<&ObjectKey, &MeshPolicySpec> = BTreeMap::new();
     for (key, spec) in &s.policies {
-        let mut errors = validate::validate_policy(key, spec, &s.apps, &s.sites);
-        errors.extend(validate::policy_range_errors(key, spec, &ranges));
+        let object = validate::object_name("MeshPolicy", key);
+        let mut errors = s.input_errors.get(&object).cloned().unwrap_or_default();
+        if errors.is_empty() {
+            errors = validate::validate_policy(key, spec, &s.apps, &s.sites);
+            errors.extend(validate::policy_range_errors(key, spec, &ranges));
+        }
         errors.sort();
         let accepted = errors.is_empty();
         let still_enforced = if accepted {
@@ -471,16 +511,29 @@ pub fn plan(s: &Snapshot) -> Plan {
     }
 
     // 12. Attachments and peers.
+    // Every app of the site, valid or not: a workload of an app that is
+    // still invalid waits (and its ADD fails, so the runtime retries)
+    // rather than starting unmeshed for good. The spec in force where there
+    // is one; an app whose spec could not even be read has no selector.
+    let selecting: BTreeMap<&ObjectKey, &MeshAppSpec> = s
+        .apps
+        .iter()
+        .filter(|(k, _)| {
+            let object = validate::object_name("MeshApp", k);
+            !s.input_errors.contains_key(&object)
+        })
+        .chain(in_force.iter())
+        .collect();
     for (node, info) in &s.nodes {
         out.nodes.insert(
             node.clone(),
             MeshNodeSpec {
                 site: node_site(info).to_string(),
                 apps: Vec::new(),
-                // Every app of the site, valid or not: a workload of an app
-                // that is still invalid waits (and its ADD fails, so the
-                // runtime retries) rather than starting unmeshed for good.
-                app_selectors: membership::node_selectors(&s.apps, node_site(info)),
+                app_selectors: membership::node_selectors(
+                    selecting.iter().map(|(k, v)| (*k, *v)),
+                    node_site(info),
+                ),
             },
         );
     }
@@ -593,6 +646,8 @@ pub fn plan(s: &Snapshot) -> Plan {
         let mut errors = app_errors.remove(key).unwrap_or_default();
         errors.sort();
         errors.dedup();
+        let decision = app_decisions.remove(key).unwrap_or_default();
+        let accepted = decision.accepted();
         out.apps.insert(
             key.clone(),
             AppOutcome {
@@ -605,20 +660,49 @@ pub fn plan(s: &Snapshot) -> Plan {
                 transit_nodes,
                 planned: valid.contains_key(key) && ranges.contains_key(key),
                 errors,
+                accepted_spec: accepted.then(|| s.apps.get(key).cloned()).flatten(),
+                still_enforced: decision.still_enforced,
             },
         );
     }
-    for site in s.sites.keys() {
-        let mut outcome = SiteOutcome::default();
+    for (site, decision) in site_decisions {
+        let accepted = decision.errors.is_empty();
+        let mut outcome = SiteOutcome {
+            accepted_spec: accepted.then(|| s.sites.get(&site).cloned()).flatten(),
+            errors: decision.errors,
+            still_enforced: decision.still_enforced,
+            ..Default::default()
+        };
         for (node, info) in &s.nodes {
-            if node_site(info) == site {
+            if node_site(info) == site.as_str() {
                 outcome.nodes.push(node.clone());
                 if info.lost {
                     outcome.lost_nodes.push(node.clone());
                 }
             }
         }
-        out.sites.insert(site.clone(), outcome);
+        out.sites.insert(site, outcome);
+    }
+    for (name, spec) in &s.hubs {
+        let object = accept::cluster_object("MeshHub", name);
+        let mut errors = s.input_errors.get(&object).cloned().unwrap_or_default();
+        if errors.is_empty() {
+            errors = accept::hub_errors(name, spec);
+        }
+        errors.sort();
+        out.hubs.insert(
+            name.clone(),
+            HubOutcome {
+                errors,
+                members: u32::try_from(spec.members.len()).unwrap_or(u32::MAX),
+            },
+        );
+    }
+    for (node, errs) in &s.node_errors {
+        out.node_errors
+            .entry(node.clone())
+            .or_default()
+            .extend(errs.iter().cloned());
     }
     out
 }

@@ -8,7 +8,12 @@ use std::fmt;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use weft_api::{EnforcedPolicy, MeshAppSpec, MeshNodeSpec, MeshPolicySpec, MeshSiteSpec};
+use weft_api::{
+    EnforcedApp, EnforcedPolicy, EnforcedSite, MeshAppSpec, MeshHubSpec, MeshNodeSpec,
+    MeshPolicySpec, MeshSiteSpec,
+};
+
+use super::error::PlanError;
 
 /// Labels of a workload.
 pub type Labels = BTreeMap<String, String>;
@@ -134,6 +139,21 @@ pub struct Snapshot {
     /// The last accepted spec of each MeshPolicy (stored status `enforced`),
     /// by policy: enforced instead of a current spec that is rejected.
     pub previous_policies: BTreeMap<ObjectKey, EnforcedPolicy>,
+    /// The last accepted spec of each MeshApp (status `enforced`): in force
+    /// while the current spec is rejected.
+    pub previous_apps: BTreeMap<ObjectKey, EnforcedApp>,
+    /// The last accepted spec of each MeshSite (status `enforced`).
+    pub previous_sites: BTreeMap<String, EnforcedSite>,
+    /// MeshHubs by name (checked; federation does not plan them yet).
+    pub hubs: BTreeMap<String, MeshHubSpec>,
+    /// Problems found before planning, by object (`MeshApp ns/name`,
+    /// `MeshSite name`...): the object exists but its current spec could not
+    /// be read (a manifest that does not parse, an unknown field). Its spec
+    /// in `apps`/`policies`/`sites` is then a placeholder that is never used.
+    pub input_errors: BTreeMap<String, Vec<PlanError>>,
+    /// Nodes left out of planning because what they registered is unusable
+    /// (an invalid name or site), with why.
+    pub node_errors: BTreeMap<String, Vec<PlanError>>,
 }
 
 impl Snapshot {

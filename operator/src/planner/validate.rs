@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 use weft_api::labels::LOCAL_SITE;
 use weft_api::meshapp::{DEFAULT_MTU, DEFAULT_NODE_PREFIX_LENGTH};
 use weft_api::meshpolicy::PolicyRule;
-use weft_api::{MeshAppSpec, MeshPolicySpec, MeshSiteSpec, Selector};
+use weft_api::{validation, MeshAppSpec, MeshPolicySpec, MeshSiteSpec, Selector};
 
 use super::error::{ErrorKind, PlanError};
 use super::snapshot::{ObjectKey, PlannerConfig};
@@ -68,6 +68,63 @@ fn selector_errors(sel: &Selector, field: &str, object: &str, out: &mut Vec<Plan
     }
 }
 
+/// Problems of a namespaced object's key (the API server refuses such
+/// names; the standalone operator reads them from files).
+pub fn key_errors(key: &ObjectKey, object: &str) -> Vec<PlanError> {
+    let mut errs = Vec::new();
+    if let Err(e) = validation::dns_label(&key.namespace) {
+        errs.push(PlanError::new(
+            ErrorKind::Invalid,
+            object,
+            "metadata.namespace",
+            "InvalidName",
+            e,
+        ));
+    }
+    if let Err(e) = validation::dns_subdomain(&key.name) {
+        errs.push(PlanError::new(
+            ErrorKind::Invalid,
+            object,
+            "metadata.name",
+            "InvalidName",
+            e,
+        ));
+    }
+    errs
+}
+
+/// Ranges an app's address space must not overlap: they have a meaning of
+/// their own on every host (this network, loopback, link-local, multicast,
+/// reserved and broadcast).
+const SPECIAL_RANGES: [(&str, &str); 5] = [
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved and broadcast"),
+];
+/// Widest app range: anything wider would swallow a large part of the
+/// address space of the hosts it runs on.
+pub const MIN_APP_PREFIX_LEN: u8 = 8;
+
+/// Problems of an app range that parses.
+pub fn range_errors(net: Ipv4Net) -> Option<String> {
+    if net.prefix_len() < MIN_APP_PREFIX_LEN || net.prefix_len() > MAX_NODE_PREFIX_LEN {
+        return Some(format!(
+            "{net}: the prefix must be between /{MIN_APP_PREFIX_LEN} and /{MAX_NODE_PREFIX_LEN}"
+        ));
+    }
+    for (cidr, what) in SPECIAL_RANGES {
+        let special: Ipv4Net = cidr.parse().ok()?;
+        if special.contains(&net) || net.contains(&special) {
+            return Some(format!(
+                "{net} overlaps the {what} range {special}, which is not usable for an app"
+            ));
+        }
+    }
+    None
+}
+
 /// Validates an app; `Err` carries every problem found.
 pub fn validate_app(
     key: &ObjectKey,
@@ -75,15 +132,74 @@ pub fn validate_app(
     sites: &BTreeMap<String, MeshSiteSpec>,
     config: &PlannerConfig,
 ) -> Result<ValidApp, Vec<PlanError>> {
+    let (valid, errs) = check_app(key, spec, sites, config);
+    match valid {
+        Some(v) if errs.is_empty() => Ok(v),
+        _ => Err(errs),
+    }
+}
+
+/// Like [`validate_app`], but a site that does not exist (any more) is no
+/// error: an accepted version that named it only runs at fewer places.
+pub fn validate_app_lenient(
+    key: &ObjectKey,
+    spec: &MeshAppSpec,
+    sites: &BTreeMap<String, MeshSiteSpec>,
+    config: &PlannerConfig,
+) -> Option<ValidApp> {
+    let (valid, errs) = check_app(key, spec, sites, config);
+    errs.iter()
+        .all(|e| e.reason == "UnknownSite")
+        .then_some(valid)
+        .flatten()
+}
+
+fn check_app(
+    key: &ObjectKey,
+    spec: &MeshAppSpec,
+    sites: &BTreeMap<String, MeshSiteSpec>,
+    config: &PlannerConfig,
+) -> (Option<ValidApp>, Vec<PlanError>) {
     let object = object_name("MeshApp", key);
-    let mut errs = Vec::new();
+    let mut errs = key_errors(key, &object);
+    let mut structural = !errs.is_empty();
     selector_errors(&spec.selector, "spec.selector", &object, &mut errs);
+    if spec.sites.len() > super::accept::MAX_SITES {
+        errs.push(PlanError::new(
+            ErrorKind::Invalid,
+            &object,
+            "spec.sites",
+            "TooManySites",
+            format!(
+                "{} sites; at most {}",
+                spec.sites.len(),
+                super::accept::MAX_SITES
+            ),
+        ));
+    }
     for (i, site) in spec.sites.iter().enumerate() {
-        if !site_known(site, sites) {
+        let field = format!("spec.sites[{i}]");
+        if let Err(e) = validation::dns_subdomain(site) {
             errs.push(PlanError::new(
                 ErrorKind::Invalid,
                 &object,
-                format!("spec.sites[{i}]"),
+                field,
+                "InvalidSite",
+                e,
+            ));
+        } else if spec.sites[..i].contains(site) {
+            errs.push(PlanError::new(
+                ErrorKind::Invalid,
+                &object,
+                field,
+                "DuplicateSite",
+                format!("site {site:?} is listed twice"),
+            ));
+        } else if !site_known(site, sites) {
+            errs.push(PlanError::new(
+                ErrorKind::Invalid,
+                &object,
+                field,
                 "UnknownSite",
                 format!("no MeshSite named {site:?}"),
             ));
@@ -91,7 +207,7 @@ pub fn validate_app(
     }
     let explicit_range = match &spec.address_space {
         None => None,
-        Some(s) => match parse_cidr(s) {
+        Some(s) => match parse_cidr(s).and_then(|n| range_errors(n).map_or(Ok(n), Err)) {
             Ok(net) => Some(net),
             Err(msg) => {
                 errs.push(PlanError::new(
@@ -101,6 +217,7 @@ pub fn validate_app(
                     "InvalidAddressSpace",
                     msg,
                 ));
+                structural = true;
                 None
             }
         },
@@ -125,6 +242,7 @@ pub fn validate_app(
                     "{given} must be between the app range's prefix /{range_prefix} and /{MAX_NODE_PREFIX_LEN}"
                 ),
             ));
+            structural = true;
         }
     }
     if let Some(mtu) = spec.mtu {
@@ -136,20 +254,39 @@ pub fn validate_app(
                 "InvalidMtu",
                 format!("mtu {mtu} must be between 1280 and 1500"),
             ));
+            structural = true;
         }
     }
-    if errs.is_empty() {
-        Ok(ValidApp {
-            explicit_range,
-            node_prefix_len,
-            sites: spec.sites.clone(),
-            mtu: spec.mtu.unwrap_or(DEFAULT_MTU),
-            keepalive: spec.persistent_keepalive.unwrap_or(0),
-        })
-    } else {
-        Err(errs)
+    if let Some(k) = spec.persistent_keepalive {
+        if k > MAX_KEEPALIVE_SECONDS {
+            errs.push(PlanError::new(
+                ErrorKind::Invalid,
+                &object,
+                "spec.persistentKeepalive",
+                "InvalidKeepalive",
+                format!(
+                    "persistentKeepalive {k} must be between 0 and {MAX_KEEPALIVE_SECONDS} seconds"
+                ),
+            ));
+            structural = true;
+        }
     }
+    let structural = structural
+        || errs
+            .iter()
+            .any(|e| e.reason != "UnknownSite" && e.reason != "DuplicateSite");
+    let valid = (!structural).then(|| ValidApp {
+        explicit_range,
+        node_prefix_len,
+        sites: spec.sites.clone(),
+        mtu: spec.mtu.unwrap_or(DEFAULT_MTU),
+        keepalive: spec.persistent_keepalive.unwrap_or(0),
+    });
+    (valid, errs)
 }
+
+/// Longest keepalive interval (documented bound).
+pub const MAX_KEEPALIVE_SECONDS: u16 = 3600;
 
 /// Validates a policy (references and syntax; rules are not compiled here).
 pub fn validate_policy(
@@ -159,8 +296,16 @@ pub fn validate_policy(
     sites: &BTreeMap<String, MeshSiteSpec>,
 ) -> Vec<PlanError> {
     let object = object_name("MeshPolicy", key);
-    let mut errs = Vec::new();
-    if !apps.contains_key(&ObjectKey::new(&key.namespace, &spec.app)) {
+    let mut errs = key_errors(key, &object);
+    if let Err(e) = validation::dns_subdomain(&spec.app) {
+        errs.push(PlanError::new(
+            ErrorKind::Invalid,
+            &object,
+            "spec.app",
+            "InvalidName",
+            e,
+        ));
+    } else if !apps.contains_key(&ObjectKey::new(&key.namespace, &spec.app)) {
         errs.push(PlanError::new(
             ErrorKind::Invalid,
             &object,

@@ -2,21 +2,32 @@
 //! "broken", and atomic writes (temp file in the same directory, fsync, rename).
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::Context;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Reads a JSON file: `Ok(None)` when it does not exist.
+/// Reads a JSON file: `Ok(None)` when it does not exist. Files written by
+/// other processes (daemons) are read only up to
+/// [`MAX_NODE_FILE_BYTES`](weft_api::validation::MAX_NODE_FILE_BYTES): a
+/// larger one is an error, never a large allocation.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
+    let limit = weft_api::validation::MAX_NODE_FILE_BYTES;
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    serde_json::from_str(&text)
+    let mut body = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut body)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if body.len() as u64 > limit {
+        anyhow::bail!("{} is larger than {limit} bytes", path.display());
+    }
+    serde_json::from_slice(&body)
         .map(Some)
         .with_context(|| format!("parsing {}", path.display()))
 }

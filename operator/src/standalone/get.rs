@@ -10,6 +10,8 @@ use weft_api::conditions::{self, types};
 use weft_api::standalone::{NodeRegistration, StateDir, StoredStatus};
 use weft_api::{MeshAppStatus, MeshNode, MeshNodeStatus, MeshPolicyStatus, MeshSiteStatus};
 
+use weft_api::validation::printable;
+
 use super::files::read_json;
 
 /// Output format.
@@ -26,6 +28,13 @@ pub enum Output {
 
 /// Lays out rows under a header with two spaces between columns.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    // Names and messages come from user input: a newline or an escape
+    // sequence in one must not break the table or the terminal.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c, usize::MAX)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {

@@ -1,21 +1,87 @@
 //! The manifests directory: every `*.yaml`, `*.yml` and `*.json` file, each
 //! holding one or more documents (`apiVersion: weft.dev/v1alpha1`, `kind`,
-//! `metadata`, `spec`). A file that stops parsing keeps its last good
-//! content, so a typo never tears down what works; a deleted file drops its
-//! objects.
+//! `metadata`, `spec`). Every document is checked as the API server would
+//! check it (names and labels by the Kubernetes rules, the CRD schema with
+//! unknown fields refused, sizes), and every problem names the file, the
+//! document and the field.
+//!
+//! Deleting a file (or a document) deletes its objects. Anything else that
+//! goes wrong with a file (it stops parsing, becomes empty, a directory or a
+//! dangling symlink, an object in it turns invalid, or is renamed in place)
+//! deletes nothing: the file is *broken*, and the objects it defined when it
+//! was last good stay, each marked with the file's problem, so the planner
+//! keeps their last accepted spec in force.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::Value;
+use weft_api::standalone::{ManifestFileStatus, ManifestProblem};
+use weft_api::validation::{self, MAX_MANIFEST_BYTES};
 use weft_api::{MeshAppSpec, MeshHubSpec, MeshPolicySpec, MeshSiteSpec};
 
+use super::schema::{self, Problem};
 use crate::planner::ObjectKey;
 
 /// The apiVersion every document must carry.
 pub const API_VERSION: &str = "weft.dev/v1alpha1";
+/// Most bytes of annotations one object may carry (the API server's limit).
+pub const MAX_ANNOTATION_BYTES: usize = 256 * 1024;
+
+/// A Weft kind a manifest can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// MeshApp (namespaced).
+    App,
+    /// MeshPolicy (namespaced).
+    Policy,
+    /// MeshSite (cluster-scoped).
+    Site,
+    /// MeshHub (cluster-scoped).
+    Hub,
+}
+
+impl Kind {
+    /// The kind as written in manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::App => "MeshApp",
+            Kind::Policy => "MeshPolicy",
+            Kind::Site => "MeshSite",
+            Kind::Hub => "MeshHub",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        [Kind::App, Kind::Policy, Kind::Site, Kind::Hub]
+            .into_iter()
+            .find(|k| k.name() == s)
+    }
+
+    fn namespaced(self) -> bool {
+        matches!(self, Kind::App | Kind::Policy)
+    }
+}
+
+/// Which object a document defines: kind and key (`namespace/name`, or
+/// `name` for cluster-scoped kinds).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    /// Kind.
+    pub kind: Kind,
+    /// Key.
+    pub key: String,
+}
+
+impl fmt::Display for ObjectRef {
+    /// `MeshApp demo/web`: the object name the planner's errors use.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind.name(), self.key)
+    }
+}
 
 /// One object read from a manifest.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,83 +92,329 @@ pub enum Manifest {
     Policy(ObjectKey, MeshPolicySpec),
     /// A MeshSite (cluster-scoped).
     Site(String, MeshSiteSpec),
-    /// A MeshHub (accepted, not used by the standalone operator).
+    /// A MeshHub (cluster-scoped).
     Hub(String, MeshHubSpec),
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Document {
-    api_version: String,
-    kind: String,
-    metadata: Metadata,
-    #[serde(default)]
-    spec: Value,
-}
-
-#[derive(Deserialize)]
-struct Metadata {
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-}
-
-fn spec_of<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
-    let v = if v.is_null() {
-        Value::Object(Default::default())
-    } else {
-        v
-    };
-    serde_json::from_value(v).map_err(|e| format!("spec: {e}"))
-}
-
-fn parse_document(v: Value) -> Result<Manifest, String> {
-    let doc: Document = serde_json::from_value(v).map_err(|e| e.to_string())?;
-    if doc.api_version != API_VERSION {
-        return Err(format!(
-            "apiVersion {:?} is not {API_VERSION:?}",
-            doc.api_version
-        ));
-    }
-    if doc.metadata.name.is_empty() {
-        return Err("metadata.name must not be empty".into());
-    }
-    let ns = || {
-        ObjectKey::new(
-            doc.metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-            doc.metadata.name.clone(),
-        )
-    };
-    match doc.kind.as_str() {
-        "MeshApp" => Ok(Manifest::App(ns(), spec_of(doc.spec)?)),
-        "MeshPolicy" => Ok(Manifest::Policy(ns(), spec_of(doc.spec)?)),
-        "MeshSite" => Ok(Manifest::Site(doc.metadata.name, spec_of(doc.spec)?)),
-        "MeshHub" => Ok(Manifest::Hub(doc.metadata.name, spec_of(doc.spec)?)),
-        other => Err(format!(
-            "kind {other:?} is not one of MeshApp, MeshPolicy, MeshSite, MeshHub"
-        )),
+impl Manifest {
+    /// The object this is.
+    pub fn object(&self) -> ObjectRef {
+        let (kind, key) = match self {
+            Manifest::App(k, _) => (Kind::App, k.to_string()),
+            Manifest::Policy(k, _) => (Kind::Policy, k.to_string()),
+            Manifest::Site(n, _) => (Kind::Site, n.clone()),
+            Manifest::Hub(n, _) => (Kind::Hub, n.clone()),
+        };
+        ObjectRef { kind, key }
     }
 }
 
-/// Parses a manifest file's text; the error names the document index.
-pub fn parse_manifest(path: &Path, text: &str) -> Result<Vec<Manifest>, String> {
+/// What one document of a file came to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocResult {
+    /// Index among the file's non-empty documents.
+    pub index: usize,
+    /// The object, when kind and names could be read.
+    pub object: Option<ObjectRef>,
+    /// The object, when the whole document was accepted.
+    pub manifest: Option<Manifest>,
+    /// Problems (empty when accepted).
+    pub problems: Vec<Problem>,
+}
+
+/// A whole file, parsed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FileParse {
+    /// Per document.
+    pub docs: Vec<DocResult>,
+    /// A problem of the file as a whole (unreadable, not YAML, empty).
+    pub file_problem: Option<String>,
+}
+
+impl FileParse {
+    fn broken(&self) -> bool {
+        self.file_problem.is_some() || self.docs.iter().any(|d| !d.problems.is_empty())
+    }
+}
+
+fn problem(field: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+fn yaml_options() -> serde_saphyr::Options {
+    // A 1 MiB file can still expand aliases into far more: keep the event
+    // and alias budget small (real manifests use none or a few).
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_events: 200_000,
+            max_aliases: 1_000,
+            max_anchors: 1_000,
+            max_recorded_anchor_events: 100_000,
+        },
+    }
+}
+
+/// Parses a manifest file's text into its documents.
+pub fn parse_manifest(path: &Path, text: &str) -> FileParse {
     let is_json = path.extension().is_some_and(|e| e == "json");
-    let docs: Vec<Value> = if is_json {
-        match serde_json::from_str::<Value>(text).map_err(|e| format!("document 0: {e}"))? {
-            Value::Array(items) => items,
-            v => vec![v],
+    let docs: Result<Vec<Value>, String> = if is_json {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(items)) => Ok(items),
+            Ok(v) => Ok(vec![v]),
+            Err(e) => Err(format!("not JSON: {e}")),
         }
     } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|e| format!("YAML: {e}"))?
+        serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options()).map_err(|e| {
+            // The parser's message carries a source snippet over several
+            // lines; its first line says what and where.
+            let msg = e.to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            format!("not YAML: {}", validation::printable(first, 300))
+        })
     };
-    docs.into_iter()
-        .enumerate()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(i, v)| parse_document(v).map_err(|e| format!("document {i}: {e}")))
-        .collect()
+    match docs {
+        Err(e) => FileParse {
+            docs: Vec::new(),
+            file_problem: Some(e),
+        },
+        Ok(docs) => {
+            let docs: Vec<DocResult> = docs
+                .into_iter()
+                .filter(|v| !v.is_null())
+                .enumerate()
+                .map(|(i, v)| parse_document(i, v))
+                .collect();
+            let file_problem = docs.is_empty().then(|| {
+                "holds no document; delete the file to delete the objects it defined".to_string()
+            });
+            FileParse { docs, file_problem }
+        }
+    }
+}
+
+fn string_map(v: Option<&Value>, field: &str, out: &mut Vec<Problem>) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(o)) => {
+            for (k, v) in o {
+                match v {
+                    Value::String(s) => {
+                        m.insert(k.clone(), s.clone());
+                    }
+                    other => out.push(problem(
+                        &format!("{field}[{}]", validation::printable(k, 80)),
+                        format!(
+                            "must be a string, not {}",
+                            validation::printable(&other.to_string(), 40)
+                        ),
+                    )),
+                }
+            }
+        }
+        Some(_) => out.push(problem(field, "must be a map of strings")),
+    }
+    m
+}
+
+/// Reads metadata; returns the object's key when its names are valid.
+fn read_metadata(
+    kind: Option<Kind>,
+    meta: Option<&Value>,
+    out: &mut Vec<Problem>,
+) -> Option<String> {
+    let Some(meta) = meta else {
+        out.push(problem("metadata", "required"));
+        return None;
+    };
+    let Value::Object(meta) = meta else {
+        out.push(problem("metadata", "must be an object"));
+        return None;
+    };
+    for k in meta.keys() {
+        if !matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations") {
+            out.push(problem(
+                &format!("metadata.{}", validation::printable(k, 80)),
+                "unknown or unsupported field in standalone mode (name, namespace, labels and annotations are read)",
+            ));
+        }
+    }
+    let name = match meta.get("name") {
+        Some(Value::String(n)) => match validation::dns_subdomain(n) {
+            Ok(()) => Some(n.clone()),
+            Err(e) => {
+                out.push(problem("metadata.name", e));
+                None
+            }
+        },
+        None | Some(Value::Null) => {
+            out.push(problem("metadata.name", "required"));
+            None
+        }
+        Some(_) => {
+            out.push(problem("metadata.name", "must be a string"));
+            None
+        }
+    };
+    let namespace = match meta.get("namespace") {
+        None | Some(Value::Null) => Some("default".to_string()),
+        Some(Value::String(ns)) => {
+            if kind.is_some_and(|k| !k.namespaced()) {
+                out.push(problem(
+                    "metadata.namespace",
+                    format!(
+                        "{} is cluster-scoped and takes no namespace",
+                        kind.map_or("", |k| k.name())
+                    ),
+                ));
+                None
+            } else {
+                match validation::dns_label(ns) {
+                    Ok(()) => Some(ns.clone()),
+                    Err(e) => {
+                        out.push(problem("metadata.namespace", e));
+                        None
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            out.push(problem("metadata.namespace", "must be a string"));
+            None
+        }
+    };
+    let labels = string_map(meta.get("labels"), "metadata.labels", out);
+    for (f, m) in validation::labels(&labels) {
+        out.push(problem(&format!("metadata.labels{f}"), m));
+    }
+    let annotations = string_map(meta.get("annotations"), "metadata.annotations", out);
+    let mut size = 0;
+    for (k, v) in &annotations {
+        size += k.len() + v.len();
+        if let Err(e) = validation::label_key(k) {
+            out.push(problem(
+                &format!("metadata.annotations[{}]", validation::printable(k, 80)),
+                e.replace("label key", "annotation key"),
+            ));
+        }
+    }
+    if size > MAX_ANNOTATION_BYTES {
+        out.push(problem(
+            "metadata.annotations",
+            format!("{size} bytes; at most {MAX_ANNOTATION_BYTES}"),
+        ));
+    }
+    let (kind, name) = (kind?, name?);
+    if kind.namespaced() {
+        Some(format!("{}/{name}", namespace?))
+    } else {
+        namespace.map(|_| name)
+    }
+}
+
+fn parse_document(index: usize, v: Value) -> DocResult {
+    let mut problems = Vec::new();
+    let fail = |problems| DocResult {
+        index,
+        object: None,
+        manifest: None,
+        problems,
+    };
+    let Value::Object(doc) = v else {
+        return fail(vec![problem(
+            "",
+            "a document must be a mapping with apiVersion, kind, metadata and spec",
+        )]);
+    };
+    for k in doc.keys() {
+        if !matches!(
+            k.as_str(),
+            "apiVersion" | "kind" | "metadata" | "spec" | "status"
+        ) {
+            problems.push(problem(&validation::printable(k, 80), "unknown field"));
+        }
+    }
+    match doc.get("apiVersion") {
+        Some(Value::String(v)) if v == API_VERSION => {}
+        Some(v) => problems.push(problem(
+            "apiVersion",
+            format!(
+                "{} is not {API_VERSION:?}",
+                validation::printable(&v.to_string(), 80)
+            ),
+        )),
+        None => problems.push(problem("apiVersion", "required")),
+    }
+    let kind = match doc.get("kind") {
+        Some(Value::String(k)) => {
+            let kind = Kind::parse(k);
+            if kind.is_none() {
+                problems.push(problem(
+                    "kind",
+                    format!(
+                        "{:?} is not one of MeshApp, MeshPolicy, MeshSite, MeshHub",
+                        validation::printable(k, 80)
+                    ),
+                ));
+            }
+            kind
+        }
+        Some(_) => {
+            problems.push(problem("kind", "must be a string"));
+            None
+        }
+        None => {
+            problems.push(problem("kind", "required"));
+            None
+        }
+    };
+    let key = read_metadata(kind, doc.get("metadata"), &mut problems);
+    let object = kind.zip(key).map(|(kind, key)| ObjectRef { kind, key });
+    let Some(obj) = &object else {
+        return fail(problems);
+    };
+    let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
+    if spec.is_null() {
+        problems.push(problem("spec", "required"));
+    } else if let Some(s) = schema::spec_schema(obj.kind.name()) {
+        schema::check(&spec, s, "spec", &mut problems);
+    }
+    let manifest = if problems.is_empty() {
+        match to_manifest(obj, spec) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    DocResult {
+        index,
+        object,
+        manifest,
+        problems,
+    }
+}
+
+fn to_manifest(obj: &ObjectRef, spec: Value) -> Result<Manifest, Problem> {
+    fn spec_of<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Problem> {
+        serde_json::from_value(v).map_err(|e| problem("spec", e.to_string()))
+    }
+    Ok(match obj.kind {
+        Kind::App => Manifest::App(ObjectKey::parse(&obj.key), spec_of(spec)?),
+        Kind::Policy => Manifest::Policy(ObjectKey::parse(&obj.key), spec_of(spec)?),
+        Kind::Site => Manifest::Site(obj.key.clone(), spec_of(spec)?),
+        Kind::Hub => Manifest::Hub(obj.key.clone(), spec_of(spec)?),
+    })
 }
 
 /// Whether the file is a manifest by its name. Hidden files and kustomize's
@@ -122,109 +434,283 @@ pub fn is_manifest(path: &Path) -> bool {
             .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
 }
 
+/// Reads a manifest file whole, refusing what is not a regular file or is
+/// larger than [`MAX_MANIFEST_BYTES`] without reading past the bound.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if fs::symlink_metadata(path).is_ok() => {
+            return Err(format!("a symlink whose target cannot be read: {e}"))
+        }
+        Err(e) => return Err(format!("cannot read: {e}")),
+    };
+    if !meta.is_file() {
+        return Err("not a regular file (a directory?)".into());
+    }
+    if meta.len() > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "{} bytes; a manifest file may hold at most {MAX_MANIFEST_BYTES}",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "more than {MAX_MANIFEST_BYTES} bytes; a manifest file may hold at most that"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
 #[derive(Clone, Debug, Default)]
 struct CachedFile {
-    /// Text last read (good or bad), to re-parse only on change.
-    text: Option<String>,
-    /// Objects of the last text that parsed.
-    objects: Vec<Manifest>,
+    /// What the last read gave (text or the read error), to re-parse only
+    /// on change.
+    read: Option<Result<String, String>>,
+    /// The parse of that text.
+    parse: FileParse,
+    /// Problems found by comparing with the last good content (renames).
+    renames: Vec<(usize, Problem)>,
+    /// Objects of the last text that had no problem at all.
+    good: Vec<Manifest>,
+    /// Whether `good` was ever set since the operator started.
+    ever_good: bool,
 }
 
-/// A problem with one manifest file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ManifestError {
-    /// The file.
+impl CachedFile {
+    fn broken(&self) -> bool {
+        self.parse.broken() || !self.renames.is_empty()
+    }
+}
+
+/// One object as the manifests define it now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The file defining it.
     pub file: PathBuf,
-    /// What is wrong (document index and the parser's message).
-    pub message: String,
+    /// Its document, when it is defined by a document of the current text.
+    pub document: Option<usize>,
+    /// The object.
+    pub object: ObjectRef,
+    /// Its current spec, when it was accepted.
+    pub manifest: Option<Manifest>,
+    /// Why its current spec is not there (empty when `manifest` is set).
+    pub problems: Vec<Problem>,
 }
 
-/// Last good objects of every manifest file.
+/// Every manifest file, its current parse and its last good content.
 #[derive(Debug, Default)]
 pub struct ManifestCache {
     files: BTreeMap<PathBuf, CachedFile>,
-    errors: BTreeMap<PathBuf, String>,
 }
 
+/// A manifests directory that cannot be listed: nothing is known, so
+/// nothing may be deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirError(pub String);
+
 impl ManifestCache {
-    /// Re-reads the directory. Returns the errors that are NEW this time (a
-    /// file is reported again only when its text changes).
-    pub fn refresh(&mut self, dir: &Path) -> Vec<ManifestError> {
-        let mut fresh = Vec::new();
-        let mut present = Vec::new();
-        let entries = match fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                let msg = format!("cannot read manifests directory: {e}");
-                if self.errors.get(dir) != Some(&msg) {
-                    self.errors.insert(dir.to_path_buf(), msg.clone());
-                    fresh.push(ManifestError {
-                        file: dir.to_path_buf(),
-                        message: msg,
-                    });
-                }
-                // Keep everything we had: an unreadable directory is not a deletion.
-                return fresh;
-            }
-        };
-        self.errors.remove(dir);
+    /// Re-reads the directory. Returns the files whose problems are new this
+    /// time (each is reported once per change of its text).
+    pub fn refresh(&mut self, dir: &Path) -> Result<Vec<(PathBuf, String)>, DirError> {
+        let entries = fs::read_dir(dir).map_err(|e| {
+            DirError(format!(
+                "cannot read manifests directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_manifest(p))
+            .filter(|p| is_manifest(p))
             .collect();
         paths.sort();
-        for path in paths {
-            let text = match fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    let msg = format!("cannot read: {e}");
-                    if self.errors.get(&path) != Some(&msg) {
-                        fresh.push(ManifestError {
-                            file: path.clone(),
-                            message: msg.clone(),
-                        });
-                        self.errors.insert(path.clone(), msg);
-                    }
-                    present.push(path);
-                    continue;
-                }
-            };
-            present.push(path.clone());
+        let mut fresh = Vec::new();
+        for path in &paths {
+            let read = read_bounded(path);
             let cached = self.files.entry(path.clone()).or_default();
-            if cached.text.as_deref() == Some(text.as_str()) {
+            if cached.read.as_ref() == Some(&read) {
                 continue;
             }
-            cached.text = Some(text.clone());
-            match parse_manifest(&path, &text) {
-                Ok(objects) => {
-                    cached.objects = objects;
-                    self.errors.remove(&path);
-                }
-                Err(msg) => {
-                    fresh.push(ManifestError {
+            cached.parse = match &read {
+                Ok(text) => parse_manifest(path, text),
+                Err(e) => FileParse {
+                    docs: Vec::new(),
+                    file_problem: Some(e.clone()),
+                },
+            };
+            cached.read = Some(read);
+            cached.renames = renames(&cached.good, &cached.parse);
+            if cached.broken() {
+                fresh.push((path.clone(), summary(cached)));
+            } else {
+                cached.good = cached
+                    .parse
+                    .docs
+                    .iter()
+                    .filter_map(|d| d.manifest.clone())
+                    .collect();
+                cached.ever_good = true;
+            }
+        }
+        self.files.retain(|p, _| paths.contains(p));
+        Ok(fresh)
+    }
+
+    /// Every object the files define now. A broken file also keeps the
+    /// objects of its last good content (or, right after a restart, those
+    /// `claimed_before` says it defined), marked with its problems.
+    pub fn entries(&self, claimed_before: &dyn Fn(&Path) -> Vec<ObjectRef>) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for (path, f) in &self.files {
+            let mut here: BTreeSet<ObjectRef> = BTreeSet::new();
+            for d in &f.parse.docs {
+                let Some(object) = d.object.clone() else {
+                    continue;
+                };
+                let mut problems = d.problems.clone();
+                problems.extend(
+                    f.renames
+                        .iter()
+                        .filter(|(i, _)| *i == d.index)
+                        .map(|(_, p)| p.clone()),
+                );
+                here.insert(object.clone());
+                out.push(Entry {
+                    file: path.clone(),
+                    document: Some(d.index),
+                    object,
+                    manifest: if problems.is_empty() {
+                        d.manifest.clone()
+                    } else {
+                        None
+                    },
+                    problems,
+                });
+            }
+            if !f.broken() {
+                continue;
+            }
+            let why = problem("", summary(f));
+            let before: Vec<ObjectRef> = if f.ever_good {
+                f.good.iter().map(Manifest::object).collect()
+            } else {
+                claimed_before(path)
+            };
+            for object in before {
+                if here.insert(object.clone()) {
+                    out.push(Entry {
                         file: path.clone(),
-                        message: msg.clone(),
+                        document: None,
+                        object,
+                        manifest: None,
+                        problems: vec![why.clone()],
                     });
-                    self.errors.insert(path, msg);
                 }
             }
         }
-        self.files.retain(|p, _| present.contains(p));
-        self.errors.retain(|p, _| present.contains(p) || p == dir);
-        fresh
+        out
     }
 
-    /// Every object, files in path order.
-    pub fn objects(&self) -> impl Iterator<Item = (&Path, &Manifest)> {
+    /// The state of every file, for `get manifests`.
+    pub fn file_statuses(&self) -> Vec<ManifestFileStatus> {
         self.files
             .iter()
-            .flat_map(|(p, f)| f.objects.iter().map(move |o| (p.as_path(), o)))
+            .map(|(path, f)| {
+                let mut errors = Vec::new();
+                if let Some(p) = &f.parse.file_problem {
+                    errors.push(ManifestProblem {
+                        message: p.clone(),
+                        ..Default::default()
+                    });
+                }
+                for d in &f.parse.docs {
+                    let renamed = f
+                        .renames
+                        .iter()
+                        .filter(|(i, _)| *i == d.index)
+                        .map(|(_, p)| p);
+                    for p in d.problems.iter().chain(renamed) {
+                        errors.push(ManifestProblem {
+                            document: Some(d.index),
+                            object: d.object.as_ref().map(ToString::to_string),
+                            field: p.field.clone(),
+                            message: p.message.clone(),
+                        });
+                    }
+                }
+                ManifestFileStatus {
+                    file: path.display().to_string(),
+                    objects: f
+                        .parse
+                        .docs
+                        .iter()
+                        .filter_map(|d| d.object.as_ref().map(ToString::to_string))
+                        .collect(),
+                    errors,
+                }
+            })
+            .collect()
     }
+}
 
-    /// Files whose current text does not parse, with the reason.
-    pub fn current_errors(&self) -> &BTreeMap<PathBuf, String> {
-        &self.errors
+/// One line for a broken file: its first problem, and how many more.
+fn summary(f: &CachedFile) -> String {
+    let mut all: Vec<String> = f.parse.file_problem.iter().cloned().collect();
+    for d in &f.parse.docs {
+        let renamed = f
+            .renames
+            .iter()
+            .filter(|(i, _)| *i == d.index)
+            .map(|(_, p)| p);
+        for p in d.problems.iter().chain(renamed) {
+            let field = if p.field.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", p.field)
+            };
+            all.push(format!("document {}: {field}{}", d.index, p.message));
+        }
     }
+    match all.len() {
+        0 => "no problem".into(),
+        1 => all.remove(0),
+        n => format!("{} (and {} more)", all[0], n - 1),
+    }
+}
+
+/// A document that now defines another object of the same kind than the
+/// file's last good content did at the same place, while that object is
+/// gone from the file: most likely a typo in a name or namespace, and
+/// applying it would delete a working object on every node. Refused; the
+/// user removes the old document (or file) first to really rename.
+fn renames(good: &[Manifest], parse: &FileParse) -> Vec<(usize, Problem)> {
+    let now: BTreeSet<ObjectRef> = parse.docs.iter().filter_map(|d| d.object.clone()).collect();
+    let mut out = Vec::new();
+    for d in &parse.docs {
+        let (Some(new), Some(old)) = (&d.object, good.get(d.index).map(Manifest::object)) else {
+            continue;
+        };
+        if new.kind == old.kind && *new != old && !now.contains(&old) {
+            out.push((
+                d.index,
+                problem(
+                    "metadata",
+                    format!(
+                        "{old} became {new}: renaming in place would delete {old} on every node; remove its document (or file) first, then add the new one"
+                    ),
+                ),
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 pub mod files;
 pub mod get;
 pub mod manifests;
+pub mod registration;
+pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -24,15 +26,17 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use weft_api::standalone::{NodeRegistration, StateDir, StoredStatus};
+use weft_api::standalone::{
+    ManifestFileStatus, ManifestProblem, NodeRegistration, StateDir, StoredStatus,
+};
 use weft_api::{
-    MeshAppSpec, MeshAppStatus, MeshNode, MeshNodeSpec, MeshNodeStatus, MeshPolicySpec,
-    MeshPolicyStatus, MeshSiteSpec, MeshSiteStatus,
+    MeshAppSpec, MeshAppStatus, MeshHubSpec, MeshHubStatus, MeshNode, MeshNodeSpec, MeshNodeStatus,
+    MeshPolicySpec, MeshPolicyStatus, MeshSiteSpec, MeshSiteStatus,
 };
 
-use crate::planner::{self, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
+use crate::planner::{self, ErrorKind, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
 use crate::status::{self, ConditionedStatus, NodeView};
-use manifests::{Manifest, ManifestCache};
+use manifests::{Entry, Kind, Manifest, ManifestCache, ObjectRef};
 
 /// A node whose heartbeat is older than this is lost.
 pub const LOST_AFTER_SECONDS: i64 = 30;
@@ -86,7 +90,7 @@ pub struct TickReport {
     pub status_deletes: Vec<String>,
     /// Every plan error of this tick.
     pub errors: Vec<PlanError>,
-    /// Manifest files that do not parse (their last good content is used).
+    /// Manifest files with problems (what they defined when last good stays).
     pub manifest_errors: Vec<(PathBuf, String)>,
 }
 
@@ -104,7 +108,10 @@ type Stored<S> = BTreeMap<String, StoredStatus<S>>;
 
 #[derive(Default)]
 struct NodeFiles {
+    /// The last registration that was valid.
     registration: Option<NodeRegistration>,
+    /// What is wrong with the current one, as `(field, message)`.
+    registration_errors: Vec<(String, String)>,
     status: Option<MeshNodeStatus>,
 }
 
@@ -115,18 +122,60 @@ pub struct Standalone {
     manifests: ManifestCache,
     /// Last good node.json / status.json per node.
     nodes: BTreeMap<String, NodeFiles>,
-    stored: Option<(
-        Stored<MeshAppStatus>,
-        Stored<MeshPolicyStatus>,
-        Stored<MeshSiteStatus>,
-    )>,
+    stored: Option<StoredAll>,
     /// Errors logged last tick (each is logged once when it appears).
     logged: BTreeSet<String>,
+    /// What `status/manifests.json` holds.
+    manifest_status: Option<Vec<ManifestFileStatus>>,
+}
+
+/// The stored statuses of every user kind.
+#[derive(Default)]
+struct StoredAll {
+    apps: Stored<MeshAppStatus>,
+    policies: Stored<MeshPolicyStatus>,
+    sites: Stored<MeshSiteStatus>,
+    hubs: Stored<MeshHubStatus>,
+}
+
+impl StoredAll {
+    /// The objects whose stored status says `file` defined them.
+    fn defined_by(&self, file: &str) -> Vec<ObjectRef> {
+        fn of<'a, S>(
+            kind: Kind,
+            m: &'a Stored<S>,
+            file: &'a str,
+        ) -> impl Iterator<Item = ObjectRef> + 'a {
+            m.values()
+                .filter(move |s| s.source.as_deref() == Some(file))
+                .map(move |s| ObjectRef {
+                    kind,
+                    key: s.key.clone(),
+                })
+        }
+        of(Kind::App, &self.apps, file)
+            .chain(of(Kind::Policy, &self.policies, file))
+            .chain(of(Kind::Site, &self.sites, file))
+            .chain(of(Kind::Hub, &self.hubs, file))
+            .collect()
+    }
+
+    /// The file that defined an object when its status was last written.
+    fn source_of(&self, o: &ObjectRef) -> Option<&str> {
+        let src = match o.kind {
+            Kind::App => self.apps.get(&o.key).map(|s| &s.source),
+            Kind::Policy => self.policies.get(&o.key).map(|s| &s.source),
+            Kind::Site => self.sites.get(&o.key).map(|s| &s.source),
+            Kind::Hub => self.hubs.get(&o.key).map(|s| &s.source),
+        };
+        src?.as_deref()
+    }
 }
 
 const APPS: &str = "meshapps";
 const POLICIES: &str = "meshpolicies";
 const SITES: &str = "meshsites";
+const HUBS: &str = "meshhubs";
 
 fn spec_hash<T: Serialize>(spec: &T) -> String {
     let json = serde_json::to_vec(spec).unwrap_or_default();
@@ -170,6 +219,7 @@ impl Standalone {
             nodes: BTreeMap::new(),
             stored: None,
             logged: BTreeSet::new(),
+            manifest_status: None,
         }
     }
 
@@ -178,41 +228,93 @@ impl Standalone {
         let mut report = TickReport::default();
         let now_time = Time(now);
 
-        // 1. Manifests.
-        for err in self.manifests.refresh(&self.cfg.manifests) {
-            tracing::warn!(file = %err.file.display(), error = %err.message, "manifest does not parse; keeping its last good content");
+        // 1. Stored statuses (loaded once; memory is authoritative
+        // afterwards): they say which spec of each object is in force and
+        // which file defined it.
+        if self.stored.is_none() {
+            self.stored = Some(StoredAll {
+                apps: load_stored(&self.dir, APPS),
+                policies: load_stored(&self.dir, POLICIES),
+                sites: load_stored(&self.dir, SITES),
+                hubs: load_stored(&self.dir, HUBS),
+            });
         }
-        report.manifest_errors = self
+        let mut stored = self.stored.take().unwrap_or_default();
+
+        // 2. Manifests. A directory that cannot be listed says nothing about
+        // what exists: plan nothing rather than delete everything.
+        match self.manifests.refresh(&self.cfg.manifests) {
+            Ok(fresh) => {
+                for (file, msg) in fresh {
+                    tracing::warn!(file = %file.display(), error = %msg, "manifest has problems; what it defined when last good stays in force");
+                }
+            }
+            Err(manifests::DirError(msg)) => {
+                tracing::warn!(error = %msg, "not planning: the manifests directory cannot be read");
+                report.manifest_errors = vec![(self.cfg.manifests.clone(), msg)];
+                self.stored = Some(stored);
+                return Ok(report);
+            }
+        }
+        let entries = self
             .manifests
-            .current_errors()
+            .entries(&|p: &std::path::Path| stored.defined_by(&p.display().to_string()));
+        let mut file_status = self.manifests.file_statuses();
+        let chosen = choose_definitions(entries, &stored, &mut file_status);
+        report.manifest_errors = file_status
             .iter()
-            .map(|(p, m)| (p.clone(), m.clone()))
+            .filter(|f| !f.errors.is_empty())
+            .map(|f| (PathBuf::from(&f.file), manifest_summary(&f.errors)))
             .collect();
+        if self.manifest_status.as_ref() != Some(&file_status) {
+            match files::write_json_atomic(&self.dir.manifest_status(), &file_status) {
+                Ok(()) => self.manifest_status = Some(file_status),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot record the manifests' state")
+                }
+            }
+        }
         let mut snapshot = Snapshot {
             config: self.cfg.planner.clone(),
             ..Default::default()
         };
-        for (file, obj) in self.manifests.objects() {
-            let duplicate = match obj {
-                Manifest::App(k, spec) => snapshot.apps.insert(k.clone(), spec.clone()).is_some(),
-                Manifest::Policy(k, spec) => {
-                    snapshot.policies.insert(k.clone(), spec.clone()).is_some()
-                }
-                Manifest::Site(n, spec) => snapshot.sites.insert(n.clone(), spec.clone()).is_some(),
-                Manifest::Hub(..) => false,
-            };
-            if duplicate {
-                tracing::warn!(file = %file.display(), object = ?obj, "object defined twice; the later file wins");
-            }
+        let mut sources: BTreeMap<ObjectRef, String> = BTreeMap::new();
+        for entry in chosen.values() {
+            sources.insert(entry.object.clone(), entry.file.display().to_string());
+            add_entry(&mut snapshot, entry);
         }
 
-        // 2. Nodes.
+        // 2b. Nodes.
         let node_names = self.refresh_nodes();
         let mut generations: BTreeMap<String, i64> = BTreeMap::new();
         for name in &node_names {
             let Some(files) = self.nodes.get(name) else {
                 continue;
             };
+            if !files.registration_errors.is_empty() {
+                let object = format!("MeshNode {}", weft_api::validation::printable(name, 80));
+                snapshot.node_errors.insert(
+                    name.clone(),
+                    files
+                        .registration_errors
+                        .iter()
+                        .map(|(f, m)| {
+                            let field = if f.is_empty() {
+                                "registration".to_string()
+                            } else {
+                                format!("registration.{f}")
+                            };
+                            PlanError::new(
+                                ErrorKind::Invalid,
+                                &object,
+                                field,
+                                "InvalidRegistration",
+                                m.clone(),
+                            )
+                        })
+                        .collect(),
+                );
+            }
             let Some(reg) = &files.registration else {
                 continue;
             };
@@ -269,29 +371,26 @@ impl Standalone {
             }
         }
 
-        // 3. Stored statuses (loaded once; memory is authoritative afterwards).
-        if self.stored.is_none() {
-            self.stored = Some((
-                load_stored(&self.dir, APPS),
-                load_stored(&self.dir, POLICIES),
-                load_stored(&self.dir, SITES),
-            ));
-        }
-        let Some((stored_apps, stored_policies, stored_sites)) = self.stored.as_mut() else {
-            anyhow::bail!("stored statuses not loaded");
-        };
-        for (key, st) in stored_apps.iter() {
+        // 3. What was in force before.
+        for (key, st) in stored.apps.iter() {
+            let k = ObjectKey::parse(key);
             if let Some(range) = &st.status.address_space {
-                snapshot
-                    .previous_ranges
-                    .insert(ObjectKey::parse(key), range.clone());
+                snapshot.previous_ranges.insert(k.clone(), range.clone());
+            }
+            if let Some(e) = &st.status.enforced {
+                snapshot.previous_apps.insert(k, e.clone());
             }
         }
-        for (key, st) in stored_policies.iter() {
+        for (key, st) in stored.policies.iter() {
             if let Some(e) = &st.status.enforced {
                 snapshot
                     .previous_policies
                     .insert(ObjectKey::parse(key), e.clone());
+            }
+        }
+        for (key, st) in stored.sites.iter() {
+            if let Some(e) = &st.status.enforced {
+                snapshot.previous_sites.insert(key.clone(), e.clone());
             }
         }
 
@@ -341,23 +440,32 @@ impl Standalone {
             })
             .collect();
         let first_seen = now.to_string();
-        let mut writes = Vec::new();
-        let mut deletes = Vec::new();
         let traffic_refresh = self.cfg.traffic_refresh_seconds;
 
+        let src = |kind: Kind, key: &str| {
+            sources
+                .get(&ObjectRef {
+                    kind,
+                    key: key.to_string(),
+                })
+                .cloned()
+        };
+        let mut sync = Sync {
+            dir: &self.dir,
+            first_seen: &first_seen,
+            writes: Vec::new(),
+            deletes: Vec::new(),
+        };
         let app_items: BTreeMap<String, (&MeshAppSpec, _)> = snapshot
             .apps
             .iter()
             .filter_map(|(k, spec)| Some((k.to_string(), (spec, plan.apps.get(k)?))))
             .collect();
-        sync_kind(
-            &self.dir,
+        sync.kind(
             APPS,
-            stored_apps,
+            &mut stored.apps,
             &app_items,
-            &first_seen,
-            &mut writes,
-            &mut deletes,
+            |key| src(Kind::App, key),
             |key, (_, outcome), generation, prev| {
                 status::app_status_with_refresh(
                     &ObjectKey::parse(key),
@@ -369,41 +477,51 @@ impl Standalone {
                     traffic_refresh,
                 )
             },
-        )?;
+        );
         let policy_items: BTreeMap<String, (&MeshPolicySpec, _)> = snapshot
             .policies
             .iter()
             .filter_map(|(k, spec)| Some((k.to_string(), (spec, plan.policies.get(k)?))))
             .collect();
-        sync_kind(
-            &self.dir,
+        sync.kind(
             POLICIES,
-            stored_policies,
+            &mut stored.policies,
             &policy_items,
-            &first_seen,
-            &mut writes,
-            &mut deletes,
+            |key| src(Kind::Policy, key),
             |_, (_, outcome), generation, prev| {
                 status::policy_status(outcome, generation, prev, &now_time)
             },
-        )?;
+        );
         let site_items: BTreeMap<String, (&MeshSiteSpec, _)> = snapshot
             .sites
             .iter()
             .filter_map(|(k, spec)| Some((k.clone(), (spec, plan.sites.get(k)?))))
             .collect();
-        sync_kind(
-            &self.dir,
+        sync.kind(
             SITES,
-            stored_sites,
+            &mut stored.sites,
             &site_items,
-            &first_seen,
-            &mut writes,
-            &mut deletes,
+            |key| src(Kind::Site, key),
             |_, (_, outcome), generation, prev| {
                 status::site_status(outcome, generation, prev, &now_time)
             },
-        )?;
+        );
+        let hub_items: BTreeMap<String, (&MeshHubSpec, _)> = snapshot
+            .hubs
+            .iter()
+            .filter_map(|(k, spec)| Some((k.clone(), (spec, plan.hubs.get(k)?))))
+            .collect();
+        sync.kind(
+            HUBS,
+            &mut stored.hubs,
+            &hub_items,
+            |key| src(Kind::Hub, key),
+            |_, (_, outcome), generation, prev| {
+                status::hub_status(outcome, generation, prev, &now_time)
+            },
+        );
+        self.stored = Some(stored);
+        let (writes, deletes) = (sync.writes, sync.deletes);
         report.status_writes = writes;
         report.status_deletes = deletes;
         Ok(report)
@@ -423,12 +541,23 @@ impl Standalone {
                     continue;
                 }
                 let files = self.nodes.entry(name.clone()).or_default();
+                let before = std::mem::take(&mut files.registration_errors);
                 match files::read_json::<NodeRegistration>(&self.dir.registration(&name)) {
-                    Ok(Some(r)) => files.registration = Some(r),
+                    Ok(Some(r)) => {
+                        let errs = registration::errors(&name, &r);
+                        if errs.is_empty() {
+                            files.registration = Some(r);
+                        } else {
+                            files.registration_errors = errs;
+                        }
+                    }
                     Ok(None) => files.registration = None,
                     Err(e) => {
-                        tracing::warn!(node = %name, error = %format!("{e:#}"), "node.json unreadable; keeping the last good one")
+                        files.registration_errors = vec![(String::new(), format!("{e:#}"))];
                     }
+                }
+                if files.registration_errors != before && !files.registration_errors.is_empty() {
+                    tracing::warn!(node = %weft_api::validation::printable(&name, 80), errors = ?files.registration_errors, "node registration refused; keeping the last good one");
                 }
                 match files::read_json::<MeshNodeStatus>(&self.dir.node_status(&name)) {
                     Ok(s @ Some(_)) => files.status = s,
@@ -437,7 +566,7 @@ impl Standalone {
                         tracing::debug!(node = %name, error = %format!("{e:#}"), "status.json unreadable; keeping the last good one")
                     }
                 }
-                if files.registration.is_some() {
+                if files.registration.is_some() || !files.registration_errors.is_empty() {
                     seen.push(name);
                 }
             }
@@ -459,78 +588,229 @@ fn write_meshnode(
     files::write_json_atomic(&dir.meshnode(name), &obj)
 }
 
-/// Brings the stored statuses of one kind in line with the current objects:
-/// writes those that changed (ignoring condition times), removes those of
-/// objects that are gone.
-#[allow(clippy::too_many_arguments)]
-fn sync_kind<Spec: Serialize, O, S>(
-    dir: &StateDir,
-    plural: &str,
-    stored: &mut Stored<S>,
-    items: &BTreeMap<String, (&Spec, O)>,
-    first_seen: &str,
-    writes: &mut Vec<String>,
-    deletes: &mut Vec<String>,
-    compute: impl Fn(&str, &(&Spec, O), i64, Option<&S>) -> S,
-) -> anyhow::Result<()>
-where
-    S: ConditionedStatus + Serialize + DeserializeOwned,
-{
-    for (key, item) in items {
-        let hash = spec_hash(item.0);
-        let prev = stored.get(key);
-        let generation = match prev {
-            Some(p) if p.spec_hash == hash => p.generation,
-            Some(p) => p.generation + 1,
-            None => 1,
-        };
-        let status = compute(key, item, generation, prev.map(|p| &p.status));
-        let unchanged = prev.is_some_and(|p| {
-            p.generation == generation
-                && p.spec_hash == hash
-                && p.status.same_ignoring_time(&status)
-        });
-        if unchanged {
-            continue;
+/// Writes stored statuses; a status that cannot be written is logged and
+/// retried next pass, and never keeps the other objects' statuses from
+/// being written.
+struct Sync<'a> {
+    dir: &'a StateDir,
+    first_seen: &'a str,
+    writes: Vec<String>,
+    deletes: Vec<String>,
+}
+
+impl Sync<'_> {
+    /// Brings the stored statuses of one kind in line with the current
+    /// objects: writes those that changed (ignoring condition times),
+    /// removes those of objects that are gone.
+    fn kind<Spec: Serialize, O, S>(
+        &mut self,
+        plural: &str,
+        stored: &mut Stored<S>,
+        items: &BTreeMap<String, (&Spec, O)>,
+        source: impl Fn(&str) -> Option<String>,
+        compute: impl Fn(&str, &(&Spec, O), i64, Option<&S>) -> S,
+    ) where
+        S: ConditionedStatus + Serialize + DeserializeOwned,
+    {
+        let dir = self.dir;
+        for (key, item) in items {
+            let hash = spec_hash(item.0);
+            let prev = stored.get(key);
+            let generation = match prev {
+                Some(p) if p.spec_hash == hash => p.generation,
+                Some(p) => p.generation + 1,
+                None => 1,
+            };
+            let status = compute(key, item, generation, prev.map(|p| &p.status));
+            let source = source(key);
+            let unchanged = prev.is_some_and(|p| {
+                p.generation == generation
+                    && p.spec_hash == hash
+                    && p.source == source
+                    && p.status.same_ignoring_time(&status)
+            });
+            if unchanged {
+                continue;
+            }
+            let record = StoredStatus {
+                key: key.clone(),
+                first_seen: prev
+                    .map_or_else(|| self.first_seen.to_string(), |p| p.first_seen.clone()),
+                generation,
+                spec_hash: hash,
+                status,
+                source,
+            };
+            if let Err(e) = files::write_json_atomic(&dir.status_file(plural, key), &record) {
+                tracing::warn!(kind = plural, object = %weft_api::validation::printable(key, 120), error = %format!("{e:#}"), "cannot write status; retrying next pass");
+                continue;
+            }
+            tracing::debug!(kind = plural, object = %key, generation, "wrote status");
+            stored.insert(key.clone(), record);
+            self.writes.push(format!("{plural}/{key}"));
         }
-        let record = StoredStatus {
-            key: key.clone(),
-            first_seen: prev.map_or_else(|| first_seen.to_string(), |p| p.first_seen.clone()),
-            generation,
-            spec_hash: hash,
-            status,
-        };
-        files::write_json_atomic(&dir.status_file(plural, key), &record)
-            .with_context(|| format!("writing status of {plural} {key}"))?;
-        tracing::debug!(kind = plural, object = %key, generation, "wrote status");
-        stored.insert(key.clone(), record);
-        writes.push(format!("{plural}/{key}"));
-    }
-    let gone: Vec<String> = stored
-        .keys()
-        .filter(|k| !items.contains_key(*k))
-        .cloned()
-        .collect();
-    for key in gone {
-        stored.remove(&key);
-        deletes.push(format!("{plural}/{key}"));
-    }
-    // Also sweep files nobody tracks (e.g. left by an earlier run).
-    if let Ok(entries) = fs::read_dir(dir.status_dir(plural)) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let tracked = stored.keys().any(|k| dir.status_file(plural, k) == path);
-            if !tracked && path.extension().is_some_and(|e| e == "json") {
-                match fs::remove_file(&path) {
-                    Ok(()) => {
-                        tracing::info!(file = %path.display(), "removed status of a deleted object")
-                    }
-                    Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "cannot remove stale status")
+        let gone: Vec<String> = stored
+            .keys()
+            .filter(|k| !items.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            stored.remove(&key);
+            self.deletes.push(format!("{plural}/{key}"));
+        }
+        // Also sweep files nobody tracks (e.g. left by an earlier run).
+        let tracked: BTreeSet<PathBuf> =
+            stored.keys().map(|k| dir.status_file(plural, k)).collect();
+        if let Ok(entries) = fs::read_dir(dir.status_dir(plural)) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if !tracked.contains(&path) && path.extension().is_some_and(|e| e == "json") {
+                    match fs::remove_file(&path) {
+                        Ok(()) => {
+                            tracing::info!(file = %path.display(), "removed status of a deleted object")
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), error = %e, "cannot remove stale status")
+                        }
                     }
                 }
             }
         }
     }
-    Ok(())
+}
+
+/// One definition per object. When two files define the same object, the
+/// one that defined it before (its stored status says which) keeps it, else
+/// the first file in path order; both files get the problem.
+fn choose_definitions(
+    entries: Vec<Entry>,
+    stored: &StoredAll,
+    files: &mut [ManifestFileStatus],
+) -> BTreeMap<ObjectRef, Entry> {
+    let mut by_object: BTreeMap<ObjectRef, Vec<Entry>> = BTreeMap::new();
+    for e in entries {
+        by_object.entry(e.object.clone()).or_default().push(e);
+    }
+    let mut out = BTreeMap::new();
+    for (object, mut defs) in by_object {
+        if defs.len() > 1 {
+            let before = stored.source_of(&object);
+            let winner = defs
+                .iter()
+                .position(|d| Some(d.file.display().to_string().as_str()) == before)
+                .unwrap_or(0);
+            let used = defs[winner].file.display().to_string();
+            let all: Vec<String> = defs
+                .iter()
+                .map(|d| match d.document {
+                    Some(i) => format!("{} (document {i})", d.file.display()),
+                    None => d.file.display().to_string(),
+                })
+                .collect();
+            let message = format!(
+                "{object} is defined more than once: {}; the definition in {used} is used, remove the others",
+                all.join(", ")
+            );
+            tracing::warn!(object = %object, "{message}");
+            for d in &defs {
+                if let Some(f) = files
+                    .iter_mut()
+                    .find(|f| f.file == d.file.display().to_string())
+                {
+                    f.errors.push(ManifestProblem {
+                        document: d.document,
+                        object: Some(object.to_string()),
+                        field: "metadata.name".into(),
+                        message: message.clone(),
+                    });
+                }
+            }
+            out.insert(object, defs.swap_remove(winner));
+        } else if let Some(d) = defs.pop() {
+            out.insert(object, d);
+        }
+    }
+    out
+}
+
+fn manifest_summary(errors: &[ManifestProblem]) -> String {
+    let first = errors.first().map_or_else(String::new, |p| {
+        let doc = p
+            .document
+            .map_or_else(String::new, |d| format!("document {d}: "));
+        let field = if p.field.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", p.field)
+        };
+        format!("{doc}{field}{}", p.message)
+    });
+    match errors.len() {
+        0 | 1 => first,
+        n => format!("{first} (and {} more)", n - 1),
+    }
+}
+
+/// Puts one definition into the snapshot: its spec when accepted, else a
+/// placeholder and the problems, so the planner keeps the spec last
+/// accepted in force and the status names the file, document and field.
+fn add_entry(s: &mut Snapshot, e: &Entry) {
+    let object = e.object.to_string();
+    if let Some(m) = &e.manifest {
+        match m.clone() {
+            Manifest::App(k, spec) => {
+                s.apps.insert(k, spec);
+            }
+            Manifest::Policy(k, spec) => {
+                s.policies.insert(k, spec);
+            }
+            Manifest::Site(n, spec) => {
+                s.sites.insert(n, spec);
+            }
+            Manifest::Hub(n, spec) => {
+                s.hubs.insert(n, spec);
+            }
+        }
+        return;
+    }
+    match e.object.kind {
+        Kind::App => {
+            s.apps
+                .insert(ObjectKey::parse(&e.object.key), MeshAppSpec::default());
+        }
+        Kind::Policy => {
+            s.policies
+                .insert(ObjectKey::parse(&e.object.key), MeshPolicySpec::default());
+        }
+        Kind::Site => {
+            s.sites
+                .insert(e.object.key.clone(), MeshSiteSpec::default());
+        }
+        Kind::Hub => {
+            s.hubs.insert(e.object.key.clone(), MeshHubSpec::default());
+        }
+    }
+    let errors = e
+        .problems
+        .iter()
+        .map(|p| {
+            let at = match e.document {
+                Some(i) => format!("{} document {i}", e.file.display()),
+                None => e.file.display().to_string(),
+            };
+            let field = if p.field.is_empty() {
+                "manifest".to_string()
+            } else {
+                p.field.clone()
+            };
+            PlanError::new(
+                ErrorKind::Invalid,
+                &object,
+                field,
+                "InvalidManifest",
+                format!("{at}: {}", p.message),
+            )
+        })
+        .collect();
+    s.input_errors.insert(object, errors);
 }

@@ -213,6 +213,7 @@ fn policy_and_site_status() {
         &SiteOutcome {
             nodes: vec!["a".into(), "b".into()],
             lost_nodes: vec!["b".into()],
+            ..Default::default()
         },
         1,
         None,
