@@ -1,17 +1,78 @@
 //! Renders the CustomResourceDefinitions as YAML (what `crds/*.yaml` holds).
+//!
+//! The schemas schemars derives carry JSON Schema integer formats
+//! (`uint8` ... `uint64`) that Kubernetes does not know (`kubectl apply`
+//! warns about each); they are rewritten to the OpenAPI formats it does
+//! know, with the bounds the Rust types imply.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
-/// `(file name, YAML)` for every Weft CRD, in a fixed order.
-pub fn all_crds_yaml() -> Vec<(String, String)> {
-    let crds = [
+/// Every Weft CRD, as served (formats normalised), in a fixed order.
+pub fn all_crds() -> Vec<CustomResourceDefinition> {
+    let mut crds = [
         crate::MeshApp::crd(),
         crate::MeshPolicy::crd(),
         crate::MeshSite::crd(),
         crate::MeshHub::crd(),
         crate::MeshNode::crd(),
     ];
-    crds.into_iter()
+    for crd in &mut crds {
+        for v in &mut crd.spec.versions {
+            if let Some(s) = v
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                normalise_formats(s);
+            }
+        }
+    }
+    crds.into()
+}
+
+/// The CRD of one kind (`MeshApp`, ...).
+pub fn crd_of(kind: &str) -> Option<CustomResourceDefinition> {
+    all_crds().into_iter().find(|c| c.spec.names.kind == kind)
+}
+
+/// Maps schemars' unsigned formats to Kubernetes' `int32`/`int64` with the
+/// type's bounds, recursively.
+fn normalise_formats(s: &mut JSONSchemaProps) {
+    let bounds = match s.format.as_deref() {
+        Some("uint8") => Some(("int32", f64::from(u8::MAX))),
+        Some("uint16") => Some(("int32", f64::from(u16::MAX))),
+        Some("uint32") => Some(("int64", f64::from(u32::MAX))),
+        Some("uint64") | Some("uint") => Some(("int64", i64::MAX as f64)),
+        _ => None,
+    };
+    if let Some((format, max)) = bounds {
+        s.format = Some(format.into());
+        s.minimum = Some(s.minimum.unwrap_or(0.0).max(0.0));
+        s.maximum = Some(s.maximum.unwrap_or(max).min(max));
+    }
+    for p in s.properties.iter_mut().flat_map(|m| m.values_mut()) {
+        normalise_formats(p);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(i)) = s.items.as_mut() {
+        normalise_formats(i);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(a)) = s.additional_properties.as_mut() {
+        normalise_formats(a);
+    }
+    for list in [&mut s.any_of, &mut s.one_of, &mut s.all_of] {
+        for x in list.iter_mut().flatten() {
+            normalise_formats(x);
+        }
+    }
+}
+
+/// `(file name, YAML)` for every Weft CRD, in a fixed order.
+pub fn all_crds_yaml() -> Vec<(String, String)> {
+    all_crds()
+        .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let body = serde_saphyr::to_string(&crd).expect("a CRD always serialises");
@@ -21,4 +82,23 @@ pub fn all_crds_yaml() -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_format_is_one_kubernetes_knows() {
+        let known = ["int32", "int64", "date-time", "byte", "double", "float"];
+        for (name, yaml) in all_crds_yaml() {
+            for line in yaml
+                .lines()
+                .filter(|l| l.trim_start().starts_with("format:"))
+            {
+                let f = line.trim_start().trim_start_matches("format:").trim();
+                assert!(known.contains(&f), "{name}: format {f}");
+            }
+        }
+    }
 }

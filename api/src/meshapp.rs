@@ -32,7 +32,9 @@ pub const DEFAULT_NODE_PREFIX_LENGTH: u8 = 24;
     printcolumn(name = "Peers", type_ = "string", json_path = ".status.peers", description = "Peer links with a recent handshake / peer links planned"),
     printcolumn(name = "CIDR", type_ = "string", json_path = ".status.addressSpace", description = "Address range of the app"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("!has(oldSelf.spec.addressSpace) || (has(self.spec.addressSpace) && self.spec.addressSpace == oldSelf.spec.addressSpace)").message("spec.addressSpace is immutable once set: renumbering would cut every live connection; create a new MeshApp instead")
+    printcolumn(name = "Sites", type_ = "string", json_path = ".status.sites", priority = 1, description = "Sites where the app has nodes"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1, description = "Why the app is (not) Ready"),
+    validation = Rule::new("!has(oldSelf.spec.addressSpace) || (has(self.spec.addressSpace) && self.spec.addressSpace == oldSelf.spec.addressSpace)").message("spec.addressSpace is immutable once set: renumbering would cut every live connection; create a new MeshApp instead").field_path(".spec.addressSpace")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshAppSpec {
@@ -42,8 +44,10 @@ pub struct MeshAppSpec {
     #[serde(default)]
     pub selector: Selector,
 
-    /// Names of the MeshSites the app spans. Empty means the local site only.
+    /// Names of the MeshSites the app spans (at most 64). Empty means the
+    /// local site only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")), extend("x-kubernetes-list-type" = "set"))]
     pub sites: Vec<String>,
 
     /// IPv4 range of the app's private network, e.g. `10.100.0.0/16`. When unset,
@@ -51,7 +55,12 @@ pub struct MeshAppSpec {
     /// `status.addressSpace`. Immutable once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"))]
-    #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 4").message("addressSpace must be an IPv4 CIDR such as 10.100.0.0/16"))]
+    #[schemars(length(max = 18))]
+    #[x_kube(
+        validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 4").message("addressSpace must be an IPv4 CIDR such as 10.100.0.0/16"),
+        validation = Rule::new("!isCIDR(self) || cidr(self) == cidr(self).masked()").message("addressSpace has host bits set: give the network address (e.g. 10.120.0.0/16, not 10.120.0.1/16)"),
+        validation = Rule::new("!isCIDR(self) || (cidr(self).ip().isGlobalUnicast() && cidr(self).prefixLength() >= 8 && cidr(self).prefixLength() <= 30)").message("addressSpace must be a unicast range between /8 and /30 (not loopback, link-local, multicast or broadcast)")
+    )]
     pub address_space: Option<String>,
 
     /// Prefix length of the slice of `addressSpace` each node gets; the node's

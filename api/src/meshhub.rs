@@ -31,8 +31,9 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshHubSpec {
-    /// Member sites of the federation.
+    /// Member sites of the federation (at most 64, each once).
     #[serde(default)]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["site"]))]
     pub members: Vec<HubMember>,
 }
 
@@ -41,9 +42,14 @@ pub struct MeshHubSpec {
 #[serde(rename_all = "camelCase")]
 pub struct HubMember {
     /// MeshSite name of the member.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub site: String,
     /// Apps (`namespace/name`) the member shares with the federation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(length(max = 317), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")), extend("x-kubernetes-list-type" = "set"))]
     pub exports: Vec<String>,
 }
 

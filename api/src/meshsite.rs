@@ -37,11 +37,17 @@ pub struct MeshSiteSpec {
     /// What kind of location this is.
     #[serde(default)]
     pub kind: SiteKind,
-    /// Human-readable description.
+    /// Human-readable description (at most 1024 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub description: Option<String>,
-    /// For `Remote` sites: the MeshHub through which the site's nodes are imported.
+    /// For `Remote` sites (and only them): the MeshHub through which the
+    /// site's nodes are imported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub hub: Option<String>,
 }
 

@@ -10,11 +10,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Selector {
-    /// Labels that must all be present with exactly these values.
+    /// Labels that must all be present with exactly these values (keys and
+    /// values by the Kubernetes label rules, at most 64 entries).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"}))]
     pub match_labels: BTreeMap<String, String>,
-    /// Extra requirements, all of which must hold.
+    /// Extra requirements, all of which must hold (at most 64).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub match_expressions: Vec<SelectorRequirement>,
 }
 
@@ -23,11 +26,14 @@ pub struct Selector {
 #[serde(rename_all = "camelCase")]
 pub struct SelectorRequirement {
     /// Label key the requirement applies to.
+    #[schemars(length(min = 1, max = 317))]
     pub key: String,
     /// How the label's value is compared with `values`.
     pub operator: SelectorOperator,
-    /// Values for `In` / `NotIn`; must be empty for `Exists` / `DoesNotExist`.
+    /// Values for `In` / `NotIn` (at least one, at most 64); must be empty
+    /// for `Exists` / `DoesNotExist`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
     pub values: Vec<String>,
 }
 

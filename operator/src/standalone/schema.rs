@@ -15,7 +15,6 @@ use std::sync::{Mutex, OnceLock};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
 };
-use kube::CustomResourceExt;
 use serde_json::Value;
 
 /// One problem, with the path of the field (e.g. `spec.sites[2]`).
@@ -39,14 +38,8 @@ pub fn spec_schema(kind: &str) -> Option<&'static JSONSchemaProps> {
     SCHEMAS
         .get_or_init(|| {
             let mut m = BTreeMap::new();
-            let all = [
-                ("MeshApp", weft_api::MeshApp::crd()),
-                ("MeshPolicy", weft_api::MeshPolicy::crd()),
-                ("MeshSite", weft_api::MeshSite::crd()),
-                ("MeshHub", weft_api::MeshHub::crd()),
-            ];
-            for (k, crd) in all {
-                if let Some(s) = spec_schema_of(crd) {
+            for k in ["MeshApp", "MeshPolicy", "MeshSite", "MeshHub"] {
+                if let Some(s) = weft_api::crd::crd_of(k).and_then(spec_schema_of) {
                     m.insert(k, s);
                 }
             }
