@@ -1,4 +1,8 @@
-//! CNI error results: `{cniVersion, code, msg, details}` on stdout, non-zero exit.
+//! CNI error results: `{cniVersion, code, msg}` on stdout, non-zero exit.
+
+/// Longest message the plugin prints (the runtime logs it and shows it in
+/// pod events; a daemon answer or an echoed value must not make it huge).
+pub const MAX_MESSAGE_CHARS: usize = 1024;
 
 /// A CNI error with its spec code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +35,21 @@ impl CniError {
     pub fn incompatible(msg: String) -> Self {
         CniError::new(1, msg)
     }
+
+    /// The message prefixed with who it is about (unless it names them
+    /// already), one line, at most [`MAX_MESSAGE_CHARS`].
+    pub fn about(self, subject: &str, key: Option<&str>) -> Self {
+        let msg = if key.is_some_and(|k| self.msg.contains(k)) {
+            self.msg
+        } else {
+            format!("{subject}: {}", self.msg)
+        };
+        CniError {
+            code: self.code,
+            msg: weft_api::validation::printable(&msg, MAX_MESSAGE_CHARS),
+        }
+    }
+
     /// The JSON the runtime expects on stdout.
     pub fn to_json(&self) -> String {
         serde_json::json!({"cniVersion": "1.0.0", "code": self.code, "msg": self.msg}).to_string()
