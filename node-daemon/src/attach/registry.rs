@@ -25,6 +25,34 @@ pub enum Outcome {
     },
 }
 
+/// What [`Shared::unregister`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unregistered {
+    /// It was registered for that container, and is no longer.
+    Removed,
+    /// Nothing was registered under the key.
+    Unknown,
+    /// The key is registered for this other container; left as it is.
+    OtherContainer(String),
+}
+
+/// How a wait for a pass ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Waited {
+    /// A pass satisfied the condition; its outcome.
+    Done(Option<Outcome>),
+    /// The registration waited for was removed or replaced: `now` is what
+    /// is registered instead, `last` the last outcome published for the key.
+    Withdrawn {
+        /// The registration that replaced it, if any.
+        now: Option<WorkloadRef>,
+        /// Last published outcome for the key.
+        last: Option<Outcome>,
+    },
+    /// The timeout passed; the last outcome seen.
+    TimedOut(Option<Outcome>),
+}
+
 #[derive(Default)]
 struct Inner {
     /// Workloads announced by the runtime: `namespace/name` -> reference.
@@ -90,17 +118,28 @@ impl Shared {
         if g.registered.get(&key(&w)) != Some(&w) {
             g.registered.insert(key(&w), w);
             self.persist(&g);
+            // An ADD waiting for the registration this one replaced must
+            // hear of it now, not when its wait times out.
+            self.published.notify_all();
         }
     }
 
-    /// Forgets a workload; returns whether it was known.
-    pub fn unregister(&self, k: &str) -> bool {
+    /// Forgets the workload `k` if it is registered for container
+    /// `container_id` (a DEL of an old sandbox leaves the pod's new one
+    /// alone).
+    pub fn unregister(&self, k: &str, container_id: &str) -> Unregistered {
         let mut g = self.lock();
-        let known = g.registered.remove(k).is_some();
-        if known {
-            self.persist(&g);
-        }
-        known
+        let found = match g.registered.get(k) {
+            None => return Unregistered::Unknown,
+            Some(r) if r.container_id != container_id => {
+                return Unregistered::OtherContainer(r.container_id.clone())
+            }
+            Some(_) => Unregistered::Removed,
+        };
+        g.registered.remove(k);
+        self.persist(&g);
+        self.published.notify_all();
+        found
     }
 
     /// Workloads currently registered (the run loop's input).
@@ -129,16 +168,46 @@ impl Shared {
         timeout: Duration,
         done: impl Fn(Option<&Outcome>) -> bool,
     ) -> (bool, Option<Outcome>) {
+        match self.wait(k, None, timeout, done) {
+            Waited::Done(o) => (true, o),
+            Waited::TimedOut(o) | Waited::Withdrawn { last: o, .. } => (false, o),
+        }
+    }
+
+    /// Waits like [`wait_for`](Self::wait_for) for a pass that decided an
+    /// outcome for `w`, but stops as soon as `w` is no longer what is
+    /// registered under its key (a DEL or a newer ADD withdrew it): no pass
+    /// will decide about it any more.
+    pub fn wait_decided(&self, w: &WorkloadRef, timeout: Duration) -> Waited {
+        self.wait(&key(w), Some(w), timeout, |o| o.is_some())
+    }
+
+    fn wait(
+        &self,
+        k: &str,
+        registered_as: Option<&WorkloadRef>,
+        timeout: Duration,
+        done: impl Fn(Option<&Outcome>) -> bool,
+    ) -> Waited {
         let deadline = Instant::now() + timeout;
         let mut g = self.lock();
         let start = g.pass;
         loop {
             if g.pass > start && done(g.outcomes.get(k)) {
-                return (true, g.outcomes.get(k).cloned());
+                return Waited::Done(g.outcomes.get(k).cloned());
+            }
+            if let Some(w) = registered_as {
+                let now = g.registered.get(k);
+                if now != Some(w) {
+                    return Waited::Withdrawn {
+                        now: now.cloned(),
+                        last: g.outcomes.get(k).cloned(),
+                    };
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return (false, g.outcomes.get(k).cloned());
+                return Waited::TimedOut(g.outcomes.get(k).cloned());
             }
             g = self
                 .published

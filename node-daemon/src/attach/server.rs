@@ -1,16 +1,33 @@
-//! The unix-socket server the CNI plugin talks to.
+//! The unix-socket server the CNI plugin talks to. A request is read up to
+//! [`MAX_REQUEST_BYTES`] within [`READ_DEADLINE`], at most
+//! [`MAX_CONNECTIONS`] are answered at once, and every request gets an
+//! answer, an unreadable one an error naming what is wrong with it.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use weft_api::attach::{codes, AttachRequest, AttachResponse};
+use weft_api::attach::{
+    codes, read_line, AttachRequest, AttachResponse, LineError, WorkloadRef, MAX_REQUEST_BYTES,
+};
 
-use super::registry::{key, Outcome, Shared};
+use super::registry::{key, Outcome, Shared, Unregistered, Waited};
+
+/// How long a client has to send its whole request.
+pub const READ_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections answered at once (each holds a thread and up to
+/// [`MAX_REQUEST_BYTES`]); more are told to try again. A node runs at most
+/// a few hundred pods, and an ADD holds its connection only while it waits.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// CNI code 6: the request could not be decoded.
+const DECODE: u32 = 6;
+/// CNI code 4: a field of the request (from the runtime's environment) is invalid.
+const INVALID_FIELD: u32 = 4;
 
 /// Serves attach requests until stopped.
 pub struct AttachServer {
@@ -18,6 +35,8 @@ pub struct AttachServer {
     path: PathBuf,
     shared: Arc<Shared>,
     timeout: Duration,
+    max_connections: usize,
+    active: Arc<AtomicUsize>,
 }
 
 impl AttachServer {
@@ -39,7 +58,15 @@ impl AttachServer {
             path: path.to_path_buf(),
             shared,
             timeout,
+            max_connections: MAX_CONNECTIONS,
+            active: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Answers at most `n` connections at once instead of [`MAX_CONNECTIONS`].
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
     }
 
     /// Accepts connections until `stop` is set; each is answered on its own
@@ -48,9 +75,15 @@ impl AttachServer {
         while !stop.load(Ordering::Relaxed) {
             match self.listener.accept() {
                 Ok((conn, _)) => {
+                    if self.active.load(Ordering::Relaxed) >= self.max_connections {
+                        busy(conn, self.max_connections);
+                        continue;
+                    }
                     let shared = self.shared.clone();
                     let timeout = self.timeout;
+                    let active = Active::enter(&self.active);
                     std::thread::spawn(move || {
+                        let _active = active;
                         if let Err(e) = answer(conn, &shared, timeout) {
                             tracing::debug!(error = %e, "attach connection failed");
                         }
@@ -69,21 +102,164 @@ impl AttachServer {
     }
 }
 
+/// One answering thread, counted until it ends (even by a panic).
+struct Active(Arc<AtomicUsize>);
+
+impl Active {
+    fn enter(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Active(n.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Tells a connection over the limit to try again, without a thread: the
+/// answer fits the empty socket buffer, and whatever the client sent is
+/// drained without waiting so closing does not reset the answer away.
+fn busy(conn: UnixStream, limit: usize) {
+    tracing::warn!(limit, "attach socket busy; a request was told to try again");
+    let resp = AttachResponse::Error {
+        code: codes::TRY_AGAIN_LATER,
+        message: format!("Weft node daemon busy: {limit} attach requests in progress"),
+    };
+    let _ = conn.set_nonblocking(true);
+    let _ = (&conn).write_all(&encode(&resp));
+    let mut sink = [0u8; 4096];
+    while matches!((&conn).read(&mut sink), Ok(n) if n > 0) {}
+}
+
+/// A read side that gives up at a fixed instant, however the bytes trickle
+/// in (a per-read timeout alone lets a byte every few seconds hold on).
+struct Deadline<'a> {
+    conn: &'a UnixStream,
+    until: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no complete request within {}s", READ_DEADLINE.as_secs()),
+            ));
+        }
+        self.conn.set_read_timeout(Some(left))?;
+        (&mut &*self.conn).read(buf)
+    }
+}
+
+fn encode(resp: &AttachResponse) -> Vec<u8> {
+    // Serializing these plain types cannot fail; an empty line would still
+    // tell the plugin "no answer".
+    let mut out = serde_json::to_vec(resp).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
 fn answer(conn: UnixStream, shared: &Shared, timeout: Duration) -> std::io::Result<()> {
     conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line)?;
-    let resp = match serde_json::from_str::<AttachRequest>(&line) {
+    let mut r = BufReader::new(Deadline {
+        conn: &conn,
+        until: Instant::now() + READ_DEADLINE,
+    });
+    let resp = match read_request(&mut r) {
         Ok(req) => handle(req, shared, timeout),
-        Err(e) => AttachResponse::Error {
-            code: 6,
-            message: format!("unreadable attach request: {e}"),
-        },
+        Err(refused) => {
+            tracing::debug!(message = %refused.message, "refused an attach request");
+            refused.into()
+        }
     };
-    let mut out = serde_json::to_string(&resp).unwrap_or_default();
-    out.push('\n');
-    (&conn).write_all(out.as_bytes())
+    conn.set_write_timeout(Some(READ_DEADLINE))?;
+    (&conn).write_all(&encode(&resp))
+}
+
+/// Why a request is refused: the answer's CNI code and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// 6 (cannot decode) or 4 (a field is invalid).
+    pub code: u32,
+    /// What is wrong, naming the field; one line of at most 1024 characters.
+    pub message: String,
+}
+
+impl From<Refused> for AttachResponse {
+    fn from(r: Refused) -> Self {
+        AttachResponse::Error {
+            code: r.code,
+            message: r.message,
+        }
+    }
+}
+
+/// Reads one request line (at most [`MAX_REQUEST_BYTES`]) and parses it.
+pub fn read_request(r: &mut impl BufRead) -> Result<AttachRequest, Refused> {
+    let line = read_line(r, MAX_REQUEST_BYTES).map_err(|e| Refused {
+        code: DECODE,
+        message: match e {
+            LineError::TooLong(max) => format!("attach request longer than {max} bytes"),
+            LineError::Io(e) => format!("cannot read the attach request: {e}"),
+        },
+    })?;
+    parse_request(&line)
+}
+
+/// Parses one request line: UTF-8 JSON of an [`AttachRequest`] whose
+/// workload passes [`WorkloadRef::problems`].
+pub fn parse_request(line: &[u8]) -> Result<AttachRequest, Refused> {
+    let fail = |code, message: String| Refused {
+        code,
+        message: weft_api::validation::printable(&message, 1024),
+    };
+    let text = std::str::from_utf8(line).map_err(|e| {
+        fail(
+            DECODE,
+            format!("attach request is not UTF-8 (byte {})", e.valid_up_to()),
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(fail(DECODE, "empty attach request".into()));
+    }
+    let req: AttachRequest = serde_json::from_str(text)
+        .map_err(|e| fail(DECODE, format!("unreadable attach request: {e}")))?;
+    let (w, netns_required) = match &req {
+        AttachRequest::Add(w) | AttachRequest::Check(w) => (w, true),
+        AttachRequest::Del(w) => (w, false),
+    };
+    if let Some((field, problem)) = w.problems(netns_required).into_iter().next() {
+        return Err(fail(
+            INVALID_FIELD,
+            format!("attach request: {field}: {problem}"),
+        ));
+    }
+    Ok(req)
+}
+
+fn withdrawn(w: &WorkloadRef, now: Option<WorkloadRef>, last: Option<Outcome>) -> AttachResponse {
+    let k = key(w);
+    match (now, last) {
+        // Another ADD of this sandbox found it belongs to no app.
+        (None, Some(Outcome::NotMeshed)) => AttachResponse::NotMeshed,
+        (None, _) => AttachResponse::Error {
+            code: codes::TRY_AGAIN_LATER,
+            message: format!(
+                "workload {k} (container {}) was deleted (CNI DEL) while its ADD waited; not attached",
+                w.container_id
+            ),
+        },
+        (Some(other), _) => AttachResponse::Error {
+            code: codes::TRY_AGAIN_LATER,
+            message: format!(
+                "workload {k}: an ADD for container {} replaced this one for container {} while it waited; not attached",
+                other.container_id, w.container_id
+            ),
+        },
+    }
 }
 
 /// Answers one request (public for tests of the protocol logic).
@@ -91,17 +267,19 @@ pub fn handle(req: AttachRequest, shared: &Shared, timeout: Duration) -> AttachR
     match req {
         AttachRequest::Add(w) => {
             let k = key(&w);
-            shared.register(w);
-            let (done, outcome) = shared.wait_for(&k, timeout, |o| o.is_some());
-            match outcome {
-                Some(Outcome::Attached(a)) if done => AttachResponse::Attached(a),
-                Some(Outcome::NotMeshed) if done => {
+            shared.register(w.clone());
+            match shared.wait_decided(&w, timeout) {
+                Waited::Done(Some(Outcome::Attached(a))) => AttachResponse::Attached(a),
+                Waited::Done(Some(Outcome::NotMeshed)) => {
                     // Nothing to keep for a workload of no app.
-                    shared.unregister(&k);
+                    shared.unregister(&k, &w.container_id);
                     AttachResponse::NotMeshed
                 }
-                Some(Outcome::Failed { code, message }) if done => AttachResponse::Error { code, message },
-                _ => AttachResponse::Error {
+                Waited::Done(Some(Outcome::Failed { code, message })) => {
+                    AttachResponse::Error { code, message }
+                }
+                Waited::Withdrawn { now, last } => withdrawn(&w, now, last),
+                Waited::Done(None) | Waited::TimedOut(_) => AttachResponse::Error {
                     code: codes::TRY_AGAIN_LATER,
                     message: format!("workload {k} was not attached within {}s: is this node's MeshNode up to date?", timeout.as_secs()),
                 },
@@ -109,7 +287,7 @@ pub fn handle(req: AttachRequest, shared: &Shared, timeout: Duration) -> AttachR
         }
         AttachRequest::Del(w) => {
             let k = key(&w);
-            if shared.unregister(&k) {
+            if shared.unregister(&k, &w.container_id) == Unregistered::Removed {
                 // Wait for the pass that removes it; DEL must not leave the veth behind.
                 let (done, _) =
                     shared.wait_for(&k, timeout, |o| !matches!(o, Some(Outcome::Attached(_))));
