@@ -7,6 +7,21 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use weft_api::labels::APP_LABEL;
 use weft_api::standalone::LocalWorkload;
+use weft_api::validation::printable;
+
+/// Longest piece of engine output quoted in a message (messages end up in
+/// the log and in the MeshNode's status).
+const MAX_QUOTED: usize = 200;
+
+/// Engine output as it may appear in a message: one line, bounded.
+pub fn excerpt(body: &[u8]) -> String {
+    printable(String::from_utf8_lossy(body).trim(), MAX_QUOTED)
+}
+
+/// A decoding error: serde quotes offending values whole, so bound it.
+fn json_error(what: &str, e: serde_json::Error) -> String {
+    format!("{what}: {}", printable(&e.to_string(), MAX_QUOTED))
+}
 
 /// Label giving a container's workload namespace (default [`DEFAULT_NAMESPACE`]).
 pub const NAMESPACE_LABEL: &str = "weft.dev/namespace";
@@ -47,7 +62,7 @@ pub struct Summary {
 /// Ids from a `GET /containers/json` body.
 pub fn parse_list(body: &[u8]) -> Result<Vec<String>, String> {
     let v: Vec<Summary> =
-        serde_json::from_slice(body).map_err(|e| format!("container list: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| json_error("container list", e))?;
     Ok(v.into_iter().map(|s| s.id).collect())
 }
 
@@ -106,7 +121,8 @@ pub struct Container {
 
 /// Parses a `GET /containers/{id}/json` body.
 pub fn parse_inspect(body: &[u8]) -> Result<Container, String> {
-    let i: Inspect = serde_json::from_slice(body).map_err(|e| format!("container details: {e}"))?;
+    let i: Inspect =
+        serde_json::from_slice(body).map_err(|e| json_error("container details", e))?;
     Ok(Container {
         name: i.name.trim_start_matches('/').to_string(),
         labels: i.config.labels.unwrap_or_default(),
@@ -126,7 +142,7 @@ pub fn netns_path(pid: u32) -> String {
 /// when it has no app label at all: not ours, nothing to say).
 pub fn to_workload(c: &Container) -> Option<Result<LocalWorkload, String>> {
     let app = c.labels.get(APP_LABEL)?;
-    let what = format!("container {} ({})", c.name, short(&c.id));
+    let what = format!("container {} ({})", printable(&c.name, 80), short(&c.id));
     let check = || -> Result<LocalWorkload, String> {
         if app.is_empty() {
             return Err(format!("{what}: label {APP_LABEL} is empty"));
@@ -140,7 +156,7 @@ pub fn to_workload(c: &Container) -> Option<Result<LocalWorkload, String>> {
             return Err(format!(
                 "{what}: HostConfig.NetworkMode {:?} shares another network namespace; \
                  run it with its own (e.g. --network none)",
-                c.network_mode
+                printable(&c.network_mode, 80)
             ));
         }
         let namespace = match c.labels.get(NAMESPACE_LABEL) {
@@ -191,13 +207,16 @@ struct Event {
 /// Parses one line of `GET /events`; `Ok(None)` for events that change
 /// nothing (create, kill, exec_*, health_status...).
 pub fn parse_event(line: &[u8]) -> Result<Option<Change>, String> {
-    let e: Event = serde_json::from_slice(line).map_err(|e| format!("event: {e}"))?;
+    let e: Event = serde_json::from_slice(line).map_err(|e| json_error("event", e))?;
     if !e.type_.is_empty() && e.type_ != "container" {
         return Ok(None);
     }
     let id = e.actor.map(|a| a.id).unwrap_or_default();
     if id.is_empty() {
-        return Err(format!("event {:?} without Actor.ID", e.action));
+        return Err(format!(
+            "event {:?} without Actor.ID",
+            printable(&e.action, 40)
+        ));
     }
     Ok(match e.action.as_str() {
         "start" | "restart" | "unpause" | "rename" | "update" => Some(Change::Refresh(id)),
@@ -206,9 +225,10 @@ pub fn parse_event(line: &[u8]) -> Result<Option<Change>, String> {
     })
 }
 
-/// The first 12 characters of an id, as `docker ps` shows it.
+/// The first 12 characters of an id, as `docker ps` shows it (never more,
+/// whatever the engine sent).
 pub fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
+    id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
 }
 
 #[cfg(test)]

@@ -1,20 +1,32 @@
 //! Just enough HTTP/1.1 to talk to the Docker engine over its unix socket:
-//! one-shot `GET`s (`Connection: close`, body read to EOF) and one streaming
-//! `GET /events` (chunked). The byte-level parsing ([`parse_head`],
-//! [`ChunkedDecoder`], [`LineBuffer`]) is pure and fed by whatever the
-//! socket delivers, so a read timeout can interrupt it anywhere.
+//! one-shot `GET`s (`Connection: close`) and one streaming `GET /events`
+//! (chunked, one JSON event per line). The byte-level parsing
+//! ([`parse_head`], [`ChunkedDecoder`], [`LineBuffer`], [`StreamDecoder`],
+//! [`read_response`]) is pure and fed by whatever the socket delivers, so a
+//! read timeout can interrupt it anywhere. Everything is bounded: a head, a
+//! body, a chunk-size line and an event line each have a limit, past which
+//! reading stops with an error (the watcher then starts a new session).
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-/// Largest response head or non-streaming body accepted (a misbehaving peer
-/// must not make the daemon allocate without bound).
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_BODY: usize = 64 * 1024 * 1024;
+use weft_api::validation::printable;
+
+/// Largest response head (status line and headers) accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Largest non-streaming body accepted: a listing of thousands of
+/// containers, or one container's details, is far smaller.
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// A chunk-size or trailer line longer than this is garbage.
-const MAX_LINE: usize = 4096;
+pub const MAX_LINE: usize = 4096;
+/// Longest event line: an event carries the container's labels, which
+/// Kubernetes caps (with annotations) at 256 KiB.
+pub const MAX_EVENT_LINE: usize = 1024 * 1024;
+
+/// What one read asks the socket for.
+const READ_SIZE: usize = 16 * 1024;
 
 /// A parsed response head.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,11 +39,17 @@ pub struct Head {
     pub content_length: Option<usize>,
 }
 
+/// Peer text quoted in a message: one line, at most 80 characters.
+fn quote(bytes: &[u8]) -> String {
+    format!("{:?}", printable(&String::from_utf8_lossy(bytes), 80))
+}
+
 /// Parses a response head (everything before the blank line); `None` until
 /// `buf` holds the whole head. Returns the head and the head's length.
 pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if buf.len() > MAX_HEAD {
+    let window = &buf[..buf.len().min(MAX_HEAD + 4)];
+    let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() >= MAX_HEAD + 4 {
             return Err(format!("response head longer than {MAX_HEAD} bytes"));
         }
         return Ok(None);
@@ -39,34 +57,63 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
     let text = std::str::from_utf8(&buf[..end]).map_err(|_| "response head is not UTF-8")?;
     let mut lines = text.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split(' ');
+    let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP/1.x response: {status_line:?}"));
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err(format!(
+            "not an HTTP/1.x response: {}",
+            quote(status_line.as_bytes())
+        ));
     }
     let status = parts
         .next()
+        .filter(|s| s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+        .ok_or_else(|| format!("bad status line {}", quote(status_line.as_bytes())))?;
     let mut head = Head {
         status,
         chunked: false,
         content_length: None,
     };
     for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim(), v.trim());
+        let (k, v) = l
+            .split_once(':')
+            .filter(|(k, _)| !k.is_empty() && !k.bytes().any(|b| b.is_ascii_whitespace()))
+            .ok_or_else(|| format!("bad header line {}", quote(l.as_bytes())))?;
+        let v = v.trim();
         if k.eq_ignore_ascii_case("transfer-encoding") {
             head.chunked = v
                 .split(',')
                 .any(|e| e.trim().eq_ignore_ascii_case("chunked"));
         } else if k.eq_ignore_ascii_case("content-length") {
-            head.content_length = Some(v.parse().map_err(|_| format!("bad Content-Length {v:?}"))?);
+            let len = Some(v)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| format!("bad Content-Length {}", quote(v.as_bytes())))?;
+            if head.content_length.is_some_and(|l| l != len) {
+                return Err("conflicting Content-Length headers".into());
+            }
+            head.content_length = Some(len);
         }
     }
     Ok(Some((head, end + 4)))
+}
+
+/// A chunk size: 1 to 16 hex digits (so it fits 64 bits), then an
+/// optional `;extension`.
+fn chunk_size(line: &[u8]) -> Result<usize, String> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let hex = line
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let bad = || format!("bad chunk size {}", quote(hex));
+    if hex.is_empty() || hex.len() > 16 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return Err(bad());
+    }
+    let text = std::str::from_utf8(hex).map_err(|_| bad())?;
+    usize::from_str_radix(text, 16).map_err(|_| bad())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +129,8 @@ enum ChunkState {
     Done,
 }
 
-/// Decodes `Transfer-Encoding: chunked` incrementally.
+/// Decodes `Transfer-Encoding: chunked` incrementally. Holds at most one
+/// chunk-size or trailer line ([`MAX_LINE`]); chunk data passes through.
 #[derive(Clone, Debug)]
 pub struct ChunkedDecoder {
     state: ChunkState,
@@ -102,7 +150,16 @@ impl ChunkedDecoder {
         self.state == ChunkState::Done
     }
 
-    /// Feeds raw bytes, appending the decoded body to `out`.
+    /// Bytes held back (a partial chunk-size or trailer line).
+    pub fn buffered(&self) -> usize {
+        match &self.state {
+            ChunkState::Size(l) | ChunkState::Trailer(l) => l.len(),
+            _ => 0,
+        }
+    }
+
+    /// Feeds raw bytes, appending the decoded body to `out` (at most as
+    /// many bytes as fed).
     pub fn feed(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         while !data.is_empty() {
             match &mut self.state {
@@ -110,17 +167,13 @@ impl ChunkedDecoder {
                     let b = data[0];
                     data = &data[1..];
                     if b != b'\n' {
-                        line.push(b);
-                        if line.len() > MAX_LINE {
-                            return Err("chunk-size line too long".into());
+                        if line.len() >= MAX_LINE {
+                            return Err(format!("chunk-size line longer than {MAX_LINE} bytes"));
                         }
+                        line.push(b);
                         continue;
                     }
-                    let text = String::from_utf8_lossy(line);
-                    let hex = text.trim_end_matches('\r');
-                    let hex = hex.split(';').next().unwrap_or_default().trim();
-                    let size = usize::from_str_radix(hex, 16)
-                        .map_err(|_| format!("bad chunk size {hex:?}"))?;
+                    let size = chunk_size(line)?;
                     self.state = if size == 0 {
                         ChunkState::Trailer(Vec::new())
                     } else {
@@ -157,10 +210,10 @@ impl ChunkedDecoder {
                     let b = data[0];
                     data = &data[1..];
                     if b != b'\n' {
-                        line.push(b);
-                        if line.len() > MAX_LINE {
-                            return Err("trailer line too long".into());
+                        if line.len() >= MAX_LINE {
+                            return Err(format!("trailer line longer than {MAX_LINE} bytes"));
                         }
+                        line.push(b);
                         continue;
                     }
                     if line.iter().all(|c| *c == b'\r') {
@@ -177,52 +230,143 @@ impl ChunkedDecoder {
 }
 
 /// Splits a byte stream into `\n`-terminated lines (the engine writes one
-/// JSON event per line, but chunks need not align with lines).
-#[derive(Debug, Default)]
+/// JSON event per line, but chunks need not align with lines). Holds at
+/// most one partial line of at most its limit.
+#[derive(Debug)]
 pub struct LineBuffer {
     partial: Vec<u8>,
+    max: usize,
 }
 
-impl LineBuffer {
-    /// Appends `data` and returns every completed, non-blank line.
-    pub fn push(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
-        self.partial.extend_from_slice(data);
-        let mut out = Vec::new();
-        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=i).collect();
-            let line = line.trim_ascii().to_vec();
-            if !line.is_empty() {
-                out.push(line);
-            }
-        }
-        out
+impl Default for LineBuffer {
+    fn default() -> Self {
+        LineBuffer::with_limit(MAX_EVENT_LINE)
     }
 }
 
-/// A complete response: decodes the body of a `Connection: close` response.
-pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let (head, n) = parse_head(raw)?.ok_or("connection closed before the response head")?;
-    let rest = &raw[n..];
+impl LineBuffer {
+    /// Lines of at most `max` bytes (before the `\n`).
+    pub fn with_limit(max: usize) -> Self {
+        LineBuffer {
+            partial: Vec::new(),
+            max,
+        }
+    }
+
+    /// Bytes of the partial line held.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Appends `data` and returns every completed, non-blank line; a line
+    /// longer than the limit is an error (and is dropped).
+    pub fn push(&mut self, mut data: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            let newline = data.iter().position(|b| *b == b'\n');
+            let piece = &data[..newline.unwrap_or(data.len())];
+            data = &data[newline.map_or(data.len(), |i| i + 1)..];
+            if self.partial.len() + piece.len() > self.max {
+                self.partial = Vec::new();
+                return Err(format!("event line longer than {} bytes", self.max));
+            }
+            self.partial.extend_from_slice(piece);
+            if newline.is_some() {
+                let line = std::mem::take(&mut self.partial);
+                let line = line.trim_ascii();
+                if !line.is_empty() {
+                    out.push(line.to_vec());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, String> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Reads a whole response from `r` (a `Connection: close` exchange): by
+/// `Content-Length`, chunks, or to EOF. Reads at most [`MAX_HEAD`] +
+/// [`MAX_BODY`] and one buffer more before it gives up.
+pub fn read_response(r: &mut impl Read) -> Result<(u16, Vec<u8>), String> {
+    let mut buf = vec![0u8; READ_SIZE];
+    let mut raw = Vec::new();
+    let (head, rest) = loop {
+        let n = read_some(r, &mut buf)?;
+        if n == 0 {
+            return Err(if raw.is_empty() {
+                "connection closed before the response head".into()
+            } else {
+                "connection closed inside the response head".into()
+            });
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if let Some((head, len)) = parse_head(&raw)? {
+            break (head, raw.split_off(len));
+        }
+    };
+    let too_large = || format!("response body larger than {MAX_BODY} bytes");
     let body = if head.chunked {
         let mut d = ChunkedDecoder::default();
-        let mut out = Vec::new();
-        d.feed(rest, &mut out)?;
-        if !d.done() {
-            return Err("connection closed inside a chunked body".into());
+        let mut body = Vec::new();
+        d.feed(&rest, &mut body)?;
+        while !d.done() {
+            if body.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            let n = read_some(r, &mut buf)?;
+            if n == 0 {
+                return Err("connection closed inside a chunked body".into());
+            }
+            d.feed(&buf[..n], &mut body)?;
         }
-        out
+        body
     } else if let Some(len) = head.content_length {
-        if rest.len() < len {
-            return Err(format!(
-                "connection closed after {} of {len} body bytes",
-                rest.len()
-            ));
+        if len > MAX_BODY {
+            return Err(format!("Content-Length {len} is larger than {MAX_BODY}"));
         }
-        rest[..len].to_vec()
+        let mut body = rest;
+        while body.len() < len {
+            let n = read_some(r, &mut buf)?;
+            if n == 0 {
+                return Err(format!(
+                    "connection closed after {} of {len} body bytes",
+                    body.len()
+                ));
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
+        body.truncate(len);
+        body
     } else {
-        rest.to_vec()
+        let mut body = rest;
+        loop {
+            if body.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            let n = read_some(r, &mut buf)?;
+            if n == 0 {
+                break body;
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
     };
+    if body.len() > MAX_BODY {
+        return Err(too_large());
+    }
     Ok((head.status, body))
+}
+
+/// A complete response already in memory (see [`read_response`]).
+pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    read_response(&mut &raw[..])
 }
 
 /// `%`-encodes a query value (everything but unreserved characters).
@@ -254,42 +398,70 @@ fn connect(socket: &Path, timeout: Duration) -> io::Result<UnixStream> {
 
 /// `GET path` on the engine's socket: status code and body.
 pub fn get(socket: &Path, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), String> {
-    let what = |e: io::Error| format!("{}: GET {path}: {e}", socket.display());
-    let mut s = connect(socket, timeout).map_err(what)?;
-    s.write_all(request(path, true).as_bytes()).map_err(what)?;
-    // Read until the response is complete (or the engine closes), so a
+    let what = |e: String| format!("{}: GET {path}: {e}", socket.display());
+    let mut s = connect(socket, timeout).map_err(|e| what(e.to_string()))?;
+    s.write_all(request(path, true).as_bytes())
+        .map_err(|e| what(e.to_string()))?;
+    // Reads until the response is complete (or the engine closes), so a
     // peer that keeps the connection open does not cost a timeout.
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let n = s.read(&mut buf).map_err(what)?;
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-        if raw.len() > MAX_BODY + MAX_HEAD {
-            return Err(format!(
-                "{}: GET {path}: response too large",
-                socket.display()
-            ));
-        }
-        if complete(&raw) {
-            break;
-        }
-    }
-    parse_response(&raw).map_err(|e| format!("{}: GET {path}: {e}", socket.display()))
+    read_response(&mut s).map_err(what)
 }
 
-/// Whether `raw` holds a whole response whose end is known without EOF.
-fn complete(raw: &[u8]) -> bool {
-    let Ok(Some((head, n))) = parse_head(raw) else {
-        return false;
-    };
-    if head.chunked {
-        let mut d = ChunkedDecoder::default();
-        d.feed(&raw[n..], &mut Vec::new()).is_ok() && d.done()
-    } else {
-        head.content_length.is_some_and(|len| raw.len() - n >= len)
+/// The pure side of a streaming response: head, chunks, lines.
+#[derive(Debug, Default)]
+pub struct StreamDecoder {
+    head: Option<Head>,
+    raw: Vec<u8>,
+    chunks: ChunkedDecoder,
+    lines: LineBuffer,
+}
+
+impl StreamDecoder {
+    /// Whether the head arrived with status 200.
+    pub fn ready(&self) -> bool {
+        self.head.as_ref().is_some_and(|h| h.status == 200)
+    }
+
+    /// Bytes held: the partial head, chunk-size line and event line.
+    pub fn buffered(&self) -> usize {
+        self.raw.len() + self.chunks.buffered() + self.lines.buffered()
+    }
+
+    /// Feeds what the socket delivered; returns the completed lines. An
+    /// error (bad head, non-200 status, bad chunk, overlong line, the end
+    /// of the body) ends the stream.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        let pending;
+        let mut data = data;
+        if self.head.is_none() {
+            self.raw.extend_from_slice(data);
+            let Some((head, len)) = parse_head(&self.raw)? else {
+                return Ok(Vec::new());
+            };
+            if head.status != 200 {
+                return Err(format!(
+                    "HTTP {}: {}",
+                    head.status,
+                    quote(self.raw[len..].trim_ascii())
+                ));
+            }
+            pending = self.raw.split_off(len);
+            self.raw = Vec::new();
+            self.head = Some(head);
+            data = &pending;
+        }
+        let chunked = self.head.as_ref().is_some_and(|h| h.chunked);
+        let lines = if chunked {
+            let mut body = Vec::new();
+            self.chunks.feed(data, &mut body)?;
+            self.lines.push(&body)?
+        } else {
+            self.lines.push(data)?
+        };
+        if chunked && self.chunks.done() {
+            return Err("the engine ended the stream".into());
+        }
+        Ok(lines)
     }
 }
 
@@ -297,10 +469,7 @@ fn complete(raw: &[u8]) -> bool {
 #[derive(Debug)]
 pub struct LineStream {
     stream: UnixStream,
-    head: Option<Head>,
-    raw: Vec<u8>,
-    chunks: ChunkedDecoder,
-    lines: LineBuffer,
+    decoder: StreamDecoder,
     what: String,
 }
 
@@ -314,10 +483,7 @@ impl LineStream {
             .map_err(|e| format!("{what}: {e}"))?;
         Ok(LineStream {
             stream,
-            head: None,
-            raw: Vec::new(),
-            chunks: ChunkedDecoder::default(),
-            lines: LineBuffer::default(),
+            decoder: StreamDecoder::default(),
             what,
         })
     }
@@ -325,59 +491,31 @@ impl LineStream {
     /// Whether the response head arrived with status 200 (the engine sends
     /// it at once, before any event).
     pub fn ready(&self) -> bool {
-        self.head.as_ref().is_some_and(|h| h.status == 200)
+        self.decoder.ready()
     }
 
     /// Reads what is available (waiting at most one tick) and returns the
     /// completed lines; an error when the stream ended or broke.
     pub fn poll(&mut self) -> Result<Vec<Vec<u8>>, String> {
-        let mut buf = [0u8; 16 * 1024];
+        let mut buf = [0u8; READ_SIZE];
         let n = match self.stream.read(&mut buf) {
             Ok(0) => return Err(format!("{}: the engine closed the stream", self.what)),
             Ok(n) => n,
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 return Ok(Vec::new())
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
             Err(e) => return Err(format!("{}: {e}", self.what)),
         };
-        let mut data = &buf[..n];
-        let pending;
-        if self.head.is_none() {
-            self.raw.extend_from_slice(data);
-            let Some((head, len)) =
-                parse_head(&self.raw).map_err(|e| format!("{}: {e}", self.what))?
-            else {
-                return Ok(Vec::new());
-            };
-            if head.status != 200 {
-                let body = String::from_utf8_lossy(&self.raw[len..]).trim().to_string();
-                return Err(format!("{}: HTTP {}: {body}", self.what, head.status));
-            }
-            pending = self.raw.split_off(len);
-            self.raw.clear();
-            self.head = Some(head);
-            data = &pending;
-        }
-        let chunked = self.head.as_ref().is_some_and(|h| h.chunked);
-        let mut body = Vec::new();
-        if chunked {
-            self.chunks
-                .feed(data, &mut body)
-                .map_err(|e| format!("{}: {e}", self.what))?;
-        } else {
-            body.extend_from_slice(data);
-        }
-        let lines = self.lines.push(&body);
-        if chunked && self.chunks.done() {
-            return Err(format!("{}: the engine ended the stream", self.what));
-        }
-        Ok(lines)
+        self.decoder
+            .feed(&buf[..n])
+            .map_err(|e| format!("{}: {e}", self.what))
     }
 }
 
@@ -425,12 +563,12 @@ mod tests {
     #[test]
     fn lines_are_reassembled_across_pushes() {
         let mut l = LineBuffer::default();
-        assert!(l.push(b"{\"a\"").is_empty());
+        assert!(l.push(b"{\"a\"").unwrap().is_empty());
         assert_eq!(
-            l.push(b":1}\n\n{\"b\":2}\r\n{"),
+            l.push(b":1}\n\n{\"b\":2}\r\n{").unwrap(),
             vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]
         );
-        assert_eq!(l.push(b"}\n"), vec![b"{}".to_vec()]);
+        assert_eq!(l.push(b"}\n").unwrap(), vec![b"{}".to_vec()]);
     }
 
     #[test]
@@ -452,15 +590,6 @@ mod tests {
                 .is_err()
         );
         assert!(parse_response(b"").is_err());
-        assert!(complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]"));
-        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n["));
-        assert!(complete(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-        ));
-        assert!(!complete(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]"
-        ));
-        assert!(!complete(b"HTTP/1.0 200 OK\r\n\r\nuntil EOF"));
     }
 
     #[test]

@@ -118,12 +118,27 @@ impl WorkloadSource for DockerSource {
                 CONDITION,
                 true,
                 "ContainersRefused",
-                rejected.join("; "),
+                refused_message(&rejected),
                 None,
             ),
         };
         Some(c)
     }
+}
+
+/// Most refusals spelled out in the condition (the rest are counted), so
+/// a host full of mislabelled containers cannot bloat the MeshNode status.
+const MAX_REFUSALS_SHOWN: usize = 10;
+
+fn refused_message(rejected: &[String]) -> String {
+    let mut m = rejected[..rejected.len().min(MAX_REFUSALS_SHOWN)].join("; ");
+    if rejected.len() > MAX_REFUSALS_SHOWN {
+        m.push_str(&format!(
+            "; and {} more containers refused",
+            rejected.len() - MAX_REFUSALS_SHOWN
+        ));
+    }
+    m
 }
 
 impl Drop for DockerSource {

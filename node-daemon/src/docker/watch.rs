@@ -40,7 +40,7 @@ fn inspect(socket: &Path, id: &str) -> Result<Option<(Container, Option<NetnsId>
                 "{}: inspect container {}: HTTP {s}: {}",
                 socket.display(),
                 api::short(id),
-                String::from_utf8_lossy(&body).trim()
+                api::excerpt(&body)
             ))
         }
     }
@@ -58,7 +58,7 @@ fn catch_up(socket: &Path, stop: &AtomicBool) -> Result<Vec<(Container, Option<N
         return Err(format!(
             "{}: list containers: HTTP {status}: {}",
             socket.display(),
-            String::from_utf8_lossy(&body).trim()
+            api::excerpt(&body)
         ));
     }
     let mut out = Vec::new();
