@@ -39,7 +39,7 @@ enum Cmd {
     /// Run against a standalone state directory (no Kubernetes).
     Standalone {
         /// Node name (also its MeshNode name).
-        #[arg(long, env = "WEFT_NODE")]
+        #[arg(long, env = "WEFT_NODE", value_parser = node_name)]
         node: String,
         /// Shared state directory the standalone operator uses.
         #[arg(long)]
@@ -79,7 +79,7 @@ enum Cmd {
     /// Run against the Kubernetes API: watch this node's MeshNode, write its status.
     Kubernetes {
         /// Node name (also its MeshNode name); the downward API's spec.nodeName.
-        #[arg(long, env = "WEFT_NODE")]
+        #[arg(long, env = "WEFT_NODE", value_parser = node_name)]
         node: String,
         /// Private data directory (keys, caches); 0700.
         #[arg(long, default_value = "/var/lib/weft")]
@@ -152,7 +152,7 @@ enum Cmd {
     /// Remove every namespace and key this node's daemon created.
     Cleanup {
         /// Node name.
-        #[arg(long, env = "WEFT_NODE")]
+        #[arg(long, env = "WEFT_NODE", value_parser = node_name)]
         node: String,
         /// Private data directory to remove.
         #[arg(long, default_value = "/var/lib/weft")]
@@ -320,6 +320,27 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Characters of an app id in a namespace name (`weft-<node>-<appId>`).
+const APP_ID_LEN: usize = 10;
+/// Longest file name, and so namespace name under /run/netns (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// `--node` names the MeshNode, the directory `<state>/nodes/<node>` and
+/// every namespace `weft-<node>-<appId>`: refuse (clap names the flag) what
+/// would make a bad path before anything is created.
+fn node_name(node: &str) -> Result<String, String> {
+    weft_api::validation::dns_subdomain(node)?;
+    let longest = netns_prefix(node).len() + APP_ID_LEN;
+    if longest > NAME_MAX {
+        return Err(format!(
+            "{} characters make namespace names (weft-<node>-<appId>) of {longest} bytes, longer than the {NAME_MAX} a file name can have; use at most {}",
+            node.len(),
+            NAME_MAX - (longest - node.len())
+        ));
+    }
+    Ok(node.to_string())
 }
 
 /// The weft-cni binary shipped next to this executable.
