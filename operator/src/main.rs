@@ -62,7 +62,7 @@ enum Command {
     },
     /// Print objects from a state directory, like kubectl get.
     Get {
-        /// meshapps, meshnodes, meshpolicies or meshsites.
+        /// meshapps, meshnodes, meshpolicies, meshsites, meshhubs or manifests.
         kind: String,
         /// Shared state directory.
         #[arg(long)]

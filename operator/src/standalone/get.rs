@@ -7,8 +7,10 @@ use k8s_openapi::jiff::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use weft_api::conditions::{self, types};
-use weft_api::standalone::{NodeRegistration, StateDir, StoredStatus};
-use weft_api::{MeshAppStatus, MeshNode, MeshNodeStatus, MeshPolicyStatus, MeshSiteStatus};
+use weft_api::standalone::{ManifestFileStatus, NodeRegistration, StateDir, StoredStatus};
+use weft_api::{
+    MeshAppStatus, MeshHubStatus, MeshNode, MeshNodeStatus, MeshPolicyStatus, MeshSiteStatus,
+};
 
 use weft_api::validation::printable;
 
@@ -183,9 +185,26 @@ pub fn render(kind: &str, state: &Path, output: Output, now: Timestamp) -> anyho
                 (cells, [reason, message])
             },
         ),
+        "meshhubs" | "meshhub" | "mhub" => render_stored::<MeshHubStatus>(
+            &state,
+            "meshhubs",
+            output,
+            &["NAME", "MEMBERS", "ACCEPTED", "AGE"],
+            |s| {
+                let (ok, reason, message) = cond_cells(&s.status.conditions, types::ACCEPTED);
+                let cells = vec![
+                    s.key.clone(),
+                    s.status.members.to_string(),
+                    ok,
+                    age(&s.first_seen, now),
+                ];
+                (cells, [reason, message])
+            },
+        ),
         "meshnodes" | "meshnode" | "mnode" => render_nodes(&state, output, now),
+        "manifests" | "manifest" => render_manifests(&state, output),
         other => anyhow::bail!(
-            "unknown kind {other:?}: use meshapps, meshnodes, meshpolicies or meshsites"
+            "unknown kind {other:?}: use meshapps, meshnodes, meshpolicies, meshsites, meshhubs or manifests"
         ),
     }
 }
@@ -221,6 +240,72 @@ fn render_stored<S: DeserializeOwned + Serialize>(
     Ok(table(&header, &rows))
 }
 
+/// Every manifest file and what is wrong with it: one row per file, or
+/// with `-o wide` one row per problem (document, object, field, message).
+fn render_manifests(state: &StateDir, output: Output) -> anyhow::Result<String> {
+    let files = read_json::<Vec<ManifestFileStatus>>(&state.manifest_status())?.unwrap_or_default();
+    if output == Output::Json {
+        return json(&files);
+    }
+    if output == Output::Wide {
+        let mut rows = Vec::new();
+        for f in &files {
+            if f.errors.is_empty() {
+                rows.push(vec![
+                    f.file.clone(),
+                    String::new(),
+                    f.objects.join(", "),
+                    String::new(),
+                    "OK".into(),
+                ]);
+            }
+            for e in &f.errors {
+                rows.push(vec![
+                    f.file.clone(),
+                    e.document.map_or_else(String::new, |d| d.to_string()),
+                    e.object.clone().unwrap_or_default(),
+                    e.field.clone(),
+                    e.message.clone(),
+                ]);
+            }
+        }
+        return Ok(table(
+            &["FILE", "DOCUMENT", "OBJECT", "FIELD", "MESSAGE"],
+            &rows,
+        ));
+    }
+    let rows: Vec<Vec<String>> = files
+        .iter()
+        .map(|f| {
+            let first = f.errors.first().map_or_else(String::new, |e| {
+                let doc = e
+                    .document
+                    .map_or_else(String::new, |d| format!("document {d}: "));
+                let field = if e.field.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", e.field)
+                };
+                format!("{doc}{field}{}", e.message)
+            });
+            vec![
+                f.file.clone(),
+                f.objects.len().to_string(),
+                if f.errors.is_empty() {
+                    "OK".into()
+                } else {
+                    format!("{} problems", f.errors.len())
+                },
+                first,
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["FILE", "OBJECTS", "STATUS", "FIRST PROBLEM"],
+        &rows,
+    ))
+}
+
 fn render_nodes(state: &StateDir, output: Output, now: Timestamp) -> anyhow::Result<String> {
     let mut names: Vec<String> = fs::read_dir(state.nodes_dir())
         .map(|it| {
@@ -247,10 +332,20 @@ fn render_nodes(state: &StateDir, output: Output, now: Timestamp) -> anyhow::Res
             .ok()
             .and_then(|t| Timestamp::try_from(t).ok())
             .map_or_else(|| "<unknown>".to_string(), |t| age(&t.to_string(), now));
-        let (ready, reason, message) = status
-            .as_ref()
-            .map(|s| cond_cells(&s.conditions, types::READY))
-            .unwrap_or(("Unknown".into(), String::new(), "no status reported".into()));
+        let problems = super::registration::errors(&name, &reg);
+        let (ready, reason, message) = if !problems.is_empty() {
+            let listed: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+            (
+                "False".into(),
+                "InvalidRegistration".into(),
+                listed.join("; "),
+            )
+        } else {
+            status
+                .as_ref()
+                .map(|s| cond_cells(&s.conditions, types::READY))
+                .unwrap_or(("Unknown".into(), String::new(), "no status reported".into()))
+        };
         let apps_total = spec.as_ref().map_or(0, |m| m.spec.apps.len());
         let mut row = vec![
             name.clone(),
