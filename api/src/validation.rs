@@ -27,6 +27,23 @@ pub const MAX_NODE_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// and a node's daemon reads its MeshNode whole on every change.
 pub const MAX_MESHNODE_BYTES: usize = 1024 * 1024;
 
+/// Longest node name: a node's app namespaces are named
+/// `weft-<node>-<appId>` (10-character ids) and must fit a 255-byte file
+/// name under /run/netns.
+pub const MAX_NODE_NAME_LEN: usize = 255 - "weft-".len() - 1 - 10;
+
+/// A node name: a DNS-1123 subdomain short enough for its namespace names.
+pub fn node_name(s: &str) -> Result<(), String> {
+    dns_subdomain(s)?;
+    if s.len() > MAX_NODE_NAME_LEN {
+        return Err(format!(
+            "{} characters; at most {MAX_NODE_NAME_LEN}, so that its namespace names (weft-<node>-<appId>) fit a file name",
+            s.len()
+        ));
+    }
+    Ok(())
+}
+
 fn describe(s: &str) -> String {
     // Debug quoting escapes newlines and control characters, so the
     // message itself never carries them.

@@ -277,6 +277,7 @@ fn corpus() -> Vec<Case> {
         case("node registration a list", node("n3", "[]"), &["MeshNode n3", "registration", "parsing"]),
         case("node name a number", node("n3", r#"{"name":3,"site":"local","address":"192.0.2.3"}"#), &["MeshNode n3", "registration", "parsing"]),
         case("node registration 5 MiB", Change::Node("n3".into(), format!("{{\"name\":\"n3\",\"site\":\"local\",\"address\":\"192.0.2.3\",\"pad\":\"{}\"}}", "x".repeat(5 << 20)).into_bytes()), &["MeshNode n3", "larger than"]),
+        case("node name too long for its namespaces", node(&"n".repeat(240), &format!(r#"{{"name":"{}","site":"local","address":"192.0.2.3"}}"#, "n".repeat(240))), &["registration.name", "at most 239"]),
         case("node name 254 characters", node(&long, &format!(r#"{{"name":"{long}","site":"local","address":"192.0.2.3"}}"#)), &["registration.name", "longer than 253"]),
     ]
 }

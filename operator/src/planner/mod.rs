@@ -617,6 +617,24 @@ pub fn plan(s: &Snapshot) -> Plan {
     for spec in out.nodes.values_mut() {
         spec.apps.sort_by(|a, b| a.app.cmp(&b.app));
     }
+    for (node, dropped) in bound_meshnode_sizes(&mut out.nodes, s) {
+        for (app, size) in dropped {
+            let key = ObjectKey::parse(&app);
+            if let Some(by_node) = placed.get_mut(&key) {
+                by_node.remove(&node);
+            }
+            app_errors.entry(key.clone()).or_default().push(PlanError::new(
+                ErrorKind::Exhausted,
+                validate::object_name("MeshApp", &key),
+                "spec",
+                "MeshNodeTooLarge",
+                format!(
+                    "not placed on node {node}: its MeshNode would grow to {size} bytes, over the {} an object may hold",
+                    s.config.max_meshnode_bytes
+                ),
+            ));
+        }
+    }
 
     // 13. Outcomes.
     for key in s.apps.keys() {
@@ -703,6 +721,51 @@ pub fn plan(s: &Snapshot) -> Plan {
             .entry(node.clone())
             .or_default()
             .extend(errs.iter().cloned());
+    }
+    out
+}
+
+/// Keeps every node's MeshNode spec within `max_meshnode_bytes`: attachments
+/// are taken out, newest first (those the previous spec did not carry, then
+/// by name from the end), until the spec fits, and their peers on the other
+/// nodes go too. Returns, per node, the apps taken out and the size the
+/// spec would have had.
+fn bound_meshnode_sizes(
+    nodes: &mut BTreeMap<String, MeshNodeSpec>,
+    s: &Snapshot,
+) -> Vec<(String, Vec<(String, usize)>)> {
+    let max = s.config.max_meshnode_bytes;
+    let size = |spec: &MeshNodeSpec| serde_json::to_vec(spec).map_or(usize::MAX, |v| v.len());
+    let mut out = Vec::new();
+    for (node, spec) in nodes.iter_mut() {
+        let mut dropped = Vec::new();
+        let mut now = size(spec);
+        while now > max && !spec.apps.is_empty() {
+            let had = |app: &str| {
+                s.previous_specs
+                    .get(node)
+                    .is_some_and(|p| p.apps.iter().any(|a| a.app == app))
+            };
+            let victim = (0..spec.apps.len())
+                .rev()
+                .find(|i| !had(&spec.apps[*i].app))
+                .unwrap_or(spec.apps.len() - 1);
+            let gone = spec.apps.remove(victim);
+            dropped.push((gone.app, now));
+            now = size(spec);
+        }
+        if !dropped.is_empty() {
+            out.push((node.clone(), dropped));
+        }
+    }
+    for (node, dropped) in &out {
+        for spec in nodes.values_mut() {
+            for att in spec.apps.iter_mut() {
+                if dropped.iter().any(|(a, _)| *a == att.app) {
+                    att.peers.retain(|p| p.node != *node);
+                }
+            }
+        }
     }
     out
 }

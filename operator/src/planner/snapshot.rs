@@ -92,6 +92,10 @@ pub struct PlannerConfig {
     pub app_prefix_len: u8,
     /// First WireGuard listen port on every node.
     pub base_listen_port: u16,
+    /// Largest MeshNode spec (serialised JSON) the planner hands out; apps
+    /// that would push a node over it are not placed there (condition
+    /// `MeshNodeTooLarge`), those already placed first.
+    pub max_meshnode_bytes: usize,
 }
 
 /// Default allocation pool (CGNAT space, rarely used inside clusters).
@@ -107,6 +111,7 @@ impl Default for PlannerConfig {
             pool: Ipv4Net::new(std::net::Ipv4Addr::new(100, 64, 0, 0), 10).unwrap_or_default(),
             app_prefix_len: DEFAULT_APP_PREFIX_LEN,
             base_listen_port: DEFAULT_BASE_LISTEN_PORT,
+            max_meshnode_bytes: weft_api::validation::MAX_MESHNODE_BYTES,
         }
     }
 }

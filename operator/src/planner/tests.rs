@@ -939,3 +939,47 @@ fn an_app_without_sites_stays_on_the_local_site_and_listed_sites_opt_in() {
     let p = plan(&s);
     assert_eq!(p.apps[&k("demo/auto")].nodes, vec!["n2", "n3"]);
 }
+
+#[test]
+fn a_meshnode_never_grows_past_the_size_bound() {
+    let mut s = base();
+    let full = plan(&s);
+    let n2_size = serde_json::to_vec(&full.nodes["n2"]).unwrap().len();
+    // Room for n2's spec less a little: one app must go, the one the
+    // previous spec did not carry.
+    s.config.max_meshnode_bytes = n2_size - 10;
+    s.previous_specs.insert(
+        "n2".into(),
+        MeshNodeSpec {
+            apps: full.nodes["n2"]
+                .apps
+                .iter()
+                .filter(|a| a.app == "demo/good")
+                .cloned()
+                .collect(),
+            ..full.nodes["n2"].clone()
+        },
+    );
+    let p = plan(&s);
+    for (n, spec) in &p.nodes {
+        let size = serde_json::to_vec(spec).unwrap().len();
+        assert!(size <= s.config.max_meshnode_bytes, "{n}: {size}");
+    }
+    assert!(p.nodes["n2"].apps.iter().any(|a| a.app == "demo/good"));
+    assert!(!p.nodes["n2"].apps.iter().any(|a| a.app == "demo/auto"));
+    let auto = &p.apps[&k("demo/auto")];
+    assert!(!auto.nodes.contains(&"n2".to_string()));
+    let e = auto
+        .errors
+        .iter()
+        .find(|e| e.reason == "MeshNodeTooLarge")
+        .expect("a condition says why");
+    assert!(e.message.contains("node n2"), "{e:?}");
+    // Its peer on n3 no longer points at n2.
+    let on_n3 = p.nodes["n3"]
+        .apps
+        .iter()
+        .find(|a| a.app == "demo/auto")
+        .unwrap();
+    assert!(on_n3.peers.iter().all(|p| p.node != "n2"));
+}

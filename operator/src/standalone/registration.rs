@@ -9,7 +9,7 @@ use weft_api::validation;
 /// `(field, message)`.
 pub fn errors(dir_name: &str, reg: &NodeRegistration) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if let Err(e) = validation::dns_subdomain(dir_name) {
+    if let Err(e) = validation::node_name(dir_name) {
         out.push(("name".to_string(), format!("node directory {e}")));
     } else if reg.name != dir_name {
         out.push((
@@ -74,5 +74,8 @@ mod tests {
         );
         let long = "x".repeat(254);
         assert_eq!(field(errors(&long, &reg(&long, "", "192.0.2.1"))), ["name"]);
+        let netns_too_long = "x".repeat(240);
+        let e = errors(&netns_too_long, &reg(&netns_too_long, "", "192.0.2.1"));
+        assert!(e[0].1.contains("at most 239"), "{e:?}");
     }
 }
