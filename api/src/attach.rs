@@ -23,6 +23,20 @@ pub const MAX_CONTAINER_ID_LEN: usize = 1024;
 /// Longest `netns` path accepted (Linux's `PATH_MAX`).
 pub const MAX_NETNS_PATH_LEN: usize = 4096;
 
+/// Longest message either end puts on the wire or prints.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// `s` as one line (control characters escaped) of at most `max`
+/// characters plus an ellipsis: escaping happens first, so the bound holds
+/// for the text that is shown.
+pub fn one_line(s: &str, max: usize) -> String {
+    let escaped = validation::printable(s, usize::MAX);
+    match escaped.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped,
+    }
+}
+
 /// Why [`read_line`] returned no line.
 #[derive(Debug, thiserror::Error)]
 pub enum LineError {
@@ -220,6 +234,15 @@ mod tests {
                 message: "down".into()
             }
         );
+    }
+
+    #[test]
+    fn one_line_bounds_the_escaped_text() {
+        assert_eq!(one_line("a\nb", 10), "a\\nb");
+        let s = one_line(&"\u{1b}".repeat(100), 10);
+        assert_eq!(s.chars().count(), 11, "{s}");
+        assert!(!s.chars().any(char::is_control));
+        assert_eq!(one_line("abc", 3), "abc");
     }
 
     #[test]

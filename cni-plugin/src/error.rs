@@ -2,7 +2,7 @@
 
 /// Longest message the plugin prints (the runtime logs it and shows it in
 /// pod events; a daemon answer or an echoed value must not make it huge).
-pub const MAX_MESSAGE_CHARS: usize = 1024;
+pub use weft_api::attach::MAX_MESSAGE_CHARS;
 
 /// A CNI error with its spec code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +46,7 @@ impl CniError {
         };
         CniError {
             code: self.code,
-            msg: weft_api::validation::printable(&msg, MAX_MESSAGE_CHARS),
+            msg: weft_api::attach::one_line(&msg, MAX_MESSAGE_CHARS),
         }
     }
 

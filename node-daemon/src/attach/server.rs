@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_api::attach::{
-    codes, read_line, AttachRequest, AttachResponse, LineError, WorkloadRef, MAX_REQUEST_BYTES,
+    codes, one_line, read_line, AttachRequest, AttachResponse, LineError, WorkloadRef,
+    MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES,
 };
 
 use super::registry::{key, Outcome, Shared, Unregistered, Waited};
@@ -214,7 +215,7 @@ pub fn read_request(r: &mut impl BufRead) -> Result<AttachRequest, Refused> {
 pub fn parse_request(line: &[u8]) -> Result<AttachRequest, Refused> {
     let fail = |code, message: String| Refused {
         code,
-        message: weft_api::validation::printable(&message, 1024),
+        message: one_line(&message, MAX_MESSAGE_CHARS),
     };
     let text = std::str::from_utf8(line).map_err(|e| {
         fail(
