@@ -2,7 +2,7 @@
 //! answer is read up to [`MAX_RESPONSE_BYTES`] and checked before any of it
 //! reaches the runtime's result.
 
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -51,22 +51,28 @@ pub fn talk(socket: &str, req: &AttachRequest) -> Result<AttachResponse, TalkErr
     })?;
     line.push(b'\n');
     (&s).write_all(&line).map_err(broke)?;
-    let answer = read_line(&mut BufReader::new(&s), MAX_RESPONSE_BYTES).map_err(|e| {
-        TalkError::Failed(CniError::new(
+    read_answer(&s, socket).map_err(TalkError::Failed)
+}
+
+/// Reads one answer line from the daemon at `socket` (at most
+/// [`MAX_RESPONSE_BYTES`]: nothing past that is read) and checks it.
+pub fn read_answer(r: impl Read, socket: &str) -> Result<AttachResponse, CniError> {
+    let answer = read_line(&mut BufReader::new(r), MAX_RESPONSE_BYTES).map_err(|e| {
+        CniError::new(
             codes::TRY_AGAIN_LATER,
             format!("no answer from the Weft node daemon at {socket}: {e}"),
-        ))
+        )
     })?;
     if answer.trim_ascii().is_empty() {
-        return Err(TalkError::Failed(CniError::new(
+        return Err(CniError::new(
             codes::TRY_AGAIN_LATER,
             format!("Weft node daemon at {socket} closed the connection without an answer"),
-        )));
+        ));
     }
     parse_response(&answer).map_err(|e| {
-        TalkError::Failed(CniError::decode(format!(
+        CniError::decode(format!(
             "unreadable answer from the Weft node daemon at {socket}: {e}"
-        )))
+        ))
     })
 }
 
