@@ -1,108 +1,21 @@
 //! Invokes the `weft-cni` binary the way a container runtime does: CNI_*
 //! environment, network configuration on stdin, result or error on stdout.
-//! The daemon side here is a scripted socket peer; the daemon's real attach
-//! server is exercised by the node-daemon tests.
+//! The daemon side here is a scripted socket peer (also a misbehaving one);
+//! the daemon's real attach server is exercised by the node-daemon tests.
+//! The table of bad inputs is in `corpus.rs`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixListener;
+mod support;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use weft_api::attach::{AttachRequest, AttachResponse, Attachment};
-
-struct Out {
-    code: i32,
-    stdout: Value,
-}
-
-fn invoke(cmd: &str, args: Option<&str>, conf: &str) -> Out {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_weft-cni"));
-    c.env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", "c0ffee")
-        .env("CNI_NETNS", "/run/netns/pod-1")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(a) = args {
-        c.env("CNI_ARGS", a);
-    }
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: serde_json::from_str(text.trim()).unwrap_or(Value::Null),
-    }
-}
-
-const POD: &str =
-    "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=c0ffee";
-
-fn conf(socket: &str) -> String {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s-pod-network",
-        "type": "weft-cni",
-        "daemonSocket": socket,
-        "prevResult": {
-            "cniVersion": "1.0.0",
-            "interfaces": [{"name": "eth0", "mac": "aa:bb:cc:dd:ee:ff", "sandbox": "/run/netns/pod-1"}],
-            "ips": [{"address": "10.244.1.5/24", "gateway": "10.244.1.1", "interface": 0}],
-            "routes": [{"dst": "0.0.0.0/0"}]
-        }
-    })
-    .to_string()
-}
-
-/// A scripted daemon answering each request with the next canned response.
-fn daemon(
-    answers: Vec<AttachResponse>,
-) -> (
-    tempfile::TempDir,
-    String,
-    std::thread::JoinHandle<Vec<AttachRequest>>,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir
-        .path()
-        .join("attach.sock")
-        .to_string_lossy()
-        .into_owned();
-    let l = UnixListener::bind(&path).unwrap();
-    let h = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for a in answers {
-            let (s, _) = l.accept().unwrap();
-            let mut line = String::new();
-            BufReader::new(&s).read_line(&mut line).unwrap();
-            seen.push(serde_json::from_str(&line).unwrap());
-            let mut w = &s;
-            writeln!(w, "{}", serde_json::to_string(&a).unwrap()).unwrap();
-        }
-        seen
-    });
-    (dir, path, h)
-}
-
-fn attached() -> AttachResponse {
-    AttachResponse::Attached(Attachment {
-        app: "demo/web".into(),
-        interface: "weft0".into(),
-        mac: "02:00:00:00:00:01".into(),
-        address: "10.100.0.2/32".into(),
-        gateway: "169.254.1.1".into(),
-        routes: vec!["10.100.0.0/16".into()],
-    })
-}
+use support::{
+    attached, conf, daemon, invoke, invoke_env, msg, raw_daemon, runtime_env, Reply, POD,
+};
+use weft_api::attach::{AttachRequest, AttachResponse, MAX_RESPONSE_BYTES};
 
 #[test]
 fn version_lists_supported_versions() {
@@ -191,15 +104,152 @@ fn del_succeeds_without_a_netns_and_check_reports_drift() {
 }
 
 #[test]
-fn daemon_down_is_try_again_later_naming_the_socket() {
+fn daemon_down_on_add_is_try_again_later_naming_the_pod_and_the_socket() {
     let o = invoke("ADD", Some(POD), &conf("/nonexistent/weft/attach.sock"));
     assert_eq!(o.code, 1);
     assert_eq!(o.stdout["code"], 11);
     assert!(
-        o.stdout["msg"]
-            .as_str()
-            .unwrap()
-            .contains("/nonexistent/weft/attach.sock"),
+        msg(&o).starts_with("pod demo/web-1: ")
+            && msg(&o).contains("/nonexistent/weft/attach.sock"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn del_succeeds_with_a_warning_when_the_daemon_is_down() {
+    // Nothing listens: the runtime would retry a failed DEL forever.
+    let o = invoke("DEL", Some(POD), &conf("/nonexistent/weft/attach.sock"));
+    assert_eq!(o.code, 0, "{} {}", o.stdout, o.stderr);
+    assert_eq!(o.stdout, Value::Null, "DEL prints nothing on success");
+    assert!(
+        o.stderr.contains("warning")
+            && o.stderr.contains("pod demo/web-1")
+            && o.stderr.contains("/nonexistent/weft/attach.sock"),
+        "{}",
+        o.stderr
+    );
+    // A socket file nobody listens on (a daemon that died) is the same.
+    let d = tempfile::tempdir().unwrap();
+    let stale = d.path().join("attach.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let o = invoke("DEL", Some(POD), &conf(&stale.to_string_lossy()));
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    // A daemon that is there and says no is not ignored.
+    let (_d, sock, _h) = daemon(vec![AttachResponse::Error {
+        code: 11,
+        message: "workload demo/web-1 was not detached within 25s".into(),
+    }]);
+    let o = invoke("DEL", Some(POD), &conf(&sock));
+    assert_eq!((o.code, o.stdout["code"].as_u64()), (1, Some(11)));
+}
+
+#[test]
+fn any_environment_variable_that_is_not_utf8_is_survived() {
+    // The report: `env -i CNI_COMMAND=VERSION X=$'\xff' weft-cni` exited 101.
+    let bad = || OsString::from_vec(vec![b'x', 0xff]);
+    let o = invoke_env(
+        &[
+            ("CNI_COMMAND".into(), "VERSION".into()),
+            ("X".into(), bad()),
+            (bad(), "1".into()),
+            ("CNI_PATH".into(), bad()),
+            ("CNI_IFNAME".into(), bad()),
+        ],
+        b"",
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout["supportedVersions"], json!(["0.4.0", "1.0.0"]));
+    // One it reads gets a CNI error naming it.
+    let mut env = runtime_env("ADD", Some(POD));
+    env.push(("CNI_NETNS".into(), bad()));
+    env.retain(|(k, v)| k != "CNI_NETNS" || v != "/run/netns/pod-1");
+    let o = invoke_env(&env, conf("/x").as_bytes());
+    assert_eq!((o.code, o.stdout["code"].as_u64()), (1, Some(4)));
+    assert!(
+        msg(&o).contains("CNI_NETNS") && msg(&o).contains("pod demo/web-1"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn unusable_answers_from_the_daemon_are_coded_errors() {
+    let attached_with = |field: &str, value: Value| {
+        let mut v = serde_json::to_value(attached()).unwrap();
+        v[field] = value;
+        format!("{v}\n").into_bytes()
+    };
+    let (_d, sock, h) = raw_daemon(vec![
+        Reply::Bytes(b"not json\n".to_vec()),
+        Reply::Bytes(vec![b'"', 0xff, b'"', b'\n']),
+        Reply::Bytes(Vec::new()),
+        Reply::Bytes(br#"{"result":"frobbed"}"#.to_vec()),
+        Reply::Bytes(attached_with("address", json!("10.100.0.2"))),
+        Reply::Bytes(attached_with("interface", json!("../../etc"))),
+        Reply::Bytes(br#"{"result":"error","code":0,"message":"?"}"#.to_vec()),
+        Reply::Endless(b'x'),
+    ]);
+    let want: [(u64, &str); 8] = [
+        (6, "unreadable answer"),
+        (6, "not UTF-8"),
+        (11, "without an answer"),
+        (6, "frobbed"),
+        (6, "address"),
+        (6, "interface"),
+        (6, "code: 0"),
+        (11, &format!("longer than {MAX_RESPONSE_BYTES} bytes")),
+    ];
+    for (code, needle) in want {
+        let o = invoke("ADD", Some(POD), &conf(&sock));
+        assert_eq!(o.code, 1, "{needle}: {}", o.stdout);
+        assert_eq!(
+            o.stdout["code"].as_u64(),
+            Some(code),
+            "{needle}: {}",
+            o.stdout
+        );
+        assert!(
+            msg(&o).contains(needle) && msg(&o).contains("demo/web-1"),
+            "want {needle:?}: {}",
+            o.stdout
+        );
+    }
+    // The endless answer stopped because the plugin hung up.
+    assert!(h.join().unwrap()[7] > MAX_RESPONSE_BYTES);
+}
+
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weft-cni"));
+    let (r, w) = std::io::pipe().unwrap();
+    drop(r);
+    c.env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .stdout(w)
+        .stderr(Stdio::piped());
+    let o = c.output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"));
+}
+
+#[test]
+fn an_oversized_configuration_is_refused_not_buffered() {
+    let mut big = conf("/x").into_bytes();
+    big.pop(); // drop the closing brace: pad inside the object
+    big.extend_from_slice(b", \"pad\": \"");
+    big.resize(2 * 1024 * 1024, b'a');
+    big.extend_from_slice(b"\"}");
+    let o = invoke_env(&runtime_env("ADD", Some(POD)), &big);
+    assert_eq!((o.code, o.stdout["code"].as_u64()), (1, Some(7)));
+    assert!(
+        msg(&o).contains("larger than 1048576 bytes"),
         "{}",
         o.stdout
     );
