@@ -4,7 +4,7 @@ set -euo pipefail
 
 need_root() {
   if [ "$(id -u)" -ne 0 ]; then
-    echo "weft: this needs root (network namespaces, TUN devices): run it with sudo" >&2
+    echo "weft: this needs root (network namespaces, TUN devices): run it as root" >&2
     exit 1
   fi
 }
