@@ -442,6 +442,108 @@ mod tests {
         );
     }
 
+    /// Runs `req` on its own thread (as the server does per connection).
+    fn spawn(
+        shared: &Arc<Shared>,
+        req: AttachRequest,
+        timeout: Duration,
+    ) -> std::thread::JoinHandle<AttachResponse> {
+        let s = shared.clone();
+        std::thread::spawn(move || handle(req, &s, timeout))
+    }
+
+    /// A stand-in run loop: publishes `outcome` for demo/web-1 every 10 ms
+    /// until `h` has answered.
+    fn passes_until(
+        shared: &Shared,
+        outcome: Option<Outcome>,
+        h: std::thread::JoinHandle<AttachResponse>,
+    ) -> AttachResponse {
+        while !h.is_finished() {
+            shared.publish(
+                outcome
+                    .iter()
+                    .map(|o| ("demo/web-1".to_string(), o.clone()))
+                    .collect(),
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        h.join().unwrap()
+    }
+
+    fn wait_registered(shared: &Shared, w: &WorkloadRef) {
+        while !shared.registered().contains(w) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    // The timeouts below are far longer than the test: a broken fix shows
+    // as the waiting ADD answering with its timeout message, not as a race.
+    const LONG: Duration = Duration::from_secs(120);
+
+    #[test]
+    fn an_add_a_del_withdrew_answers_at_once() {
+        let shared = Arc::new(Shared::in_memory());
+        let add = spawn(&shared, AttachRequest::Add(w("/run/netns/p1")), LONG);
+        wait_registered(&shared, &w("/run/netns/p1"));
+        let del = spawn(&shared, AttachRequest::Del(w("")), LONG);
+        // No pass has run: the ADD must not wait for one.
+        let r = add.join().unwrap();
+        assert!(
+            matches!(&r, AttachResponse::Error { code: 11, message } if message.contains("demo/web-1") && message.contains("DEL")),
+            "{r:?}"
+        );
+        assert_eq!(passes_until(&shared, None, del), AttachResponse::Detached);
+    }
+
+    #[test]
+    fn a_second_add_of_a_pod_of_no_app_gets_the_first_ones_answer() {
+        let shared = Arc::new(Shared::in_memory());
+        shared.publish([("demo/web-1".to_string(), Outcome::NotMeshed)].into());
+        shared.register(w("/run/netns/p1"));
+        // A second ADD waits for the next pass; the first one, answered
+        // NotMeshed by the last pass, now forgets the workload.
+        let second = spawn(&shared, AttachRequest::Add(w("/run/netns/p1")), LONG);
+        std::thread::sleep(Duration::from_millis(50));
+        shared.unregister("demo/web-1", "c1");
+        assert_eq!(second.join().unwrap(), AttachResponse::NotMeshed);
+    }
+
+    #[test]
+    fn a_new_sandbox_supersedes_a_waiting_add_and_survives_the_old_ones_del() {
+        let shared = Arc::new(Shared::in_memory());
+        let old = spawn(&shared, AttachRequest::Add(w("/run/netns/p1")), LONG);
+        wait_registered(&shared, &w("/run/netns/p1"));
+        let new = WorkloadRef {
+            container_id: "c2".into(),
+            ..w("/run/netns/p2")
+        };
+        let add_new = spawn(&shared, AttachRequest::Add(new.clone()), LONG);
+        let r = old.join().unwrap();
+        assert!(
+            matches!(&r, AttachResponse::Error { code: 11, message } if message.contains("c2")),
+            "{r:?}"
+        );
+        wait_registered(&shared, &new);
+        // The runtime tears the old sandbox down: the new one stays.
+        assert_eq!(
+            handle(AttachRequest::Del(w("")), &shared, LONG),
+            AttachResponse::Detached
+        );
+        assert_eq!(shared.registered(), vec![new]);
+        pass_after(
+            &shared,
+            Duration::ZERO,
+            Some(Outcome::Attached(attachment())),
+        )
+        .join()
+        .unwrap();
+        assert_eq!(
+            add_new.join().unwrap(),
+            AttachResponse::Attached(attachment())
+        );
+    }
+
     #[test]
     fn check_reports_drift_when_the_attachment_is_gone() {
         let shared = Arc::new(Shared::in_memory());
