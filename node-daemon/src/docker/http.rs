@@ -593,6 +593,51 @@ mod tests {
     }
 
     #[test]
+    fn what_is_not_plain_http_is_an_error() {
+        for bad in [
+            &b"HTTP/1.1 +20 OK\r\n\r\n"[..],
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n: empty name\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        ] {
+            assert!(parse_head(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        for size in ["+5", "-5", "0x5", "", "11111111111111111"] {
+            let mut d = ChunkedDecoder::default();
+            let input = format!("{size}\r\nhello\r\n");
+            assert!(
+                d.feed(input.as_bytes(), &mut Vec::new()).is_err(),
+                "{size:?}"
+            );
+        }
+        // The largest size that fits is a size, not an overflow.
+        let mut d = ChunkedDecoder::default();
+        d.feed(b"ffffffffffffffff\r\nabc", &mut Vec::new()).unwrap();
+        assert!(!d.done());
+        let huge = b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999\r\n\r\n";
+        assert!(parse_response(huge).unwrap_err().contains("larger than"));
+    }
+
+    #[test]
+    fn heads_and_lines_stop_at_their_limits() {
+        let mut head = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
+        head.resize(MAX_HEAD + 4, b'a');
+        assert!(parse_head(&head).unwrap_err().contains("longer than"));
+        head.truncate(MAX_HEAD);
+        assert_eq!(parse_head(&head).unwrap(), None, "still within the limit");
+        let mut l = LineBuffer::with_limit(4);
+        assert_eq!(l.push(b"1234\n").unwrap(), vec![b"1234".to_vec()]);
+        assert!(l.push(b"12345").is_err());
+        assert_eq!(l.buffered(), 0, "the overlong line is dropped");
+        let mut d = ChunkedDecoder::default();
+        assert!(d.feed(&[b'1'; MAX_LINE + 1], &mut Vec::new()).is_err());
+    }
+
+    #[test]
     fn query_values_are_percent_encoded() {
         assert_eq!(
             encode_query(r#"{"label":["weft.dev/app"]}"#),

@@ -314,6 +314,25 @@ mod tests {
             }
         }
 
+        /// Sends one line of `len` bytes without end in sight on every
+        /// stream; returns how much the daemon took before hanging up.
+        fn flood(&self, len: usize) -> usize {
+            let block = "x".repeat(64 * 1024);
+            let mut taken = 0;
+            for s in &mut self.engine.lock().unwrap().streams {
+                let mut sent = 0;
+                while sent < len
+                    && write!(s, "{:x}\r\n{block}\r\n", block.len())
+                        .and_then(|()| s.flush())
+                        .is_ok()
+                {
+                    sent += block.len();
+                }
+                taken = taken.max(sent);
+            }
+            taken
+        }
+
         /// The engine restarts: every event stream ends.
         fn drop_streams(&self) {
             for s in self.engine.lock().unwrap().streams.drain(..) {
@@ -359,6 +378,37 @@ mod tests {
         engine.run("c3", "while-away", "db", false);
         wait_names(&mut src, &["by-event", "while-away"]);
         assert!(engine.engine.lock().unwrap().lists >= 2);
+    }
+
+    #[test]
+    fn an_endless_event_line_ends_the_session_and_the_next_one_catches_up() {
+        let engine = Scripted::start();
+        engine.run("c1", "first", "web", false);
+        let mut src = DockerSource::start(engine.socket.clone()).unwrap();
+        wait_names(&mut src, &["first"]);
+        let lists = engine.engine.lock().unwrap().lists;
+        // Started while the stream carries garbage: only a resync finds it.
+        engine.run("c2", "second", "web", false);
+        let taken = engine.flood(16 * http::MAX_EVENT_LINE);
+        assert!(
+            taken < 16 * http::MAX_EVENT_LINE,
+            "the daemon read {taken} bytes of one line"
+        );
+        wait_names(&mut src, &["first", "second"]);
+        assert!(engine.engine.lock().unwrap().lists > lists);
+        assert_eq!(src.condition().unwrap().reason, "Watching");
+    }
+
+    #[test]
+    fn a_host_full_of_refused_containers_gets_a_bounded_condition() {
+        let reasons: Vec<String> = (0..1000).map(|i| format!("container c{i}: no")).collect();
+        let m = refused_message(&reasons);
+        assert!(m.contains("c9: no") && !m.contains("c10: no"), "{m}");
+        assert!(m.ends_with("and 990 more containers refused"), "{m}");
+        assert_eq!(
+            refused_message(&reasons[..2]),
+            "container c0: no; container c1: no"
+        );
     }
 
     #[test]
