@@ -226,9 +226,10 @@ pub fn parse_event(line: &[u8]) -> Result<Option<Change>, String> {
 }
 
 /// The first 12 characters of an id, as `docker ps` shows it (never more,
-/// whatever the engine sent).
-pub fn short(id: &str) -> &str {
-    id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
+/// and escaped, whatever the engine sent).
+pub fn short(id: &str) -> String {
+    let head = id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i]);
+    printable(head, usize::MAX)
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ impl Inventory {
         }
         for (id, e) in &self.entries {
             if !listed.contains(id) {
-                tracing::info!(container = api::short(id), workload = %crate::workloads::key(&e.workload), "container no longer running; detaching");
+                tracing::info!(container = %api::short(id), workload = %crate::workloads::key(&e.workload), "container no longer running; detaching");
             }
         }
         self.entries.retain(|id, _| listed.contains(id));
@@ -78,7 +78,7 @@ impl Inventory {
         match change {
             Change::Gone(id) => {
                 if let Some(e) = self.entries.remove(id) {
-                    tracing::info!(container = api::short(id), workload = %crate::workloads::key(&e.workload), "container stopped; detaching");
+                    tracing::info!(container = %api::short(id), workload = %crate::workloads::key(&e.workload), "container stopped; detaching");
                 }
                 self.rejected.remove(id);
             }
@@ -105,7 +105,7 @@ impl Inventory {
                 None => Err(format!(
                     "container {} ({}): its network namespace {} is not visible here \
                      (the daemon must share the host's pid namespace)",
-                    c.name,
+                    weft_api::validation::printable(&c.name, 80),
                     api::short(&c.id),
                     w.netns
                 )),
@@ -115,14 +115,14 @@ impl Inventory {
         match accepted {
             Ok((workload, netns_id)) => {
                 if known.as_ref().is_none_or(|e| e.workload != workload) {
-                    tracing::info!(container = api::short(&c.id), workload = %crate::workloads::key(&workload), netns = %workload.netns, "labelled container running");
+                    tracing::info!(container = %api::short(&c.id), workload = %crate::workloads::key(&workload), netns = %workload.netns, "labelled container running");
                 }
                 self.entries
                     .insert(c.id.clone(), Entry { workload, netns_id });
             }
             Err(why) => {
                 if refused.as_ref() != Some(&why) {
-                    tracing::warn!(container = api::short(&c.id), "{why}; not attached");
+                    tracing::warn!(container = %api::short(&c.id), "{why}; not attached");
                 }
                 self.rejected.insert(c.id.clone(), why);
             }
