@@ -130,8 +130,16 @@ fn busy(conn: UnixStream, limit: usize) {
     };
     let _ = conn.set_nonblocking(true);
     let _ = (&conn).write_all(&encode(&resp));
+    // At most one request's worth: a client that keeps sending must not
+    // hold the accept loop.
     let mut sink = [0u8; 4096];
-    while matches!((&conn).read(&mut sink), Ok(n) if n > 0) {}
+    let mut drained = 0;
+    while drained <= MAX_REQUEST_BYTES {
+        match (&conn).read(&mut sink) {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
 }
 
 /// A read side that gives up at a fixed instant, however the bytes trickle
