@@ -20,14 +20,14 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "weft: installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # Docker engine: the image tests build and run Weft's images locally.
 if ! command -v docker >/dev/null; then
   echo "weft: installing docker.io"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends docker.io >/dev/null
 fi
 if ! docker info >/dev/null 2>&1; then
   (service docker start || systemctl start docker) >/dev/null 2>&1 || (nohup dockerd >/var/log/weft-dockerd.log 2>&1 &)

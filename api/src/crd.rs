@@ -42,16 +42,22 @@ pub fn crd_of(kind: &str) -> Option<CustomResourceDefinition> {
 /// type's bounds, recursively.
 fn normalise_formats(s: &mut JSONSchemaProps) {
     let bounds = match s.format.as_deref() {
-        Some("uint8") => Some(("int32", f64::from(u8::MAX))),
-        Some("uint16") => Some(("int32", f64::from(u16::MAX))),
-        Some("uint32") => Some(("int64", f64::from(u32::MAX))),
-        Some("uint64") | Some("uint") => Some(("int64", i64::MAX as f64)),
+        Some("uint8") => Some(("int32", Some(f64::from(u8::MAX)))),
+        Some("uint16") => Some(("int32", Some(f64::from(u16::MAX)))),
+        Some("uint32") => Some(("int64", Some(f64::from(u32::MAX)))),
+        // No maximum: int64 bounds it already, and i64::MAX has no exact f64
+        // (it rounds up to 2^63, which the API server reads back as an
+        // overflowed int64 and then refuses every default of 0).
+        Some("uint64") | Some("uint") => Some(("int64", None)),
         _ => None,
     };
     if let Some((format, max)) = bounds {
         s.format = Some(format.into());
         s.minimum = Some(s.minimum.unwrap_or(0.0).max(0.0));
-        s.maximum = Some(s.maximum.unwrap_or(max).min(max));
+        s.maximum = match (s.maximum, max) {
+            (Some(m), Some(max)) => Some(m.min(max)),
+            (m, max) => m.or(max),
+        };
     }
     for p in s.properties.iter_mut().flat_map(|m| m.values_mut()) {
         normalise_formats(p);
@@ -98,6 +104,39 @@ mod tests {
             {
                 let f = line.trim_start().trim_start_matches("format:").trim();
                 assert!(known.contains(&f), "{name}: format {f}");
+            }
+        }
+    }
+
+    /// A bound the API server stores in an int64 must survive the trip
+    /// through f64 (found against a real kube-apiserver: `maximum: 2^63`
+    /// overflowed and every `default: 0` under it was refused).
+    #[test]
+    fn every_integer_bound_fits_an_int64_exactly() {
+        fn walk(name: &str, path: &str, s: &JSONSchemaProps) {
+            for b in [s.minimum, s.maximum].into_iter().flatten() {
+                assert!(
+                    b.fract() == 0.0 && b.abs() < 2f64.powi(53),
+                    "{name}: {path} has bound {b}"
+                );
+            }
+            for (k, p) in s.properties.iter().flat_map(|m| m.iter()) {
+                walk(name, &format!("{path}.{k}"), p);
+            }
+            if let Some(JSONSchemaPropsOrArray::Schema(i)) = &s.items {
+                walk(name, &format!("{path}[]"), i);
+            }
+        }
+        for crd in all_crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            for v in &crd.spec.versions {
+                if let Some(s) = v
+                    .schema
+                    .as_ref()
+                    .and_then(|s| s.open_api_v3_schema.as_ref())
+                {
+                    walk(&name, "", s);
+                }
             }
         }
     }

@@ -22,6 +22,7 @@
 //!   <prefix>-w-<name>: workload netns (gets `weft0` from its node's daemon)
 //! ```
 
+pub mod apiserver;
 pub mod baseline;
 pub mod capture;
 pub mod cleanup;
@@ -29,6 +30,7 @@ pub mod cluster;
 pub mod cni;
 pub mod docker;
 pub mod fakeapi;
+pub mod kubelet;
 pub mod migration;
 pub mod netns;
 pub mod probe;

@@ -18,8 +18,9 @@ pub const WAN_BRIDGE: &str = "br0";
 #[derive(Debug)]
 pub struct Sim {
     prefix: String,
-    // Field order matters: nodes are deleted before the WAN.
+    // Field order matters: nodes and hosts are deleted before the WAN.
     nodes: Vec<NetNs>,
+    hosts: Vec<NetNs>,
     wan: NetNs,
 }
 
@@ -31,11 +32,12 @@ impl Sim {
 
     /// Builds `n_nodes` nodes named `<prefix>-n1..` around `<prefix>-wan`.
     pub fn with_prefix(prefix: &str, n_nodes: usize) -> Result<Sim> {
-        ensure!((1..=250).contains(&n_nodes), "1..=250 nodes supported");
+        ensure!(n_nodes <= 199, "at most 199 nodes supported");
         let wan = NetNs::create(&format!("{prefix}-wan"))?;
         let mut sim = Sim {
             prefix: prefix.to_string(),
             nodes: Vec::new(),
+            hosts: Vec::new(),
             wan,
         };
         sim.wan.ip(&[
@@ -101,6 +103,35 @@ impl Sim {
     /// Name, inside the WAN namespace, of the bridge port leading to node `i`.
     pub fn wan_port(i: usize) -> String {
         format!("n{i}")
+    }
+
+    /// Attaches one more machine that is not a node (a control plane, an
+    /// operator's pod) to the WAN: namespace `<prefix>-<name>` with
+    /// `192.0.2.<octet>/24` on its `wan0`. Octets from 200 up keep clear of nodes.
+    pub fn add_host(&mut self, name: &str, octet: u8) -> Result<String> {
+        ensure!(octet >= 200, "host octets start at 200 (nodes use 1..=199)");
+        let host = NetNs::create(&format!("{}-{name}", self.prefix))?;
+        let port = format!("h{octet}");
+        self.wan.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            NODE_WAN_IFACE,
+            "netns",
+            host.name(),
+        ])?;
+        self.wan.ip(&["link", "set", &port, "master", WAN_BRIDGE])?;
+        self.wan.ip(&["link", "set", &port, "up"])?;
+        let addr = format!("{}/24", Ipv4Addr::new(192, 0, 2, octet));
+        host.ip(&["addr", "add", &addr, "dev", NODE_WAN_IFACE])?;
+        host.ip(&["link", "set", NODE_WAN_IFACE, "up"])?;
+        let name = host.name().to_string();
+        self.hosts.push(host);
+        Ok(name)
     }
 
     /// Cuts node `i` off the WAN (its bridge port goes down).
