@@ -1,6 +1,7 @@
 //! Finding and removing whatever a run (or a crashed earlier run) left behind.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -9,7 +10,11 @@ use nix::unistd::Pid;
 use crate::netns::{delete_netns, list_netns};
 use crate::procs::registered_children;
 
-/// Where userspace WireGuard implementations put their UAPI sockets.
+/// Where userspace WireGuard implementations put their UAPI sockets, and
+/// where `wg` looks for them (compiled into wireguard-tools). Simulated
+/// nodes' daemons serve theirs in a directory per node instead (see
+/// `Cluster::wg_socket_dir`): on one host, the same app's devices on two
+/// nodes have the same name.
 pub const WG_SOCKET_DIR: &str = "/var/run/wireguard";
 
 /// Things left behind by a run.
@@ -143,7 +148,13 @@ pub fn cleanup_leftovers(prefix: &str) -> Leftovers {
 
 /// UAPI socket names currently in /var/run/wireguard.
 pub fn wireguard_sockets() -> BTreeSet<String> {
-    std::fs::read_dir(WG_SOCKET_DIR)
+    wireguard_sockets_in(Path::new(WG_SOCKET_DIR))
+}
+
+/// Every entry of a socket directory (sockets, and anything else a daemon
+/// left there); empty when the directory does not exist.
+pub fn wireguard_sockets_in(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())

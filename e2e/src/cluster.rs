@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use weft_api::standalone::StateDir;
 use weft_api::{MeshAppStatus, MeshNodeStatus};
 
-use crate::cleanup::{find_leftovers, wireguard_sockets, Leftovers};
+use crate::cleanup::{find_leftovers, wireguard_sockets, wireguard_sockets_in, Leftovers};
 use crate::netns::{delete_netns, list_netns};
 use crate::procs::{bin, run_to_completion, Proc};
 use crate::status::{self, write_atomic};
@@ -26,7 +26,9 @@ pub struct TeardownReport {
     pub warnings: Vec<String>,
     /// What remained afterwards (should be nothing).
     pub leftovers: Leftovers,
-    /// WireGuard UAPI sockets that appeared during the run and are still there.
+    /// WireGuard UAPI sockets that appeared during the run and are still
+    /// there: new ones in /var/run/wireguard, and anything left in a node's
+    /// socket directory (as `n<i>/<name>`).
     pub new_wg_sockets: Vec<String>,
     /// The run directory, if it was kept.
     pub kept_run_dir: Option<PathBuf>,
@@ -177,6 +179,15 @@ impl Cluster {
             .insert(i, args.iter().map(|a| a.to_string()).collect());
     }
 
+    /// The directory node `i`'s daemon serves its WireGuard devices to `wg`
+    /// in (`--wg-socket-dir`). One per node: the nodes share the host's
+    /// filesystem, and an app's device has the same name on every node.
+    /// `wg` reads only /var/run/wireguard, so run it with this directory
+    /// mounted there (a private mount namespace).
+    pub fn wg_socket_dir(&self, i: usize) -> PathBuf {
+        self.run_path.join("wg").join(format!("n{i}"))
+    }
+
     /// Node `i`'s attach socket (when enabled).
     pub fn attach_socket(&self, i: usize) -> PathBuf {
         self.run_path.join("attach").join(format!("n{i}.sock"))
@@ -230,6 +241,8 @@ impl Cluster {
             // own loopback and the same port serves them all.
             "--metrics-address".into(),
             DAEMON_METRICS_ADDRESS.into(),
+            "--wg-socket-dir".into(),
+            self.wg_socket_dir(i).to_string_lossy().into_owned(),
         ];
         let mut args = args;
         if self.attach_sockets {
@@ -472,12 +485,27 @@ impl Cluster {
             return rep;
         }
         self.torn_down = true;
-        // 1. Daemons stop (SIGTERM).
-        for p in self.daemons.iter_mut().flatten() {
+        // 1. Daemons stop (SIGTERM). One that stopped cleanly has removed
+        // its WireGuard sockets itself (`cleanup` below only clears a dead
+        // daemon's, so it must not hide a clean exit that forgot them).
+        let dirs: Vec<PathBuf> = (1..=self.daemons.len())
+            .map(|i| self.wg_socket_dir(i))
+            .collect();
+        for (p, dir) in self.daemons.iter_mut().zip(&dirs) {
+            let Some(p) = p else { continue };
+            let was_running = p.is_running();
             let (_, killed) = p.stop(Duration::from_secs(5));
             if killed {
                 rep.warnings
                     .push(format!("{} ignored SIGTERM and was killed", p.name()));
+            } else if was_running {
+                let left = wireguard_sockets_in(dir);
+                if !left.is_empty() {
+                    rep.warnings.push(format!(
+                        "{} exited but left WireGuard sockets: {left:?}",
+                        p.name()
+                    ));
+                }
             }
         }
         // 2. Each node's daemon removes what it created (inside the node netns).
@@ -493,6 +521,8 @@ impl Cluster {
                     node.clone(),
                     "--data-dir".into(),
                     self.data_dir(i).to_string_lossy().into_owned(),
+                    "--wg-socket-dir".into(),
+                    self.wg_socket_dir(i).to_string_lossy().into_owned(),
                 ];
                 let log = self.log_dir().join(format!("cleanup-n{i}.log"));
                 match run_to_completion(
@@ -540,6 +570,13 @@ impl Cluster {
             .difference(&self.wg_before)
             .cloned()
             .collect();
+        for (i, dir) in dirs.iter().enumerate() {
+            rep.new_wg_sockets.extend(
+                wireguard_sockets_in(dir)
+                    .into_iter()
+                    .map(|s| format!("n{}/{s}", i + 1)),
+            );
+        }
         // 7. Run directory.
         let keep = self.keep_run_dir
             || std::thread::panicking()

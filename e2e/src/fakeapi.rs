@@ -3,7 +3,9 @@
 //! LISTs of the collections it was given, lets every WATCH expire (410) after
 //! a moment so clients list again, stores objects created by server-side
 //! apply, applies status patches to stored objects, and records every
-//! request so tests can check what the binary asked for. HTTP/1.1, no TLS.
+//! request so tests can check what the binary asked for. It can also be
+//! taken down for a while ([`FakeApi::set_down`]): every request is then
+//! answered 503, as by an API server that is restarting. HTTP/1.1, no TLS.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -37,6 +39,8 @@ struct State {
     /// Collection path (`/api/v1/pods`) → `(kind of the list, items)`.
     lists: BTreeMap<String, (String, Vec<Value>)>,
     seen: Vec<Seen>,
+    /// Answer everything 503 (an outage).
+    down: bool,
 }
 
 /// The running fake.
@@ -77,6 +81,12 @@ impl FakeApi {
             .unwrap()
             .lists
             .insert(path.to_string(), (list_kind.to_string(), items));
+    }
+
+    /// Takes the server down (every request answered 503 Service
+    /// Unavailable, still recorded) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
     }
 
     /// Every request so far.
@@ -148,7 +158,24 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             query: query.clone(),
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         };
-        state.lock().unwrap().seen.push(seen.clone());
+        let down = {
+            let mut st = state.lock().unwrap();
+            st.seen.push(seen.clone());
+            st.down
+        };
+        if down {
+            let text = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "ServiceUnavailable", "code": 503, "message": "the fake API is down"})
+            .to_string();
+            let head = format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                text.len()
+            );
+            if out.write_all(head.as_bytes()).is_err() || out.write_all(text.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
         if method == "GET"
             && query
                 .split('&')

@@ -180,6 +180,41 @@ pub struct PodRun {
     pub conflist: Value,
 }
 
+impl PodRun {
+    /// The address `weft0` (the app's interface) carries in the pod, if any.
+    pub fn app_address(&self) -> Result<Option<Ipv4Addr>> {
+        let out = crate::netns::ip_in(
+            self.netns.name(),
+            &[
+                "-4",
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                crate::workload::WORKLOAD_IFACE,
+            ],
+        );
+        let Ok(text) = out else { return Ok(None) };
+        let Some(cidr) = text.split_whitespace().skip_while(|w| *w != "inet").nth(1) else {
+            return Ok(None);
+        };
+        let ip = cidr.split('/').next().unwrap_or(cidr);
+        Ok(Some(
+            ip.parse().with_context(|| format!("address {cidr:?}"))?,
+        ))
+    }
+
+    /// The interfaces in the pod's namespace (`ip -o link` names).
+    pub fn links(&self) -> Result<Vec<String>> {
+        let text = crate::netns::ip_in(self.netns.name(), &["-o", "link"])?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
+            .collect())
+    }
+}
+
 /// The simulated cluster.
 pub struct KubeCluster {
     // Field order is drop order where teardown did not run.
@@ -379,8 +414,28 @@ impl KubeCluster {
     fn token_kubeconfig(&self, sa: &str, pod: &str, file: &str) -> Result<PathBuf> {
         let path = self.run_path.join("kubeconfigs").join(file);
         std::fs::create_dir_all(path.parent().context("kubeconfig dir")?)?;
+        let server = self.cp().server_url();
         self.cp()
-            .service_account_kubeconfig(SYSTEM_NS, sa, pod, &path)?;
+            .service_account_kubeconfig(SYSTEM_NS, sa, Some(pod), &server, &path)?;
+        Ok(path)
+    }
+
+    /// A kubeconfig for `kubectl` in the control plane's namespace as
+    /// ServiceAccount `namespace/sa` (token bound to `pod` when given).
+    pub fn local_kubeconfig_as(
+        &self,
+        namespace: &str,
+        sa: &str,
+        pod: Option<&str>,
+    ) -> Result<PathBuf> {
+        let path = self
+            .run_path
+            .join("kubeconfigs")
+            .join(format!("local-{namespace}-{sa}.kubeconfig"));
+        std::fs::create_dir_all(path.parent().context("kubeconfig dir")?)?;
+        let server = self.cp().local_url();
+        self.cp()
+            .service_account_kubeconfig(namespace, sa, pod, &server, &path)?;
         Ok(path)
     }
 

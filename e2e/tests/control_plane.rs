@@ -15,13 +15,19 @@
 //! /usr/lib/cni/{bridge,host-local}. Without them the tests print `SKIPPED`,
 //! except under `CI=true`, where they fail naming what is missing.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use base64::Engine;
+use serde_json::{json, Value};
 use weft_e2e::apiserver::binaries::Binaries;
 use weft_e2e::cni::missing_cni_plugins;
 use weft_e2e::kubelet::{repo_path, KubeCluster, SYSTEM_NS};
+use weft_e2e::netns::list_netns;
 use weft_e2e::scenario;
+use weft_e2e::traffic::{ping, ping_until_ok};
 
 const NS: &str = "demo";
 const WAIT: Duration = Duration::from_secs(90);
@@ -51,10 +57,15 @@ fn not_checked(c: &KubeCluster, what: &str) {
 /// `kubectl apply -k DIR`: on servers that know every kind it must succeed;
 /// on older ones only the admission policies (1.30+) may be refused.
 fn apply_kustomization(c: &KubeCluster, dir: &str) -> String {
+    apply_kustomization_with(c, dir, &[])
+}
+
+fn apply_kustomization_with(c: &KubeCluster, dir: &str, extra: &[&str]) -> String {
     let path = repo_path(dir);
     let mut args = vec!["apply", "-k", &path];
-    if c.cp().version() < (1, 25) {
-        // Before 1.25 the server's schema of CRDs has no
+    args.extend_from_slice(extra);
+    if c.cp().version() < (1, 25) && dir == "config/default" {
+        // It holds the CRDs. Before 1.25 the server's schema of CRDs has no
         // x-kubernetes-validations, so kubectl's client-side validation
         // refuses the field; the server itself drops it and keeps the rest.
         args.push("--validate=false");
@@ -108,32 +119,41 @@ fn installed(nodes: usize, operators: usize) -> KubeCluster {
     c
 }
 
-fn with_examples(c: &KubeCluster) {
+/// Namespace `demo` and `kubectl apply -k examples/` (server-side as a
+/// GitOps tool with server-side apply does it, when `server_side`).
+fn with_examples(c: &KubeCluster, server_side: bool) {
     c.kubectl(&["create", "namespace", NS]).unwrap();
     c.ensure_default_service_account(NS).unwrap();
-    apply_kustomization(c, "examples");
+    let extra: &[&str] = if server_side {
+        &["--server-side", "--field-manager=gitops"]
+    } else {
+        &[]
+    };
+    apply_kustomization_with(c, "examples", extra);
 }
 
-fn meshapp(c: &KubeCluster, name: &str) -> Value {
-    c.cp().get_json(&["meshapp", "-n", NS, name]).unwrap()
+fn meshnodes(c: &KubeCluster) -> BTreeMap<String, Value> {
+    c.cp().get_json(&["meshnodes"]).unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["metadata"]["name"].as_str().unwrap().to_string(),
+                n.clone(),
+            )
+        })
+        .collect()
 }
 
-#[test]
-fn apps_go_ready_and_pods_on_two_nodes_talk_over_the_app_network() {
-    if !runnable("apps_go_ready_and_pods_on_two_nodes_talk_over_the_app_network") {
-        return;
-    }
-    let mut c = installed(2, 1);
-    with_examples(&c);
-    let p1 = c.run_pod(NS, "web-1", 1, &[("tier", "web")]).unwrap();
-    let p2 = c.run_pod(NS, "web-2", 2, &[("tier", "web")]).unwrap();
+fn wait_ready(c: &KubeCluster, app: &str) {
     let out = c
         .cp()
         .kubectl_output(
             &[
                 "wait",
                 "--for=condition=Ready",
-                "meshapp/web",
+                &format!("meshapp/{app}"),
                 "-n",
                 NS,
                 "--timeout=90s",
@@ -143,16 +163,492 @@ fn apps_go_ready_and_pods_on_two_nodes_talk_over_the_app_network() {
         .unwrap();
     assert!(
         out.status.success(),
-        "kubectl wait: {}\n{}\n{}",
+        "kubectl wait: {}\n{}\n{}\n{}",
         String::from_utf8_lossy(&out.stderr),
         c.operator_log_tail(30),
-        c.daemon_log_tail(1, 30)
+        c.daemon_log_tail(1, 30),
+        c.daemon_log_tail(2, 30),
     );
-    println!(
-        "{}",
-        c.kubectl(&["get", "meshapps", "-A", "-o", "wide"]).unwrap()
+}
+
+/// The app address of pod `k`, waiting for the attachment.
+fn app_address(c: &KubeCluster, k: usize) -> Ipv4Addr {
+    weft_e2e::wait_for(
+        &format!("an app address in pod {}", c.pod(k).name),
+        WAIT,
+        Duration::from_millis(100),
+        || c.pod(k).app_address(),
+    )
+    .unwrap()
+}
+
+/// What node `i`'s MeshNode status reports for pod `name`: (app, address).
+fn reported(c: &KubeCluster, i: usize, name: &str) -> Option<(String, String)> {
+    let nodes = meshnodes(c);
+    let n = nodes.get(&c.node_name(i))?;
+    n["status"]["workloads"].as_array()?.iter().find_map(|w| {
+        (w["namespace"] == NS && w["name"] == name).then(|| {
+            (
+                w["app"].as_str().unwrap_or_default().to_string(),
+                w["address"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    })
+}
+
+/// A column of `kubectl get` table output, by header, for the row whose
+/// NAME is `name` (cells are cut at the header's character positions, as
+/// kubectl aligns them, so empty cells stay empty).
+fn column(table: &str, name: &str, header: &str) -> String {
+    let mut lines = table.lines();
+    let head = lines.next().unwrap_or_default();
+    let starts: Vec<(usize, &str)> = head
+        .split_whitespace()
+        .map(|h| (head.find(&format!("{h}")).unwrap_or(0), h))
+        .collect();
+    let k = starts
+        .iter()
+        .position(|(_, h)| *h == header)
+        .unwrap_or_else(|| panic!("no column {header} in {head}"));
+    let from = starts[k].0;
+    let to = starts.get(k + 1).map(|(p, _)| *p);
+    let row = lines
+        .find(|l| l.split_whitespace().any(|w| w == name))
+        .unwrap_or_else(|| panic!("no row {name} in\n{table}"));
+    let end = to.unwrap_or(row.len()).min(row.len());
+    row.get(from.min(end)..end)
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Every private key under the nodes' data directories, base64 and hex.
+fn private_keys(c: &KubeCluster) -> Vec<String> {
+    let mut keys = Vec::new();
+    for i in 1..=c.n_nodes() {
+        let dir = c.node_root(i).join("var/lib/weft/keys");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let b = std::fs::read(e.path()).unwrap();
+            if b.len() == 32 {
+                keys.push(base64::engine::general_purpose::STANDARD.encode(&b));
+                keys.push(b.iter().map(|x| format!("{x:02x}")).collect());
+            }
+        }
+    }
+    keys
+}
+
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn apps_go_ready_and_pods_on_two_nodes_talk_over_the_app_network() {
+    if !runnable("apps_go_ready_and_pods_on_two_nodes_talk_over_the_app_network") {
+        return;
+    }
+    let mut c = installed(2, 1);
+    with_examples(&c, true);
+    let p1 = c.run_pod(NS, "web-1", 1, &[("tier", "web")]).unwrap();
+    let p2 = c.run_pod(NS, "web-2", 2, &[("tier", "web")]).unwrap();
+    // A pod of no app starts untouched: its chain succeeds and it gets no weft0.
+    let plain = c.run_pod(NS, "plain-1", 1, &[("tier", "batch")]).unwrap();
+    wait_ready(&c, "web");
+
+    // Printer columns with real values, and -o wide adds its own.
+    let table = c.kubectl(&["get", "meshapps", "-n", NS]).unwrap();
+    println!("{table}");
+    assert_eq!(column(&table, "web", "READY"), "True", "{table}");
+    assert_eq!(column(&table, "web", "NODES"), "2/2", "{table}");
+    assert_eq!(column(&table, "web", "CIDR"), "10.100.0.0/16", "{table}");
+    assert_eq!(column(&table, "db", "READY"), "False", "{table}");
+    let wide = c
+        .kubectl(&["get", "meshapps", "-n", NS, "-o", "wide"])
+        .unwrap();
+    println!("{wide}");
+    assert!(column(&wide, "web", "SITES").contains("local"), "{wide}");
+    assert_eq!(column(&wide, "web", "REASON"), "Ready", "{wide}");
+    assert_eq!(column(&wide, "db", "REASON"), "NoWorkloads", "{wide}");
+
+    // Pods on two nodes reach each other over the app network, and their
+    // nodes report the addresses they really carry.
+    let a1 = app_address(&c, p1);
+    let a2 = app_address(&c, p2);
+    for (i, name, a) in [(1, "web-1", a1), (2, "web-2", a2)] {
+        assert!(
+            a.octets()[..2] == [10, 100],
+            "{name}: {a} outside 10.100.0.0/16"
+        );
+        weft_e2e::wait_for(
+            &format!("node {i} to report {name}"),
+            WAIT,
+            Duration::from_millis(200),
+            || {
+                Ok(reported(&c, i, name)
+                    .filter(|(app, addr)| {
+                        app == "demo/web" && addr.split('/').next() == Some(&a.to_string())
+                    })
+                    .map(|_| ()))
+            },
+        )
+        .unwrap();
+    }
+    let ns1 = c.pod(p1).netns.name().to_string();
+    let ns2 = c.pod(p2).netns.name().to_string();
+    ping_until_ok(&ns1, a2, WAIT).unwrap();
+    ping_until_ok(&ns2, a1, WAIT).unwrap();
+    let r = ping(&ns1, a2, 5, Duration::from_secs(10)).unwrap();
+    assert_eq!(r.received, 5, "{}", r.output);
+    let links = c.pod(plain).links().unwrap();
+    assert!(links.contains(&"eth0".to_string()), "{links:?}");
+    assert!(!links.contains(&"weft0".to_string()), "{links:?}");
+    assert!(reported(&c, 1, "plain-1").is_some_and(|(app, _)| app.is_empty()));
+
+    // No GitOps drift: the server-side diff of examples/ is empty once the
+    // operator has reconciled (status and finalizers are not the user's).
+    let diff = c
+        .cp()
+        .kubectl_output(
+            &[
+                "diff",
+                "--server-side",
+                "--field-manager=gitops",
+                "-k",
+                &repo_path("examples"),
+            ],
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "kubectl diff --server-side -k examples/:\n{}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
     );
-    let _ = (p1, p2, meshapp(&c, "web"), SYSTEM_NS, WAIT);
+
+    // No private key in any API object or log.
+    let keys = private_keys(&c);
+    assert!(
+        keys.len() >= 4,
+        "each node has a key for web: {}",
+        keys.len() / 2
+    );
+    let objects = c
+        .kubectl(&[
+            "get",
+            "meshapps,meshpolicies,meshsites,meshnodes,events,leases",
+            "-A",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let mut files = Vec::new();
+    files_under(&c.run_dir().join("logs"), &mut files);
+    files.push(c.cp().apiserver_log());
+    for k in &keys {
+        assert!(
+            !objects.contains(k.as_str()),
+            "a private key is in an API object"
+        );
+        for f in &files {
+            let text = String::from_utf8_lossy(&std::fs::read(f).unwrap()).into_owned();
+            assert!(
+                !text.contains(k.as_str()),
+                "a private key is in {}",
+                f.display()
+            );
+        }
+    }
+
+    // A MeshApp deleted is cleaned from every node before its finalizer goes.
+    let app_netns = |c: &KubeCluster| -> Vec<String> {
+        list_netns()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("weft-{}-", c.prefix())))
+            .collect()
+    };
+    assert_eq!(app_netns(&c).len(), 2, "{:?}", app_netns(&c));
+    c.kubectl(&["delete", "meshapp", "-n", NS, "web", "--wait=false"])
+        .unwrap();
+    weft_e2e::wait_for(
+        "MeshApp demo/web to be gone",
+        WAIT,
+        Duration::from_millis(50),
+        || {
+            let out = c
+                .cp()
+                .kubectl_output(&["get", "meshapp", "-n", NS, "web", "-o", "name"], None)?;
+            Ok((!out.status.success()).then_some(()))
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        app_netns(&c),
+        Vec::<String>::new(),
+        "app namespaces left when the finalizer went"
+    );
+    for (name, n) in meshnodes(&c) {
+        assert!(
+            !n["spec"].to_string().contains("demo/web"),
+            "MeshNode {name} still lists demo/web: {}",
+            n["spec"]
+        );
+    }
+    assert!(c.pod(p1).app_address().unwrap().is_none(), "web-1 detached");
+
     let w = c.teardown();
     assert!(w.is_empty(), "teardown: {w:?}");
+}
+
+/// `kubectl auth can-i ARGS` as the holder of `kubeconfig`.
+fn can_i(c: &KubeCluster, kubeconfig: &Path, args: &[&str]) -> bool {
+    let mut all = vec!["auth", "can-i"];
+    all.extend_from_slice(args);
+    let out = c.cp().kubectl_with(kubeconfig, &all, None).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// Runs `kubectl ARGS` as the holder of `kubeconfig` with `stdin`; returns
+/// (success, stderr).
+fn kubectl_as(
+    c: &KubeCluster,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String) {
+    let out = c.cp().kubectl_with(kubeconfig, args, stdin).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn edge_meshnode(name: &str, site: &str, apps: Value) -> String {
+    json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "MeshNode",
+        "metadata": {"name": name, "labels": {"weft.dev/site": site}},
+        "spec": {"site": site, "apps": apps},
+    })
+    .to_string()
+}
+
+#[test]
+fn rbac_holds_every_account_to_its_own_objects() {
+    if !runnable("rbac_holds_every_account_to_its_own_objects") {
+        return;
+    }
+    let c = installed(2, 1);
+    // The examples as a user applies them (client-side apply).
+    with_examples(&c, false);
+    weft_e2e::wait_for(
+        "a MeshNode per node",
+        WAIT,
+        Duration::from_millis(200),
+        || {
+            let n = meshnodes(&c);
+            Ok((1..=2)
+                .all(|i| n.contains_key(&c.node_name(i)))
+                .then_some(()))
+        },
+    )
+    .unwrap();
+    let (n1, n2) = (c.node_name(1), c.node_name(2));
+
+    // The daemon: its node's MeshNode status, pods and apps read-only, no Secrets.
+    let daemon_pod = format!("weft-node-daemon-{n1}");
+    let daemon = c
+        .local_kubeconfig_as(SYSTEM_NS, "weft-node-daemon", Some(&daemon_pod))
+        .unwrap();
+    assert!(can_i(
+        &c,
+        &daemon,
+        &["patch", "meshnodes", "--subresource=status"]
+    ));
+    assert!(can_i(&c, &daemon, &["watch", "pods", "-A"]));
+    for denied in [
+        vec!["get", "secrets", "-A"],
+        vec!["list", "secrets", "-n", SYSTEM_NS],
+        vec!["create", "meshnodes"],
+        vec!["patch", "meshnodes"],
+        vec!["delete", "meshnodes"],
+        vec!["patch", "meshapps", "-n", NS],
+        vec!["patch", "meshapps", "-n", NS, "--subresource=status"],
+        vec!["create", "pods", "-n", NS],
+    ] {
+        assert!(
+            !can_i(&c, &daemon, &denied),
+            "the node daemon may {denied:?}"
+        );
+    }
+    let (ok, err) = kubectl_as(&c, &daemon, &["get", "secrets", "-n", SYSTEM_NS], None);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    let (ok, err) = kubectl_as(
+        &c,
+        &daemon,
+        &[
+            "patch",
+            "meshnode",
+            &n2,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"apps":[]}}"#,
+        ],
+        None,
+    );
+    assert!(
+        !ok && err.contains("Forbidden"),
+        "a daemon wrote a MeshNode spec: {err}"
+    );
+    // Another node's status: only the admission policy (1.30+, node-name
+    // claims in tokens) can tell the nodes apart.
+    let other_status = [
+        "patch",
+        "meshnode",
+        n2.as_str(),
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"heartbeat":"2000-01-01T00:00:00Z"}}"#,
+    ];
+    if has_cel(&c) {
+        let (ok, err) = kubectl_as(&c, &daemon, &other_status, None);
+        assert!(!ok, "the daemon of {n1} wrote the status of {n2}");
+        assert!(
+            err.contains("may only write the status of its own MeshNode"),
+            "{err}"
+        );
+    } else {
+        not_checked(
+            &c,
+            "a daemon writing another node's MeshNode status is refused (admission policy, 1.30+)",
+        );
+    }
+
+    // The operator: no Secrets, no deletes, MeshApps only through their finalizer patch.
+    let operator = c
+        .local_kubeconfig_as(SYSTEM_NS, "weft-operator", Some("weft-operator-1"))
+        .unwrap();
+    assert!(can_i(&c, &operator, &["patch", "meshnodes"]));
+    assert!(can_i(
+        &c,
+        &operator,
+        &["patch", "meshapps", "-n", NS, "--subresource=status"]
+    ));
+    for denied in [
+        vec!["get", "secrets", "-A"],
+        vec!["delete", "meshnodes"],
+        vec!["delete", "meshapps", "-n", NS],
+        vec!["update", "meshapps", "-n", NS],
+        vec!["create", "meshapps", "-n", NS],
+        vec!["patch", "nodes"],
+        vec!["patch", "pods", "-n", NS],
+    ] {
+        assert!(
+            !can_i(&c, &operator, &denied),
+            "the operator may {denied:?}"
+        );
+    }
+
+    // An edge host (config/edge, kubeconfig from scripts/edge-kubeconfig.sh):
+    // its own MeshNode only.
+    apply_kustomization(&c, "config/edge");
+    let admin = c.cp().admin_kubeconfig().to_path_buf();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", c.cp().netns(), "bash"])
+        .arg(repo_path("scripts/edge-kubeconfig.sh"))
+        .arg("edge-1")
+        .env("KUBECONFIG", &admin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let edge = c.run_dir().join("edge-1.kubeconfig");
+    std::fs::write(&edge, &out.stdout).unwrap();
+    let (ok, err) = kubectl_as(
+        &c,
+        &edge,
+        &["create", "-f", "-"],
+        Some(&edge_meshnode("edge-1", "edge", json!([]))),
+    );
+    assert!(ok, "edge-1 registers itself: {err}");
+    let (ok, err) = kubectl_as(&c, &edge, &["get", "meshnode", &n1], None);
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    let (ok, err) = kubectl_as(&c, &edge, &["get", "meshnodes"], None);
+    assert!(
+        !ok && err.contains("Forbidden"),
+        "edge-1 listed every MeshNode: {err}"
+    );
+    let (ok, err) = kubectl_as(
+        &c,
+        &edge,
+        &[
+            "patch",
+            "meshnode",
+            &n1,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{}}"#,
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+    assert!(!can_i(&c, &edge, &["get", "secrets", "-A"]));
+    if has_cel(&c) {
+        // The admission policy's own words, never a raw CEL error.
+        for (doc, words) in [
+            (
+                edge_meshnode("edge-2", "edge", json!([])),
+                "may only register and write its own MeshNode, not edge-2",
+            ),
+            (
+                edge_meshnode("edge-1", "local", json!([])),
+                "must name the site edge",
+            ),
+        ] {
+            let (ok, err) = kubectl_as(
+                &c,
+                &edge,
+                &["apply", "--server-side", "-f", "-"],
+                Some(&doc),
+            );
+            assert!(!ok, "edge-1 was allowed: {doc}");
+            assert!(err.contains(words) && !err.contains("no such key"), "{err}");
+        }
+        let (ok, err) = kubectl_as(
+            &c,
+            &edge,
+            &[
+                "patch",
+                "meshnode",
+                "edge-1",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"apps":[{"app":"demo/web","id":"x"}]}}"#,
+            ],
+            None,
+        );
+        assert!(!ok, "edge-1 set spec.apps");
+        assert!(
+            err.contains("may set only spec.site") && !err.contains("no such key"),
+            "{err}"
+        );
+    } else {
+        not_checked(
+            &c,
+            "config/edge's admission policy (an edge host registering another name, claiming a Kubernetes site or setting spec.apps; 1.30+)",
+        );
+    }
+    drop(c);
 }

@@ -305,3 +305,120 @@ fn an_edge_host_registers_its_own_meshnode_and_reports_its_containers() {
         .wait_timeout(Duration::from_secs(15))
         .is_some_and(|s| s.success()));
 }
+
+/// The API server goes away for ten seconds (every request answered 503):
+/// the daemon's status writes back off, a handful of tries instead of one
+/// every pass, with one warning and one recovery line; once the server is
+/// back its watches list again and the next status carries the pod created
+/// during the outage. (How fast that is, is pinned down in virtual time by
+/// the unit tests of node-daemon/src/k8s; here it is printed.)
+#[test]
+fn after_an_api_outage_the_daemon_backs_off_then_catches_up() {
+    if !runnable("after_an_api_outage_the_daemon_backs_off_then_catches_up") {
+        return;
+    }
+    let prefix = weft_e2e::unique_prefix();
+    let node = format!("{prefix}-o1");
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    api.set_list(
+        MESHNODES,
+        "MeshNodeList",
+        vec![json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshNode",
+            "metadata": {"name": node, "generation": 1, "resourceVersion": "1"},
+            "spec": {"site": "local", "apps": []},
+        })],
+    );
+    api.set_list(MESHAPPS, "MeshAppList", vec![]);
+    api.set_list(
+        PODS,
+        "PodList",
+        vec![pod("before-1", &node, json!({"tier": "batch"}))],
+    );
+    let socket = dir.path().join("attach.sock");
+    let mut d = daemon(
+        "daemon",
+        &node,
+        dir.path(),
+        &kubeconfig,
+        &[format!("--attach-socket={}", socket.display())],
+    )
+    .unwrap();
+    let status_naming = |pod: &'static str| {
+        let path = format!("{MESHNODES}/{node}/status");
+        let api = &api;
+        move || {
+            Ok(requests_to(api, "PATCH", &path)
+                .into_iter()
+                .rev()
+                .find(|s| s.body["status"]["workloads"].to_string().contains(pod))
+                .map(|_| ()))
+        }
+    };
+    weft_e2e::wait_for(
+        "a status naming the first pod",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        status_naming("before-1"),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", d.log_tail(30)));
+
+    api.set_down(true);
+    let down_from = api.seen().len();
+    api.set_list(
+        PODS,
+        "PodList",
+        vec![
+            pod("before-1", &node, json!({"tier": "batch"})),
+            pod("during-1", &node, json!({"tier": "batch"})),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let status_path = format!("{MESHNODES}/{node}/status");
+    let tries = api.seen()[down_from..]
+        .iter()
+        .filter(|s| s.method == "PATCH" && s.path == status_path)
+        .count();
+    api.set_down(false);
+    let up = std::time::Instant::now();
+
+    weft_e2e::wait_for(
+        "a status naming the pod created during the outage",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        status_naming("during-1"),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", d.log_tail(30)));
+    println!(
+        "caught up {:.1} s after the API came back; {tries} status writes tried during the 10 s outage",
+        up.elapsed().as_secs_f64()
+    );
+    // A pass every 100 ms: without the backoff about a hundred tries.
+    assert!(
+        (2..=20).contains(&tries),
+        "{tries} status writes tried during the outage\n{}",
+        d.log_tail(30)
+    );
+    let log = std::fs::read_to_string(d.log()).unwrap();
+    let lines = |needle: &str| log.lines().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        lines("cannot write MeshNode status"),
+        1,
+        "one warning for the whole outage\n{}",
+        d.log_tail(30)
+    );
+    assert_eq!(
+        lines("status write recovered after"),
+        1,
+        "{}",
+        d.log_tail(30)
+    );
+
+    d.signal(Signal::SIGTERM).unwrap();
+    assert!(d
+        .wait_timeout(Duration::from_secs(15))
+        .is_some_and(|s| s.success()));
+}

@@ -48,19 +48,26 @@ pub struct ControlPlane {
     admin_kubeconfig: PathBuf,
 }
 
-/// A kubeconfig for `server` trusting `ca`, with one user entry.
-fn kubeconfig(server: &str, ca: &Path, user: Value) -> Value {
-    json!({
+fn b64_file(path: &Path) -> Result<String> {
+    use base64::Engine;
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// A kubeconfig for `server` trusting `ca`, with one user entry; everything
+/// embedded, as kubeconfigs handed to people are.
+fn kubeconfig(server: &str, ca: &Path, user: Value) -> Result<Value> {
+    Ok(json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "weft-e2e", "cluster": {
             "server": server,
-            "certificate-authority": ca,
+            "certificate-authority-data": b64_file(ca)?,
         }}],
         "users": [{"name": "user", "user": user}],
         "contexts": [{"name": "weft-e2e", "context": {"cluster": "weft-e2e", "user": "user"}}],
         "current-context": "weft-e2e",
-    })
+    }))
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
@@ -105,8 +112,11 @@ impl ControlPlane {
             &kubeconfig(
                 &format!("https://127.0.0.1:{APISERVER_PORT}"),
                 &pki.ca_cert,
-                json!({"client-certificate": pki.admin_cert, "client-key": pki.admin_key}),
-            )
+                json!({
+                    "client-certificate-data": b64_file(&pki.admin_cert)?,
+                    "client-key-data": b64_file(&pki.admin_key)?,
+                }),
+            )?
             .to_string(),
         )?;
         let mut cp = ControlPlane {
@@ -347,36 +357,45 @@ impl ControlPlane {
         Ok(serde_json::from_str(&self.kubectl(&all)?)?)
     }
 
+    /// URL of the API server from inside the control plane's namespace.
+    pub fn local_url(&self) -> String {
+        format!("https://127.0.0.1:{APISERVER_PORT}")
+    }
+
     /// Writes a kubeconfig at `path` that authenticates as ServiceAccount
-    /// `namespace/sa` with a token from the TokenRequest API bound to Pod
-    /// `namespace/pod` (which must exist), as the kubelet gives a pod, and
-    /// that dials the API server the way the simulated nodes do.
+    /// `namespace/sa` with a token from the TokenRequest API, bound to Pod
+    /// `namespace/pod` when given (it must exist) as the kubelet gives a pod,
+    /// and dials `server` ([`ControlPlane::server_url`] from the nodes,
+    /// [`ControlPlane::local_url`] for `kubectl` here).
     pub fn service_account_kubeconfig(
         &self,
         namespace: &str,
         sa: &str,
-        pod: &str,
+        pod: Option<&str>,
+        server: &str,
         path: &Path,
     ) -> Result<()> {
-        let uid = self
-            .kubectl(&[
-                "get",
-                "pod",
-                "-n",
-                namespace,
-                pod,
-                "-o",
-                "jsonpath={.metadata.uid}",
-            ])?
-            .trim()
-            .to_string();
+        let mut spec = json!({"expirationSeconds": 86400});
+        if let Some(pod) = pod {
+            let uid = self
+                .kubectl(&[
+                    "get",
+                    "pod",
+                    "-n",
+                    namespace,
+                    pod,
+                    "-o",
+                    "jsonpath={.metadata.uid}",
+                ])?
+                .trim()
+                .to_string();
+            spec["boundObjectRef"] =
+                json!({"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid});
+        }
         let req = json!({
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
-            "spec": {
-                "expirationSeconds": 86400,
-                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
-            },
+            "spec": spec,
         });
         // `create --raw` works with every kubectl version (`create token` needs 1.24).
         let out = self.kubectl_stdin(
@@ -395,22 +414,8 @@ impl ControlPlane {
             .context("TokenRequest answer without status.token")?;
         write_private(
             path,
-            &kubeconfig(
-                &self.server_url(),
-                &self.pki.ca_cert,
-                json!({"token": token}),
-            )
-            .to_string(),
+            &kubeconfig(server, &self.pki.ca_cert, json!({"token": token}))?.to_string(),
         )
-    }
-
-    /// The same kubeconfig, but dialing 127.0.0.1 (for `kubectl` run in the
-    /// control plane's namespace as that ServiceAccount).
-    pub fn local_copy_of(&self, kubeconfig_path: &Path, out: &Path) -> Result<()> {
-        let mut v: Value = serde_json::from_slice(&std::fs::read(kubeconfig_path)?)?;
-        v["clusters"][0]["cluster"]["server"] =
-            Value::String(format!("https://127.0.0.1:{APISERVER_PORT}"));
-        write_private(out, &v.to_string())
     }
 }
 
