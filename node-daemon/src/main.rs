@@ -59,6 +59,11 @@ enum Cmd {
         /// Use userspace WireGuard even where the kernel module exists.
         #[arg(long)]
         force_userspace: bool,
+        /// Serve each userspace WireGuard device to `wg show` as a read-only
+        /// socket `wf<appId>.sock` here (where `wg` looks); empty: off.
+        /// Kernel devices need none (`ip netns exec <netns> wg show`).
+        #[arg(long, default_value = weft_node_daemon::dataplane::linux::wgsock::DEFAULT_DIR)]
+        wg_socket_dir: String,
         /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464;
         /// port 0 picks one). Off unless given.
         #[arg(long, env = "WEFT_METRICS_ADDRESS")]
@@ -99,6 +104,11 @@ enum Cmd {
         /// Use userspace WireGuard even where the kernel module exists.
         #[arg(long)]
         force_userspace: bool,
+        /// Serve each userspace WireGuard device to `wg show` as a read-only
+        /// socket `wf<appId>.sock` here (where `wg` looks); empty: off.
+        /// Kernel devices need none (`ip netns exec <netns> wg show`).
+        #[arg(long, default_value = weft_node_daemon::dataplane::linux::wgsock::DEFAULT_DIR)]
+        wg_socket_dir: String,
         /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464;
         /// port 0 picks one). Off unless given.
         #[arg(long, env = "WEFT_METRICS_ADDRESS")]
@@ -157,6 +167,9 @@ enum Cmd {
         /// Private data directory to remove.
         #[arg(long, default_value = "/var/lib/weft")]
         data_dir: PathBuf,
+        /// Socket directory the daemon used (its dead sockets are removed).
+        #[arg(long, default_value = weft_node_daemon::dataplane::linux::wgsock::DEFAULT_DIR)]
+        wg_socket_dir: String,
     },
 }
 
@@ -197,6 +210,7 @@ fn main() -> anyhow::Result<()> {
             site,
             interval_ms,
             force_userspace,
+            wg_socket_dir,
             metrics_address,
             attach_socket,
             workloads,
@@ -205,7 +219,7 @@ fn main() -> anyhow::Result<()> {
             if workloads == WorkloadsFrom::Docker && attach_socket.is_some() {
                 anyhow::bail!("--attach-socket serves a CNI runtime; it cannot be combined with --workloads docker");
             }
-            let dp = dataplane(force_userspace)?;
+            let dp = dataplane(force_userspace, &wg_socket_dir)?;
             let cfg = RunConfig {
                 attach_socket,
                 node,
@@ -233,6 +247,7 @@ fn main() -> anyhow::Result<()> {
             interval_ms,
             heartbeat_seconds,
             force_userspace,
+            wg_socket_dir,
             metrics_address,
             attach_socket,
             cni_conf_dir,
@@ -242,7 +257,7 @@ fn main() -> anyhow::Result<()> {
             workloads,
             docker_socket,
         } => {
-            let dp = dataplane(force_userspace)?;
+            let dp = dataplane(force_userspace, &wg_socket_dir)?;
             let cni = match cni_conf_dir {
                 Some(conf_dir) => Some(CniChain {
                     conf_dir,
@@ -301,9 +316,16 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::Cleanup { node, data_dir } => {
+        Cmd::Cleanup {
+            node,
+            data_dir,
+            wg_socket_dir,
+        } => {
+            // Opening the data plane removes the dead sockets of a daemon
+            // that did not stop cleanly.
             let mut dp = LinuxDataplane::new(LinuxOptions {
                 force_userspace: true,
+                wg_socket_dir: socket_dir(&wg_socket_dir),
                 ..Default::default()
             })?;
             let observed = dp.observe(&netns_prefix(&node))?;
@@ -351,10 +373,16 @@ fn plugin_next_to_me() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("cannot locate weft-cni; pass its path"))
 }
 
+/// `--wg-socket-dir`, where an empty value turns the sockets off.
+fn socket_dir(dir: &str) -> Option<PathBuf> {
+    (!dir.is_empty()).then(|| PathBuf::from(dir))
+}
+
 /// The node's data plane (kernel WireGuard if present, else boringtun).
-fn dataplane(force_userspace: bool) -> anyhow::Result<LinuxDataplane> {
+fn dataplane(force_userspace: bool, wg_socket_dir: &str) -> anyhow::Result<LinuxDataplane> {
     let dp = LinuxDataplane::new(LinuxOptions {
         force_userspace,
+        wg_socket_dir: socket_dir(wg_socket_dir),
         ..Default::default()
     })?;
     tracing::info!(dataplane = ?dp.kind(), "data plane selected");

@@ -21,6 +21,7 @@ pub mod sockets;
 pub mod stats;
 mod uapi;
 mod userspace;
+pub mod wgsock;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,6 +63,12 @@ pub struct LinuxOptions {
     /// How long traffic figures (per-peer packets, connections) are reused
     /// before the next read (see [`stats::Stats`]).
     pub traffic_read_interval: std::time::Duration,
+    /// Serve each userspace device to `wg` as a read-only socket in this
+    /// directory (see [`wgsock`]); `wg` itself only looks in
+    /// [`wgsock::DEFAULT_DIR`]. Off by default, so in-process test nodes
+    /// (which share one host and the same app ids) leave the host's
+    /// directory alone; the daemon's `--wg-socket-dir` turns it on.
+    pub wg_socket_dir: Option<PathBuf>,
 }
 
 impl Default for LinuxOptions {
@@ -71,6 +78,7 @@ impl Default for LinuxOptions {
             force_userspace: false,
             policy_full_read_interval: std::time::Duration::from_secs(5),
             traffic_read_interval: std::time::Duration::from_secs(2),
+            wg_socket_dir: None,
         }
     }
 }
@@ -91,6 +99,8 @@ pub struct LinuxDataplane {
     policy_full_read_interval: std::time::Duration,
     /// Traffic counting rules and cached reads, per app netns.
     stats: stats::Stats,
+    /// Where userspace devices are served to `wg` (see [`wgsock`]).
+    wg_socket_dir: Option<PathBuf>,
 }
 
 /// A full policy-table read and when it was made.
@@ -142,6 +152,23 @@ impl LinuxDataplane {
                 DataplaneKind::Kernel
             };
             tracing::info!(?kind, "data plane ready");
+            if let Some(dir) = &opts.wg_socket_dir {
+                // A crashed daemon's sockets answer nobody; `wg` would list
+                // them until it trips over each.
+                match wgsock::remove_stale(dir) {
+                    Ok(gone) if !gone.is_empty() => {
+                        tracing::info!(dir = %dir.display(), removed = ?gone, "removed stale WireGuard sockets")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "cannot clear stale WireGuard sockets")
+                    }
+                }
+            }
+            if kind == DataplaneKind::Kernel {
+                // The kernel answers `wg` over netlink inside the app netns.
+                tracing::info!("kernel WireGuard: inspect an app's device with `ip netns exec <netns> wg show`");
+            }
             Ok(LinuxDataplane {
                 run_dir: opts.netns_run_dir.clone(),
                 kind,
@@ -151,6 +178,7 @@ impl LinuxDataplane {
                 policy_reads: BTreeMap::new(),
                 policy_full_read_interval: opts.policy_full_read_interval,
                 stats: stats::Stats::new(opts.traffic_read_interval),
+                wg_socket_dir: opts.wg_socket_dir.clone(),
             })
         };
         init().map_err(|e| Error::dp("init", "", format!("{e:#}")))
@@ -281,10 +309,10 @@ impl LinuxDataplane {
                     })?;
                     Ok(dev)
                 })?;
-                dev.uapi.set(&[
-                    format!("private_key={}", key.to_hex()),
-                    format!("listen_port={port}"),
-                ])?;
+                dev.control().configure(key, Some(port))?;
+                if let Some(dir) = &self.wg_socket_dir {
+                    dev.serve_wg_socket(dir, &wgsock::socket_name(netns));
+                }
                 self.devices.insert(netns.to_string(), dev);
                 self.enlarge_socket_buffers(port);
                 Ok(())
@@ -355,13 +383,11 @@ impl LinuxDataplane {
         match self.kind {
             DataplaneKind::Userspace => {
                 let dev = self.record(netns, interface)?;
-                let mut lines = vec![format!("private_key={}", key.to_hex())];
+                let mut control = dev.control();
                 // Re-binding the same port would reset the sockets for nothing.
-                let rebind = dev.uapi.get()?.listen_port != port;
-                if rebind {
-                    lines.push(format!("listen_port={port}"));
-                }
-                dev.uapi.set(&lines)?;
+                let rebind = control.get()?.listen_port != port;
+                control.configure(key, rebind.then_some(port))?;
+                drop(control);
                 if rebind {
                     self.enlarge_socket_buffers(port);
                 }
@@ -462,9 +488,11 @@ impl LinuxDataplane {
                 match self.kind {
                     DataplaneKind::Userspace => {
                         let dev = self.record(netns, interface)?;
-                        // boringtun cannot change a peer in place: replace it.
-                        dev.uapi.set(&uapi::remove_peer_lines(public_key)?)?;
-                        dev.uapi.set(&uapi::peer_lines(
+                        // boringtun cannot change a peer in place: replace it
+                        // (under one lock, so `wg show` never sees it gone).
+                        let mut control = dev.control();
+                        control.set(&uapi::remove_peer_lines(public_key)?)?;
+                        control.set(&uapi::peer_lines(
                             public_key,
                             *endpoint,
                             &ips,
@@ -489,7 +517,7 @@ impl LinuxDataplane {
             } => match self.kind {
                 DataplaneKind::Userspace => self
                     .record(netns, interface)?
-                    .uapi
+                    .control()
                     .set(&uapi::remove_peer_lines(public_key)?),
                 DataplaneKind::Kernel => netns::within(&self.app_ns(netns)?, || {
                     kernel::remove_peer(interface, public_key)
@@ -720,7 +748,7 @@ impl LinuxDataplane {
             if let Some(rd) = raw.device {
                 let config = match rd.kernel_config {
                     Some(c) => Some(c),
-                    None => match self.devices.get_mut(&name).map(|d| d.uapi.get()) {
+                    None => match self.devices.get(&name).map(|d| d.control().get()) {
                         Some(Ok(c)) => Some(c),
                         Some(Err(e)) => {
                             tracing::warn!(netns = %name, error = %format!("{e:#}"), "userspace WireGuard device is not answering; dropping it");

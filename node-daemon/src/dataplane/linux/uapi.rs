@@ -112,8 +112,12 @@ impl Uapi {
 
     /// `get=1`, parsed.
     pub(crate) fn get(&mut self) -> Result<UapiDevice> {
-        let lines = self.exchange("get=1\n\n")?;
-        parse_get(&lines)
+        parse_get(&self.get_lines()?)
+    }
+
+    /// `get=1`, as the device's `key=value` lines.
+    pub(crate) fn get_lines(&mut self) -> Result<Vec<String>> {
+        self.exchange("get=1\n\n")
     }
 }
 

@@ -1,9 +1,11 @@
 //! boringtun, in process. Each device is created while the calling thread is
 //! in the node netns (so boringtun's UDP sockets are bound there), its TUN
 //! link is then moved into the app netns over rtnetlink. The device is
-//! configured over a private socketpair (`uapi_fd` mode): no socket under
-//! /var/run/wireguard, no name collisions between namespaces, no signal
-//! handlers, no stale files after a crash.
+//! configured over a private socketpair (`uapi_fd` mode): boringtun binds no
+//! socket under /var/run/wireguard itself (its names would collide between
+//! namespaces, it installs signal handlers and leaves stale files after a
+//! crash). What `wg show` reads there instead is a read-only socket the
+//! daemon serves in front of that socketpair (see [`super::wgsock`]).
 //!
 //! UDP buffer sizes: boringtun 0.7 exposes no way to size its sockets, so they
 //! keep the node netns defaults (net.core.rmem_default); host-wide sysctls are
@@ -11,14 +13,17 @@
 
 use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use boringtun::device::{DeviceConfig, DeviceHandle};
 use nix::fcntl::{fcntl, FcntlArg};
 
-use super::uapi::Uapi;
+use super::uapi::{Uapi, UapiDevice};
+use super::wgsock::WgSocket;
+use crate::keys::PrivateKey;
 
 /// How far above the highest open fd the uapi fd is placed (see [`high_fd`]).
 const FD_HEADROOM: RawFd = 256;
@@ -58,19 +63,71 @@ fn high_fd(fd: OwnedFd) -> RawFd {
     }
 }
 
+/// The control side of a device: our end of its UAPI socketpair and the
+/// private key last given to it. Behind one mutex, shared with the device's
+/// `wg` socket, so requests stay strictly one at a time and a `wg show`
+/// never sees a half-applied change (a peer between removal and re-adding).
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub uapi: Uapi,
+    /// boringtun's `get` reports only the public key; `wg` needs the private
+    /// one to show the interface's public key.
+    key: Option<PrivateKey>,
+}
+
+impl Control {
+    pub(crate) fn new(uapi: Uapi) -> Self {
+        Control { uapi, key: None }
+    }
+
+    /// `set=1` with the given lines.
+    pub(crate) fn set(&mut self, lines: &[String]) -> Result<()> {
+        self.uapi.set(lines)
+    }
+
+    /// `get=1`, parsed.
+    pub(crate) fn get(&mut self) -> Result<UapiDevice> {
+        self.uapi.get()
+    }
+
+    /// Sets the private key and, when given, the listen port.
+    pub(crate) fn configure(&mut self, key: &PrivateKey, port: Option<u16>) -> Result<()> {
+        let mut lines = vec![format!("private_key={}", key.to_hex())];
+        if let Some(port) = port {
+            lines.push(format!("listen_port={port}"));
+        }
+        self.uapi.set(&lines)?;
+        self.key = Some(key.clone());
+        Ok(())
+    }
+
+    /// The private key last set, if any.
+    pub(crate) fn key(&self) -> Option<&PrivateKey> {
+        self.key.as_ref()
+    }
+}
+
+/// Locks a device's control side; a panic elsewhere while holding it leaves
+/// the stream usable (every exchange is self-contained).
+pub(crate) fn lock(control: &Mutex<Control>) -> MutexGuard<'_, Control> {
+    control.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// One running boringtun device we own.
 pub(crate) struct UserspaceDevice {
     /// Interface (TUN link) name.
     pub interface: String,
     handle: Option<DeviceHandle>,
-    /// Our end of the UAPI socketpair.
-    pub uapi: Uapi,
+    control: Arc<Mutex<Control>>,
+    /// The device's socket for `wg`, when the daemon serves one.
+    wg_socket: Option<WgSocket>,
 }
 
 impl std::fmt::Debug for UserspaceDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserspaceDevice")
             .field("interface", &self.interface)
+            .field("wg_socket", &self.wg_socket)
             .finish_non_exhaustive()
     }
 }
@@ -101,19 +158,41 @@ impl UserspaceDevice {
         Ok(UserspaceDevice {
             interface: interface.to_string(),
             handle: Some(handle),
-            uapi,
+            control: Arc::new(Mutex::new(Control::new(uapi))),
+            wg_socket: None,
         })
+    }
+
+    /// The device's control side (held for the whole of a multi-step change).
+    pub(crate) fn control(&self) -> MutexGuard<'_, Control> {
+        lock(&self.control)
+    }
+
+    /// Serves the device to `wg` as `<dir>/<name>.sock` (see
+    /// [`super::wgsock`]). Best effort: the mesh works without it, so a
+    /// failure is logged, not returned.
+    pub(crate) fn serve_wg_socket(&mut self, dir: &Path, name: &str) {
+        match WgSocket::start(dir, name, self.control.clone()) {
+            Ok(s) => self.wg_socket = s,
+            Err(e) => {
+                tracing::warn!(interface = %self.interface, socket = name, error = %format!("{e:#}"), "cannot serve a socket for `wg`")
+            }
+        }
     }
 
     /// Stops the device and waits (bounded) for its threads, so its UDP
     /// sockets and TUN link are gone when this returns.
     pub(crate) fn stop(&mut self) {
+        // The socket first: `wg` must not find a device that is going away.
+        if let Some(mut s) = self.wg_socket.take() {
+            s.stop();
+        }
         let Some(mut handle) = self.handle.take() else {
             return;
         };
         // Hanging up the UAPI stream makes every worker thread exit (boringtun
         // treats a hang-up on the uapi fd as "stop").
-        self.uapi.shutdown();
+        self.control().uapi.shutdown();
         let (tx, rx) = mpsc::channel();
         let waiter = std::thread::Builder::new().spawn(move || {
             handle.wait();

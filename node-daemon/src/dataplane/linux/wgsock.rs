@@ -1,0 +1,578 @@
+//! `wg show` for userspace devices.
+//!
+//! boringtun runs on a private socketpair (see [`super::userspace`]), but the
+//! stock `wg` tool finds userspace devices only as `<name>.sock` in
+//! `/var/run/wireguard` (compiled into wireguard-tools; no environment
+//! variable moves it). So for every userspace device the daemon serves a
+//! socket there of its own, in front of that socketpair:
+//!
+//! - Name: `wf<appId>.sock` for the app netns `weft-<node>-<appId>`
+//!   ([`socket_name`]). The app id is unique on a node, and so is the name,
+//!   even where two apps' interfaces inside their namespaces share a name;
+//!   12 characters fit `wg`'s IFNAMSIZ-1 (it cuts longer names in its
+//!   output). It is also the interface name the operator gives the app
+//!   (`wf<appId>`), so `wg show wf<appId>` and
+//!   `ip -n weft-<node>-<appId> link show wf<appId>` name the same device.
+//!   An app has the same id on every node, so daemons sharing one host
+//!   (simulated nodes) need a directory each (`--wg-socket-dir`).
+//! - Read-only: `get=1` is answered, `set=1` refused with EPERM ("Operation
+//!   not permitted"). The reconciler owns the device: a `wg set` would be
+//!   undone on its next pass, or be mistaken for drift it repairs. Change
+//!   the MeshApp (or the MeshNode spec) instead.
+//! - Content: boringtun's `get` is rewritten into what `wg` expects. Its
+//!   `own_public_key=` becomes `private_key=` (the daemon keeps the key it
+//!   set; `wg` derives the interface's public key from it), and its
+//!   handshake age becomes the Unix time `wg` expects. So `wg show` prints
+//!   the private key as "(hidden)", but `wg showconf` and `wg show <name>
+//!   private-key` print it: acceptable, because the socket is 0600 root
+//!   and root on the host can read the key file in the daemon's data
+//!   directory anyway. Nothing here logs a request or an answer.
+//! - Lifetime: bound when the device starts, removed when it stops (an
+//!   app deleted, a device replaced, the daemon shutting down). A socket
+//!   nobody listens on (a crashed daemon) is replaced; one that answers
+//!   belongs to another live process and is left alone. [`remove_stale`]
+//!   clears dead ones at start-up and in `cleanup`.
+//!
+//! Kernel devices get no socket: the kernel serves `wg` over netlink in the
+//! netns the interface is in, so `ip netns exec weft-<node>-<appId> wg show`
+//! reads them.
+//!
+//! One thread per socket serves one client at a time, each with short
+//! timeouts: only root can connect, and `wg` asks once per connection.
+
+use std::fs;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use nix::sys::socket::{setsockopt, shutdown, sockopt::ReceiveTimeout, Shutdown};
+use nix::sys::time::{TimeVal, TimeValLike};
+use sha2::{Digest, Sha256};
+
+use super::userspace::{lock, Control};
+
+/// Where `wg` looks for userspace devices.
+pub const DEFAULT_DIR: &str = "/var/run/wireguard";
+/// What every socket name starts with (the operator's interface prefix).
+const PREFIX: &str = "wf";
+const SUFFIX: &str = ".sock";
+/// Characters of an app id (the end of `weft-<node>-<appId>`).
+const ID_LEN: usize = 10;
+/// How long one client may take to send its request or read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A request larger than this is not read to its end (a `get` is one line;
+/// only a refused `set` can be long).
+const MAX_REQUEST: u64 = 1 << 20;
+/// How often a waiting accept looks at the stop flag, should the shutdown
+/// that wakes it not (it does on Linux).
+const ACCEPT_TICK: i64 = 1;
+const EPERM: i32 = 1;
+const EIO: i32 = 5;
+const EINVAL: i32 = 22;
+
+/// The socket name (without `.sock`) for the device of app netns `netns`:
+/// `wf<appId>` for `weft-<node>-<appId>`; for a netns not named that way
+/// (never one the daemon plans) `wf` and 10 hex digits of its name's hash.
+pub fn socket_name(netns: &str) -> String {
+    let id = netns
+        .rsplit_once('-')
+        .map(|(_, id)| id)
+        .filter(|id| id.len() == ID_LEN && id.bytes().all(is_id_char));
+    match id {
+        Some(id) => format!("{PREFIX}{id}"),
+        None => {
+            let h = Sha256::digest(netns.as_bytes());
+            format!("{PREFIX}{}", &crate::keys::hex(&h[..ID_LEN / 2]))
+        }
+    }
+}
+
+/// Characters of app ids (base32) and of the hashed fallback (hex).
+fn is_id_char(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+/// Whether `file` is a socket name [`socket_name`] can produce.
+fn is_ours(file: &str) -> bool {
+    file.strip_prefix(PREFIX)
+        .and_then(|r| r.strip_suffix(SUFFIX))
+        .is_some_and(|id| id.len() == ID_LEN && id.bytes().all(is_id_char))
+}
+
+/// What is at a socket path.
+#[derive(Debug, PartialEq, Eq)]
+enum Holder {
+    Nothing,
+    /// A socket (or other file) nobody answers on.
+    Dead,
+    /// A process accepts connections on it.
+    Live,
+}
+
+fn holder(path: &Path) -> Holder {
+    match UnixStream::connect(path) {
+        Ok(_) => Holder::Live,
+        Err(e) if e.kind() == ErrorKind::NotFound => Holder::Nothing,
+        Err(_) => Holder::Dead,
+    }
+}
+
+/// Removes sockets of ours in `dir` that nobody answers on (a crashed
+/// daemon's), and temporary files of binds that never finished. Live
+/// sockets, possibly another daemon's on a shared host, stay.
+pub fn remove_stale(dir: &Path) -> Result<Vec<String>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+    };
+    let mut removed = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = if is_ours(&name) {
+            holder(&e.path()) == Holder::Dead
+        } else if let Some(pid) = tmp_owner(&name) {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        } else {
+            false
+        };
+        if stale && fs::remove_file(e.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// The temporary name a socket is bound under before it is renamed into
+/// place (so `wg` never finds it half set up). `wg` lists only `*.sock`.
+fn tmp_name(name: &str) -> String {
+    format!(".{name}{SUFFIX}.{}.tmp", std::process::id())
+}
+
+/// The pid in a [`tmp_name`] of ours.
+fn tmp_owner(file: &str) -> Option<u32> {
+    let rest = file.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (sock, pid) = rest.rsplit_once('.')?;
+    is_ours(sock).then_some(())?;
+    pid.parse().ok()
+}
+
+/// A device's socket for `wg` and the thread serving it.
+pub(crate) struct WgSocket {
+    path: PathBuf,
+    /// Device and inode of the socket we bound, so we never remove a file
+    /// that replaced it.
+    id: (u64, u64),
+    listener: Arc<UnixListener>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Set once stopped: a later call must not remove a new socket that
+    /// happens to get the same inode.
+    stopped: bool,
+}
+
+impl std::fmt::Debug for WgSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgSocket")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WgSocket {
+    /// Binds `<dir>/<name>.sock` (0600) and serves `control` on it.
+    /// `Ok(None)` when a live process already serves that name.
+    pub(crate) fn start(
+        dir: &Path,
+        name: &str,
+        control: Arc<Mutex<Control>>,
+    ) -> Result<Option<WgSocket>> {
+        if !dir.is_dir() {
+            // The mode wireguard-go gives it: listing is harmless, the
+            // sockets themselves are 0600.
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .with_context(|| format!("create {}", dir.display()))?;
+        }
+        let path = dir.join(format!("{name}{SUFFIX}"));
+        if holder(&path) == Holder::Live {
+            tracing::warn!(socket = %path.display(), "another process serves this WireGuard socket; not replacing it");
+            return Ok(None);
+        }
+        let tmp = dir.join(tmp_name(name));
+        let _ = fs::remove_file(&tmp);
+        let listener =
+            UnixListener::bind(&tmp).with_context(|| format!("bind {}", tmp.display()))?;
+        let placed = (|| -> Result<(u64, u64)> {
+            // A bounded accept, so the stop flag is seen even if the wake-up
+            // in `stop` were ever missed.
+            setsockopt(&listener, ReceiveTimeout, &TimeVal::seconds(ACCEPT_TICK))
+                .context("accept timeout")?;
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).context("chmod 0600")?;
+            // Replaces a dead socket of the same name in one step.
+            fs::rename(&tmp, &path).context("rename into place")?;
+            let md = fs::symlink_metadata(&path).context("stat")?;
+            Ok((md.dev(), md.ino()))
+        })();
+        let id = match placed {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e.context(format!("place {}", path.display())));
+            }
+        };
+        let listener = Arc::new(listener);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (listener, stop) = (listener.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name(format!("wg-{name}"))
+                .spawn(move || serve(&listener, &stop, &control))
+        };
+        let mut s = WgSocket {
+            path,
+            id,
+            listener,
+            stop,
+            thread: None,
+            stopped: false,
+        };
+        match thread {
+            Ok(t) => s.thread = Some(t),
+            Err(e) => {
+                s.stop();
+                return Err(e).context("spawn the socket thread");
+            }
+        }
+        tracing::info!(socket = %s.path.display(), "serving the device to `wg` (read-only)");
+        Ok(Some(s))
+    }
+
+    /// Stops serving and removes the socket file (if it is still ours).
+    pub(crate) fn stop(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes a blocked accept at once (Linux ends it with EINVAL).
+        let _ = shutdown(self.listener.as_raw_fd(), Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let ours = fs::symlink_metadata(&self.path)
+            .is_ok_and(|md| md.file_type().is_socket() && (md.dev(), md.ino()) == self.id);
+        if ours {
+            if let Err(e) = fs::remove_file(&self.path) {
+                tracing::warn!(socket = %self.path.display(), error = %e, "cannot remove WireGuard socket");
+            }
+        }
+    }
+}
+
+impl Drop for WgSocket {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(listener: &UnixListener, stop: &AtomicBool, control: &Mutex<Control>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                if let Err(e) = answer(conn, control) {
+                    tracing::debug!(error = %e, "`wg` client went away");
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            Err(e) => {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                tracing::warn!(error = %e, "WireGuard socket accept failed");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// Reads one request and answers it.
+fn answer(conn: UnixStream, control: &Mutex<Control>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    conn.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut reader = BufReader::new((&conn).take(MAX_REQUEST));
+    let mut op = Vec::new();
+    if reader.read_until(b'\n', &mut op)? == 0 {
+        return Ok(()); // `wg` probing whether the device exists
+    }
+    // Read the rest up to its blank line, so a client still writing (a
+    // long `set`) is not cut off and reads our answer instead.
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 || line == b"\n" {
+            break;
+        }
+    }
+    // wireguard-tools reads a `set` answer's errno negated (wireguard-go
+    // writes `-EPERM`), but a `get` answer's only unsigned (see `get`).
+    let response = match op.as_slice() {
+        b"get=1\n" => get(control),
+        b"set=1\n" => format!("errno=-{EPERM}\n\n"),
+        _ => format!("errno=-{EINVAL}\n\n"),
+    };
+    (&conn).write_all(response.as_bytes())
+}
+
+fn get(control: &Mutex<Control>) -> String {
+    let (lines, key) = {
+        let mut c = lock(control);
+        match c.uapi.get_lines() {
+            Ok(lines) => (lines, c.key().map(|k| k.to_hex())),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "userspace WireGuard device did not answer a `wg` request");
+                // Unsigned: `wg` reads a negative number here as garbage.
+                return format!("errno={EIO}\n\n");
+            }
+        }
+    };
+    let mut out = for_wg(&lines, key.as_deref(), SystemTime::now());
+    out.push_str("errno=0\n\n");
+    out
+}
+
+/// boringtun's `get` lines as the reference implementations write them:
+/// `private_key=` (hex) instead of `own_public_key=`, and handshake times
+/// as Unix times instead of ages (both relative to `now`).
+fn for_wg(lines: &[String], private_key_hex: Option<&str>, now: SystemTime) -> String {
+    let mut out = String::new();
+    if let Some(k) = private_key_hex {
+        out.push_str(&format!("private_key={k}\n"));
+    }
+    // boringtun writes `_sec` then `_nsec` of each age.
+    let mut age_secs: Option<u64> = None;
+    let handshake = |out: &mut String, secs: u64, nanos: u32| {
+        let at = now
+            .checked_sub(Duration::new(secs, nanos.min(999_999_999)))
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "last_handshake_time_sec={}\nlast_handshake_time_nsec={}\n",
+            at.as_secs(),
+            at.subsec_nanos()
+        ));
+    };
+    for line in lines {
+        let (k, v) = line.split_once('=').unwrap_or((line.as_str(), ""));
+        if k != "last_handshake_time_nsec" {
+            if let Some(s) = age_secs.take() {
+                handshake(&mut out, s, 0);
+            }
+        }
+        match k {
+            "own_public_key" | "private_key" => {}
+            "last_handshake_time_sec" => age_secs = v.parse().ok(),
+            "last_handshake_time_nsec" => {
+                if let Some(s) = age_secs.take() {
+                    handshake(&mut out, s, v.parse().unwrap_or(0));
+                }
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    if let Some(s) = age_secs {
+        handshake(&mut out, s, 0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_names_come_from_the_app_id() {
+        assert_eq!(socket_name("weft-n1-abcdefgh23"), "wfabcdefgh23");
+        assert_eq!(socket_name("weft-my-node-7-abcdefgh23"), "wfabcdefgh23");
+        // Same app on two nodes: same name (one daemon per host, or one
+        // directory per daemon); two apps on one node: different names.
+        assert_eq!(
+            socket_name("weft-n1-abcdefgh23"),
+            socket_name("weft-n2-abcdefgh23")
+        );
+        assert_ne!(
+            socket_name("weft-n1-abcdefgh23"),
+            socket_name("weft-n1-abcdefgh24")
+        );
+        for odd in ["x", "weft-n1-SHORT", "weft-n1-abcdefgh2_", ""] {
+            let n = socket_name(odd);
+            assert!(n.len() == 12 && n.starts_with("wf"), "{odd:?} -> {n:?}");
+            assert!(is_ours(&format!("{n}.sock")), "{n}");
+        }
+        assert_ne!(socket_name("a"), socket_name("b"));
+        assert!(is_ours("wfabcdefgh23.sock"));
+        for not in [
+            "wg0.sock",
+            "wfabcdefgh23",
+            "wfabcdefgh2.sock",
+            "xwfabcdefgh23.sock",
+        ] {
+            assert!(!is_ours(not), "{not}");
+        }
+        assert_eq!(
+            tmp_owner(&tmp_name("wfabcdefgh23")),
+            Some(std::process::id())
+        );
+        assert_eq!(tmp_owner(".wg0.sock.12.tmp"), None);
+    }
+
+    #[test]
+    fn boringtun_output_is_rewritten_for_wg() {
+        let now = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_100, 500_000_000);
+        let lines: Vec<String> = [
+            "own_public_key=aa",
+            "listen_port=51820",
+            "public_key=bb",
+            "endpoint=192.0.2.2:51820",
+            "allowed_ip=10.1.0.0/24",
+            "last_handshake_time_sec=100",
+            "last_handshake_time_nsec=250000000",
+            "rx_bytes=10",
+            "tx_bytes=20",
+            "public_key=cc",
+            "rx_bytes=0",
+            "tx_bytes=0",
+        ]
+        .map(String::from)
+        .into();
+        let out = for_wg(&lines, Some("dd"), now);
+        assert_eq!(
+            out,
+            "private_key=dd\nlisten_port=51820\npublic_key=bb\nendpoint=192.0.2.2:51820\n\
+             allowed_ip=10.1.0.0/24\nlast_handshake_time_sec=1700000000\n\
+             last_handshake_time_nsec=250000000\nrx_bytes=10\ntx_bytes=20\n\
+             public_key=cc\nrx_bytes=0\ntx_bytes=0\n"
+        );
+        // Without a key nothing stands in for it; a lone `_sec` still converts.
+        let out = for_wg(
+            &[
+                "own_public_key=aa".into(),
+                "public_key=bb".into(),
+                "last_handshake_time_sec=5".into(),
+            ],
+            None,
+            now,
+        );
+        assert_eq!(
+            out,
+            "public_key=bb\nlast_handshake_time_sec=1700000095\nlast_handshake_time_nsec=500000000\n"
+        );
+    }
+
+    #[test]
+    fn stale_sockets_go_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("wfaaaaaaaaaa.sock");
+        let _live = UnixListener::bind(&live_path).unwrap();
+        let dead_path = dir.path().join("wfbbbbbbbbbb.sock");
+        drop(UnixListener::bind(&dead_path).unwrap());
+        let foreign = dir.path().join("wg0.sock");
+        drop(UnixListener::bind(&foreign).unwrap());
+        // A bind of a process that no longer exists (pid beyond pid_max).
+        let tmp = dir.path().join(".wfcccccccccc.sock.99999999.tmp");
+        fs::write(&tmp, b"").unwrap();
+        let mut removed = remove_stale(dir.path()).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![".wfcccccccccc.sock.99999999.tmp", "wfbbbbbbbbbb.sock"]
+        );
+        assert!(live_path.exists() && foreign.exists());
+        assert_eq!(
+            remove_stale(&dir.path().join("absent")).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    /// One request over a fresh connection, as `wg` makes it.
+    fn ask(path: &Path, request: &str) -> String {
+        let mut c = UnixStream::connect(path).unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        BufReader::new(&c).read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn serves_get_refuses_set_and_removes_its_socket() {
+        // The device end of the control stream answers like boringtun.
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let device = std::thread::spawn(move || {
+            let mut r = BufReader::new(&theirs);
+            let mut gets = 0;
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if line == "get=1\n" {
+                    gets += 1;
+                    (&theirs)
+                        .write_all(b"own_public_key=aa\nlisten_port=7\nerrno=0\n\n")
+                        .unwrap();
+                }
+                line.clear();
+            }
+            gets
+        });
+        let control = Arc::new(Mutex::new(Control::new(
+            super::super::uapi::Uapi::new(ours).unwrap(),
+        )));
+        let dir = tempfile::tempdir().unwrap();
+        let sockets = dir.path().join("wireguard");
+        // A dead socket of the same name (a crashed daemon's) is replaced.
+        fs::create_dir(&sockets).unwrap();
+        let path = sockets.join("wfabcdefgh23.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        let mut s = WgSocket::start(&sockets, "wfabcdefgh23", control.clone())
+            .unwrap()
+            .expect("a dead socket does not block the name");
+        let md = fs::metadata(&path).unwrap();
+        assert!(md.file_type().is_socket());
+        assert_eq!(md.mode() & 0o777, 0o600);
+
+        assert_eq!(ask(&path, "get=1\n\n"), "listen_port=7\nerrno=0\n\n");
+        assert_eq!(
+            ask(&path, "set=1\nlisten_port=9\nreplace_peers=true\n\n"),
+            "errno=-1\n\n"
+        );
+        assert_eq!(ask(&path, "bogus=1\n\n"), "errno=-22\n\n");
+        // `wg` checking that the device exists: connect, close.
+        drop(UnixStream::connect(&path).unwrap());
+        // A second server for the same name stands back while this one lives.
+        assert!(WgSocket::start(&sockets, "wfabcdefgh23", control.clone())
+            .unwrap()
+            .is_none());
+
+        let started = std::time::Instant::now();
+        s.stop();
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(!path.exists());
+        assert_eq!(fs::read_dir(&sockets).unwrap().count(), 0);
+        lock(&control).uapi.shutdown();
+        // Only the one `get` reached the device: `set` never did.
+        assert_eq!(device.join().unwrap(), 1);
+    }
+}
