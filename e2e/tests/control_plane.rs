@@ -202,10 +202,15 @@ fn reported(c: &KubeCluster, i: usize, name: &str) -> Option<(String, String)> {
 fn column(table: &str, name: &str, header: &str) -> String {
     let mut lines = table.lines();
     let head = lines.next().unwrap_or_default();
-    let starts: Vec<(usize, &str)> = head
-        .split_whitespace()
-        .map(|h| (head.find(&format!("{h}")).unwrap_or(0), h))
-        .collect();
+    let mut starts: Vec<(usize, &str)> = Vec::new();
+    let mut prev_space = true;
+    for (i, ch) in head.char_indices() {
+        if prev_space && !ch.is_whitespace() {
+            let word = head[i..].split_whitespace().next().unwrap_or_default();
+            starts.push((i, word));
+        }
+        prev_space = ch.is_whitespace();
+    }
     let k = starts
         .iter()
         .position(|(_, h)| *h == header)
@@ -651,4 +656,183 @@ fn rbac_holds_every_account_to_its_own_objects() {
         );
     }
     drop(c);
+}
+
+fn lease_holder(c: &KubeCluster) -> Option<String> {
+    c.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        SYSTEM_NS,
+        "weft-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+    .ok()
+    .map(|s| s.trim().to_string())
+    .filter(|s| !s.is_empty())
+}
+
+/// name → (generation, spec) of every MeshNode.
+fn meshnode_specs(c: &KubeCluster) -> BTreeMap<String, (i64, Value)> {
+    meshnodes(c)
+        .into_iter()
+        .map(|(k, n)| {
+            (
+                k,
+                (
+                    n["metadata"]["generation"].as_i64().unwrap_or(0),
+                    n["spec"].clone(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn leader_failover_changes_no_meshnode_spec() {
+    if !runnable("leader_failover_changes_no_meshnode_spec") {
+        return;
+    }
+    let mut c = installed(2, 2);
+    with_examples(&c, false);
+    let p1 = c.run_pod(NS, "web-1", 1, &[("tier", "web")]).unwrap();
+    let p2 = c.run_pod(NS, "web-2", 2, &[("tier", "web")]).unwrap();
+    wait_ready(&c, "web");
+    let a2 = app_address(&c, p2);
+    let leader = weft_e2e::wait_for("a leader", WAIT, Duration::from_millis(200), || {
+        Ok(lease_holder(&c))
+    })
+    .unwrap();
+    let k: usize = leader
+        .strip_prefix("weft-operator-")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("leader {leader}"));
+    let before = meshnode_specs(&c);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // The leader crashes; the other replica takes the Lease over once it expires.
+    c.operator(k).unwrap().kill_hard();
+    let t = Instant::now();
+    let other = format!("weft-operator-{}", 3 - k);
+    weft_e2e::wait_for(
+        "the other replica to lead",
+        WAIT,
+        Duration::from_millis(200),
+        || Ok((lease_holder(&c).as_deref() == Some(other.as_str())).then_some(())),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", c.operator_log_tail(20)));
+    println!(
+        "failover: {} took the Lease {:?} after the leader was killed",
+        other,
+        t.elapsed()
+    );
+    // Several passes of the new leader: it must find everything as it is.
+    weft_e2e::sleep(Duration::from_secs(5)).unwrap();
+    let after = meshnode_specs(&c);
+    assert_eq!(
+        before, after,
+        "a MeshNode spec changed because of the failover"
+    );
+    let r = ping(c.pod(p1).netns.name(), a2, 3, Duration::from_secs(10)).unwrap();
+    assert_eq!(r.received, 3, "{}", r.output);
+
+    // And it leads: a new pod is planned and attached.
+    let p3 = c.run_pod(NS, "web-3", 2, &[("tier", "web")]).unwrap();
+    let a3 = app_address(&c, p3);
+    ping_until_ok(c.pod(p1).netns.name(), a3, WAIT).unwrap();
+    let w = c.teardown();
+    assert!(w.is_empty(), "teardown: {w:?}");
+}
+
+/// Pids of both daemons and operator replica 1.
+fn process_ids(c: &mut KubeCluster) -> Vec<u32> {
+    let mut v: Vec<u32> = (1..=2).map(|i| c.daemon(i).unwrap().pid()).collect();
+    v.push(c.operator(1).unwrap().pid());
+    v
+}
+
+#[test]
+fn api_server_outage_loses_no_traffic_and_everything_recovers() {
+    if !runnable("api_server_outage_loses_no_traffic_and_everything_recovers") {
+        return;
+    }
+    let mut c = installed(2, 1);
+    with_examples(&c, false);
+    let p1 = c.run_pod(NS, "web-1", 1, &[("tier", "web")]).unwrap();
+    let p2 = c.run_pod(NS, "web-2", 2, &[("tier", "web")]).unwrap();
+    wait_ready(&c, "web");
+    let a2 = app_address(&c, p2);
+    ping_until_ok(c.pod(p1).netns.name(), a2, WAIT).unwrap();
+    let pids = process_ids(&mut c);
+
+    // Traffic through the outage: 5 pings a second for its whole length.
+    let outage = Duration::from_secs(60);
+    let from = c.pod(p1).netns.name().to_string();
+    let count = (outage.as_secs() as u32 + 20) * 5;
+    let pinger = std::thread::spawn(move || {
+        ping(
+            &from,
+            a2,
+            count,
+            Duration::from_secs(u64::from(count / 5) + 15),
+        )
+    });
+    weft_e2e::sleep(Duration::from_secs(3)).unwrap();
+    c.cp_mut().stop_apiserver();
+    weft_e2e::sleep(outage).unwrap();
+    let t = Instant::now();
+    c.cp_mut().start_apiserver().unwrap();
+    println!(
+        "API server back after {:?} of outage ({:?} to be ready)",
+        outage,
+        t.elapsed()
+    );
+
+    // A pod created right after the server came back is attached by its
+    // CNI ADD (which waits up to 25 s for the operator's plan): recovery
+    // takes seconds, not a minute of watch backoff.
+    let t = Instant::now();
+    let p3 = c.run_pod(NS, "web-3", 2, &[("tier", "web")]);
+    let p3 = p3.unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\n{}\n{}",
+            c.operator_log_tail(40),
+            c.daemon_log_tail(2, 40)
+        )
+    });
+    println!("first pod after the outage attached in {:?}", t.elapsed());
+    let a3 = app_address(&c, p3);
+    ping_until_ok(c.pod(p1).netns.name(), a3, WAIT).unwrap();
+
+    let r = pinger.join().unwrap().unwrap();
+    println!(
+        "ping through the outage: {} sent, {} received",
+        r.transmitted, r.received
+    );
+    assert!(r.transmitted >= count - 5, "{}", r.output);
+    assert_eq!(
+        r.received, r.transmitted,
+        "packets lost during the outage: {}",
+        r.output
+    );
+
+    // Nothing restarted; statuses flow again.
+    assert_eq!(pids, process_ids(&mut c), "a process restarted");
+    for i in 1..=2 {
+        assert!(c.daemon(i).unwrap().is_running());
+    }
+    weft_e2e::wait_for(
+        "node 2 to report web-3",
+        WAIT,
+        Duration::from_millis(200),
+        || {
+            Ok(reported(&c, 2, "web-3")
+                .filter(|(app, addr)| app == "demo/web" && addr.starts_with(&a3.to_string()))
+                .map(|_| ()))
+        },
+    )
+    .unwrap();
+    let w = c.teardown();
+    assert!(w.is_empty(), "teardown: {w:?}");
 }

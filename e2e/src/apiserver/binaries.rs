@@ -70,8 +70,18 @@ impl Binaries {
             ));
         }
         let kubectl = on_path("kubectl");
-        if kubectl.is_none() {
-            missing.push("kubectl (not on PATH)".into());
+        match &kubectl {
+            None => missing.push("kubectl (not on PATH)".into()),
+            Some(k) => match kubectl_client_version(k) {
+                Some(v) if v >= (1, 21) => {}
+                v => missing.push(format!(
+                    "kubectl >= 1.21 ({} is {}; the kustomize of older ones cannot read \
+                     directories in `resources`, so `kubectl apply -k config/default` fails)",
+                    k.display(),
+                    v.map(|(a, b)| format!("{a}.{b}"))
+                        .unwrap_or_else(|| "of unknown version".into())
+                )),
+            },
         }
         if !missing.is_empty() {
             bail!(
@@ -95,6 +105,16 @@ impl Binaries {
         let text = String::from_utf8_lossy(&out.stdout);
         parse_version(&text).with_context(|| format!("no version in {text:?}"))
     }
+}
+
+/// `(major, minor)` of a kubectl binary's client.
+fn kubectl_client_version(kubectl: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(kubectl)
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    parse_version(v["clientVersion"]["gitVersion"].as_str()?)
 }
 
 /// `(major, minor)` from text like `Kubernetes v1.20.2` or `v1.36.0-alpha.1`.
