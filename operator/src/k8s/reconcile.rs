@@ -118,11 +118,31 @@ async fn apply_status<K, S>(
     name: &str,
     object: String,
     status: &S,
+    old: Option<&S>,
 ) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
+    let err = |source| Error::StatusPatch {
+        kind: kind_name::<K>(),
+        object: object.clone(),
+        source,
+    };
+    // A top-level status field that goes away (`enforced` once nothing is
+    // enforced) is removed with an explicit null first: server-side apply
+    // alone prunes only the leaves this manager owned, and API servers
+    // before 1.22 then keep the emptied parents and refuse the whole status
+    // as invalid (found against a real 1.20 server).
+    if let Some(gone) = removed_top_level_fields(old, status) {
+        let pp = PatchParams {
+            field_manager: Some(OPERATOR_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch_status(name, &pp, &Patch::Merge(&json!({ "status": gone })))
+            .await
+            .map_err(err)?;
+    }
     let body = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -134,12 +154,24 @@ where
         &Patch::Apply(&body),
     )
     .await
-    .map_err(|source| Error::StatusPatch {
-        kind: kind_name::<K>(),
-        object,
-        source,
-    })?;
+    .map_err(err)?;
     Ok(())
+}
+
+/// `{field: null}` for every top-level field `old` has and `new` lacks.
+fn removed_top_level_fields<S: Serialize>(
+    old: Option<&S>,
+    new: &S,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let old = serde_json::to_value(old?).ok()?;
+    let new = serde_json::to_value(new).ok()?;
+    let gone: serde_json::Map<_, _> = old
+        .as_object()?
+        .keys()
+        .filter(|k| new.get(k.as_str()).is_none_or(serde_json::Value::is_null))
+        .map(|k| (k.clone(), serde_json::Value::Null))
+        .collect();
+    (!gone.is_empty()).then_some(gone)
 }
 
 fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
@@ -191,6 +223,14 @@ pub async fn reconcile_all(
     instance: Option<&str>,
 ) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
+    // One object's failed write must not hold up the others (a status the
+    // server refuses would otherwise block every finalizer release): the
+    // pass goes on and reports the first failure at its end, so it is retried.
+    let mut failed: Option<Error> = None;
+    let defer = |e: Error, failed: &mut Option<Error>| {
+        tracing::warn!(error = %e, "write failed; the rest of the pass goes on");
+        failed.get_or_insert(e);
+    };
     let now_time = Time(now);
     // The instance (this replica's pod name) tells which replica, the
     // leader at the time, reported an Event.
@@ -214,7 +254,10 @@ pub async fn reconcile_all(
         if !has_finalizer(app) {
             let mut fins = app.finalizers().to_vec();
             fins.push(APP_FINALIZER.to_string());
-            set_finalizers(client, app, fins).await?;
+            if let Err(e) = set_finalizers(client, app, fins).await {
+                defer(e, &mut failed);
+                continue;
+            }
             tracing::info!(app = %key_of(app), "added finalizer");
             report.finalizers_added.push(key_of(app).to_string());
         }
@@ -241,17 +284,24 @@ pub async fn reconcile_all(
             continue;
         }
         let body = meshnode_apply_body(name, spec);
-        let written = nodes_api
+        let written = match nodes_api
             .patch(
                 name,
                 &PatchParams::apply(OPERATOR_MANAGER).force(),
                 &Patch::Apply(&body),
             )
             .await
-            .map_err(|source| Error::MeshNodeApply {
-                node: name.clone(),
-                source,
-            })?;
+        {
+            Ok(w) => w,
+            Err(source) => {
+                let e = Error::MeshNodeApply {
+                    node: name.clone(),
+                    source,
+                };
+                defer(e, &mut failed);
+                continue;
+            }
+        };
         tracing::info!(node = %name, generation = ?written.metadata.generation, apps = spec.apps.len(), "applied MeshNode spec");
         generations.insert(name.clone(), written.metadata.generation);
         report.meshnode_writes.push(name.clone());
@@ -296,7 +346,12 @@ pub async fn reconcile_all(
             continue;
         }
         let api: Api<MeshApp> = Api::namespaced(client.clone(), &key.namespace);
-        apply_status(api, &key.name, key.to_string(), &new).await?;
+        if let Err(e) =
+            apply_status(api, &key.name, key.to_string(), &new, app.status.as_ref()).await
+        {
+            defer(e, &mut failed);
+            continue;
+        }
         report.status_writes.push(format!("MeshApp {key}"));
         if !outcome.errors.is_empty() {
             let old = app.status.as_ref().map(|s| s.conditions.as_slice());
@@ -320,7 +375,12 @@ pub async fn reconcile_all(
             continue;
         }
         let api: Api<MeshPolicy> = Api::namespaced(client.clone(), &key.namespace);
-        apply_status(api, &key.name, key.to_string(), &new).await?;
+        if let Err(e) =
+            apply_status(api, &key.name, key.to_string(), &new, pol.status.as_ref()).await
+        {
+            defer(e, &mut failed);
+            continue;
+        }
         report.status_writes.push(format!("MeshPolicy {key}"));
         let old = pol.status.as_ref().map(|s| s.conditions.as_slice());
         if let Some(c) = newly_failing(old, &new.conditions, types::ACCEPTED, "False") {
@@ -342,7 +402,10 @@ pub async fn reconcile_all(
             continue;
         }
         let api: Api<MeshSite> = Api::all(client.clone());
-        apply_status(api, &name, name.clone(), &new).await?;
+        if let Err(e) = apply_status(api, &name, name.clone(), &new, site.status.as_ref()).await {
+            defer(e, &mut failed);
+            continue;
+        }
         report.status_writes.push(format!("MeshSite {name}"));
     }
 
@@ -377,9 +440,31 @@ pub async fn reconcile_all(
             .filter(|f| *f != APP_FINALIZER)
             .cloned()
             .collect();
-        set_finalizers(client, app, fins).await?;
+        if let Err(e) = set_finalizers(client, app, fins).await {
+            defer(e, &mut failed);
+            continue;
+        }
         tracing::info!(app = %key, "every node removed the app; released finalizer");
         report.finalizers_released.push(key);
     }
-    Ok(report)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::removed_top_level_fields;
+    use serde_json::json;
+
+    #[test]
+    fn a_status_field_that_goes_away_is_nulled_and_nothing_else() {
+        let old = json!({"conditions": [], "enforced": {"generation": 1}, "observedGeneration": 1});
+        let new = json!({"conditions": [], "observedGeneration": 2});
+        let gone = removed_top_level_fields(Some(&old), &new).unwrap();
+        assert_eq!(serde_json::Value::Object(gone), json!({"enforced": null}));
+        assert!(removed_top_level_fields(Some(&new), &old).is_none());
+        assert!(removed_top_level_fields(None, &new).is_none());
+    }
 }
