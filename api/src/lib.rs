@@ -11,6 +11,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod attach;
+pub mod backoff;
 pub mod conditions;
 pub mod crd;
 pub mod labels;

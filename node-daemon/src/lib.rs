@@ -23,6 +23,7 @@ pub mod runner;
 pub mod standalone;
 pub mod state;
 pub mod status;
+pub mod status_backoff;
 pub mod storage;
 pub mod workloads;
 

@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::standalone::FileTransport;
 use crate::status;
+use crate::status_backoff::Backoff as StatusBackoff;
 use crate::workloads::{DirSource, RuntimeSource, WorkloadSource};
 
 /// How the daemon exchanges MeshNode state with the control plane.
@@ -176,6 +177,7 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
     let mut last_status: Option<MeshNodeStatus> = None;
     let mut last_write = Instant::now();
     let mut last_errors: Vec<String> = Vec::new();
+    let mut status_writes = StatusBackoff::for_status_writes();
     tracing::info!(node = %cfg.node, address = %cfg.advertise_address, mode = transport.mode(), "node daemon running");
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
@@ -203,16 +205,21 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
         let changed = last_status
             .as_ref()
             .is_none_or(|old| status::changed(old, &report.status));
-        if (due || changed) && transport.can_write_status() {
+        // A failed write waits out its backoff; the next one carries this
+        // pass's status (last_status only moves on success).
+        if (due || changed) && transport.can_write_status() && status_writes.due(Instant::now()) {
             match transport.write_status(&report.status) {
                 Ok(()) => {
                     metrics.status_written();
                     last_write = Instant::now();
                     last_status = Some(report.status.clone());
+                    if let Some(r) = status_writes.succeeded(last_write) {
+                        r.log();
+                    }
                 }
                 Err(e) => {
                     metrics.error("status_write");
-                    tracing::warn!(error = %e, "cannot write MeshNode status");
+                    status_writes.failed(Instant::now()).log(&e);
                 }
             }
         }

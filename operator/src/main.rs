@@ -151,7 +151,7 @@ fn kubernetes(
                     let _ = rx.wait_for(|stop| *stop).await;
                 },
             ));
-            let client = kube::Client::try_default().await?;
+            let client = weft_operator::k8s::client().await?;
             tracing::info!(%pool, leader_election = cfg.lease.is_some(), "kubernetes operator starting");
             let result = run(client, cfg, shutdown_signal()).await;
             let _ = stop_tx.send(true);

@@ -197,3 +197,121 @@ fn an_edge_host_may_touch_only_its_own_meshnode() {
     );
     find(&docs, "ServiceAccount", "weft-edge-edge-1");
 }
+
+/// Request fields the API server omits when empty: reading one that is absent
+/// fails the CEL expression with "no such key", and the user sees that raw
+/// error instead of the policy's message (or, in a match condition under
+/// `failurePolicy: Fail`, every such request is refused).
+const OPTIONAL_REQUEST_FIELDS: [&str; 6] = [
+    "request.subResource",
+    "request.name",
+    "request.namespace",
+    "request.userInfo.extra",
+    "request.userInfo.groups",
+    "request.userInfo.uid",
+];
+
+/// Bare reads of [`OPTIONAL_REQUEST_FIELDS`] in `expr` that no earlier
+/// `has(<field>) &&` guards. A lint, not a CEL evaluator: it catches the
+/// unguarded read, not every way a guard can be misplaced.
+fn unguarded_reads(expr: &str) -> Vec<&'static str> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut bad = Vec::new();
+    for field in OPTIONAL_REQUEST_FIELDS {
+        let guard = format!("has({field}) &&");
+        let guarded_from = expr.find(&guard).map(|i| i + guard.len());
+        for (at, _) in expr.match_indices(field) {
+            let whole_word = !expr[at + field.len()..].starts_with(is_ident);
+            let is_the_guard = expr[..at].ends_with("has(");
+            if whole_word && !is_the_guard && guarded_from.is_none_or(|g| at < g) {
+                bad.push(field);
+            }
+        }
+    }
+    bad
+}
+
+/// Every CEL expression of a ValidatingAdmissionPolicy.
+fn cel_expressions(policy: &Value) -> Vec<String> {
+    let spec = &policy["spec"];
+    let mut out = Vec::new();
+    for (list, keys) in [
+        ("matchConditions", &["expression"][..]),
+        ("validations", &["expression", "messageExpression"][..]),
+        ("variables", &["expression"][..]),
+        ("auditAnnotations", &["valueExpression"][..]),
+    ] {
+        for item in spec[list].as_array().into_iter().flatten() {
+            for key in keys {
+                if let Some(e) = item[*key].as_str() {
+                    out.push(e.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_guard_lint_tells_a_bare_optional_read_from_a_guarded_one() {
+    assert_eq!(
+        unguarded_reads("request.subResource == 'status' || object.spec.site == 'edge'"),
+        ["request.subResource"]
+    );
+    assert_eq!(
+        unguarded_reads("'k' in request.userInfo.extra"),
+        ["request.userInfo.extra"]
+    );
+    assert!(
+        unguarded_reads("(has(request.subResource) && request.subResource == 'status') || x")
+            .is_empty()
+    );
+    // A guard after the read does not count.
+    assert_eq!(
+        unguarded_reads("request.subResource == 's' || has(request.subResource) && true"),
+        ["request.subResource"]
+    );
+    // A longer field name is not the optional one.
+    assert!(unguarded_reads("request.namespaceSelector == 1").is_empty());
+}
+
+/// Read from the files themselves (no kubectl needed): every admission
+/// policy under config/ reads optional request fields only behind `has()`.
+#[test]
+fn admission_policies_never_read_an_absent_request_field() {
+    let mut policies = 0;
+    let mut stack = vec![repo().join("config")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let docs = serde_saphyr::from_multiple::<Value>(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            for policy in docs
+                .iter()
+                .filter(|d| d["kind"] == "ValidatingAdmissionPolicy")
+            {
+                policies += 1;
+                for expr in cel_expressions(policy) {
+                    let bad = unguarded_reads(&expr);
+                    assert!(
+                        bad.is_empty(),
+                        "{}: {bad:?} read without has(...) &&: {expr}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        policies >= 2,
+        "the edge and node-daemon policies are under config/: found {policies}"
+    );
+}

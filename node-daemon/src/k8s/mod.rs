@@ -22,6 +22,7 @@
 
 pub mod pods;
 pub mod transport;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -108,6 +109,19 @@ impl Drop for ChainGuard<'_> {
     }
 }
 
+/// A client for the configured API server (in-cluster or KUBECONFIG)
+/// without kube-client's built-in retry of 429/503/504 answers. That layer
+/// (kube-client 5.0) retries one request up to 15 times, from 5 ms doubling
+/// to a 1000 s cap, so while a restarting API server answers 503 a single
+/// list, watch or write could stay pending for minutes, well past the
+/// server's return. Errors surface at once instead, and Weft's own
+/// backoffs ([`weft_api::backoff::API_RETRY`]) pace the retries.
+pub async fn client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)?)
+}
+
 /// Runs until `stop` is set: the shared loop ([`run_loop`]) over a
 /// [`KubeTransport`]. Reconcile passes (and so every namespace switch) happen
 /// on the calling thread; the API client runs on its own small runtime.
@@ -122,7 +136,7 @@ pub fn run<D: Dataplane>(
         .thread_name("kube-client")
         .enable_all()
         .build()?;
-    let client = rt.block_on(kube::Client::try_default())?;
+    let client = rt.block_on(client())?;
     let mut transport = KubeTransport::start(client.clone(), &cfg.node, &cfg.data_dir, rt.handle());
     if let Some(site) = &cfg.register_site {
         transport = transport.register_as(site);

@@ -13,13 +13,14 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::task::JoinHandle;
 use weft_api::meshnode::selectors_for_site;
 use weft_api::standalone::LocalWorkload;
 use weft_api::{AppSelector, MeshApp};
 
+use super::watch::retrying_watcher;
 use crate::workloads::Announcements;
 
 /// The field selector of the watch: pods scheduled to `node`.
@@ -56,11 +57,10 @@ impl PodAnnouncements {
     pub fn start(client: Client, node: &str, rt: &tokio::runtime::Handle) -> Self {
         let api: Api<Pod> = Api::all(client.clone());
         let (store, writer) = reflector::store();
-        let stream = watcher(
+        let stream = retrying_watcher(
             api,
             watcher::Config::default().fields(&on_node_selector(node)),
-        )
-        .default_backoff();
+        );
         let watch = rt.spawn(reflector::reflector(writer, stream).for_each(|ev| {
             if let Err(e) = ev {
                 tracing::warn!(error = %e, "pod watch failed; retrying with backoff");
@@ -68,8 +68,7 @@ impl PodAnnouncements {
             std::future::ready(())
         }));
         let (apps, writer) = reflector::store();
-        let stream =
-            watcher(Api::<MeshApp>::all(client), watcher::Config::default()).default_backoff();
+        let stream = retrying_watcher(Api::<MeshApp>::all(client), watcher::Config::default());
         // First hand only while the watch is healthy: cleared on an error,
         // set again once a (re)list completed or a change arrived.
         let apps_ready = Arc::new(AtomicBool::new(false));

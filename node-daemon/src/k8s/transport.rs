@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use weft_api::labels::{DAEMON_MANAGER, SITE_LABEL};
 use weft_api::{MeshNode, MeshNodeStatus};
 
+use super::watch::retrying_watcher;
 use crate::runner::Transport;
 use crate::storage;
 
@@ -44,6 +45,21 @@ pub fn registration_body(node: &str, site: &str) -> serde_json::Value {
 /// How often a failed registration is retried.
 const REGISTER_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Longest the loop waits for a status write or a registration: the client
+/// sets no read timeout, so a server that accepted the request and went
+/// silent would otherwise hold up every pass (and data plane repairs) too.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `fut`, or an error once [`WRITE_TIMEOUT`] has passed.
+async fn within_write_timeout<T>(
+    fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => anyhow::bail!("no answer from the API server within {WRITE_TIMEOUT:?}"),
+    }
+}
+
 /// Watches one MeshNode and writes its status.
 pub struct KubeTransport {
     node: String,
@@ -65,11 +81,10 @@ impl KubeTransport {
     pub fn start(client: Client, node: &str, data_dir: &Path, rt: &tokio::runtime::Handle) -> Self {
         let api: Api<MeshNode> = Api::all(client);
         let (store, writer) = reflector::store();
-        let stream = watcher(
+        let stream = retrying_watcher(
             api.clone(),
             watcher::Config::default().fields(&own_meshnode_selector(node)),
-        )
-        .default_backoff();
+        );
         let node_name = node.to_string();
         let watch = rt.spawn(reflector::reflector(writer, stream).for_each(move |ev| {
             if let Err(e) = ev {
@@ -129,7 +144,7 @@ impl KubeTransport {
         }
         self.last_register = Some(std::time::Instant::now());
         let rt = self.rt.clone();
-        match rt.block_on(self.register(&site)) {
+        match rt.block_on(within_write_timeout(self.register(&site))) {
             Ok(()) => tracing::info!(node = %self.node, %site, "registered as a MeshNode"),
             Err(e) => {
                 tracing::warn!(node = %self.node, %site, error = %e, "cannot register as a MeshNode; retrying")
@@ -196,7 +211,7 @@ impl Transport for KubeTransport {
     }
     fn write_status(&mut self, status: &MeshNodeStatus) -> anyhow::Result<()> {
         let rt = self.rt.clone();
-        Ok(rt.block_on(self.publish_status(status))?)
+        rt.block_on(within_write_timeout(self.publish_status(status)))
     }
 }
 
@@ -407,5 +422,117 @@ mod tests {
         assert_eq!(body["metadata"]["labels"]["weft.dev/site"], "edge");
         assert_eq!(body["spec"], json!({"site": "edge"}), "no apps, no keys");
         assert!(body.get("status").is_none());
+    }
+
+    /// A server that took the request and went silent costs the loop one
+    /// [`WRITE_TIMEOUT`], not a pass stalled for good. Paused time.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_holds_a_write_for_at_most_the_write_timeout() {
+        let started = tokio::time::Instant::now();
+        let r = within_write_timeout(std::future::pending::<Result<(), kube::Error>>()).await;
+        let err = r.expect_err("a write that never answers fails");
+        assert!(err.to_string().contains("no answer"), "{err}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= WRITE_TIMEOUT && waited < WRITE_TIMEOUT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    }
+
+    /// The next request, and whether it is a watch.
+    async fn next_request(
+        handle: &mut Handle,
+    ) -> (bool, tower_test::mock::SendResponse<Response<Body>>) {
+        let (req, send) = handle.next_request().await.expect("client dropped");
+        let watch = req.uri().query().unwrap_or_default().contains("watch=true");
+        (watch, send)
+    }
+
+    /// The API goes away for a minute (every request answered 503), then
+    /// comes back without the watch's resourceVersion (410). The daemon's
+    /// MeshNode watch keeps trying, at most [`API_RETRY`]`.max` apart, and
+    /// has listed again within that cap of the server's return (with
+    /// kube-runtime's default backoff this took up to a minute). Paused
+    /// (virtual) time: exact, and no real waiting.
+    #[tokio::test(start_paused = true)]
+    async fn after_an_api_outage_the_meshnode_watch_lists_again_within_the_backoff_cap() {
+        use tokio::time::Instant;
+        use weft_api::backoff::API_RETRY;
+        let dir = tempfile::tempdir().unwrap();
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let t = KubeTransport::start(
+            Client::new(svc, "default"),
+            "n1",
+            dir.path(),
+            &tokio::runtime::Handle::current(),
+        );
+        let outage = Duration::from_secs(60);
+        let list = |mn: MeshNode, rv: &str| {
+            ok(
+                json!({"apiVersion": "weft.dev/v1alpha1", "kind": "MeshNodeList",
+                      "metadata": {"resourceVersion": rv}, "items": [mn]}),
+            )
+        };
+        let server = tokio::spawn(async move {
+            let (watch, send) = next_request(&mut handle).await;
+            assert!(!watch);
+            send.send_response(list(meshnode("n1", 1), "7"));
+            // The server goes down: the open watch ends.
+            let (watch, send) = next_request(&mut handle).await;
+            assert!(watch);
+            send.send_response(Response::new(Body::empty()));
+            let down = Instant::now();
+            let mut attempts = Vec::new();
+            let send = loop {
+                let (watch, send) = next_request(&mut handle).await;
+                if down.elapsed() >= outage {
+                    assert!(watch, "resumes from its resourceVersion");
+                    break send;
+                }
+                attempts.push(Instant::now());
+                let unavailable = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "ServiceUnavailable", "code": 503, "message": "down"});
+                send.send_response(
+                    Response::builder()
+                        .status(503)
+                        .body(Body::from(unavailable.to_string().into_bytes()))
+                        .unwrap(),
+                );
+            };
+            // Back, but restarted: that resourceVersion is gone.
+            let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "reason": "Expired", "code": 410, "message": "too old resource version"}});
+            send.send_response(ok(gone));
+            let (watch, send) = next_request(&mut handle).await;
+            assert!(!watch, "a 410 is answered with a list");
+            let listed = Instant::now();
+            send.send_response(list(meshnode("n1", 2), "20"));
+            (down, attempts, listed)
+        });
+        let (down, attempts, listed) = server.await.unwrap();
+        let recovered_after = listed - (down + outage);
+        assert!(
+            recovered_after <= API_RETRY.max,
+            "listed {recovered_after:?} after the server came back"
+        );
+        for gap in attempts.windows(2).map(|w| w[1] - w[0]) {
+            assert!(gap <= API_RETRY.max, "{gap:?} between retries");
+        }
+        // Paced, not hammering: the capped delay is at least half the cap.
+        let most = 60 / (API_RETRY.max.as_secs() / 2) as usize + 10;
+        assert!(
+            (15..=most).contains(&attempts.len()),
+            "{} retries in a minute",
+            attempts.len()
+        );
+        let mut generation = None;
+        for _ in 0..100 {
+            generation = t.current().and_then(|m| m.metadata.generation);
+            if generation == Some(2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(generation, Some(2), "the store holds the relisted MeshNode");
     }
 }

@@ -16,6 +16,7 @@
 //! - [`lease`]: leader election over a `coordination.k8s.io` Lease.
 //! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`.
 //! - [`run`]: reflectors, triggers, backoff; the `weft-operator kubernetes` loop.
+//! - [`watch`]: every watch's retry policy, and an immediate relist on 410.
 
 pub mod error;
 pub mod lease;
@@ -23,7 +24,23 @@ pub mod metrics;
 pub mod reconcile;
 pub mod run;
 pub mod snapshot;
+pub mod watch;
 
 pub use error::Error;
 pub use reconcile::{reconcile_all, ReconcileReport};
 pub use snapshot::{snapshot_from_stores, Observed};
+
+/// A client for the configured API server (in-cluster or KUBECONFIG)
+/// without kube-client's built-in retry of 429/503/504 answers. That layer
+/// (kube-client 5.0) retries one request up to 15 times, from 5 ms doubling
+/// to a 1000 s cap, so while a restarting API server answers 503 a single
+/// list, watch or write could stay pending for minutes, well past the
+/// server's return (and a Lease renewal could outlast the Lease). Errors
+/// surface at once instead: watches retry on [`weft_api::backoff::API_RETRY`],
+/// a failed pass on the loop's backoff ([`run`]), the Lease every
+/// `renew_every`.
+pub async fn client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)?)
+}

@@ -21,6 +21,7 @@ use super::lease::{LeaderElector, LeaseConfig};
 use super::metrics::Metrics;
 use super::reconcile::reconcile_all;
 use super::snapshot::Observed;
+use super::watch::retrying_watcher;
 use crate::planner::PlannerConfig;
 
 /// Settings of the Kubernetes loop.
@@ -73,17 +74,18 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(move |o: &mut K| {
-            if strip {
-                o.managed_fields_mut().clear();
-            }
-        });
+    let stream = retrying_watcher(api, watcher::Config::default()).modify(move |o: &mut K| {
+        if strip {
+            o.managed_fields_mut().clear();
+        }
+    });
     let fut = reflector::reflector(writer, stream).for_each(move |ev| {
         let tx = tx.clone();
         async move {
             match ev {
+                // Yielded before each list attempt, also while the API is
+                // down: nothing changed, no reason for a pass.
+                Ok(watcher::Event::Init) => {}
                 Ok(_) => {
                     let _ = tx.try_send(());
                 }
