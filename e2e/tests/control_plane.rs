@@ -408,6 +408,13 @@ fn apps_go_ready_and_pods_on_two_nodes_talk_over_the_app_network() {
         );
     }
     assert!(c.pod(p1).app_address().unwrap().is_none(), "web-1 detached");
+    // Every write the operator sent was accepted (the fake API server never
+    // refused what a real one does).
+    let log = c.operator_log_tail(100_000);
+    assert!(
+        !log.contains("write failed") && !log.contains("is invalid"),
+        "the API server refused a write:\n{log}"
+    );
 
     let w = c.teardown();
     assert!(w.is_empty(), "teardown: {w:?}");
