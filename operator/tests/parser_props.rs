@@ -37,6 +37,8 @@ fn mutated() -> impl Strategy<Value = String> {
         for (at, byte, how) in edits {
             let at = at.min(b.len().saturating_sub(1));
             match how {
+                // A cut may have emptied the buffer: then replacing inserts.
+                0 if b.is_empty() => b.push(byte),
                 0 => b[at] = byte,
                 1 => b.insert(at, byte),
                 _ => {
