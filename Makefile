@@ -3,7 +3,7 @@ CARGO ?= cargo
 IMAGE_TAG ?= dev
 
 help: ## Show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 setup: ## Install system packages the demo and tests need (root)
 	bash scripts/setup.sh
@@ -22,6 +22,10 @@ bench: ## Print throughput, RTT and time-to-first-packet figures (root)
 	$(CARGO) build --release --workspace --bins -q
 	WEFT_BIN_DIR=$(CURDIR)/target/release target/release/weft-bench --examples examples
 
+bench-scale: ## Control plane at scale: plan time, writes, memory by cluster size (ARGS=--quick, --sizes ...)
+	$(CARGO) build --release -p weft-e2e --bin weft-bench-scale -q
+	target/release/weft-bench-scale $(ARGS)
+
 crds: ## Regenerate crds/*.yaml from the API types
 	$(CARGO) run -q -p weft-api --bin crdgen -- crds
 
@@ -35,4 +39,4 @@ images: ## Build the weft-operator:dev and weft-node-daemon:dev images (docker, 
 lint: ## Clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-.PHONY: help setup build demo test bench crds images fmt lint
+.PHONY: help setup build demo test bench bench-scale crds images fmt lint

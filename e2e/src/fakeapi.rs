@@ -94,6 +94,12 @@ impl FakeApi {
         self.state.lock().unwrap().seen.clone()
     }
 
+    /// Every request since the last call, forgotten by the server: a
+    /// long run (the scale benchmark) keeps no copy of what it already read.
+    pub fn take_seen(&self) -> Vec<Seen> {
+        std::mem::take(&mut self.state.lock().unwrap().seen)
+    }
+
     /// Writes a kubeconfig that points at this server.
     pub fn write_kubeconfig(&self, path: &Path) -> Result<()> {
         let cfg = format!(
@@ -113,6 +119,9 @@ impl Drop for FakeApi {
 }
 
 fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
+    // Head and body go out in two writes: without this, Nagle's algorithm
+    // holds the body until the client's delayed ACK, 40 ms per request.
+    let _ = conn.set_nodelay(true);
     let Ok(write_half) = conn.try_clone() else {
         return;
     };

@@ -35,6 +35,7 @@ pub mod migration;
 pub mod netns;
 pub mod probe;
 pub mod procs;
+pub mod scale;
 pub mod scenario;
 pub mod status;
 pub mod topology;
