@@ -72,8 +72,20 @@ fn is_zombie_or_gone(pid: u32) -> bool {
     }
 }
 
-/// Lists what is left of the run with this prefix.
+/// Lists what is left of the run with this prefix (and any child this
+/// process started and did not reap).
 pub fn find_leftovers(prefix: &str) -> Leftovers {
+    find(prefix, true)
+}
+
+/// What is left of the run with this prefix only: namespaces and processes
+/// named after it, not the children of other runs in this process (tests of
+/// one binary run in parallel).
+pub fn find_run_leftovers(prefix: &str) -> Leftovers {
+    find(prefix, false)
+}
+
+fn find(prefix: &str, with_children: bool) -> Leftovers {
     let netns = list_netns()
         .into_iter()
         .filter(|n| is_ours(n, prefix))
@@ -96,7 +108,7 @@ pub fn find_leftovers(prefix: &str) -> Leftovers {
             }
         }
     }
-    for pid in registered_children() {
+    for pid in registered_children().into_iter().filter(|_| with_children) {
         if !is_zombie_or_gone(pid) {
             procs.insert((pid, cmdline(pid).unwrap_or_default()));
         }
@@ -112,7 +124,15 @@ pub fn find_leftovers(prefix: &str) -> Leftovers {
 /// app namespaces, workload namespaces, node namespaces and WAN. Returns what
 /// it found.
 pub fn cleanup_leftovers(prefix: &str) -> Leftovers {
-    let found = find_leftovers(prefix);
+    remove(find_leftovers(prefix))
+}
+
+/// Like [`cleanup_leftovers`], for what [`find_run_leftovers`] finds.
+pub fn cleanup_run_leftovers(prefix: &str) -> Leftovers {
+    remove(find_run_leftovers(prefix))
+}
+
+fn remove(found: Leftovers) -> Leftovers {
     for (pid, _) in &found.processes {
         let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
     }

@@ -807,7 +807,7 @@ impl KubeCluster {
         }
         self.cp = None;
         self.sim = None;
-        let leftovers = crate::cleanup::cleanup_leftovers(&self.prefix);
+        let leftovers = crate::cleanup::cleanup_run_leftovers(&self.prefix);
         if !leftovers.is_empty() {
             warnings.push(format!("left behind: {leftovers}"));
         }
