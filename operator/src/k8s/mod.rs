@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod run;
 pub mod snapshot;
+pub mod trim;
 pub mod watch;
 
 pub use error::Error;

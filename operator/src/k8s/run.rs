@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use weft_api::{MeshApp, MeshNode, MeshPolicy, MeshSite};
@@ -21,6 +21,7 @@ use super::lease::{LeaderElector, LeaseConfig};
 use super::metrics::Metrics;
 use super::reconcile::reconcile_all;
 use super::snapshot::Observed;
+use super::trim;
 use super::watch::retrying_watcher;
 use crate::planner::PlannerConfig;
 
@@ -59,10 +60,14 @@ pub fn with_jitter(d: Duration) -> Duration {
     d + Duration::from_millis(nanos % max)
 }
 
+fn trim_meta<K: Resource>(o: &mut K) {
+    trim::meta(o.meta_mut());
+}
+
 fn reflect<K>(
     api: Api<K>,
     tx: mpsc::Sender<()>,
-    strip: bool,
+    trim: fn(&mut K),
 ) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()>
@@ -74,11 +79,8 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = retrying_watcher(api, watcher::Config::default()).modify(move |o: &mut K| {
-        if strip {
-            o.managed_fields_mut().clear();
-        }
-    });
+    // The caches keep only what the snapshot reads (see `trim`).
+    let stream = retrying_watcher(api, watcher::Config::default()).modify(trim);
     let fut = reflector::reflector(writer, stream).for_each(move |ev| {
         let tx = tx.clone();
         async move {
@@ -103,12 +105,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::channel::<()>(1);
-    let (apps, f1) = reflect(Api::<MeshApp>::all(client.clone()), tx.clone(), false);
-    let (policies, f2) = reflect(Api::<MeshPolicy>::all(client.clone()), tx.clone(), false);
-    let (sites, f3) = reflect(Api::<MeshSite>::all(client.clone()), tx.clone(), false);
-    let (meshnodes, f4) = reflect(Api::<MeshNode>::all(client.clone()), tx.clone(), false);
-    let (pods, f5) = reflect(Api::<Pod>::all(client.clone()), tx.clone(), true);
-    let (nodes, f6) = reflect(Api::<Node>::all(client.clone()), tx.clone(), true);
+    let (apps, f1) = reflect(Api::<MeshApp>::all(client.clone()), tx.clone(), trim_meta);
+    let (policies, f2) = reflect(
+        Api::<MeshPolicy>::all(client.clone()),
+        tx.clone(),
+        trim_meta,
+    );
+    let (sites, f3) = reflect(Api::<MeshSite>::all(client.clone()), tx.clone(), trim_meta);
+    let (meshnodes, f4) = reflect(Api::<MeshNode>::all(client.clone()), tx.clone(), trim_meta);
+    let (pods, f5) = reflect(Api::<Pod>::all(client.clone()), tx.clone(), trim::pod);
+    let (nodes, f6) = reflect(Api::<Node>::all(client.clone()), tx.clone(), trim::node);
     let tasks = [
         tokio::spawn(f1),
         tokio::spawn(f2),
