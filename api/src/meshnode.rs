@@ -51,12 +51,6 @@ pub struct MeshNodeSpec {
     /// cross-app flows crossing here, see `AppLink`), sorted by `app`.
     #[serde(default)]
     pub apps: Vec<AppAttachment>,
-    /// How every app that spans this node's site selects its workloads,
-    /// sorted by `app`. With it the daemon tells at once that a new workload
-    /// belongs to no app (the CNI plugin then passes it through untouched)
-    /// instead of waiting for the operator to plan it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub app_selectors: Vec<AppSelector>,
 }
 
 /// Which workloads an app claims (see [`AppSelector::claims`]).
@@ -83,8 +77,11 @@ impl AppSelector {
 }
 
 /// The selectors of the apps that span `site` (an app with no `sites` spans
-/// the local site only), sorted by app: what a MeshNode of that site needs
-/// to tell whether a new workload belongs to some app.
+/// the local site only), sorted by app: what a daemon of that site needs to
+/// tell whether a new workload belongs to some app. (Not part of the
+/// MeshNode, which would then grow with every app of the site: the daemon
+/// watches the apps itself, or reads the standalone operator's
+/// [`crate::standalone::StateDir::selectors_file`].)
 pub fn selectors_for_site<'a>(
     apps: impl IntoIterator<Item = (String, &'a crate::MeshAppSpec)>,
     site: &str,

@@ -8,6 +8,7 @@
 //! $STATE/nodes/<node>/meshnode.json   operator -> daemon    MeshNode (spec + metadata.generation)
 //! $STATE/nodes/<node>/workloads/*.json  workload source -> daemon  LocalWorkload (stand-in for CNI/Docker)
 //! $STATE/status/<kind>/<ns>.<name>.json operator        StoredStatus of user objects
+//! $STATE/selectors/<site>/<ns>.json   operator -> daemons   [AppSelector] of the namespace's apps spanning the site
 //! ```
 
 use std::collections::BTreeMap;
@@ -173,8 +174,50 @@ impl StateDir {
     pub fn manifest_status(&self) -> PathBuf {
         self.0.join("status").join("manifests.json")
     }
+    /// Directory of the per-site app selector files (see [`Self::selectors_file`]).
+    pub fn selectors_dir(&self) -> PathBuf {
+        self.0.join("selectors")
+    }
+    /// The selectors (a JSON `[AppSelector]`, sorted by app) of the apps of
+    /// `namespace` that span `site`, written by the operator only while
+    /// there is one; no file means no app there. A daemon reads the files
+    /// of the namespaces of its own workloads only, so what it reads never
+    /// grows with the apps elsewhere. `None` unless `site` is a DNS
+    /// subdomain and `namespace` a DNS label (no app can live anywhere
+    /// else); with those, `<site>/<namespace>.json` cannot collide.
+    pub fn selectors_file(&self, site: &str, namespace: &str) -> Option<PathBuf> {
+        crate::validation::dns_subdomain(site).ok()?;
+        crate::validation::dns_label(namespace).ok()?;
+        Some(
+            self.selectors_dir()
+                .join(site)
+                .join(format!("{namespace}.json")),
+        )
+    }
     /// The root.
     pub fn root(&self) -> &Path {
         &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_files_live_per_site_and_namespace_and_refuse_other_names() {
+        let d = StateDir::new("/state");
+        assert_eq!(
+            d.selectors_file("edge.example", "demo"),
+            Some(PathBuf::from("/state/selectors/edge.example/demo.json"))
+        );
+        // A namespace is a DNS label: no dot, no path, so no two
+        // (site, namespace) pairs share a file.
+        for ns in ["", "a.b", "../nodes", "Demo", "x/y"] {
+            assert_eq!(d.selectors_file("local", ns), None, "{ns:?}");
+        }
+        for site in ["", "..", "a/b", "-x"] {
+            assert_eq!(d.selectors_file(site, "demo"), None, "{site:?}");
+        }
     }
 }

@@ -298,9 +298,17 @@ fn pods_chained_after_bridge_talk_through_their_app() {
     drop(stray);
 
     // A pod announced (a Pod object exists) whose labels no app of this
-    // node's site claims: the daemon knows from its MeshNode's appSelectors
-    // and passes it through at once, without waiting for the operator
-    // (which never lists it; the ADD used to time out with code 11).
+    // node's site claims: the daemon knows from the operator's selector
+    // file of the pod's namespace (not from its MeshNode, which lists only
+    // its own apps) and passes it through at once, without waiting for the
+    // operator (which never lists it; the ADD used to time out with code 11).
+    let file = c.state().selectors_file("local", NS).unwrap();
+    let sels: Vec<weft_api::AppSelector> =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(
+        sels.iter().any(|a| a.app == format!("{NS}/web")),
+        "{sels:?}"
+    );
     let batch = NetNs::create(&format!("{}-pod-5", c.prefix())).unwrap();
     announce_pod(
         c.state(),
@@ -334,6 +342,50 @@ fn pods_chained_after_bridge_talk_through_their_app() {
         "bridge DEL pod-5",
     );
     drop(batch);
+
+    // The same in a namespace with no app at all (no selector file), even
+    // labelled like an app of another namespace: apps claim their own
+    // namespace's pods only.
+    let other_ns = "no-apps-here";
+    assert!(!c
+        .state()
+        .selectors_file("local", other_ns)
+        .unwrap()
+        .exists());
+    let lone = NetNs::create(&format!("{}-pod-6", c.prefix())).unwrap();
+    announce_pod(
+        c.state(),
+        &c.node_name(1),
+        "pod-6",
+        other_ns,
+        &[("weft.dev/app", "web"), ("tier", "web")],
+    )
+    .unwrap();
+    let mut rt6 = runtime(&c, 1, &lone, "pod-6");
+    rt6.pod.0 = other_ns.into();
+    let prev6 = must(
+        rt6.invoke(&plugin("bridge"), "ADD", &bridge_conf(&c, 1))
+            .unwrap(),
+        "bridge ADD pod-6",
+    );
+    let res6 = must(
+        rt6.invoke_chained(&weft, "ADD", &weft_conf(&c, 1), &prev6)
+            .unwrap(),
+        "weft-cni ADD of a pod in a namespace with no app",
+    );
+    assert_eq!(res6, prev6, "prevResult unchanged");
+    assert!(!has_link(lone.name(), WORKLOAD_IFACE));
+    must(
+        rt6.invoke_chained(&weft, "DEL", &weft_conf(&c, 1), &res6)
+            .unwrap(),
+        "DEL pod-6",
+    );
+    must(
+        rt6.invoke(&plugin("bridge"), "DEL", &bridge_conf(&c, 1))
+            .unwrap(),
+        "bridge DEL pod-6",
+    );
+    drop(lone);
 
     // The daemon is down: try again later (11), non-zero exit, nothing made.
     c.crash_daemon(2).unwrap();

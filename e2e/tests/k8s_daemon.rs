@@ -95,20 +95,27 @@ fn kubernetes_mode_serves_the_cni_chain_and_passes_pods_of_no_app() {
         vec![json!({
             "apiVersion": "weft.dev/v1alpha1", "kind": "MeshNode",
             "metadata": {"name": node, "generation": 1, "resourceVersion": "1"},
-            "spec": {"site": "local", "apps": [],
-                     "appSelectors": [{"app": "demo/web", "selector": {"matchLabels": {"tier": "web"}}}]},
+            "spec": {"site": "local", "apps": []},
         })],
     );
-    // The daemon's own view of the apps: web claims tier=web. (The
-    // MeshNode's appSelectors say the same; the first-hand view wins.)
+    // The daemon's own view of the apps (its MeshNode lists only the apps
+    // it runs, none yet): web claims tier=web in demo; an app of another
+    // namespace claims nothing here, whatever its selector.
     api.set_list(
         MESHAPPS,
         "MeshAppList",
-        vec![json!({
-            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshApp",
-            "metadata": {"name": "web", "namespace": "demo", "resourceVersion": "1"},
-            "spec": {"selector": {"matchLabels": {"tier": "web"}}},
-        })],
+        vec![
+            json!({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "MeshApp",
+                "metadata": {"name": "web", "namespace": "demo", "resourceVersion": "1"},
+                "spec": {"selector": {"matchLabels": {"tier": "web"}}},
+            }),
+            json!({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "MeshApp",
+                "metadata": {"name": "batch", "namespace": "jobs", "resourceVersion": "1"},
+                "spec": {"selector": {"matchLabels": {"tier": "batch"}}},
+            }),
+        ],
     );
     api.set_list(
         PODS,

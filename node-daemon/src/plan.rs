@@ -604,7 +604,6 @@ pub(crate) mod tests {
         let spec = MeshNodeSpec {
             site: "local".into(),
             apps: vec![attachment("n1", 1)],
-            ..Default::default()
         };
         let mut ipam = WorkloadIpam::default();
         let p = plan(
@@ -710,7 +709,6 @@ pub(crate) mod tests {
         let spec = MeshNodeSpec {
             site: "local".into(),
             apps,
-            ..Default::default()
         };
         plan(
             "n1",

@@ -30,7 +30,7 @@ use crate::dataplane::Dataplane;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
-use crate::standalone::FileTransport;
+use crate::standalone::{FileTransport, StateAnnouncements};
 use crate::status;
 use crate::status_backoff::Backoff as StatusBackoff;
 use crate::workloads::{DirSource, RuntimeSource, WorkloadSource};
@@ -108,7 +108,6 @@ pub fn run<D: Dataplane>(
         address: cfg.advertise_address.clone(),
         labels: Default::default(),
     })?;
-    let dir = DirSource::new(state.workloads_dir(&cfg.node));
     let rec = Reconciler::new(&cfg.node, &cfg.advertise_address, dp, &cfg.data_dir)?;
     let lc = LoopConfig {
         node: cfg.node.clone(),
@@ -117,12 +116,13 @@ pub fn run<D: Dataplane>(
         heartbeat: cfg.heartbeat,
     };
     let Some(socket) = &cfg.attach_socket else {
-        let mut source = dir;
+        let mut source = DirSource::new(state.workloads_dir(&cfg.node));
         run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
         return Ok(());
     };
     let attach = AttachService::start(socket, &cfg.data_dir, &stop)?;
-    let mut source = RuntimeSource::new(dir, attach.shared.clone());
+    let announcements = StateAnnouncements::new(state, &cfg.node);
+    let mut source = RuntimeSource::new(announcements, attach.shared.clone());
     run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
     attach.stop(&stop);
     Ok(())

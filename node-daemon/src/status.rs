@@ -219,7 +219,6 @@ mod tests {
             MeshNodeSpec {
                 site: "local".into(),
                 apps: vec![a],
-                ..Default::default()
             },
         );
         mn.metadata.generation = Some(1);

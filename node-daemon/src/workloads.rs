@@ -82,18 +82,24 @@ pub trait Announcements: Send {
         true
     }
 
-    /// The selectors of the apps spanning `site`, when this source watches
-    /// the apps itself (first hand, so a pod created together with its app
-    /// is not passed through before the operator has planned the app);
-    /// `None` uses the MeshNode's `spec.appSelectors`.
-    fn selectors(&self, _site: &str) -> Option<Vec<AppSelector>> {
-        None
-    }
+    /// The selectors of the apps of `namespaces` that span `site` (apps
+    /// claim workloads of their own namespace only, so these are all a
+    /// node needs, however many apps exist elsewhere); `None` while the
+    /// source cannot tell yet, and workloads then wait rather than pass
+    /// through as belonging to no app.
+    fn selectors(&self, site: &str, namespaces: &BTreeSet<String>) -> Option<Vec<AppSelector>>;
 }
 
+/// A bare directory of announcements knows nothing of the apps: an announced
+/// workload waits for its MeshNode (see
+/// [`crate::standalone::StateAnnouncements`] for the standalone daemon's).
 impl Announcements for DirSource {
     fn scan(&self) -> Vec<LocalWorkload> {
         DirSource::scan(self)
+    }
+
+    fn selectors(&self, _site: &str, _namespaces: &BTreeSet<String>) -> Option<Vec<AppSelector>> {
+        None
     }
 }
 
@@ -210,9 +216,9 @@ pub struct RuntimeSource {
 }
 
 /// How long an announcement must be known before it may pass through as
-/// belonging to no app: the MeshNode's `appSelectors` may have been written
-/// before the operator saw an app created together with the workload, and
-/// the daemon's own MeshApp watch may lag behind its pod watch.
+/// belonging to no app: the standalone operator's selector files may have
+/// been written before it saw an app created together with the workload,
+/// and the daemon's own MeshApp watch may lag behind its pod watch.
 pub const SETTLE: Duration = Duration::from_secs(3);
 
 impl RuntimeSource {
@@ -257,7 +263,15 @@ impl WorkloadSource for RuntimeSource {
     }
 
     fn after_pass(&mut self, spec: Option<&MeshNode>, status: &MeshNodeStatus) {
-        let selectors = spec.and_then(|s| self.dir.selectors(&s.spec.site));
+        // Only the namespaces of this node's registered, announced
+        // workloads: all that `outcomes` decides about.
+        let namespaces: BTreeSet<String> = self
+            .registered
+            .iter()
+            .filter(|r| self.merged.announced.contains_key(&registry::key(r)))
+            .map(|r| r.namespace.clone())
+            .collect();
+        let selectors = spec.and_then(|s| self.dir.selectors(&s.spec.site, &namespaces));
         let unsettled: BTreeSet<String> = self
             .first_seen
             .iter()

@@ -43,7 +43,6 @@ fn meshnode(generation: i64, apps: Vec<AppAttachment>) -> MeshNode {
         MeshNodeSpec {
             site: "local".into(),
             apps,
-            ..Default::default()
         },
     );
     mn.metadata.generation = Some(generation);

@@ -8,7 +8,9 @@ use k8s_openapi::jiff::Timestamp;
 use tempfile::TempDir;
 use weft_api::conditions::{self, types};
 use weft_api::standalone::{NodeRegistration, StateDir, StoredStatus};
-use weft_api::{AppStatus, MeshAppStatus, MeshNode, MeshNodeStatus, PeerStatus, WorkloadStatus};
+use weft_api::{
+    AppSelector, AppStatus, MeshAppStatus, MeshNode, MeshNodeStatus, PeerStatus, WorkloadStatus,
+};
 use weft_operator::standalone::files::write_json_atomic;
 use weft_operator::standalone::get::{self, Output};
 use weft_operator::standalone::{Standalone, StandaloneConfig};
@@ -70,6 +72,24 @@ impl Env {
 
     fn meshnode(&self, node: &str) -> MeshNode {
         serde_json::from_str(&fs::read_to_string(self.dir().meshnode(node)).unwrap()).unwrap()
+    }
+
+    /// The apps listed in `selectors/<site>/<namespace>.json`; `None`
+    /// when there is no such file.
+    fn selectors_or_none(&self, site: &str, namespace: &str) -> Option<Vec<String>> {
+        let path = self.dir().selectors_file(site, namespace).unwrap();
+        let body = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => panic!("{}: {e}", path.display()),
+        };
+        let sels: Vec<AppSelector> = serde_json::from_slice(&body).unwrap();
+        Some(sels.into_iter().map(|a| a.app).collect())
+    }
+
+    fn selectors(&self, site: &str, namespace: &str) -> Vec<String> {
+        self.selectors_or_none(site, namespace)
+            .unwrap_or_else(|| panic!("no selector file for {site}/{namespace}"))
     }
 
     fn app_status(&self, key: &str) -> Option<StoredStatus<MeshAppStatus>> {
@@ -174,6 +194,8 @@ fn first_tick_writes_specs_and_a_second_tick_writes_nothing() {
         "{json}"
     );
     assert!(r.status_writes.contains(&"meshapps/demo/web".to_string()));
+    assert_eq!(r.selector_writes, vec!["local/demo"]);
+    assert_eq!(env.selectors("local", "demo"), ["demo/db", "demo/web"]);
 
     let again = env.op.tick(t(1)).unwrap();
     assert!(!again.wrote_anything(), "{again:?}");
@@ -388,14 +410,10 @@ fn deleting_a_manifest_removes_its_apps() {
 
     fs::remove_file(env.manifests.path().join("extra.yml")).unwrap();
     let r = env.op.tick(t(1)).unwrap();
-    // n2 loses the app; n1 (same site) loses its selector.
-    assert_eq!(r.meshnode_writes, vec!["n1", "n2"]);
-    assert!(!env
-        .meshnode("n1")
-        .spec
-        .app_selectors
-        .iter()
-        .any(|a| a.app == "demo/api"));
+    // n2 loses the app; n1 never had it. Its namespace's selectors lose it.
+    assert_eq!(r.meshnode_writes, vec!["n2"]);
+    assert_eq!(r.selector_writes, vec!["local/demo"]);
+    assert_eq!(env.selectors("local", "demo"), ["demo/db", "demo/web"]);
     assert_eq!(r.status_deletes, vec!["meshapps/demo/api"]);
     let n2 = env.meshnode("n2");
     assert_eq!(n2.metadata.generation, Some(2));
@@ -537,4 +555,140 @@ fn every_example_manifest_parses() {
     let r = op.tick(t(0)).unwrap();
     assert!(r.errors.is_empty() && r.manifest_errors.is_empty(), "{r:?}");
     assert!(r.status_writes.contains(&"meshsites/local".to_string()));
+}
+
+fn workload_in(namespace: &str, name: &str, labels: &[(&str, &str)]) -> WorkloadStatus {
+    WorkloadStatus {
+        namespace: namespace.into(),
+        ..workload(name, labels)
+    }
+}
+
+fn write_manifest(env: &Env, file: &str, yaml: &str) {
+    fs::write(env.manifests.path().join(file), yaml).unwrap();
+}
+
+/// The bytes of every node's meshnode.json.
+fn meshnode_bytes(env: &Env, nodes: &[String]) -> Vec<Vec<u8>> {
+    nodes
+        .iter()
+        .map(|n| fs::read(env.dir().meshnode(n)).unwrap())
+        .collect()
+}
+
+#[test]
+fn adding_one_app_rewrites_only_the_meshnodes_of_its_nodes() {
+    let mut env = Env::new();
+    let nodes: Vec<String> = (1..=6).map(|i| format!("n{i}")).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        env.register(n, &format!("192.0.2.{}", i + 1));
+        let mut w = vec![workload(&format!("w{i}"), &[("tier", "web")])];
+        // Workloads of an app that does not exist yet, on n2 and n5.
+        if n == "n2" || n == "n5" {
+            w.push(workload_in(
+                "ops",
+                &format!("a{i}"),
+                &[("weft.dev/app", "api")],
+            ));
+        }
+        env.report(n, &status(t(0), None, w, vec![]));
+    }
+    env.op.tick(t(0)).unwrap();
+    assert!(!env.op.tick(t(1)).unwrap().wrote_anything());
+    let before = meshnode_bytes(&env, &nodes);
+
+    write_manifest(
+        &env,
+        "api.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshApp\nmetadata: {name: api, namespace: ops}\nspec: {}\n",
+    );
+    let r = env.op.tick(t(2)).unwrap();
+    let after = meshnode_bytes(&env, &nodes);
+    let rewritten: Vec<&str> = nodes
+        .iter()
+        .zip(before.iter().zip(&after))
+        .filter(|(_, (b, a))| b != a)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(rewritten, ["n2", "n5"], "only the app's nodes");
+    assert_eq!(r.meshnode_writes, rewritten);
+    // Every other node learns of it from its namespace's selector file.
+    assert_eq!(r.selector_writes, vec!["local/ops"]);
+    assert_eq!(env.selectors("local", "ops"), ["ops/api"]);
+}
+
+#[test]
+fn selector_files_follow_the_apps_of_each_namespace_and_site() {
+    let mut env = Env::new();
+    two_nodes(&env, t(0));
+    env.op.tick(t(0)).unwrap();
+    assert_eq!(env.selectors("local", "demo"), ["demo/db", "demo/web"]);
+    assert_eq!(env.selectors_or_none("local", "ops"), None);
+
+    // A new namespace's app: its own file appears, demo's is not touched.
+    // One for another site waits until that site has a node.
+    write_manifest(
+        &env,
+        "ops.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshApp\nmetadata: {name: api, namespace: ops}\nspec: {}\n---\n\
+         apiVersion: weft.dev/v1alpha1\nkind: MeshApp\nmetadata: {name: far, namespace: ops}\nspec: {sites: [edge]}\n",
+    );
+    let r = env.op.tick(t(1)).unwrap();
+    assert_eq!(r.selector_writes, vec!["local/ops"]);
+    assert_eq!(env.selectors("local", "ops"), ["ops/api"]);
+    assert!(!env.dir().selectors_dir().join("edge").exists());
+
+    // A rejected app still claims its workloads (they wait for it rather
+    // than start unmeshed): it is listed all the same.
+    write_manifest(
+        &env,
+        "clash.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshApp\nmetadata: {name: clash, namespace: demo}\nspec: {addressSpace: 10.100.128.0/17}\n",
+    );
+    let r = env.op.tick(t(2)).unwrap();
+    assert!(
+        r.errors.iter().any(|e| e.object == "MeshApp demo/clash"),
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(r.selector_writes, vec!["local/demo"]);
+    assert_eq!(
+        env.selectors("local", "demo"),
+        ["demo/clash", "demo/db", "demo/web"]
+    );
+
+    // A node at the edge: its site gets the files of the apps spanning it.
+    let edge = NodeRegistration {
+        name: "e1".into(),
+        site: "edge".into(),
+        address: "192.0.2.9".into(),
+        labels: Default::default(),
+    };
+    write_json_atomic(&env.dir().registration("e1"), &edge).unwrap();
+    let r = env.op.tick(t(3)).unwrap();
+    assert_eq!(r.selector_writes, vec!["edge/ops"]);
+    assert_eq!(env.selectors("edge", "ops"), ["ops/far"]);
+    assert_eq!(env.selectors_or_none("edge", "demo"), None);
+    assert!(!env.op.tick(t(4)).unwrap().wrote_anything());
+
+    // The namespace's last apps go: so do its files (and the edge's
+    // directory, left empty).
+    fs::remove_file(env.manifests.path().join("ops.yaml")).unwrap();
+    let r = env.op.tick(t(5)).unwrap();
+    assert_eq!(r.selector_deletes, vec!["edge/ops", "local/ops"]);
+    assert!(r.selector_writes.is_empty(), "{r:?}");
+    assert_eq!(env.selectors_or_none("local", "ops"), None);
+    assert!(!env.dir().selectors_dir().join("edge").exists());
+    assert_eq!(
+        env.selectors("local", "demo"),
+        ["demo/clash", "demo/db", "demo/web"]
+    );
+
+    // A restarted operator finds the files as it left them.
+    let mut restarted = Standalone::new(StandaloneConfig::new(
+        env.manifests.path(),
+        env.state.path(),
+    ));
+    let r = restarted.tick(t(6)).unwrap();
+    assert!(!r.wrote_anything(), "{r:?}");
 }

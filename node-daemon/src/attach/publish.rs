@@ -31,7 +31,11 @@ pub struct Claims<'a> {
     pub announced: &'a BTreeMap<String, BTreeMap<String, String>>,
     /// Whether a workload missing from `announced` belongs to no app.
     pub complete: bool,
-    /// The apps' selectors first hand; `None` uses the MeshNode's.
+    /// The selectors of the apps of the registered workloads' namespaces
+    /// that span this node's site, from the apps themselves (the daemon's
+    /// MeshApp watch, or the standalone operator's selector files; never
+    /// the MeshNode, which holds only this node's apps). `None`: cannot
+    /// tell yet.
     pub selectors: Option<&'a [AppSelector]>,
     /// Announcements too recent to trust any view of the apps about.
     pub unsettled: &'a BTreeSet<String>,
@@ -41,9 +45,9 @@ pub struct Claims<'a> {
 /// - not announced, when announcements are `complete` → [`Outcome::NotMeshed`]
 ///   (in standalone mode the announcement is the Pod object: no app can
 ///   select a workload that was never announced);
-/// - announced, not in `unsettled`, and no app of `selectors` (else the
-///   MeshNode's `appSelectors`) claims it → [`Outcome::NotMeshed`], without
-///   waiting for the operator;
+/// - announced, not in `unsettled`, and no app of `selectors` claims it →
+///   [`Outcome::NotMeshed`], without waiting for the operator to plan it
+///   (with no `selectors`, or no MeshNode, nothing is known: it waits);
 /// - status gives it an app and address, and `weft0` in its netns carries
 ///   that address → [`Outcome::Attached`];
 /// - otherwise nothing yet (an ADD keeps waiting).
@@ -69,12 +73,11 @@ pub fn outcomes(
             }
             continue;
         };
-        let claimed = spec.is_none_or(|s| {
-            selectors
-                .unwrap_or(&s.spec.app_selectors)
-                .iter()
-                .any(|a| a.claims(&r.namespace, labels))
-        });
+        let claimed = match (spec, selectors) {
+            (Some(_), Some(sel)) => sel.iter().any(|a| a.claims(&r.namespace, labels)),
+            // Cannot tell: a workload of an app must never start unmeshed.
+            _ => true,
+        };
         if !claimed {
             // Any view of the apps may lag behind an app created together
             // with this workload (the operator's, or a watch stream behind
@@ -200,12 +203,16 @@ mod tests {
                     address_space: "10.100.0.0/16".into(),
                     ..Default::default()
                 }],
-                app_selectors: vec![AppSelector {
-                    app: "demo/web".into(),
-                    selector: Default::default(),
-                }],
             },
         )
+    }
+
+    /// The selectors of namespace `demo`: `demo/web` only.
+    fn web() -> [AppSelector; 1] {
+        [AppSelector {
+            app: "demo/web".into(),
+            selector: Default::default(),
+        }]
     }
 
     fn status(name: &str, address: Option<&str>) -> MeshNodeStatus {
@@ -351,14 +358,26 @@ mod tests {
 
     #[test]
     fn a_workload_no_app_selector_claims_passes_at_once() {
-        // Announced, but labelled for an app that does not span this node:
+        // Announced, but labelled for an app its namespace does not have:
         // no need to wait for the operator.
         let o = unplanned(
             "p3",
             Claims {
                 announced: &announced("p3", "billing"),
                 complete: false,
-                selectors: None,
+                selectors: Some(&web()),
+                unsettled: &BTreeSet::new(),
+            },
+            Some(&spec()),
+        );
+        assert_eq!(o["demo/p3"], Outcome::NotMeshed);
+        // No app at all in its namespace: the same.
+        let o = unplanned(
+            "p3",
+            Claims {
+                announced: &announced("p3", "billing"),
+                complete: false,
+                selectors: Some(&[]),
                 unsettled: &BTreeSet::new(),
             },
             Some(&spec()),
@@ -370,7 +389,7 @@ mod tests {
             Claims {
                 announced: &announced("p3", "web"),
                 complete: false,
-                selectors: None,
+                selectors: Some(&web()),
                 unsettled: &BTreeSet::new(),
             },
             Some(&spec()),
@@ -382,7 +401,7 @@ mod tests {
             Claims {
                 announced: &announced("p3", "billing"),
                 complete: false,
-                selectors: None,
+                selectors: Some(&web()),
                 unsettled: &BTreeSet::new(),
             },
             None,
@@ -391,28 +410,48 @@ mod tests {
     }
 
     #[test]
-    fn second_hand_selectors_pass_a_workload_only_once_it_settled() {
+    fn without_selectors_no_workload_passes_as_of_no_app() {
+        // The source cannot tell yet (the MeshApp watch has not listed, a
+        // selector file is unreadable): a settled workload still waits,
+        // whatever its MeshNode lists.
+        for app in ["billing", "web"] {
+            let o = unplanned(
+                "p6",
+                Claims {
+                    announced: &announced("p6", app),
+                    complete: true,
+                    selectors: None,
+                    unsettled: &BTreeSet::new(),
+                },
+                Some(&spec()),
+            );
+            assert!(o.is_empty(), "{app}: {o:?}");
+        }
+    }
+
+    #[test]
+    fn no_app_is_trusted_only_once_the_workload_settled() {
         let unsettled: BTreeSet<String> = ["demo/p5".to_string()].into();
         let o = unplanned(
             "p5",
             Claims {
                 announced: &announced("p5", "billing"),
                 complete: true,
-                selectors: None,
+                selectors: Some(&web()),
                 unsettled: &unsettled,
             },
             Some(&spec()),
         );
         assert!(
             o.is_empty(),
-            "the operator may not have seen its app yet: {o:?}"
+            "the selectors may not show its app yet: {o:?}"
         );
         let o = unplanned(
             "p5",
             Claims {
                 announced: &announced("p5", "billing"),
                 complete: true,
-                selectors: None,
+                selectors: Some(&web()),
                 unsettled: &BTreeSet::new(),
             },
             Some(&spec()),
@@ -421,9 +460,9 @@ mod tests {
     }
 
     #[test]
-    fn first_hand_selectors_win_over_a_spec_the_operator_has_not_updated_yet() {
+    fn a_workload_of_an_app_its_meshnode_does_not_list_yet_waits() {
         // The pod's app was created a moment ago: the MeshNode does not
-        // list it yet, the daemon's own watch of the apps does.
+        // list it yet, the selectors (watch or file) do.
         let billing = [AppSelector {
             app: "demo/billing".into(),
             selector: Default::default(),

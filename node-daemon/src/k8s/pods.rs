@@ -2,10 +2,12 @@
 //! name and labels (the runtime tells the netns over the attach socket).
 //! One watch with `spec.nodeName=<node>`, so the daemon never lists the
 //! cluster's other pods. A second watch, on MeshApps, tells first hand
-//! whether some app claims a new pod: a pod created together with its app
-//! reaches the daemon before the operator has planned the app, and must
-//! wait for it rather than pass through unmeshed.
+//! whether some app claims a new pod (the MeshNode lists only this node's
+//! apps): a pod created together with its app reaches the daemon before
+//! the operator has planned the app, and must wait for it rather than pass
+//! through unmeshed.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -98,11 +100,16 @@ impl PodAnnouncements {
     }
 }
 
-/// The selectors of `apps` (not being deleted) spanning `site`.
-pub fn app_selectors(apps: &[Arc<MeshApp>], site: &str) -> Vec<AppSelector> {
+/// The selectors of `apps` of `namespaces` (not being deleted) spanning `site`.
+pub fn app_selectors(
+    apps: &[Arc<MeshApp>],
+    site: &str,
+    namespaces: &BTreeSet<String>,
+) -> Vec<AppSelector> {
     selectors_for_site(
         apps.iter()
             .filter(|a| a.metadata.deletion_timestamp.is_none())
+            .filter(|a| namespaces.contains(a.namespace().as_deref().unwrap_or_default()))
             .map(|a| {
                 (
                     format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()),
@@ -131,12 +138,12 @@ impl Announcements for PodAnnouncements {
         false
     }
 
-    /// First hand once the MeshApp watch has listed; until then the
-    /// MeshNode's `appSelectors`.
-    fn selectors(&self, site: &str) -> Option<Vec<AppSelector>> {
+    /// Once the MeshApp watch has listed (and while it is healthy); until
+    /// then nobody can tell, and the pods wait.
+    fn selectors(&self, site: &str, namespaces: &BTreeSet<String>) -> Option<Vec<AppSelector>> {
         self.apps_ready
             .load(Ordering::Relaxed)
-            .then(|| app_selectors(&self.apps.state(), site))
+            .then(|| app_selectors(&self.apps.state(), site, namespaces))
     }
 }
 
@@ -187,8 +194,8 @@ mod tests {
     }
 
     #[test]
-    fn apps_of_the_site_and_not_being_deleted_give_the_selectors() {
-        let app = |name: &str, sites: &[&str], deleting: bool| {
+    fn apps_of_the_site_and_namespaces_asked_and_not_being_deleted_give_the_selectors() {
+        let app = |ns: &str, name: &str, sites: &[&str], deleting: bool| {
             let mut a = MeshApp::new(
                 name,
                 MeshAppSpec {
@@ -196,7 +203,7 @@ mod tests {
                     ..Default::default()
                 },
             );
-            a.metadata.namespace = Some("demo".into());
+            a.metadata.namespace = Some(ns.into());
             if deleting {
                 a.metadata.deletion_timestamp =
                     Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -206,15 +213,22 @@ mod tests {
             Arc::new(a)
         };
         let apps = [
-            app("web", &[], false),
-            app("edge-only", &["edge"], false),
-            app("gone", &[], true),
+            app("demo", "web", &[], false),
+            app("demo", "edge-only", &["edge"], false),
+            app("demo", "gone", &[], true),
+            app("ops", "api", &[], false),
+            app("other", "elsewhere", &[], false),
         ];
-        let names: Vec<String> = app_selectors(&apps, "local")
-            .into_iter()
-            .map(|s| s.app)
-            .collect();
-        assert_eq!(names, ["demo/web"]);
+        let names = |namespaces: &[&str]| -> Vec<String> {
+            let namespaces = namespaces.iter().map(|n| n.to_string()).collect();
+            app_selectors(&apps, "local", &namespaces)
+                .into_iter()
+                .map(|s| s.app)
+                .collect()
+        };
+        assert_eq!(names(&["demo"]), ["demo/web"]);
+        assert_eq!(names(&["demo", "ops"]), ["demo/web", "ops/api"]);
+        assert!(names(&["none"]).is_empty());
     }
 
     #[test]

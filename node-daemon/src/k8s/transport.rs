@@ -239,7 +239,6 @@ mod tests {
             MeshNodeSpec {
                 site: "local".into(),
                 apps: vec![],
-                ..Default::default()
             },
         );
         mn.metadata.generation = Some(generation);

@@ -345,7 +345,6 @@ mod tests {
                     listen_port: 51820,
                     ..Default::default()
                 }],
-                ..Default::default()
             },
         );
         mn.status = Some(MeshNodeStatus {

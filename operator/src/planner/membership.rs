@@ -23,13 +23,29 @@ pub fn claims(app: &ObjectKey, spec: &MeshAppSpec, namespace: &str, labels: &Lab
     weft_api::meshnode::claims(&app.namespace, &app.name, &spec.selector, namespace, labels)
 }
 
-/// The selectors of the apps that span `site`, for a MeshNode of that site
-/// (the rule is shared with the daemon: [`weft_api::meshnode::selectors_for_site`]).
-pub fn node_selectors<'a>(
+/// The selectors of the apps that span `site`, by the apps' namespace (an
+/// app claims workloads of its own namespace only, so a daemon needs just
+/// the namespaces of its workloads). The rule is shared with the daemon:
+/// [`weft_api::meshnode::selectors_for_site`].
+pub fn site_selectors<'a>(
     apps: impl IntoIterator<Item = (&'a ObjectKey, &'a MeshAppSpec)>,
     site: &str,
-) -> Vec<AppSelector> {
-    weft_api::meshnode::selectors_for_site(apps.into_iter().map(|(k, s)| (k.to_string(), s)), site)
+) -> BTreeMap<String, Vec<AppSelector>> {
+    let mut by_namespace: BTreeMap<&str, Vec<(String, &MeshAppSpec)>> = BTreeMap::new();
+    for (k, spec) in apps {
+        by_namespace
+            .entry(k.namespace.as_str())
+            .or_default()
+            .push((k.to_string(), spec));
+    }
+    by_namespace
+        .into_iter()
+        .map(|(ns, apps)| {
+            let sels = weft_api::meshnode::selectors_for_site(apps, site);
+            (ns.to_string(), sels)
+        })
+        .filter(|(_, sels)| !sels.is_empty())
+        .collect()
 }
 
 /// Workloads per app and node.
@@ -128,20 +144,38 @@ mod tests {
             (edge.clone(), app(&["edge"], Selector::default())),
             (both.clone(), app(&["local", "edge"], Selector::default())),
         ];
-        let local = node_selectors(apps.iter().map(|(k, s)| (k, s)), "local");
-        let names: Vec<&str> = local.iter().map(|a| a.app.as_str()).collect();
-        assert_eq!(names, ["demo/web", "ops/both"], "no sites = local only");
-        assert_eq!(local[0].selector, Selector::labels([("tier", "web")]));
-        let at_edge = node_selectors(apps.iter().map(|(k, s)| (k, s)), "edge");
-        let names: Vec<&str> = at_edge.iter().map(|a| a.app.as_str()).collect();
-        assert_eq!(names, ["demo/edge-app", "ops/both"]);
+        let names = |site: &str| -> Vec<(String, Vec<String>)> {
+            site_selectors(apps.iter().map(|(k, s)| (k, s)), site)
+                .into_iter()
+                .map(|(ns, sels)| (ns, sels.into_iter().map(|a| a.app).collect()))
+                .collect()
+        };
+        let pairs = |v: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
+            v.iter()
+                .map(|(ns, a)| (ns.to_string(), a.iter().map(|x| x.to_string()).collect()))
+                .collect()
+        };
+        assert_eq!(
+            names("local"),
+            pairs(&[("demo", &["demo/web"]), ("ops", &["ops/both"])]),
+            "no sites = local only"
+        );
+        assert_eq!(
+            names("edge"),
+            pairs(&[("demo", &["demo/edge-app"]), ("ops", &["ops/both"])])
+        );
+        let local = site_selectors(apps.iter().map(|(k, s)| (k, s)), "local");
+        assert_eq!(
+            local["demo"][0].selector,
+            Selector::labels([("tier", "web")])
+        );
     }
 
     #[test]
     fn the_daemon_and_the_planner_agree_on_claims() {
         let key = ObjectKey::new("demo", "web");
         let spec = app(&[], Selector::labels([("tier", "web")]));
-        let sel = &node_selectors([(&key, &spec)], "local")[0];
+        let sel = &site_selectors([(&key, &spec)], "local")["demo"][0];
         for (ns, labels, want) in [
             ("demo", vec![("tier", "web")], true),
             ("demo", vec![("weft.dev/app", "web")], true),

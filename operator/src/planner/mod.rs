@@ -30,8 +30,8 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use weft_api::labels::LOCAL_SITE;
 use weft_api::{
-    AppAttachment, EnforcedApp, EnforcedPolicy, EnforcedSite, MeshAppSpec, MeshNodeSpec,
-    MeshPolicySpec, MeshSiteSpec,
+    AppAttachment, AppSelector, EnforcedApp, EnforcedPolicy, EnforcedSite, MeshAppSpec,
+    MeshNodeSpec, MeshPolicySpec, MeshSiteSpec,
 };
 
 pub use error::{ErrorKind, PlanError};
@@ -143,6 +143,13 @@ pub struct Plan {
     pub hubs: BTreeMap<String, HubOutcome>,
     /// Problems with nodes themselves (e.g. an unusable address).
     pub node_errors: BTreeMap<String, Vec<PlanError>>,
+    /// site → namespace → selectors of the apps of that namespace spanning
+    /// that site, for every site with a node: how a daemon tells at once
+    /// that a new workload belongs to no app. Kept out of the MeshNodes
+    /// (one new app would rewrite every MeshNode of its site); the
+    /// standalone operator writes them per namespace, Kubernetes daemons
+    /// watch the MeshApps themselves.
+    pub selectors: BTreeMap<String, BTreeMap<String, Vec<AppSelector>>>,
 }
 
 impl Plan {
@@ -530,12 +537,16 @@ pub fn plan(s: &Snapshot) -> Plan {
             MeshNodeSpec {
                 site: node_site(info).to_string(),
                 apps: Vec::new(),
-                app_selectors: membership::node_selectors(
-                    selecting.iter().map(|(k, v)| (*k, *v)),
-                    node_site(info),
-                ),
             },
         );
+    }
+    let node_sites: BTreeSet<&str> = s.nodes.values().map(node_site).collect();
+    for site in node_sites {
+        let by_namespace =
+            membership::site_selectors(selecting.iter().map(|(k, v)| (*k, *v)), site);
+        if !by_namespace.is_empty() {
+            out.selectors.insert(site.to_string(), by_namespace);
+        }
     }
     for (key, by_node) in &placed {
         let (Some(range), Some(v), Some(id)) = (ranges.get(key), valid.get(key), ids.get(key))

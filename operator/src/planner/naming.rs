@@ -162,7 +162,6 @@ mod tests {
                     app_id: app_id_candidate(&new, 0),
                     ..Default::default()
                 }],
-                ..Default::default()
             },
         );
         let ids = assign_app_ids([&old, &new], &prev);

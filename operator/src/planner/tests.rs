@@ -983,3 +983,72 @@ fn a_meshnode_never_grows_past_the_size_bound() {
         .unwrap();
     assert!(on_n3.peers.iter().all(|p| p.node != "n2"));
 }
+
+#[test]
+fn adding_an_app_changes_only_the_meshnodes_of_the_nodes_it_runs_on() {
+    let mut s = base();
+    let before = plan(&s);
+    feed_back(&mut s, &before);
+    s.apps.insert(k("ops/new"), MeshAppSpec::default());
+    s.add_workload("n3", k("ops/x1"), labels(&[("weft.dev/app", "new")]));
+    s.add_public_key("n3", k("ops/new"), "key-n3-new".to_string());
+    let after = plan(&s);
+    let changed: Vec<&str> = after
+        .nodes
+        .iter()
+        .filter(|(n, spec)| before.nodes.get(*n) != Some(spec))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(changed, ["n3"]);
+    // What other nodes need to know of it reaches them apart from their
+    // MeshNodes: the selectors of its namespace at its site.
+    let ops: Vec<&str> = after.selectors["local"]["ops"]
+        .iter()
+        .map(|a| a.app.as_str())
+        .collect();
+    assert_eq!(ops, ["ops/new"]);
+    assert_eq!(
+        after.selectors["local"]["demo"], before.selectors["local"]["demo"],
+        "other namespaces are untouched"
+    );
+}
+
+#[test]
+fn selectors_cover_every_app_of_a_site_with_nodes_invalid_ones_included() {
+    let mut s = base();
+    // Rejected: its workloads must wait for it, not start unmeshed.
+    s.apps.insert(
+        k("demo/zz-bad"),
+        MeshAppSpec {
+            address_space: Some("banana".into()),
+            ..Default::default()
+        },
+    );
+    s.apps.insert(
+        k("ops/far"),
+        MeshAppSpec {
+            sites: vec!["edge1".into()],
+            ..Default::default()
+        },
+    );
+    let p = plan(&s);
+    assert!(!p.apps[&k("demo/zz-bad")].planned);
+    let demo: Vec<&str> = p.selectors["local"]["demo"]
+        .iter()
+        .map(|a| a.app.as_str())
+        .collect();
+    assert_eq!(demo, ["demo/auto", "demo/good", "demo/zz-bad"]);
+    assert!(
+        !p.selectors.contains_key("edge1"),
+        "no node at edge1, nobody to tell"
+    );
+    assert!(!p.selectors["local"].contains_key("ops"));
+    s.nodes.get_mut("n3").unwrap().site = "edge1".into();
+    let p = plan(&s);
+    let far: Vec<&str> = p.selectors["edge1"]["ops"]
+        .iter()
+        .map(|a| a.app.as_str())
+        .collect();
+    assert_eq!(far, ["ops/far"]);
+    assert!(!p.selectors["edge1"].contains_key("demo"));
+}

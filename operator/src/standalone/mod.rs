@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  manifests/*.yaml ──┐                          ┌─► nodes/<n>/meshnode.json (only on change)
-//!  nodes/<n>/node.json ├─► Snapshot ─► plan ─────┤
+//!  nodes/<n>/node.json ├─► Snapshot ─► plan ─────┼─► selectors/<site>/<ns>.json (only on change)
 //!  nodes/<n>/status.json┘                        └─► status/<kind>/<key>.json (only on change)
 //! ```
 //!
@@ -30,8 +30,8 @@ use weft_api::standalone::{
     ManifestFileStatus, ManifestProblem, NodeRegistration, StateDir, StoredStatus,
 };
 use weft_api::{
-    MeshAppSpec, MeshAppStatus, MeshHubSpec, MeshHubStatus, MeshNode, MeshNodeSpec, MeshNodeStatus,
-    MeshPolicySpec, MeshPolicyStatus, MeshSiteSpec, MeshSiteStatus,
+    AppSelector, MeshAppSpec, MeshAppStatus, MeshHubSpec, MeshHubStatus, MeshNode, MeshNodeSpec,
+    MeshNodeStatus, MeshPolicySpec, MeshPolicyStatus, MeshSiteSpec, MeshSiteStatus,
 };
 
 use crate::planner::{self, ErrorKind, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
@@ -84,6 +84,10 @@ impl StandaloneConfig {
 pub struct TickReport {
     /// Nodes whose meshnode.json was written.
     pub meshnode_writes: Vec<String>,
+    /// Selector files written, as `site/namespace`.
+    pub selector_writes: Vec<String>,
+    /// Selector files removed (no app left there), as `site/namespace`.
+    pub selector_deletes: Vec<String>,
     /// Status files written, as `plural/key`.
     pub status_writes: Vec<String>,
     /// Status files removed (object gone), as `plural/key`.
@@ -98,6 +102,8 @@ impl TickReport {
     /// Whether the tick wrote or removed any file.
     pub fn wrote_anything(&self) -> bool {
         !(self.meshnode_writes.is_empty()
+            && self.selector_writes.is_empty()
+            && self.selector_deletes.is_empty()
             && self.status_writes.is_empty()
             && self.status_deletes.is_empty())
     }
@@ -127,6 +133,9 @@ pub struct Standalone {
     logged: BTreeSet<String>,
     /// What `status/manifests.json` holds.
     manifest_status: Option<Vec<ManifestFileStatus>>,
+    /// What `selectors/` holds, by (site, namespace): read once, then
+    /// memory is authoritative (as for stored statuses).
+    selector_files: Option<BTreeMap<(String, String), Vec<AppSelector>>>,
 }
 
 /// The stored statuses of every user kind.
@@ -220,6 +229,7 @@ impl Standalone {
             stored: None,
             logged: BTreeSet::new(),
             manifest_status: None,
+            selector_files: None,
         }
     }
 
@@ -397,7 +407,11 @@ impl Standalone {
         // 4. Plan.
         let plan = planner::plan(&snapshot);
 
-        // 5. MeshNode specs, only when changed.
+        // 5. Selector files before MeshNodes: a daemon that sees a spec
+        // naming a new app also finds the app among its namespace's selectors.
+        self.sync_selectors(&plan.selectors, &mut report)?;
+
+        // 5b. MeshNode specs, only when changed.
         for (name, spec) in &plan.nodes {
             if snapshot.previous_specs.get(name) == Some(spec) && generations.contains_key(name) {
                 continue;
@@ -527,6 +541,64 @@ impl Standalone {
         Ok(report)
     }
 
+    /// Writes `selectors/<site>/<namespace>.json` where it differs from
+    /// `wanted` and removes the files of namespaces no app is left in. A
+    /// failed write stops the tick (the MeshNodes must not get ahead of the
+    /// selectors); what was done is remembered, the rest retried.
+    fn sync_selectors(
+        &mut self,
+        wanted: &BTreeMap<String, BTreeMap<String, Vec<AppSelector>>>,
+        report: &mut TickReport,
+    ) -> anyhow::Result<()> {
+        let dir = &self.dir;
+        let have = self
+            .selector_files
+            .get_or_insert_with(|| load_selector_files(dir));
+        let wanted_keys: BTreeSet<(&str, &str)> = wanted
+            .iter()
+            .flat_map(|(site, by_ns)| by_ns.keys().map(move |ns| (site.as_str(), ns.as_str())))
+            .collect();
+        let gone: Vec<(String, String)> = have
+            .keys()
+            .filter(|(site, ns)| !wanted_keys.contains(&(site.as_str(), ns.as_str())))
+            .cloned()
+            .collect();
+        for (site, ns) in gone {
+            if let Some(path) = dir.selectors_file(&site, &ns) {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("removing {}", path.display()))
+                    }
+                }
+                // Only once the site has no file left.
+                if let Some(site_dir) = path.parent() {
+                    let _ = fs::remove_dir(site_dir);
+                }
+            }
+            report.selector_deletes.push(format!("{site}/{ns}"));
+            have.remove(&(site, ns));
+        }
+        for (site, by_ns) in wanted {
+            for (ns, selectors) in by_ns {
+                let key = (site.clone(), ns.clone());
+                if have.get(&key) == Some(selectors) {
+                    continue;
+                }
+                // Sites and namespaces of planned apps are validated names.
+                let Some(path) = dir.selectors_file(site, ns) else {
+                    continue;
+                };
+                files::write_json_atomic(&path, selectors)
+                    .with_context(|| format!("writing the selectors of {site}/{ns}"))?;
+                report.selector_writes.push(format!("{site}/{ns}"));
+                have.insert(key, selectors.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// Re-reads node.json and status.json of every node directory, keeping
     /// the last good content of files that do not parse. Returns the nodes
     /// that have a registration.
@@ -575,6 +647,44 @@ impl Standalone {
         self.nodes.retain(|n, _| seen.contains(n));
         seen
     }
+}
+
+/// The selector files on disk, by (site, namespace). An unreadable one
+/// counts as empty, so the next sync rewrites or removes it.
+fn load_selector_files(dir: &StateDir) -> BTreeMap<(String, String), Vec<AppSelector>> {
+    let mut out = BTreeMap::new();
+    let Ok(sites) = fs::read_dir(dir.selectors_dir()) else {
+        return out;
+    };
+    for site in sites.flatten() {
+        let Some(site) = site.file_name().to_str().map(String::from) else {
+            continue;
+        };
+        let Ok(files) = fs::read_dir(dir.selectors_dir().join(&site)) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name();
+            let Some(ns) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            // Only files this layout names (not a leftover temp file).
+            let Some(path) = dir.selectors_file(&site, ns) else {
+                continue;
+            };
+            match files::read_json::<Vec<AppSelector>>(&path) {
+                Ok(Some(v)) => {
+                    out.insert((site.clone(), ns.to_string()), v);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %format!("{e:#}"), "unreadable selector file; replacing it");
+                    out.insert((site.clone(), ns.to_string()), Vec::new());
+                }
+            }
+        }
+    }
+    out
 }
 
 fn write_meshnode(
