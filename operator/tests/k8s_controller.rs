@@ -23,7 +23,10 @@ use weft_api::{
     AppStatus, MeshApp, MeshAppSpec, MeshNode, MeshNodeSpec, MeshNodeStatus, MeshPolicy,
     MeshPolicySpec, MeshSite, MeshSiteSpec, PeerStatus, Selector,
 };
-use weft_operator::k8s::{reconcile_all, snapshot_from_stores, Observed, ReconcileReport};
+use weft_operator::k8s::{
+    reconcile_all, reconcile_all_limited, snapshot_from_stores, Observed, ReconcileReport,
+    STATUS_WRITES_PER_PASS,
+};
 use weft_operator::planner::{self, PlannerConfig};
 use weft_operator::status::{self as app_status, NodeView};
 
@@ -816,4 +819,84 @@ async fn a_failure_already_reported_is_neither_rewritten_nor_announced_again() {
     let later = now() + k8s_openapi::jiff::SignedDuration::from_secs(60);
     let report = pass(obs, later, |v| v.no_more_requests()).await;
     assert!(!report.wrote_anything());
+}
+
+/// Runs one pass with a status budget, answering every request; returns the
+/// report and the paths of the status patches, in order.
+async fn pass_with_budget(obs: &Observed, budget: usize) -> (ReconcileReport, Vec<String>) {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "default");
+    let task = {
+        let obs = obs.clone();
+        tokio::spawn(async move {
+            let r = reconcile_all_limited(
+                &client,
+                &obs,
+                &PlannerConfig::default(),
+                now(),
+                None,
+                budget,
+            )
+            .await;
+            drop(client);
+            r
+        })
+    };
+    let mut verifier = ApiServerVerifier::new(
+        tower_test::mock::pair::<Request<Body>, Response<Body>>().1,
+        obs,
+    );
+    let mut statuses = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let (parts, body) = req.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let path = parts.uri.path().to_string();
+        if path.ends_with("/status") {
+            statuses.push(path.clone());
+        }
+        let seen = Seen {
+            method: parts.method,
+            path,
+            query: String::new(),
+            content_type: String::new(),
+            body,
+        };
+        let answer = verifier.answer(&seen);
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+    }
+    (task.await.unwrap().unwrap(), statuses)
+}
+
+/// Start-up with many objects whose status changes: a pass sends at most its
+/// budget of status patches (in key order), says how many it left, and never
+/// holds back a MeshNode.
+#[tokio::test]
+async fn status_writes_over_the_pass_budget_are_left_for_the_next_pass() {
+    let mut obs = two_nodes_with_web_pods();
+    obs.apps = (1..=5)
+        .map(|i| {
+            Arc::new(with_finalizer(app(
+                &format!("a{i}"),
+                MeshAppSpec::default(),
+            )))
+        })
+        .collect();
+    let (report, statuses) = pass_with_budget(&obs, 2).await;
+    assert_eq!(
+        statuses,
+        [
+            "/apis/weft.dev/v1alpha1/namespaces/demo/meshapps/a1/status",
+            "/apis/weft.dev/v1alpha1/namespaces/demo/meshapps/a2/status"
+        ]
+    );
+    assert_eq!(report.statuses_deferred, 3);
+    assert_eq!(report.meshnode_writes, ["n1", "n2"]);
+    let (report, statuses) = pass_with_budget(&obs, STATUS_WRITES_PER_PASS).await;
+    assert_eq!(statuses.len(), 5);
+    assert_eq!(report.statuses_deferred, 0);
 }

@@ -28,7 +28,9 @@ pub mod trim;
 pub mod watch;
 
 pub use error::Error;
-pub use reconcile::{reconcile_all, ReconcileReport};
+pub use reconcile::{
+    reconcile_all, reconcile_all_limited, ReconcileReport, STATUS_WRITES_PER_PASS,
+};
 pub use snapshot::{snapshot_from_stores, Observed};
 
 /// A client for the configured API server (in-cluster or KUBECONFIG)

@@ -56,7 +56,17 @@ pub struct ReconcileReport {
     pub peers_up: u32,
     /// Peer links planned, over all apps.
     pub peers_total: u32,
+    /// Status writes left for the next pass (over the pass's budget).
+    pub statuses_deferred: usize,
 }
+
+/// How many status patches one pass may send. At start-up (or after a
+/// planner change) every object's status may differ at once: thousands of
+/// patches in one burst would hammer the API server, so each pass sends at
+/// most this many, in key order, and the rest follow in the next passes
+/// (the run loop paces them, see `run`). MeshNode specs are never held
+/// back: they are the data plane.
+pub const STATUS_WRITES_PER_PASS: usize = 200;
 
 impl ReconcileReport {
     /// Whether the pass sent any write.
@@ -213,8 +223,8 @@ async fn warn_event<K: Resource<DynamicType = ()>>(recorder: &Recorder, obj: &K,
     }
 }
 
-/// Runs one pass: plan the stores' contents, write the differences.
-#[tracing::instrument(skip_all, fields(apps = obs.apps.len(), nodes = obs.nodes.len()))]
+/// Runs one pass: plan the stores' contents, write the differences (at most
+/// [`STATUS_WRITES_PER_PASS`] status patches).
 pub async fn reconcile_all(
     client: &Client,
     obs: &Observed,
@@ -222,7 +232,21 @@ pub async fn reconcile_all(
     now: Timestamp,
     instance: Option<&str>,
 ) -> Result<ReconcileReport, Error> {
+    reconcile_all_limited(client, obs, config, now, instance, STATUS_WRITES_PER_PASS).await
+}
+
+/// [`reconcile_all`] with a given status-write budget.
+#[tracing::instrument(skip_all, fields(apps = obs.apps.len(), nodes = obs.nodes.len()))]
+pub async fn reconcile_all_limited(
+    client: &Client,
+    obs: &Observed,
+    config: &PlannerConfig,
+    now: Timestamp,
+    instance: Option<&str>,
+    status_budget: usize,
+) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
+    let mut budget = status_budget;
     // One object's failed write must not hold up the others (a status the
     // server refuses would otherwise block every finalizer release): the
     // pass goes on and reports the first failure at its end, so it is retried.
@@ -345,6 +369,11 @@ pub async fn reconcile_all(
         {
             continue;
         }
+        if budget == 0 {
+            report.statuses_deferred += 1;
+            continue;
+        }
+        budget -= 1;
         let api: Api<MeshApp> = Api::namespaced(client.clone(), &key.namespace);
         if let Err(e) =
             apply_status(api, &key.name, key.to_string(), &new, app.status.as_ref()).await
@@ -374,6 +403,11 @@ pub async fn reconcile_all(
         {
             continue;
         }
+        if budget == 0 {
+            report.statuses_deferred += 1;
+            continue;
+        }
+        budget -= 1;
         let api: Api<MeshPolicy> = Api::namespaced(client.clone(), &key.namespace);
         if let Err(e) =
             apply_status(api, &key.name, key.to_string(), &new, pol.status.as_ref()).await
@@ -401,6 +435,11 @@ pub async fn reconcile_all(
         {
             continue;
         }
+        if budget == 0 {
+            report.statuses_deferred += 1;
+            continue;
+        }
+        budget -= 1;
         let api: Api<MeshSite> = Api::all(client.clone());
         if let Err(e) = apply_status(api, &name, name.clone(), &new, site.status.as_ref()).await {
             defer(e, &mut failed);

@@ -40,6 +40,9 @@ pub struct RunConfig {
     pub metrics: Arc<Metrics>,
 }
 
+/// Pause before the pass that sends status writes a pass had to defer.
+pub const STATUS_PACING: Duration = Duration::from_secs(1);
+
 /// First retry delay after a failed pass.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest retry delay.
@@ -192,6 +195,18 @@ pub async fn run(
                 logged = now;
                 if report.wrote_anything() {
                     tracing::debug!(?report, "pass wrote");
+                }
+                if report.statuses_deferred > 0 {
+                    // Paced: at most one budget of status patches a second.
+                    tracing::info!(
+                        deferred = report.statuses_deferred,
+                        "status writes over this pass's budget follow in the next"
+                    );
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(STATUS_PACING) => {}
+                    }
+                    due = true;
                 }
             }
             Err(e) => {
