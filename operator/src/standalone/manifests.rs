@@ -560,7 +560,9 @@ impl ManifestCache {
                 cached.ever_good = true;
             }
         }
-        self.files.retain(|p, _| paths.contains(p));
+        // `paths` is sorted: a lookup, not a scan (a scan per file made this
+        // quadratic, most of a pass with thousands of manifest files).
+        self.files.retain(|p, _| paths.binary_search(p).is_ok());
         Ok(fresh)
     }
 
