@@ -15,7 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::task::JoinHandle;
 use weft_api::meshnode::selectors_for_site;
@@ -45,6 +45,40 @@ pub fn announcement(pod: &Pod) -> Option<LocalWorkload> {
     })
 }
 
+/// What the pod cache keeps: identity, labels, deletion and phase (what
+/// [`announcement`] reads); containers, volumes and the rest go as they arrive.
+pub fn trim_pod(p: &mut Pod) {
+    trim_meta(&mut p.metadata);
+    p.metadata.annotations = None;
+    p.metadata.owner_references = None;
+    p.spec = None;
+    let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+    p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        phase,
+        ..Default::default()
+    });
+}
+
+/// What the MeshApp cache keeps: identity, deletion, `spec.selector` and
+/// `spec.sites` (what [`app_selectors`] reads). The cache holds every app
+/// of the cluster, so each entry is kept to a few hundred bytes.
+pub fn trim_app(a: &mut MeshApp) {
+    trim_meta(&mut a.metadata);
+    a.metadata.annotations = None;
+    a.metadata.labels = None;
+    a.spec = weft_api::MeshAppSpec {
+        selector: std::mem::take(&mut a.spec.selector),
+        sites: std::mem::take(&mut a.spec.sites),
+        ..Default::default()
+    };
+    a.status = None;
+}
+
+fn trim_meta(m: &mut kube::api::ObjectMeta) {
+    m.managed_fields = None;
+    m.finalizers = None;
+}
+
 /// Announcements from the pod watch, app selectors from the MeshApp watch.
 pub struct PodAnnouncements {
     store: Store<Pod>,
@@ -62,7 +96,8 @@ impl PodAnnouncements {
         let stream = retrying_watcher(
             api,
             watcher::Config::default().fields(&on_node_selector(node)),
-        );
+        )
+        .modify(trim_pod);
         let watch = rt.spawn(reflector::reflector(writer, stream).for_each(|ev| {
             if let Err(e) = ev {
                 tracing::warn!(error = %e, "pod watch failed; retrying with backoff");
@@ -70,7 +105,8 @@ impl PodAnnouncements {
             std::future::ready(())
         }));
         let (apps, writer) = reflector::store();
-        let stream = retrying_watcher(Api::<MeshApp>::all(client), watcher::Config::default());
+        let stream = retrying_watcher(Api::<MeshApp>::all(client), watcher::Config::default())
+            .modify(trim_app);
         // First hand only while the watch is healthy: cleared on an error,
         // set again once a (re)list completed or a change arrived.
         let apps_ready = Arc::new(AtomicBool::new(false));
@@ -234,5 +270,43 @@ mod tests {
     #[test]
     fn the_watch_is_restricted_to_this_node() {
         assert_eq!(on_node_selector("n1"), "spec.nodeName=n1");
+    }
+
+    #[test]
+    fn trimmed_caches_answer_the_same_and_are_small() {
+        let app: MeshApp = serde_json::from_value(serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "MeshApp",
+            "metadata": {"name": "web", "namespace": "demo", "labels": {"team": "a"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "x".repeat(2000)},
+                "finalizers": ["weft.dev/cleanup"],
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"selector": {"matchLabels": {"tier": "web"}}, "sites": ["local", "edge"],
+                     "addressSpace": "10.100.0.0/16", "mtu": 1380},
+            "status": {"addressSpace": "10.100.0.0/16", "nodes": "2/2", "peers": "1/1",
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "m", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        }))
+        .unwrap();
+        let mut trimmed = app.clone();
+        trim_app(&mut trimmed);
+        let demo: BTreeSet<String> = ["demo".to_string()].into();
+        for site in ["local", "edge", "other"] {
+            assert_eq!(
+                app_selectors(&[Arc::new(app.clone())], site, &demo),
+                app_selectors(&[Arc::new(trimmed.clone())], site, &demo),
+                "{site}"
+            );
+        }
+        assert_eq!(app_selectors(&[Arc::new(trimmed.clone())], "edge", &demo).len(), 1);
+        let (before, after) = (
+            serde_json::to_vec(&app).unwrap().len(),
+            serde_json::to_vec(&trimmed).unwrap().len(),
+        );
+        assert!(after * 5 < before, "{before} -> {after} bytes");
+        for phase in ["Running", "Succeeded"] {
+            let p = pod("web-1", phase);
+            let mut t = p.clone();
+            trim_pod(&mut t);
+            assert_eq!(announcement(&p), announcement(&t), "{phase}");
+        }
     }
 }
