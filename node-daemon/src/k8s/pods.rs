@@ -296,7 +296,10 @@ mod tests {
                 "{site}"
             );
         }
-        assert_eq!(app_selectors(&[Arc::new(trimmed.clone())], "edge", &demo).len(), 1);
+        assert_eq!(
+            app_selectors(&[Arc::new(trimmed.clone())], "edge", &demo).len(),
+            1
+        );
         let (before, after) = (
             serde_json::to_vec(&app).unwrap().len(),
             serde_json::to_vec(&trimmed).unwrap().len(),
