@@ -33,6 +33,10 @@ enum Command {
         /// Pool app ranges are allocated from.
         #[arg(long, default_value = weft_operator::planner::snapshot::DEFAULT_POOL)]
         pool: Ipv4Net,
+        /// Size of each app range taken from the pool (apps without
+        /// spec.addressSpace): the pool holds 2^(this - pool's prefix) apps.
+        #[arg(long, default_value_t = weft_operator::planner::snapshot::DEFAULT_APP_PREFIX_LEN)]
+        app_prefix_length: u8,
         /// Do one pass and exit.
         #[arg(long)]
         once: bool,
@@ -46,6 +50,10 @@ enum Command {
         /// Pool app ranges are allocated from.
         #[arg(long, env = "WEFT_POOL", default_value = weft_operator::planner::snapshot::DEFAULT_POOL)]
         pool: Ipv4Net,
+        /// Size of each app range taken from the pool (apps without
+        /// spec.addressSpace): the pool holds 2^(this - pool's prefix) apps.
+        #[arg(long, env = "WEFT_APP_PREFIX_LENGTH", default_value_t = weft_operator::planner::snapshot::DEFAULT_APP_PREFIX_LEN)]
+        app_prefix_length: u8,
         /// Seconds between full passes when nothing changes (lost-node detection).
         #[arg(long, default_value_t = 10)]
         resync_seconds: u64,
@@ -107,7 +115,7 @@ async fn shutdown_signal() {
 }
 
 fn kubernetes(
-    pool: Ipv4Net,
+    planner: weft_operator::planner::PlannerConfig,
     resync_seconds: u64,
     leader_lease: Option<String>,
     identity: Option<String>,
@@ -127,11 +135,9 @@ fn kubernetes(
             Some(LeaseConfig::new(ns, name, &identity))
         }
     };
+    let pool = planner.pool;
     let cfg = RunConfig {
-        planner: weft_operator::planner::PlannerConfig {
-            pool,
-            ..Default::default()
-        },
+        planner,
         lease,
         resync: Duration::from_secs(resync_seconds),
         debounce: Duration::from_millis(200),
@@ -165,14 +171,17 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Kubernetes {
             pool,
+            app_prefix_length,
             resync_seconds,
             leader_lease,
             identity,
             metrics_address,
         } => {
             init_logs();
+            let planner = weft_operator::planner::PlannerConfig::with_pool(pool, app_prefix_length)
+                .map_err(anyhow::Error::msg)?;
             kubernetes(
-                pool,
+                planner,
                 resync_seconds,
                 leader_lease,
                 identity,
@@ -184,15 +193,17 @@ fn main() -> anyhow::Result<()> {
             state,
             interval_ms,
             pool,
+            app_prefix_length,
             once,
             traffic_refresh_seconds,
         } => {
             init_logs();
-            let mut op = Standalone::new(
-                StandaloneConfig::new(manifests, state)
-                    .with_pool(pool)
-                    .with_traffic_refresh(traffic_refresh_seconds),
-            );
+            let planner = weft_operator::planner::PlannerConfig::with_pool(pool, app_prefix_length)
+                .map_err(anyhow::Error::msg)?;
+            let mut cfg = StandaloneConfig::new(manifests, state)
+                .with_traffic_refresh(traffic_refresh_seconds);
+            cfg.planner = planner;
+            let mut op = Standalone::new(cfg);
             tracing::info!(%pool, interval_ms, "standalone operator starting");
             loop {
                 match op.tick(Timestamp::now()) {

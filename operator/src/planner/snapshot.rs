@@ -105,6 +105,29 @@ pub const DEFAULT_APP_PREFIX_LEN: u8 = 16;
 /// Default first listen port.
 pub const DEFAULT_BASE_LISTEN_PORT: u16 = 51820;
 
+impl PlannerConfig {
+    /// The defaults with this pool and app range size, checked: the ranges
+    /// must fit the pool, and leave room for node slices (at most /30).
+    pub fn with_pool(pool: Ipv4Net, app_prefix_len: u8) -> Result<Self, String> {
+        if app_prefix_len < pool.prefix_len() || app_prefix_len > 30 {
+            return Err(format!(
+                "--app-prefix-length {app_prefix_len}: app ranges must fit the pool {pool} (/{} to /30)",
+                pool.prefix_len()
+            ));
+        }
+        Ok(PlannerConfig {
+            pool,
+            app_prefix_len,
+            ..Default::default()
+        })
+    }
+
+    /// How many apps the pool holds without explicit ranges.
+    pub fn pool_capacity(&self) -> u64 {
+        1u64 << (self.app_prefix_len - self.pool.prefix_len().min(self.app_prefix_len))
+    }
+}
+
 impl Default for PlannerConfig {
     fn default() -> Self {
         PlannerConfig {
@@ -181,5 +204,25 @@ impl Snapshot {
     /// Records the public key a node reported for an app.
     pub fn add_public_key(&mut self, node: &str, app: ObjectKey, key: impl Into<String>) {
         self.public_keys.insert((node.to_string(), app), key.into());
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::PlannerConfig;
+
+    #[test]
+    fn the_app_range_size_is_checked_against_the_pool() {
+        let pool = "10.0.0.0/8".parse().unwrap();
+        let c = PlannerConfig::with_pool(pool, 20).unwrap();
+        assert_eq!(c.pool_capacity(), 4096);
+        for bad in [7, 31] {
+            let e = PlannerConfig::with_pool(pool, bad).unwrap_err();
+            assert!(
+                e.contains("--app-prefix-length") && e.contains("10.0.0.0/8"),
+                "{e}"
+            );
+        }
+        assert_eq!(PlannerConfig::default().pool_capacity(), 64);
     }
 }
