@@ -18,6 +18,7 @@ pub mod crossapp;
 pub mod error;
 pub mod ipam;
 pub mod membership;
+pub mod memo;
 pub mod naming;
 pub mod peers;
 pub mod policy;

@@ -136,6 +136,8 @@ pub struct Standalone {
     /// What `selectors/` holds, by (site, namespace): read once, then
     /// memory is authoritative (as for stored statuses).
     selector_files: Option<BTreeMap<(String, String), Vec<AppSelector>>>,
+    /// The last plan: a tick whose input did not change does not replan.
+    memo: planner::memo::PlanMemo,
 }
 
 /// The stored statuses of every user kind.
@@ -230,6 +232,7 @@ impl Standalone {
             logged: BTreeSet::new(),
             manifest_status: None,
             selector_files: None,
+            memo: Default::default(),
         }
     }
 
@@ -405,7 +408,7 @@ impl Standalone {
         }
 
         // 4. Plan.
-        let plan = planner::plan(&snapshot);
+        let plan = self.memo.plan(&snapshot);
 
         // 5. Selector files before MeshNodes: a daemon that sees a spec
         // naming a new app also finds the app among its namespace's selectors.
