@@ -116,13 +116,20 @@ pub fn allocate(pool: &Ipv4Net, prefix: u8, taken: &[Ipv4Net]) -> Option<Ipv4Net
 
 /// Gives every valid app a range. Order: apps keeping their previous range
 /// (lowest `namespace/name` first), then new explicit ranges, then
-/// allocations from the pool. Returns the ranges and one error per app that
+/// allocations from the pool; `reserved` ranges (held by apps planned
+/// elsewhere) are taken before all of them. Returns the ranges and one error per app that
 /// got none.
-pub fn assign_ranges(
-    requests: &BTreeMap<ObjectKey, RangeRequest>,
+pub fn assign_ranges<'a>(
+    requests: &'a BTreeMap<ObjectKey, RangeRequest>,
     config: &PlannerConfig,
+    reserved: &'a [(Ipv4Net, ObjectKey)],
 ) -> (BTreeMap<ObjectKey, Ipv4Net>, Vec<(ObjectKey, PlanError)>) {
     let mut taken = Taken::new();
+    for (net, key) in reserved {
+        if taken.find(net).is_none() {
+            taken.insert(*net, key);
+        }
+    }
     let mut errored: BTreeSet<&ObjectKey> = BTreeSet::new();
     let mut ranges = BTreeMap::new();
     let mut errors = Vec::new();

@@ -16,6 +16,7 @@
 pub mod accept;
 pub mod crossapp;
 pub mod error;
+pub mod incremental;
 pub mod ipam;
 pub mod membership;
 pub mod memo;
@@ -36,7 +37,7 @@ use weft_api::{
 };
 
 pub use error::{ErrorKind, PlanError};
-pub use snapshot::{Labels, NodeInfo, ObjectKey, PlannerConfig, Snapshot};
+pub use snapshot::{Labels, NodeInfo, ObjectKey, PlannerConfig, Reserved, Snapshot};
 
 use ipam::RangeRequest;
 use peers::PeerCandidate;
@@ -218,7 +219,7 @@ pub fn plan(s: &Snapshot) -> Plan {
             (key.clone(), req)
         })
         .collect();
-    let (ranges, range_errors) = ipam::assign_ranges(&requests, &s.config);
+    let (ranges, range_errors) = ipam::assign_ranges(&requests, &s.config, &s.reserved.ranges);
     for (key, err) in range_errors {
         app_errors.entry(key).or_default().push(err);
     }
@@ -408,7 +409,7 @@ pub fn plan(s: &Snapshot) -> Plan {
     }
     for (node, apps) in &apps_on_node {
         let previous = s.previous_specs.get(*node);
-        let mut used: BTreeSet<u16> = BTreeSet::new();
+        let mut used: BTreeSet<u16> = s.reserved.ports.get(*node).cloned().unwrap_or_default();
         for key in apps {
             let name = key.to_string();
             let prev = previous

@@ -3,7 +3,7 @@
 //! ordered maps, so iteration order never depends on how it was filled.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use ipnet::Ipv4Net;
@@ -55,7 +55,26 @@ impl ObjectKey {
 
 impl Ord for ObjectKey {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.bytes().cmp(other.bytes())
+        // The order of `namespace/name` without building it: namespaces
+        // first, and where one namespace is a prefix of the other, its `/`
+        // against the other's next byte. Byte by byte only in the odd case
+        // of a `/` inside a namespace (keys from `parse` never have one).
+        let (a, b) = (self.namespace.as_bytes(), other.namespace.as_bytes());
+        if a == b {
+            return self.name.cmp(&other.name);
+        }
+        let n = a.len().min(b.len());
+        match a[..n].cmp(&b[..n]) {
+            Ordering::Equal => {
+                let (x, y) = (a.get(n).unwrap_or(&b'/'), b.get(n).unwrap_or(&b'/'));
+                if x != y {
+                    x.cmp(y)
+                } else {
+                    self.bytes().cmp(other.bytes())
+                }
+            }
+            o => o,
+        }
     }
 }
 
@@ -182,6 +201,21 @@ pub struct Snapshot {
     /// Nodes left out of planning because what they registered is unusable
     /// (an invalid name or site), with why.
     pub node_errors: BTreeMap<String, Vec<PlanError>>,
+    /// Allocations held by apps that are not in this snapshot (see
+    /// [`Reserved`]); empty for a plan of the whole cluster.
+    pub reserved: Reserved,
+}
+
+/// What apps planned elsewhere hold: the incremental planner plans a few
+/// apps against the rest of the cluster, whose allocations are fixed, so
+/// these are never handed out here. Empty for a plan of the whole cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// App ranges, in app order (a range overlapping an earlier one is
+    /// skipped, as the full plan skips it).
+    pub ranges: Vec<(Ipv4Net, ObjectKey)>,
+    /// Listen ports in use, by node.
+    pub ports: BTreeMap<String, BTreeSet<u16>>,
 }
 
 impl Snapshot {
@@ -224,5 +258,20 @@ mod config_tests {
             );
         }
         assert_eq!(PlannerConfig::default().pool_capacity(), 64);
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::ObjectKey;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Keys sort as the strings `namespace/name` users see.
+        #[test]
+        fn keys_sort_as_their_strings(a in "[a-c/-]{0,4}", b in "[a-c/-]{0,4}", x in "[a-c/-]{0,3}", y in "[a-c/-]{0,3}") {
+            let (k1, k2) = (ObjectKey::new(&a, &x), ObjectKey::new(&b, &y));
+            prop_assert_eq!(k1.cmp(&k2), k1.to_string().cmp(&k2.to_string()));
+        }
     }
 }

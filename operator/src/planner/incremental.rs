@@ -1,0 +1,912 @@
+//! Incremental planning: a change costs work in proportion to the apps it
+//! touches, not to the size of the cluster. The full [`plan`] stays the
+//! reference; this module only decides which apps a change can affect and
+//! plans those again, with the same [`plan`], against the rest of the
+//! cluster held fixed.
+//!
+//! ```text
+//!  new Snapshot ─► diff against the last one ─► dirty apps ─► closure (claims, policies)
+//!                                                                │
+//!  last Plan ◄─ merge (nodes of the dirty apps) ◄─ plan(sub-snapshot + Reserved)
+//! ```
+//!
+//! Why the two agree: every allocation is sticky (ids, ranges, slices and
+//! ports stay with what the previous MeshNode specs and statuses say), so
+//! the apps a change cannot reach plan exactly as before, and the ones it can
+//! reach see the others only through what they hold ([`Reserved`]). Where
+//! that argument does not hold (cluster-wide changes: sites, hubs, config;
+//! cross-app policies; exhausted pools or ports; an oversized MeshNode; the
+//! previous specs not being the last plan), a pass plans the whole cluster,
+//! and says why. The property test in `tests` applies random change
+//! sequences and checks every incremental result against a full plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use weft_api::{MeshAppSpec, MeshNodeSpec, MeshPolicySpec};
+
+use super::snapshot::Labels;
+use super::{membership, naming, plan, validate, ObjectKey, Plan, Snapshot};
+
+/// Errors whose cause lies between apps (a shared pool, a node's ports or
+/// size): while any app has one, a change elsewhere can resolve it, so
+/// passes plan the whole cluster.
+const CLUSTER_WIDE_REASONS: [&str; 4] = [
+    "PoolExhausted",
+    "AddressSpaceConflict",
+    "ListenPortsExhausted",
+    "MeshNodeTooLarge",
+];
+
+/// Above this share of the apps (and this many) a pass plans everything:
+/// the sub-snapshot would cost about as much.
+const MAX_DIRTY_SHARE: usize = 4;
+const MIN_DIRTY_FOR_FULL: usize = 64;
+
+/// How a pass was planned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PassKind {
+    /// Nothing the plan depends on changed.
+    Unchanged,
+    /// Only these apps were planned again, on these nodes.
+    Partial {
+        /// Apps planned again.
+        apps: usize,
+        /// Nodes whose spec was rebuilt.
+        nodes: usize,
+    },
+    /// The whole cluster, and why.
+    Full(String),
+}
+
+/// Counters over the life of a planner.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Passes whose input had not changed.
+    pub unchanged: u64,
+    /// Passes that planned only the apps a change touched.
+    pub partial: u64,
+    /// Passes that planned the whole cluster.
+    pub full: u64,
+}
+
+/// What one pass produced.
+pub struct Pass {
+    /// The plan of the whole cluster.
+    pub plan: Arc<Plan>,
+    /// How it was made.
+    pub kind: PassKind,
+    /// Nodes whose spec may differ from the previous plan's (`None`: any).
+    pub changed_nodes: Option<BTreeSet<String>>,
+}
+
+/// The last plan and what it was planned from, with the facts that decide
+/// whether the next change can be planned alone.
+struct Last {
+    input: Snapshot,
+    plan: Arc<Plan>,
+    /// App id → app.
+    ids: BTreeMap<String, ObjectKey>,
+    /// Apps whose id is not their first candidate (a hash collision).
+    odd_ids: BTreeSet<ObjectKey>,
+    /// Apps with a [`CLUSTER_WIDE_REASONS`] error.
+    trouble: BTreeSet<ObjectKey>,
+    /// Apps whose range came from the pool and is not recorded as theirs
+    /// yet: a full plan would allocate them again, in name order among the
+    /// newcomers, so they are planned with any other newcomer.
+    unsettled: BTreeSet<ObjectKey>,
+}
+
+/// The planner that keeps its last plan (see the module doc).
+#[derive(Default)]
+pub struct Incremental {
+    last: Option<Last>,
+    stats: Stats,
+}
+
+impl Incremental {
+    /// Plans `s`, reusing the last plan where the change does not reach.
+    pub fn plan(&mut self, s: Snapshot) -> Pass {
+        let Some(last) = self.last.take() else {
+            return self.full(s, "first pass".into());
+        };
+        let Changes {
+            apps: dirty,
+            nodes: nodes_changed,
+            recorded,
+        } = match changes(&last, &s) {
+            Ok(c) => c,
+            Err(why) => return self.full(s, why),
+        };
+        if dirty.is_empty() && !nodes_changed {
+            self.stats.unchanged += 1;
+            let plan = last.plan.clone();
+            let mut last = Last { input: s, ..last };
+            for key in &recorded {
+                last.note(key);
+            }
+            self.last = Some(last);
+            return Pass {
+                plan,
+                kind: PassKind::Unchanged,
+                changed_nodes: Some(BTreeSet::new()),
+            };
+        }
+        match partial(last, s, dirty) {
+            Ok((mut next, apps, nodes)) => {
+                for key in &recorded {
+                    next.note(key);
+                }
+                self.stats.partial += 1;
+                let plan = next.plan.clone();
+                self.last = Some(next);
+                Pass {
+                    plan,
+                    kind: PassKind::Partial {
+                        apps,
+                        nodes: nodes.len(),
+                    },
+                    changed_nodes: Some(nodes),
+                }
+            }
+            Err(failed) => {
+                let (s, why) = *failed;
+                self.full(s, why)
+            }
+        }
+    }
+
+    fn full(&mut self, s: Snapshot, why: String) -> Pass {
+        self.stats.full += 1;
+        // The old plan goes first: two whole plans at once would raise the
+        // peak memory of every full pass.
+        self.last = None;
+        let plan = Arc::new(plan(&s));
+        let last = Last::new(s, plan.clone());
+        self.last = Some(last);
+        Pass {
+            plan,
+            kind: PassKind::Full(why),
+            changed_nodes: None,
+        }
+    }
+
+    /// The snapshot of the last pass.
+    pub fn input(&self) -> Option<&Snapshot> {
+        self.last.as_ref().map(|l| &l.input)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+impl Last {
+    fn new(input: Snapshot, plan: Arc<Plan>) -> Self {
+        let mut last = Last {
+            input,
+            plan,
+            ids: BTreeMap::new(),
+            odd_ids: BTreeSet::new(),
+            trouble: BTreeSet::new(),
+            unsettled: BTreeSet::new(),
+        };
+        let keys: Vec<ObjectKey> = last.plan.apps.keys().cloned().collect();
+        for key in keys {
+            last.note(&key);
+        }
+        last
+    }
+
+    /// Records the facts of one app of the current plan.
+    fn note(&mut self, key: &ObjectKey) {
+        self.odd_ids.remove(key);
+        self.trouble.remove(key);
+        self.unsettled.remove(key);
+        let Some(out) = self.plan.apps.get(key) else {
+            return;
+        };
+        self.ids.insert(out.app_id.clone(), key.clone());
+        if out.app_id != naming::app_id_candidate(key, 0) {
+            self.odd_ids.insert(key.clone());
+        }
+        if out
+            .errors
+            .iter()
+            .any(|e| CLUSTER_WIDE_REASONS.contains(&e.reason.as_str()))
+        {
+            self.trouble.insert(key.clone());
+        }
+        if let Some(range) = &out.address_space {
+            let recorded = self.input.previous_ranges.get(key) == Some(range);
+            let explicit = out
+                .accepted_spec
+                .as_ref()
+                .or(out.still_enforced.as_ref().map(|e| &e.spec))
+                .and_then(|spec| spec.address_space.as_deref())
+                .and_then(|a| validate::parse_cidr(a).ok())
+                .is_some_and(|n| n.to_string() == *range);
+            if !recorded && !explicit {
+                self.unsettled.insert(key.clone());
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &ObjectKey) {
+        if let Some(out) = self.plan.apps.get(key) {
+            if self.ids.get(&out.app_id) == Some(key) {
+                self.ids.remove(&out.app_id);
+            }
+        }
+        self.odd_ids.remove(key);
+        self.trouble.remove(key);
+        self.unsettled.remove(key);
+    }
+}
+
+/// Apps of namespace `ns` in a key-ordered map: keys of one namespace are
+/// contiguous (`ns/` prefixes every one of them and nothing else).
+fn in_namespace<'a, V>(
+    map: &'a BTreeMap<ObjectKey, V>,
+    ns: &'a str,
+) -> impl Iterator<Item = (&'a ObjectKey, &'a V)> + 'a {
+    map.range(ObjectKey::new(ns, "")..)
+        .take_while(move |(k, _)| k.namespace == ns)
+}
+
+/// Keys present in either map whose values differ.
+fn diff_keys<'a, K: Ord + Clone, V: PartialEq>(
+    a: &'a BTreeMap<K, V>,
+    b: &'a BTreeMap<K, V>,
+) -> Vec<K> {
+    if a == b {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (k, v) in a {
+        if b.get(k) != Some(v) {
+            out.push(k.clone());
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            out.push(k.clone());
+        }
+    }
+    out
+}
+
+/// The registered workloads of a node (an unregistered node's do not count).
+fn registered<'a>(s: &'a Snapshot, node: &str) -> Option<&'a BTreeMap<ObjectKey, Labels>> {
+    if s.nodes.contains_key(node) {
+        s.workloads.get(node)
+    } else {
+        None
+    }
+}
+
+/// Apps of the workload's namespace that claim it in `s`.
+fn claimants(s: &Snapshot, wl: &ObjectKey, labels: &Labels) -> Vec<ObjectKey> {
+    in_namespace(&s.apps, &wl.namespace)
+        .filter(|(k, spec)| {
+            selecting(s, k, spec).any(|sp| membership::claims(k, sp, &wl.namespace, labels))
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// The specs an app may claim workloads with: its current one and the one
+/// in force before (a rejected edit keeps the last accepted spec).
+fn selecting<'a>(
+    s: &'a Snapshot,
+    key: &ObjectKey,
+    spec: &'a MeshAppSpec,
+) -> impl Iterator<Item = &'a MeshAppSpec> {
+    std::iter::once(spec).chain(s.previous_apps.get(key).map(|p| &p.spec))
+}
+
+/// Apps that a policy spec ties together: its own, and any other app a
+/// peer names (a cross-app policy).
+fn policy_apps(key: &ObjectKey, spec: &MeshPolicySpec) -> (ObjectKey, BTreeSet<ObjectKey>) {
+    let own = ObjectKey::new(&key.namespace, &spec.app);
+    let mut others = BTreeSet::new();
+    for rule in spec
+        .ingress
+        .iter()
+        .flatten()
+        .chain(spec.egress.iter().flatten())
+    {
+        for peer in &rule.peers {
+            if let Some(app) = &peer.app {
+                let other = validate::peer_app_key(&key.namespace, app);
+                if other != own {
+                    others.insert(other);
+                }
+            }
+        }
+    }
+    (own, others)
+}
+
+/// The object an input error is about: `Ok(Some(app))`, `Ok(None)` for a
+/// policy (its apps come from the policy diff), `Err` for anything else.
+fn error_object(object: &str) -> Result<Option<ObjectKey>, String> {
+    if let Some(key) = object.strip_prefix("MeshApp ") {
+        Ok(Some(ObjectKey::parse(key)))
+    } else if object.starts_with("MeshPolicy ") {
+        Ok(None)
+    } else {
+        Err(format!("{object} changed"))
+    }
+}
+
+/// The apps a change from `last` to `s` can affect, or why the whole
+/// cluster must be planned.
+/// What changed since the last pass.
+struct Changes {
+    /// Apps to plan again.
+    apps: BTreeSet<ObjectKey>,
+    /// A node itself changed (sites and node errors are rebuilt even when
+    /// no app is).
+    nodes: bool,
+    /// Apps whose status now records what the last plan gave them (range,
+    /// accepted spec): nothing to plan, only their facts to update.
+    recorded: Vec<ObjectKey>,
+}
+
+fn changes(last: &Last, s: &Snapshot) -> Result<Changes, String> {
+    let old = &last.input;
+    if s.config != old.config {
+        return Err("planner settings changed".into());
+    }
+    if s.sites != old.sites || s.previous_sites != old.previous_sites {
+        return Err("a MeshSite changed".into());
+    }
+    if s.hubs != old.hubs {
+        return Err("a MeshHub changed".into());
+    }
+    if s.node_errors != old.node_errors {
+        return Err("a node registration changed".into());
+    }
+    if !s.reserved.ranges.is_empty() || !s.reserved.ports.is_empty() {
+        return Err("the snapshot holds reservations".into());
+    }
+    if s.previous_specs != last.plan.nodes {
+        return Err("the stored MeshNode specs are not the last plan".into());
+    }
+    let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
+    for object in diff_keys(&old.input_errors, &s.input_errors) {
+        if let Some(app) = error_object(&object)? {
+            dirty.insert(app);
+        }
+    }
+    dirty.extend(diff_keys(&old.apps, &s.apps));
+    // A status that now records what the plan gave (an accepted spec, a
+    // range) changes nothing a full plan would do: the app becomes an
+    // incumbent of what it already has.
+    let mut recorded = Vec::new();
+    for key in diff_keys(&old.previous_apps, &s.previous_apps) {
+        let accepted = last
+            .plan
+            .apps
+            .get(&key)
+            .and_then(|o| o.accepted_spec.as_ref());
+        if accepted.is_some() && s.previous_apps.get(&key).map(|p| &p.spec) == accepted {
+            recorded.push(key);
+        } else {
+            dirty.insert(key);
+        }
+    }
+    for key in diff_keys(&old.previous_ranges, &s.previous_ranges) {
+        let planned = last
+            .plan
+            .apps
+            .get(&key)
+            .and_then(|o| o.address_space.as_ref());
+        if planned.is_some() && s.previous_ranges.get(&key) == planned {
+            recorded.push(key);
+        } else {
+            dirty.insert(key);
+        }
+    }
+
+    // Policies: the apps they apply to. Cross-app ones tie apps together
+    // through transit placements and links: planned whole.
+    let mut policies = diff_keys(&old.policies, &s.policies);
+    for key in diff_keys(&old.previous_policies, &s.previous_policies) {
+        let accepted = last
+            .plan
+            .policies
+            .get(&key)
+            .and_then(|o| o.accepted_spec.as_ref());
+        if accepted.is_none() || s.previous_policies.get(&key).map(|p| &p.spec) != accepted {
+            policies.push(key);
+        }
+    }
+    for object in diff_keys(&old.input_errors, &s.input_errors) {
+        if let Some(key) = object.strip_prefix("MeshPolicy ") {
+            policies.push(ObjectKey::parse(key));
+        }
+    }
+    for key in &policies {
+        let specs = [
+            old.policies.get(key),
+            s.policies.get(key),
+            old.previous_policies.get(key).map(|p| &p.spec),
+            s.previous_policies.get(key).map(|p| &p.spec),
+        ];
+        for spec in specs.into_iter().flatten() {
+            let (own, others) = policy_apps(key, spec);
+            if !others.is_empty() {
+                return Err(format!("cross-app MeshPolicy {key} changed"));
+            }
+            dirty.insert(own);
+        }
+    }
+
+    // Nodes: the apps on a node whose address or state changed.
+    let old_sites: BTreeSet<&str> = old.nodes.values().map(super::node_site).collect();
+    let new_sites: BTreeSet<&str> = s.nodes.values().map(super::node_site).collect();
+    if old_sites != new_sites {
+        return Err("the set of sites with nodes changed".into());
+    }
+    let changed_nodes = diff_keys(&old.nodes, &s.nodes);
+    for node in &changed_nodes {
+        if let (Some(a), Some(b)) = (old.nodes.get(node), s.nodes.get(node)) {
+            if super::node_site(a) != super::node_site(b) {
+                return Err(format!("node {node} moved to another site"));
+            }
+        }
+        if let Some(spec) = last.plan.nodes.get(node) {
+            dirty.extend(spec.apps.iter().map(|a| ObjectKey::parse(&a.app)));
+        }
+        // A node that registers or leaves brings or takes its workloads:
+        // the workload diff below sees them through `registered`.
+    }
+
+    // Workloads: every app that claims one that changed, before or now.
+    let nodes: BTreeSet<&String> = old
+        .workloads
+        .keys()
+        .chain(s.workloads.keys())
+        .chain(old.nodes.keys())
+        .chain(s.nodes.keys())
+        .collect();
+    static NONE: BTreeMap<ObjectKey, Labels> = BTreeMap::new();
+    for node in nodes {
+        let (a, b) = (
+            registered(old, node).unwrap_or(&NONE),
+            registered(s, node).unwrap_or(&NONE),
+        );
+        for wl in diff_keys(a, b) {
+            if let Some(labels) = a.get(&wl) {
+                dirty.extend(claimants(old, &wl, labels));
+            }
+            if let Some(labels) = b.get(&wl) {
+                dirty.extend(claimants(s, &wl, labels));
+            }
+        }
+        let (a, b) = (
+            old.workload_addresses.get(node),
+            s.workload_addresses.get(node),
+        );
+        if a != b {
+            let none = BTreeMap::new();
+            for wl in diff_keys(a.unwrap_or(&none), b.unwrap_or(&none)) {
+                if let Some(labels) = registered(s, node).and_then(|w| w.get(&wl)) {
+                    dirty.extend(claimants(s, &wl, labels));
+                }
+            }
+        }
+    }
+
+    // Keys.
+    if old.public_keys != s.public_keys {
+        for (_, app) in diff_keys(&old.public_keys, &s.public_keys) {
+            dirty.insert(app);
+        }
+    }
+    Ok(Changes {
+        apps: dirty,
+        nodes: !changed_nodes.is_empty(),
+        recorded,
+    })
+}
+
+/// The sub-snapshot of the dirty apps (closed over shared workloads and
+/// policies), the nodes it touches, and what the rest of the cluster holds.
+struct Sub {
+    snapshot: Snapshot,
+    apps: BTreeSet<ObjectKey>,
+    nodes: BTreeSet<String>,
+}
+
+/// Grows `dirty` until every app it holds competes only with apps it holds
+/// (for a workload, or through a policy), and gathers what they need.
+fn sub_snapshot(last: &Last, s: &Snapshot, mut dirty: BTreeSet<ObjectKey>) -> Result<Sub, String> {
+    let old = &last.input;
+    // Cross-app policies (current or in force) tie apps together.
+    let mut crossing: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut policies_of: BTreeMap<ObjectKey, BTreeSet<ObjectKey>> = BTreeMap::new();
+    for (key, spec) in s
+        .policies
+        .iter()
+        .chain(s.previous_policies.iter().map(|(k, p)| (k, &p.spec)))
+    {
+        let (own, others) = policy_apps(key, spec);
+        if !others.is_empty() {
+            crossing.insert(own.clone());
+            crossing.extend(others);
+        }
+        policies_of.entry(own).or_default().insert(key.clone());
+    }
+
+    // Closure: the claimants of every workload a dirty app claims (now or
+    // before), and the apps of every policy of a dirty app.
+    let mut queue: Vec<ObjectKey> = dirty.iter().cloned().collect();
+    let mut policies: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut claimed: BTreeMap<ObjectKey, Vec<(String, ObjectKey)>> = BTreeMap::new();
+    let mut newcomer = false;
+    loop {
+        let Some(app) = queue.pop() else {
+            // Newcomers to the pool are allocated in name order with every
+            // app whose pool range is not recorded yet: those join.
+            newcomer = newcomer || dirty.iter().any(|k| is_newcomer(last, s, k));
+            if newcomer && !last.unsettled.is_subset(&dirty) {
+                for k in &last.unsettled {
+                    if dirty.insert(k.clone()) {
+                        queue.push(k.clone());
+                    }
+                }
+                continue;
+            }
+            break;
+        };
+        if crossing.contains(&app) {
+            return Err(format!("MeshApp {app} is in a cross-app policy"));
+        }
+        let mut found = Vec::new();
+        for snap in [old, s] {
+            let Some(spec) = snap.apps.get(&app) else {
+                continue;
+            };
+            for (node, on_node) in &snap.workloads {
+                if !snap.nodes.contains_key(node) {
+                    continue;
+                }
+                for (wl, labels) in in_namespace(on_node, &app.namespace) {
+                    if selecting(snap, &app, spec)
+                        .any(|sp| membership::claims(&app, sp, &wl.namespace, labels))
+                    {
+                        for other in claimants(snap, wl, labels) {
+                            if dirty.insert(other.clone()) {
+                                queue.push(other);
+                            }
+                        }
+                        if std::ptr::eq(snap, s) {
+                            found.push((node.clone(), wl.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        claimed.insert(app.clone(), found);
+        for policy in policies_of.get(&app).into_iter().flatten() {
+            policies.insert(policy.clone());
+            for spec in [
+                s.policies.get(policy),
+                s.previous_policies.get(policy).map(|p| &p.spec),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let (own, _) = policy_apps(policy, spec);
+                if dirty.insert(own.clone()) {
+                    queue.push(own);
+                }
+            }
+        }
+        if dirty.len() > MIN_DIRTY_FOR_FULL
+            && dirty.len() * MAX_DIRTY_SHARE > s.apps.len().max(old.apps.len())
+        {
+            return Err(format!("{} apps changed", dirty.len()));
+        }
+    }
+    // Nodes: where the apps were and where their workloads are.
+    let mut nodes: BTreeSet<String> = BTreeSet::new();
+    for app in &dirty {
+        if let Some(out) = last.plan.apps.get(app) {
+            nodes.extend(out.nodes.iter().cloned());
+        }
+        for (node, _) in claimed.get(app).into_iter().flatten() {
+            nodes.insert(node.clone());
+        }
+    }
+    nodes.retain(|n| s.nodes.contains_key(n) || last.plan.nodes.contains_key(n));
+
+    let names: BTreeSet<String> = dirty.iter().map(ToString::to_string).collect();
+    let mut sub = Snapshot {
+        config: s.config.clone(),
+        sites: s.sites.clone(),
+        previous_sites: s.previous_sites.clone(),
+        nodes: s.nodes.clone(),
+        node_errors: s.node_errors.clone(),
+        ..Default::default()
+    };
+    for app in &dirty {
+        if let Some(spec) = s.apps.get(app) {
+            sub.apps.insert(app.clone(), spec.clone());
+        }
+        if let Some(p) = s.previous_apps.get(app) {
+            sub.previous_apps.insert(app.clone(), p.clone());
+        }
+        if let Some(r) = s.previous_ranges.get(app) {
+            sub.previous_ranges.insert(app.clone(), r.clone());
+        }
+        let object = validate::object_name("MeshApp", app);
+        if let Some(e) = s.input_errors.get(&object) {
+            sub.input_errors.insert(object, e.clone());
+        }
+        for (node, wl) in claimed.get(app).into_iter().flatten() {
+            if let Some(labels) = s.workloads.get(node).and_then(|w| w.get(wl)) {
+                sub.add_workload(node, wl.clone(), labels.clone());
+            }
+            if let Some(a) = s.workload_addresses.get(node).and_then(|w| w.get(wl)) {
+                sub.add_workload_address(node, wl.clone(), a.clone());
+            }
+        }
+        for node in &nodes {
+            let slot = (node.clone(), app.clone());
+            if let Some(k) = s.public_keys.get(&slot) {
+                sub.public_keys.insert(slot, k.clone());
+            }
+        }
+    }
+    for policy in &policies {
+        if let Some(spec) = s.policies.get(policy) {
+            sub.policies.insert(policy.clone(), spec.clone());
+        }
+        if let Some(p) = s.previous_policies.get(policy) {
+            sub.previous_policies.insert(policy.clone(), p.clone());
+        }
+        let object = validate::object_name("MeshPolicy", policy);
+        if let Some(e) = s.input_errors.get(&object) {
+            sub.input_errors.insert(object, e.clone());
+        }
+    }
+    for node in &nodes {
+        let Some(prev) = last.plan.nodes.get(node) else {
+            continue;
+        };
+        let (mine, theirs): (Vec<_>, Vec<_>) =
+            prev.apps.iter().partition(|a| names.contains(&a.app));
+        sub.previous_specs.insert(
+            node.clone(),
+            MeshNodeSpec {
+                site: prev.site.clone(),
+                apps: mine.into_iter().cloned().collect(),
+            },
+        );
+        let ports: BTreeSet<u16> = theirs.iter().map(|a| a.listen_port).collect();
+        if !ports.is_empty() {
+            sub.reserved.ports.insert(node.clone(), ports);
+        }
+    }
+    if newcomer || dirty.iter().any(|k| last.unsettled.contains(k)) {
+        sub.reserved.ranges = held_ranges(last, s, &dirty);
+    }
+    Ok(Sub {
+        snapshot: sub,
+        apps: dirty,
+        nodes,
+    })
+}
+
+/// Whether a full plan would allocate the app's range now (it has none
+/// recorded as its own).
+fn is_newcomer(last: &Last, s: &Snapshot, key: &ObjectKey) -> bool {
+    s.apps.contains_key(key) && {
+        let had = last
+            .plan
+            .apps
+            .get(key)
+            .and_then(|o| o.address_space.as_ref());
+        had.is_none() || s.previous_ranges.get(key) != had
+    }
+}
+
+/// The ranges the apps outside `dirty` hold, in app order: their planned
+/// range, or for an invalid app the previous one it keeps reserved.
+fn held_ranges(
+    last: &Last,
+    s: &Snapshot,
+    dirty: &BTreeSet<ObjectKey>,
+) -> Vec<(Ipv4Net, ObjectKey)> {
+    let mut out = Vec::new();
+    for (key, outcome) in &last.plan.apps {
+        if dirty.contains(key) {
+            continue;
+        }
+        let range = outcome
+            .address_space
+            .as_ref()
+            .or_else(|| s.previous_ranges.get(key))
+            .and_then(|r| validate::parse_cidr(r).ok());
+        if let Some(net) = range {
+            out.push((net, key.clone()));
+        }
+    }
+    out
+}
+
+/// The next state, how many apps were planned, the nodes rebuilt.
+type Merged = (Last, usize, BTreeSet<String>);
+
+/// Plans the dirty apps alone and merges them into the last plan; on any
+/// doubt, hands the snapshot back with why for a full plan.
+fn partial(
+    mut last: Last,
+    s: Snapshot,
+    dirty: BTreeSet<ObjectKey>,
+) -> Result<Merged, Box<(Snapshot, String)>> {
+    if !last.odd_ids.is_empty() {
+        return Err(Box::new((s, "an app id is not its first candidate".into())));
+    }
+    if let Some(app) = last.trouble.first() {
+        return Err(Box::new((
+            s,
+            format!("MeshApp {app} has an error between apps"),
+        )));
+    }
+    let sub = match sub_snapshot(&last, &s, dirty) {
+        Ok(sub) => sub,
+        Err(why) => return Err(Box::new((s, why))),
+    };
+    let fresh = plan(&sub.snapshot);
+    drop(sub.snapshot);
+    if let Err(why) = check(&last, &fresh, &sub.apps) {
+        return Err(Box::new((s, why)));
+    }
+
+    let names: BTreeSet<String> = sub.apps.iter().map(ToString::to_string).collect();
+    let mut merged: BTreeMap<String, MeshNodeSpec> = BTreeMap::new();
+    for node in &sub.nodes {
+        let Some(spec) = fresh.nodes.get(node) else {
+            continue; // the node left
+        };
+        let mut apps: Vec<_> = last
+            .plan
+            .nodes
+            .get(node)
+            .map(|p| {
+                p.apps
+                    .iter()
+                    .filter(|a| !names.contains(&a.app))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        apps.extend(spec.apps.iter().cloned());
+        apps.sort_by(|a, b| a.app.cmp(&b.app));
+        let spec = MeshNodeSpec {
+            site: spec.site.clone(),
+            apps,
+        };
+        let size = serde_json::to_vec(&spec).map_or(usize::MAX, |v| v.len());
+        if size > s.config.max_meshnode_bytes {
+            return Err(Box::new((
+                s,
+                format!("node {node} reached the MeshNode size bound"),
+            )));
+        }
+        merged.insert(node.clone(), spec);
+    }
+
+    for key in &sub.apps {
+        last.forget(key);
+    }
+    let p = Arc::make_mut(&mut last.plan);
+    // Nodes: registered ones get a spec (a new node's comes from the
+    // sub-plan, which sees every node), gone ones lose theirs.
+    p.nodes.retain(|n, _| s.nodes.contains_key(n));
+    let mut changed = sub.nodes.clone();
+    for (node, spec) in &fresh.nodes {
+        if !p.nodes.contains_key(node) {
+            p.nodes.insert(node.clone(), spec.clone());
+            changed.insert(node.clone());
+        }
+    }
+    for (node, spec) in merged {
+        p.nodes.insert(node, spec);
+    }
+    changed.retain(|n| p.nodes.contains_key(n));
+    for key in &sub.apps {
+        p.apps.remove(key);
+    }
+    p.apps
+        .extend(fresh.apps.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let policy_keys: Vec<ObjectKey> = p
+        .policies
+        .keys()
+        .filter(|k| !s.policies.contains_key(*k))
+        .cloned()
+        .collect();
+    for k in policy_keys {
+        p.policies.remove(&k);
+    }
+    p.policies
+        .extend(fresh.policies.iter().map(|(k, v)| (k.clone(), v.clone())));
+    p.sites = fresh.sites.clone();
+    p.node_errors = fresh.node_errors.clone();
+    merge_selectors(&mut p.selectors, &fresh.selectors, &names);
+    last.input = s;
+    for key in &sub.apps {
+        last.note(key);
+    }
+    Ok((last, sub.apps.len(), changed))
+}
+
+/// Whether the sub-plan is what a full plan would give: the conditions the
+/// module doc's argument needs, checked on the result.
+fn check(last: &Last, fresh: &Plan, apps: &BTreeSet<ObjectKey>) -> Result<(), String> {
+    for (key, out) in &fresh.apps {
+        if out
+            .errors
+            .iter()
+            .any(|e| CLUSTER_WIDE_REASONS.contains(&e.reason.as_str()))
+        {
+            return Err(format!("MeshApp {key} has an error between apps"));
+        }
+        if out.app_id != naming::app_id_candidate(key, 0) {
+            return Err(format!("the id of MeshApp {key} collides"));
+        }
+        if let Some(owner) = last.ids.get(&out.app_id) {
+            if owner != key && !apps.contains(owner) {
+                return Err(format!("the id of MeshApp {key} collides"));
+            }
+        }
+        if !out.transit_nodes.is_empty() {
+            return Err(format!("MeshApp {key} has transit nodes"));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the selectors of `apps` with the sub-plan's.
+fn merge_selectors(
+    all: &mut BTreeMap<String, BTreeMap<String, Vec<weft_api::AppSelector>>>,
+    fresh: &BTreeMap<String, BTreeMap<String, Vec<weft_api::AppSelector>>>,
+    apps: &BTreeSet<String>,
+) {
+    let namespaces: BTreeSet<&str> = apps
+        .iter()
+        .filter_map(|a| a.split_once('/').map(|(ns, _)| ns))
+        .collect();
+    let sites: BTreeSet<String> = all.keys().chain(fresh.keys()).cloned().collect();
+    for site in sites {
+        let by_ns = all.entry(site.clone()).or_default();
+        for ns in &namespaces {
+            let mut list: Vec<weft_api::AppSelector> = by_ns
+                .remove(*ns)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| !apps.contains(&a.app))
+                .collect();
+            if let Some(new) = fresh.get(&site).and_then(|m| m.get(*ns)) {
+                list.extend(new.iter().cloned());
+            }
+            list.sort_by(|a, b| a.app.cmp(&b.app));
+            if !list.is_empty() {
+                by_ns.insert((*ns).to_string(), list);
+            }
+        }
+        if by_ns.is_empty() {
+            all.remove(&site);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,402 @@
+//! The full plan is the reference: random sequences of changes, each planned
+//! incrementally and in full from the same input, must give the same plan.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use weft_api::meshpolicy::{PolicyPeer, PolicyPort, PolicyRule};
+use weft_api::{EnforcedApp, EnforcedPolicy, MeshAppSpec, MeshPolicySpec, Selector};
+
+use super::*;
+use crate::planner::{ErrorKind, NodeInfo, PlanError};
+
+const NAMESPACES: [&str; 2] = ["a", "b"];
+const APPS: [&str; 4] = ["web", "db", "cache", "api"];
+const TIERS: [&str; 2] = ["x", "y"];
+const RANGES: [Option<&str>; 4] = [None, None, Some("10.11.0.0/16"), Some("10.11.0.0/24")];
+
+/// One change a user, a node or the cluster can make.
+#[derive(Clone, Debug)]
+enum Change {
+    /// Create or edit an app (namespace, name, range, selector by tier).
+    PutApp(usize, usize, usize, Option<usize>, Option<u8>),
+    RemoveApp(usize, usize),
+    /// An app's manifest stops parsing (or parses again).
+    AppUnreadable(usize, usize, bool),
+    /// A workload starts or is relabelled (node, namespace, name, app, tier).
+    PutWorkload(usize, usize, usize, Option<usize>, Option<usize>),
+    RemoveWorkload(usize, usize, usize),
+    /// A workload moves from one node to another.
+    MoveWorkload(usize, usize, usize, usize),
+    /// A node reports a workload's address (an index into its app's range).
+    Address(usize, usize, usize, u8),
+    /// A node reports its public key for an app.
+    Key(usize, usize, usize),
+    Lost(usize, bool),
+    /// A node registers (with an address, valid or not) or leaves.
+    PutNode(usize, bool),
+    RemoveNode(usize),
+    /// A policy of an app: same-app by tier, a CIDR, or naming another app.
+    PutPolicy(usize, usize, usize, u8),
+    RemovePolicy(usize, usize),
+    /// The operator's write of the plan fails: the next pass sees older specs.
+    WriteFails,
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    let node = 0..5usize;
+    let ns = 0..NAMESPACES.len();
+    let app = 0..APPS.len();
+    prop_oneof![
+        4 => (ns.clone(), app.clone(), 0..RANGES.len(), proptest::option::of(0..2usize), proptest::option::of(26u8..31))
+            .prop_map(|(n, a, r, t, p)| Change::PutApp(n, a, r, t, p)),
+        1 => (ns.clone(), app.clone()).prop_map(|(n, a)| Change::RemoveApp(n, a)),
+        1 => (ns.clone(), app.clone(), any::<bool>()).prop_map(|(n, a, b)| Change::AppUnreadable(n, a, b)),
+        6 => (node.clone(), ns.clone(), 0..6usize, proptest::option::of(app.clone()), proptest::option::of(0..2usize))
+            .prop_map(|(a, b, c, d, e)| Change::PutWorkload(a, b, c, d, e)),
+        2 => (node.clone(), ns.clone(), 0..6usize).prop_map(|(a, b, c)| Change::RemoveWorkload(a, b, c)),
+        3 => (node.clone(), node.clone(), ns.clone(), 0..6usize).prop_map(|(a, b, c, d)| Change::MoveWorkload(a, b, c, d)),
+        2 => (node.clone(), ns.clone(), 0..6usize, any::<u8>()).prop_map(|(a, b, c, d)| Change::Address(a, b, c, d)),
+        3 => (node.clone(), ns.clone(), app.clone()).prop_map(|(a, b, c)| Change::Key(a, b, c)),
+        1 => (node.clone(), any::<bool>()).prop_map(|(a, b)| Change::Lost(a, b)),
+        1 => (node.clone(), any::<bool>()).prop_map(|(a, b)| Change::PutNode(a, b)),
+        1 => node.clone().prop_map(Change::RemoveNode),
+        2 => (ns.clone(), app.clone(), 0..2usize, 0u8..4).prop_map(|(a, b, c, d)| Change::PutPolicy(a, b, c, d)),
+        1 => (ns.clone(), 0..2usize).prop_map(|(a, b)| Change::RemovePolicy(a, b)),
+        1 => Just(Change::WriteFails),
+    ]
+}
+
+fn node_name(n: usize) -> String {
+    format!("n{n}")
+}
+
+fn workload_key(ns: usize, name: usize) -> ObjectKey {
+    ObjectKey::new(NAMESPACES[ns], format!("w{name}"))
+}
+
+fn app_key(ns: usize, app: usize) -> ObjectKey {
+    ObjectKey::new(NAMESPACES[ns], APPS[app])
+}
+
+fn node_info(n: usize, good: bool) -> NodeInfo {
+    NodeInfo {
+        site: String::new(),
+        address: if good {
+            format!("192.0.2.{}", n + 1)
+        } else {
+            "not-an-address".into()
+        },
+        lost: false,
+    }
+}
+
+fn apply(s: &mut Snapshot, c: &Change) {
+    match c {
+        Change::PutApp(ns, a, r, tier, npl) => {
+            s.apps.insert(
+                app_key(*ns, *a),
+                MeshAppSpec {
+                    address_space: RANGES[*r].map(String::from),
+                    node_prefix_length: *npl,
+                    selector: match tier {
+                        None => Selector::default(),
+                        Some(t) => Selector::labels([("tier", TIERS[*t])]),
+                    },
+                    ..Default::default()
+                },
+            );
+        }
+        Change::RemoveApp(ns, a) => {
+            s.apps.remove(&app_key(*ns, *a));
+        }
+        Change::AppUnreadable(ns, a, bad) => {
+            let key = app_key(*ns, *a);
+            let object = validate::object_name("MeshApp", &key);
+            if *bad && s.apps.contains_key(&key) {
+                s.input_errors.insert(
+                    object.clone(),
+                    vec![PlanError::new(
+                        ErrorKind::Invalid,
+                        &object,
+                        "spec",
+                        "Unreadable",
+                        "the manifest does not parse",
+                    )],
+                );
+            } else {
+                s.input_errors.remove(&object);
+            }
+        }
+        Change::PutWorkload(n, ns, name, app, tier) => {
+            let mut labels = Labels::new();
+            if let Some(a) = app {
+                labels.insert("weft.dev/app".into(), APPS[*a].into());
+            }
+            if let Some(t) = tier {
+                labels.insert("tier".into(), TIERS[*t].into());
+            }
+            s.add_workload(&node_name(*n), workload_key(*ns, *name), labels);
+        }
+        Change::RemoveWorkload(n, ns, name) => {
+            if let Some(w) = s.workloads.get_mut(&node_name(*n)) {
+                w.remove(&workload_key(*ns, *name));
+            }
+        }
+        Change::MoveWorkload(from, to, ns, name) => {
+            let key = workload_key(*ns, *name);
+            let labels = s
+                .workloads
+                .get_mut(&node_name(*from))
+                .and_then(|w| w.remove(&key));
+            if let Some(l) = labels {
+                s.add_workload(&node_name(*to), key, l);
+            }
+        }
+        Change::Address(n, ns, name, i) => {
+            s.add_workload_address(
+                &node_name(*n),
+                workload_key(*ns, *name),
+                format!("100.64.0.{i}"),
+            );
+        }
+        Change::Key(n, ns, a) => {
+            s.add_public_key(&node_name(*n), app_key(*ns, *a), format!("k{n}{ns}{a}"));
+        }
+        Change::Lost(n, lost) => {
+            if let Some(info) = s.nodes.get_mut(&node_name(*n)) {
+                info.lost = *lost;
+            }
+        }
+        Change::PutNode(n, good) => {
+            s.nodes.insert(node_name(*n), node_info(*n, *good));
+        }
+        Change::RemoveNode(n) => {
+            if s.nodes.len() > 1 {
+                s.nodes.remove(&node_name(*n));
+            }
+        }
+        Change::PutPolicy(ns, a, which, kind) => {
+            let peer = match kind {
+                0 => PolicyPeer {
+                    selector: Some(Selector::labels([("tier", "x")])),
+                    ..Default::default()
+                },
+                1 => PolicyPeer {
+                    cidr: Some("100.64.0.0/24".into()),
+                    ..Default::default()
+                },
+                2 => PolicyPeer {
+                    app: Some(APPS[(*a + 1) % APPS.len()].into()),
+                    ..Default::default()
+                },
+                _ => PolicyPeer::default(),
+            };
+            s.policies.insert(
+                ObjectKey::new(NAMESPACES[*ns], format!("p{which}")),
+                MeshPolicySpec {
+                    app: APPS[*a].into(),
+                    ingress: Some(vec![PolicyRule {
+                        peers: vec![peer],
+                        ports: vec![PolicyPort {
+                            protocol: Some("TCP".into()),
+                            port: Some(80),
+                            end_port: None,
+                        }],
+                    }]),
+                    ..Default::default()
+                },
+            );
+        }
+        Change::RemovePolicy(ns, which) => {
+            s.policies
+                .remove(&ObjectKey::new(NAMESPACES[*ns], format!("p{which}")));
+        }
+        Change::WriteFails => {}
+    }
+}
+
+/// What the operator records after a pass (MeshNode specs, statuses): the
+/// "previous" state of the next pass.
+fn feed_back(s: &mut Snapshot, p: &Plan) {
+    s.previous_specs = p.nodes.clone();
+    s.previous_ranges = p
+        .apps
+        .iter()
+        .filter_map(|(k, a)| Some((k.clone(), a.address_space.clone()?)))
+        .collect();
+    for (k, out) in &p.apps {
+        if let Some(spec) = &out.accepted_spec {
+            s.previous_apps.insert(
+                k.clone(),
+                EnforcedApp {
+                    generation: 1,
+                    spec: spec.clone(),
+                },
+            );
+        }
+    }
+    s.previous_apps.retain(|k, _| p.apps.contains_key(k));
+    for (k, out) in &p.policies {
+        if let Some(spec) = &out.accepted_spec {
+            s.previous_policies.insert(
+                k.clone(),
+                EnforcedPolicy {
+                    generation: 1,
+                    spec: spec.clone(),
+                },
+            );
+        }
+    }
+    s.previous_policies
+        .retain(|k, _| p.policies.contains_key(k));
+}
+
+fn initial() -> Snapshot {
+    let mut s = Snapshot::default();
+    s.config.pool = "100.64.0.0/14".parse().unwrap();
+    for n in 0..3 {
+        s.nodes.insert(node_name(n), node_info(n, true));
+    }
+    s
+}
+
+/// Runs one sequence; returns how many passes were partial.
+fn run(changes: &[Change]) -> Result<u64, TestCaseError> {
+    let mut inc = Incremental::default();
+    let mut s = initial();
+    let mut last_plan = plan(&s);
+    prop_assert_eq!(&*inc.plan(s.clone()).plan, &last_plan);
+    feed_back(&mut s, &last_plan);
+    for (i, c) in changes.iter().enumerate() {
+        apply(&mut s, c);
+        let want = plan(&s);
+        let pass = inc.plan(s.clone());
+        prop_assert_eq!(
+            &*pass.plan,
+            &want,
+            "step {} ({:?}) planned {:?}",
+            i,
+            c,
+            pass.kind
+        );
+        if let Some(nodes) = &pass.changed_nodes {
+            for (n, spec) in &want.nodes {
+                if !nodes.contains(n) {
+                    prop_assert_eq!(
+                        Some(spec),
+                        last_plan.nodes.get(n),
+                        "node {} changed but was not reported",
+                        n
+                    );
+                }
+            }
+        }
+        if !matches!(c, Change::WriteFails) {
+            feed_back(&mut s, &want);
+        }
+        last_plan = want;
+    }
+    Ok(inc.stats().partial)
+}
+
+#[test]
+fn incremental_plans_equal_full_plans_over_random_change_sequences() {
+    let mut runner = TestRunner::new(Config {
+        cases: 400,
+        ..Config::default()
+    });
+    let partial = std::cell::Cell::new(0u64);
+    let passes = std::cell::Cell::new(0u64);
+    runner
+        .run(&proptest::collection::vec(change(), 1..40), |changes| {
+            let n = run(&changes)?;
+            partial.set(partial.get() + n);
+            passes.set(passes.get() + changes.len() as u64);
+            Ok(())
+        })
+        .unwrap();
+    // The comparison means something only if the incremental path ran.
+    assert!(
+        partial.get() * 4 > passes.get(),
+        "only {} of {} passes were incremental",
+        partial.get(),
+        passes.get()
+    );
+}
+
+/// A settled cluster of many apps: one app added plans that app alone and
+/// changes only the nodes it runs on; a workload move, only its two nodes.
+#[test]
+fn a_change_plans_only_what_it_touches() {
+    let mut s = initial();
+    s.config =
+        crate::planner::PlannerConfig::with_pool("100.64.0.0/10".parse().unwrap(), 20).unwrap();
+    for n in 3..10 {
+        s.nodes.insert(node_name(n), node_info(n, true));
+    }
+    for i in 0..60 {
+        let key = ObjectKey::new("a", format!("app{i:02}"));
+        s.apps.insert(
+            key.clone(),
+            MeshAppSpec {
+                selector: Selector::labels([("app", key.name.as_str())]),
+                ..Default::default()
+            },
+        );
+        for j in 0..2 {
+            let n = node_name((i + j * 3) % 10);
+            let labels: Labels = [("app".to_string(), key.name.clone())].into();
+            s.add_workload(&n, ObjectKey::new("a", format!("{}-{j}", key.name)), labels);
+            s.add_public_key(&n, key.clone(), format!("k-{n}-{i}"));
+        }
+    }
+    let mut inc = Incremental::default();
+    let p = inc.plan(s.clone()).plan;
+    feed_back(&mut s, &p);
+    assert_eq!(inc.plan(s.clone()).kind, PassKind::Unchanged);
+
+    let key = ObjectKey::new("a", "zz-new");
+    s.apps.insert(
+        key.clone(),
+        MeshAppSpec {
+            selector: Selector::labels([("app", "zz-new")]),
+            ..Default::default()
+        },
+    );
+    for n in ["n1", "n4"] {
+        let labels: Labels = [("app".to_string(), "zz-new".to_string())].into();
+        s.add_workload(n, ObjectKey::new("a", format!("zz-{n}")), labels);
+    }
+    let pass = inc.plan(s.clone());
+    assert_eq!(pass.kind, PassKind::Partial { apps: 1, nodes: 2 });
+    assert_eq!(*pass.plan, plan(&s));
+    let changed: Vec<&str> = pass
+        .changed_nodes
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(changed, ["n1", "n4"]);
+    assert_eq!(pass.plan.apps[&key].nodes, ["n1", "n4"]);
+    feed_back(&mut s, &pass.plan);
+
+    let moved = ObjectKey::new("a", "app05-0");
+    let labels = s.workloads.get_mut("n5").unwrap().remove(&moved).unwrap();
+    s.add_workload("n9", moved, labels);
+    let pass = inc.plan(s.clone());
+    assert_eq!(pass.kind, PassKind::Partial { apps: 1, nodes: 3 });
+    assert_eq!(*pass.plan, plan(&s));
+    let mut expected: BTreeMap<&str, ()> = BTreeMap::new();
+    for n in ["n5", "n8", "n9"] {
+        expected.insert(n, ());
+    }
+    let changed: Vec<&str> = pass
+        .changed_nodes
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(changed, expected.keys().copied().collect::<Vec<_>>());
+}
