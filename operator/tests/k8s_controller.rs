@@ -27,6 +27,7 @@ use weft_operator::k8s::{
     reconcile_all, reconcile_all_limited, snapshot_from_stores, Observed, ReconcileReport,
     STATUS_WRITES_PER_PASS,
 };
+use weft_operator::planner::incremental::Incremental;
 use weft_operator::planner::{self, PlannerConfig};
 use weft_operator::status::{self as app_status, NodeView};
 
@@ -445,6 +446,7 @@ where
             &PlannerConfig::default(),
             at,
             Some("weft-operator-0"),
+            &mut Incremental::default(),
         )
         .await;
         drop(client);
@@ -724,7 +726,15 @@ async fn reconciling_never_changes_spec_or_metadata_of_user_objects_except_the_f
     let task = {
         let obs = obs.clone();
         tokio::spawn(async move {
-            let r = reconcile_all(&client, &obs, &PlannerConfig::default(), now(), None).await;
+            let r = reconcile_all(
+                &client,
+                &obs,
+                &PlannerConfig::default(),
+                now(),
+                None,
+                &mut Incremental::default(),
+            )
+            .await;
             drop(client);
             r
         })
@@ -835,6 +845,7 @@ async fn pass_with_budget(obs: &Observed, budget: usize) -> (ReconcileReport, Ve
                 &PlannerConfig::default(),
                 now(),
                 None,
+                &mut Incremental::default(),
                 budget,
             )
             .await;

@@ -32,6 +32,7 @@ use kube::Client;
 use serde_json::{json, Value};
 use weft_api::{MeshApp, MeshAppStatus, MeshNode, MeshNodeSpec};
 use weft_operator::k8s::{reconcile_all, snapshot_from_stores, Observed, ReconcileReport};
+use weft_operator::planner::incremental::Incremental;
 use weft_operator::planner::{self, PlannerConfig};
 
 use super::{
@@ -199,6 +200,8 @@ struct Bench {
     config: PlannerConfig,
     stores: Stores,
     now: Timestamp,
+    /// The operator's planner, kept between passes as the run loop keeps it.
+    planner: Incremental,
 }
 
 impl Bench {
@@ -213,9 +216,16 @@ impl Bench {
         loop {
             let obs = self.stores.observed();
             let started = Instant::now();
-            let report = reconcile_all(&self.client, &obs, &self.config, self.now, None)
-                .await
-                .context("reconcile pass")?;
+            let report = reconcile_all(
+                &self.client,
+                &obs,
+                &self.config,
+                self.now,
+                None,
+                &mut self.planner,
+            )
+            .await
+            .context("reconcile pass")?;
             secs += started.elapsed().as_secs_f64();
             drop(obs);
             let stores = &mut self.stores;
@@ -287,6 +297,7 @@ pub async fn run(mut cluster: Cluster, work: &Path, opts: &Options) -> Result<()
         config: cluster.planner_config(),
         stores,
         now,
+        planner: Incremental::default(),
     };
     emit(keys::SETUP_S, started.elapsed().as_secs_f64());
 
@@ -348,8 +359,8 @@ pub async fn run(mut cluster: Cluster, work: &Path, opts: &Options) -> Result<()
     emit(keys::MOVE_S, secs);
     emit(keys::MOVE_MESHNODES, r.meshnode_writes.len() as f64);
 
-    // The reconcile pass keeps nothing between passes: a restarted
-    // operator's first pass over freshly listed stores is this same pass.
+    // A restarted operator: a new planner over the same stores.
+    b.planner = Incremental::default();
     let (secs, r, _) = b.pass().await?;
     emit(keys::RESTART_S, secs);
     emit(keys::RESTART_MESHNODES, r.meshnode_writes.len() as f64);

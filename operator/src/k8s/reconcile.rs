@@ -34,7 +34,8 @@ use weft_api::{MeshApp, MeshNode, MeshNodeSpec, MeshPolicy, MeshSite};
 
 use super::error::Error;
 use super::snapshot::{is_deleting, key_of, snapshot_from_stores, Observed};
-use crate::planner::{self, PlanError, PlannerConfig};
+use crate::planner::incremental::Incremental;
+use crate::planner::{PlanError, PlannerConfig};
 use crate::status::{self, ConditionedStatus, NodeView};
 
 /// What one pass wrote.
@@ -225,14 +226,25 @@ async fn warn_event<K: Resource<DynamicType = ()>>(recorder: &Recorder, obj: &K,
 
 /// Runs one pass: plan the stores' contents, write the differences (at most
 /// [`STATUS_WRITES_PER_PASS`] status patches).
+/// `planner` keeps the last plan, so a pass plans only what changed.
 pub async fn reconcile_all(
     client: &Client,
     obs: &Observed,
     config: &PlannerConfig,
     now: Timestamp,
     instance: Option<&str>,
+    planner: &mut Incremental,
 ) -> Result<ReconcileReport, Error> {
-    reconcile_all_limited(client, obs, config, now, instance, STATUS_WRITES_PER_PASS).await
+    reconcile_all_limited(
+        client,
+        obs,
+        config,
+        now,
+        instance,
+        planner,
+        STATUS_WRITES_PER_PASS,
+    )
+    .await
 }
 
 /// [`reconcile_all`] with a given status-write budget.
@@ -243,6 +255,7 @@ pub async fn reconcile_all_limited(
     config: &PlannerConfig,
     now: Timestamp,
     instance: Option<&str>,
+    planner: &mut Incremental,
     status_budget: usize,
 ) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
@@ -288,8 +301,12 @@ pub async fn reconcile_all_limited(
     }
 
     // 2. Plan.
-    let snapshot = snapshot_from_stores(obs, config, now);
-    let plan = planner::plan(&snapshot);
+    let pass = planner.plan(snapshot_from_stores(obs, config, now));
+    tracing::debug!(kind = ?pass.kind, "planned");
+    let plan = pass.plan.clone();
+    let Some(snapshot) = planner.input() else {
+        unreachable!("the planner keeps the snapshot it planned")
+    };
     report.errors = plan.errors().into_iter().cloned().collect();
 
     // 3. MeshNode specs that differ from the store.
@@ -303,7 +320,16 @@ pub async fn reconcile_all_limited(
         .map(|(n, m)| (n.clone(), m.metadata.generation))
         .collect();
     let nodes_api: Api<MeshNode> = Api::all(client.clone());
-    for (name, spec) in &plan.nodes {
+    // Only nodes the pass may have changed: the planner checked that the
+    // stored specs of the others are its last plan.
+    let candidates: Vec<(&String, &MeshNodeSpec)> = match &pass.changed_nodes {
+        Some(changed) => changed
+            .iter()
+            .filter_map(|n| plan.nodes.get_key_value(n))
+            .collect(),
+        None => plan.nodes.iter().collect(),
+    };
+    for (name, spec) in candidates {
         if stored.get(name).is_some_and(|m| &m.spec == spec) {
             continue;
         }

@@ -23,6 +23,7 @@ use super::reconcile::reconcile_all;
 use super::snapshot::Observed;
 use super::trim;
 use super::watch::retrying_watcher;
+use crate::planner::incremental::Incremental;
 use crate::planner::PlannerConfig;
 
 /// Settings of the Kubernetes loop.
@@ -152,6 +153,7 @@ pub async fn run(
     let mut backoff = BACKOFF_MIN;
     let mut logged: Vec<String> = Vec::new();
     let mut due = true;
+    let mut planner = Incremental::default();
     loop {
         if !due {
             tokio::select! {
@@ -167,6 +169,8 @@ pub async fn run(
         let is_leader = *leading.borrow();
         cfg.metrics.set_leader(is_leader);
         if !is_leader {
+            // A replica that leads again starts from what is stored.
+            planner = Incremental::default();
             continue;
         }
         let obs = Observed {
@@ -179,7 +183,15 @@ pub async fn run(
         };
         let started = std::time::Instant::now();
         let instance = cfg.lease.as_ref().map(|l| l.identity.as_str());
-        let result = reconcile_all(&client, &obs, &cfg.planner, Timestamp::now(), instance).await;
+        let result = reconcile_all(
+            &client,
+            &obs,
+            &cfg.planner,
+            Timestamp::now(),
+            instance,
+            &mut planner,
+        )
+        .await;
         cfg.metrics.observe_pass(started.elapsed(), result.as_ref());
         match result {
             Ok(report) => {

@@ -115,6 +115,7 @@ impl Incremental {
             apps: dirty,
             nodes: nodes_changed,
             recorded,
+            stale,
         } = match changes(&last, &s) {
             Ok(c) => c,
             Err(why) => return self.full(s, why),
@@ -133,7 +134,7 @@ impl Incremental {
                 changed_nodes: Some(BTreeSet::new()),
             };
         }
-        match partial(last, s, dirty) {
+        match partial(last, s, dirty, stale) {
             Ok((mut next, apps, nodes)) => {
                 for key in &recorded {
                     next.note(key);
@@ -354,6 +355,8 @@ struct Changes {
     /// Apps whose status now records what the last plan gave them (range,
     /// accepted spec): nothing to plan, only their facts to update.
     recorded: Vec<ObjectKey>,
+    /// Nodes whose stored spec is not the last plan's.
+    stale: BTreeSet<String>,
 }
 
 fn changes(last: &Last, s: &Snapshot) -> Result<Changes, String> {
@@ -373,10 +376,28 @@ fn changes(last: &Last, s: &Snapshot) -> Result<Changes, String> {
     if !s.reserved.ranges.is_empty() || !s.reserved.ports.is_empty() {
         return Err("the snapshot holds reservations".into());
     }
-    if s.previous_specs != last.plan.nodes {
-        return Err("the stored MeshNode specs are not the last plan".into());
-    }
+    // Stored specs that are not the last plan (a write failed, or the
+    // store has not seen it yet): every app on such a node plans again
+    // from what is stored, as a full plan would.
     let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut stale: BTreeSet<String> = BTreeSet::new();
+    if s.previous_specs != last.plan.nodes {
+        stale.extend(diff_keys(&s.previous_specs, &last.plan.nodes));
+        if stale.len() > MIN_DIRTY_FOR_FULL && stale.len() * MAX_DIRTY_SHARE > s.nodes.len() {
+            return Err(format!(
+                "{} stored MeshNode specs are not the last plan",
+                stale.len()
+            ));
+        }
+        for node in &stale {
+            for spec in [s.previous_specs.get(node), last.plan.nodes.get(node)]
+                .into_iter()
+                .flatten()
+            {
+                dirty.extend(spec.apps.iter().map(|a| ObjectKey::parse(&a.app)));
+            }
+        }
+    }
     for object in diff_keys(&old.input_errors, &s.input_errors) {
         if let Some(app) = error_object(&object)? {
             dirty.insert(app);
@@ -510,8 +531,9 @@ fn changes(last: &Last, s: &Snapshot) -> Result<Changes, String> {
     }
     Ok(Changes {
         apps: dirty,
-        nodes: !changed_nodes.is_empty(),
+        nodes: !changed_nodes.is_empty() || !stale.is_empty(),
         recorded,
+        stale,
     })
 }
 
@@ -525,7 +547,12 @@ struct Sub {
 
 /// Grows `dirty` until every app it holds competes only with apps it holds
 /// (for a workload, or through a policy), and gathers what they need.
-fn sub_snapshot(last: &Last, s: &Snapshot, mut dirty: BTreeSet<ObjectKey>) -> Result<Sub, String> {
+fn sub_snapshot(
+    last: &Last,
+    s: &Snapshot,
+    mut dirty: BTreeSet<ObjectKey>,
+    stale: BTreeSet<String>,
+) -> Result<Sub, String> {
     let old = &last.input;
     // Cross-app policies (current or in force) tie apps together.
     let mut crossing: BTreeSet<ObjectKey> = BTreeSet::new();
@@ -615,7 +642,7 @@ fn sub_snapshot(last: &Last, s: &Snapshot, mut dirty: BTreeSet<ObjectKey>) -> Re
         }
     }
     // Nodes: where the apps were and where their workloads are.
-    let mut nodes: BTreeSet<String> = BTreeSet::new();
+    let mut nodes: BTreeSet<String> = stale;
     for app in &dirty {
         if let Some(out) = last.plan.apps.get(app) {
             nodes.extend(out.nodes.iter().cloned());
@@ -677,7 +704,7 @@ fn sub_snapshot(last: &Last, s: &Snapshot, mut dirty: BTreeSet<ObjectKey>) -> Re
         }
     }
     for node in &nodes {
-        let Some(prev) = last.plan.nodes.get(node) else {
+        let Some(prev) = s.previous_specs.get(node) else {
             continue;
         };
         let (mine, theirs): (Vec<_>, Vec<_>) =
@@ -750,6 +777,7 @@ fn partial(
     mut last: Last,
     s: Snapshot,
     dirty: BTreeSet<ObjectKey>,
+    stale: BTreeSet<String>,
 ) -> Result<Merged, Box<(Snapshot, String)>> {
     if !last.odd_ids.is_empty() {
         return Err(Box::new((s, "an app id is not its first candidate".into())));
@@ -760,7 +788,7 @@ fn partial(
             format!("MeshApp {app} has an error between apps"),
         )));
     }
-    let sub = match sub_snapshot(&last, &s, dirty) {
+    let sub = match sub_snapshot(&last, &s, dirty, stale) {
         Ok(sub) => sub,
         Err(why) => return Err(Box::new((s, why))),
     };
