@@ -31,7 +31,7 @@ pub use error::Error;
 pub use reconcile::{
     reconcile_all, reconcile_all_limited, ReconcileReport, STATUS_WRITES_PER_PASS,
 };
-pub use snapshot::{snapshot_from_stores, Observed};
+pub use snapshot::{snapshot_from_stores, snapshot_without_specs, Observed};
 
 /// A client for the configured API server (in-cluster or KUBECONFIG)
 /// without kube-client's built-in retry of 429/503/504 answers. That layer

@@ -33,7 +33,7 @@ use weft_api::labels::{APP_FINALIZER, OPERATOR_MANAGER, SITE_LABEL};
 use weft_api::{MeshApp, MeshNode, MeshNodeSpec, MeshPolicy, MeshSite};
 
 use super::error::Error;
-use super::snapshot::{is_deleting, key_of, snapshot_from_stores, Observed};
+use super::snapshot::{is_deleting, key_of, snapshot_without_specs, Observed};
 use crate::planner::incremental::Incremental;
 use crate::planner::{PlanError, PlannerConfig};
 use crate::status::{self, ConditionedStatus, NodeView};
@@ -301,7 +301,15 @@ pub async fn reconcile_all_limited(
     }
 
     // 2. Plan.
-    let pass = planner.plan(snapshot_from_stores(obs, config, now));
+    let stored: BTreeMap<String, &MeshNode> = obs
+        .meshnodes
+        .iter()
+        .map(|m| (m.name_any(), m.as_ref()))
+        .collect();
+    let stored_specs: BTreeMap<String, &MeshNodeSpec> =
+        stored.iter().map(|(n, m)| (n.clone(), &m.spec)).collect();
+    let pass = planner.plan_stored(snapshot_without_specs(obs, config, now), &stored_specs);
+    drop(stored_specs);
     tracing::debug!(kind = ?pass.kind, "planned");
     let plan = pass.plan.clone();
     let Some(snapshot) = planner.input() else {
@@ -310,11 +318,6 @@ pub async fn reconcile_all_limited(
     report.errors = plan.errors().into_iter().cloned().collect();
 
     // 3. MeshNode specs that differ from the store.
-    let stored: BTreeMap<String, &MeshNode> = obs
-        .meshnodes
-        .iter()
-        .map(|m| (m.name_any(), m.as_ref()))
-        .collect();
     let mut generations: BTreeMap<String, Option<i64>> = stored
         .iter()
         .map(|(n, m)| (n.clone(), m.metadata.generation))

@@ -99,6 +99,17 @@ fn pod_is_running_somewhere(pod: &Pod) -> Option<&str> {
 
 /// Builds the planner's input from the stores' contents.
 pub fn snapshot_from_stores(obs: &Observed, config: &PlannerConfig, now: Timestamp) -> Snapshot {
+    build(obs, config, now, true)
+}
+
+/// [`snapshot_from_stores`] without `previous_specs`: for
+/// [`Incremental::plan_stored`](crate::planner::incremental::Incremental::plan_stored),
+/// which reads the stored specs in place instead of a copy of them all.
+pub fn snapshot_without_specs(obs: &Observed, config: &PlannerConfig, now: Timestamp) -> Snapshot {
+    build(obs, config, now, false)
+}
+
+fn build(obs: &Observed, config: &PlannerConfig, now: Timestamp, with_specs: bool) -> Snapshot {
     let mut s = Snapshot {
         config: config.clone(),
         ..Default::default()
@@ -138,7 +149,9 @@ pub fn snapshot_from_stores(obs: &Observed, config: &PlannerConfig, now: Timesta
     }
     for mn in &obs.meshnodes {
         let name = mn.name_any();
-        s.previous_specs.insert(name.clone(), mn.spec.clone());
+        if with_specs {
+            s.previous_specs.insert(name.clone(), mn.spec.clone());
+        }
         if !s.nodes.contains_key(&name) {
             let site = mn
                 .labels()

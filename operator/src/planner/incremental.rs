@@ -105,20 +105,67 @@ pub struct Incremental {
     stats: Stats,
 }
 
+/// Where a pass finds the stored MeshNode specs.
+#[derive(Clone, Copy)]
+enum Stored<'a> {
+    /// In the snapshot's `previous_specs`.
+    InSnapshot,
+    /// In the caller's store, by node; the snapshot's `previous_specs` stays
+    /// empty, and the specs are copied only when the whole cluster is planned.
+    Store(&'a BTreeMap<String, &'a MeshNodeSpec>),
+}
+
+impl<'a> Stored<'a> {
+    fn get<'b>(&self, s: &'b Snapshot, node: &str) -> Option<&'b MeshNodeSpec>
+    where
+        'a: 'b,
+    {
+        match self {
+            Stored::InSnapshot => s.previous_specs.get(node),
+            Stored::Store(m) => m.get(node).copied(),
+        }
+    }
+
+    /// Nodes whose stored spec is not `planned`'s.
+    fn stale(&self, s: &Snapshot, planned: &BTreeMap<String, MeshNodeSpec>) -> BTreeSet<String> {
+        match self {
+            Stored::InSnapshot => diff_keys(&s.previous_specs, planned).into_iter().collect(),
+            Stored::Store(m) => m
+                .keys()
+                .chain(planned.keys())
+                .filter(|n| m.get(*n).copied() != planned.get(*n))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 impl Incremental {
-    /// Plans `s`, reusing the last plan where the change does not reach.
+    /// Plans `s` (whose `previous_specs` are the stored specs), reusing the
+    /// last plan where the change does not reach.
     pub fn plan(&mut self, s: Snapshot) -> Pass {
+        self.run(s, Stored::InSnapshot)
+    }
+
+    /// [`Incremental::plan`] for a caller that holds the stored specs
+    /// itself (the Kubernetes store): `s.previous_specs` is left empty and
+    /// `stored` read in place, so a pass copies no spec it does not change.
+    pub fn plan_stored(&mut self, s: Snapshot, stored: &BTreeMap<String, &MeshNodeSpec>) -> Pass {
+        self.run(s, Stored::Store(stored))
+    }
+
+    fn run(&mut self, s: Snapshot, stored: Stored<'_>) -> Pass {
         let Some(last) = self.last.take() else {
-            return self.full(s, "first pass".into());
+            return self.full(s, "first pass".into(), stored);
         };
         let Changes {
             apps: dirty,
             nodes: nodes_changed,
             recorded,
             stale,
-        } = match changes(&last, &s) {
+        } = match changes(&last, &s, stored) {
             Ok(c) => c,
-            Err(why) => return self.full(s, why),
+            Err(why) => return self.full(s, why, stored),
         };
         if dirty.is_empty() && !nodes_changed {
             self.stats.unchanged += 1;
@@ -134,7 +181,7 @@ impl Incremental {
                 changed_nodes: Some(BTreeSet::new()),
             };
         }
-        match partial(last, s, dirty, stale) {
+        match partial(last, s, dirty, stale, stored) {
             Ok((mut next, apps, nodes)) => {
                 for key in &recorded {
                     next.note(key);
@@ -153,17 +200,23 @@ impl Incremental {
             }
             Err(failed) => {
                 let (s, why) = *failed;
-                self.full(s, why)
+                self.full(s, why, stored)
             }
         }
     }
 
-    fn full(&mut self, s: Snapshot, why: String) -> Pass {
+    fn full(&mut self, mut s: Snapshot, why: String, stored: Stored<'_>) -> Pass {
         self.stats.full += 1;
         // The old plan goes first: two whole plans at once would raise the
         // peak memory of every full pass.
         self.last = None;
+        if let Stored::Store(m) = stored {
+            s.previous_specs = m.iter().map(|(n, v)| (n.clone(), (*v).clone())).collect();
+        }
         let plan = Arc::new(plan(&s));
+        if let Stored::Store(_) = stored {
+            s.previous_specs = BTreeMap::new();
+        }
         let last = Last::new(s, plan.clone());
         self.last = Some(last);
         Pass {
@@ -359,7 +412,7 @@ struct Changes {
     stale: BTreeSet<String>,
 }
 
-fn changes(last: &Last, s: &Snapshot) -> Result<Changes, String> {
+fn changes(last: &Last, s: &Snapshot, stored: Stored<'_>) -> Result<Changes, String> {
     let old = &last.input;
     if s.config != old.config {
         return Err("planner settings changed".into());
@@ -380,9 +433,8 @@ fn changes(last: &Last, s: &Snapshot) -> Result<Changes, String> {
     // store has not seen it yet): every app on such a node plans again
     // from what is stored, as a full plan would.
     let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
-    let mut stale: BTreeSet<String> = BTreeSet::new();
-    if s.previous_specs != last.plan.nodes {
-        stale.extend(diff_keys(&s.previous_specs, &last.plan.nodes));
+    let stale = stored.stale(s, &last.plan.nodes);
+    if !stale.is_empty() {
         if stale.len() > MIN_DIRTY_FOR_FULL && stale.len() * MAX_DIRTY_SHARE > s.nodes.len() {
             return Err(format!(
                 "{} stored MeshNode specs are not the last plan",
@@ -390,7 +442,7 @@ fn changes(last: &Last, s: &Snapshot) -> Result<Changes, String> {
             ));
         }
         for node in &stale {
-            for spec in [s.previous_specs.get(node), last.plan.nodes.get(node)]
+            for spec in [stored.get(s, node), last.plan.nodes.get(node)]
                 .into_iter()
                 .flatten()
             {
@@ -552,6 +604,7 @@ fn sub_snapshot(
     s: &Snapshot,
     mut dirty: BTreeSet<ObjectKey>,
     stale: BTreeSet<String>,
+    stored: Stored<'_>,
 ) -> Result<Sub, String> {
     let old = &last.input;
     // Cross-app policies (current or in force) tie apps together.
@@ -704,7 +757,7 @@ fn sub_snapshot(
         }
     }
     for node in &nodes {
-        let Some(prev) = s.previous_specs.get(node) else {
+        let Some(prev) = stored.get(s, node) else {
             continue;
         };
         let (mine, theirs): (Vec<_>, Vec<_>) =
@@ -778,6 +831,7 @@ fn partial(
     s: Snapshot,
     dirty: BTreeSet<ObjectKey>,
     stale: BTreeSet<String>,
+    stored: Stored<'_>,
 ) -> Result<Merged, Box<(Snapshot, String)>> {
     if !last.odd_ids.is_empty() {
         return Err(Box::new((s, "an app id is not its first candidate".into())));
@@ -788,7 +842,7 @@ fn partial(
             format!("MeshApp {app} has an error between apps"),
         )));
     }
-    let sub = match sub_snapshot(&last, &s, dirty, stale) {
+    let sub = match sub_snapshot(&last, &s, dirty, stale, stored) {
         Ok(sub) => sub,
         Err(why) => return Err(Box::new((s, why))),
     };

@@ -265,9 +265,19 @@ fn initial() -> Snapshot {
 /// Runs one sequence; returns how many passes were partial.
 fn run(changes: &[Change]) -> Result<u64, TestCaseError> {
     let mut inc = Incremental::default();
+    // The same sequence with the stored specs held by the caller.
+    let mut held = Incremental::default();
+    let mut plan_held = |s: &Snapshot| {
+        let mut s = s.clone();
+        let specs = std::mem::take(&mut s.previous_specs);
+        let refs: BTreeMap<String, &MeshNodeSpec> =
+            specs.iter().map(|(n, v)| (n.clone(), v)).collect();
+        held.plan_stored(s, &refs).plan
+    };
     let mut s = initial();
     let mut last_plan = plan(&s);
     prop_assert_eq!(&*inc.plan(s.clone()).plan, &last_plan);
+    prop_assert_eq!(&*plan_held(&s), &last_plan);
     feed_back(&mut s, &last_plan);
     for (i, c) in changes.iter().enumerate() {
         apply(&mut s, c);
@@ -280,6 +290,13 @@ fn run(changes: &[Change]) -> Result<u64, TestCaseError> {
             i,
             c,
             pass.kind
+        );
+        prop_assert_eq!(
+            &*plan_held(&s),
+            &want,
+            "step {} ({:?}), specs held by the caller",
+            i,
+            c
         );
         if let Some(nodes) = &pass.changed_nodes {
             for (n, spec) in &want.nodes {
