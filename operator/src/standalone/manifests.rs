@@ -24,6 +24,7 @@ use weft_api::validation::{self, MAX_MANIFEST_BYTES};
 use weft_api::{MeshAppSpec, MeshHubSpec, MeshPolicySpec, MeshSiteSpec};
 
 use super::schema::{self, Problem};
+use super::stamp::LastRead;
 use crate::planner::ObjectKey;
 
 /// The apiVersion every document must carry.
@@ -472,8 +473,8 @@ fn read_bounded(path: &Path) -> Result<String, String> {
 
 #[derive(Clone, Debug, Default)]
 struct CachedFile {
-    /// The file's identity and times when it was last read and had settled.
-    stamp: Option<Stamp>,
+    /// The file's stamp when it was last read, if it had settled.
+    last_read: LastRead,
     /// What the last read gave (text or the read error), to re-parse only
     /// on change.
     read: Option<Result<String, String>>,
@@ -485,43 +486,6 @@ struct CachedFile {
     good: Vec<Manifest>,
     /// Whether `good` was ever set since the operator started.
     ever_good: bool,
-}
-
-/// What changes whenever a file's content can have changed: its inode, size,
-/// and modification and change times (ctime cannot be set back by a user).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-/// A file touched this recently may change again within the same clock
-/// tick without its times moving (git's "racy clean" problem): such a file
-/// is read every pass until it has been quiet this long.
-const SETTLE_SECONDS: i64 = 2;
-
-/// The file's stamp, when it has settled (None: read it).
-fn settled_stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(path).ok()?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    let now = i64::try_from(now).ok()?;
-    if m.mtime() > now - SETTLE_SECONDS || m.ctime() > now - SETTLE_SECONDS {
-        return None;
-    }
-    Some(Stamp {
-        dev: m.dev(),
-        ino: m.ino(),
-        len: m.len(),
-        mtime: (m.mtime(), m.mtime_nsec()),
-        ctime: (m.ctime(), m.ctime_nsec()),
-    })
 }
 
 impl CachedFile {
@@ -575,13 +539,11 @@ impl ManifestCache {
         for path in &paths {
             // A settled file whose stamp is the one of the last read has the
             // same content: no read (thousands of files per pass otherwise).
-            let stamp = settled_stamp(path);
             let cached = self.files.entry(path.clone()).or_default();
-            if stamp.is_some() && cached.stamp == stamp && cached.read.is_some() {
+            if !cached.last_read.must_read(path) && cached.read.is_some() {
                 continue;
             }
             let read = read_bounded(path);
-            cached.stamp = stamp;
             if cached.read.as_ref() == Some(&read) {
                 continue;
             }
