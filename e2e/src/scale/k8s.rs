@@ -227,6 +227,9 @@ impl Bench {
             .await
             .context("reconcile pass")?;
             secs += started.elapsed().as_secs_f64();
+            if let Some(kind) = &report.planned {
+                eprintln!("  pass planned: {kind:?}");
+            }
             drop(obs);
             let stores = &mut self.stores;
             self.fake.sync(|seen| {

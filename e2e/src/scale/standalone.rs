@@ -73,7 +73,11 @@ impl Env {
 fn timed_tick(op: &mut Standalone, now: Timestamp) -> Result<(f64, TickReport)> {
     let started = Instant::now();
     let report = op.tick(now)?;
-    Ok((started.elapsed().as_secs_f64(), report))
+    let secs = started.elapsed().as_secs_f64();
+    if let Some(kind) = &report.planned {
+        eprintln!("  pass planned: {kind:?}");
+    }
+    Ok((secs, report))
 }
 
 fn others(r: &TickReport) -> f64 {

@@ -34,7 +34,7 @@ use weft_api::{MeshApp, MeshNode, MeshNodeSpec, MeshPolicy, MeshSite};
 
 use super::error::Error;
 use super::snapshot::{is_deleting, key_of, snapshot_without_specs, Observed};
-use crate::planner::incremental::Incremental;
+use crate::planner::incremental::{Incremental, PassKind};
 use crate::planner::{PlanError, PlannerConfig};
 use crate::status::{self, ConditionedStatus, NodeView};
 
@@ -59,6 +59,8 @@ pub struct ReconcileReport {
     pub peers_total: u32,
     /// Status writes left for the next pass (over the pass's budget).
     pub statuses_deferred: usize,
+    /// How the pass planned (unchanged, only some apps, or all and why).
+    pub planned: Option<PassKind>,
 }
 
 /// How many status patches one pass may send. At start-up (or after a
@@ -311,6 +313,7 @@ pub async fn reconcile_all_limited(
     let pass = planner.plan_stored(snapshot_without_specs(obs, config, now), &stored_specs);
     drop(stored_specs);
     tracing::debug!(kind = ?pass.kind, "planned");
+    report.planned = Some(pass.kind.clone());
     let plan = pass.plan.clone();
     let Some(snapshot) = planner.input() else {
         unreachable!("the planner keeps the snapshot it planned")

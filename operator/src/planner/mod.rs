@@ -19,7 +19,6 @@ pub mod error;
 pub mod incremental;
 pub mod ipam;
 pub mod membership;
-pub mod memo;
 pub mod naming;
 pub mod peers;
 pub mod policy;

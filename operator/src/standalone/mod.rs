@@ -35,7 +35,8 @@ use weft_api::{
     MeshNodeStatus, MeshPolicySpec, MeshPolicyStatus, MeshSiteSpec, MeshSiteStatus,
 };
 
-use crate::planner::{self, ErrorKind, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
+use crate::planner::incremental::{Incremental, PassKind};
+use crate::planner::{ErrorKind, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
 use crate::status::{self, ConditionedStatus, NodeView};
 use manifests::{Entry, Kind, Manifest, ManifestCache, ObjectRef};
 use stamp::{LastRead, Stamp};
@@ -98,6 +99,8 @@ pub struct TickReport {
     pub errors: Vec<PlanError>,
     /// Manifest files with problems (what they defined when last good stays).
     pub manifest_errors: Vec<(PathBuf, String)>,
+    /// How the pass planned (unchanged, only some apps, or all and why).
+    pub planned: Option<PassKind>,
 }
 
 impl TickReport {
@@ -200,7 +203,8 @@ pub struct Standalone {
     /// memory is authoritative (as for stored statuses).
     selector_files: Option<BTreeMap<(String, String), Vec<AppSelector>>>,
     /// The last plan: a tick whose input did not change does not replan.
-    memo: planner::memo::PlanMemo,
+    /// The last plan, so a pass plans only what changed.
+    planner: Incremental,
 }
 
 /// The stored statuses of every user kind.
@@ -295,7 +299,7 @@ impl Standalone {
             logged: BTreeSet::new(),
             manifest_status: None,
             selector_files: None,
-            memo: Default::default(),
+            planner: Incremental::default(),
         }
     }
 
@@ -363,10 +367,6 @@ impl Standalone {
         // 2b. Nodes.
         let node_names = self.refresh_nodes();
         let mut generations: BTreeMap<String, i64> = BTreeMap::new();
-        // The known MeshNodes' specs are lent to the snapshot (not cloned:
-        // ~18 MB at 1,000 nodes) and given back after the writes; a pass
-        // that fails before forgets them, so the next one reads the files.
-        let mut lent: BTreeMap<String, MeshNodeFile> = BTreeMap::new();
         for name in &node_names {
             let Some(files) = self.nodes.get_mut(name) else {
                 continue;
@@ -439,11 +439,12 @@ impl Standalone {
                     }
                 }
             }
+            // The known specs stay here; the planner reads them in place
+            // (~18 MB at 1,000 nodes, not copied each pass).
             match previous_meshnode(&self.dir.meshnode(name), files.meshnode.take()) {
                 Ok(Some(prev)) => {
                     generations.insert(name.clone(), prev.file.generation);
-                    snapshot.previous_specs.insert(name.clone(), prev.spec);
-                    lent.insert(name.clone(), prev.file);
+                    files.meshnode = Some(prev);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -475,18 +476,40 @@ impl Standalone {
             }
         }
 
-        // 4. Plan.
-        let plan = self.memo.plan(&snapshot);
+        // 4. Plan. A node's stored spec counts only when the node is
+        // registered (a removed node's file is not an input).
+        let stored_specs: BTreeMap<String, &MeshNodeSpec> = node_names
+            .iter()
+            .filter_map(|n| Some((n.clone(), &self.nodes.get(n)?.meshnode.as_ref()?.spec)))
+            .collect();
+        let pass = self.planner.plan_stored(snapshot, &stored_specs);
+        drop(stored_specs);
+        tracing::debug!(kind = ?pass.kind, "planned");
+        report.planned = Some(pass.kind.clone());
+        let plan = pass.plan.clone();
 
         // 5. Selector files before MeshNodes: a daemon that sees a spec
         // naming a new app also finds the app among its namespace's selectors.
         self.sync_selectors(&plan.selectors, &mut report)?;
 
-        // 5b. MeshNode specs, only when changed, made durable together.
+        // 5b. MeshNode specs, only when changed, made durable together:
+        // only nodes the pass may have changed (the planner checked the
+        // others' stored specs against its last plan).
+        let candidates: Vec<(&String, &MeshNodeSpec)> = match &pass.changed_nodes {
+            Some(changed) => changed
+                .iter()
+                .filter_map(|n| plan.nodes.get_key_value(n))
+                .collect(),
+            None => plan.nodes.iter().collect(),
+        };
+        let stored_specs: BTreeMap<&String, &MeshNodeSpec> = node_names
+            .iter()
+            .filter_map(|n| Some((n, &self.nodes.get(n)?.meshnode.as_ref()?.spec)))
+            .collect();
         let mut batch = files::Batch::default();
         let mut staged = Vec::new();
-        for (name, spec) in &plan.nodes {
-            if snapshot.previous_specs.get(name) == Some(spec) && generations.contains_key(name) {
+        for (name, spec) in candidates {
+            if stored_specs.get(name) == Some(&spec) && generations.contains_key(name) {
                 continue;
             }
             let generation = generations.get(name).copied().unwrap_or(0) + 1;
@@ -497,10 +520,14 @@ impl Standalone {
                 .with_context(|| format!("writing MeshNode {name}"))?;
             staged.push((name, obj.spec, generation, Sha256::digest(&body).into()));
         }
+        drop(stored_specs);
         let mut failed = None;
         for ((name, spec, generation, digest), written) in staged.into_iter().zip(batch.commit()) {
-            lent.remove(name);
             if let Err(e) = written {
+                // Not known any more: the next pass reads the file.
+                if let Some(files) = self.nodes.get_mut(name) {
+                    files.meshnode = None;
+                }
                 failed.get_or_insert(e.context(format!("writing MeshNode {name}")));
                 continue;
             }
@@ -517,14 +544,6 @@ impl Standalone {
                         trusted: false,
                     },
                 });
-            }
-        }
-        for (name, file) in lent {
-            if let (Some(files), Some(spec)) = (
-                self.nodes.get_mut(&name),
-                snapshot.previous_specs.remove(&name),
-            ) {
-                files.meshnode = Some(KnownMeshNode { spec, file });
             }
         }
         if let Some(e) = failed {
@@ -546,6 +565,9 @@ impl Standalone {
         report.errors = errors;
 
         // 7. Statuses.
+        let Some(snapshot) = self.planner.input() else {
+            unreachable!("the planner keeps the snapshot it planned")
+        };
         let views: BTreeMap<String, NodeView<'_>> = snapshot
             .nodes
             .iter()
