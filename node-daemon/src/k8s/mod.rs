@@ -13,13 +13,15 @@
 //!
 //! With `--attach-socket` the daemon serves the CNI plugin: pod metadata
 //! comes from a watch on this node's pods ([`pods`]), the netns from the
-//! plugin's ADD. With `--cni-conf-dir` it also puts the plugin into the
+//! plugin's ADD, and which apps claim them from MeshApp watches in those
+//! pods' namespaces only ([`app_watch`]). With `--cni-conf-dir` it also puts the plugin into the
 //! node's CNI chain once the socket listens, and takes it out again on a
 //! graceful exit, so a node without a running daemon keeps starting pods
 //! (unmeshed) instead of failing every ADD. An edge host (no Kubernetes
 //! Node) passes `--register-site` and creates its own MeshNode, and takes
 //! its workloads from Docker (`--workloads docker`).
 
+pub mod app_watch;
 pub mod pods;
 pub mod transport;
 pub mod watch;
