@@ -48,17 +48,32 @@ fn set(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-/// The sum of metric `name` of the API server over the series of MeshApp
-/// watches (`verb="WATCH"`) with `scope` (`cluster` or `namespace`).
-fn meshapp_watches(c: &KubeCluster, name: &str, scope: &str) -> f64 {
+/// Open long-running requests, by the API server's metric: renamed in
+/// 1.23 (`apiserver_longrunning_gauge` before).
+const OPEN: &[&str] = &[
+    "apiserver_longrunning_requests",
+    "apiserver_longrunning_gauge",
+];
+/// Finished requests (a watch counts once it ended).
+const ENDED: &[&str] = &["apiserver_request_total"];
+
+/// The API server's count of MeshApp watches (`verb="WATCH"`) with `scope`
+/// (`cluster` or `namespace`), from the first metric of `names` it serves
+/// (none served fails, rather than counting nothing).
+fn meshapp_watches(c: &KubeCluster, names: &[&str], scope: &str) -> f64 {
     let text = c.kubectl(&["get", "--raw", "/metrics"]).unwrap();
+    let series = |name: &str| format!("{name}{{");
+    let name = names
+        .iter()
+        .find(|n| text.lines().any(|l| l.starts_with(&series(n))))
+        .unwrap_or_else(|| panic!("the API server serves none of {names:?}"));
     let want = [
         r#"resource="meshapps""#.to_string(),
         r#"verb="WATCH""#.to_string(),
         format!(r#"scope="{scope}""#),
     ];
     text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| l.starts_with(&series(name)))
         .filter(|l| want.iter().all(|w| l.contains(w.as_str())))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -201,15 +216,15 @@ fn a_daemon_watches_meshapps_only_in_its_pods_namespaces() {
     // And as the API server counts them (nothing else watches MeshApps
     // here): no cluster-wide MeshApp watch is open or was (a watch counts
     // in requests only once it ended), and exactly one namespaced one is open.
-    for metric in ["apiserver_longrunning_gauge", "apiserver_request_total"] {
+    for names in [OPEN, ENDED] {
         assert_eq!(
-            meshapp_watches(&c, metric, "cluster"),
+            meshapp_watches(&c, names, "cluster"),
             0.0,
-            "{metric}: a cluster-wide MeshApp watch"
+            "{names:?}: a cluster-wide MeshApp watch"
         );
     }
     assert_eq!(
-        meshapp_watches(&c, "apiserver_longrunning_gauge", "namespace"),
+        meshapp_watches(&c, OPEN, "namespace"),
         1.0,
         "namespaced MeshApp watches open"
     );
