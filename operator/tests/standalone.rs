@@ -692,3 +692,61 @@ fn selector_files_follow_the_apps_of_each_namespace_and_site() {
     let r = restarted.tick(t(6)).unwrap();
     assert!(!r.wrote_anything(), "{r:?}");
 }
+
+/// n1's report for `demo/web` with its peer n2 and the given counters.
+fn web_report(now: Timestamp, gen: Option<i64>, rx: u64) -> MeshNodeStatus {
+    let mut st = status(
+        now,
+        gen,
+        vec![
+            workload("w1", &[("tier", "web")]),
+            workload("d1", &[("weft.dev/app", "db")]),
+        ],
+        vec![("demo/web", "KEY1", true, vec![("n2", 5)])],
+    );
+    st.apps[0].peers[0].rx_bytes = rx;
+    st
+}
+
+/// Between passes that plan everything, statuses are computed only for the
+/// apps a change can reach (see `status_scope`); what depends on time alone,
+/// the traffic figures' refresh, still lands once it is due.
+#[test]
+fn statuses_follow_node_reports_and_held_back_traffic_lands_when_due() {
+    let mut env = Env::new();
+    env.op = Standalone::new(
+        StandaloneConfig::new(env.manifests.path(), env.state.path()).with_traffic_refresh(20),
+    );
+    two_nodes(&env, t(0));
+    env.op.tick(t(0)).unwrap();
+    let gen = env.meshnode("n1").metadata.generation;
+    env.report("n1", &web_report(t(1), gen, 100));
+    env.op.tick(t(1)).unwrap();
+    let traffic = |env: &Env| {
+        env.app_status("demo/web")
+            .unwrap()
+            .status
+            .traffic
+            .map(|t| t.rx_bytes)
+    };
+    assert_eq!(traffic(&env), Some(100), "a node's report reaches its app");
+
+    // Counters alone move: held back for the refresh interval (20 s)...
+    env.report("n1", &web_report(t(2), gen, 200));
+    let r = env.op.tick(t(2)).unwrap();
+    assert!(
+        r.status_writes.is_empty(),
+        "counters alone do not rewrite a young status: {:?}",
+        r.status_writes
+    );
+    let r = env.op.tick(t(10)).unwrap();
+    assert!(r.status_writes.is_empty(), "{:?}", r.status_writes);
+    assert_eq!(traffic(&env), Some(100));
+    // ...and written once it is due, with no new report in between (both
+    // heartbeats still count: no node is lost yet).
+    let r = env.op.tick(t(25)).unwrap();
+    assert_eq!(r.status_writes, vec!["meshapps/demo/web"]);
+    assert_eq!(traffic(&env), Some(200));
+    let r = env.op.tick(t(26)).unwrap();
+    assert!(!r.wrote_anything(), "{r:?}");
+}

@@ -79,6 +79,8 @@ pub struct Pass {
     pub kind: PassKind,
     /// Nodes whose spec may differ from the previous plan's (`None`: any).
     pub changed_nodes: Option<BTreeSet<String>>,
+    /// Apps whose outcome may differ from the previous plan's (`None`: any).
+    pub changed_apps: Option<BTreeSet<ObjectKey>>,
 }
 
 /// The last plan and what it was planned from, with the facts that decide
@@ -179,6 +181,7 @@ impl Incremental {
                 plan,
                 kind: PassKind::Unchanged,
                 changed_nodes: Some(BTreeSet::new()),
+                changed_apps: Some(BTreeSet::new()),
             };
         }
         match partial(last, s, dirty, stale, stored) {
@@ -192,10 +195,11 @@ impl Incremental {
                 Pass {
                     plan,
                     kind: PassKind::Partial {
-                        apps,
+                        apps: apps.len(),
                         nodes: nodes.len(),
                     },
                     changed_nodes: Some(nodes),
+                    changed_apps: Some(apps),
                 }
             }
             Err(failed) => {
@@ -223,6 +227,7 @@ impl Incremental {
             plan,
             kind: PassKind::Full(why),
             changed_nodes: None,
+            changed_apps: None,
         }
     }
 
@@ -821,8 +826,8 @@ fn held_ranges(
     out
 }
 
-/// The next state, how many apps were planned, the nodes rebuilt.
-type Merged = (Last, usize, BTreeSet<String>);
+/// The next state, the apps planned again, the nodes rebuilt.
+type Merged = (Last, BTreeSet<ObjectKey>, BTreeSet<String>);
 
 /// Plans the dirty apps alone and merges them into the last plan; on any
 /// doubt, hands the snapshot back with why for a full plan.
@@ -927,7 +932,7 @@ fn partial(
     for key in &sub.apps {
         last.note(key);
     }
-    Ok((last, sub.apps.len(), changed))
+    Ok((last, sub.apps, changed))
 }
 
 /// Whether the sub-plan is what a full plan would give: the conditions the

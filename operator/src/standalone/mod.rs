@@ -36,7 +36,7 @@ use weft_api::{
 };
 
 use crate::planner::incremental::{Incremental, PassKind};
-use crate::planner::{ErrorKind, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
+use crate::planner::{self, ErrorKind, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
 use crate::status::{self, ConditionedStatus, NodeView};
 use manifests::{Entry, Kind, Manifest, ManifestCache, ObjectRef};
 use stamp::{LastRead, Stamp};
@@ -128,6 +128,9 @@ struct NodeFiles {
     status: Option<MeshNodeStatus>,
     /// status.json when last read.
     status_read: LastRead,
+    /// Its content changed in this pass's read (statuses of the node's
+    /// apps may change).
+    status_changed: bool,
     /// meshnode.json as this operator last wrote or read it (None: read it).
     meshnode: Option<KnownMeshNode>,
 }
@@ -205,6 +208,9 @@ pub struct Standalone {
     /// The last plan: a tick whose input did not change does not replan.
     /// The last plan, so a pass plans only what changed.
     planner: Incremental,
+    /// When every app's status was last computed, and from which files the
+    /// objects came then (see [`Standalone::status_scope`]).
+    all_statuses: Option<(Timestamp, BTreeMap<ObjectRef, String>)>,
 }
 
 /// The stored statuses of every user kind.
@@ -300,6 +306,7 @@ impl Standalone {
             manifest_status: None,
             selector_files: None,
             planner: Incremental::default(),
+            all_statuses: None,
         }
     }
 
@@ -598,12 +605,37 @@ impl Standalone {
             first_seen: &first_seen,
             writes: Vec::new(),
             deletes: Vec::new(),
+            scope: None,
         };
-        let app_items: BTreeMap<String, (&MeshAppSpec, _)> = snapshot
-            .apps
-            .iter()
-            .filter_map(|(k, spec)| Some((k.to_string(), (spec, plan.apps.get(k)?))))
-            .collect();
+        let scope = status_scope(
+            &self.all_statuses,
+            now,
+            traffic_refresh,
+            &sources,
+            &pass.changed_apps,
+            &plan,
+            self.nodes
+                .iter()
+                .filter(|(_, f)| f.status_changed)
+                .map(|(n, _)| n)
+                .chain(&report.meshnode_writes),
+        );
+        let app_items: BTreeMap<String, (&MeshAppSpec, _)> = match &scope {
+            None => snapshot
+                .apps
+                .iter()
+                .filter_map(|(k, spec)| Some((k.to_string(), (spec, plan.apps.get(k)?))))
+                .collect(),
+            Some(keys) => keys
+                .iter()
+                .filter_map(|k| {
+                    let key = ObjectKey::parse(k);
+                    let (key, spec) = snapshot.apps.get_key_value(&key)?;
+                    Some((key.to_string(), (spec, plan.apps.get(key)?)))
+                })
+                .collect(),
+        };
+        sync.scope = scope.as_ref();
         sync.kind(
             APPS,
             &mut stored.apps,
@@ -621,6 +653,7 @@ impl Standalone {
                 )
             },
         );
+        sync.scope = None;
         let policy_items: BTreeMap<String, (&MeshPolicySpec, _)> = snapshot
             .policies
             .iter()
@@ -663,8 +696,12 @@ impl Standalone {
                 status::hub_status(outcome, generation, prev, &now_time)
             },
         );
+        let all = scope.is_none();
         self.stored = Some(stored);
         let (writes, deletes) = (sync.writes, sync.deletes);
+        if all {
+            self.all_statuses = Some((now, sources));
+        }
         report.status_writes = writes;
         report.status_deletes = deletes;
         Ok(report)
@@ -778,10 +815,13 @@ impl Standalone {
                     }
                 }
                 let path = self.dir.node_status(&name);
+                files.status_changed = false;
                 if files.status_read.must_read(&path) {
                     match files::read_json::<MeshNodeStatus>(&path) {
-                        Ok(s @ Some(_)) => files.status = s,
-                        Ok(None) => files.status = None,
+                        Ok(s) => {
+                            files.status_changed = s != files.status;
+                            files.status = s;
+                        }
                         Err(e) => {
                             tracing::debug!(node = %name, error = %format!("{e:#}"), "status.json unreadable; keeping the last good one")
                         }
@@ -845,6 +885,9 @@ struct Sync<'a> {
     first_seen: &'a str,
     writes: Vec<String>,
     deletes: Vec<String>,
+    /// Only these objects may have changed (`None`: any): the others are
+    /// neither computed nor taken for gone.
+    scope: Option<&'a BTreeSet<String>>,
 }
 
 impl Sync<'_> {
@@ -910,14 +953,34 @@ impl Sync<'_> {
             self.writes.push(format!("{plural}/{key}"));
             stored.insert(key.clone(), record);
         }
-        let gone: Vec<String> = stored
-            .keys()
-            .filter(|k| !items.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            stored.remove(&key);
+        let gone: Vec<String> = match self.scope {
+            None => stored
+                .keys()
+                .filter(|k| !items.contains_key(*k))
+                .cloned()
+                .collect(),
+            Some(keys) => keys
+                .iter()
+                .filter(|k| stored.contains_key(*k) && !items.contains_key(*k))
+                .cloned()
+                .collect(),
+        };
+        for key in &gone {
+            stored.remove(key);
             self.deletes.push(format!("{plural}/{key}"));
+        }
+        if let Some(keys) = self.scope {
+            // Only the files of objects gone now; the sweep below is for
+            // passes that see every object.
+            for key in gone.iter().filter(|k| keys.contains(*k)) {
+                let path = dir.status_file(plural, key);
+                if let Err(e) = fs::remove_file(&path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot remove stale status");
+                    }
+                }
+            }
+            return;
         }
         // Also sweep files nobody tracks (e.g. left by an earlier run).
         let tracked: BTreeSet<PathBuf> =
@@ -938,6 +1001,40 @@ impl Sync<'_> {
             }
         }
     }
+}
+
+/// The MeshApps whose status may have changed this pass, or `None` for
+/// all. A status depends on the app's outcome (the planner says which
+/// changed), on the statuses and MeshNode generations of its nodes, on the
+/// file defining it, and on time only through the traffic refresh: every app
+/// is computed again when a refresh is due, when a file moved an object,
+/// and whenever the whole cluster was planned.
+fn status_scope<'a>(
+    all: &Option<(Timestamp, BTreeMap<ObjectRef, String>)>,
+    now: Timestamp,
+    traffic_refresh: i64,
+    sources: &BTreeMap<ObjectRef, String>,
+    changed_apps: &Option<BTreeSet<ObjectKey>>,
+    plan: &planner::Plan,
+    changed_nodes: impl Iterator<Item = &'a String>,
+) -> Option<BTreeSet<String>> {
+    let (at, last_sources) = all.as_ref()?;
+    if now.duration_since(*at) >= SignedDuration::from_secs(traffic_refresh.max(1))
+        || last_sources != sources
+    {
+        return None;
+    }
+    let mut keys: BTreeSet<String> = changed_apps
+        .as_ref()?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for node in changed_nodes {
+        if let Some(spec) = plan.nodes.get(node) {
+            keys.extend(spec.apps.iter().map(|a| a.app.clone()));
+        }
+    }
+    Some(keys)
 }
 
 fn cannot_write(plural: &str, key: &str, e: &anyhow::Error) {

@@ -310,6 +310,18 @@ fn run(changes: &[Change]) -> Result<u64, TestCaseError> {
                 }
             }
         }
+        if let Some(apps) = &pass.changed_apps {
+            for (k, out) in &want.apps {
+                if !apps.contains(k) {
+                    prop_assert_eq!(
+                        Some(out),
+                        last_plan.apps.get(k),
+                        "app {} changed but was not reported",
+                        k
+                    );
+                }
+            }
+        }
         if !matches!(c, Change::WriteFails) {
             feed_back(&mut s, &want);
         }
