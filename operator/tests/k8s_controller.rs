@@ -24,10 +24,9 @@ use weft_api::{
     MeshPolicySpec, MeshSite, MeshSiteSpec, PeerStatus, Selector,
 };
 use weft_operator::k8s::{
-    reconcile_all, reconcile_all_limited, snapshot_from_stores, Observed, ReconcileReport,
-    STATUS_WRITES_PER_PASS,
+    reconcile_all, reconcile_all_limited, snapshot_from_stores, Observed, PassState,
+    ReconcileReport, STATUS_WRITES_PER_PASS,
 };
-use weft_operator::planner::incremental::Incremental;
 use weft_operator::planner::{self, PlannerConfig};
 use weft_operator::status::{self as app_status, NodeView};
 
@@ -446,7 +445,7 @@ where
             &PlannerConfig::default(),
             at,
             Some("weft-operator-0"),
-            &mut Incremental::default(),
+            &mut PassState::default(),
         )
         .await;
         drop(client);
@@ -732,7 +731,7 @@ async fn reconciling_never_changes_spec_or_metadata_of_user_objects_except_the_f
                 &PlannerConfig::default(),
                 now(),
                 None,
-                &mut Incremental::default(),
+                &mut PassState::default(),
             )
             .await;
             drop(client);
@@ -845,7 +844,7 @@ async fn pass_with_budget(obs: &Observed, budget: usize) -> (ReconcileReport, Ve
                 &PlannerConfig::default(),
                 now(),
                 None,
-                &mut Incremental::default(),
+                &mut PassState::default(),
                 budget,
             )
             .await;

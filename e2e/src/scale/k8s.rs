@@ -31,8 +31,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use serde_json::{json, Value};
 use weft_api::{MeshApp, MeshAppStatus, MeshNode, MeshNodeSpec};
-use weft_operator::k8s::{reconcile_all, snapshot_from_stores, Observed, ReconcileReport};
-use weft_operator::planner::incremental::Incremental;
+use weft_operator::k8s::{
+    reconcile_all, snapshot_from_stores, Observed, PassState, ReconcileReport,
+};
 use weft_operator::planner::{self, PlannerConfig};
 
 use super::{
@@ -200,8 +201,8 @@ struct Bench {
     config: PlannerConfig,
     stores: Stores,
     now: Timestamp,
-    /// The operator's planner, kept between passes as the run loop keeps it.
-    planner: Incremental,
+    /// What the operator keeps between passes, as its run loop does.
+    state: PassState,
 }
 
 impl Bench {
@@ -222,7 +223,7 @@ impl Bench {
                 &self.config,
                 self.now,
                 None,
-                &mut self.planner,
+                &mut self.state,
             )
             .await
             .context("reconcile pass")?;
@@ -300,7 +301,7 @@ pub async fn run(mut cluster: Cluster, work: &Path, opts: &Options) -> Result<()
         config: cluster.planner_config(),
         stores,
         now,
-        planner: Incremental::default(),
+        state: PassState::default(),
     };
     emit(keys::SETUP_S, started.elapsed().as_secs_f64());
 
@@ -363,7 +364,7 @@ pub async fn run(mut cluster: Cluster, work: &Path, opts: &Options) -> Result<()
     emit(keys::MOVE_MESHNODES, r.meshnode_writes.len() as f64);
 
     // A restarted operator: a new planner over the same stores.
-    b.planner = Incremental::default();
+    b.state = PassState::default();
     let (secs, r, _) = b.pass().await?;
     emit(keys::RESTART_S, secs);
     emit(keys::RESTART_MESHNODES, r.meshnode_writes.len() as f64);

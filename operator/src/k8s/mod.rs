@@ -21,6 +21,7 @@
 pub mod error;
 pub mod lease;
 pub mod metrics;
+pub mod pass_state;
 pub mod reconcile;
 pub mod run;
 pub mod snapshot;
@@ -28,6 +29,7 @@ pub mod trim;
 pub mod watch;
 
 pub use error::Error;
+pub use pass_state::PassState;
 pub use reconcile::{
     reconcile_all, reconcile_all_limited, ReconcileReport, STATUS_WRITES_PER_PASS,
 };

@@ -17,7 +17,7 @@
 //!
 //! Spec and every other metadata field of user-owned objects are never sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -33,8 +33,9 @@ use weft_api::labels::{APP_FINALIZER, OPERATOR_MANAGER, SITE_LABEL};
 use weft_api::{MeshApp, MeshNode, MeshNodeSpec, MeshPolicy, MeshSite};
 
 use super::error::Error;
+use super::pass_state::PassState;
 use super::snapshot::{is_deleting, key_of, snapshot_without_specs, Observed};
-use crate::planner::incremental::{Incremental, PassKind};
+use crate::planner::incremental::PassKind;
 use crate::planner::{PlanError, PlannerConfig};
 use crate::status::{self, ConditionedStatus, NodeView};
 
@@ -228,14 +229,15 @@ async fn warn_event<K: Resource<DynamicType = ()>>(recorder: &Recorder, obj: &K,
 
 /// Runs one pass: plan the stores' contents, write the differences (at most
 /// [`STATUS_WRITES_PER_PASS`] status patches).
-/// `planner` keeps the last plan, so a pass plans only what changed.
+/// `state` keeps the last plan and what the statuses came from, so a pass
+/// plans and computes only what changed.
 pub async fn reconcile_all(
     client: &Client,
     obs: &Observed,
     config: &PlannerConfig,
     now: Timestamp,
     instance: Option<&str>,
-    planner: &mut Incremental,
+    state: &mut PassState,
 ) -> Result<ReconcileReport, Error> {
     reconcile_all_limited(
         client,
@@ -243,7 +245,7 @@ pub async fn reconcile_all(
         config,
         now,
         instance,
-        planner,
+        state,
         STATUS_WRITES_PER_PASS,
     )
     .await
@@ -257,7 +259,7 @@ pub async fn reconcile_all_limited(
     config: &PlannerConfig,
     now: Timestamp,
     instance: Option<&str>,
-    planner: &mut Incremental,
+    state: &mut PassState,
     status_budget: usize,
 ) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
@@ -310,12 +312,14 @@ pub async fn reconcile_all_limited(
         .collect();
     let stored_specs: BTreeMap<String, &MeshNodeSpec> =
         stored.iter().map(|(n, m)| (n.clone(), &m.spec)).collect();
-    let pass = planner.plan_stored(snapshot_without_specs(obs, config, now), &stored_specs);
+    let pass = state
+        .planner
+        .plan_stored(snapshot_without_specs(obs, config, now), &stored_specs);
     drop(stored_specs);
     tracing::debug!(kind = ?pass.kind, "planned");
     report.planned = Some(pass.kind.clone());
     let plan = pass.plan.clone();
-    let Some(snapshot) = planner.input() else {
+    let Some(snapshot) = state.planner.input() else {
         unreachable!("the planner keeps the snapshot it planned")
     };
     report.errors = plan.errors().into_iter().cloned().collect();
@@ -378,8 +382,19 @@ pub async fn reconcile_all_limited(
             )
         })
         .collect();
+    let scope = state
+        .statuses
+        .scope(now, &pass.changed_apps, &apps, &stored, &plan);
+    let mut pending = BTreeSet::new();
+    let mut peers = std::mem::take(&mut state.statuses.peers);
+    if scope.is_none() {
+        peers.clear();
+    }
     for app in apps.iter().copied().filter(|a| !is_deleting(*a)) {
         let key = key_of(app);
+        if scope.as_ref().is_some_and(|s| !s.contains(&key)) {
+            continue;
+        }
         let Some(outcome) = plan.apps.get(&key) else {
             continue;
         };
@@ -392,8 +407,7 @@ pub async fn reconcile_all_limited(
             app.status.as_ref(),
             &now_time,
         );
-        report.peers_up += new.peers_up;
-        report.peers_total += new.peers_total;
+        peers.insert(key.clone(), (new.peers_up, new.peers_total));
         if app
             .status
             .as_ref()
@@ -403,6 +417,7 @@ pub async fn reconcile_all_limited(
         }
         if budget == 0 {
             report.statuses_deferred += 1;
+            pending.insert(key);
             continue;
         }
         budget -= 1;
@@ -411,6 +426,7 @@ pub async fn reconcile_all_limited(
             apply_status(api, &key.name, key.to_string(), &new, app.status.as_ref()).await
         {
             defer(e, &mut failed);
+            pending.insert(key);
             continue;
         }
         report.status_writes.push(format!("MeshApp {key}"));
@@ -421,6 +437,13 @@ pub async fn reconcile_all_limited(
             }
         }
     }
+    // Link figures of every app, computed now or kept from before.
+    peers.retain(|k, _| plan.apps.contains_key(k));
+    report.peers_up = peers.values().map(|p| p.0).sum();
+    report.peers_total = peers.values().map(|p| p.1).sum();
+    state
+        .statuses
+        .computed(now, scope.is_none(), &apps, &stored, pending, peers);
     for pol in policies.iter().copied().filter(|p| !is_deleting(*p)) {
         let key = key_of(pol);
         let Some(outcome) = plan.policies.get(&key) else {

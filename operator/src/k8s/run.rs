@@ -19,11 +19,11 @@ use weft_api::{MeshApp, MeshNode, MeshPolicy, MeshSite};
 
 use super::lease::{LeaderElector, LeaseConfig};
 use super::metrics::Metrics;
+use super::pass_state::PassState;
 use super::reconcile::reconcile_all;
 use super::snapshot::Observed;
 use super::trim;
 use super::watch::retrying_watcher;
-use crate::planner::incremental::Incremental;
 use crate::planner::PlannerConfig;
 
 /// Settings of the Kubernetes loop.
@@ -153,7 +153,7 @@ pub async fn run(
     let mut backoff = BACKOFF_MIN;
     let mut logged: Vec<String> = Vec::new();
     let mut due = true;
-    let mut planner = Incremental::default();
+    let mut state = PassState::default();
     loop {
         if !due {
             tokio::select! {
@@ -170,7 +170,7 @@ pub async fn run(
         cfg.metrics.set_leader(is_leader);
         if !is_leader {
             // A replica that leads again starts from what is stored.
-            planner = Incremental::default();
+            state = PassState::default();
             continue;
         }
         let obs = Observed {
@@ -189,7 +189,7 @@ pub async fn run(
             &cfg.planner,
             Timestamp::now(),
             instance,
-            &mut planner,
+            &mut state,
         )
         .await;
         cfg.metrics.observe_pass(started.elapsed(), result.as_ref());
