@@ -75,7 +75,12 @@ fn timed_tick(op: &mut Standalone, now: Timestamp) -> Result<(f64, TickReport)> 
     let report = op.tick(now)?;
     let secs = started.elapsed().as_secs_f64();
     if let Some(kind) = &report.planned {
-        eprintln!("  pass planned: {kind:?}");
+        let phases: Vec<String> = report
+            .phases
+            .iter()
+            .map(|(name, d)| format!("{name} {:.1}", d.as_secs_f64() * 1e3))
+            .collect();
+        eprintln!("  pass planned: {kind:?}; ms: {}", phases.join(", "));
     }
     Ok((secs, report))
 }

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use weft_api::{MeshApp, MeshNode};
 
 use super::snapshot::key_of;
-use crate::planner::incremental::Incremental;
+use crate::planner::incremental::{Incremental, Pass};
 use crate::planner::{ObjectKey, Plan};
 use crate::status::TRAFFIC_REFRESH_SECONDS;
 
@@ -28,6 +28,44 @@ pub struct PassState {
     pub planner: Incremental,
     /// What the statuses were last computed from.
     pub(crate) statuses: StatusMemory,
+    /// resourceVersion of each MeshNode when the last pass planned.
+    meshnodes: BTreeMap<String, String>,
+    /// Nodes the last pass meant to write: the store may not show the
+    /// write yet (or it failed), so their stored spec is compared again.
+    unsynced: BTreeSet<String>,
+}
+
+impl PassState {
+    /// The nodes whose stored spec may differ from what the planner last
+    /// planned (see [`Incremental::plan_stored`]).
+    pub(crate) fn meshnodes_changed(
+        &self,
+        stored: &BTreeMap<String, &MeshNode>,
+    ) -> BTreeSet<String> {
+        let mut out = self.unsynced.clone();
+        for (name, node) in stored {
+            if self.meshnodes.get(name) != Some(&version(*node)) {
+                out.insert(name.clone());
+            }
+        }
+        out
+    }
+
+    /// Records what a pass planned from.
+    pub(crate) fn planned(&mut self, stored: &BTreeMap<String, &MeshNode>, pass: &Pass) {
+        self.meshnodes = stored
+            .iter()
+            .map(|(n, o)| (n.clone(), version(*o)))
+            .collect();
+        self.unsynced = match &pass.changed_nodes {
+            Some(changed) => changed.clone(),
+            None => stored
+                .keys()
+                .cloned()
+                .chain(pass.plan.nodes.keys().cloned())
+                .collect(),
+        };
+    }
 }
 
 /// See the module doc.

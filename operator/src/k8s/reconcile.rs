@@ -312,9 +312,13 @@ pub async fn reconcile_all_limited(
         .collect();
     let stored_specs: BTreeMap<String, &MeshNodeSpec> =
         stored.iter().map(|(n, m)| (n.clone(), &m.spec)).collect();
-    let pass = state
-        .planner
-        .plan_stored(snapshot_without_specs(obs, config, now), &stored_specs);
+    let hint = state.meshnodes_changed(&stored);
+    let pass = state.planner.plan_stored(
+        snapshot_without_specs(obs, config, now),
+        &stored_specs,
+        Some(&hint),
+    );
+    state.planned(&stored, &pass);
     drop(stored_specs);
     tracing::debug!(kind = ?pass.kind, "planned");
     report.planned = Some(pass.kind.clone());

@@ -114,7 +114,12 @@ enum Stored<'a> {
     InSnapshot,
     /// In the caller's store, by node; the snapshot's `previous_specs` stays
     /// empty, and the specs are copied only when the whole cluster is planned.
-    Store(&'a BTreeMap<String, &'a MeshNodeSpec>),
+    /// With the nodes whose stored spec may have changed since the last
+    /// pass, when the caller can tell (only those are compared).
+    Store(
+        &'a BTreeMap<String, &'a MeshNodeSpec>,
+        Option<&'a BTreeSet<String>>,
+    ),
 }
 
 impl<'a> Stored<'a> {
@@ -124,7 +129,7 @@ impl<'a> Stored<'a> {
     {
         match self {
             Stored::InSnapshot => s.previous_specs.get(node),
-            Stored::Store(m) => m.get(node).copied(),
+            Stored::Store(m, _) => m.get(node).copied(),
         }
     }
 
@@ -132,12 +137,25 @@ impl<'a> Stored<'a> {
     fn stale(&self, s: &Snapshot, planned: &BTreeMap<String, MeshNodeSpec>) -> BTreeSet<String> {
         match self {
             Stored::InSnapshot => diff_keys(&s.previous_specs, planned).into_iter().collect(),
-            Stored::Store(m) => m
+            Stored::Store(m, None) => m
                 .keys()
                 .chain(planned.keys())
                 .filter(|n| m.get(*n).copied() != planned.get(*n))
                 .cloned()
                 .collect(),
+            Stored::Store(m, Some(hint)) => {
+                let differs = |n: &&String| m.get(*n).copied() != planned.get(*n);
+                let mut out: BTreeSet<String> = hint.iter().filter(differs).cloned().collect();
+                if !m.keys().eq(planned.keys()) {
+                    out.extend(
+                        m.keys()
+                            .filter(|n| !planned.contains_key(*n))
+                            .chain(planned.keys().filter(|n| !m.contains_key(*n)))
+                            .cloned(),
+                    );
+                }
+                out
+            }
         }
     }
 }
@@ -152,8 +170,18 @@ impl Incremental {
     /// [`Incremental::plan`] for a caller that holds the stored specs
     /// itself (the Kubernetes store): `s.previous_specs` is left empty and
     /// `stored` read in place, so a pass copies no spec it does not change.
-    pub fn plan_stored(&mut self, s: Snapshot, stored: &BTreeMap<String, &MeshNodeSpec>) -> Pass {
-        self.run(s, Stored::Store(stored))
+    ///
+    /// `changed`, when the caller can tell, holds the nodes whose stored
+    /// spec may differ from what it was at the end of the last pass (read
+    /// again, written by someone else, a write that failed): only those are
+    /// compared with the last plan. `None` compares every node.
+    pub fn plan_stored(
+        &mut self,
+        s: Snapshot,
+        stored: &BTreeMap<String, &MeshNodeSpec>,
+        changed: Option<&BTreeSet<String>>,
+    ) -> Pass {
+        self.run(s, Stored::Store(stored, changed))
     }
 
     fn run(&mut self, s: Snapshot, stored: Stored<'_>) -> Pass {
@@ -214,11 +242,11 @@ impl Incremental {
         // The old plan goes first: two whole plans at once would raise the
         // peak memory of every full pass.
         self.last = None;
-        if let Stored::Store(m) = stored {
+        if let Stored::Store(m, _) = stored {
             s.previous_specs = m.iter().map(|(n, v)| (n.clone(), (*v).clone())).collect();
         }
         let plan = Arc::new(plan(&s));
-        if let Stored::Store(_) = stored {
+        if let Stored::Store(..) = stored {
             s.previous_specs = BTreeMap::new();
         }
         let last = Last::new(s, plan.clone());

@@ -101,9 +101,17 @@ pub struct TickReport {
     pub manifest_errors: Vec<(PathBuf, String)>,
     /// How the pass planned (unchanged, only some apps, or all and why).
     pub planned: Option<PassKind>,
+    /// Where the pass's time went, in order.
+    pub phases: Vec<(&'static str, std::time::Duration)>,
 }
 
 impl TickReport {
+    fn phase(&mut self, name: &'static str, since: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        self.phases.push((name, now - *since));
+        *since = now;
+    }
+
     /// Whether the tick wrote or removed any file.
     pub fn wrote_anything(&self) -> bool {
         !(self.meshnode_writes.is_empty()
@@ -211,6 +219,9 @@ pub struct Standalone {
     /// When every app's status was last computed, and from which files the
     /// objects came then (see [`Standalone::status_scope`]).
     all_statuses: Option<(Timestamp, BTreeMap<ObjectRef, String>)>,
+    /// Nodes whose meshnode.json may differ from the planner's last plan
+    /// (read anew, or not yet written): the planner compares only these.
+    unsynced: BTreeSet<String>,
 }
 
 /// The stored statuses of every user kind.
@@ -307,12 +318,14 @@ impl Standalone {
             selector_files: None,
             planner: Incremental::default(),
             all_statuses: None,
+            unsynced: BTreeSet::new(),
         }
     }
 
     /// One pass: read, plan, write what changed.
     pub fn tick(&mut self, now: Timestamp) -> anyhow::Result<TickReport> {
         let mut report = TickReport::default();
+        let mut phase = std::time::Instant::now();
         let now_time = Time(now);
 
         // 1. Stored statuses (loaded once; memory is authoritative
@@ -328,6 +341,7 @@ impl Standalone {
         }
         let mut stored = self.stored.take().unwrap_or_default();
 
+        report.phase("stored statuses", &mut phase);
         // 2. Manifests. A directory that cannot be listed says nothing about
         // what exists: plan nothing rather than delete everything.
         match self.manifests.refresh(&self.cfg.manifests) {
@@ -371,6 +385,7 @@ impl Standalone {
             add_entry(&mut snapshot, entry);
         }
 
+        report.phase("manifests", &mut phase);
         // 2b. Nodes.
         let node_names = self.refresh_nodes();
         let mut generations: BTreeMap<String, i64> = BTreeMap::new();
@@ -448,18 +463,25 @@ impl Standalone {
             }
             // The known specs stay here; the planner reads them in place
             // (~18 MB at 1,000 nodes, not copied each pass).
+            let before = files.meshnode.as_ref().map(|k| k.file.digest);
             match previous_meshnode(&self.dir.meshnode(name), files.meshnode.take()) {
                 Ok(Some(prev)) => {
                     generations.insert(name.clone(), prev.file.generation);
+                    if before != Some(prev.file.digest) {
+                        self.unsynced.insert(name.clone());
+                    }
                     files.meshnode = Some(prev);
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    self.unsynced.insert(name.clone());
+                }
                 Err(e) => {
                     tracing::warn!(node = %name, error = %format!("{e:#}"), "previous meshnode.json unreadable; rewriting it")
                 }
             }
         }
 
+        report.phase("nodes", &mut phase);
         // 3. What was in force before.
         for (key, st) in stored.apps.iter() {
             let k = ObjectKey::parse(key);
@@ -483,18 +505,28 @@ impl Standalone {
             }
         }
 
+        report.phase("previous state", &mut phase);
         // 4. Plan. A node's stored spec counts only when the node is
         // registered (a removed node's file is not an input).
         let stored_specs: BTreeMap<String, &MeshNodeSpec> = node_names
             .iter()
             .filter_map(|n| Some((n.clone(), &self.nodes.get(n)?.meshnode.as_ref()?.spec)))
             .collect();
-        let pass = self.planner.plan_stored(snapshot, &stored_specs);
+        let pass = self
+            .planner
+            .plan_stored(snapshot, &stored_specs, Some(&self.unsynced));
         drop(stored_specs);
+        // The nodes this pass may write: until the writes are done, their
+        // files may lag the plan.
+        self.unsynced = match &pass.changed_nodes {
+            Some(changed) => changed.clone(),
+            None => node_names.iter().cloned().collect(),
+        };
         tracing::debug!(kind = ?pass.kind, "planned");
         report.planned = Some(pass.kind.clone());
         let plan = pass.plan.clone();
 
+        report.phase("plan", &mut phase);
         // 5. Selector files before MeshNodes: a daemon that sees a spec
         // naming a new app also finds the app among its namespace's selectors.
         self.sync_selectors(&plan.selectors, &mut report)?;
@@ -529,12 +561,14 @@ impl Standalone {
         }
         drop(stored_specs);
         let mut failed = None;
+        let mut unsynced = BTreeSet::new();
         for ((name, spec, generation, digest), written) in staged.into_iter().zip(batch.commit()) {
             if let Err(e) = written {
                 // Not known any more: the next pass reads the file.
                 if let Some(files) = self.nodes.get_mut(name) {
                     files.meshnode = None;
                 }
+                unsynced.insert(name.clone());
                 failed.get_or_insert(e.context(format!("writing MeshNode {name}")));
                 continue;
             }
@@ -553,10 +587,12 @@ impl Standalone {
                 });
             }
         }
+        self.unsynced = unsynced;
         if let Some(e) = failed {
             return Err(e);
         }
 
+        report.phase("writes", &mut phase);
         // 6. Errors: log each once when it appears.
         let errors: Vec<PlanError> = plan.errors().into_iter().cloned().collect();
         let current: BTreeSet<String> = errors.iter().map(ToString::to_string).collect();
@@ -571,6 +607,7 @@ impl Standalone {
         self.logged = current;
         report.errors = errors;
 
+        report.phase("errors", &mut phase);
         // 7. Statuses.
         let Some(snapshot) = self.planner.input() else {
             unreachable!("the planner keeps the snapshot it planned")
@@ -704,6 +741,7 @@ impl Standalone {
         }
         report.status_writes = writes;
         report.status_deletes = deletes;
+        report.phase("statuses", &mut phase);
         Ok(report)
     }
 
@@ -1007,8 +1045,8 @@ impl Sync<'_> {
 /// all. A status depends on the app's outcome (the planner says which
 /// changed), on the statuses and MeshNode generations of its nodes, on the
 /// file defining it, and on time only through the traffic refresh: every app
-/// is computed again when a refresh is due, when a file moved an object,
-/// and whenever the whole cluster was planned.
+/// is computed again when a refresh is due and whenever the whole cluster
+/// was planned.
 fn status_scope<'a>(
     all: &Option<(Timestamp, BTreeMap<ObjectRef, String>)>,
     now: Timestamp,
@@ -1019,9 +1057,7 @@ fn status_scope<'a>(
     changed_nodes: impl Iterator<Item = &'a String>,
 ) -> Option<BTreeSet<String>> {
     let (at, last_sources) = all.as_ref()?;
-    if now.duration_since(*at) >= SignedDuration::from_secs(traffic_refresh.max(1))
-        || last_sources != sources
-    {
+    if now.duration_since(*at) >= SignedDuration::from_secs(traffic_refresh.max(1)) {
         return None;
     }
     let mut keys: BTreeSet<String> = changed_apps
@@ -1029,6 +1065,17 @@ fn status_scope<'a>(
         .iter()
         .map(ToString::to_string)
         .collect();
+    // Apps defined by another file than when every status was computed
+    // (computed again each pass until the next pass that computes all).
+    if last_sources != sources {
+        for (object, file) in sources.iter().chain(last_sources.iter()) {
+            if object.kind == Kind::App
+                && (sources.get(object) != Some(file) || last_sources.get(object) != Some(file))
+            {
+                keys.insert(object.key.clone());
+            }
+        }
+    }
     for node in changed_nodes {
         if let Some(spec) = plan.nodes.get(node) {
             keys.extend(spec.apps.iter().map(|a| a.app.clone()));

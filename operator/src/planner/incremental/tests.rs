@@ -272,7 +272,7 @@ fn run(changes: &[Change]) -> Result<u64, TestCaseError> {
         let specs = std::mem::take(&mut s.previous_specs);
         let refs: BTreeMap<String, &MeshNodeSpec> =
             specs.iter().map(|(n, v)| (n.clone(), v)).collect();
-        held.plan_stored(s, &refs).plan
+        held.plan_stored(s, &refs, None).plan
     };
     let mut s = initial();
     let mut last_plan = plan(&s);
