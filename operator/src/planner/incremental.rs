@@ -738,6 +738,16 @@ fn sub_snapshot(
         }
     }
     nodes.retain(|n| s.nodes.contains_key(n) || last.plan.nodes.contains_key(n));
+    // A change that reaches most nodes (an app on every node) is planned
+    // whole: the old plan is dropped first then, where merging would hold
+    // the old plan, the sub-plan and the merged specs at once.
+    if nodes.len() > MIN_DIRTY_FOR_FULL && nodes.len() * MAX_DIRTY_SHARE > s.nodes.len() {
+        return Err(format!(
+            "the change reaches {} of {} nodes",
+            nodes.len(),
+            s.nodes.len()
+        ));
+    }
 
     let names: BTreeSet<String> = dirty.iter().map(ToString::to_string).collect();
     let mut sub = Snapshot {
