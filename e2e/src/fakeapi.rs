@@ -217,10 +217,34 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     }
 }
 
+/// The collection at `path`: one given for it, or for a namespaced path
+/// (`/apis/g/v/namespaces/ns/plural`) with none given, the cluster-wide one
+/// (`/apis/g/v/plural`) narrowed to `ns`, as a real API server serves both.
+fn list_at(
+    lists: &BTreeMap<String, (String, Vec<Value>)>,
+    path: &str,
+) -> Option<(String, Vec<Value>)> {
+    if let Some((kind, items)) = lists.get(path) {
+        return Some((kind.clone(), items.clone()));
+    }
+    let (prefix, rest) = path.split_once("/namespaces/")?;
+    let (ns, plural) = rest.split_once('/')?;
+    if plural.contains('/') {
+        return None;
+    }
+    let (kind, items) = lists.get(&format!("{prefix}/{plural}"))?;
+    let items = items
+        .iter()
+        .filter(|i| i["metadata"]["namespace"] == ns)
+        .cloned()
+        .collect();
+    Some((kind.clone(), items))
+}
+
 fn answer(seen: &Seen, state: &Mutex<State>) -> (&'static str, Value) {
     let mut st = state.lock().unwrap();
     match seen.method.as_str() {
-        "GET" => match st.lists.get(&seen.path) {
+        "GET" => match list_at(&st.lists, &seen.path) {
             Some((kind, items)) => (
                 "200 OK",
                 json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items}),
