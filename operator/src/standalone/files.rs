@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -88,7 +88,14 @@ fn write_temp(path: &Path, body: &[u8], suffix: &str) -> anyhow::Result<(PathBuf
         .and_then(|n| n.to_str())
         .with_context(|| format!("{} has no file name", path.display()))?;
     let tmp = dir.join(format!(".{file_name}.tmp.{}{suffix}", std::process::id()));
-    let written = fs::File::create(&tmp)
+    // 0600 like every state file: what the operator writes is readable by
+    // root (the daemons) and nobody else.
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))
         .and_then(|mut f| {
             f.write_all(body)
@@ -197,6 +204,21 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.contains(".tmp."))
             .collect()
+    }
+
+    #[test]
+    fn state_files_are_written_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::TempDir::new().unwrap();
+        let (one, batched) = (dir.path().join("one.json"), dir.path().join("b/two.json"));
+        write_atomic(&one, b"{}").unwrap();
+        let mut batch = Batch::default();
+        batch.stage(&batched, b"{}").unwrap();
+        assert!(batch.commit().iter().all(Result::is_ok));
+        for path in [one, batched] {
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
     }
 
     #[test]
