@@ -196,7 +196,9 @@ fn kubernetes_mode_serves_the_cni_chain_and_passes_pods_of_no_app() {
                     .contains(&format!("fieldSelector=metadata.name%3D{node}")),
                 "{s:?}"
             );
-        } else if s.path != MESHAPPS {
+        } else if s.path == MESHAPPS || s.path.contains("/namespaces/jobs/") {
+            panic!("MeshApps are read only in the namespaces of the node's pods: {s:?}");
+        } else if s.path != "/apis/weft.dev/v1alpha1/namespaces/demo/meshapps" {
             panic!("the daemon reads nothing else: {s:?}");
         }
     }
@@ -222,6 +224,20 @@ fn kubernetes_mode_serves_the_cni_chain_and_passes_pods_of_no_app() {
     assert_eq!(out.json, prev, "prevResult unchanged");
     let links = weft_e2e::netns::ip_in(podns.name(), &["-o", "link"]).unwrap();
     assert!(!links.contains("weft0"), "{links}");
+    // It knew, first hand, from the apps of the pod's namespace alone.
+    let meshapp_reads: Vec<String> = api
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with("/meshapps"))
+        .map(|s| s.path)
+        .collect();
+    assert!(
+        !meshapp_reads.is_empty()
+            && meshapp_reads
+                .iter()
+                .all(|p| p == "/apis/weft.dev/v1alpha1/namespaces/demo/meshapps"),
+        "{meshapp_reads:?}"
+    );
 
     // SIGTERM: the plugin leaves the chain, the binary goes, exit 0.
     d.signal(Signal::SIGTERM).unwrap();
