@@ -2,6 +2,7 @@
 //! operator) and what the node's daemon made of it (status).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -151,8 +152,10 @@ pub struct AppAttachment {
     pub workloads: Vec<String>,
     /// The app's other nodes (full mesh). Peers whose key or endpoint is not
     /// known yet are left out until their daemon reports them.
+    // Shared: the planner gives every node of an app the same entry for a
+    // peer, so an app on thousands of nodes holds each entry once.
     #[serde(default)]
-    pub peers: Vec<PeerSpec>,
+    pub peers: Vec<Arc<PeerSpec>>,
     /// The app's MeshPolicies compiled for this node's workloads; unset when
     /// no policy isolates any of them (everything within the app is open).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,7 +224,7 @@ pub struct AppLink {
 
 /// A WireGuard peer: another node of the same app.
 #[derive(
-    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PeerSpec {

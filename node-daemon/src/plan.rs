@@ -578,12 +578,12 @@ pub(crate) mod tests {
             mtu: 1420,
             persistent_keepalive: 0,
             workloads: vec!["demo/w1".into()],
-            peers: vec![PeerSpec {
+            peers: vec![std::sync::Arc::new(PeerSpec {
                 node: "n2".into(),
                 public_key: crate::keys::PrivateKey::generate().public_key(),
                 endpoint: "192.0.2.2:51820".into(),
                 allowed_ips: vec!["10.100.2.0/24".into()],
-            }],
+            })],
             policy: None,
             app_links: Vec::new(),
             remote_apps: Vec::new(),
@@ -652,15 +652,17 @@ pub(crate) mod tests {
             ("netns", Box::new(|a| a.netns = "some-other-netns".into())),
             (
                 "peers[0].publicKey",
-                Box::new(|a| a.peers[0].public_key = "nope".into()),
+                Box::new(|a| std::sync::Arc::make_mut(&mut a.peers[0]).public_key = "nope".into()),
             ),
             (
                 "peers[0].endpoint",
-                Box::new(|a| a.peers[0].endpoint = "192.0.2.2".into()),
+                Box::new(|a| {
+                    std::sync::Arc::make_mut(&mut a.peers[0]).endpoint = "192.0.2.2".into()
+                }),
             ),
             (
                 "peers[0].allowedIps[0]",
-                Box::new(|a| a.peers[0].allowed_ips[0] = "x".into()),
+                Box::new(|a| std::sync::Arc::make_mut(&mut a.peers[0]).allowed_ips[0] = "x".into()),
             ),
             ("mtu", Box::new(|a| a.mtu = 100)),
         ];
@@ -791,7 +793,9 @@ pub(crate) mod tests {
     /// no link here, the peer n2 carries the /32.
     fn carrying(node: &str) -> AppAttachment {
         let mut a = attachment(node, 1);
-        a.peers[0].allowed_ips.push("10.200.2.2/32".into());
+        std::sync::Arc::make_mut(&mut a.peers[0])
+            .allowed_ips
+            .push("10.200.2.2/32".into());
         a.remote_apps = vec![weft_api::meshnode::RemoteApp {
             app: "demo/db".into(),
             address_space: "10.200.0.0/16".into(),
@@ -829,7 +833,9 @@ pub(crate) mod tests {
         let cases: Vec<(&str, Breaker)> = vec![
             (
                 "peers[0].allowedIps[1]",
-                Box::new(|a| a.peers[0].allowed_ips[1] = "10.9.9.9/32".into()),
+                Box::new(|a| {
+                    std::sync::Arc::make_mut(&mut a.peers[0]).allowed_ips[1] = "10.9.9.9/32".into()
+                }),
             ),
             (
                 "peers[0].allowedIps[1]",
@@ -838,17 +844,20 @@ pub(crate) mod tests {
             (
                 "peers[0].allowedIps[1]",
                 // The other app's whole range: would pull all of it here.
-                Box::new(|a| a.peers[0].allowed_ips[1] = "10.200.0.0/16".into()),
+                Box::new(|a| {
+                    std::sync::Arc::make_mut(&mut a.peers[0]).allowed_ips[1] =
+                        "10.200.0.0/16".into()
+                }),
             ),
             (
                 "peers[1].allowedIps[1]",
                 // The same carried address on a second peer.
                 Box::new(|a| {
-                    let mut second = a.peers[0].clone();
+                    let mut second = weft_api::PeerSpec::clone(&a.peers[0]);
                     second.node = "n3".into();
                     second.public_key = crate::keys::PrivateKey::generate().public_key();
                     second.allowed_ips[0] = "10.100.3.0/24".into();
-                    a.peers.push(second);
+                    a.peers.push(second.into());
                 }),
             ),
             (

@@ -25,12 +25,12 @@ fn attachment(app: &str, id: &str, octet: u8) -> AppAttachment {
         mtu: 1420,
         persistent_keepalive: 0,
         workloads: vec!["demo/w1".into()],
-        peers: vec![PeerSpec {
+        peers: vec![std::sync::Arc::new(PeerSpec {
             node: "n2".into(),
             public_key: PEER_KEY.into(),
             endpoint: "192.0.2.2:51820".into(),
             allowed_ips: vec![format!("10.{octet}.2.0/24")],
-        }],
+        })],
         policy: None,
         app_links: Vec::new(),
         remote_apps: Vec::new(),

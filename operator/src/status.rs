@@ -7,7 +7,7 @@
 //!  PolicyOutcome ─► MeshPolicyStatus        SiteOutcome ─► MeshSiteStatus
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use weft_api::conditions::{self, types};
@@ -51,27 +51,40 @@ impl NodeView<'_> {
         !self.lost && applied && self.app(app).is_some_and(|a| a.programmed)
     }
 
-    /// The node reports a recent handshake with `peer` for `app`.
-    pub fn sees_peer(&self, app: &str, peer: &str) -> bool {
-        !self.lost
-            && self.app(app).is_some_and(|a| {
-                a.peers.iter().any(|p| {
-                    p.node == peer
-                        && p.last_handshake_seconds
+    /// The peers `node` reports a recent handshake with for `app` (none
+    /// when lost).
+    fn fresh_peers(&self, app: &str) -> HashSet<&str> {
+        if self.lost {
+            return HashSet::new();
+        }
+        self.app(app)
+            .map(|a| {
+                a.peers
+                    .iter()
+                    .filter(|p| {
+                        p.last_handshake_seconds
                             .is_some_and(|s| s < HANDSHAKE_FRESH_SECONDS)
-                })
+                    })
+                    .map(|p| p.node.as_str())
+                    .collect()
             })
+            .unwrap_or_default()
     }
 }
 
 fn listed(items: &[String]) -> String {
-    if items.len() <= MAX_LISTED {
+    listed_of(items, items.len())
+}
+
+/// The first [`MAX_LISTED`] of `total` items (`items` holds at least those).
+fn listed_of(items: &[String], total: usize) -> String {
+    if total <= MAX_LISTED {
         items.join(", ")
     } else {
         format!(
             "{} and {} more",
             items[..MAX_LISTED].join(", "),
-            items.len() - MAX_LISTED
+            total - MAX_LISTED
         )
     }
 }
@@ -137,19 +150,36 @@ pub fn app_status_with_refresh(
             }
         })
         .collect();
+    // Each node's fresh peers once, then one lookup per pair: an app on
+    // 2,000 nodes has 2 million pairs. Only the pairs a message lists are
+    // named.
+    let fresh: Vec<HashSet<&str>> = outcome
+        .nodes
+        .iter()
+        .map(|n| {
+            nodes
+                .get(n)
+                .map(|v| v.fresh_peers(&name))
+                .unwrap_or_default()
+        })
+        .collect();
     let mut pairs_down = Vec::new();
+    let mut down = 0u32;
     let mut pairs_total = 0u32;
     for (i, a) in outcome.nodes.iter().enumerate() {
-        for b in &outcome.nodes[i + 1..] {
+        for (j, b) in outcome.nodes.iter().enumerate().skip(i + 1) {
             pairs_total += 1;
-            if !(view(a).sees_peer(&name, b) && view(b).sees_peer(&name, a)) {
-                pairs_down.push(format!("{a}<->{b}"));
+            if !(fresh[i].contains(b.as_str()) && fresh[j].contains(a.as_str())) {
+                down += 1;
+                if pairs_down.len() < MAX_LISTED {
+                    pairs_down.push(format!("{a}<->{b}"));
+                }
             }
         }
     }
     let nodes_ready = u32::try_from(total - not_ready.len()).unwrap_or(u32::MAX);
     let nodes_total = u32::try_from(total).unwrap_or(u32::MAX);
-    let peers_up = pairs_total - u32::try_from(pairs_down.len()).unwrap_or(pairs_total);
+    let peers_up = pairs_total - down;
     let g = Some(generation);
 
     let (ready, degraded) = if !outcome.errors.is_empty() {
@@ -193,9 +223,8 @@ pub fn app_status_with_refresh(
         )
     } else if !pairs_down.is_empty() {
         let msg = format!(
-            "{} of {pairs_total} peer links without a recent handshake: {}",
-            pairs_down.len(),
-            listed(&pairs_down)
+            "{down} of {pairs_total} peer links without a recent handshake: {}",
+            listed_of(&pairs_down, down as usize)
         );
         (
             conditions::new(types::READY, false, "PeersNotConnected", msg.clone(), g),

@@ -187,10 +187,11 @@ fn first_tick_writes_specs_and_a_second_tick_writes_nothing() {
     assert_eq!(web.workloads, vec!["demo/w1"]);
     assert!(web.peers.is_empty(), "no keys reported yet");
     assert_eq!(n1.spec.apps[0].address_space, "100.64.0.0/16");
-    let json = fs::read_to_string(env.dir().meshnode("n1")).unwrap();
-    assert!(
-        json.contains("\"apiVersion\": \"weft.dev/v1alpha1\"")
-            && json.contains("\"kind\": \"MeshNode\""),
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(env.dir().meshnode("n1")).unwrap()).unwrap();
+    assert_eq!(
+        (&json["apiVersion"], &json["kind"]),
+        (&"weft.dev/v1alpha1".into(), &"MeshNode".into()),
         "{json}"
     );
     assert!(r.status_writes.contains(&"meshapps/demo/web".to_string()));

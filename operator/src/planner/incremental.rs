@@ -919,7 +919,7 @@ fn partial(
             site: spec.site.clone(),
             apps,
         };
-        let size = serde_json::to_vec(&spec).map_or(usize::MAX, |v| v.len());
+        let size = super::json_size(&spec).unwrap_or(usize::MAX);
         if size > s.config.max_meshnode_bytes {
             return Err(Box::new((
                 s,

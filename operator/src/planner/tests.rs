@@ -387,7 +387,7 @@ fn attachment_has_expected_names_addresses_and_peers() {
     assert_eq!(good.workloads, vec!["demo/g1"]);
     assert_eq!(
         good.peers,
-        vec![weft_api::PeerSpec {
+        vec![std::sync::Arc::new(weft_api::PeerSpec {
             node: "n2".into(),
             public_key: "key-n2-demo/good".into(),
             endpoint: format!(
@@ -400,7 +400,7 @@ fn attachment_has_expected_names_addresses_and_peers() {
                     .listen_port
             ),
             allowed_ips: vec!["10.100.1.0/24".into()],
-        }]
+        })]
     );
     // n2 carries two apps: distinct ports, sorted by app.
     let n2: Vec<_> = p.nodes["n2"]

@@ -127,6 +127,33 @@ fn one_sided_or_old_handshake_is_not_up() {
 }
 
 #[test]
+fn many_links_down_are_counted_and_the_first_ones_named() {
+    // 8 nodes, every one programmed; only n0 and n1 see each other.
+    let names: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
+    let statuses: Vec<MeshNodeStatus> = (0..8)
+        .map(|i| match i {
+            0 => node_status(1, true, &[("n1", Some(1))]),
+            1 => node_status(1, true, &[("n0", Some(1))]),
+            _ => node_status(1, true, &[]),
+        })
+        .collect();
+    let items: Vec<(&str, i64, &MeshNodeStatus)> = names
+        .iter()
+        .zip(&statuses)
+        .map(|(n, s)| (n.as_str(), 1, s))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let st = app_status(&key(), &outcome(&refs), &views(&items), 1, None, &t(0));
+    assert_eq!((st.peers_up, st.peers_total), (1, 28));
+    let r = ready(&st);
+    assert_eq!(
+        r.message,
+        "27 of 28 peer links without a recent handshake: \
+         n0<->n2, n0<->n3, n0<->n4, n0<->n5, n0<->n6 and 22 more"
+    );
+}
+
+#[test]
 fn errors_make_app_invalid_and_name_the_field() {
     let mut o = outcome(&[]);
     o.planned = false;
