@@ -167,12 +167,9 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             query: query.clone(),
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         };
-        let down = {
-            let mut st = state.lock().unwrap();
-            st.seen.push(seen.clone());
-            st.down
-        };
+        let down = state.lock().unwrap().down;
         if down {
+            state.lock().unwrap().seen.push(seen);
             let text = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                 "reason": "ServiceUnavailable", "code": 503, "message": "the fake API is down"})
             .to_string();
@@ -192,6 +189,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
         {
             // No watch events: after a moment the watch expires (410 Gone),
             // so the client lists again and sees what changed meanwhile.
+            state.lock().unwrap().seen.push(seen);
             let _ = out.write_all(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
             );
@@ -206,6 +204,8 @@ fn serve(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             return;
         }
         let (code, reply) = answer(&seen, state);
+        // Recorded after answering: no copy of a large body per request.
+        state.lock().unwrap().seen.push(seen);
         let text = reply.to_string();
         let head = format!(
             "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",

@@ -31,6 +31,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use serde_json::{json, Value};
 use weft_api::{MeshApp, MeshAppStatus, MeshNode, MeshNodeSpec};
+use weft_operator::k8s::trim::MeshNodeTrim;
 use weft_operator::k8s::{
     reconcile_all, snapshot_from_stores, Observed, PassState, ReconcileReport,
 };
@@ -58,6 +59,8 @@ struct Stores {
     meshnodes: BTreeMap<String, Arc<MeshNode>>,
     pods: BTreeMap<(String, String), Arc<Pod>>,
     nodes: Vec<Arc<Node>>,
+    /// What the operator's MeshNode watch does to each MeshNode.
+    meshnode_trim: MeshNodeTrim,
 }
 
 impl Stores {
@@ -90,6 +93,7 @@ impl Stores {
                 mn.metadata.generation = Some(1);
                 let size = serde_json::to_vec(&mn)?.len();
                 mn.status = self.meshnodes.get(*name).and_then(|old| old.status.clone());
+                self.meshnode_trim.apply(&mut mn);
                 self.meshnodes.insert(name.to_string(), Arc::new(mn));
                 return Ok(size);
             }
@@ -229,7 +233,12 @@ impl Bench {
             .context("reconcile pass")?;
             secs += started.elapsed().as_secs_f64();
             if let Some(kind) = &report.planned {
-                eprintln!("  pass planned: {kind:?}");
+                let phases: Vec<String> = report
+                    .phases
+                    .iter()
+                    .map(|(name, d)| format!("{name} {:.1}", d.as_secs_f64() * 1e3))
+                    .collect();
+                eprintln!("  pass planned: {kind:?}; ms: {}", phases.join(", "));
             }
             drop(obs);
             let stores = &mut self.stores;

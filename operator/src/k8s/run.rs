@@ -71,7 +71,7 @@ fn trim_meta<K: Resource>(o: &mut K) {
 fn reflect<K>(
     api: Api<K>,
     tx: mpsc::Sender<()>,
-    trim: fn(&mut K),
+    trim: impl FnMut(&mut K) + Send + 'static,
 ) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()>
@@ -116,7 +116,10 @@ pub async fn run(
         trim_meta,
     );
     let (sites, f3) = reflect(Api::<MeshSite>::all(client.clone()), tx.clone(), trim_meta);
-    let (meshnodes, f4) = reflect(Api::<MeshNode>::all(client.clone()), tx.clone(), trim_meta);
+    let mut meshnode_trim = trim::MeshNodeTrim::default();
+    let (meshnodes, f4) = reflect(Api::<MeshNode>::all(client.clone()), tx.clone(), move |m| {
+        meshnode_trim.apply(m)
+    });
     let (pods, f5) = reflect(Api::<Pod>::all(client.clone()), tx.clone(), trim::pod);
     let (nodes, f6) = reflect(Api::<Node>::all(client.clone()), tx.clone(), trim::node);
     let tasks = [

@@ -8,6 +8,9 @@ use k8s_openapi::api::core::v1::{
     Node, NodeAddress, NodeCondition, NodeStatus, Pod, PodSpec, PodStatus,
 };
 use kube::api::ObjectMeta;
+use weft_api::MeshNode;
+
+use crate::planner::peers::PeerPool;
 
 /// kubectl's copy of the whole object it applied (client-side apply).
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -68,6 +71,23 @@ pub fn node(n: &mut Node) {
         conditions: Some(conditions),
         ..Default::default()
     });
+}
+
+/// What the MeshNode watch keeps: every field (the stored spec is compared
+/// with the plan), without managedFields, and with equal peer entries
+/// shared across MeshNodes ([`PeerPool`]): 2,000 MeshNodes of an app on
+/// every node hold 4 million peer entries, 2,000 of them distinct.
+#[derive(Default)]
+pub struct MeshNodeTrim {
+    pool: PeerPool,
+}
+
+impl MeshNodeTrim {
+    /// Trims one MeshNode as it arrives.
+    pub fn apply(&mut self, m: &mut MeshNode) {
+        meta(&mut m.metadata);
+        self.pool.share(&mut m.spec);
+    }
 }
 
 #[cfg(test)]
@@ -149,5 +169,30 @@ mod tests {
         n.status.as_mut().unwrap().conditions.as_mut().unwrap()[1].status = "False".into();
         node(&mut n);
         assert!(!crate::k8s::snapshot::node_ready(&n));
+    }
+
+    #[test]
+    fn meshnodes_in_the_cache_share_equal_peer_entries() {
+        let meshnode = |name: &str, peer: &str| -> MeshNode {
+            serde_json::from_value(json!({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "MeshNode",
+                "metadata": {"name": name, "managedFields": [{"manager": "weft-operator", "operation": "Apply"}]},
+                "spec": {"site": "local", "apps": [{"app": "demo/web", "appId": "abc", "netns": "n", "interface": "w",
+                    "addressSpace": "10.1.0.0/16", "nodeSlice": "10.1.0.0/24", "address": "10.1.0.1/16",
+                    "listenPort": 51820, "mtu": 1420,
+                    "peers": [{"node": peer, "publicKey": "k", "endpoint": "192.0.2.9:51820", "allowedIps": ["10.1.9.0/24"]}]}]}
+            }))
+            .unwrap()
+        };
+        let (mut a, mut b) = (meshnode("a", "n9"), meshnode("b", "n9"));
+        let mut trim = MeshNodeTrim::default();
+        trim.apply(&mut a);
+        trim.apply(&mut b);
+        assert!(a.metadata.managed_fields.is_none());
+        assert!(Arc::ptr_eq(
+            &a.spec.apps[0].peers[0],
+            &b.spec.apps[0].peers[0]
+        ));
+        assert_eq!(b.spec.apps[0].peers[0].node, "n9");
     }
 }

@@ -68,9 +68,19 @@ pub fn peers_of(
 
 /// Makes equal peer entries of specs read from storage share one
 /// allocation, as the planner's own specs do: 2,000 MeshNodes of one app
-/// parsed from disk hold 4 million entries, 2,000 distinct ones.
+/// parsed from disk hold 4 million entries, 2,000 distinct ones. A pool
+/// kept for long (a watch's) forgets entries nothing else holds any more
+/// whenever it has doubled since it last did, so it stays proportional to
+/// the entries in use.
 #[derive(Default)]
-pub struct PeerPool(HashSet<Arc<PeerSpec>>);
+pub struct PeerPool {
+    entries: HashSet<Arc<PeerSpec>>,
+    /// Entries after the last pruning.
+    kept: usize,
+}
+
+/// A pool this small is never pruned.
+const POOL_PRUNE_FLOOR: usize = 1024;
 
 impl PeerPool {
     /// Replaces every peer entry of `spec` by the pool's equal one, adding
@@ -78,14 +88,28 @@ impl PeerPool {
     pub fn share(&mut self, spec: &mut MeshNodeSpec) {
         for att in &mut spec.apps {
             for peer in &mut att.peers {
-                match self.0.get(peer) {
+                match self.entries.get(peer) {
                     Some(known) => *peer = Arc::clone(known),
                     None => {
-                        self.0.insert(Arc::clone(peer));
+                        self.entries.insert(Arc::clone(peer));
                     }
                 }
             }
         }
+        if self.entries.len() > 2 * self.kept.max(POOL_PRUNE_FLOOR) {
+            self.entries.retain(|p| Arc::strong_count(p) > 1);
+            self.kept = self.entries.len();
+        }
+    }
+
+    /// Distinct entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the pool holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 }
 
@@ -168,5 +192,34 @@ mod tests {
         );
         // n3 is a peer of both: one allocation now.
         assert!(Arc::ptr_eq(&one.apps[0].peers[1], &two.apps[0].peers[1]));
+    }
+
+    #[test]
+    fn a_long_lived_pool_forgets_entries_no_spec_holds() {
+        let mut pool = PeerPool::default();
+        // 3,000 generations of one node's single peer (a key that keeps
+        // changing): only the latest is held by a spec.
+        let mut spec = MeshNodeSpec::default();
+        for i in 0..3000 {
+            spec = MeshNodeSpec {
+                site: "local".into(),
+                apps: vec![AppAttachment {
+                    app: "demo/web".into(),
+                    peers: vec![Arc::new(PeerSpec {
+                        node: "n2".into(),
+                        public_key: format!("key-{i}"),
+                        ..Default::default()
+                    })],
+                    ..Default::default()
+                }],
+            };
+            pool.share(&mut spec);
+        }
+        assert!(
+            pool.len() <= 2 * POOL_PRUNE_FLOOR,
+            "{} entries held",
+            pool.len()
+        );
+        assert_eq!(spec.apps[0].peers[0].public_key, "key-2999");
     }
 }
