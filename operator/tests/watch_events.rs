@@ -230,6 +230,11 @@ fn a_new_node_directory_and_a_changed_report_are_seen() {
     let r = env.tick();
     assert_eq!(r.status_writes, ["meshapps/demo/web"], "{r:?}");
     assert!(!env.tick().wrote_anything());
+    // What the passes patched in place is what a new operator, which
+    // reads everything, plans: it writes nothing.
+    let cfg = StandaloneConfig::new(env.manifests.path(), env.state.path());
+    let r = Standalone::new(cfg).tick(t(1)).unwrap();
+    assert!(!r.wrote_anything(), "{r:?}");
 }
 
 #[test]

@@ -22,10 +22,9 @@ use crate::planner::{ObjectKey, Snapshot};
 /// The manifests' part of the planner's input, by file and by object.
 #[derive(Default)]
 pub(super) struct Definitions {
-    /// Each file's entries, as last computed.
-    by_file: BTreeMap<OsString, Vec<Entry>>,
-    /// Each file's own status (without duplicate-definition problems).
-    own_status: BTreeMap<OsString, ManifestFileStatus>,
+    /// The objects each file defines (its specs stay in the cache: a
+    /// second copy of 10,000 specs is ~30 MB).
+    by_file: BTreeMap<OsString, Vec<ObjectRef>>,
     /// Which files define each object.
     by_object: BTreeMap<ObjectRef, BTreeSet<OsString>>,
     /// Duplicate-definition problems of objects defined more than once.
@@ -59,52 +58,48 @@ impl Definitions {
             objects.extend(self.duplicates.keys().cloned());
         }
         let mut files: BTreeSet<OsString> = BTreeSet::new();
+        // This update's entries by file (read from the cache once each).
+        let mut memo: BTreeMap<OsString, Vec<Entry>> = BTreeMap::new();
         for name in changed {
-            for e in self.by_file.remove(&name).unwrap_or_default() {
-                if let Some(set) = self.by_object.get_mut(&e.object) {
+            for object in self.by_file.remove(&name).unwrap_or_default() {
+                if let Some(set) = self.by_object.get_mut(&object) {
                     set.remove(&name);
                     if set.is_empty() {
-                        self.by_object.remove(&e.object);
+                        self.by_object.remove(&object);
                     }
                 }
-                objects.insert(e.object);
+                objects.insert(object);
             }
-            match cache.entries_of(&name, &claimed) {
-                Some(entries) => {
-                    for e in &entries {
-                        self.by_object
-                            .entry(e.object.clone())
-                            .or_default()
-                            .insert(name.clone());
-                        objects.insert(e.object.clone());
-                    }
-                    self.by_file.insert(name.clone(), entries);
-                    if let Some(s) = cache.file_status_of(&name) {
-                        self.own_status.insert(name.clone(), s);
-                    }
+            if let Some(entries) = cache.entries_of(&name, &claimed) {
+                let defined: Vec<ObjectRef> = entries.iter().map(|e| e.object.clone()).collect();
+                for object in &defined {
+                    self.by_object
+                        .entry(object.clone())
+                        .or_default()
+                        .insert(name.clone());
+                    objects.insert(object.clone());
                 }
-                None => {
-                    self.own_status.remove(&name);
-                }
+                self.by_file.insert(name.clone(), defined);
+                memo.insert(name.clone(), entries);
             }
             files.insert(name);
         }
         for object in objects {
-            self.choose(&object, stored, &mut files);
+            for name in self.by_object.get(&object).into_iter().flatten() {
+                if !memo.contains_key(name) {
+                    let entries = cache.entries_of(name, &claimed).unwrap_or_default();
+                    memo.insert(name.clone(), entries);
+                }
+            }
+            self.choose(&object, stored, &memo, &mut files);
         }
         for name in files {
-            let Some(own) = self.own_status.get(&name) else {
+            let Some(mut status) = cache.file_status_of(&name) else {
                 self.statuses_dirty |= self.statuses.remove(&name).is_some();
                 continue;
             };
-            let mut status = own.clone();
-            let objects: BTreeSet<&ObjectRef> = self
-                .by_file
-                .get(&name)
-                .into_iter()
-                .flatten()
-                .map(|e| &e.object)
-                .collect();
+            let objects: BTreeSet<&ObjectRef> =
+                self.by_file.get(&name).into_iter().flatten().collect();
             for object in objects {
                 for (file, p) in self.duplicates.get(object).into_iter().flatten() {
                     if *file == name {
@@ -121,7 +116,13 @@ impl Definitions {
 
     /// Chooses `object`'s definition anew and puts it into `part`; adds the
     /// files whose duplicate problems may change to `files`.
-    fn choose(&mut self, object: &ObjectRef, stored: &StoredAll, files: &mut BTreeSet<OsString>) {
+    fn choose(
+        &mut self,
+        object: &ObjectRef,
+        stored: &StoredAll,
+        memo: &BTreeMap<OsString, Vec<Entry>>,
+        files: &mut BTreeSet<OsString>,
+    ) {
         if let Some(old) = self.duplicates.remove(object) {
             files.extend(old.into_iter().map(|(f, _)| f));
         }
@@ -132,7 +133,7 @@ impl Definitions {
             .get(object)
             .into_iter()
             .flatten()
-            .filter_map(|name| Some((name, self.by_file.get(name)?)))
+            .filter_map(|name| Some((name, memo.get(name)?)))
             .flat_map(|(name, entries)| {
                 entries
                     .iter()

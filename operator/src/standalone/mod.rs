@@ -13,6 +13,7 @@ mod defs;
 pub mod files;
 pub mod get;
 pub mod manifests;
+mod parts;
 pub mod registration;
 pub mod schema;
 pub mod stamp;
@@ -37,7 +38,7 @@ use weft_api::{
 };
 
 use crate::planner::incremental::{Incremental, PassKind};
-use crate::planner::{self, ErrorKind, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
+use crate::planner::{self, ErrorKind, ObjectKey, PlanError, PlannerConfig, Snapshot};
 use crate::status::{self, ConditionedStatus, NodeView};
 use manifests::{Entry, Kind, Manifest, ManifestCache, ObjectRef};
 use stamp::{LastRead, Stamp};
@@ -145,6 +146,10 @@ struct NodeFiles {
     /// node.json or status.json is a symlink: its target can change where
     /// no watch sees, so the node is checked by stamp every pass.
     linked: bool,
+    /// A file was read since the node's part of the snapshot was built.
+    reread: bool,
+    /// The heartbeat of `status`, parsed.
+    heartbeat: Option<Timestamp>,
 }
 
 /// A node's meshnode.json as the operator last wrote or read it: while the
@@ -224,6 +229,12 @@ pub struct Standalone {
     watcher: Watcher,
     /// Node files read since start (see [`Standalone::reads`]).
     node_reads: u64,
+    /// The nodes' part of the snapshot.
+    node_part: parts::NodePart,
+    /// What was in force before, from the stored statuses.
+    previous: parts::Previous,
+    /// The plan whose selectors the files hold (not kept alive for it).
+    selectors_for: std::sync::Weak<planner::Plan>,
     /// What `selectors/` holds, by (site, namespace): read once, then
     /// memory is authoritative (as for stored statuses).
     selector_files: Option<BTreeMap<(String, String), Vec<AppSelector>>>,
@@ -334,6 +345,9 @@ impl Standalone {
             stored_moved: true,
             watcher,
             node_reads: 0,
+            node_part: parts::NodePart::default(),
+            previous: parts::Previous::default(),
+            selectors_for: std::sync::Weak::new(),
             selector_files: None,
             planner: Incremental::default(),
             all_statuses: None,
@@ -442,79 +456,14 @@ impl Standalone {
                     || self.watcher.unwatched_nodes().contains(name)
             }
         };
+        // Only nodes read anew are built again; the rest is copied.
+        self.node_part.sync(&node_names, &mut self.nodes, now);
+        self.node_part.fill(&mut snapshot);
         let mut generations: BTreeMap<String, i64> = BTreeMap::new();
         for name in &node_names {
             let Some(files) = self.nodes.get_mut(name) else {
                 continue;
             };
-            if !files.registration_errors.is_empty() {
-                let object = format!("MeshNode {}", weft_api::validation::printable(name, 80));
-                snapshot.node_errors.insert(
-                    name.clone(),
-                    files
-                        .registration_errors
-                        .iter()
-                        .map(|(f, m)| {
-                            let field = if f.is_empty() {
-                                "registration".to_string()
-                            } else {
-                                format!("registration.{f}")
-                            };
-                            PlanError::new(
-                                ErrorKind::Invalid,
-                                &object,
-                                field,
-                                "InvalidRegistration",
-                                m.clone(),
-                            )
-                        })
-                        .collect(),
-                );
-            }
-            let Some(reg) = &files.registration else {
-                continue;
-            };
-            let lost = files
-                .status
-                .as_ref()
-                .and_then(|s| s.heartbeat.as_deref())
-                .and_then(|h| h.parse::<Timestamp>().ok())
-                .is_some_and(|hb| {
-                    now.duration_since(hb) > SignedDuration::from_secs(LOST_AFTER_SECONDS)
-                });
-            snapshot.nodes.insert(
-                name.clone(),
-                NodeInfo {
-                    site: reg.site.clone(),
-                    address: reg.address.clone(),
-                    lost,
-                },
-            );
-            if let Some(st) = &files.status {
-                for w in &st.workloads {
-                    snapshot.add_workload(
-                        name,
-                        ObjectKey::new(&w.namespace, &w.name),
-                        w.labels.clone(),
-                    );
-                    if let Some(addr) = &w.address {
-                        snapshot.add_workload_address(
-                            name,
-                            ObjectKey::new(&w.namespace, &w.name),
-                            addr.clone(),
-                        );
-                    }
-                }
-                for a in &st.apps {
-                    if !a.public_key.is_empty() {
-                        snapshot.add_public_key(
-                            name,
-                            ObjectKey::parse(&a.app),
-                            a.public_key.clone(),
-                        );
-                    }
-                }
-            }
             // The known specs stay here; the planner reads them in place
             // (~18 MB at 1,000 nodes, not copied each pass).
             // No event for meshnode.json since it was last written or read:
@@ -550,27 +499,7 @@ impl Standalone {
 
         report.phase("nodes", &mut phase);
         // 3. What was in force before.
-        for (key, st) in stored.apps.iter() {
-            let k = ObjectKey::parse(key);
-            if let Some(range) = &st.status.address_space {
-                snapshot.previous_ranges.insert(k.clone(), range.clone());
-            }
-            if let Some(e) = &st.status.enforced {
-                snapshot.previous_apps.insert(k, e.clone());
-            }
-        }
-        for (key, st) in stored.policies.iter() {
-            if let Some(e) = &st.status.enforced {
-                snapshot
-                    .previous_policies
-                    .insert(ObjectKey::parse(key), e.clone());
-            }
-        }
-        for (key, st) in stored.sites.iter() {
-            if let Some(e) = &st.status.enforced {
-                snapshot.previous_sites.insert(key.clone(), e.clone());
-            }
-        }
+        self.previous.fill(&stored, &mut snapshot);
 
         report.phase("previous state", &mut phase);
         // 4. Plan. A node's stored spec counts only when the node is
@@ -596,12 +525,16 @@ impl Standalone {
         report.phase("plan", &mut phase);
         // 5. Selector files before MeshNodes: a daemon that sees a spec
         // naming a new app also finds the app among its namespace's selectors.
-        sync_selectors(
-            &self.dir,
-            &mut self.selector_files,
-            &plan.selectors,
-            &mut report,
-        )?;
+        // An unchanged plan is the same Arc: its selectors are on disk.
+        if !std::ptr::eq(self.selectors_for.as_ptr(), std::sync::Arc::as_ptr(&plan)) {
+            sync_selectors(
+                &self.dir,
+                &mut self.selector_files,
+                &plan.selectors,
+                &mut report,
+            )?;
+            self.selectors_for = std::sync::Arc::downgrade(&plan);
+        }
 
         // 5b. MeshNode specs, only when changed, made durable together:
         // only nodes the pass may have changed (the planner checked the
@@ -807,6 +740,9 @@ impl Standalone {
         );
         let all = scope.is_none();
         self.stored_moved = !sync.writes.is_empty() || !sync.deletes.is_empty();
+        for what in sync.writes.iter().chain(&sync.deletes) {
+            self.previous.changed(&stored, what);
+        }
         self.stored = Some(stored);
         let (writes, deletes) = (sync.writes, sync.deletes);
         if all {
@@ -993,6 +929,7 @@ fn refresh_node(
     let stale = (by_stamp || named) && files.registration_read.must_read(&path);
     if stale || named {
         *reads += 1;
+        files.reread = true;
         let before = std::mem::take(&mut files.registration_errors);
         match files::read_json::<NodeRegistration>(&path) {
             Ok(Some(r)) => {
@@ -1018,9 +955,14 @@ fn refresh_node(
     let stale = (by_stamp || named) && files.status_read.must_read(&status_path);
     if stale || named {
         *reads += 1;
+        files.reread = true;
         match files::read_json::<MeshNodeStatus>(&status_path) {
             Ok(s) => {
                 files.status_changed = s != files.status;
+                files.heartbeat = s
+                    .as_ref()
+                    .and_then(|s| s.heartbeat.as_deref())
+                    .and_then(|h| h.parse::<Timestamp>().ok());
                 files.status = s;
             }
             Err(e) => {
