@@ -34,15 +34,15 @@ pub(super) struct Definitions {
     /// Whether `statuses` changed since [`Self::statuses_changed`] was
     /// last cleared.
     statuses_dirty: bool,
-    /// Apps, policies, sites, hubs and input errors of the objects in force.
-    pub part: Snapshot,
     /// The file defining each object in force.
     pub sources: BTreeMap<ObjectRef, String>,
 }
 
 impl Definitions {
     /// Brings everything up to date with the files `changed` since the last
-    /// call. `stored_moved`: the stored statuses changed since (they decide
+    /// call, and `out` (the snapshot of the last call, or an empty one when
+    /// `fresh`) with its apps, policies, sites, hubs and input errors.
+    /// `stored_moved`: the stored statuses changed since (they decide
     /// duplicates and what a broken file claimed before a restart).
     pub fn update(
         &mut self,
@@ -50,6 +50,8 @@ impl Definitions {
         mut changed: BTreeSet<OsString>,
         stored: &StoredAll,
         stored_moved: bool,
+        out: &mut Snapshot,
+        fresh: bool,
     ) {
         let claimed = |p: &Path| stored.defined_by(&p.display().to_string());
         let mut objects: BTreeSet<ObjectRef> = BTreeSet::new();
@@ -84,6 +86,9 @@ impl Definitions {
             }
             files.insert(name);
         }
+        if fresh {
+            objects.extend(self.by_object.keys().cloned());
+        }
         for object in objects {
             for name in self.by_object.get(&object).into_iter().flatten() {
                 if !memo.contains_key(name) {
@@ -91,7 +96,7 @@ impl Definitions {
                     memo.insert(name.clone(), entries);
                 }
             }
-            self.choose(&object, stored, &memo, &mut files);
+            self.choose(&object, stored, &memo, &mut files, out);
         }
         for name in files {
             let Some(mut status) = cache.file_status_of(&name) else {
@@ -122,11 +127,12 @@ impl Definitions {
         stored: &StoredAll,
         memo: &BTreeMap<OsString, Vec<Entry>>,
         files: &mut BTreeSet<OsString>,
+        out: &mut Snapshot,
     ) {
         if let Some(old) = self.duplicates.remove(object) {
             files.extend(old.into_iter().map(|(f, _)| f));
         }
-        remove(&mut self.part, object);
+        remove(out, object);
         self.sources.remove(object);
         let defs: Vec<(&OsString, &Entry)> = self
             .by_object
@@ -185,8 +191,7 @@ impl Definitions {
         let entry = defs[winner].1;
         self.sources
             .insert(object.clone(), entry.file.display().to_string());
-        let entry = entry.clone();
-        super::add_entry(&mut self.part, &entry);
+        super::add_entry(out, entry);
     }
 
     /// Every file's status, in path order.
@@ -284,13 +289,14 @@ mod tests {
         let stored = StoredAll::default();
         let mut cache = ManifestCache::default();
         let mut defs = Definitions::default();
+        let mut part = Snapshot::default();
         for (i, step) in steps.iter().enumerate() {
             step();
             cache.refresh(dir.path()).unwrap();
             let changed = cache.take_changed();
-            defs.update(&cache, changed, &stored, i == 0);
+            defs.update(&cache, changed, &stored, i == 0, &mut part, i == 0);
             let (snapshot, statuses) = whole(&cache, &stored);
-            assert_eq!(defs.part, snapshot, "step {i}");
+            assert_eq!(part, snapshot, "step {i}");
             assert_eq!(defs.statuses(), statuses, "step {i}");
         }
     }

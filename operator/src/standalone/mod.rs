@@ -233,6 +233,9 @@ pub struct Standalone {
     node_part: parts::NodePart,
     /// What was in force before, from the stored statuses.
     previous: parts::Previous,
+    /// Whether the planner's last input is the snapshot the last pass
+    /// built, so this pass can patch a copy of it.
+    patchable: bool,
     /// The plan whose selectors the files hold (not kept alive for it).
     selectors_for: std::sync::Weak<planner::Plan>,
     /// What `selectors/` holds, by (site, namespace): read once, then
@@ -348,6 +351,7 @@ impl Standalone {
             node_part: parts::NodePart::default(),
             previous: parts::Previous::default(),
             selectors_for: std::sync::Weak::new(),
+            patchable: false,
             selector_files: None,
             planner: Incremental::default(),
             all_statuses: None,
@@ -419,10 +423,26 @@ impl Standalone {
         }
         // Only the files that changed (and, when the stored statuses moved,
         // the few whose definitions depend on them) cost anything here.
+        // The last pass's snapshot, patched below where its inputs changed
+        // (the planner keeps it: no second copy lives between passes).
+        let last = self.planner.input().filter(|_| self.patchable);
+        let fresh = last.is_none();
+        let mut snapshot = last.cloned().unwrap_or_default();
+        snapshot.config = self.cfg.planner.clone();
+        snapshot.reserved = Default::default();
+        snapshot.previous_specs = BTreeMap::new();
+        // Until the planner holds this pass's snapshot.
+        self.patchable = false;
         let changed = self.manifests.take_changed();
         let stored_moved = std::mem::take(&mut self.stored_moved);
-        self.defs
-            .update(&self.manifests, changed, &stored, stored_moved);
+        self.defs.update(
+            &self.manifests,
+            changed,
+            &stored,
+            stored_moved,
+            &mut snapshot,
+            fresh,
+        );
         report.manifest_errors = self.defs.errors();
         if !self.manifest_status_written || self.defs.statuses_changed() {
             match files::write_json_atomic(&self.dir.manifest_status(), &self.defs.statuses()) {
@@ -435,8 +455,6 @@ impl Standalone {
                 }
             }
         }
-        let mut snapshot = self.defs.part.clone();
-        snapshot.config = self.cfg.planner.clone();
         let sources = &self.defs.sources;
 
         report.phase("manifests", &mut phase);
@@ -457,8 +475,8 @@ impl Standalone {
             }
         };
         // Only nodes read anew are built again; the rest is copied.
-        self.node_part.sync(&node_names, &mut self.nodes, now);
-        self.node_part.fill(&mut snapshot);
+        self.node_part
+            .sync(&node_names, &mut self.nodes, now, &mut snapshot, fresh);
         let mut generations: BTreeMap<String, i64> = BTreeMap::new();
         for name in &node_names {
             let Some(files) = self.nodes.get_mut(name) else {
@@ -499,7 +517,7 @@ impl Standalone {
 
         report.phase("nodes", &mut phase);
         // 3. What was in force before.
-        self.previous.fill(&stored, &mut snapshot);
+        self.previous.fill(&stored, &mut snapshot, fresh);
 
         report.phase("previous state", &mut phase);
         // 4. Plan. A node's stored spec counts only when the node is
@@ -512,6 +530,7 @@ impl Standalone {
             .planner
             .plan_stored(snapshot, &stored_specs, Some(&self.unsynced));
         drop(stored_specs);
+        self.patchable = true;
         // The nodes this pass may write: until the writes are done, their
         // files may lag the plan.
         self.unsynced = match &pass.changed_nodes {
@@ -741,7 +760,7 @@ impl Standalone {
         let all = scope.is_none();
         self.stored_moved = !sync.writes.is_empty() || !sync.deletes.is_empty();
         for what in sync.writes.iter().chain(&sync.deletes) {
-            self.previous.changed(&stored, what);
+            self.previous.changed(what);
         }
         self.stored = Some(stored);
         let (writes, deletes) = (sync.writes, sync.deletes);

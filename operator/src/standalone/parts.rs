@@ -1,8 +1,8 @@
-//! The parts of the planner's snapshot that outlive a pass: what the nodes
-//! report and what was in force before (stored statuses). Each is patched
-//! where its input changed (a node read anew, a status written) and copied
-//! whole into each pass's snapshot: a copy of built maps costs far less than
-//! building 1,000 nodes' workloads and 10,000 apps' previous state anew.
+//! The nodes' and the previous state's parts of the planner's snapshot,
+//! patched into the last pass's snapshot where their input changed (a node
+//! read anew, a status written): a copy of built maps costs far less than
+//! building 1,000 nodes' workloads and 10,000 apps' previous state anew, and
+//! no second copy is kept between passes.
 
 use std::collections::BTreeSet;
 
@@ -14,8 +14,7 @@ use crate::planner::{ErrorKind, NodeInfo, ObjectKey, PlanError, Snapshot};
 /// Nodes, workloads, their addresses, public keys and registration errors.
 #[derive(Default)]
 pub(super) struct NodePart {
-    part: Snapshot,
-    /// Nodes put into `part`.
+    /// Nodes put into the last snapshot.
     members: BTreeSet<String>,
 }
 
@@ -26,15 +25,21 @@ fn lost(files: &NodeFiles, now: Timestamp) -> bool {
 }
 
 impl NodePart {
-    /// Brings the part in line with `names` (sorted): nodes gone are taken
-    /// out, nodes read anew put in again, and every node's heartbeat is
-    /// checked against `now`.
+    /// Brings `out` (the last pass's snapshot, or an empty one when
+    /// `fresh`) in line with `names` (sorted): nodes gone are taken out,
+    /// nodes read anew put in again, and every node's heartbeat is checked
+    /// against `now`.
     pub fn sync(
         &mut self,
         names: &[String],
         nodes: &mut std::collections::BTreeMap<String, NodeFiles>,
         now: Timestamp,
+        out: &mut Snapshot,
+        fresh: bool,
     ) {
+        if fresh {
+            self.members.clear();
+        }
         let gone: Vec<String> = self
             .members
             .iter()
@@ -42,26 +47,25 @@ impl NodePart {
             .cloned()
             .collect();
         for name in &gone {
-            self.remove(name);
+            self.remove(name, out);
         }
         for name in names {
             let Some(files) = nodes.get_mut(name) else {
                 continue;
             };
             if files.reread || !self.members.contains(name) {
-                self.remove(name);
-                self.add(name, files, now);
+                self.remove(name, out);
+                self.add(name, files, now, out);
                 files.reread = false;
             }
         }
-        for (name, info) in self.part.nodes.iter_mut() {
+        for (name, info) in out.nodes.iter_mut() {
             info.lost = nodes.get(name).is_some_and(|f| lost(f, now));
         }
     }
 
-    fn remove(&mut self, name: &str) {
+    fn remove(&mut self, name: &str, s: &mut Snapshot) {
         self.members.remove(name);
-        let s = &mut self.part;
         s.nodes.remove(name);
         s.node_errors.remove(name);
         s.workloads.remove(name);
@@ -77,9 +81,8 @@ impl NodePart {
         }
     }
 
-    fn add(&mut self, name: &str, files: &NodeFiles, now: Timestamp) {
+    fn add(&mut self, name: &str, files: &NodeFiles, now: Timestamp, s: &mut Snapshot) {
         self.members.insert(name.to_string());
-        let s = &mut self.part;
         if !files.registration_errors.is_empty() {
             let object = format!("MeshNode {}", weft_api::validation::printable(name, 80));
             s.node_errors.insert(
@@ -137,91 +140,180 @@ impl NodePart {
             }
         }
     }
-
-    /// Copies the part into `s`.
-    pub fn fill(&self, s: &mut Snapshot) {
-        s.nodes = self.part.nodes.clone();
-        s.node_errors = self.part.node_errors.clone();
-        s.workloads = self.part.workloads.clone();
-        s.workload_addresses = self.part.workload_addresses.clone();
-        s.public_keys = self.part.public_keys.clone();
-    }
 }
 
 /// App ranges and the last accepted specs, from the stored statuses.
 #[derive(Default)]
 pub(super) struct Previous {
-    part: Snapshot,
-    built: bool,
+    /// Statuses written or removed since the last pass, as `plural/key`.
+    pending: Vec<String>,
 }
 
 impl Previous {
-    /// Copies the part into `s`, building it from `stored` the first time.
-    pub fn fill(&mut self, stored: &StoredAll, s: &mut Snapshot) {
-        if !self.built {
+    /// Brings `s` (the last pass's snapshot, or an empty one when `fresh`)
+    /// in line with `stored`.
+    pub fn fill(&mut self, stored: &StoredAll, s: &mut Snapshot, fresh: bool) {
+        if fresh {
+            self.pending.clear();
             for key in stored.apps.keys() {
-                self.app(stored, key);
+                app(stored, key, s);
             }
             for key in stored.policies.keys() {
-                self.policy(stored, key);
+                policy(stored, key, s);
             }
             for key in stored.sites.keys() {
-                self.site(stored, key);
+                site(stored, key, s);
             }
-            self.built = true;
-        }
-        s.previous_ranges = self.part.previous_ranges.clone();
-        s.previous_apps = self.part.previous_apps.clone();
-        s.previous_policies = self.part.previous_policies.clone();
-        s.previous_sites = self.part.previous_sites.clone();
-    }
-
-    /// A stored status written or removed, as `plural/key`.
-    pub fn changed(&mut self, stored: &StoredAll, what: &str) {
-        if !self.built {
             return;
         }
-        match what.split_once('/') {
-            Some((APPS, key)) => self.app(stored, key),
-            Some((POLICIES, key)) => self.policy(stored, key),
-            Some((SITES, key)) => self.site(stored, key),
-            _ => {}
+        for what in std::mem::take(&mut self.pending) {
+            match what.split_once('/') {
+                Some((APPS, key)) => app(stored, key, s),
+                Some((POLICIES, key)) => policy(stored, key, s),
+                Some((SITES, key)) => site(stored, key, s),
+                _ => {}
+            }
         }
     }
 
-    fn app(&mut self, stored: &StoredAll, key: &str) {
-        let k = ObjectKey::parse(key);
-        let st = stored.apps.get(key).map(|s| &s.status);
-        match st.and_then(|s| s.address_space.clone()) {
-            Some(range) => self.part.previous_ranges.insert(k.clone(), range),
-            None => self.part.previous_ranges.remove(&k),
-        };
-        match st.and_then(|s| s.enforced.clone()) {
-            Some(e) => self.part.previous_apps.insert(k, e),
-            None => self.part.previous_apps.remove(&k),
-        };
+    /// A stored status was written or removed (`plural/key`).
+    pub fn changed(&mut self, what: &str) {
+        self.pending.push(what.to_string());
+    }
+}
+
+fn app(stored: &StoredAll, key: &str, s: &mut Snapshot) {
+    let k = ObjectKey::parse(key);
+    let st = stored.apps.get(key).map(|st| &st.status);
+    match st.and_then(|st| st.address_space.clone()) {
+        Some(range) => s.previous_ranges.insert(k.clone(), range),
+        None => s.previous_ranges.remove(&k),
+    };
+    match st.and_then(|st| st.enforced.clone()) {
+        Some(e) => s.previous_apps.insert(k, e),
+        None => s.previous_apps.remove(&k),
+    };
+}
+
+fn policy(stored: &StoredAll, key: &str, s: &mut Snapshot) {
+    let k = ObjectKey::parse(key);
+    match stored
+        .policies
+        .get(key)
+        .and_then(|st| st.status.enforced.clone())
+    {
+        Some(e) => s.previous_policies.insert(k, e),
+        None => s.previous_policies.remove(&k),
+    };
+}
+
+fn site(stored: &StoredAll, key: &str, s: &mut Snapshot) {
+    match stored
+        .sites
+        .get(key)
+        .and_then(|st| st.status.enforced.clone())
+    {
+        Some(e) => s.previous_sites.insert(key.to_string(), e),
+        None => s.previous_sites.remove(key),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use k8s_openapi::jiff::Timestamp;
+    use weft_api::standalone::{NodeRegistration, StateDir};
+    use weft_api::{AppStatus, MeshNodeStatus, WorkloadStatus};
+
+    use crate::standalone::files::write_json_atomic;
+    use crate::standalone::{Standalone, StandaloneConfig};
+
+    fn app(name: &str, tier: &str) -> String {
+        format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshApp\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  selector: {{matchLabels: {{tier: {tier}}}}}\n"
+        )
     }
 
-    fn policy(&mut self, stored: &StoredAll, key: &str) {
-        let k = ObjectKey::parse(key);
-        match stored
-            .policies
-            .get(key)
-            .and_then(|s| s.status.enforced.clone())
-        {
-            Some(e) => self.part.previous_policies.insert(k, e),
-            None => self.part.previous_policies.remove(&k),
-        };
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).unwrap()
     }
 
-    fn site(&mut self, stored: &StoredAll, key: &str) {
-        match stored
-            .sites
-            .get(key)
-            .and_then(|s| s.status.enforced.clone())
-        {
-            Some(e) => self.part.previous_sites.insert(key.to_string(), e),
-            None => self.part.previous_sites.remove(key),
+    fn node(dir: &StateDir, n: &str, tiers: &[&str], heartbeat: i64, keys: &[&str]) {
+        let reg = NodeRegistration {
+            name: n.into(),
+            site: "local".into(),
+            address: format!("192.0.2.{}", n.trim_start_matches('n')),
+            labels: Default::default(),
         };
+        write_json_atomic(&dir.registration(n), &reg).unwrap();
+        let st = MeshNodeStatus {
+            heartbeat: Some(t(heartbeat).to_string()),
+            workloads: tiers
+                .iter()
+                .map(|tier| WorkloadStatus {
+                    name: format!("w-{n}-{tier}"),
+                    namespace: "demo".into(),
+                    labels: [("tier".to_string(), tier.to_string())].into(),
+                    address: Some(format!("100.64.{}.{}", n.len(), tier.len())),
+                    ..Default::default()
+                })
+                .collect(),
+            apps: keys
+                .iter()
+                .map(|a| AppStatus {
+                    app: format!("demo/{a}"),
+                    public_key: format!("{n}-{a}-key"),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        fs::write(dir.node_status(n), serde_json::to_vec(&st).unwrap()).unwrap();
+    }
+
+    /// After every kind of change, the snapshot patched pass by pass is the
+    /// one a new operator builds from every file.
+    #[test]
+    fn a_patched_snapshot_is_the_one_built_from_scratch() {
+        let manifests = tempfile::TempDir::new().unwrap();
+        let state = tempfile::TempDir::new().unwrap();
+        let dir = StateDir::new(state.path());
+        let m = |name: &str| manifests.path().join(name);
+        let cfg = StandaloneConfig::new(manifests.path(), state.path());
+        fs::write(m("web.yaml"), app("web", "web")).unwrap();
+        fs::write(m("db.yaml"), app("db", "db")).unwrap();
+        node(&dir, "n1", &["web", "db"], 0, &[]);
+        node(&dir, "n2", &["web"], 0, &[]);
+        let mut op = Standalone::new(cfg.clone());
+        let now = t(10);
+        let changes: Vec<Box<dyn Fn()>> = vec![
+            Box::new(|| node(&dir, "n1", &["web", "db"], 0, &["web", "db"])),
+            Box::new(|| node(&dir, "n3", &["db"], 0, &["db"])),
+            Box::new(|| fs::write(m("db.yaml"), app("db", "web")).unwrap()),
+            Box::new(|| fs::write(m("cache.yaml"), "not: [yaml").unwrap()),
+            // A heartbeat too old: the node is lost.
+            Box::new(|| node(&dir, "n2", &["web"], -100, &["web"])),
+            Box::new(|| fs::remove_dir_all(dir.node_dir("n3")).unwrap()),
+            Box::new(|| fs::remove_file(m("db.yaml")).unwrap()),
+        ];
+        op.tick(now).unwrap();
+        for (i, change) in changes.iter().enumerate() {
+            change();
+            op.tick(now).unwrap();
+            // The statuses the pass wrote reach the next snapshot.
+            op.tick(now).unwrap();
+            let mut fresh = Standalone::new(cfg.clone());
+            fresh.tick(now).unwrap();
+            assert_eq!(op.planner.input(), fresh.planner.input(), "change {i}");
+        }
+        // Time alone: n1's heartbeat ages past the limit, no file changes.
+        let later = t(100);
+        op.tick(later).unwrap();
+        op.tick(later).unwrap();
+        let mut fresh = Standalone::new(cfg);
+        fresh.tick(later).unwrap();
+        assert_eq!(op.planner.input(), fresh.planner.input(), "later");
+        assert!(op.planner.input().is_some_and(|s| s.nodes["n1"].lost));
     }
 }
