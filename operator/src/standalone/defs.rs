@@ -16,6 +16,7 @@ use std::path::Path;
 use weft_api::standalone::{ManifestFileStatus, ManifestProblem};
 
 use super::manifests::{Entry, Kind, ManifestCache, ObjectRef};
+use super::parts::Patch;
 use super::StoredAll;
 use crate::planner::{ObjectKey, Snapshot};
 
@@ -50,9 +51,9 @@ impl Definitions {
         mut changed: BTreeSet<OsString>,
         stored: &StoredAll,
         stored_moved: bool,
-        out: &mut Snapshot,
-        fresh: bool,
+        out: &mut Patch<'_>,
     ) {
+        let fresh = out.fresh();
         let claimed = |p: &Path| stored.defined_by(&p.display().to_string());
         let mut objects: BTreeSet<ObjectRef> = BTreeSet::new();
         if stored_moved {
@@ -127,12 +128,15 @@ impl Definitions {
         stored: &StoredAll,
         memo: &BTreeMap<OsString, Vec<Entry>>,
         files: &mut BTreeSet<OsString>,
-        out: &mut Snapshot,
+        out: &mut Patch<'_>,
     ) {
         if let Some(old) = self.duplicates.remove(object) {
             files.extend(old.into_iter().map(|(f, _)| f));
         }
-        remove(out, object);
+        // In the snapshot exactly when it has a source (copy only then).
+        if self.sources.contains_key(object) {
+            remove(out.get(), object);
+        }
         self.sources.remove(object);
         let defs: Vec<(&OsString, &Entry)> = self
             .by_object
@@ -191,7 +195,7 @@ impl Definitions {
         let entry = defs[winner].1;
         self.sources
             .insert(object.clone(), entry.file.display().to_string());
-        super::add_entry(out, entry);
+        super::add_entry(out.get(), entry);
     }
 
     /// Every file's status, in path order.
@@ -290,11 +294,14 @@ mod tests {
         let mut cache = ManifestCache::default();
         let mut defs = Definitions::default();
         let mut part = Snapshot::default();
+        let config = Default::default();
         for (i, step) in steps.iter().enumerate() {
             step();
             cache.refresh(dir.path()).unwrap();
             let changed = cache.take_changed();
-            defs.update(&cache, changed, &stored, i == 0, &mut part, i == 0);
+            let mut patch = Patch::new((i > 0).then_some(&part), &config);
+            defs.update(&cache, changed, &stored, i == 0, &mut patch);
+            part = patch.take();
             let (snapshot, statuses) = whole(&cache, &stored);
             assert_eq!(part, snapshot, "step {i}");
             assert_eq!(defs.statuses(), statuses, "step {i}");

@@ -236,6 +236,8 @@ pub struct Standalone {
     /// Whether the planner's last input is the snapshot the last pass
     /// built, so this pass can patch a copy of it.
     patchable: bool,
+    /// The planner's last plan.
+    last_plan: Option<std::sync::Arc<planner::Plan>>,
     /// The plan whose selectors the files hold (not kept alive for it).
     selectors_for: std::sync::Weak<planner::Plan>,
     /// What `selectors/` holds, by (site, namespace): read once, then
@@ -352,6 +354,7 @@ impl Standalone {
             previous: parts::Previous::default(),
             selectors_for: std::sync::Weak::new(),
             patchable: false,
+            last_plan: None,
             selector_files: None,
             planner: Incremental::default(),
             all_statuses: None,
@@ -426,11 +429,7 @@ impl Standalone {
         // The last pass's snapshot, patched below where its inputs changed
         // (the planner keeps it: no second copy lives between passes).
         let last = self.planner.input().filter(|_| self.patchable);
-        let fresh = last.is_none();
-        let mut snapshot = last.cloned().unwrap_or_default();
-        snapshot.config = self.cfg.planner.clone();
-        snapshot.reserved = Default::default();
-        snapshot.previous_specs = BTreeMap::new();
+        let mut snapshot = parts::Patch::new(last, &self.cfg.planner);
         // Until the planner holds this pass's snapshot.
         self.patchable = false;
         let changed = self.manifests.take_changed();
@@ -441,7 +440,6 @@ impl Standalone {
             &stored,
             stored_moved,
             &mut snapshot,
-            fresh,
         );
         report.manifest_errors = self.defs.errors();
         if !self.manifest_status_written || self.defs.statuses_changed() {
@@ -476,7 +474,7 @@ impl Standalone {
         };
         // Only nodes read anew are built again; the rest is copied.
         self.node_part
-            .sync(&node_names, &mut self.nodes, now, &mut snapshot, fresh);
+            .sync(&node_names, &mut self.nodes, now, &mut snapshot);
         let mut generations: BTreeMap<String, i64> = BTreeMap::new();
         for name in &node_names {
             let Some(files) = self.nodes.get_mut(name) else {
@@ -517,7 +515,7 @@ impl Standalone {
 
         report.phase("nodes", &mut phase);
         // 3. What was in force before.
-        self.previous.fill(&stored, &mut snapshot, fresh);
+        self.previous.fill(&stored, &mut snapshot);
 
         report.phase("previous state", &mut phase);
         // 4. Plan. A node's stored spec counts only when the node is
@@ -526,10 +524,25 @@ impl Standalone {
             .iter()
             .filter_map(|n| Some((n.clone(), &self.nodes.get(n)?.meshnode.as_ref()?.spec)))
             .collect();
-        let pass = self
-            .planner
-            .plan_stored(snapshot, &stored_specs, Some(&self.unsynced));
+        // Nothing in the snapshot changed and every stored spec is the last
+        // plan's: the planner would find nothing to do.
+        let pass = match self.last_plan.take() {
+            Some(plan) if !snapshot.changed() && self.unsynced.is_empty() => {
+                drop(snapshot);
+                planner::incremental::Pass {
+                    plan,
+                    kind: PassKind::Unchanged,
+                    changed_nodes: Some(BTreeSet::new()),
+                    changed_apps: Some(BTreeSet::new()),
+                }
+            }
+            // Not held while planning: a full plan drops the old one first.
+            _ => self
+                .planner
+                .plan_stored(snapshot.take(), &stored_specs, Some(&self.unsynced)),
+        };
         drop(stored_specs);
+        self.last_plan = Some(pass.plan.clone());
         self.patchable = true;
         // The nodes this pass may write: until the writes are done, their
         // files may lag the plan.

@@ -4,12 +4,93 @@
 //! building 1,000 nodes' workloads and 10,000 apps' previous state anew, and
 //! no second copy is kept between passes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::{NodeFiles, StoredAll, APPS, LOST_AFTER_SECONDS, POLICIES, SITES};
-use crate::planner::{ErrorKind, NodeInfo, ObjectKey, PlanError, Snapshot};
+use crate::planner::{ErrorKind, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
+
+/// The snapshot a pass hands the planner: the last pass's, copied only
+/// once something in it must change, so a pass with nothing new copies
+/// (and plans) nothing.
+pub(super) struct Patch<'a> {
+    state: State<'a>,
+    config: &'a PlannerConfig,
+    /// There was no snapshot to patch: everything is put in.
+    fresh: bool,
+}
+
+enum State<'a> {
+    Base(&'a Snapshot),
+    Own(Box<Snapshot>),
+}
+
+impl<'a> Patch<'a> {
+    /// Patches `base` (the planner's last input), or builds from nothing.
+    pub fn new(base: Option<&'a Snapshot>, config: &'a PlannerConfig) -> Self {
+        let state = match base {
+            Some(b) => State::Base(b),
+            None => State::Own(Box::new(Snapshot {
+                config: config.clone(),
+                ..Default::default()
+            })),
+        };
+        let fresh = base.is_none();
+        Patch {
+            state,
+            config,
+            fresh,
+        }
+    }
+
+    /// Whether there was no snapshot to patch (everything is put in).
+    pub fn fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// The snapshot as it stands.
+    pub fn view(&self) -> &Snapshot {
+        match &self.state {
+            State::Base(b) => b,
+            State::Own(s) => s,
+        }
+    }
+
+    /// The snapshot to change (copied from the base the first time).
+    pub fn get(&mut self) -> &mut Snapshot {
+        if let State::Base(b) = self.state {
+            self.state = State::Own(Box::new(own_copy(b, self.config)));
+        }
+        match &mut self.state {
+            State::Own(s) => s,
+            State::Base(_) => unreachable!("copied above"),
+        }
+    }
+
+    /// Whether anything changed.
+    pub fn changed(&self) -> bool {
+        matches!(self.state, State::Own(_))
+    }
+
+    /// The snapshot, owned.
+    pub fn take(self) -> Snapshot {
+        match self.state {
+            State::Base(b) => own_copy(b, self.config),
+            State::Own(s) => *s,
+        }
+    }
+}
+
+/// A copy of the planner's last input to hand it again: the planner's own
+/// fields (reserved allocations, stored specs) are left empty.
+fn own_copy(b: &Snapshot, config: &PlannerConfig) -> Snapshot {
+    let mut s = b.clone();
+    s.config = config.clone();
+    s.reserved = Default::default();
+    s.previous_specs = BTreeMap::new();
+    s
+}
 
 /// Nodes, workloads, their addresses, public keys and registration errors.
 #[derive(Default)]
@@ -25,19 +106,17 @@ fn lost(files: &NodeFiles, now: Timestamp) -> bool {
 }
 
 impl NodePart {
-    /// Brings `out` (the last pass's snapshot, or an empty one when
-    /// `fresh`) in line with `names` (sorted): nodes gone are taken out,
-    /// nodes read anew put in again, and every node's heartbeat is checked
-    /// against `now`.
+    /// Brings `out` in line with `names` (sorted): nodes gone are taken
+    /// out, nodes read anew put in again, and every node's heartbeat is
+    /// checked against `now`.
     pub fn sync(
         &mut self,
         names: &[String],
-        nodes: &mut std::collections::BTreeMap<String, NodeFiles>,
+        nodes: &mut BTreeMap<String, NodeFiles>,
         now: Timestamp,
-        out: &mut Snapshot,
-        fresh: bool,
+        out: &mut Patch<'_>,
     ) {
-        if fresh {
+        if out.fresh() {
             self.members.clear();
         }
         let gone: Vec<String> = self
@@ -47,20 +126,31 @@ impl NodePart {
             .cloned()
             .collect();
         for name in &gone {
-            self.remove(name, out);
+            self.remove(name, out.get());
         }
         for name in names {
             let Some(files) = nodes.get_mut(name) else {
                 continue;
             };
             if files.reread || !self.members.contains(name) {
-                self.remove(name, out);
-                self.add(name, files, now, out);
+                let s = out.get();
+                self.remove(name, s);
+                self.add(name, files, now, s);
                 files.reread = false;
             }
         }
-        for (name, info) in out.nodes.iter_mut() {
-            info.lost = nodes.get(name).is_some_and(|f| lost(f, now));
+        // Time alone can make a node lost (or found again).
+        let flips: Vec<String> = out
+            .view()
+            .nodes
+            .iter()
+            .filter(|(name, info)| info.lost != nodes.get(*name).is_some_and(|f| lost(f, now)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in flips {
+            if let Some(info) = out.get().nodes.get_mut(&name) {
+                info.lost = !info.lost;
+            }
         }
     }
 
@@ -150,11 +240,11 @@ pub(super) struct Previous {
 }
 
 impl Previous {
-    /// Brings `s` (the last pass's snapshot, or an empty one when `fresh`)
-    /// in line with `stored`.
-    pub fn fill(&mut self, stored: &StoredAll, s: &mut Snapshot, fresh: bool) {
-        if fresh {
+    /// Brings `out` in line with `stored`.
+    pub fn fill(&mut self, stored: &StoredAll, out: &mut Patch<'_>) {
+        if out.fresh() {
             self.pending.clear();
+            let s = out.get();
             for key in stored.apps.keys() {
                 app(stored, key, s);
             }
@@ -167,6 +257,7 @@ impl Previous {
             return;
         }
         for what in std::mem::take(&mut self.pending) {
+            let s = out.get();
             match what.split_once('/') {
                 Some((APPS, key)) => app(stored, key, s),
                 Some((POLICIES, key)) => policy(stored, key, s),
