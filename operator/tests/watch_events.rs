@@ -100,6 +100,15 @@ impl Env {
         r
     }
 
+    /// What the passes patched in place (snapshot, selector files,
+    /// statuses) is what a new operator, which reads everything, plans: it
+    /// writes nothing.
+    fn a_new_operator_writes_nothing(&self) {
+        let cfg = StandaloneConfig::new(self.manifests.path(), self.state.path());
+        let r = Standalone::new(cfg).tick(t(1)).unwrap();
+        assert!(!r.wrote_anything(), "{r:?}");
+    }
+
     /// The apps in a node's MeshNode.
     fn apps_of(&self, n: &str) -> Vec<String> {
         let obj: MeshNode =
@@ -169,6 +178,7 @@ fn a_manifest_renamed_into_place_is_seen_new_or_replacing() {
     let r = env.tick();
     assert_eq!(r.meshnode_writes, ["n1", "n2"], "{r:?}");
     assert_eq!(env.apps_of("n1"), ["demo/db"]);
+    env.a_new_operator_writes_nothing();
 }
 
 #[test]
@@ -189,6 +199,7 @@ fn a_deleted_manifest_deletes_its_objects() {
     let r = env.tick();
     assert_eq!(r.status_deletes, ["meshapps/demo/web"], "{r:?}");
     assert!(env.apps_of("n1").is_empty());
+    env.a_new_operator_writes_nothing();
 }
 
 #[test]
@@ -230,11 +241,7 @@ fn a_new_node_directory_and_a_changed_report_are_seen() {
     let r = env.tick();
     assert_eq!(r.status_writes, ["meshapps/demo/web"], "{r:?}");
     assert!(!env.tick().wrote_anything());
-    // What the passes patched in place is what a new operator, which
-    // reads everything, plans: it writes nothing.
-    let cfg = StandaloneConfig::new(env.manifests.path(), env.state.path());
-    let r = Standalone::new(cfg).tick(t(1)).unwrap();
-    assert!(!r.wrote_anything(), "{r:?}");
+    env.a_new_operator_writes_nothing();
 }
 
 #[test]
