@@ -280,3 +280,29 @@ fn a_forced_full_scan_sees_what_no_event_reported() {
     assert!(!env.tick().wrote_anything());
     assert_eq!(env.op.reads(), before);
 }
+
+#[test]
+fn a_replaced_manifests_directory_is_scanned_whole() {
+    let mut env = Env::new();
+    // Moved away and a new directory put in its place (as a deploy tool
+    // swapping a checkout does): the old watch says nothing of the new one.
+    let path = env.manifests.path().to_path_buf();
+    fs::rename(&path, env.outside.path().join("old")).unwrap();
+    fs::create_dir(&path).unwrap();
+    fs::write(path.join("db.yaml"), app("db", "db")).unwrap();
+    let r = env.tick();
+    assert_eq!(r.status_deletes, ["meshapps/demo/web"], "{r:?}");
+    assert!(
+        r.status_writes.contains(&"meshapps/demo/db".to_string()),
+        "{r:?}"
+    );
+    assert_eq!(env.apps_of("n1"), ["demo/db"]);
+    // The new directory is watched from now on.
+    fs::write(path.join("web.yaml"), app("web", "web")).unwrap();
+    let r = env.tick();
+    assert!(
+        r.status_writes.contains(&"meshapps/demo/web".to_string()),
+        "{r:?}"
+    );
+    env.a_new_operator_writes_nothing();
+}
