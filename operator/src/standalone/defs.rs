@@ -5,7 +5,7 @@
 //! ~60 ms of entries, choices and snapshot per pass).
 //!
 //! The result is the one of choosing over every file at once (see
-//! [`super::choose_definitions`]): when two files define an object, the one
+//! `choose_definitions`, the tests' reference): when two files define an object, the one
 //! that defined it before (by its stored status) keeps it, else the first
 //! in path order, and both files get the problem.
 
