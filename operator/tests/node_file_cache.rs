@@ -2,7 +2,8 @@
 //! when their stamp changed, and takes its own meshnode.json from memory
 //! while the file is the one it wrote. Every change must still be seen: a
 //! same-size rewrite with the modification time put back, and a
-//! meshnode.json deleted or edited behind the operator's back.
+//! meshnode.json deleted or edited behind the operator's back. Every pass
+//! here is a full scan (see `Env::tick`).
 
 use std::fs;
 use std::path::Path;
@@ -79,7 +80,11 @@ impl Env {
         StateDir::new(self.state.path())
     }
 
+    /// A full scan each pass: these check the stamps that full scans (the
+    /// first pass, after an inotify overflow, the periodic safety net) go by;
+    /// `watch_events.rs` checks the passes that go by events.
     fn tick(&mut self) -> TickReport {
+        self.op.force_full_scan();
         let r = self.op.tick(t(1)).unwrap();
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         r

@@ -13,6 +13,7 @@
 //! keeps their last accepted spec in force.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io::Read;
@@ -471,9 +472,11 @@ fn read_bounded(path: &Path) -> Result<String, String> {
     })
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct CachedFile {
-    /// The file's stamp when it was last read, if it had settled.
+    /// The file's path (`dir/name`).
+    path: PathBuf,
+    /// The stamp when it was last read, if it had settled.
     last_read: LastRead,
     /// What the last read gave (text or the read error), to re-parse only
     /// on change.
@@ -489,6 +492,18 @@ struct CachedFile {
 }
 
 impl CachedFile {
+    fn new(path: PathBuf) -> Self {
+        CachedFile {
+            path,
+            last_read: LastRead::default(),
+            read: None,
+            parse: FileParse::default(),
+            renames: Vec::new(),
+            good: Vec::new(),
+            ever_good: false,
+        }
+    }
+
     fn broken(&self) -> bool {
         self.parse.broken() || !self.renames.is_empty()
     }
@@ -509,10 +524,20 @@ pub struct Entry {
     pub problems: Vec<Problem>,
 }
 
-/// Every manifest file, its current parse and its last good content.
+/// Every manifest file, its current parse and its last good content. Files
+/// are keyed by name (all live in one directory): byte order, which is also
+/// path order, without comparing path components.
 #[derive(Debug, Default)]
 pub struct ManifestCache {
-    files: BTreeMap<PathBuf, CachedFile>,
+    files: BTreeMap<OsString, CachedFile>,
+    /// Symlinked files: their target can change where no watch sees, so
+    /// they are checked by stamp on every pass.
+    links: BTreeSet<OsString>,
+    /// Files whose entries or status may differ since [`Self::take_changed`].
+    changed: BTreeSet<OsString>,
+    /// Files read (opened) since the cache was made: tests check that a
+    /// pass with nothing new reads none.
+    reads: u64,
 }
 
 /// A manifests directory that cannot be listed: nothing is known, so
@@ -521,8 +546,9 @@ pub struct ManifestCache {
 pub struct DirError(pub String);
 
 impl ManifestCache {
-    /// Re-reads the directory. Returns the files whose problems are new this
-    /// time (each is reported once per change of its text).
+    /// Re-reads the whole directory, reading the files whose stamp moved.
+    /// Returns the files whose problems are new this time (each is reported
+    /// once per change of its text).
     pub fn refresh(&mut self, dir: &Path) -> Result<Vec<(PathBuf, String)>, DirError> {
         let entries = fs::read_dir(dir).map_err(|e| {
             DirError(format!(
@@ -530,48 +556,155 @@ impl ManifestCache {
                 dir.display()
             ))
         })?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_manifest(p))
+        let mut names: Vec<(OsString, bool)> = entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name();
+                is_manifest(Path::new(&name)).then(|| {
+                    let link = e.file_type().is_ok_and(|t| t.is_symlink());
+                    (name, link)
+                })
+            })
             .collect();
-        paths.sort();
+        names.sort_unstable();
         let mut fresh = Vec::new();
-        for path in &paths {
-            // A settled file whose stamp is the one of the last read has the
-            // same content: no read (thousands of files per pass otherwise).
-            let cached = self.files.entry(path.clone()).or_default();
-            if !cached.last_read.must_read(path) && cached.read.is_some() {
-                continue;
-            }
-            let read = read_bounded(path);
-            if cached.read.as_ref() == Some(&read) {
-                continue;
-            }
-            cached.parse = match &read {
-                Ok(text) => parse_manifest(path, text),
-                Err(e) => FileParse {
-                    docs: Vec::new(),
-                    file_problem: Some(e.clone()),
-                },
-            };
-            cached.read = Some(read);
-            cached.renames = renames(&cached.good, &cached.parse);
-            if cached.broken() {
-                fresh.push((path.clone(), summary(cached)));
+        for (name, link) in &names {
+            if *link {
+                self.links.insert(name.clone());
             } else {
-                cached.good = cached
-                    .parse
-                    .docs
-                    .iter()
-                    .filter_map(|d| d.manifest.clone())
-                    .collect();
-                cached.ever_good = true;
+                self.links.remove(name);
             }
+            self.load(dir, name, false, &mut fresh);
         }
-        // `paths` is sorted: a lookup, not a scan (a scan per file made this
-        // quadratic, most of a pass with thousands of manifest files).
-        self.files.retain(|p, _| paths.binary_search(p).is_ok());
+        // `names` is sorted: a lookup, not a scan (a scan per file made this
+        // quadratic).
+        let gone: Vec<OsString> = self
+            .files
+            .keys()
+            .filter(|n| names.binary_search_by(|(m, _)| m.cmp(n)).is_err())
+            .cloned()
+            .collect();
+        for name in gone {
+            self.files.remove(&name);
+            self.links.remove(&name);
+            self.changed.insert(name);
+        }
         Ok(fresh)
+    }
+
+    /// Re-reads only the entries `names` of `dir` (from inotify: created,
+    /// written, renamed in or out, deleted), and the symlinked files by
+    /// stamp. Same result as [`Self::refresh`] when nothing else changed.
+    pub fn refresh_names(
+        &mut self,
+        dir: &Path,
+        names: &BTreeSet<OsString>,
+    ) -> Vec<(PathBuf, String)> {
+        let mut fresh = Vec::new();
+        for name in names {
+            if !is_manifest(Path::new(name)) {
+                continue;
+            }
+            let path = dir.join(name);
+            match fs::symlink_metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if self.files.remove(name).is_some() {
+                        self.changed.insert(name.clone());
+                    }
+                    self.links.remove(name);
+                    continue;
+                }
+                Ok(m) if m.file_type().is_symlink() => {
+                    self.links.insert(name.clone());
+                }
+                _ => {
+                    self.links.remove(name);
+                }
+            }
+            self.load(dir, name, true, &mut fresh);
+        }
+        let links: Vec<OsString> = self
+            .links
+            .iter()
+            .filter(|n| !names.contains(*n))
+            .cloned()
+            .collect();
+        for name in links {
+            if fs::symlink_metadata(dir.join(&name)).is_err() {
+                // Gone: its deletion is an event of its own.
+                continue;
+            }
+            self.load(dir, &name, false, &mut fresh);
+        }
+        fresh
+    }
+
+    /// Reads one file when `force`d or its stamp moved, and parses it when
+    /// its text changed.
+    fn load(
+        &mut self,
+        dir: &Path,
+        name: &OsString,
+        force: bool,
+        fresh: &mut Vec<(PathBuf, String)>,
+    ) {
+        let cached = self
+            .files
+            .entry(name.clone())
+            .or_insert_with(|| CachedFile::new(dir.join(name)));
+        // A settled file whose stamp is the one of the last read has the
+        // same content: no read (thousands of files per pass otherwise).
+        let path = cached.path.clone();
+        if !cached.last_read.must_read(&path) && cached.read.is_some() && !force {
+            return;
+        }
+        self.reads += 1;
+        let read = read_bounded(&path);
+        if cached.read.as_ref() == Some(&read) {
+            return;
+        }
+        cached.parse = match &read {
+            Ok(text) => parse_manifest(&path, text),
+            Err(e) => FileParse {
+                docs: Vec::new(),
+                file_problem: Some(e.clone()),
+            },
+        };
+        cached.read = Some(read);
+        cached.renames = renames(&cached.good, &cached.parse);
+        if cached.broken() {
+            fresh.push((path, summary(cached)));
+        } else {
+            cached.good = cached
+                .parse
+                .docs
+                .iter()
+                .filter_map(|d| d.manifest.clone())
+                .collect();
+            cached.ever_good = true;
+        }
+        self.changed.insert(name.clone());
+    }
+
+    /// The files whose entries or status may have changed since the last
+    /// call (read anew with another text, added, removed).
+    pub fn take_changed(&mut self) -> BTreeSet<OsString> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Files whose entries depend on `claimed_before` (broken and never
+    /// good since the operator started): their entries are computed again
+    /// whenever the stored statuses may have changed.
+    pub fn claiming(&self) -> impl Iterator<Item = &OsString> {
+        self.files
+            .iter()
+            .filter(|(_, f)| f.broken() && !f.ever_good)
+            .map(|(n, _)| n)
+    }
+
+    /// How many files were read since the cache was made.
+    pub fn reads(&self) -> u64 {
+        self.reads
     }
 
     /// Every object the files define now. A broken file also keeps the
@@ -579,95 +712,120 @@ impl ManifestCache {
     /// `claimed_before` says it defined), marked with its problems.
     pub fn entries(&self, claimed_before: &dyn Fn(&Path) -> Vec<ObjectRef>) -> Vec<Entry> {
         let mut out = Vec::new();
-        for (path, f) in &self.files {
-            let mut here: BTreeSet<ObjectRef> = BTreeSet::new();
-            for d in &f.parse.docs {
-                let Some(object) = d.object.clone() else {
-                    continue;
-                };
-                let mut problems = d.problems.clone();
-                problems.extend(
-                    f.renames
-                        .iter()
-                        .filter(|(i, _)| *i == d.index)
-                        .map(|(_, p)| p.clone()),
-                );
-                here.insert(object.clone());
-                out.push(Entry {
-                    file: path.clone(),
-                    document: Some(d.index),
-                    object,
-                    manifest: if problems.is_empty() {
-                        d.manifest.clone()
-                    } else {
-                        None
-                    },
-                    problems,
-                });
-            }
-            if !f.broken() {
-                continue;
-            }
-            let why = problem("", summary(f));
-            let before: Vec<ObjectRef> = if f.ever_good {
-                f.good.iter().map(Manifest::object).collect()
-            } else {
-                claimed_before(path)
-            };
-            for object in before {
-                if here.insert(object.clone()) {
-                    out.push(Entry {
-                        file: path.clone(),
-                        document: None,
-                        object,
-                        manifest: None,
-                        problems: vec![why.clone()],
-                    });
-                }
-            }
+        for f in self.files.values() {
+            entries_of(f, claimed_before, &mut out);
         }
         out
     }
 
+    /// [`Self::entries`] of one file; `None` when there is no such file.
+    pub fn entries_of(
+        &self,
+        name: &OsString,
+        claimed_before: &dyn Fn(&Path) -> Vec<ObjectRef>,
+    ) -> Option<Vec<Entry>> {
+        let f = self.files.get(name)?;
+        let mut out = Vec::new();
+        entries_of(f, claimed_before, &mut out);
+        Some(out)
+    }
+
     /// The state of every file, for `get manifests`.
     pub fn file_statuses(&self) -> Vec<ManifestFileStatus> {
-        self.files
+        self.files.values().map(file_status).collect()
+    }
+
+    /// [`Self::file_statuses`] of one file.
+    pub fn file_status_of(&self, name: &OsString) -> Option<ManifestFileStatus> {
+        self.files.get(name).map(file_status)
+    }
+}
+
+fn entries_of(
+    f: &CachedFile,
+    claimed_before: &dyn Fn(&Path) -> Vec<ObjectRef>,
+    out: &mut Vec<Entry>,
+) {
+    let path = &f.path;
+    let mut here: BTreeSet<ObjectRef> = BTreeSet::new();
+    for d in &f.parse.docs {
+        let Some(object) = d.object.clone() else {
+            continue;
+        };
+        let mut problems = d.problems.clone();
+        problems.extend(
+            f.renames
+                .iter()
+                .filter(|(i, _)| *i == d.index)
+                .map(|(_, p)| p.clone()),
+        );
+        here.insert(object.clone());
+        out.push(Entry {
+            file: path.clone(),
+            document: Some(d.index),
+            object,
+            manifest: if problems.is_empty() {
+                d.manifest.clone()
+            } else {
+                None
+            },
+            problems,
+        });
+    }
+    if !f.broken() {
+        return;
+    }
+    let why = problem("", summary(f));
+    let before: Vec<ObjectRef> = if f.ever_good {
+        f.good.iter().map(Manifest::object).collect()
+    } else {
+        claimed_before(path)
+    };
+    for object in before {
+        if here.insert(object.clone()) {
+            out.push(Entry {
+                file: path.clone(),
+                document: None,
+                object,
+                manifest: None,
+                problems: vec![why.clone()],
+            });
+        }
+    }
+}
+
+fn file_status(f: &CachedFile) -> ManifestFileStatus {
+    let mut errors = Vec::new();
+    if let Some(p) = &f.parse.file_problem {
+        errors.push(ManifestProblem {
+            message: p.clone(),
+            ..Default::default()
+        });
+    }
+    for d in &f.parse.docs {
+        let renamed = f
+            .renames
             .iter()
-            .map(|(path, f)| {
-                let mut errors = Vec::new();
-                if let Some(p) = &f.parse.file_problem {
-                    errors.push(ManifestProblem {
-                        message: p.clone(),
-                        ..Default::default()
-                    });
-                }
-                for d in &f.parse.docs {
-                    let renamed = f
-                        .renames
-                        .iter()
-                        .filter(|(i, _)| *i == d.index)
-                        .map(|(_, p)| p);
-                    for p in d.problems.iter().chain(renamed) {
-                        errors.push(ManifestProblem {
-                            document: Some(d.index),
-                            object: d.object.as_ref().map(ToString::to_string),
-                            field: p.field.clone(),
-                            message: p.message.clone(),
-                        });
-                    }
-                }
-                ManifestFileStatus {
-                    file: path.display().to_string(),
-                    objects: f
-                        .parse
-                        .docs
-                        .iter()
-                        .filter_map(|d| d.object.as_ref().map(ToString::to_string))
-                        .collect(),
-                    errors,
-                }
-            })
-            .collect()
+            .filter(|(i, _)| *i == d.index)
+            .map(|(_, p)| p);
+        for p in d.problems.iter().chain(renamed) {
+            errors.push(ManifestProblem {
+                document: Some(d.index),
+                object: d.object.as_ref().map(ToString::to_string),
+                field: p.field.clone(),
+                message: p.message.clone(),
+            });
+        }
+    }
+    ManifestFileStatus {
+        file: f.path.display().to_string(),
+        objects: f
+            .parse
+            .docs
+            .iter()
+            .filter_map(|d| d.object.as_ref().map(ToString::to_string))
+            .collect(),
+        errors,
     }
 }
 

@@ -9,12 +9,15 @@
 //! [`Standalone::tick`] does one pass and reports what it wrote, so tests can
 //! assert that a pass with nothing new writes nothing.
 
+mod defs;
 pub mod files;
 pub mod get;
 pub mod manifests;
+mod parts;
 pub mod registration;
 pub mod schema;
 pub mod stamp;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -27,9 +30,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use weft_api::standalone::{
-    ManifestFileStatus, ManifestProblem, NodeRegistration, StateDir, StoredStatus,
-};
+use watch::{Dirty, NodeDirty, Watcher};
+use weft_api::standalone::{ManifestProblem, NodeRegistration, StateDir, StoredStatus};
 use weft_api::{
     AppSelector, MeshAppSpec, MeshAppStatus, MeshHubSpec, MeshHubStatus, MeshNode, MeshNodeSpec,
     MeshNodeStatus, MeshPolicySpec, MeshPolicyStatus, MeshSiteSpec, MeshSiteStatus,
@@ -37,7 +39,7 @@ use weft_api::{
 
 use crate::planner::incremental::{Incremental, PassKind};
 use crate::planner::peers::PeerPool;
-use crate::planner::{self, ErrorKind, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
+use crate::planner::{self, ErrorKind, ObjectKey, PlanError, PlannerConfig, Snapshot};
 use crate::status::{self, ConditionedStatus, NodeView};
 use manifests::{Entry, Kind, Manifest, ManifestCache, ObjectRef};
 use stamp::{LastRead, Stamp};
@@ -142,6 +144,13 @@ struct NodeFiles {
     status_changed: bool,
     /// meshnode.json as this operator last wrote or read it (None: read it).
     meshnode: Option<KnownMeshNode>,
+    /// node.json or status.json is a symlink: its target can change where
+    /// no watch sees, so the node is checked by stamp every pass.
+    linked: bool,
+    /// A file was read since the node's part of the snapshot was built.
+    reread: bool,
+    /// The heartbeat of `status`, parsed.
+    heartbeat: Option<Timestamp>,
 }
 
 /// A node's meshnode.json as the operator last wrote or read it: while the
@@ -172,6 +181,7 @@ fn previous_meshnode(
     path: &Path,
     known: Option<KnownMeshNode>,
     pool: &mut PeerPool,
+    reads: &mut u64,
 ) -> anyhow::Result<Option<KnownMeshNode>> {
     let now = Stamp::of(path);
     let stamp = now.map(|(s, _)| s);
@@ -179,6 +189,7 @@ fn previous_meshnode(
     if known.as_ref().is_some_and(|k| k.file.trusted) {
         return Ok(known);
     }
+    *reads += 1;
     let Some(body) = files::read_bytes(path)? else {
         return Ok(None);
     };
@@ -211,8 +222,29 @@ pub struct Standalone {
     stored: Option<StoredAll>,
     /// Errors logged last tick (each is logged once when it appears).
     logged: BTreeSet<String>,
-    /// What `status/manifests.json` holds.
-    manifest_status: Option<Vec<ManifestFileStatus>>,
+    /// Whether `status/manifests.json` holds the statuses of `defs`.
+    manifest_status_written: bool,
+    /// The definitions in force and the manifests' part of the snapshot.
+    defs: defs::Definitions,
+    /// Whether the stored statuses changed since `defs` was brought up to date.
+    stored_moved: bool,
+    /// Which input files changed, from inotify.
+    watcher: Watcher,
+    /// Node files read since start (see [`Standalone::reads`]).
+    node_reads: u64,
+    /// The nodes' part of the snapshot.
+    node_part: parts::NodePart,
+    /// What was in force before, from the stored statuses.
+    previous: parts::Previous,
+    /// Whether the planner's last input is the snapshot the last pass
+    /// built, so this pass can patch a copy of it.
+    patchable: bool,
+    /// The planner's last plan.
+    last_plan: Option<std::sync::Arc<planner::Plan>>,
+    /// The last selector sync failed (the next compares every namespace).
+    selectors_failed: bool,
+    /// The plan whose selectors the files hold (not kept alive for it).
+    selectors_for: std::sync::Weak<planner::Plan>,
     /// What `selectors/` holds, by (site, namespace): read once, then
     /// memory is authoritative (as for stored statuses).
     selector_files: Option<BTreeMap<(String, String), Vec<AppSelector>>>,
@@ -310,6 +342,7 @@ impl Standalone {
     /// A loop over the given directories; nothing is read until the first tick.
     pub fn new(cfg: StandaloneConfig) -> Self {
         let dir = StateDir::new(cfg.state.clone());
+        let watcher = Watcher::new(watch::node_file_names(&dir));
         Standalone {
             cfg,
             dir,
@@ -317,12 +350,39 @@ impl Standalone {
             nodes: BTreeMap::new(),
             stored: None,
             logged: BTreeSet::new(),
-            manifest_status: None,
+            manifest_status_written: false,
+            defs: defs::Definitions::default(),
+            stored_moved: true,
+            watcher,
+            node_reads: 0,
+            node_part: parts::NodePart::default(),
+            previous: parts::Previous::default(),
+            selectors_for: std::sync::Weak::new(),
+            patchable: false,
+            last_plan: None,
+            selectors_failed: false,
             selector_files: None,
             planner: Incremental::default(),
             all_statuses: None,
             unsynced: BTreeSet::new(),
         }
+    }
+
+    /// Input files read (opened) since start: manifests and node files. A
+    /// pass with nothing new reads none.
+    pub fn reads(&self) -> u64 {
+        self.manifests.reads() + self.node_reads
+    }
+
+    /// The next pass scans every input file by stamp, as after an inotify
+    /// queue overflow.
+    pub fn force_full_scan(&mut self) {
+        self.watcher.force_full_scan();
+    }
+
+    /// Whether input changes are learnt from inotify (else every pass scans).
+    pub fn watching(&self) -> bool {
+        self.watcher.available()
     }
 
     /// One pass: read, plan, write what changed.
@@ -347,7 +407,17 @@ impl Standalone {
         report.phase("stored statuses", &mut phase);
         // 2. Manifests. A directory that cannot be listed says nothing about
         // what exists: plan nothing rather than delete everything.
-        match self.manifests.refresh(&self.cfg.manifests) {
+        let changes = self
+            .watcher
+            .poll(&self.cfg.manifests, &self.dir.nodes_dir());
+        let fresh = match &changes.manifests {
+            Dirty::All(why) => {
+                tracing::debug!(why, "scanning every manifest");
+                self.manifests.refresh(&self.cfg.manifests)
+            }
+            Dirty::Names(names) => Ok(self.manifests.refresh_names(&self.cfg.manifests, names)),
+        };
+        match fresh {
             Ok(fresh) => {
                 for (file, msg) in fresh {
                     tracing::warn!(file = %file.display(), error = %msg, "manifest has problems; what it defined when last good stays in force");
@@ -360,37 +430,57 @@ impl Standalone {
                 return Ok(report);
             }
         }
-        let entries = self
-            .manifests
-            .entries(&|p: &std::path::Path| stored.defined_by(&p.display().to_string()));
-        let mut file_status = self.manifests.file_statuses();
-        let chosen = choose_definitions(entries, &stored, &mut file_status);
-        report.manifest_errors = file_status
-            .iter()
-            .filter(|f| !f.errors.is_empty())
-            .map(|f| (PathBuf::from(&f.file), manifest_summary(&f.errors)))
-            .collect();
-        if self.manifest_status.as_ref() != Some(&file_status) {
-            match files::write_json_atomic(&self.dir.manifest_status(), &file_status) {
-                Ok(()) => self.manifest_status = Some(file_status),
+        // Only the files that changed (and, when the stored statuses moved,
+        // the few whose definitions depend on them) cost anything here.
+        // The last pass's snapshot, patched below where its inputs changed
+        // (the planner keeps it: no second copy lives between passes).
+        let last = self.planner.input().filter(|_| self.patchable);
+        let mut snapshot = parts::Patch::new(last, &self.cfg.planner);
+        // Until the planner holds this pass's snapshot.
+        self.patchable = false;
+        let changed = self.manifests.take_changed();
+        let stored_moved = std::mem::take(&mut self.stored_moved);
+        self.defs.update(
+            &self.manifests,
+            changed,
+            &stored,
+            stored_moved,
+            &mut snapshot,
+        );
+        report.manifest_errors = self.defs.errors();
+        if !self.manifest_status_written || self.defs.statuses_changed() {
+            match files::write_json_atomic(&self.dir.manifest_status(), &self.defs.statuses()) {
+                Ok(()) => {
+                    self.manifest_status_written = true;
+                    self.defs.statuses_recorded();
+                }
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "cannot record the manifests' state")
                 }
             }
         }
-        let mut snapshot = Snapshot {
-            config: self.cfg.planner.clone(),
-            ..Default::default()
-        };
-        let mut sources: BTreeMap<ObjectRef, String> = BTreeMap::new();
-        for entry in chosen.values() {
-            sources.insert(entry.object.clone(), entry.file.display().to_string());
-            add_entry(&mut snapshot, entry);
-        }
+        let sources = &self.defs.sources;
 
         report.phase("manifests", &mut phase);
         // 2b. Nodes.
-        let node_names = self.refresh_nodes();
+        let node_names = refresh_nodes(
+            &self.dir,
+            &mut self.nodes,
+            &mut self.watcher,
+            changes.nodes.as_ref(),
+            &mut self.node_reads,
+        );
+        let check_meshnode = |name: &str, files: &NodeFiles| match &changes.nodes {
+            None => true,
+            Some(dirty) => {
+                files.linked
+                    || dirty.get(name).is_some_and(|d| d.meshnode || d.dir)
+                    || self.watcher.unwatched_nodes().contains(name)
+            }
+        };
+        // Only nodes read anew are built again; the rest is copied.
+        self.node_part
+            .sync(&node_names, &mut self.nodes, now, &mut snapshot);
         let mut generations: BTreeMap<String, i64> = BTreeMap::new();
         // Specs read from disk share equal peer entries, as planned ones do.
         let mut pool = PeerPool::default();
@@ -398,78 +488,24 @@ impl Standalone {
             let Some(files) = self.nodes.get_mut(name) else {
                 continue;
             };
-            if !files.registration_errors.is_empty() {
-                let object = format!("MeshNode {}", weft_api::validation::printable(name, 80));
-                snapshot.node_errors.insert(
-                    name.clone(),
-                    files
-                        .registration_errors
-                        .iter()
-                        .map(|(f, m)| {
-                            let field = if f.is_empty() {
-                                "registration".to_string()
-                            } else {
-                                format!("registration.{f}")
-                            };
-                            PlanError::new(
-                                ErrorKind::Invalid,
-                                &object,
-                                field,
-                                "InvalidRegistration",
-                                m.clone(),
-                            )
-                        })
-                        .collect(),
-                );
-            }
-            let Some(reg) = &files.registration else {
-                continue;
-            };
-            let lost = files
-                .status
-                .as_ref()
-                .and_then(|s| s.heartbeat.as_deref())
-                .and_then(|h| h.parse::<Timestamp>().ok())
-                .is_some_and(|hb| {
-                    now.duration_since(hb) > SignedDuration::from_secs(LOST_AFTER_SECONDS)
-                });
-            snapshot.nodes.insert(
-                name.clone(),
-                NodeInfo {
-                    site: reg.site.clone(),
-                    address: reg.address.clone(),
-                    lost,
-                },
-            );
-            if let Some(st) = &files.status {
-                for w in &st.workloads {
-                    snapshot.add_workload(
-                        name,
-                        ObjectKey::new(&w.namespace, &w.name),
-                        w.labels.clone(),
-                    );
-                    if let Some(addr) = &w.address {
-                        snapshot.add_workload_address(
-                            name,
-                            ObjectKey::new(&w.namespace, &w.name),
-                            addr.clone(),
-                        );
-                    }
-                }
-                for a in &st.apps {
-                    if !a.public_key.is_empty() {
-                        snapshot.add_public_key(
-                            name,
-                            ObjectKey::parse(&a.app),
-                            a.public_key.clone(),
-                        );
-                    }
-                }
-            }
             // The known specs stay here; the planner reads them in place
             // (~18 MB at 1,000 nodes, not copied each pass).
+            // No event for meshnode.json since it was last written or read:
+            // it is the one known (its own write's events came the pass
+            // after, which compared its bytes).
+            if !check_meshnode(name, files) {
+                if let Some(k) = &files.meshnode {
+                    generations.insert(name.clone(), k.file.generation);
+                    continue;
+                }
+            }
             let before = files.meshnode.as_ref().map(|k| k.file.digest);
-            match previous_meshnode(&self.dir.meshnode(name), files.meshnode.take(), &mut pool) {
+            match previous_meshnode(
+                &self.dir.meshnode(name),
+                files.meshnode.take(),
+                &mut pool,
+                &mut self.node_reads,
+            ) {
                 Ok(Some(prev)) => {
                     generations.insert(name.clone(), prev.file.generation);
                     if before != Some(prev.file.digest) {
@@ -488,27 +524,7 @@ impl Standalone {
 
         report.phase("nodes", &mut phase);
         // 3. What was in force before.
-        for (key, st) in stored.apps.iter() {
-            let k = ObjectKey::parse(key);
-            if let Some(range) = &st.status.address_space {
-                snapshot.previous_ranges.insert(k.clone(), range.clone());
-            }
-            if let Some(e) = &st.status.enforced {
-                snapshot.previous_apps.insert(k, e.clone());
-            }
-        }
-        for (key, st) in stored.policies.iter() {
-            if let Some(e) = &st.status.enforced {
-                snapshot
-                    .previous_policies
-                    .insert(ObjectKey::parse(key), e.clone());
-            }
-        }
-        for (key, st) in stored.sites.iter() {
-            if let Some(e) = &st.status.enforced {
-                snapshot.previous_sites.insert(key.clone(), e.clone());
-            }
-        }
+        self.previous.fill(&stored, &mut snapshot);
 
         report.phase("previous state", &mut phase);
         // 4. Plan. A node's stored spec counts only when the node is
@@ -517,10 +533,26 @@ impl Standalone {
             .iter()
             .filter_map(|n| Some((n.clone(), &self.nodes.get(n)?.meshnode.as_ref()?.spec)))
             .collect();
-        let pass = self
-            .planner
-            .plan_stored(snapshot, &stored_specs, Some(&self.unsynced));
+        // Nothing in the snapshot changed and every stored spec is the last
+        // plan's: the planner would find nothing to do.
+        let pass = match self.last_plan.take() {
+            Some(plan) if !snapshot.changed() && self.unsynced.is_empty() => {
+                drop(snapshot);
+                planner::incremental::Pass {
+                    plan,
+                    kind: PassKind::Unchanged,
+                    changed_nodes: Some(BTreeSet::new()),
+                    changed_apps: Some(BTreeSet::new()),
+                }
+            }
+            // Not held while planning: a full plan drops the old one first.
+            _ => self
+                .planner
+                .plan_stored(snapshot.take(), &stored_specs, Some(&self.unsynced)),
+        };
         drop(stored_specs);
+        self.last_plan = Some(pass.plan.clone());
+        self.patchable = true;
         // The nodes this pass may write: until the writes are done, their
         // files may lag the plan.
         self.unsynced = match &pass.changed_nodes {
@@ -534,7 +566,27 @@ impl Standalone {
         report.phase("plan", &mut phase);
         // 5. Selector files before MeshNodes: a daemon that sees a spec
         // naming a new app also finds the app among its namespace's selectors.
-        self.sync_selectors(&plan.selectors, &mut report)?;
+        // An unchanged plan is the same Arc: its selectors are on disk.
+        if !std::ptr::eq(self.selectors_for.as_ptr(), std::sync::Arc::as_ptr(&plan)) {
+            // Only the namespaces of apps the pass may have changed can hold
+            // other selectors (comparing all is ~20 ms at 10,000 apps);
+            // after a failed sync, or before the files were read, all.
+            let scope: Option<BTreeSet<&str>> = pass
+                .changed_apps
+                .as_ref()
+                .filter(|_| !self.selectors_failed && self.selector_files.is_some())
+                .map(|apps| apps.iter().map(|k| k.namespace.as_str()).collect());
+            self.selectors_failed = true;
+            sync_selectors(
+                &self.dir,
+                &mut self.selector_files,
+                &plan.selectors,
+                scope.as_ref(),
+                &mut report,
+            )?;
+            self.selectors_failed = false;
+            self.selectors_for = std::sync::Arc::downgrade(&plan);
+        }
 
         // 5b. MeshNode specs, only when changed, made durable together:
         // only nodes the pass may have changed (the planner checked the
@@ -656,7 +708,7 @@ impl Standalone {
             &self.all_statuses,
             now,
             traffic_refresh,
-            &sources,
+            sources,
             &pass.changed_apps,
             &plan,
             self.nodes
@@ -742,147 +794,246 @@ impl Standalone {
             },
         );
         let all = scope.is_none();
+        self.stored_moved = !sync.writes.is_empty() || !sync.deletes.is_empty();
+        for what in sync.writes.iter().chain(&sync.deletes) {
+            self.previous.changed(what);
+        }
         self.stored = Some(stored);
         let (writes, deletes) = (sync.writes, sync.deletes);
         if all {
-            self.all_statuses = Some((now, sources));
+            self.all_statuses = Some((now, sources.clone()));
         }
         report.status_writes = writes;
         report.status_deletes = deletes;
         report.phase("statuses", &mut phase);
         Ok(report)
     }
+}
 
-    /// Writes `selectors/<site>/<namespace>.json` where it differs from
-    /// `wanted` and removes the files of namespaces no app is left in. A
-    /// failed write stops the tick (the MeshNodes must not get ahead of the
-    /// selectors); what was done is remembered, the rest retried.
-    fn sync_selectors(
-        &mut self,
-        wanted: &BTreeMap<String, BTreeMap<String, Vec<AppSelector>>>,
-        report: &mut TickReport,
-    ) -> anyhow::Result<()> {
-        let dir = &self.dir;
-        let have = self
-            .selector_files
-            .get_or_insert_with(|| load_selector_files(dir));
-        let wanted_keys: BTreeSet<(&str, &str)> = wanted
-            .iter()
-            .flat_map(|(site, by_ns)| by_ns.keys().map(move |ns| (site.as_str(), ns.as_str())))
-            .collect();
-        let gone: Vec<(String, String)> = have
-            .keys()
-            .filter(|(site, ns)| !wanted_keys.contains(&(site.as_str(), ns.as_str())))
-            .cloned()
-            .collect();
-        for (site, ns) in gone {
-            if let Some(path) = dir.selectors_file(&site, &ns) {
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("removing {}", path.display()))
-                    }
-                }
-                // Only once the site has no file left.
-                if let Some(site_dir) = path.parent() {
-                    let _ = fs::remove_dir(site_dir);
-                }
+/// Writes `selectors/<site>/<namespace>.json` where it differs from
+/// `wanted` and removes the files of namespaces no app is left in. A
+/// failed write stops the tick (the MeshNodes must not get ahead of the
+/// selectors); what was done is remembered, the rest retried. With a
+/// `scope`, only those namespaces (and new or gone files) are compared.
+fn sync_selectors(
+    dir: &StateDir,
+    selector_files: &mut Option<BTreeMap<(String, String), Vec<AppSelector>>>,
+    wanted: &BTreeMap<String, BTreeMap<String, Vec<AppSelector>>>,
+    scope: Option<&BTreeSet<&str>>,
+    report: &mut TickReport,
+) -> anyhow::Result<()> {
+    let have = selector_files.get_or_insert_with(|| load_selector_files(dir));
+    let wanted_keys: BTreeSet<(&str, &str)> = wanted
+        .iter()
+        .flat_map(|(site, by_ns)| by_ns.keys().map(move |ns| (site.as_str(), ns.as_str())))
+        .collect();
+    let gone: Vec<(String, String)> = have
+        .keys()
+        .filter(|(site, ns)| !wanted_keys.contains(&(site.as_str(), ns.as_str())))
+        .cloned()
+        .collect();
+    for (site, ns) in gone {
+        if let Some(path) = dir.selectors_file(&site, &ns) {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
             }
-            report.selector_deletes.push(format!("{site}/{ns}"));
-            have.remove(&(site, ns));
-        }
-        let mut batch = files::Batch::default();
-        let mut staged = Vec::new();
-        for (site, by_ns) in wanted {
-            for (ns, selectors) in by_ns {
-                if have.get(&(site.clone(), ns.clone())) == Some(selectors) {
-                    continue;
-                }
-                // Sites and namespaces of planned apps are validated names.
-                let Some(path) = dir.selectors_file(site, ns) else {
-                    continue;
-                };
-                files::json_bytes(selectors)
-                    .and_then(|body| batch.stage(&path, &body))
-                    .with_context(|| format!("writing the selectors of {site}/{ns}"))?;
-                staged.push((site, ns, selectors));
+            // Only once the site has no file left.
+            if let Some(site_dir) = path.parent() {
+                let _ = fs::remove_dir(site_dir);
             }
         }
-        let mut failed = None;
-        for ((site, ns, selectors), written) in staged.into_iter().zip(batch.commit()) {
-            if let Err(e) = written {
-                failed.get_or_insert(e.context(format!("writing the selectors of {site}/{ns}")));
+        report.selector_deletes.push(format!("{site}/{ns}"));
+        have.remove(&(site, ns));
+    }
+    let mut batch = files::Batch::default();
+    let mut staged = Vec::new();
+    for (site, by_ns) in wanted {
+        for (ns, selectors) in by_ns {
+            let key = (site.clone(), ns.clone());
+            let out_of_scope = scope.is_some_and(|s| !s.contains(ns.as_str()));
+            // A file that exists outside the scope holds what it held.
+            if (out_of_scope && have.contains_key(&key)) || have.get(&key) == Some(selectors) {
                 continue;
             }
-            report.selector_writes.push(format!("{site}/{ns}"));
-            have.insert((site.clone(), ns.clone()), selectors.clone());
+            // Sites and namespaces of planned apps are validated names.
+            let Some(path) = dir.selectors_file(site, ns) else {
+                continue;
+            };
+            files::json_bytes(selectors)
+                .and_then(|body| batch.stage(&path, &body))
+                .with_context(|| format!("writing the selectors of {site}/{ns}"))?;
+            staged.push((site, ns, selectors));
         }
-        failed.map_or(Ok(()), Err)
     }
+    let mut failed = None;
+    for ((site, ns, selectors), written) in staged.into_iter().zip(batch.commit()) {
+        if let Err(e) = written {
+            failed.get_or_insert(e.context(format!("writing the selectors of {site}/{ns}")));
+            continue;
+        }
+        report.selector_writes.push(format!("{site}/{ns}"));
+        have.insert((site.clone(), ns.clone()), selectors.clone());
+    }
+    failed.map_or(Ok(()), Err)
+}
 
-    /// Re-reads node.json and status.json of every node directory where
-    /// they changed, keeping the last good content of files that do not
-    /// parse. Returns the nodes that have a registration.
-    fn refresh_nodes(&mut self) -> Vec<String> {
+/// Re-reads node.json and status.json where they changed, keeping the last
+/// good content of files that do not parse. `dirty`: the nodes inotify says
+/// changed (`None`: scan every node directory by stamp). Returns the nodes
+/// that have a registration, sorted.
+fn refresh_nodes(
+    dir: &StateDir,
+    nodes: &mut BTreeMap<String, NodeFiles>,
+    watcher: &mut Watcher,
+    dirty: Option<&BTreeMap<String, NodeDirty>>,
+    reads: &mut u64,
+) -> Vec<String> {
+    let Some(dirty) = dirty else {
         let mut seen = Vec::new();
-        if let Ok(entries) = fs::read_dir(self.dir.nodes_dir()) {
+        let mut listed = Vec::new();
+        if let Ok(entries) = fs::read_dir(dir.nodes_dir()) {
             for entry in entries.flatten() {
                 let Some(name) = entry.file_name().to_str().map(String::from) else {
                     continue;
                 };
-                if !entry.path().is_dir() {
+                let path = entry.path();
+                if !path.is_dir() {
                     continue;
                 }
-                let files = self.nodes.entry(name.clone()).or_default();
-                // A file whose stamp is the one of its last read is not read
-                // again (a thousand nodes' files per pass otherwise): what
-                // that read gave stands, errors included.
-                let path = self.dir.registration(&name);
-                if files.registration_read.must_read(&path) {
-                    let before = std::mem::take(&mut files.registration_errors);
-                    match files::read_json::<NodeRegistration>(&path) {
-                        Ok(Some(r)) => {
-                            let errs = registration::errors(&name, &r);
-                            if errs.is_empty() {
-                                files.registration = Some(r);
-                            } else {
-                                files.registration_errors = errs;
-                            }
-                        }
-                        Ok(None) => files.registration = None,
-                        Err(e) => {
-                            files.registration_errors = vec![(String::new(), format!("{e:#}"))];
-                        }
-                    }
-                    if files.registration_errors != before && !files.registration_errors.is_empty()
-                    {
-                        tracing::warn!(node = %weft_api::validation::printable(&name, 80), errors = ?files.registration_errors, "node registration refused; keeping the last good one");
-                    }
+                // Watched before its files are read: a change after the
+                // read is an event for the next pass.
+                watcher.watch_node(&name, &path);
+                let files = nodes.entry(name.clone()).or_default();
+                if refresh_node(dir, &name, files, NodeDirty::default(), true, reads) {
+                    seen.push(name.clone());
                 }
-                let path = self.dir.node_status(&name);
-                files.status_changed = false;
-                if files.status_read.must_read(&path) {
-                    match files::read_json::<MeshNodeStatus>(&path) {
-                        Ok(s) => {
-                            files.status_changed = s != files.status;
-                            files.status = s;
-                        }
-                        Err(e) => {
-                            tracing::debug!(node = %name, error = %format!("{e:#}"), "status.json unreadable; keeping the last good one")
-                        }
-                    }
-                }
-                if files.registration.is_some() || !files.registration_errors.is_empty() {
-                    seen.push(name);
-                }
+                listed.push(name);
             }
         }
-        seen.sort();
-        // A lookup, not a scan: a scan per node is quadratic.
-        self.nodes.retain(|n, _| seen.binary_search(n).is_ok());
-        seen
+        listed.sort_unstable();
+        let gone: Vec<String> = nodes
+            .keys()
+            .filter(|n| listed.binary_search(n).is_err())
+            .cloned()
+            .collect();
+        for name in gone {
+            nodes.remove(&name);
+            watcher.forget_node(&name);
+        }
+        seen.sort_unstable();
+        return seen;
+    };
+    for files in nodes.values_mut() {
+        files.status_changed = false;
     }
+    // Nodes with events, and those no watch covers (checked by stamp).
+    let mut check: BTreeMap<String, NodeDirty> = dirty.clone();
+    for name in watcher.unwatched_nodes() {
+        check.entry(name.clone()).or_default();
+    }
+    for (name, files) in nodes.iter() {
+        if files.linked {
+            check.entry(name.clone()).or_default();
+        }
+    }
+    for (name, mut d) in check {
+        let path = dir.node_dir(&name);
+        if !path.is_dir() {
+            nodes.remove(&name);
+            watcher.forget_node(&name);
+            continue;
+        }
+        let known = nodes.contains_key(&name);
+        match watcher.watch_node(&name, &path) {
+            // New, or another directory now: what happened before its
+            // watch is unknown, so every file is read.
+            watch::Watched::New => d.dir = true,
+            watch::Watched::Known => {}
+            // Polled by stamp every pass.
+            watch::Watched::No => {}
+        }
+        d.dir |= !known;
+        let files = nodes.entry(name.clone()).or_default();
+        // A watched node's files are read only when an event names them;
+        // the others are checked by stamp.
+        let by_stamp = files.linked || watcher.unwatched_nodes().contains(&name);
+        refresh_node(dir, &name, files, d, by_stamp, reads);
+    }
+    nodes
+        .iter()
+        .filter(|(_, f)| f.registration.is_some() || !f.registration_errors.is_empty())
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Reads a node's node.json and status.json when `d` names them (forced)
+/// or, `by_stamp`, when their stamp moved. Returns whether the node has a
+/// registration.
+fn refresh_node(
+    dir: &StateDir,
+    name: &str,
+    files: &mut NodeFiles,
+    d: NodeDirty,
+    by_stamp: bool,
+    reads: &mut u64,
+) -> bool {
+    let is_link = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    // A file whose stamp is the one of its last read is not read again (a
+    // thousand nodes' files per pass otherwise): what that read gave
+    // stands, errors included. A file inotify names is read regardless.
+    let path = dir.registration(name);
+    let named = d.registration || d.dir;
+    // Records the stamp of what is read, for the next full scan.
+    let stale = (by_stamp || named) && files.registration_read.must_read(&path);
+    if stale || named {
+        *reads += 1;
+        files.reread = true;
+        let before = std::mem::take(&mut files.registration_errors);
+        match files::read_json::<NodeRegistration>(&path) {
+            Ok(Some(r)) => {
+                let errs = registration::errors(name, &r);
+                if errs.is_empty() {
+                    files.registration = Some(r);
+                } else {
+                    files.registration_errors = errs;
+                }
+            }
+            Ok(None) => files.registration = None,
+            Err(e) => {
+                files.registration_errors = vec![(String::new(), format!("{e:#}"))];
+            }
+        }
+        if files.registration_errors != before && !files.registration_errors.is_empty() {
+            tracing::warn!(node = %weft_api::validation::printable(name, 80), errors = ?files.registration_errors, "node registration refused; keeping the last good one");
+        }
+    }
+    let status_path = dir.node_status(name);
+    files.status_changed = false;
+    let named = d.status || d.dir;
+    let stale = (by_stamp || named) && files.status_read.must_read(&status_path);
+    if stale || named {
+        *reads += 1;
+        files.reread = true;
+        match files::read_json::<MeshNodeStatus>(&status_path) {
+            Ok(s) => {
+                files.status_changed = s != files.status;
+                files.heartbeat = s
+                    .as_ref()
+                    .and_then(|s| s.heartbeat.as_deref())
+                    .and_then(|h| h.parse::<Timestamp>().ok());
+                files.status = s;
+            }
+            Err(e) => {
+                tracing::debug!(node = %name, error = %format!("{e:#}"), "status.json unreadable; keeping the last good one")
+            }
+        }
+    }
+    if by_stamp || d.registration || d.status || d.dir {
+        files.linked = is_link(&path) || is_link(&status_path);
+    }
+    files.registration.is_some() || !files.registration_errors.is_empty()
 }
 
 /// The selector files on disk, by (site, namespace). An unreadable one
@@ -1098,11 +1249,13 @@ fn cannot_write(plural: &str, key: &str, e: &anyhow::Error) {
 
 /// One definition per object. When two files define the same object, the
 /// one that defined it before (its stored status says which) keeps it, else
-/// the first file in path order; both files get the problem.
+/// the first file in path order; both files get the problem. The reference
+/// that [`defs::Definitions`] keeps up to date file by file.
+#[cfg(test)]
 fn choose_definitions(
     entries: Vec<Entry>,
     stored: &StoredAll,
-    files: &mut [ManifestFileStatus],
+    files: &mut [weft_api::standalone::ManifestFileStatus],
 ) -> BTreeMap<ObjectRef, Entry> {
     let mut by_object: BTreeMap<ObjectRef, Vec<Entry>> = BTreeMap::new();
     for e in entries {
