@@ -535,8 +535,9 @@ impl Standalone {
             .collect();
         // Nothing in the snapshot changed and every stored spec is the last
         // plan's: the planner would find nothing to do.
+        let reuse = !snapshot.changed() && self.unsynced.is_empty();
         let pass = match self.last_plan.take() {
-            Some(plan) if !snapshot.changed() && self.unsynced.is_empty() => {
+            Some(plan) if reuse => {
                 drop(snapshot);
                 planner::incremental::Pass {
                     plan,
@@ -545,10 +546,15 @@ impl Standalone {
                     changed_apps: Some(BTreeSet::new()),
                 }
             }
-            // Not held while planning: a full plan drops the old one first.
-            _ => self
-                .planner
-                .plan_stored(snapshot.take(), &stored_specs, Some(&self.unsynced)),
+            // Not held while planning: a partial plan updates the last one
+            // in place only while the planner holds the sole reference (a
+            // second one made it copy the whole plan, ~60 ms at 10,000
+            // apps), and a full plan drops the old one first.
+            last => {
+                drop(last);
+                self.planner
+                    .plan_stored(snapshot.take(), &stored_specs, Some(&self.unsynced))
+            }
         };
         drop(stored_specs);
         self.last_plan = Some(pass.plan.clone());
