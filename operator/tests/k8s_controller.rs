@@ -27,6 +27,7 @@ use weft_operator::k8s::{
     reconcile_all, reconcile_all_limited, snapshot_from_stores, Observed, PassState,
     ReconcileReport, STATUS_WRITES_PER_PASS,
 };
+use weft_operator::planner::incremental::PassKind;
 use weft_operator::planner::{self, PlannerConfig};
 use weft_operator::status::{self as app_status, NodeView};
 
@@ -508,6 +509,91 @@ async fn converged_state_makes_no_request_even_as_time_passes() {
         !report.wrote_anything(),
         "condition times alone never cause a write"
     );
+}
+
+/// Runs one pass against the fake server with the state of earlier passes.
+async fn pass_keeping<F, Fut>(
+    obs: Observed,
+    at: Timestamp,
+    mut state: PassState,
+    script: F,
+) -> (ReconcileReport, PassState)
+where
+    F: FnOnce(ApiServerVerifier) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let verifier = ApiServerVerifier::new(handle, &obs);
+    let client = Client::new(svc, "default");
+    let task = tokio::spawn(async move {
+        let r = reconcile_all(
+            &client,
+            &obs,
+            &PlannerConfig::default(),
+            at,
+            None,
+            &mut state,
+        )
+        .await;
+        drop(client);
+        (r, state)
+    });
+    tokio::time::timeout(Duration::from_secs(10), script(verifier))
+        .await
+        .expect("scenario timed out");
+    let (r, state) = task.await.unwrap();
+    (r.expect("reconcile failed"), state)
+}
+
+/// Every object of `obs` with resourceVersion `rv`, as an API server's
+/// objects always have one.
+fn versioned(mut obs: Observed, rv: &str) -> Observed {
+    fn set<K: Resource + Clone>(items: &mut [Arc<K>], rv: &str) {
+        for o in items {
+            Arc::make_mut(o).meta_mut().resource_version = Some(rv.into());
+        }
+    }
+    set(&mut obs.apps, rv);
+    set(&mut obs.meshnodes, rv);
+    set(&mut obs.pods, rv);
+    set(&mut obs.nodes, rv);
+    obs
+}
+
+#[tokio::test]
+async fn caches_unchanged_since_the_last_plan_are_not_planned_again_and_a_new_version_is() {
+    let mut obs = two_nodes_with_web_pods();
+    obs.apps = vec![Arc::new(with_finalizer(web()))];
+    let obs = versioned(converge(obs), "7");
+    let built = |r: &ReconcileReport| r.phases.iter().any(|(p, _)| *p == "snapshot");
+    let (first, state) = pass_keeping(obs.clone(), now(), PassState::default(), |v| {
+        v.no_more_requests()
+    })
+    .await;
+    assert!(built(&first), "the first pass builds its snapshot");
+    // After a full plan every stored spec is checked against it once.
+    let (_, state) = pass_keeping(obs.clone(), now(), state, |v| v.no_more_requests()).await;
+    let (second, state) = pass_keeping(obs.clone(), now(), state, |v| v.no_more_requests()).await;
+    assert!(!built(&second), "{:?}", second.phases);
+    assert_eq!(second.planned, Some(PassKind::Unchanged));
+    assert!(!second.wrote_anything());
+    // A pod with a new resourceVersion (same content): planned again, and
+    // still nothing to write.
+    let mut touched = obs.clone();
+    Arc::make_mut(&mut touched.pods[1])
+        .metadata
+        .resource_version = Some("8".into());
+    let (third, state) =
+        pass_keeping(touched.clone(), now(), state, |v| v.no_more_requests()).await;
+    assert!(built(&third), "{:?}", third.phases);
+    assert!(!third.wrote_anything());
+    // Objects without a resourceVersion tell nothing: always planned.
+    let mut unversioned = touched;
+    Arc::make_mut(&mut unversioned.nodes[0])
+        .metadata
+        .resource_version = None;
+    let (fourth, _) = pass_keeping(unversioned, now(), state, |v| v.no_more_requests()).await;
+    assert!(built(&fourth), "{:?}", fourth.phases);
 }
 
 #[tokio::test]

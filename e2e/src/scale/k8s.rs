@@ -61,6 +61,15 @@ struct Stores {
     nodes: Vec<Arc<Node>>,
     /// What the operator's MeshNode watch does to each MeshNode.
     meshnode_trim: MeshNodeTrim,
+    /// The last resourceVersion given out: every change gets a new one, as
+    /// the API server gives (the operator tells changes by them).
+    rv: u64,
+}
+
+/// The next resourceVersion.
+fn next_rv(rv: &mut u64) -> Option<String> {
+    *rv += 1;
+    Some(rv.to_string())
 }
 
 impl Stores {
@@ -94,6 +103,7 @@ impl Stores {
                 let size = serde_json::to_vec(&mn)?.len();
                 mn.status = self.meshnodes.get(*name).and_then(|old| old.status.clone());
                 self.meshnode_trim.apply(&mut mn);
+                mn.metadata.resource_version = next_rv(&mut self.rv);
                 self.meshnodes.insert(name.to_string(), Arc::new(mn));
                 return Ok(size);
             }
@@ -101,7 +111,9 @@ impl Stores {
                 let status: MeshAppStatus = serde_json::from_value(body["status"].take())
                     .with_context(|| format!("status of MeshApp {ns}/{name}"))?;
                 if let Some(app) = self.apps.get_mut(&(ns.to_string(), name.to_string())) {
-                    Arc::make_mut(app).status = Some(status);
+                    let app = Arc::make_mut(app);
+                    app.status = Some(status);
+                    app.metadata.resource_version = next_rv(&mut self.rv);
                 }
             }
             ["namespaces", ns, "meshapps", name] => {
@@ -109,7 +121,9 @@ impl Stores {
                     serde_json::from_value(body["metadata"]["finalizers"].take())
                         .unwrap_or_default();
                 if let Some(app) = self.apps.get_mut(&(ns.to_string(), name.to_string())) {
-                    Arc::make_mut(app).metadata.finalizers = Some(finalizers);
+                    let app = Arc::make_mut(app);
+                    app.metadata.finalizers = Some(finalizers);
+                    app.metadata.resource_version = next_rv(&mut self.rv);
                 }
             }
             _ => {}
@@ -124,6 +138,7 @@ impl Stores {
                 name: Some(name.clone()),
                 namespace: Some(ns.clone()),
                 labels: Some(workload_labels(w.app)),
+                resource_version: next_rv(&mut self.rv),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -142,7 +157,7 @@ impl Stores {
         let mut app = MeshApp::new(&app_name(j), cluster.app_spec(j));
         app.metadata.namespace = Some(app_namespace(j));
         app.metadata.generation = Some(1);
-        app.metadata.resource_version = Some("1".into());
+        app.metadata.resource_version = next_rv(&mut self.rv);
         app.metadata.uid = Some(format!("uid-{j}"));
         self.apps
             .insert((app_namespace(j), app_name(j)), Arc::new(app));
@@ -158,7 +173,9 @@ impl Stores {
             mn.metadata.generation = Some(1);
             Arc::new(mn)
         });
-        Arc::make_mut(mn).status = Some(status);
+        let mn = Arc::make_mut(mn);
+        mn.status = Some(status);
+        mn.metadata.resource_version = next_rv(&mut self.rv);
     }
 
     /// Serves the apps of namespace `ns`: status patches look them up.
@@ -181,6 +198,7 @@ fn k8s_node(n: usize) -> Node {
     Node {
         metadata: ObjectMeta {
             name: Some(node_name(n)),
+            resource_version: Some("1".into()),
             ..Default::default()
         },
         spec: None,

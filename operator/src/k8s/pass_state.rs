@@ -17,7 +17,7 @@ use weft_api::{MeshApp, MeshNode};
 
 use super::snapshot::key_of;
 use crate::planner::incremental::{Incremental, Pass};
-use crate::planner::{ObjectKey, Plan};
+use crate::planner::{ObjectKey, Plan, PlannerConfig};
 use crate::status::TRAFFIC_REFRESH_SECONDS;
 
 /// Kept between passes by the run loop (a new one after a restart or a
@@ -33,6 +33,10 @@ pub struct PassState {
     /// Nodes the last pass meant to write: the store may not show the
     /// write yet (or it failed), so their stored spec is compared again.
     unsynced: BTreeSet<String>,
+    /// What the last plan was made from: the caches' fingerprint (see
+    /// [`input_fingerprint`](super::snapshot::input_fingerprint)) and the
+    /// settings.
+    pub(crate) input: Option<(u64, PlannerConfig)>,
 }
 
 impl PassState {

@@ -35,7 +35,7 @@ use weft_api::{MeshApp, MeshNode, MeshNodeSpec, MeshPolicy, MeshSite};
 
 use super::error::Error;
 use super::pass_state::PassState;
-use super::snapshot::{is_deleting, key_of, snapshot_without_specs, Observed};
+use super::snapshot::{input_fingerprint, is_deleting, key_of, snapshot_without_specs, Observed};
 use crate::planner::incremental::PassKind;
 use crate::planner::{PlanError, PlannerConfig};
 use crate::status::{self, ConditionedStatus, NodeView};
@@ -384,11 +384,26 @@ pub async fn reconcile_all_limited(
     let stored_specs: BTreeMap<String, &MeshNodeSpec> =
         stored.iter().map(|(n, m)| (n.clone(), &m.spec)).collect();
     let hint = state.meshnodes_changed(&stored);
-    let pass = state.planner.plan_stored(
-        snapshot_without_specs(obs, config, now),
-        &stored_specs,
-        Some(&hint),
-    );
+    // Caches as they were for the last plan and every MeshNode written as
+    // planned: the snapshot would be the last one, so it is not built.
+    let input = input_fingerprint(obs, now).map(|f| (f, config.clone()));
+    let same = input.is_some() && input == state.input && hint.is_empty();
+    let reused = if same {
+        state.planner.unchanged()
+    } else {
+        None
+    };
+    let pass = match reused {
+        Some(pass) => pass,
+        None => {
+            let snapshot = snapshot_without_specs(obs, config, now);
+            report.phase("snapshot", &mut phase);
+            state
+                .planner
+                .plan_stored(snapshot, &stored_specs, Some(&hint))
+        }
+    };
+    state.input = input;
     state.planned(&stored, &pass);
     drop(stored_specs);
     tracing::debug!(kind = ?pass.kind, "planned");

@@ -102,6 +102,49 @@ pub fn snapshot_from_stores(obs: &Observed, config: &PlannerConfig, now: Timesta
     build(obs, config, now, true)
 }
 
+/// What the snapshot of `obs` at `now` is built from, as one number: every
+/// object's identity and resourceVersion (the API server gives a change a
+/// new one), and which MeshNodes' heartbeats are stale at `now` (the only
+/// input that moves with time alone). Equal numbers mean equal snapshots,
+/// so a pass can skip building one (~80 ms at 10,000 apps). `None` when an
+/// object has no resourceVersion: then nothing can be told.
+pub fn input_fingerprint(obs: &Observed, now: Timestamp) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    fn each<K: ResourceExt>(
+        kind: u8,
+        objects: &[Arc<K>],
+        extra: impl Fn(&K) -> bool,
+    ) -> Option<u64> {
+        // A sum: the caches iterate in no fixed order.
+        let mut sum = objects.len() as u64;
+        for o in objects {
+            let m = o.meta();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (
+                kind,
+                &m.namespace,
+                &m.name,
+                m.resource_version.as_ref()?,
+                extra(o),
+            )
+                .hash(&mut h);
+            sum = sum.wrapping_add(h.finish());
+        }
+        Some(sum)
+    }
+    let parts = [
+        each(0, &obs.apps, |_| false)?,
+        each(1, &obs.policies, |_| false)?,
+        each(2, &obs.sites, |_| false)?,
+        each(3, &obs.meshnodes, |m| heartbeat_stale(m, now))?,
+        each(4, &obs.pods, |_| false)?,
+        each(5, &obs.nodes, |_| false)?,
+    ];
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    Some(h.finish())
+}
+
 /// [`snapshot_from_stores`] without `previous_specs`: for
 /// [`Incremental::plan_stored`](crate::planner::incremental::Incremental::plan_stored),
 /// which reads the stored specs in place instead of a copy of them all.
@@ -147,6 +190,12 @@ fn build(obs: &Observed, config: &PlannerConfig, now: Timestamp, with_specs: boo
             },
         );
     }
+    // A lookup, not a scan per MeshNode (1,000 x 1,000 name copies).
+    let kube_nodes: std::collections::HashSet<&str> = obs
+        .nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
     for mn in &obs.meshnodes {
         let name = mn.name_any();
         if with_specs {
@@ -178,7 +227,7 @@ fn build(obs: &Observed, config: &PlannerConfig, now: Timestamp, with_specs: boo
         // own report must not let it join apps of a Kubernetes site (pods
         // there come from the Pod watch), nor may a Kubernetes MeshNode
         // whose Node is gone.
-        let edge = !obs.nodes.iter().any(|n| n.name_any() == name)
+        let edge = !kube_nodes.contains(name.as_str())
             && s.nodes
                 .get(&name)
                 .is_some_and(|n| effective_site_kind(&s, &n.site) == Some(SiteKind::Edge));
@@ -386,6 +435,44 @@ mod tests {
             ..Default::default()
         });
         Arc::new(mn)
+    }
+
+    #[test]
+    fn the_fingerprint_follows_versions_and_stale_heartbeats_not_order() {
+        let versioned = |mut o: Arc<MeshNode>, rv: &str| {
+            Arc::make_mut(&mut o).metadata.resource_version = Some(rv.into());
+            o
+        };
+        let mut pod_a = pod("demo", "a", Some("n1"), "Running", &[]);
+        Arc::make_mut(&mut pod_a).metadata.resource_version = Some("5".into());
+        let obs = Observed {
+            meshnodes: vec![
+                versioned(meshnode("m1", Some(10)), "1"),
+                versioned(meshnode("m2", Some(10)), "2"),
+            ],
+            pods: vec![pod_a.clone()],
+            ..Default::default()
+        };
+        let f = input_fingerprint(&obs, now()).unwrap();
+        let mut reordered = obs.clone();
+        reordered.meshnodes.reverse();
+        assert_eq!(input_fingerprint(&reordered, now()), Some(f));
+
+        let mut bumped = obs.clone();
+        bumped.meshnodes[1] = versioned(meshnode("m2", Some(10)), "3");
+        assert_ne!(input_fingerprint(&bumped, now()), Some(f));
+
+        // No new version, but the heartbeats grew stale meanwhile.
+        let later = now() + SignedDuration::from_secs(LOST_AFTER_SECONDS);
+        assert_ne!(input_fingerprint(&obs, later), Some(f));
+
+        let mut gone = obs.clone();
+        gone.pods.clear();
+        assert_ne!(input_fingerprint(&gone, now()), Some(f));
+
+        let mut unversioned = obs;
+        unversioned.pods = vec![pod("demo", "a", Some("n1"), "Running", &[])];
+        assert_eq!(input_fingerprint(&unversioned, now()), None);
     }
 
     #[test]

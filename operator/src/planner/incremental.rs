@@ -259,6 +259,19 @@ impl Incremental {
         }
     }
 
+    /// The last plan as an unchanged pass, when the caller knows its input
+    /// is the last one (nothing to diff); `None` before a first plan.
+    pub fn unchanged(&mut self) -> Option<Pass> {
+        let plan = self.last.as_ref()?.plan.clone();
+        self.stats.unchanged += 1;
+        Some(Pass {
+            plan,
+            kind: PassKind::Unchanged,
+            changed_nodes: Some(BTreeSet::new()),
+            changed_apps: Some(BTreeSet::new()),
+        })
+    }
+
     /// The snapshot of the last pass.
     pub fn input(&self) -> Option<&Snapshot> {
         self.last.as_ref().map(|l| &l.input)
