@@ -194,6 +194,9 @@ pub mod keys {
     pub const SETUP_S: &str = "setup_s";
     /// Seconds of the first pass over the whole cluster.
     pub const FULL_S: &str = "full_s";
+    /// Kubernetes mode: seconds of the first of the passes [`FULL_S`]
+    /// counts (every MeshNode written; statuses follow at most 200 a pass).
+    pub const FULL_FIRST_S: &str = "full_first_pass_s";
     /// MeshNodes the first pass wrote.
     pub const FULL_MESHNODES: &str = "full_meshnode_writes";
     /// Status / finalizer writes of the first pass.

@@ -70,6 +70,11 @@ const ROWS: &[Row] = &[
         unit: Unit::Secs,
     },
     Row {
+        key: keys::FULL_FIRST_S,
+        label: "- its first pass alone (every MeshNode written)",
+        unit: Unit::Secs,
+    },
+    Row {
         key: keys::FULL_MESHNODES,
         label: "- MeshNodes written",
         unit: Unit::Count,
