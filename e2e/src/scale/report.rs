@@ -180,7 +180,9 @@ pub fn row_count() -> usize {
 /// the other mode only).
 pub fn not_applicable(mode: Mode) -> Vec<&'static str> {
     ROWS.iter()
-        .filter(|r| mode == Mode::Standalone && r.key == keys::PLAN_ONLY_S)
+        .filter(|r| {
+            mode == Mode::Standalone && [keys::PLAN_ONLY_S, keys::FULL_FIRST_S].contains(&r.key)
+        })
         .map(|r| r.label)
         .collect()
 }
