@@ -14,6 +14,7 @@ pub mod attach;
 pub mod backoff;
 pub mod conditions;
 pub mod crd;
+pub mod federation;
 pub mod labels;
 pub mod meshapp;
 pub mod meshhub;
@@ -32,7 +33,7 @@ pub use meshnode::{
     MeshNodeStatus, PeerSpec, PeerStatus, WorkloadStatus,
 };
 pub use meshpolicy::{EnforcedPolicy, MeshPolicy, MeshPolicySpec, MeshPolicyStatus};
-pub use meshsite::{EnforcedSite, MeshSite, MeshSiteSpec, MeshSiteStatus, SiteKind};
+pub use meshsite::{EnforcedSite, HubAccess, MeshSite, MeshSiteSpec, MeshSiteStatus, SiteKind};
 pub use policy::{CompiledPolicy, CompiledRule, PolicyDirection, PolicyProtocol};
 pub use selector::Selector;
 

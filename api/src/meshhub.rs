@@ -35,6 +35,24 @@ pub struct MeshHubSpec {
     #[serde(default)]
     #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["site"]))]
     pub members: Vec<HubMember>,
+    /// Pool the hub allocates shared apps' ranges from when no member names
+    /// one (default `100.64.0.0/10`, as the operator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 18))]
+    pub pool: Option<String>,
+    /// Node slices per block handed to a member (a power of two, default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub block_slices: Option<u32>,
+    /// Seconds without a sync after which a member is stale (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub stale_after_seconds: Option<u32>,
+    /// Seconds without a sync after which a member's nodes are pruned from
+    /// the other members' meshes (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 2592000))]
+    pub prune_after_seconds: Option<u32>,
 }
 
 /// One member site of a [`MeshHub`].

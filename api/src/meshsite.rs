@@ -49,6 +49,24 @@ pub struct MeshSiteSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub hub: Option<String>,
+    /// For `Remote` sites: how to reach the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_access: Option<HubAccess>,
+}
+
+/// Where a member reaches its hub: exactly one of the two.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HubAccess {
+    /// A directory shared with the hub (standalone operators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub directory: Option<String>,
+    /// A Secret in the operator's namespace holding a kubeconfig for the
+    /// hub cluster, scoped to this member (Kubernetes operators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub kubeconfig_secret: Option<String>,
 }
 
 /// Kind of a [`MeshSite`].

@@ -12,6 +12,7 @@
 //! - [`standalone`]: the file-based control loop (no Kubernetes) and `get`.
 //! - [`k8s`]: the Kubernetes controllers (reflectors, server-side apply, finalizer, lease).
 
+pub mod federation;
 pub mod k8s;
 pub mod planner;
 pub mod standalone;

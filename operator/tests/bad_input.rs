@@ -265,6 +265,13 @@ fn corpus() -> Vec<Case> {
         case("hub misspelt members", hub("{name: hub}", "{member: []}"), &["spec.member", "unknown field"]),
         case("hub export upper case", hub("{name: hub}", "{members: [{site: a, exports: [Demo/web]}]}"), &["spec.members[0].exports[0]"]),
         case("hub name invalid", hub("{name: 'hub 1'}", "{members: []}"), &["metadata.name"]),
+        case("hub pool not a CIDR", hub("{name: hub}", "{pool: 'ten/8'}"), &["MeshHub hub", "spec.pool"]),
+        case("hub pool too small", hub("{name: hub}", "{pool: 10.0.0.0/31}"), &["spec.pool", "at most /30"]),
+        case("hub block not a power of two", hub("{name: hub}", "{blockSlices: 6}"), &["spec.blockSlices", "power of two"]),
+        case("hub prune before stale", hub("{name: hub}", "{staleAfterSeconds: 60, pruneAfterSeconds: 30}"), &["spec.pruneAfterSeconds", "longer than"]),
+        case("site hub access on a local site", site("{name: near}", "{kind: Local, hubAccess: {directory: /h}}"), &["MeshSite near", "spec.hubAccess"]),
+        case("site hub access with both", site("{name: far}", "{kind: Remote, hub: h, hubAccess: {directory: /h, kubeconfigSecret: s}}"), &["spec.hubAccess", "exactly one"]),
+        case("site hub directory relative", site("{name: far}", "{kind: Remote, hub: h, hubAccess: {directory: hub}}"), &["spec.hubAccess.directory", "absolute"]),
         case("hub member without site", hub("{name: hub}", "{members: [{exports: [demo/web]}]}"), &["spec.members[0].site", "required"]),
         // --- Node registrations.
         case("node name differs from its directory", node("n3", r#"{"name":"n4","site":"local","address":"192.0.2.3"}"#), &["MeshNode n3", "registration.name"]),

@@ -96,6 +96,40 @@ pub fn site_errors(name: &str, spec: &MeshSiteSpec) -> Vec<PlanError> {
         ),
         _ => {}
     }
+    if let Some(access) = &spec.hub_access {
+        if spec.kind != SiteKind::Remote {
+            err(
+                "spec.hubAccess",
+                "InvalidHubAccess",
+                format!(
+                    "only a Remote site says how to reach a hub; this site is of kind {:?}",
+                    spec.kind
+                ),
+            );
+        }
+        match (&access.directory, &access.kubeconfig_secret) {
+            (Some(_), Some(_)) | (None, None) => err(
+                "spec.hubAccess",
+                "InvalidHubAccess",
+                "give exactly one of directory (standalone) and kubeconfigSecret (Kubernetes)"
+                    .into(),
+            ),
+            (Some(d), None) if !d.starts_with('/') => err(
+                "spec.hubAccess.directory",
+                "InvalidHubAccess",
+                format!(
+                    "{:?} must be an absolute path",
+                    validation::printable(d, 80)
+                ),
+            ),
+            (None, Some(secret)) => {
+                if let Err(e) = validation::dns_subdomain(secret) {
+                    err("spec.hubAccess.kubeconfigSecret", "InvalidHubAccess", e);
+                }
+            }
+            _ => {}
+        }
+    }
     if let Some(d) = &spec.description {
         if d.len() > MAX_DESCRIPTION_LEN {
             err(
@@ -256,6 +290,50 @@ pub fn hub_errors(name: &str, spec: &MeshHubSpec) -> Vec<PlanError> {
             "spec.members".into(),
             "TooMany",
             format!("{} members; at most {MAX_SITES}", spec.members.len()),
+        );
+    }
+    if let Some(pool) = &spec.pool {
+        match pool.parse::<ipnet::Ipv4Net>() {
+            Ok(net) if net.prefix_len() <= 30 => {}
+            Ok(net) => err(
+                "spec.pool".into(),
+                "InvalidPool",
+                format!("{net} is too small to hold an app range (at most /30)"),
+            ),
+            Err(_) => err(
+                "spec.pool".into(),
+                "InvalidPool",
+                format!("{:?} is not an IPv4 CIDR", validation::printable(pool, 40)),
+            ),
+        }
+    }
+    if let Some(n) = spec.block_slices {
+        if !n.is_power_of_two() || n > 65536 {
+            err(
+                "spec.blockSlices".into(),
+                "InvalidBlockSlices",
+                format!("{n} node slices per block; a power of two from 1 to 65536"),
+            );
+        }
+    }
+    let stale = spec
+        .stale_after_seconds
+        .unwrap_or(weft_api::federation::DEFAULT_STALE_AFTER_SECONDS);
+    let prune = spec
+        .prune_after_seconds
+        .unwrap_or(weft_api::federation::DEFAULT_PRUNE_AFTER_SECONDS);
+    if stale < 5 {
+        err(
+            "spec.staleAfterSeconds".into(),
+            "InvalidInterval",
+            format!("{stale} s; at least 5"),
+        );
+    }
+    if prune <= stale {
+        err(
+            "spec.pruneAfterSeconds".into(),
+            "InvalidInterval",
+            format!("{prune} s must be longer than staleAfterSeconds ({stale} s)"),
         );
     }
     let mut seen = BTreeSet::new();

@@ -502,6 +502,9 @@ fn changes(last: &Last, s: &Snapshot, stored: Stored<'_>) -> Result<Changes, Str
         }
     }
     dirty.extend(diff_keys(&old.apps, &s.apps));
+    // A shared app's imports reach only that app: remote peers and
+    // workloads are its own, and cross-app flows stay within the member.
+    dirty.extend(diff_keys(&old.federation, &s.federation));
     // A status that now records what the plan gave (an accepted spec, a
     // range) changes nothing a full plan would do: the app becomes an
     // incumbent of what it already has.
@@ -781,6 +784,9 @@ fn sub_snapshot(
         if let Some(r) = s.previous_ranges.get(app) {
             sub.previous_ranges.insert(app.clone(), r.clone());
         }
+        if let Some(f) = s.federation.get(app) {
+            sub.federation.insert(app.clone(), f.clone());
+        }
         let object = validate::object_name("MeshApp", app);
         if let Some(e) = s.input_errors.get(&object) {
             sub.input_errors.insert(object, e.clone());
@@ -962,7 +968,10 @@ fn partial(
     changed.retain(|n| p.nodes.contains_key(n));
     for key in &sub.apps {
         p.apps.remove(key);
+        p.exports.remove(key);
     }
+    p.exports
+        .extend(fresh.exports.iter().map(|(k, v)| (k.clone(), v.clone())));
     p.apps
         .extend(fresh.apps.iter().map(|(k, v)| (k.clone(), v.clone())));
     let policy_keys: Vec<ObjectKey> = p

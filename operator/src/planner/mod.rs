@@ -16,6 +16,7 @@
 pub mod accept;
 pub mod crossapp;
 pub mod error;
+pub mod federated;
 pub mod incremental;
 pub mod ipam;
 pub mod membership;
@@ -36,7 +37,10 @@ use weft_api::{
 };
 
 pub use error::{ErrorKind, PlanError};
-pub use snapshot::{Labels, NodeInfo, ObjectKey, PlannerConfig, Reserved, Snapshot};
+pub use snapshot::{
+    Federated, Granted, Labels, NodeInfo, ObjectKey, PlannerConfig, RemoteNode, RemoteWorkload,
+    Reserved, Snapshot,
+};
 
 use ipam::RangeRequest;
 use peers::PeerCandidate;
@@ -60,6 +64,15 @@ pub struct AppOutcome {
     /// peers and handshakes, so Ready waits for them too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transit_nodes: Vec<String>,
+    /// Nodes of other federation members in the app's mesh (`member/node`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_nodes: Vec<String>,
+    /// The subset of `remote_nodes` that stopped reporting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost_remote_nodes: Vec<String>,
+    /// Workloads of other members (`member:namespace/name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_workloads: Vec<String>,
     /// Sites of `nodes` (sorted, unique).
     pub sites: Vec<String>,
     /// The app's workloads, `namespace/name` (sorted, unique).
@@ -151,6 +164,8 @@ pub struct Plan {
     /// standalone operator writes them per namespace, Kubernetes daemons
     /// watch the MeshApps themselves.
     pub selectors: BTreeMap<String, BTreeMap<String, Vec<AppSelector>>>,
+    /// What this member exports to its hub, per shared app.
+    pub exports: BTreeMap<ObjectKey, weft_api::federation::SiteRecordSpec>,
 }
 
 impl Plan {
@@ -201,21 +216,35 @@ pub fn plan(s: &Snapshot) -> Plan {
     // 2. Ids for every app (invalid ones keep theirs reserved).
     let ids = naming::assign_app_ids(s.apps.keys(), &s.previous_specs);
 
-    // 3. App ranges.
+    // 3. App ranges. A shared app's comes from the hub; one that has
+    // none yet waits rather than take one from the local pool.
+    let mut fed_modes: BTreeMap<ObjectKey, federated::Mode<'_>> = BTreeMap::new();
     let requests: BTreeMap<ObjectKey, RangeRequest> = s
         .apps
         .keys()
-        .map(|key| {
+        .filter_map(|key| {
             let v = valid.get(key);
+            let previous = s
+                .previous_ranges
+                .get(key)
+                .and_then(|p| validate::parse_cidr(p).ok());
+            let mut explicit = v.and_then(|v| v.explicit_range);
+            if let (Some(f), Some(v)) = (s.federation.get(key), v) {
+                let errors = app_errors.entry(key.clone()).or_default();
+                let (mode, range) = federated::mode(key, f, v, previous, errors);
+                let waiting = matches!(mode, federated::Mode::Waiting);
+                fed_modes.insert(key.clone(), mode);
+                if waiting && previous.is_none() && explicit.is_none() {
+                    return None;
+                }
+                explicit = range.or(explicit);
+            }
             let req = RangeRequest {
-                explicit: v.and_then(|v| v.explicit_range),
-                previous: s
-                    .previous_ranges
-                    .get(key)
-                    .and_then(|p| validate::parse_cidr(p).ok()),
+                explicit,
+                previous,
                 valid: v.is_some(),
             };
-            (key.clone(), req)
+            Some((key.clone(), req))
         })
         .collect();
     let (ranges, range_errors) = ipam::assign_ranges(&requests, &s.config, &s.reserved.ranges);
@@ -344,6 +373,7 @@ pub fn plan(s: &Snapshot) -> Plan {
     // placement never takes the last free slice from one).
     // (app, node) → (slice, workloads)
     let mut placed: BTreeMap<ObjectKey, BTreeMap<String, (Ipv4Net, Vec<String>)>> = BTreeMap::new();
+    let mut wanting: BTreeMap<ObjectKey, usize> = BTreeMap::new();
     for (key, range) in &ranges {
         let Some(v) = valid.get(key) else { continue };
         let (own, extra) = (sited.get(key), transit.get(key));
@@ -368,7 +398,20 @@ pub fn plan(s: &Snapshot) -> Plan {
                 Some((n.clone(), att.node_slice.parse().ok()?))
             })
             .collect();
-        let (slices, full) = ipam::assign_slices(range, v.node_prefix_len, &nodes, &previous);
+        wanting.insert(key.clone(), nodes.len());
+        let (slices, full) = match fed_modes.get(key) {
+            Some(federated::Mode::Granted(g)) => {
+                let inside = |x: &Ipv4Net| g.blocks.iter().any(|b| b.contains(x));
+                federated::assign_slices(&g.blocks, v.node_prefix_len, &nodes, &previous, &inside)
+            }
+            Some(federated::Mode::Waiting) => {
+                let inside = |x: &Ipv4Net| range.contains(x);
+                federated::assign_slices(&[], v.node_prefix_len, &nodes, &previous, &inside)
+            }
+            _ => ipam::assign_slices(range, v.node_prefix_len, &nodes, &previous),
+        };
+        let shared = fed_modes.contains_key(key)
+            && !matches!(fed_modes.get(key), Some(federated::Mode::Apart));
         for node in full {
             // Say why the app wanted the node when no workload of its own
             // runs there: another app's policy asked for a transit placement.
@@ -377,10 +420,19 @@ pub fn plan(s: &Snapshot) -> Plan {
             } else {
                 " (a transit placement for allowed cross-app flows, not carried)"
             };
-            app_errors
-                .entry(key.clone())
-                .or_default()
-                .push(PlanError::new(
+            let error = if shared {
+                PlanError::new(
+                    ErrorKind::Exhausted,
+                    validate::object_name("MeshApp", key),
+                    "spec.sites",
+                    "WaitingForHub",
+                    format!(
+                        "node {node} waits for a free /{} slice in a block the hub grants this site{why}",
+                        v.node_prefix_len
+                    ),
+                )
+            } else {
+                PlanError::new(
                     ErrorKind::Exhausted,
                     validate::object_name("MeshApp", key),
                     "spec.nodePrefixLength",
@@ -389,7 +441,9 @@ pub fn plan(s: &Snapshot) -> Plan {
                         "no free /{} slice left in {range} for node {node}{why}",
                         v.node_prefix_len
                     ),
-                ));
+                )
+            };
+            app_errors.entry(key.clone()).or_default().push(error);
         }
         let entry = placed.entry(key.clone()).or_default();
         for (node, slice) in slices {
@@ -485,8 +539,29 @@ pub fn plan(s: &Snapshot) -> Plan {
     let placed_slice =
         |key: &ObjectKey, node: &str| placed.get(key).and_then(|b| b.get(node)).map(|(n, _)| *n);
     let all_members = members_of(s, &placed_workloads, &placed_slice);
+    // Remote workloads are selected by this member's policies as local
+    // ones are; cross-app flows stay within the member.
+    let mut policy_members = all_members.clone();
+    for (key, mode) in &fed_modes {
+        let (federated::Mode::Granted(_), Some(f), Some(v)) =
+            (mode, s.federation.get(key), valid.get(key))
+        else {
+            continue;
+        };
+        let list = policy_members.entry(key.clone()).or_default();
+        for n in federated::remote_in(f, v) {
+            for w in &n.workloads {
+                list.push(policy::Member {
+                    node: &n.id,
+                    site: &n.site,
+                    labels: &w.labels,
+                    address: w.address,
+                });
+            }
+        }
+    }
     let mut compiled: BTreeMap<ObjectKey, policy::CompiledApp> = BTreeMap::new();
-    for (key, members) in &all_members {
+    for (key, members) in &policy_members {
         let accepted: Vec<(&ObjectKey, &MeshPolicySpec)> = enforced_specs
             .iter()
             .filter(|(pk, spec)| pk.namespace == key.namespace && spec.app == key.name)
@@ -570,6 +645,16 @@ pub fn plan(s: &Snapshot) -> Plan {
                     },
                 ))
             })
+            .chain(
+                match (fed_modes.get(key), s.federation.get(key)) {
+                    (Some(federated::Mode::Granted(_)), Some(f)) => {
+                        Some(federated::remote_candidates(f, v))
+                    }
+                    _ => None,
+                }
+                .into_iter()
+                .flatten(),
+            )
             .collect();
         let shared = peers::shared_peers(&candidates);
         for (node, (slice, workloads)) in by_node {
@@ -660,10 +745,68 @@ pub fn plan(s: &Snapshot) -> Plan {
             .filter(|n| s.nodes.get(*n).is_some_and(|i| i.lost))
             .cloned()
             .collect();
-        let sites: BTreeSet<String> = nodes
+        let mut sites: BTreeSet<String> = nodes
             .iter()
             .filter_map(|n| s.nodes.get(n).map(|i| node_site(i).to_string()))
             .collect();
+        let (mut remote_nodes, mut lost_remote_nodes, mut remote_workloads) =
+            (Vec::new(), Vec::new(), Vec::new());
+        if let (Some(federated::Mode::Granted(_)), Some(f), Some(v)) =
+            (fed_modes.get(key), s.federation.get(key), valid.get(key))
+        {
+            for n in federated::remote_in(f, v) {
+                remote_nodes.push(n.id.clone());
+                if n.lost {
+                    lost_remote_nodes.push(n.id.clone());
+                }
+                sites.insert(n.site.clone());
+                remote_workloads.extend(n.workloads.iter().map(|w| w.name.clone()));
+            }
+            remote_nodes.sort();
+            lost_remote_nodes.sort();
+            remote_workloads.sort();
+        }
+        if let (Some(f), Some(v)) = (s.federation.get(key), valid.get(key)) {
+            let local = by_node.into_iter().flatten().map(|(node, (slice, wls))| {
+                let info = s.nodes.get(node);
+                let port = ports.get(&(node.clone(), key.clone()));
+                let workloads = wls
+                    .iter()
+                    .map(|w| {
+                        let wk = ObjectKey::parse(w);
+                        let labels = s.workloads.get(node).and_then(|m| m.get(&wk));
+                        let address = s
+                            .workload_addresses
+                            .get(node)
+                            .and_then(|m| m.get(&wk))
+                            .filter(|a| {
+                                a.split('/')
+                                    .next()
+                                    .and_then(|x| x.trim().parse::<std::net::Ipv4Addr>().ok())
+                                    .is_some_and(|x| slice.contains(&x))
+                            })
+                            .cloned();
+                        (w.clone(), labels.unwrap_or(&NO_LABELS), address)
+                    })
+                    .collect();
+                federated::LocalNode {
+                    name: node,
+                    site: info.map_or(LOCAL_SITE, node_site),
+                    endpoint: info
+                        .and_then(|i| validate::parse_node_address(&i.address))
+                        .zip(port)
+                        .map(|(a, p)| format!("{a}:{p}")),
+                    public_key: s.public_keys.get(&(node.clone(), key.clone())),
+                    slice: *slice,
+                    lost: info.is_some_and(|i| i.lost),
+                    workloads,
+                }
+            });
+            let want = wanting.get(key).copied().unwrap_or(0);
+            let record =
+                federated::export(key, f, v, ranges.get(key).copied(), want, local.collect());
+            out.exports.insert(key.clone(), record);
+        }
         let workloads: BTreeSet<String> = by_node
             .into_iter()
             .flat_map(|b| b.values().flat_map(|(_, w)| w.iter().cloned()))
@@ -689,6 +832,9 @@ pub fn plan(s: &Snapshot) -> Plan {
                 sites: sites.into_iter().collect(),
                 workloads: workloads.into_iter().collect(),
                 transit_nodes,
+                remote_nodes,
+                lost_remote_nodes,
+                remote_workloads,
                 planned: valid.contains_key(key) && ranges.contains_key(key),
                 errors,
                 accepted_spec: accepted.then(|| s.apps.get(key).cloned()).flatten(),
@@ -809,12 +955,13 @@ fn bound_meshnode_sizes(
 /// WireGuard AllowedIPs, so a node must not be able to claim another
 /// node's addresses by reporting them. Slices are disjoint, so no address
 /// counts twice.
+static NO_LABELS: Labels = Labels::new();
+
 fn members_of<'a>(
     s: &'a Snapshot,
     workloads: &'a BTreeMap<ObjectKey, BTreeMap<String, Vec<String>>>,
     slice_of: &dyn Fn(&ObjectKey, &str) -> Option<Ipv4Net>,
 ) -> BTreeMap<ObjectKey, Vec<policy::Member<'a>>> {
-    static NO_LABELS: Labels = Labels::new();
     let mut out: BTreeMap<ObjectKey, Vec<policy::Member<'a>>> = BTreeMap::new();
     for (key, by_node) in workloads {
         let members = out.entry(key.clone()).or_default();

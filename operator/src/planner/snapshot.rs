@@ -204,6 +204,69 @@ pub struct Snapshot {
     /// Allocations held by apps that are not in this snapshot (see
     /// [`Reserved`]); empty for a plan of the whole cluster.
     pub reserved: Reserved,
+    /// Shared apps: what the hub granted and what the other members export
+    /// (see `federation::import`). An app here is federated: its range and
+    /// node slices come from the hub only.
+    pub federation: BTreeMap<ObjectKey, Federated>,
+}
+
+/// A shared app's federation input, checked on import.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Federated {
+    /// This member's name on the hub (its Local MeshSite).
+    pub member: String,
+    /// Node slices per hub block.
+    pub block_slices: u32,
+    /// The shared range and this member's blocks, once the hub granted them.
+    pub granted: Option<Granted>,
+    /// The other members' nodes of the app.
+    pub remote: Vec<RemoteNode>,
+    /// What the hub found wrong with this member's record (field, message),
+    /// and why records of other members were refused (field `hub`).
+    pub problems: Vec<(String, String)>,
+    /// The hub cannot be read: the imports are the last ones read.
+    pub hub_error: Option<String>,
+}
+
+/// What the hub granted a member for one app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Granted {
+    /// The app's range in every member.
+    pub range: Ipv4Net,
+    /// Node slice length in every member.
+    pub node_prefix_len: u8,
+    /// This member's blocks.
+    pub blocks: Vec<Ipv4Net>,
+}
+
+/// A node of another member, as its peers here see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteNode {
+    /// `member/node`: node names repeat across clusters.
+    pub id: String,
+    /// The node's own site.
+    pub site: String,
+    /// `address:port`, when known.
+    pub endpoint: Option<String>,
+    /// Its public key for the app, when reported.
+    pub public_key: Option<String>,
+    /// Its slice (inside a block the hub granted its member).
+    pub slice: Ipv4Net,
+    /// It stopped reporting (or its member stopped syncing).
+    pub lost: bool,
+    /// Its workloads of the app.
+    pub workloads: Vec<RemoteWorkload>,
+}
+
+/// A workload of another member.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteWorkload {
+    /// `member:namespace/name`.
+    pub name: String,
+    /// Its labels.
+    pub labels: Labels,
+    /// Its address (inside its node's slice), once reported.
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 /// What apps planned elsewhere hold: the incremental planner plans a few

@@ -1,0 +1,16 @@
+//! Federation through a hub: members exchange public records of their
+//! shared apps, and the hub assigns each shared app one range and each
+//! member its blocks of it.
+//!
+//! ```text
+//!  member plan ─► export (records) ─► hub ─► allocate ─► allocations
+//!       ▲                                                    │
+//!       └── import (other members' records + allocation) ◄───┘
+//! ```
+//!
+//! - [`allocate`]: the hub's pure allocator.
+//! - [`import`]: a member's checked view of the other members.
+//! - [`sim`]: members and a hub in memory (tests, benchmarks).
+pub mod allocate;
+pub mod import;
+pub mod sim;
