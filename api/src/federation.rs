@@ -167,6 +167,13 @@ pub struct HubState {
     pub stale_after_seconds: u32,
     /// Seconds without a heartbeat before a member's peers are pruned.
     pub prune_after_seconds: u32,
+    /// Node slices per block.
+    #[serde(default = "default_block_slices")]
+    pub block_slices: u32,
+}
+
+fn default_block_slices() -> u32 {
+    DEFAULT_BLOCK_SLICES
 }
 
 /// Where things live in a directory hub (the standalone hub's "API").

@@ -39,6 +39,9 @@ pub struct CaptureStats {
     pub wg_data: u64,
     /// Frames containing the marker anywhere.
     pub marker_frames: u64,
+    /// WireGuard data messages by (source, destination) IPv4 address: who
+    /// sends encrypted traffic straight to whom.
+    pub wg_data_flows: std::collections::BTreeMap<(std::net::Ipv4Addr, std::net::Ipv4Addr), u64>,
 }
 
 impl CaptureStats {
@@ -221,7 +224,12 @@ pub fn count_frame(frame: &[u8], cfg: &CaptureConfig, stats: &mut CaptureStats) 
             1 => stats.wg_initiations += 1,
             2 => stats.wg_responses += 1,
             3 => stats.wg_cookies += 1,
-            4 => stats.wg_data += 1,
+            4 => {
+                stats.wg_data += 1;
+                let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+                let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+                *stats.wg_data_flows.entry((src, dst)).or_default() += 1;
+            }
             _ => {}
         }
     }

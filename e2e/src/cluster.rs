@@ -81,7 +81,21 @@ pub struct Cluster {
     attach_sockets: bool,
     /// Extra daemon arguments per node (1-based index).
     daemon_args: std::collections::BTreeMap<usize, Vec<String>>,
+    /// Other federation members sharing the WAN, each with its own state
+    /// directory and operator (the cluster's own is the first member).
+    members: Vec<Member>,
+    /// The directory hub's process (`weft-operator hub`).
+    hub: Option<Proc>,
     torn_down: bool,
+}
+
+/// Another control plane on the same WAN: a federation member.
+struct Member {
+    name: String,
+    state: StateDir,
+    manifests: PathBuf,
+    nodes: Vec<usize>,
+    operator: Option<Proc>,
 }
 
 impl Cluster {
@@ -120,6 +134,8 @@ impl Cluster {
             keep_run_dir: std::env::var_os("WEFT_E2E_KEEP").is_some(),
             attach_sockets: false,
             daemon_args: Default::default(),
+            members: Vec::new(),
+            hub: None,
             torn_down: false,
         })
     }
@@ -193,14 +209,119 @@ impl Cluster {
         self.run_path.join("attach").join(format!("n{i}.sock"))
     }
 
+    /// Makes nodes `nodes` (1-based) a separate member `name` of a
+    /// federation: its own state directory and operator
+    /// ([`Cluster::start_member_operator`]); the other nodes stay with the
+    /// cluster's own control plane.
+    pub fn add_member(&mut self, name: &str, nodes: &[usize]) -> Result<()> {
+        let root = self.run_path.join("members").join(name);
+        let state = StateDir::new(root.join("state"));
+        let manifests = root.join("manifests");
+        std::fs::create_dir_all(state.root())?;
+        std::fs::create_dir_all(&manifests)?;
+        self.members.push(Member {
+            name: name.into(),
+            state,
+            manifests,
+            nodes: nodes.to_vec(),
+            operator: None,
+        });
+        Ok(())
+    }
+
+    fn member(&self, name: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// The state directory node `i` reports to.
+    pub fn state_of(&self, i: usize) -> &StateDir {
+        self.members
+            .iter()
+            .find(|m| m.nodes.contains(&i))
+            .map_or(&self.state, |m| &m.state)
+    }
+
+    /// A member's state directory.
+    pub fn member_state(&self, name: &str) -> &StateDir {
+        &self.member(name).state
+    }
+
+    /// Writes a manifest into a member's manifests directory.
+    pub fn apply_member_manifest(&self, name: &str, file: &str, yaml: &str) -> Result<()> {
+        write_atomic(&self.member(name).manifests.join(file), yaml.as_bytes())
+    }
+
+    /// Starts a member's operator.
+    pub fn start_member_operator(&mut self, name: &str) -> Result<()> {
+        let (manifests, state) = {
+            let m = self.member(name);
+            (m.manifests.clone(), m.state.root().to_path_buf())
+        };
+        let p = self.spawn_operator(&manifests, &state, &format!("operator-{name}"))?;
+        let idx = self
+            .members
+            .iter()
+            .position(|m| m.name == name)
+            .expect("member");
+        self.members[idx].operator = Some(p);
+        Ok(())
+    }
+
+    /// The directory hub's directory.
+    pub fn hub_dir(&self) -> PathBuf {
+        self.run_path.join("hub")
+    }
+
+    /// Starts `weft-operator hub` over [`Cluster::hub_dir`] with this
+    /// MeshHub manifest.
+    pub fn start_hub(&mut self, manifest: &str) -> Result<()> {
+        let file = self.run_path.join("hub.yaml");
+        write_atomic(&file, manifest.as_bytes())?;
+        std::fs::create_dir_all(self.hub_dir())?;
+        let args = vec![
+            "hub".into(),
+            "--dir".into(),
+            self.hub_dir().to_string_lossy().into_owned(),
+            "--manifest".into(),
+            file.to_string_lossy().into_owned(),
+            "--interval-ms".into(),
+            self.interval_ms.to_string(),
+        ];
+        let p = Proc::spawn(
+            "weft-operator hub",
+            &bin("weft-operator")?,
+            &args,
+            &log_env(),
+            None,
+            &self.log_dir().join("hub.log"),
+        )?;
+        self.hub = Some(p);
+        Ok(())
+    }
+
+    /// The hub process.
+    pub fn hub(&mut self) -> Result<&mut Proc> {
+        self.hub.as_mut().context("hub not started")
+    }
+
     /// Starts `weft-operator standalone` in the host namespace.
     pub fn start_operator(&mut self) -> Result<()> {
+        let (manifests, state) = (self.manifests.clone(), self.state.root().to_path_buf());
+        let p = self.spawn_operator(&manifests, &state, "operator")?;
+        self.operator = Some(p);
+        Ok(())
+    }
+
+    fn spawn_operator(&self, manifests: &Path, state: &Path, log: &str) -> Result<Proc> {
         let args = vec![
             "standalone".into(),
             "--manifests".into(),
-            self.manifests.to_string_lossy().into_owned(),
+            manifests.to_string_lossy().into_owned(),
             "--state".into(),
-            self.state.root().to_string_lossy().into_owned(),
+            state.to_string_lossy().into_owned(),
             "--interval-ms".into(),
             self.interval_ms.to_string(),
             // Tests and the demo read fresh traffic figures from MeshApp
@@ -208,16 +329,14 @@ impl Cluster {
             "--traffic-refresh-seconds".into(),
             "1".into(),
         ];
-        let p = Proc::spawn(
-            "weft-operator",
+        Proc::spawn(
+            &format!("weft-{log}"),
             &bin("weft-operator")?,
             &args,
             &log_env(),
             None,
-            &self.log_dir().join("operator.log"),
-        )?;
-        self.operator = Some(p);
-        Ok(())
+            &self.log_dir().join(format!("{log}.log")),
+        )
     }
 
     /// Starts node `i`'s daemon inside the node's namespace.
@@ -230,7 +349,7 @@ impl Cluster {
             "--node".into(),
             node.clone(),
             "--state".into(),
-            self.state.root().to_string_lossy().into_owned(),
+            self.state_of(i).root().to_string_lossy().into_owned(),
             "--data-dir".into(),
             data.to_string_lossy().into_owned(),
             "--advertise-address".into(),
@@ -318,6 +437,21 @@ impl Cluster {
     /// Fails (with the log tail) if the operator or a daemon died.
     pub fn check_alive(&mut self) -> Result<()> {
         let mut dead = Vec::new();
+        let others = self
+            .members
+            .iter_mut()
+            .filter_map(|m| m.operator.as_mut())
+            .chain(self.hub.as_mut());
+        for p in others {
+            if !p.is_running() {
+                dead.push(format!(
+                    "{} exited ({:?}); log tail:\n{}",
+                    p.name(),
+                    p.exit_status(),
+                    p.log_tail(20)
+                ));
+            }
+        }
         if let Some(p) = self.operator.as_mut() {
             if !p.is_running() {
                 dead.push(format!(
@@ -369,7 +503,7 @@ impl Cluster {
     ) -> Result<&Workload> {
         let node = self.node_name(i);
         let w = Workload::create(
-            &self.state,
+            self.state_of(i),
             &node,
             &format!("{}-w-{name}", self.prefix),
             name,
@@ -431,7 +565,7 @@ impl Cluster {
 
     /// Node `i`'s reported status.
     pub fn node_status(&self, i: usize) -> Result<Option<MeshNodeStatus>> {
-        status::read_node_status(&self.state, &self.node_name(i))
+        status::read_node_status(self.state_of(i), &self.node_name(i))
     }
 
     /// `weft-operator get meshapps` output.
@@ -451,7 +585,7 @@ impl Cluster {
     /// Name of the namespace the operator assigned to app `ns/name` on node
     /// `i` (from meshnode.json: `spec.apps[].netns` where `app` matches).
     pub fn app_netns(&self, i: usize, app: &str) -> Result<Option<String>> {
-        let Some(v) = status::read_meshnode(&self.state, &self.node_name(i))? else {
+        let Some(v) = status::read_meshnode(self.state_of(i), &self.node_name(i))? else {
             return Ok(None);
         };
         let apps = v
@@ -541,12 +675,18 @@ impl Cluster {
             }
         }
         self.daemons.iter_mut().for_each(|d| *d = None);
-        // 3. Operator.
-        if let Some(mut p) = self.operator.take() {
+        // 3. Operators and the hub.
+        let others: Vec<Proc> = self
+            .members
+            .iter_mut()
+            .filter_map(|m| m.operator.take())
+            .chain(self.hub.take())
+            .collect();
+        for mut p in self.operator.take().into_iter().chain(others) {
             let (_, killed) = p.stop(Duration::from_secs(5));
             if killed {
                 rep.warnings
-                    .push("weft-operator ignored SIGTERM and was killed".into());
+                    .push(format!("{} ignored SIGTERM and was killed", p.name()));
             }
         }
         // 4. Workloads.

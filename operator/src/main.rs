@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::Ipv4Net;
 use k8s_openapi::jiff::Timestamp;
+use weft_api::federation::HubLayout;
 use weft_operator::standalone::get::{self, Output};
 use weft_operator::standalone::{Standalone, StandaloneConfig};
 
@@ -67,6 +68,29 @@ enum Command {
         /// Address of /metrics, /healthz and /readyz.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_address: std::net::SocketAddr,
+    },
+    /// Serve a directory hub for federated standalone operators: publish the
+    /// MeshHub's members, and allocate each shared app's range and each
+    /// member's blocks of it.
+    Hub {
+        /// The hub directory members read and write (members/<site>/ each).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The MeshHub manifest (YAML or JSON).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Milliseconds between passes.
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        /// Do one pass and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print a directory hub's members: state, last sync, records.
+    HubStatus {
+        /// The hub directory.
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Print objects from a state directory, like kubectl get.
     Get {
@@ -166,6 +190,76 @@ fn kubernetes(
         })
 }
 
+fn epoch_seconds(t: Timestamp) -> u64 {
+    u64::try_from(t.as_second()).unwrap_or(0)
+}
+
+/// The MeshHub of a manifest file.
+fn read_hub(path: &std::path::Path) -> anyhow::Result<(String, weft_api::MeshHubSpec)> {
+    use weft_operator::standalone::manifests::{parse_manifest, Manifest};
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let parsed = parse_manifest(path, &text);
+    if let Some(p) = parsed.file_problem {
+        anyhow::bail!("{}: {p}", path.display());
+    }
+    for doc in parsed.docs {
+        if let Some(p) = doc.problems.first() {
+            anyhow::bail!(
+                "{}: document {}: {}: {}",
+                path.display(),
+                doc.index,
+                p.field,
+                p.message
+            );
+        }
+        if let Some(Manifest::Hub(name, spec)) = doc.manifest {
+            return Ok((name, spec));
+        }
+    }
+    anyhow::bail!("{} holds no MeshHub", path.display())
+}
+
+fn hub(dir: PathBuf, manifest: PathBuf, interval_ms: u64, once: bool) -> anyhow::Result<()> {
+    use weft_operator::federation::hub::Hub;
+    let (name, mut spec) = read_hub(&manifest)?;
+    let mut hub = Hub::new(&name, HubLayout::new(&dir));
+    tracing::info!(hub = %name, dir = %dir.display(), "directory hub starting");
+    let mut logged: Vec<String> = Vec::new();
+    loop {
+        // A manifest that stops parsing keeps the last good spec.
+        match read_hub(&manifest) {
+            Ok((_, s)) => spec = s,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "MeshHub manifest unreadable; the last good one stays")
+            }
+        }
+        match hub.pass(&spec, epoch_seconds(Timestamp::now())) {
+            Ok(report) => {
+                let now: Vec<String> = report
+                    .errors
+                    .iter()
+                    .chain(&report.refused)
+                    .cloned()
+                    .collect();
+                for e in now.iter().filter(|e| !logged.contains(e)) {
+                    tracing::warn!("{e}");
+                }
+                logged = now;
+                if report.writes > 0 {
+                    tracing::info!(apps = report.apps, writes = report.writes, "hub published");
+                }
+                if once {
+                    return Ok(());
+                }
+            }
+            Err(e) if once => return Err(e),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "hub pass failed; retrying"),
+        }
+        std::thread::sleep(Duration::from_millis(interval_ms));
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -222,6 +316,21 @@ fn main() -> anyhow::Result<()> {
                 }
                 std::thread::sleep(Duration::from_millis(interval_ms));
             }
+        }
+        Command::Hub {
+            dir,
+            manifest,
+            interval_ms,
+            once,
+        } => {
+            init_logs();
+            hub(dir, manifest, interval_ms, once)
+        }
+        Command::HubStatus { dir } => {
+            let now = epoch_seconds(Timestamp::now());
+            let report = weft_operator::federation::hub::report(&HubLayout::new(dir), now)?;
+            print!("{}", weft_operator::federation::hub::render(&report, now));
+            Ok(())
         }
         Command::Get {
             kind,

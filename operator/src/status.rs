@@ -177,6 +177,29 @@ pub fn app_status_with_refresh(
             }
         }
     }
+    // Links to other members' nodes: only this side's view is known here
+    // (the other member reports its own), so a link is up when the local
+    // node has a recent handshake with the remote one.
+    let remote: Vec<&str> = outcome
+        .remote_nodes
+        .iter()
+        .filter(|n| !outcome.lost_remote_nodes.contains(n))
+        .map(String::as_str)
+        .collect();
+    for (i, a) in outcome.nodes.iter().enumerate() {
+        if outcome.lost_nodes.contains(a) {
+            continue;
+        }
+        for r in &remote {
+            pairs_total += 1;
+            if !fresh[i].contains(r) {
+                down += 1;
+                if pairs_down.len() < MAX_LISTED {
+                    pairs_down.push(format!("{a}<->{r}"));
+                }
+            }
+        }
+    }
     let nodes_ready = u32::try_from(total - not_ready.len()).unwrap_or(u32::MAX);
     let nodes_total = u32::try_from(total).unwrap_or(u32::MAX);
     let peers_up = pairs_total - down;
@@ -231,7 +254,14 @@ pub fn app_status_with_refresh(
             conditions::new(types::DEGRADED, true, "PeersNotConnected", msg, g),
         )
     } else {
-        let msg = format!("{total} nodes programmed, {pairs_total} peer links up");
+        let msg = if remote.is_empty() {
+            format!("{total} nodes programmed, {pairs_total} peer links up")
+        } else {
+            format!(
+                "{total} nodes programmed here and {} in other members, {pairs_total} peer links up",
+                remote.len()
+            )
+        };
         (
             conditions::new(types::READY, true, "Ready", msg.clone(), g),
             conditions::new(types::DEGRADED, false, "AsExpected", msg, g),

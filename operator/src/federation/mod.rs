@@ -10,7 +10,12 @@
 //!
 //! - [`allocate`]: the hub's pure allocator.
 //! - [`import`]: a member's checked view of the other members.
+//! - [`member`]: a member's side across passes (read the hub, write records).
+//! - [`hub`]: the hub's loop; [`hubdir`]: the directory hub both use.
 //! - [`sim`]: members and a hub in memory (tests, benchmarks).
 pub mod allocate;
+pub mod hub;
+pub mod hubdir;
 pub mod import;
+pub mod member;
 pub mod sim;

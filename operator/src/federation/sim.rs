@@ -51,6 +51,7 @@ impl Federation {
                 members: self.hub.members.clone(),
                 stale_after_seconds: 30,
                 prune_after_seconds: 300,
+                block_slices: self.hub.block_slices,
             }),
             allocations: self.allocations.clone(),
             records: self.records.clone(),

@@ -137,9 +137,7 @@ pub fn assign_slices(
 
 /// The other members' nodes in the sites the app spans here.
 pub fn remote_in<'a>(f: &'a Federated, v: &'a ValidApp) -> impl Iterator<Item = &'a RemoteNode> {
-    f.remote
-        .iter()
-        .filter(move |n| v.sites.contains(&n.site))
+    f.remote.iter().filter(move |n| v.sites.contains(&n.site))
 }
 
 /// The other members' nodes as peer candidates, by `member/node`.

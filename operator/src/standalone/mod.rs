@@ -106,6 +106,8 @@ pub struct TickReport {
     pub planned: Option<PassKind>,
     /// Where the pass's time went, in order.
     pub phases: Vec<(&'static str, std::time::Duration)>,
+    /// Files written to federation hubs (records, heartbeats).
+    pub hub_writes: usize,
 }
 
 impl TickReport {
@@ -121,7 +123,8 @@ impl TickReport {
             && self.selector_writes.is_empty()
             && self.selector_deletes.is_empty()
             && self.status_writes.is_empty()
-            && self.status_deletes.is_empty())
+            && self.status_deletes.is_empty()
+            && self.hub_writes == 0)
     }
 }
 
@@ -257,6 +260,8 @@ pub struct Standalone {
     /// Nodes whose meshnode.json may differ from the planner's last plan
     /// (read anew, or not yet written): the planner compares only these.
     unsynced: BTreeSet<String>,
+    /// This operator as a member of federation hubs.
+    federation: crate::federation::member::Member,
 }
 
 /// The stored statuses of every user kind.
@@ -365,6 +370,7 @@ impl Standalone {
             planner: Incremental::default(),
             all_statuses: None,
             unsynced: BTreeSet::new(),
+            federation: Default::default(),
         }
     }
 
@@ -527,6 +533,14 @@ impl Standalone {
         self.previous.fill(&stored, &mut snapshot);
 
         report.phase("previous state", &mut phase);
+        // 3b. Federation: what the hubs say about the shared apps (the last
+        // good read while a hub cannot be read).
+        let epoch = u64::try_from(now.as_second()).unwrap_or(0);
+        let imports = self.federation.inputs(snapshot.view(), epoch);
+        if snapshot.view().federation != imports {
+            snapshot.get().federation = imports;
+        }
+        report.phase("federation", &mut phase);
         // 4. Plan. A node's stored spec counts only when the node is
         // registered (a removed node's file is not an input).
         let stored_specs: BTreeMap<String, &MeshNodeSpec> = node_names
@@ -656,6 +670,16 @@ impl Standalone {
         self.unsynced = unsynced;
         if let Some(e) = failed {
             return Err(e);
+        }
+
+        // 5c. This member's records, after the MeshNodes that carry them.
+        if self.federation.active() {
+            match self.federation.export(&plan, epoch) {
+                Ok(n) => report.hub_writes = n,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot write to the hub; retrying next pass")
+                }
+            }
         }
 
         report.phase("writes", &mut phase);

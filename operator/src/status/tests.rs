@@ -326,3 +326,27 @@ fn moving_counters_alone_refresh_the_traffic_figures_once_a_minute() {
     let tr = st3.traffic.as_ref().unwrap();
     assert_eq!((tr.rx_packets, tr.observed_at.clone()), (20, Some(t(61))));
 }
+
+#[test]
+fn links_to_other_members_count_from_this_side_and_lost_ones_not_at_all() {
+    let mut o = outcome(&["a"]);
+    o.remote_nodes = vec!["east/x".into(), "east/y".into(), "east/z".into()];
+    o.lost_remote_nodes = vec!["east/z".into()];
+    let a = node_status(1, true, &[("east/x", Some(3))]);
+    let st = app_status(&key(), &o, &views(&[("a", 1, &a)]), 1, None, &t(100));
+    assert_eq!(ready(&st).status, "False");
+    assert!(
+        ready(&st).message.contains("a<->east/y"),
+        "{}",
+        ready(&st).message
+    );
+    assert_eq!((st.peers_up, st.peers_total), (1, 2));
+    let a = node_status(1, true, &[("east/x", Some(3)), ("east/y", Some(1))]);
+    let st = app_status(&key(), &o, &views(&[("a", 1, &a)]), 1, None, &t(100));
+    assert_eq!(ready(&st).status, "True", "{}", ready(&st).message);
+    assert!(
+        ready(&st).message.contains("2 in other members"),
+        "{}",
+        ready(&st).message
+    );
+}

@@ -17,6 +17,7 @@ fn view(now: u64) -> HubView {
             members,
             stale_after_seconds: 30,
             prune_after_seconds: 300,
+            block_slices: 8,
         }),
         ..Default::default()
     };

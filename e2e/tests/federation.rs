@@ -1,0 +1,245 @@
+//! End-to-end federation: two standalone control planes (cluster-a with
+//! nodes 1 and 2, cluster-b with node 3), each with its own state
+//! directory and operator, and a directory hub between them, all on one
+//! simulated WAN with real daemons and real WireGuard.
+//!
+//! Needs root, `ip` and `ping`, and the workspace binaries built first
+//! (`cargo build --workspace`). Without root it prints `SKIPPED`, except
+//! under `CI=true`, where a skip is a failure.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use weft_e2e::capture::{Capture, CaptureConfig};
+use weft_e2e::cluster::{assert_torn_down_cleanly, Cluster};
+use weft_e2e::topology::Sim;
+use weft_e2e::traffic::{ping, tcp_transfer};
+
+const READY: Duration = Duration::from_secs(40);
+const NS: &str = "demo";
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/federation")
+}
+
+fn manifest(c: &Cluster, file: &str) -> String {
+    let text = std::fs::read_to_string(examples().join(file)).expect("example manifest");
+    text.replace("/var/lib/weft-hub", &c.hub_dir().to_string_lossy())
+}
+
+fn setup(test: &str) -> Option<Cluster> {
+    if !weft_e2e::scenario::privileged_or_skip(test) {
+        return None;
+    }
+    for b in ["weft-operator", "weft-node-daemon"] {
+        if let Err(e) = weft_e2e::bin(b) {
+            panic!("{e:#}: run `cargo build --workspace` first");
+        }
+    }
+    let mut c = Cluster::new(3).expect("build the simulated network");
+    c.add_member("cluster-b", &[3]).unwrap();
+    for (i, site) in [(1, "cluster-a"), (2, "cluster-a"), (3, "cluster-b")] {
+        c.set_daemon_args(i, &["--site", site]);
+    }
+    c.apply_manifest("federation.yaml", &manifest(&c, "cluster-a.yaml"))
+        .unwrap();
+    c.apply_member_manifest(
+        "cluster-b",
+        "federation.yaml",
+        &manifest(&c, "cluster-b.yaml"),
+    )
+    .unwrap();
+    c.start_hub(&manifest(&c, "hub.yaml")).unwrap();
+    c.start_operator().unwrap();
+    c.start_member_operator("cluster-b").unwrap();
+    for i in 1..=3 {
+        c.start_daemon(i).unwrap();
+    }
+    c.add_workload(1, "shop-1", NS, &[("app", "shop")]).unwrap();
+    c.add_workload(3, "shop-3", NS, &[("app", "shop")]).unwrap();
+    c.add_workload(2, "ledger-2", NS, &[("app", "ledger")])
+        .unwrap();
+    c.add_workload(3, "ledger-3", NS, &[("app", "ledger")])
+        .unwrap();
+    Some(c)
+}
+
+fn wait_ready(c: &mut Cluster, member: Option<&str>, app: &str) -> weft_api::MeshAppStatus {
+    c.check_alive().unwrap();
+    let state = match member {
+        Some(m) => c.member_state(m).clone(),
+        None => c.state().clone(),
+    };
+    weft_e2e::status::wait_for_ready(&state, NS, app, READY)
+        .unwrap_or_else(|e| panic!("{NS}/{app} in {member:?} not Ready: {e:#}"))
+}
+
+fn pings(from: &str, to: std::net::Ipv4Addr) -> bool {
+    let r = ping(from, to, 3, Duration::from_secs(5)).unwrap();
+    r.ok && r.received == r.transmitted
+}
+
+#[test]
+fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
+    let Some(mut c) =
+        setup("two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated")
+    else {
+        return;
+    };
+    let a = wait_ready(&mut c, None, "shop");
+    let b = wait_ready(&mut c, Some("cluster-b"), "shop");
+    for st in [&a, &b] {
+        assert_eq!(st.sites, ["cluster-a", "cluster-b"], "{st:?}");
+        assert_eq!(st.address_space.as_deref(), Some("10.120.0.0/16"));
+    }
+    let shop1 = c.wait_address("shop-1", READY).unwrap();
+    let shop3 = c.wait_address("shop-3", READY).unwrap();
+    let ledger2 = c.wait_address("ledger-2", READY).unwrap();
+    let ledger3 = c.wait_address("ledger-3", READY).unwrap();
+    let ns = |n: &str| c.workload(n).netns().to_string();
+
+    // Across clusters, both ways, with the WAN ports of all three nodes
+    // watched: the encrypted packets go from node 1 straight to node 3.
+    let ports = 51000..=52999;
+    let captures: Vec<Capture> = (1..=3)
+        .map(|i| {
+            Capture::start(CaptureConfig {
+                netns: c.sim().wan_netns().into(),
+                iface: Sim::wan_port(i),
+                udp_ports: ports.clone(),
+                marker: Some(b"WEFT-FEDERATION-MARKER".to_vec()),
+            })
+            .unwrap()
+        })
+        .collect();
+    assert!(
+        pings(&ns("shop-1"), shop3),
+        "shop-1 (cluster-a) -> shop-3 (cluster-b)"
+    );
+    assert!(
+        pings(&ns("shop-3"), shop1),
+        "shop-3 (cluster-b) -> shop-1 (cluster-a)"
+    );
+    let t = tcp_transfer(&ns("shop-1"), &ns("shop-3"), shop3, 4 << 20).expect("TCP a -> b");
+    assert_eq!(t.bytes, 4 << 20);
+    let stats: Vec<_> = captures.into_iter().map(|x| x.stop().unwrap()).collect();
+    let (n1, n3) = (Sim::node_addr(1), Sim::node_addr(3));
+    for (i, s) in stats.iter().enumerate() {
+        assert!(!s.marker_seen(), "plaintext on node {}'s WAN port", i + 1);
+    }
+    let direct = stats[0].wg_data_flows.get(&(n1, n3)).copied().unwrap_or(0);
+    assert!(
+        direct > 100,
+        "node 1 -> node 3 direct: {:?}",
+        stats[0].wg_data_flows
+    );
+    assert!(
+        stats[2].wg_data_flows.get(&(n3, n1)).copied().unwrap_or(0) > 10,
+        "{:?}",
+        stats[2].wg_data_flows
+    );
+    assert_eq!(
+        stats[1].wg_data, 0,
+        "node 2 carries none of it: {:?}",
+        stats[1].wg_data_flows
+    );
+
+    // Isolation across clusters: the unrelated apps reach nothing of shop.
+    for (from, to, what) in [
+        (
+            "ledger-3",
+            shop1,
+            "ledger-3 (cluster-b) -> shop-1 (cluster-a)",
+        ),
+        (
+            "ledger-2",
+            shop3,
+            "ledger-2 (cluster-a) -> shop-3 (cluster-b)",
+        ),
+        ("shop-1", ledger3, "shop-1 -> ledger-3"),
+        ("shop-3", ledger2, "shop-3 -> ledger-2"),
+    ] {
+        let r = ping(&ns(from), to, 2, Duration::from_secs(2)).unwrap();
+        assert!(!r.ok, "{what} must be isolated: {r:?}");
+    }
+
+    // The hub: both members syncing; nothing private on it.
+    let out = std::process::Command::new(weft_e2e::bin("weft-operator").unwrap())
+        .args(["hub-status", "--dir"])
+        .arg(c.hub_dir())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    for m in ["cluster-a", "cluster-b"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(m))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(row.contains("Syncing"), "{table}");
+    }
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for i in 1..=3 {
+        for e in std::fs::read_dir(c.data_dir(i).join("keys"))
+            .unwrap()
+            .flatten()
+        {
+            let raw = std::fs::read(e.path()).unwrap();
+            keys.push(
+                base64::engine::general_purpose::STANDARD
+                    .encode(&raw)
+                    .into_bytes(),
+            );
+            keys.push(raw);
+        }
+    }
+    assert!(keys.len() >= 6, "every node has a key per app");
+    let mut files = 0;
+    for e in walk(&c.hub_dir()) {
+        let body = std::fs::read(&e).unwrap();
+        files += 1;
+        for k in &keys {
+            assert!(
+                !weft_e2e::capture::contains(&body, k),
+                "a private key in {}",
+                e.display()
+            );
+        }
+    }
+    assert!(
+        files >= 5,
+        "hub.json, an allocation, two records, two heartbeats"
+    );
+
+    // The hub goes away: traffic between the clusters goes on.
+    let away = c.hub_dir().with_extension("away");
+    std::fs::rename(c.hub_dir(), &away).unwrap();
+    weft_e2e::sleep(Duration::from_secs(2)).unwrap();
+    assert!(
+        pings(&ns("shop-1"), shop3),
+        "hub unreachable: a -> b still works"
+    );
+    assert!(
+        pings(&ns("shop-3"), shop1),
+        "hub unreachable: b -> a still works"
+    );
+    std::fs::rename(&away, c.hub_dir()).unwrap();
+    assert!(pings(&ns("shop-1"), shop3));
+
+    c.check_alive().unwrap();
+    assert_torn_down_cleanly(c);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -1,0 +1,189 @@
+//! The hub's loop over a directory hub: publish the MeshHub's members and
+//! timings, read every member's records and heartbeat, allocate, and write
+//! the allocations that changed. Only the hub writes here; a member that
+//! writes outside its own directory is refused (its record names another
+//! site, or sits under a site the MeshHub does not list).
+
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+use weft_api::federation::{
+    HubLayout, HubState, DEFAULT_BLOCK_SLICES, DEFAULT_PRUNE_AFTER_SECONDS,
+    DEFAULT_STALE_AFTER_SECONDS,
+};
+use weft_api::MeshHubSpec;
+
+use super::allocate::{allocate, HubSettings};
+use super::hubdir::{self, HubFiles};
+use super::import::{HubView, Liveness};
+use crate::planner::accept;
+use crate::planner::snapshot::{DEFAULT_APP_PREFIX_LEN, DEFAULT_POOL};
+
+/// One member as the hub sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberReport {
+    /// The member.
+    pub site: String,
+    /// Last heartbeat (seconds since the epoch), if any.
+    pub last_sync: Option<u64>,
+    /// Whether it is fresh, stale or pruned.
+    pub liveness: Liveness,
+    /// Apps it has a record of.
+    pub records: usize,
+}
+
+/// What one hub pass did.
+#[derive(Clone, Debug, Default)]
+pub struct HubReport {
+    /// Members listed by the MeshHub.
+    pub members: Vec<MemberReport>,
+    /// Shared apps allocated.
+    pub apps: usize,
+    /// Files written.
+    pub writes: usize,
+    /// Records refused, with why.
+    pub refused: Vec<String>,
+    /// Problems of the MeshHub spec itself (nothing is published then).
+    pub errors: Vec<String>,
+}
+
+/// A hub serving one directory.
+pub struct Hub {
+    name: String,
+    layout: HubLayout,
+    files: HubFiles,
+}
+
+impl Hub {
+    /// The hub `name` over `layout`.
+    pub fn new(name: impl Into<String>, layout: HubLayout) -> Self {
+        Hub {
+            name: name.into(),
+            layout,
+            files: HubFiles::default(),
+        }
+    }
+
+    /// One pass at `now` (seconds since the epoch).
+    pub fn pass(&mut self, spec: &MeshHubSpec, now: u64) -> anyhow::Result<HubReport> {
+        let mut report = HubReport::default();
+        let errors = accept::hub_errors(&self.name, spec);
+        if !errors.is_empty() {
+            // A broken edit publishes nothing: members keep what the last
+            // good spec gave them.
+            report.errors = errors.iter().map(ToString::to_string).collect();
+            return Ok(report);
+        }
+        let state = HubState {
+            hub: self.name.clone(),
+            members: spec.members.clone(),
+            stale_after_seconds: spec
+                .stale_after_seconds
+                .unwrap_or(DEFAULT_STALE_AFTER_SECONDS),
+            prune_after_seconds: spec
+                .prune_after_seconds
+                .unwrap_or(DEFAULT_PRUNE_AFTER_SECONDS),
+            block_slices: spec.block_slices.unwrap_or(DEFAULT_BLOCK_SLICES),
+        };
+        let (mut records, heartbeats) = hubdir::read_members(&self.layout)?;
+        records.retain(|(site, app), r| {
+            let listed = spec.members.iter().any(|m| m.site == *site);
+            let ok = listed && r.site == *site && r.app == *app;
+            if !ok {
+                report.refused.push(format!(
+                    "record of {app} under members/{site} refused: {}",
+                    if listed {
+                        format!("it says site {:?}, app {:?}", r.site, r.app)
+                    } else {
+                        "the MeshHub does not list that site".into()
+                    }
+                ));
+            }
+            ok
+        });
+        let view = HubView {
+            state: Some(state.clone()),
+            heartbeats: heartbeats.clone(),
+            ..Default::default()
+        };
+        for m in &spec.members {
+            report.members.push(MemberReport {
+                site: m.site.clone(),
+                last_sync: heartbeats.get(&m.site).copied(),
+                liveness: view.liveness(&m.site, now),
+                records: records.keys().filter(|(s, _)| *s == m.site).count(),
+            });
+        }
+        let pool: Ipv4Net = spec
+            .pool
+            .as_deref()
+            .unwrap_or(DEFAULT_POOL)
+            .parse()
+            .unwrap_or_default();
+        let settings = HubSettings {
+            members: spec.members.clone(),
+            pool,
+            app_prefix_len: DEFAULT_APP_PREFIX_LEN.max(pool.prefix_len()),
+            block_slices: state.block_slices,
+        };
+        let previous = self.files.allocations(&self.layout)?.clone();
+        let allocations = allocate(&settings, &records, &previous);
+        report.apps = allocations.len();
+        report.writes = self.files.publish(&self.layout, &state, allocations)?;
+        Ok(report)
+    }
+}
+
+/// The members of the hub at `layout` as published, without writing.
+pub fn report(layout: &HubLayout, now: u64) -> anyhow::Result<HubReport> {
+    let state =
+        crate::standalone::files::read_json::<HubState>(&layout.state())?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} holds no hub.json: no hub serves it yet",
+                layout.root().display()
+            )
+        })?;
+    let (records, heartbeats) = hubdir::read_members(layout)?;
+    let view = HubView {
+        state: Some(state.clone()),
+        heartbeats: heartbeats.clone(),
+        ..Default::default()
+    };
+    let mut apps: std::collections::BTreeSet<&String> = std::collections::BTreeSet::new();
+    let mut out = HubReport::default();
+    for m in &state.members {
+        out.members.push(MemberReport {
+            site: m.site.clone(),
+            last_sync: heartbeats.get(&m.site).copied(),
+            liveness: view.liveness(&m.site, now),
+            records: records.keys().filter(|(s, _)| *s == m.site).count(),
+        });
+        apps.extend(m.exports.iter());
+    }
+    out.apps = apps.len();
+    Ok(out)
+}
+
+/// A table of the hub's members for people.
+pub fn render(report: &HubReport, now: u64) -> String {
+    let mut out = String::from("MEMBER  STATE  LAST-SYNC  RECORDS\n");
+    let mut rows: BTreeMap<&str, String> = BTreeMap::new();
+    for m in &report.members {
+        let state = match m.liveness {
+            Liveness::Fresh => "Syncing",
+            Liveness::Stale => "Stale",
+            Liveness::Pruned => "Gone",
+        };
+        let sync = m.last_sync.map_or("never".to_string(), |t| {
+            format!("{}s ago", now.saturating_sub(t))
+        });
+        rows.insert(
+            &m.site,
+            format!("{}  {state}  {sync}  {}\n", m.site, m.records),
+        );
+    }
+    for r in rows.values() {
+        out.push_str(r);
+    }
+    out
+}

@@ -1,0 +1,164 @@
+//! A member's side of federation across passes: which apps are shared and
+//! through which hub, what the hubs say (the last good read is kept while
+//! a hub cannot be read, so nothing is torn down), and writing this
+//! member's records back.
+//!
+//! An app is shared when it spans a `Remote` MeshSite that says how to
+//! reach its hub; the member's name on the hub is its `Local` MeshSite's.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use weft_api::federation::{HubLayout, SiteRecordSpec, DEFAULT_BLOCK_SLICES};
+use weft_api::SiteKind;
+
+use super::hubdir::{self, MemberFiles};
+use super::import::{self, HubView};
+use crate::planner::{Federated, ObjectKey, Plan, Snapshot};
+
+/// Seconds between heartbeats at most (and a third of `staleAfterSeconds`).
+const BEAT_EVERY: u64 = 10;
+
+struct HubLink {
+    layout: HubLayout,
+    /// The last view read, with the error of the last read if it failed.
+    view: Option<HubView>,
+    files: MemberFiles,
+}
+
+/// This member's federation state.
+#[derive(Default)]
+pub struct Member {
+    hubs: BTreeMap<PathBuf, HubLink>,
+    /// Shared app → its hub, as of the last [`Member::inputs`].
+    shared: BTreeMap<ObjectKey, PathBuf>,
+    name: Option<String>,
+}
+
+/// The member's name: its one `Local` site.
+fn member_name(s: &Snapshot) -> Option<String> {
+    let mut local = s.sites.iter().filter(|(_, x)| x.kind == SiteKind::Local);
+    match (local.next(), local.next()) {
+        (Some((name, _)), None) => Some(name.clone()),
+        _ => None,
+    }
+}
+
+/// Apps spanning a Remote site with a hub directory, with that directory.
+fn shared_apps(s: &Snapshot) -> BTreeMap<ObjectKey, PathBuf> {
+    let hub_of = |site: &String| {
+        let spec = s.sites.get(site)?;
+        (spec.kind == SiteKind::Remote).then_some(())?;
+        spec.hub_access
+            .as_ref()?
+            .directory
+            .as_ref()
+            .map(PathBuf::from)
+    };
+    s.apps
+        .iter()
+        .filter_map(|(k, spec)| Some((k.clone(), spec.sites.iter().find_map(hub_of)?)))
+        .collect()
+}
+
+impl Member {
+    /// Whether any app is shared (as of the last pass).
+    pub fn active(&self) -> bool {
+        !self.shared.is_empty()
+    }
+
+    /// Reads the hubs of the shared apps of `s` and returns each one's
+    /// federation input at `now` (seconds since the epoch).
+    pub fn inputs(&mut self, s: &Snapshot, now: u64) -> BTreeMap<ObjectKey, Federated> {
+        self.shared = shared_apps(s);
+        self.name = member_name(s);
+        let dirs: std::collections::BTreeSet<&PathBuf> = self.shared.values().collect();
+        self.hubs.retain(|d, _| dirs.contains(d));
+        for dir in dirs {
+            let link = self.hubs.entry(dir.clone()).or_insert_with(|| HubLink {
+                layout: HubLayout::new(dir),
+                view: None,
+                files: MemberFiles::default(),
+            });
+            match hubdir::read_view(&link.layout) {
+                Ok(v) => {
+                    if link.view.as_ref().is_some_and(|old| old.error.is_some()) {
+                        tracing::info!(hub = %dir.display(), "hub readable again");
+                    }
+                    link.view = Some(v);
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    let view = link.view.get_or_insert_with(HubView::default);
+                    if view.error.as_deref() != Some(&msg) {
+                        tracing::warn!(hub = %dir.display(), error = %msg, "hub unreadable; keeping what it said last");
+                    }
+                    view.error = Some(msg);
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (app, dir) in &self.shared {
+            let Some(view) = self.hubs.get(dir).and_then(|l| l.view.as_ref()) else {
+                continue;
+            };
+            let f = match &self.name {
+                Some(member) => {
+                    let blocks = view
+                        .state
+                        .as_ref()
+                        .map_or(DEFAULT_BLOCK_SLICES, |s| s.block_slices);
+                    let mut f = import::federated(member, blocks, app, view, now);
+                    f.problems.sort();
+                    f
+                }
+                None => Federated {
+                    problems: vec![(
+                        "spec.sites".into(),
+                        "shared through a hub, but no single Local MeshSite names this member"
+                            .into(),
+                    )],
+                    ..Default::default()
+                },
+            };
+            out.insert(app.clone(), f);
+        }
+        out
+    }
+
+    /// Writes this member's records of `plan` to their hubs. Returns the
+    /// files written; the first error stops nothing but is returned.
+    pub fn export(&mut self, plan: &Plan, now: u64) -> anyhow::Result<usize> {
+        let Some(member) = &self.name else {
+            return Ok(0);
+        };
+        let mut writes = 0;
+        let mut first_error = None;
+        for (dir, link) in &mut self.hubs {
+            let records: BTreeMap<String, &SiteRecordSpec> = plan
+                .exports
+                .iter()
+                .filter(|(k, _)| self.shared.get(*k) == Some(dir))
+                .map(|(k, r)| (k.to_string(), r))
+                .collect();
+            let every = link
+                .view
+                .as_ref()
+                .and_then(|v| v.state.as_ref())
+                .map_or(BEAT_EVERY, |s| {
+                    (u64::from(s.stale_after_seconds) / 3).clamp(1, BEAT_EVERY)
+                });
+            match link.files.sync(&link.layout, member, &records, now, every) {
+                Ok(n) => writes += n,
+                Err(e) => {
+                    first_error
+                        .get_or_insert(e.context(format!("writing to hub {}", dir.display())));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(writes),
+        }
+    }
+}
