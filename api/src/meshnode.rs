@@ -173,6 +173,28 @@ pub struct AppAttachment {
     /// the `allowedIps` of the peer they are reached through.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_apps: Vec<RemoteApp>,
+    /// The app's workloads by name, on every node of the app here and at
+    /// other federation members, for the app's own DNS
+    /// (`<name>.<app>.<namespace>.weft`): those with a reported address,
+    /// sorted by name. One list shared by all the app's attachments.
+    #[serde(default, skip_serializing_if = "no_names")]
+    pub names: Arc<Vec<WorkloadName>>,
+}
+
+fn no_names(names: &Arc<Vec<WorkloadName>>) -> bool {
+    names.is_empty()
+}
+
+/// A workload's name and address in its app.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadName {
+    /// The workload's name (a DNS label; the same wherever it runs).
+    pub name: String,
+    /// Its address in the app range.
+    pub address: String,
 }
 
 /// Flows with another app that reach this node through this app's tunnel

@@ -587,6 +587,7 @@ pub(crate) mod tests {
             policy: None,
             app_links: Vec::new(),
             remote_apps: Vec::new(),
+            names: Default::default(),
         }
     }
 

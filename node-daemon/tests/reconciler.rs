@@ -34,6 +34,7 @@ fn attachment(app: &str, id: &str, octet: u8) -> AppAttachment {
         policy: None,
         app_links: Vec::new(),
         remote_apps: Vec::new(),
+        names: Default::default(),
     }
 }
 

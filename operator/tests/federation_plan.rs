@@ -289,6 +289,17 @@ fn a_policy_selects_remote_workloads_by_label_and_by_site() {
             m.snapshot.add_workload_address(&node, wl, addr.to_string());
         }
     }
+    f.converge(10).unwrap();
+    // Names: every workload of the app with an address, here and there,
+    // in every attachment (the same name in two members resolves to both).
+    let names = &f.members["a"].plan.nodes["n2"].apps[0].names;
+    let web1: Vec<&str> = names
+        .iter()
+        .filter(|n| n.name == "web-1")
+        .map(|n| n.address.as_str())
+        .collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(web1.len(), 2, "{names:?}");
     let front_of_b = |sel: bool| MeshPolicySpec {
         app: "web".into(),
         selector: Selector::default(),

@@ -657,6 +657,7 @@ pub fn plan(s: &Snapshot) -> Plan {
             )
             .collect();
         let shared = peers::shared_peers(&candidates);
+        let names = std::sync::Arc::new(app_names(s, key, by_node, fed_modes.get(key), v));
         for (node, (slice, workloads)) in by_node {
             let Some(spec) = out.nodes.get_mut(node) else {
                 continue;
@@ -709,6 +710,7 @@ pub fn plan(s: &Snapshot) -> Plan {
                         })
                     })
                     .collect(),
+                names: std::sync::Arc::clone(&names),
             });
         }
     }
@@ -956,6 +958,63 @@ fn bound_meshnode_sizes(
 /// node's addresses by reporting them. Slices are disjoint, so no address
 /// counts twice.
 static NO_LABELS: Labels = Labels::new();
+
+/// The reported address of workload `wk` on `node`, when inside `slice`.
+fn reported_address(
+    s: &Snapshot,
+    node: &str,
+    wk: &ObjectKey,
+    slice: &Ipv4Net,
+) -> Option<std::net::Ipv4Addr> {
+    s.workload_addresses
+        .get(node)?
+        .get(wk)?
+        .split('/')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|a| slice.contains(a))
+}
+
+/// An app's workloads by name with their addresses (see
+/// `AppAttachment::names`), here and, when federated, at other members.
+fn app_names(
+    s: &Snapshot,
+    key: &ObjectKey,
+    by_node: &BTreeMap<String, (Ipv4Net, Vec<String>)>,
+    mode: Option<&federated::Mode<'_>>,
+    v: &ValidApp,
+) -> Vec<weft_api::meshnode::WorkloadName> {
+    let mut out = Vec::new();
+    for (node, (slice, wls)) in by_node {
+        for w in wls {
+            let wk = ObjectKey::parse(w);
+            if let Some(a) = reported_address(s, node, &wk, slice) {
+                out.push(weft_api::meshnode::WorkloadName {
+                    name: wk.name.clone(),
+                    address: a.to_string(),
+                });
+            }
+        }
+    }
+    if let (Some(federated::Mode::Granted(_)), Some(f)) = (mode, s.federation.get(key)) {
+        for n in federated::remote_in(f, v) {
+            for w in &n.workloads {
+                let (Some(a), Some((_, name))) = (w.address, w.name.rsplit_once('/')) else {
+                    continue;
+                };
+                out.push(weft_api::meshnode::WorkloadName {
+                    name: name.to_string(),
+                    address: a.to_string(),
+                });
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
 
 fn members_of<'a>(
     s: &'a Snapshot,
