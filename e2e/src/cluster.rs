@@ -270,6 +270,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Stops a member's operator (SIGTERM); its nodes' daemons go on.
+    pub fn stop_member_operator(&mut self, name: &str) -> Result<()> {
+        let idx = self
+            .members
+            .iter()
+            .position(|m| m.name == name)
+            .context("no such member")?;
+        if let Some(mut p) = self.members[idx].operator.take() {
+            p.stop(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+
     /// The directory hub's directory.
     pub fn hub_dir(&self) -> PathBuf {
         self.run_path.join("hub")

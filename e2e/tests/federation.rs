@@ -25,7 +25,74 @@ fn examples() -> std::path::PathBuf {
 
 fn manifest(c: &Cluster, file: &str) -> String {
     let text = std::fs::read_to_string(examples().join(file)).expect("example manifest");
+    // Short grace periods, so losing a member shows within the test.
     text.replace("/var/lib/weft-hub", &c.hub_dir().to_string_lossy())
+        .replace("staleAfterSeconds: 30", "staleAfterSeconds: 5")
+        .replace("pruneAfterSeconds: 300", "pruneAfterSeconds: 10")
+}
+
+/// The Ready condition (reason, message) of MeshSite `site` in a state dir.
+fn site_ready(state: &weft_api::standalone::StateDir, site: &str) -> Option<(String, String)> {
+    let st: weft_api::standalone::StoredStatus<weft_api::MeshSiteStatus> =
+        weft_e2e::status::read_json(&state.status_file("meshsites", site)).ok()??;
+    let c = st.status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((c.reason.clone(), c.message.clone()))
+}
+
+fn wait_site(c: &Cluster, site: &str, reason: &str, timeout: Duration) -> String {
+    let state = c.state().clone();
+    weft_e2e::wait_for(
+        &format!("MeshSite {site} Ready reason {reason}"),
+        timeout,
+        Duration::from_millis(200),
+        || {
+            Ok(site_ready(&state, site)
+                .filter(|(r, _)| r == reason)
+                .map(|(_, m)| m))
+        },
+    )
+    .unwrap()
+}
+
+/// The public key node 1 has for node 3 in the shared app.
+fn peer_key_of_n1(c: &Cluster) -> Option<String> {
+    let v = weft_e2e::status::read_meshnode(c.state(), &c.node_name(1)).ok()??;
+    let apps = v.pointer("/spec/apps")?.as_array()?.clone();
+    let shop = apps.into_iter().find(|a| a["app"] == "demo/shop")?;
+    let peer = shop["peers"].as_array()?.first()?.clone();
+    peer["publicKey"].as_str().map(String::from)
+}
+
+/// Node 1's peers for the shared app, by name, with their allowed IPs.
+fn peers_of_n1(c: &Cluster) -> Vec<(String, Vec<String>)> {
+    let v = weft_e2e::status::read_meshnode(c.state(), &c.node_name(1))
+        .unwrap()
+        .unwrap();
+    let apps = v
+        .pointer("/spec/apps")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let shop = apps
+        .iter()
+        .find(|a| a["app"] == "demo/shop")
+        .cloned()
+        .unwrap_or_default();
+    shop["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            let ips = p["allowedIps"].as_array().cloned().unwrap_or_default();
+            (
+                p["node"].as_str().unwrap_or_default().to_string(),
+                ips.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 fn setup(test: &str) -> Option<Cluster> {
@@ -97,7 +164,12 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
     let shop3 = c.wait_address("shop-3", READY).unwrap();
     let ledger2 = c.wait_address("ledger-2", READY).unwrap();
     let ledger3 = c.wait_address("ledger-3", READY).unwrap();
-    let ns = |n: &str| c.workload(n).netns().to_string();
+    let netns: std::collections::BTreeMap<String, String> =
+        ["shop-1", "shop-3", "ledger-2", "ledger-3"]
+            .iter()
+            .map(|n| (n.to_string(), c.workload(n).netns().to_string()))
+            .collect();
+    let ns = |n: &str| netns[n].clone();
 
     // Across clusters, both ways, with the WAN ports of all three nodes
     // watched: the encrypted packets go from node 1 straight to node 3.
@@ -212,10 +284,18 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
         "hub.json, an allocation, two records, two heartbeats"
     );
 
-    // The hub goes away: traffic between the clusters goes on.
+    let msg = wait_site(&c, "cluster-b", "Syncing", READY);
+    assert!(msg.contains("1 nodes"), "{msg}");
+
+    // The hub goes away, for longer than the grace periods: traffic
+    // between the clusters goes on, status says why, nobody is pruned.
+    let before = peers_of_n1(&c);
+    assert_eq!(before.len(), 1, "{before:?}");
     let away = c.hub_dir().with_extension("away");
     std::fs::rename(c.hub_dir(), &away).unwrap();
-    weft_e2e::sleep(Duration::from_secs(2)).unwrap();
+    let msg = wait_site(&c, "cluster-b", "HubUnreachable", Duration::from_secs(10));
+    assert!(msg.contains("cannot be read"), "{msg}");
+    weft_e2e::sleep(Duration::from_secs(11)).unwrap();
     assert!(
         pings(&ns("shop-1"), shop3),
         "hub unreachable: a -> b still works"
@@ -224,8 +304,63 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
         pings(&ns("shop-3"), shop1),
         "hub unreachable: b -> a still works"
     );
+    assert_eq!(
+        peers_of_n1(&c),
+        before,
+        "nothing changes while the hub is away"
+    );
     std::fs::rename(&away, c.hub_dir()).unwrap();
+    wait_site(&c, "cluster-b", "Syncing", Duration::from_secs(10));
     assert!(pings(&ns("shop-1"), shop3));
+
+    // Member b's operator stops: stale, then pruned (its node leaves a's
+    // mesh); back again, its node returns with the same slice.
+    c.stop_member_operator("cluster-b").unwrap();
+    wait_site(&c, "cluster-b", "MemberStale", Duration::from_secs(15));
+    wait_site(&c, "cluster-b", "MemberGone", Duration::from_secs(15));
+    weft_e2e::wait_for(
+        "b's node pruned from n1",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || Ok(peers_of_n1(&c).is_empty().then_some(())),
+    )
+    .unwrap();
+    c.start_member_operator("cluster-b").unwrap();
+    wait_site(&c, "cluster-b", "Syncing", Duration::from_secs(20));
+    weft_e2e::wait_for(
+        "b's node back on n1",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || Ok((peers_of_n1(&c) == before).then_some(())),
+    )
+    .unwrap();
+    wait_ready(&mut c, None, "shop");
+    assert!(pings(&ns("shop-1"), shop3), "b is back: a -> b");
+
+    // Node 3 comes back with new keys (its key store lost): cluster-a
+    // learns the new public key through the hub, with no manual step.
+    let old_key = peer_key_of_n1(&c);
+    c.daemon(3).unwrap().stop(Duration::from_secs(5));
+    std::fs::remove_dir_all(c.data_dir(3).join("keys")).unwrap();
+    c.daemon(3).unwrap().restart().unwrap();
+    weft_e2e::wait_for(
+        "n1 learns n3's new key",
+        READY,
+        Duration::from_millis(200),
+        || {
+            Ok(peer_key_of_n1(&c)
+                .filter(|k| Some(k) != old_key.as_ref())
+                .map(|_| ()))
+        },
+    )
+    .unwrap();
+    weft_e2e::wait_for(
+        "a -> b with the new key",
+        READY,
+        Duration::from_millis(500),
+        || Ok(pings(&ns("shop-1"), shop3).then_some(())),
+    )
+    .unwrap();
 
     c.check_alive().unwrap();
     assert_torn_down_cleanly(c);

@@ -421,7 +421,34 @@ pub fn policy_status(
     }
 }
 
-/// MeshSite status: node count; Ready when it has nodes and none is lost.
+/// Ready of a Remote site reached through a hub.
+fn hub_condition(link: &crate::planner::snapshot::HubLink, g: Option<i64>) -> Condition {
+    if let Some(e) = &link.error {
+        let msg = format!(
+            "the hub cannot be read: {e}; the last state it gave stays in force and traffic goes on"
+        );
+        return conditions::new(types::READY, false, "HubUnreachable", msg, g);
+    }
+    if link.gone {
+        let msg = "the member has not synced for the hub's pruneAfterSeconds (or never has): its nodes left this member's meshes; they come back when it syncs again".to_string();
+        return conditions::new(types::READY, false, "MemberGone", msg, g);
+    }
+    if link.stale {
+        let msg = format!(
+            "the member has not synced for the hub's staleAfterSeconds; its {} nodes stay in the meshes until pruneAfterSeconds",
+            link.nodes
+        );
+        return conditions::new(types::READY, false, "MemberStale", msg, g);
+    }
+    let msg = format!(
+        "syncing through the hub; {} nodes in shared apps",
+        link.nodes
+    );
+    conditions::new(types::READY, true, "Syncing", msg, g)
+}
+
+/// MeshSite status: node count; Ready when it has nodes and none is lost
+/// (a Remote site behind a hub: when its member syncs).
 pub fn site_status(
     outcome: &SiteOutcome,
     generation: i64,
@@ -442,6 +469,8 @@ pub fn site_status(
             format!("{}; {enforcing}", error_summary(&outcome.errors)),
             g,
         )
+    } else if let Some(link) = &outcome.hub {
+        hub_condition(link, g)
     } else if n == 0 {
         conditions::new(
             types::READY,
@@ -473,11 +502,22 @@ pub fn site_status(
     };
     let mut conds = previous.map(|p| p.conditions.clone()).unwrap_or_default();
     apply_conditions(&mut conds, vec![cond], now);
+    let (nodes, last_sync) = match &outcome.hub {
+        Some(link) => (
+            link.nodes,
+            link.last_sync
+                .and_then(|t| {
+                    k8s_openapi::jiff::Timestamp::from_second(i64::try_from(t).ok()?).ok()
+                })
+                .map(|t| t.to_string()),
+        ),
+        None => (u32::try_from(n).unwrap_or(u32::MAX), None),
+    };
     MeshSiteStatus {
         conditions: conds,
         observed_generation: g,
-        nodes: u32::try_from(n).unwrap_or(u32::MAX),
-        last_sync: None,
+        nodes,
+        last_sync,
         enforced: match &outcome.accepted_spec {
             Some(spec) => Some(EnforcedSite {
                 generation,

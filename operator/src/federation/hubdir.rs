@@ -105,7 +105,14 @@ pub fn read_view(layout: &HubLayout) -> anyhow::Result<HubView> {
     if !layout.root().is_dir() {
         anyhow::bail!("{} is not a directory", layout.root().display());
     }
-    let state = read_json::<HubState>(&layout.state())?;
+    // A hub that has not published (or a directory that is not the hub's)
+    // says nothing: what the last good read said stays in force.
+    let state = read_json::<HubState>(&layout.state())?.with_context(|| {
+        format!(
+            "{} holds no hub.json: no hub serves it",
+            layout.root().display()
+        )
+    })?;
     let mut allocations = BTreeMap::new();
     for (stem, path) in json_files(&layout.allocations())? {
         if let (Some(app), Some(a)) = (app_of_stem(&stem), read_json::<HubAllocationSpec>(&path)?) {
@@ -116,11 +123,12 @@ pub fn read_view(layout: &HubLayout) -> anyhow::Result<HubView> {
     }
     let (records, heartbeats) = read_members(layout)?;
     Ok(HubView {
-        state,
+        state: Some(state),
         allocations,
         records,
         heartbeats,
         error: None,
+        read_at: 0,
     })
 }
 
@@ -144,6 +152,11 @@ impl MemberFiles {
         now: u64,
         beat_every: u64,
     ) -> anyhow::Result<usize> {
+        // Only the hub makes its directory: a member writing into a hub
+        // that is away must not create an empty one in its place.
+        if !layout.root().is_dir() {
+            anyhow::bail!("{} is not a directory", layout.root().display());
+        }
         if !self.listed {
             // Records a previous run left: known, so stale ones go.
             for (stem, path) in json_files(&layout.records(site))? {

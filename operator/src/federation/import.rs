@@ -26,6 +26,10 @@ pub struct HubView {
     pub heartbeats: BTreeMap<String, u64>,
     /// Why the hub could not be read this time (the view is the last good one).
     pub error: Option<String>,
+    /// When the view was read (seconds since the epoch). While the hub
+    /// cannot be read, members age from then, not from now: an unreadable
+    /// hub must not prune anyone.
+    pub read_at: u64,
 }
 
 /// A member's liveness as seen from the heartbeats.

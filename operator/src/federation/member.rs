@@ -14,22 +14,43 @@ use weft_api::SiteKind;
 
 use super::hubdir::{self, MemberFiles};
 use super::import::{self, HubView};
+use crate::planner::snapshot::HubLink;
 use crate::planner::{Federated, ObjectKey, Plan, Snapshot};
 
 /// Seconds between heartbeats at most (and a third of `staleAfterSeconds`).
 const BEAT_EVERY: u64 = 10;
 
-struct HubLink {
+struct HubConn {
     layout: HubLayout,
     /// The last view read, with the error of the last read if it failed.
     view: Option<HubView>,
     files: MemberFiles,
+    /// The last time the hub could not be read, from the last good read
+    /// before it to the first one after (seconds since the epoch).
+    outage: Option<(u64, u64)>,
+}
+
+/// Heartbeats as if written when the hub came back, for members that were
+/// fresh when it went away: nobody could write to it meanwhile, so the gap
+/// says nothing about them (else every member would look pruned the moment
+/// a long outage ends).
+fn excuse_outage(view: &mut HubView, outage: (u64, u64)) {
+    let (from, to) = outage;
+    let stale = view
+        .state
+        .as_ref()
+        .map_or(0, |s| u64::from(s.stale_after_seconds));
+    for beat in view.heartbeats.values_mut() {
+        if *beat < to && *beat + stale >= from {
+            *beat = to;
+        }
+    }
 }
 
 /// This member's federation state.
 #[derive(Default)]
 pub struct Member {
-    hubs: BTreeMap<PathBuf, HubLink>,
+    hubs: BTreeMap<PathBuf, HubConn>,
     /// Shared app → its hub, as of the last [`Member::inputs`].
     shared: BTreeMap<ObjectKey, PathBuf>,
     name: Option<String>,
@@ -68,22 +89,33 @@ impl Member {
     }
 
     /// Reads the hubs of the shared apps of `s` and returns each one's
-    /// federation input at `now` (seconds since the epoch).
-    pub fn inputs(&mut self, s: &Snapshot, now: u64) -> BTreeMap<ObjectKey, Federated> {
+    /// federation input at `now` (seconds since the epoch), with how each
+    /// Remote site behind a hub looks.
+    pub fn inputs(
+        &mut self,
+        s: &Snapshot,
+        now: u64,
+    ) -> (BTreeMap<ObjectKey, Federated>, BTreeMap<String, HubLink>) {
         self.shared = shared_apps(s);
         self.name = member_name(s);
         let dirs: std::collections::BTreeSet<&PathBuf> = self.shared.values().collect();
         self.hubs.retain(|d, _| dirs.contains(d));
         for dir in dirs {
-            let link = self.hubs.entry(dir.clone()).or_insert_with(|| HubLink {
+            let link = self.hubs.entry(dir.clone()).or_insert_with(|| HubConn {
                 layout: HubLayout::new(dir),
                 view: None,
                 files: MemberFiles::default(),
+                outage: None,
             });
             match hubdir::read_view(&link.layout) {
-                Ok(v) => {
-                    if link.view.as_ref().is_some_and(|old| old.error.is_some()) {
+                Ok(mut v) => {
+                    v.read_at = now;
+                    if let Some(old) = link.view.as_ref().filter(|o| o.error.is_some()) {
                         tracing::info!(hub = %dir.display(), "hub readable again");
+                        link.outage = Some((old.read_at, now));
+                    }
+                    if let Some(outage) = link.outage {
+                        excuse_outage(&mut v, outage);
                     }
                     link.view = Some(v);
                 }
@@ -97,11 +129,14 @@ impl Member {
                 }
             }
         }
+        // Members age from the last good read while a hub is unreadable.
+        let at = |v: &HubView| if v.error.is_some() { v.read_at } else { now };
         let mut out = BTreeMap::new();
         for (app, dir) in &self.shared {
             let Some(view) = self.hubs.get(dir).and_then(|l| l.view.as_ref()) else {
                 continue;
             };
+            let now = at(view);
             let f = match &self.name {
                 Some(member) => {
                     let blocks = view
@@ -123,7 +158,42 @@ impl Member {
             };
             out.insert(app.clone(), f);
         }
-        out
+        let mut links = BTreeMap::new();
+        for (site, spec) in &s.sites {
+            let Some(dir) = spec
+                .hub_access
+                .as_ref()
+                .and_then(|a| a.directory.as_ref())
+                .filter(|_| spec.kind == SiteKind::Remote)
+            else {
+                continue;
+            };
+            let Some(view) = self
+                .hubs
+                .get(&PathBuf::from(dir))
+                .and_then(|l| l.view.as_ref())
+            else {
+                continue;
+            };
+            let prefix = format!("{site}/");
+            let nodes = out
+                .values()
+                .flat_map(|f: &Federated| &f.remote)
+                .filter(|n| n.id.starts_with(&prefix))
+                .count();
+            let liveness = view.liveness(site, at(view));
+            links.insert(
+                site.clone(),
+                HubLink {
+                    error: view.error.clone(),
+                    stale: liveness == import::Liveness::Stale,
+                    gone: liveness == import::Liveness::Pruned,
+                    last_sync: view.heartbeats.get(site).copied(),
+                    nodes: u32::try_from(nodes).unwrap_or(u32::MAX),
+                },
+            );
+        }
+        (out, links)
     }
 
     /// Writes this member's records of `plan` to their hubs. Returns the
@@ -160,5 +230,34 @@ impl Member {
             Some(e) => Err(e),
             None => Ok(writes),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::federation::HubState;
+
+    #[test]
+    fn members_fresh_when_the_hub_went_away_are_not_aged_by_the_outage() {
+        let mut v = HubView {
+            state: Some(HubState {
+                stale_after_seconds: 30,
+                prune_after_seconds: 300,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // a beat just before the outage, b long before it, c after it.
+        v.heartbeats = BTreeMap::from([
+            ("a".to_string(), 990),
+            ("b".to_string(), 100),
+            ("c".to_string(), 2100),
+        ]);
+        excuse_outage(&mut v, (1000, 2000));
+        assert_eq!(v.heartbeats["a"], 2000);
+        assert_eq!(v.heartbeats["b"], 100, "already stale: stays so");
+        assert_eq!(v.heartbeats["c"], 2100);
+        assert_eq!(v.liveness("a", 2010), import::Liveness::Fresh);
     }
 }

@@ -57,6 +57,7 @@ impl Federation {
             records: self.records.clone(),
             heartbeats: self.members.keys().map(|m| (m.clone(), now)).collect(),
             error: None,
+            read_at: now,
         }
     }
 

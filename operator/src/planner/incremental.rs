@@ -463,7 +463,10 @@ fn changes(last: &Last, s: &Snapshot, stored: Stored<'_>) -> Result<Changes, Str
     if s.config != old.config {
         return Err("planner settings changed".into());
     }
-    if s.sites != old.sites || s.previous_sites != old.previous_sites {
+    if s.sites != old.sites
+        || s.previous_sites != old.previous_sites
+        || s.hub_links != old.hub_links
+    {
         return Err("a MeshSite changed".into());
     }
     if s.hubs != old.hubs {
@@ -770,6 +773,7 @@ fn sub_snapshot(
         config: s.config.clone(),
         sites: s.sites.clone(),
         previous_sites: s.previous_sites.clone(),
+        hub_links: s.hub_links.clone(),
         nodes: s.nodes.clone(),
         node_errors: s.node_errors.clone(),
         ..Default::default()

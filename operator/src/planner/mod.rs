@@ -130,6 +130,9 @@ pub struct SiteOutcome {
     /// While the current spec is rejected: the last accepted version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub still_enforced: Option<EnforcedSite>,
+    /// For a Remote site reached through a hub: how it looks from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<snapshot::HubLink>,
 }
 
 /// What became of one MeshHub (checked only; federation is not planned).
@@ -850,6 +853,7 @@ pub fn plan(s: &Snapshot) -> Plan {
             accepted_spec: accepted.then(|| s.sites.get(&site).cloned()).flatten(),
             errors: decision.errors,
             still_enforced: decision.still_enforced,
+            hub: s.hub_links.get(&site).cloned(),
             ..Default::default()
         };
         for (node, info) in &s.nodes {

@@ -208,6 +208,31 @@ pub struct Snapshot {
     /// (see `federation::import`). An app here is federated: its range and
     /// node slices come from the hub only.
     pub federation: BTreeMap<ObjectKey, Federated>,
+    /// Remote MeshSites reached through a hub: how the hub and the member
+    /// behind each look from here.
+    pub hub_links: BTreeMap<String, HubLink>,
+}
+
+/// A Remote site as seen through its hub.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubLink {
+    /// The hub could not be read (what it said last stays in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The member has not synced for the hub's `staleAfterSeconds`.
+    #[serde(default)]
+    pub stale: bool,
+    /// The member has not synced for `pruneAfterSeconds` (or never did):
+    /// its nodes left the meshes here.
+    #[serde(default)]
+    pub gone: bool,
+    /// When the member last synced (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<u64>,
+    /// Nodes of the member in this member's shared apps.
+    #[serde(default)]
+    pub nodes: u32,
 }
 
 /// A shared app's federation input, checked on import.

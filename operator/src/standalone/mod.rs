@@ -536,9 +536,12 @@ impl Standalone {
         // 3b. Federation: what the hubs say about the shared apps (the last
         // good read while a hub cannot be read).
         let epoch = u64::try_from(now.as_second()).unwrap_or(0);
-        let imports = self.federation.inputs(snapshot.view(), epoch);
+        let (imports, links) = self.federation.inputs(snapshot.view(), epoch);
         if snapshot.view().federation != imports {
             snapshot.get().federation = imports;
+        }
+        if snapshot.view().hub_links != links {
+            snapshot.get().hub_links = links;
         }
         report.phase("federation", &mut phase);
         // 4. Plan. A node's stored spec counts only when the node is
