@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod cni;
 pub mod docker;
 pub mod fakeapi;
+pub mod federation;
 pub mod kubelet;
 pub mod migration;
 pub mod netns;

@@ -1,14 +1,17 @@
 //! End-to-end federation: two standalone control planes (cluster-a with
-//! nodes 1 and 2, cluster-b with node 3), each with its own state
+//! node 1 and edge host 2, cluster-b with node 3), each with its own state
 //! directory and operator, and a directory hub between them, all on one
-//! simulated WAN with real daemons and real WireGuard.
+//! simulated WAN with real daemons and real WireGuard (see
+//! `weft_e2e::federation`).
 //!
 //! Needs root, `ip` and `ping`, and the workspace binaries built first
 //! (`cargo build --workspace`). Without root it prints `SKIPPED`, except
 //! under `CI=true`, where a skip is a failure.
 
 use std::path::Path;
+
 use std::time::Duration;
+use weft_e2e::federation::{self, NS};
 
 use base64::Engine;
 use weft_e2e::capture::{Capture, CaptureConfig};
@@ -17,19 +20,6 @@ use weft_e2e::topology::Sim;
 use weft_e2e::traffic::{ping, tcp_transfer};
 
 const READY: Duration = Duration::from_secs(40);
-const NS: &str = "demo";
-
-fn examples() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/federation")
-}
-
-fn manifest(c: &Cluster, file: &str) -> String {
-    let text = std::fs::read_to_string(examples().join(file)).expect("example manifest");
-    // Short grace periods, so losing a member shows within the test.
-    text.replace("/var/lib/weft-hub", &c.hub_dir().to_string_lossy())
-        .replace("staleAfterSeconds: 30", "staleAfterSeconds: 5")
-        .replace("pruneAfterSeconds: 300", "pruneAfterSeconds: 10")
-}
 
 /// The Ready condition (reason, message) of MeshSite `site` in a state dir.
 fn site_ready(state: &weft_api::standalone::StateDir, site: &str) -> Option<(String, String)> {
@@ -40,7 +30,16 @@ fn site_ready(state: &weft_api::standalone::StateDir, site: &str) -> Option<(Str
 }
 
 fn wait_site(c: &Cluster, site: &str, reason: &str, timeout: Duration) -> String {
-    let state = c.state().clone();
+    wait_site_in(c.state(), site, reason, timeout)
+}
+
+fn wait_site_in(
+    state: &weft_api::standalone::StateDir,
+    site: &str,
+    reason: &str,
+    timeout: Duration,
+) -> String {
+    let state = state.clone();
     weft_e2e::wait_for(
         &format!("MeshSite {site} Ready reason {reason}"),
         timeout,
@@ -59,7 +58,15 @@ fn peer_key_of_n1(c: &Cluster) -> Option<String> {
     let v = weft_e2e::status::read_meshnode(c.state(), &c.node_name(1)).ok()??;
     let apps = v.pointer("/spec/apps")?.as_array()?.clone();
     let shop = apps.into_iter().find(|a| a["app"] == "demo/shop")?;
-    let peer = shop["peers"].as_array()?.first()?.clone();
+    let peer = shop["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| {
+            p["node"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("cluster-b/"))
+        })?
+        .clone();
     peer["publicKey"].as_str().map(String::from)
 }
 
@@ -105,30 +112,8 @@ fn setup(test: &str) -> Option<Cluster> {
         }
     }
     let mut c = Cluster::new(3).expect("build the simulated network");
-    c.add_member("cluster-b", &[3]).unwrap();
-    for (i, site) in [(1, "cluster-a"), (2, "cluster-a"), (3, "cluster-b")] {
-        c.set_daemon_args(i, &["--site", site]);
-    }
-    c.apply_manifest("federation.yaml", &manifest(&c, "cluster-a.yaml"))
-        .unwrap();
-    c.apply_member_manifest(
-        "cluster-b",
-        "federation.yaml",
-        &manifest(&c, "cluster-b.yaml"),
-    )
-    .unwrap();
-    c.start_hub(&manifest(&c, "hub.yaml")).unwrap();
-    c.start_operator().unwrap();
-    c.start_member_operator("cluster-b").unwrap();
-    for i in 1..=3 {
-        c.start_daemon(i).unwrap();
-    }
-    c.add_workload(1, "shop-1", NS, &[("app", "shop")]).unwrap();
-    c.add_workload(3, "shop-3", NS, &[("app", "shop")]).unwrap();
-    c.add_workload(2, "ledger-2", NS, &[("app", "ledger")])
-        .unwrap();
-    c.add_workload(3, "ledger-3", NS, &[("app", "ledger")])
-        .unwrap();
+    // Short grace periods, so losing a member shows within the test.
+    federation::start(&mut c, Some((5, 10))).expect("start the federation");
     Some(c)
 }
 
@@ -157,15 +142,16 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
     let a = wait_ready(&mut c, None, "shop");
     let b = wait_ready(&mut c, Some("cluster-b"), "shop");
     for st in [&a, &b] {
-        assert_eq!(st.sites, ["cluster-a", "cluster-b"], "{st:?}");
+        assert_eq!(st.sites, ["cluster-a", "cluster-b", "edge-a"], "{st:?}");
         assert_eq!(st.address_space.as_deref(), Some("10.120.0.0/16"));
     }
     let shop1 = c.wait_address("shop-1", READY).unwrap();
+    let shop2 = c.wait_address("shop-2", READY).unwrap();
     let shop3 = c.wait_address("shop-3", READY).unwrap();
     let ledger2 = c.wait_address("ledger-2", READY).unwrap();
     let ledger3 = c.wait_address("ledger-3", READY).unwrap();
     let netns: std::collections::BTreeMap<String, String> =
-        ["shop-1", "shop-3", "ledger-2", "ledger-3"]
+        ["shop-1", "shop-2", "shop-3", "ledger-2", "ledger-3"]
             .iter()
             .map(|n| (n.to_string(), c.workload(n).netns().to_string()))
             .collect();
@@ -193,6 +179,15 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
         pings(&ns("shop-3"), shop1),
         "shop-3 (cluster-b) -> shop-1 (cluster-a)"
     );
+    // The edge host of cluster-a reaches cluster-b's node directly too.
+    assert!(
+        pings(&ns("shop-2"), shop3),
+        "shop-2 (edge-a) -> shop-3 (cluster-b)"
+    );
+    assert!(
+        pings(&ns("shop-3"), shop2),
+        "shop-3 (cluster-b) -> shop-2 (edge-a)"
+    );
     let t = tcp_transfer(&ns("shop-1"), &ns("shop-3"), shop3, 4 << 20).expect("TCP a -> b");
     assert_eq!(t.bytes, 4 << 20);
     let stats: Vec<_> = captures.into_iter().map(|x| x.stop().unwrap()).collect();
@@ -211,9 +206,19 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
         "{:?}",
         stats[2].wg_data_flows
     );
-    assert_eq!(
-        stats[1].wg_data, 0,
-        "node 2 carries none of it: {:?}",
+    let (n2, mut relayed) = (Sim::node_addr(2), 0);
+    for ((src, dst), n) in &stats[1].wg_data_flows {
+        assert!(*src == n2 || *dst == n2, "node 2 relays {src} -> {dst}");
+        relayed += n;
+    }
+    assert!(
+        relayed < 50,
+        "node 2 saw only its own pings: {:?}",
+        stats[1].wg_data_flows
+    );
+    assert!(
+        stats[1].wg_data_flows.contains_key(&(n2, n3)),
+        "edge -> b direct: {:?}",
         stats[1].wg_data_flows
     );
 
@@ -237,13 +242,7 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
     }
 
     // The hub: both members syncing; nothing private on it.
-    let out = std::process::Command::new(weft_e2e::bin("weft-operator").unwrap())
-        .args(["hub-status", "--dir"])
-        .arg(c.hub_dir())
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{table}");
+    let table = federation::hub_status(&c).unwrap();
     for m in ["cluster-a", "cluster-b"] {
         let row = table
             .lines()
@@ -286,11 +285,16 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
 
     let msg = wait_site(&c, "cluster-b", "Syncing", READY);
     assert!(msg.contains("1 nodes"), "{msg}");
+    let msg = wait_site_in(c.member_state("cluster-b"), "cluster-a", "Syncing", READY);
+    assert!(
+        msg.contains("2 nodes"),
+        "cluster-a brings its edge host: {msg}"
+    );
 
     // The hub goes away, for longer than the grace periods: traffic
     // between the clusters goes on, status says why, nobody is pruned.
     let before = peers_of_n1(&c);
-    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before.len(), 2, "{before:?}");
     let away = c.hub_dir().with_extension("away");
     std::fs::rename(c.hub_dir(), &away).unwrap();
     let msg = wait_site(&c, "cluster-b", "HubUnreachable", Duration::from_secs(10));
@@ -322,7 +326,12 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
         "b's node pruned from n1",
         Duration::from_secs(10),
         Duration::from_millis(200),
-        || Ok(peers_of_n1(&c).is_empty().then_some(())),
+        || {
+            let gone = !peers_of_n1(&c)
+                .iter()
+                .any(|(n, _)| n.starts_with("cluster-b/"));
+            Ok(gone.then_some(()))
+        },
     )
     .unwrap();
     c.start_member_operator("cluster-b").unwrap();

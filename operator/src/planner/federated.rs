@@ -135,9 +135,14 @@ pub fn assign_slices(
     (out, full)
 }
 
-/// The other members' nodes in the sites the app spans here.
+/// The other members' nodes in the sites the app spans here: a member the
+/// app lists brings all its nodes (its edge sites too, which this member
+/// may not know); other nodes count where their own site is listed.
 pub fn remote_in<'a>(f: &'a Federated, v: &'a ValidApp) -> impl Iterator<Item = &'a RemoteNode> {
-    f.remote.iter().filter(move |n| v.sites.contains(&n.site))
+    f.remote.iter().filter(move |n| {
+        let member = n.id.split_once('/').map_or("", |(m, _)| m);
+        v.sites.iter().any(|s| s == member || *s == n.site)
+    })
 }
 
 /// The other members' nodes as peer candidates, by `member/node`.
