@@ -173,6 +173,39 @@ fn main() -> ExitCode {
     let clean = rep.clean();
     checks.check("nothing left behind", clean, "");
 
+    if result.is_ok() && !weft_e2e::interrupted() {
+        heading(
+            10,
+            "Federation: two clusters and an edge host, one app, through a hub",
+        );
+        match Cluster::new(3) {
+            Ok(mut fed) => {
+                fed.keep_run_dir(args.keep_logs);
+                let r = federation_part(&mut fed, &args, &mut checks);
+                if let Err(e) = &r {
+                    println!("ERROR: {e:#}");
+                    checks.check("federation part", false, &format!("{e:#}"));
+                    fed.keep_run_dir(true);
+                }
+                let rep = fed.teardown();
+                for w in &rep.warnings {
+                    println!("  warning: {w}");
+                }
+                if let Some(d) = &rep.kept_run_dir {
+                    println!("  logs and state kept in {}", d.display());
+                }
+                checks.check("federation: nothing left behind", rep.clean(), "");
+            }
+            Err(e) => {
+                checks.check(
+                    "federation: build the simulated network",
+                    false,
+                    &format!("{e:#}"),
+                );
+            }
+        }
+    }
+
     if weft_e2e::interrupted() {
         return ExitCode::from(130);
     }
@@ -459,6 +492,133 @@ fn run(c: &mut Cluster, args: &Args, checks: &mut Checks) -> Result<()> {
     checks.check("web-1 cannot reach db-2", !p.ok, &ping_detail(&p));
     c.check_alive()
         .context("a Weft process died during the demo")?;
+    Ok(())
+}
+
+/// Part 10: `examples/federation/` on three nodes (see `weft_e2e::federation`).
+fn federation_part(c: &mut Cluster, args: &Args, checks: &mut Checks) -> Result<()> {
+    use weft_e2e::federation::{self, NS as FNS};
+    println!(
+        "  cluster-a: its own operator and state; node 1, and node 2 as an edge host (site edge-a)"
+    );
+    println!("  cluster-b: another operator and state; node 3");
+    println!(
+        "  a hub directory between them (`weft-operator hub`); app demo/shop spans all three,"
+    );
+    println!("  demo/ledger-a and demo/ledger-b are unrelated apps of each cluster.");
+    federation::start(c, None)?;
+    let timeout = Duration::from_secs(args.ready_timeout);
+    let t0 = Instant::now();
+    for (member, state) in [
+        ("cluster-a", c.state().clone()),
+        ("cluster-b", c.member_state("cluster-b").clone()),
+    ] {
+        let st = weft_e2e::status::wait_for_ready(&state, FNS, "shop", timeout);
+        let detail = match &st {
+            Ok(s) => format!(
+                "after {:.1} s: {}",
+                t0.elapsed().as_secs_f64(),
+                weft_e2e::status::describe_app(s)
+            ),
+            Err(e) => format!("{e:#}"),
+        };
+        checks.check(
+            &format!("{member}: app {FNS}/shop Ready"),
+            st.is_ok(),
+            &detail,
+        );
+        st?;
+    }
+    println!("  `weft-operator get meshapps` in cluster-a:");
+    print!(
+        "{}",
+        indent(&weft_e2e::status::get_meshapps(c.state(), false)?)
+    );
+    println!("  `weft-operator get meshapps` in cluster-b:");
+    print!(
+        "{}",
+        indent(&weft_e2e::status::get_meshapps(
+            c.member_state("cluster-b"),
+            false
+        )?)
+    );
+    println!("  `weft-operator hub-status`:");
+    print!("{}", indent(&federation::hub_status(c)?));
+
+    let addr = |c: &mut Cluster, n: &str| c.wait_address(n, timeout);
+    let (shop1, shop2, shop3) = (addr(c, "shop-1")?, addr(c, "shop-2")?, addr(c, "shop-3")?);
+    let ns = |c: &Cluster, n: &str| c.workload(n).netns().to_string();
+    let captures: Vec<Capture> = (1..=3)
+        .map(|i| {
+            Capture::start(CaptureConfig {
+                netns: c.sim().wan_netns().into(),
+                iface: Sim::wan_port(i),
+                udp_ports: 51000..=52999,
+                marker: Some(b"WEFT-DEMO-FEDERATION".to_vec()),
+            })
+        })
+        .collect::<Result<_>>()?;
+    for (from, to, addr) in [
+        ("shop-1", "shop-3", shop3),
+        ("shop-3", "shop-1", shop1),
+        ("shop-2", "shop-3", shop3),
+        ("shop-3", "shop-2", shop2),
+    ] {
+        let p = ping(&ns(c, from), addr, 3, Duration::from_secs(5))?;
+        checks.check(
+            &format!("ping {from} -> {to} across clusters"),
+            p.ok && p.received == p.transmitted,
+            &ping_detail(&p),
+        );
+    }
+    let t = tcp_transfer_opts(
+        &ns(c, "shop-1"),
+        &ns(c, "shop-3"),
+        shop3,
+        &TransferOpts {
+            bytes: 8 << 20,
+            port: 18082,
+            fill: Some(b"WEFT-DEMO-FEDERATION".to_vec()),
+            timeout: Duration::from_secs(60),
+        },
+    );
+    checks.check(
+        "TCP 8 MiB shop-1 (cluster-a) -> shop-3 (cluster-b)",
+        t.is_ok(),
+        &t.as_ref()
+            .map(|t| format!("{:.0} Mbit/s", t.mbit_per_s))
+            .unwrap_or_else(|e| format!("{e:#}")),
+    );
+    let stats: Vec<CaptureStats> = captures
+        .into_iter()
+        .map(|x| x.stop())
+        .collect::<Result<_>>()?;
+    let (n1, n3) = (Sim::node_addr(1), Sim::node_addr(3));
+    println!("  WireGuard data packets on the WAN, by sender and receiver:");
+    for (i, s) in stats.iter().enumerate() {
+        for ((src, dst), n) in &s.wg_data_flows {
+            println!("    seen on node {}'s port: {src} -> {dst}: {n}", i + 1);
+        }
+    }
+    let direct = stats[0].wg_data_flows.get(&(n1, n3)).copied().unwrap_or(0);
+    checks.check(
+        "one hop: encrypted packets go from node 1 straight to node 3",
+        direct > 0,
+        &format!("{direct} packets"),
+    );
+    checks.check(
+        "the marker never appeared on the WAN",
+        stats.iter().all(|s| !s.marker_seen()),
+        "",
+    );
+    let p = ping(&ns(c, "ledger-3"), shop1, 2, Duration::from_secs(2))?;
+    checks.check(
+        "ledger-3 (cluster-b) cannot reach shop-1 (cluster-a)",
+        !p.ok,
+        &ping_detail(&p),
+    );
+    c.check_alive()
+        .context("a Weft process died during the federation part")?;
     Ok(())
 }
 
