@@ -652,4 +652,56 @@ mod tests {
         assert_eq!(ops[1], None);
         assert_eq!(r.pass(Some(&node(&base, None)), &[], t()).writes, 0);
     }
+
+    #[test]
+    fn every_app_with_a_device_gets_its_resolver_with_the_current_names() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
+        let mut base = crate::plan::tests::attachment("n1", 1);
+        base.names = std::sync::Arc::new(vec![weft_api::meshnode::WorkloadName {
+            name: "w1".into(),
+            address: "10.100.1.2".into(),
+        }]);
+        assert!(r.pass(Some(&node(&base, None)), &[], t()).errors.is_empty());
+        let dns = &r.dataplane().dns;
+        let want = crate::dns::ResolverSpec {
+            app: "demo/web".into(),
+            address: "10.100.1.1".parse().unwrap(),
+            clients: "10.100.0.0/16".parse().unwrap(),
+            names: base.names.clone(),
+        };
+        assert_eq!(dns.get(&base.netns), Some(&want));
+        assert_eq!(dns.len(), 1);
+
+        // New names reach the resolver on the next pass.
+        let mut moved = base.clone();
+        moved.names = std::sync::Arc::new(vec![weft_api::meshnode::WorkloadName {
+            name: "w1".into(),
+            address: "10.100.2.7".into(),
+        }]);
+        r.pass(Some(&node(&moved, None)), &[], t());
+        assert_eq!(r.dataplane().dns[&base.netns].names, moved.names);
+
+        // The app leaves the node: so does its resolver.
+        let mut empty = node(&base, None);
+        empty.spec.apps.clear();
+        r.pass(Some(&empty), &[], t());
+        assert!(r.dataplane().dns.is_empty());
+    }
+
+    #[test]
+    fn an_app_that_failed_this_pass_keeps_its_resolver_as_it_was() {
+        let base = crate::plan::tests::attachment("n1", 1);
+        let spec = node(&base, None);
+        let last: BTreeMap<String, crate::dns::ResolverSpec> = [(
+            base.netns.clone(),
+            crate::dns::ResolverSpec::of(&base).unwrap(),
+        )]
+        .into();
+        let failed: BTreeSet<String> = [base.netns.clone()].into();
+        let kept = dns_wanted(&spec, &NodeState::default(), &failed, &last);
+        assert_eq!(kept, last);
+        // Without a device (and not failed) there is nothing to bind to.
+        assert!(dns_wanted(&spec, &NodeState::default(), &BTreeSet::new(), &last).is_empty());
+    }
 }
