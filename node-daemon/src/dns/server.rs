@@ -163,3 +163,22 @@ async fn serve_conn(mut s: TcpStream, shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_apps_range_may_ask() {
+        let s = Shared {
+            zone: RwLock::new(Arc::new(Zone::new("demo/web", &[]).unwrap())),
+            clients: "10.100.0.0/16".parse().unwrap(),
+            upstreams: Arc::new(Upstreams::new(std::path::Path::new("/nonexistent"))),
+        };
+        assert!(s.admits(&"10.100.3.4:5353".parse().unwrap()));
+        // Another app's workload, even if a link routed it here.
+        assert!(!s.admits(&"100.64.0.2:5353".parse().unwrap()));
+        assert!(s.admits(&"[::ffff:10.100.0.9]:53".parse().unwrap()));
+        assert!(!s.admits(&"[fd00::1]:53".parse().unwrap()));
+    }
+}
