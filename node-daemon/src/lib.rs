@@ -10,6 +10,7 @@ pub mod attach;
 pub mod cni_install;
 pub mod dataplane;
 pub mod diff;
+pub mod dns;
 pub mod docker;
 pub mod error;
 pub mod ipam;

@@ -34,6 +34,27 @@ enum WorkloadsFrom {
     Docker,
 }
 
+/// The per-app DNS resolvers (`<workload>.<app>.<namespace>.weft`).
+#[derive(clap::Args, Clone, Debug)]
+struct DnsArgs {
+    /// Do not run a DNS resolver in each app netns.
+    #[arg(long)]
+    no_dns: bool,
+    /// The resolv.conf whose nameservers get the names outside `.weft` that
+    /// workloads ask the app resolver (queried from this daemon's netns).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    dns_resolv_conf: PathBuf,
+}
+
+impl DnsArgs {
+    fn options(&self) -> Option<weft_node_daemon::dns::DnsOptions> {
+        (!self.no_dns).then(|| weft_node_daemon::dns::DnsOptions {
+            resolv_conf: self.dns_resolv_conf.clone(),
+            ..Default::default()
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run against a standalone state directory (no Kubernetes).
@@ -64,6 +85,8 @@ enum Cmd {
         /// Kernel devices need none (`ip netns exec <netns> wg show`).
         #[arg(long, default_value = weft_node_daemon::dataplane::linux::wgsock::DEFAULT_DIR)]
         wg_socket_dir: String,
+        #[command(flatten)]
+        dns: DnsArgs,
         /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464;
         /// port 0 picks one). Off unless given.
         #[arg(long, env = "WEFT_METRICS_ADDRESS")]
@@ -109,6 +132,8 @@ enum Cmd {
         /// Kernel devices need none (`ip netns exec <netns> wg show`).
         #[arg(long, default_value = weft_node_daemon::dataplane::linux::wgsock::DEFAULT_DIR)]
         wg_socket_dir: String,
+        #[command(flatten)]
+        dns: DnsArgs,
         /// Serve /metrics, /healthz and /readyz here (e.g. 127.0.0.1:9464;
         /// port 0 picks one). Off unless given.
         #[arg(long, env = "WEFT_METRICS_ADDRESS")]
@@ -211,6 +236,7 @@ fn main() -> anyhow::Result<()> {
             interval_ms,
             force_userspace,
             wg_socket_dir,
+            dns,
             metrics_address,
             attach_socket,
             workloads,
@@ -219,7 +245,7 @@ fn main() -> anyhow::Result<()> {
             if workloads == WorkloadsFrom::Docker && attach_socket.is_some() {
                 anyhow::bail!("--attach-socket serves a CNI runtime; it cannot be combined with --workloads docker");
             }
-            let dp = dataplane(force_userspace, &wg_socket_dir)?;
+            let dp = dataplane(force_userspace, &wg_socket_dir, dns.options())?;
             let cfg = RunConfig {
                 attach_socket,
                 node,
@@ -248,6 +274,7 @@ fn main() -> anyhow::Result<()> {
             heartbeat_seconds,
             force_userspace,
             wg_socket_dir,
+            dns,
             metrics_address,
             attach_socket,
             cni_conf_dir,
@@ -257,7 +284,7 @@ fn main() -> anyhow::Result<()> {
             workloads,
             docker_socket,
         } => {
-            let dp = dataplane(force_userspace, &wg_socket_dir)?;
+            let dp = dataplane(force_userspace, &wg_socket_dir, dns.options())?;
             let cni = match cni_conf_dir {
                 Some(conf_dir) => Some(CniChain {
                     conf_dir,
@@ -379,10 +406,15 @@ fn socket_dir(dir: &str) -> Option<PathBuf> {
 }
 
 /// The node's data plane (kernel WireGuard if present, else boringtun).
-fn dataplane(force_userspace: bool, wg_socket_dir: &str) -> anyhow::Result<LinuxDataplane> {
+fn dataplane(
+    force_userspace: bool,
+    wg_socket_dir: &str,
+    dns: Option<weft_node_daemon::dns::DnsOptions>,
+) -> anyhow::Result<LinuxDataplane> {
     let dp = LinuxDataplane::new(LinuxOptions {
         force_userspace,
         wg_socket_dir: socket_dir(wg_socket_dir),
+        dns,
         ..Default::default()
     })?;
     tracing::info!(dataplane = ?dp.kind(), "data plane selected");

@@ -56,6 +56,8 @@ pub struct Reconciler<D: Dataplane> {
     /// The last traffic figures read per netns: a failed read reports these
     /// (stale) rather than zeros, which Prometheus would take for a reset.
     last_traffic: BTreeMap<String, crate::dataplane::AppTraffic>,
+    /// The resolvers asked for last pass (see [`dns_wanted`]).
+    dns_running: BTreeMap<String, crate::dns::ResolverSpec>,
 }
 
 /// Removes app links only one side wants (the other app's entry was
@@ -72,6 +74,35 @@ pub fn drop_one_sided_links(desired: &mut NodeState) {
         app.links
             .retain(|_, l| wanted.contains(&(l.peer_netns.clone(), l.peer_interface.clone())));
     }
+}
+
+/// The per-app resolvers this node should run, by netns: one for every app
+/// of `spec` whose desired state has a device (its tunnel address is on it).
+/// An app whose netns failed this pass keeps last pass's resolver as it
+/// was (it may be half-built; the next pass decides). Pure.
+pub fn dns_wanted(
+    spec: &MeshNode,
+    desired: &NodeState,
+    failed: &BTreeSet<String>,
+    last: &BTreeMap<String, crate::dns::ResolverSpec>,
+) -> BTreeMap<String, crate::dns::ResolverSpec> {
+    let mut out = BTreeMap::new();
+    for a in &spec.spec.apps {
+        if failed.contains(&a.netns) {
+            if let Some(prev) = last.get(&a.netns) {
+                out.insert(a.netns.clone(), prev.clone());
+            }
+            continue;
+        }
+        let has_device = desired
+            .apps
+            .get(&a.netns)
+            .is_some_and(|d| d.device.is_some());
+        if let (true, Some(r)) = (has_device, crate::dns::ResolverSpec::of(a)) {
+            out.insert(a.netns.clone(), r);
+        }
+    }
+    out
 }
 
 /// `SetWorkloadRoutes` for every workload of the apps in `unsure` that this
@@ -154,6 +185,7 @@ impl<D: Dataplane> Reconciler<D> {
             last_probe: BTreeMap::new(),
             last_traffic: BTreeMap::new(),
             workload_routes_unsure: BTreeSet::new(),
+            dns_running: BTreeMap::new(),
         })
     }
 
@@ -296,6 +328,17 @@ impl<D: Dataplane> Reconciler<D> {
 
         self.probe_stale_peers(&desired, &observed, &failed);
         observed.traffic = self.count_traffic(&desired, &failed, &mut report);
+
+        // Resolvers follow the apps that have a device here; one that failed
+        // this pass keeps whatever resolver it had (see `dns_wanted`).
+        let resolvers = dns_wanted(spec, &desired, &failed, &self.dns_running);
+        // A resolver that cannot start is reported, but does not mark the
+        // app's data plane as failed: its traffic flows regardless.
+        for (_, e) in self.dp.sync_dns(&resolvers) {
+            report.error_reasons.push(e.metric_label());
+            report.errors.push(e.to_string());
+        }
+        self.dns_running = resolvers;
 
         // Keys of apps that left this node go once their netns is gone.
         let wanted_ids: BTreeSet<&str> = spec.spec.apps.iter().map(|a| a.app_id.as_str()).collect();
@@ -608,5 +651,57 @@ mod tests {
         assert_eq!(ops.len(), 2);
         assert_eq!(ops[1], None);
         assert_eq!(r.pass(Some(&node(&base, None)), &[], t()).writes, 0);
+    }
+
+    #[test]
+    fn every_app_with_a_device_gets_its_resolver_with_the_current_names() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
+        let mut base = crate::plan::tests::attachment("n1", 1);
+        base.names = std::sync::Arc::new(vec![weft_api::meshnode::WorkloadName {
+            name: "w1".into(),
+            address: "10.100.1.2".into(),
+        }]);
+        assert!(r.pass(Some(&node(&base, None)), &[], t()).errors.is_empty());
+        let dns = &r.dataplane().dns;
+        let want = crate::dns::ResolverSpec {
+            app: "demo/web".into(),
+            address: "10.100.1.1".parse().unwrap(),
+            clients: "10.100.0.0/16".parse().unwrap(),
+            names: base.names.clone(),
+        };
+        assert_eq!(dns.get(&base.netns), Some(&want));
+        assert_eq!(dns.len(), 1);
+
+        // New names reach the resolver on the next pass.
+        let mut moved = base.clone();
+        moved.names = std::sync::Arc::new(vec![weft_api::meshnode::WorkloadName {
+            name: "w1".into(),
+            address: "10.100.2.7".into(),
+        }]);
+        r.pass(Some(&node(&moved, None)), &[], t());
+        assert_eq!(r.dataplane().dns[&base.netns].names, moved.names);
+
+        // The app leaves the node: so does its resolver.
+        let mut empty = node(&base, None);
+        empty.spec.apps.clear();
+        r.pass(Some(&empty), &[], t());
+        assert!(r.dataplane().dns.is_empty());
+    }
+
+    #[test]
+    fn an_app_that_failed_this_pass_keeps_its_resolver_as_it_was() {
+        let base = crate::plan::tests::attachment("n1", 1);
+        let spec = node(&base, None);
+        let last: BTreeMap<String, crate::dns::ResolverSpec> = [(
+            base.netns.clone(),
+            crate::dns::ResolverSpec::of(&base).unwrap(),
+        )]
+        .into();
+        let failed: BTreeSet<String> = [base.netns.clone()].into();
+        let kept = dns_wanted(&spec, &NodeState::default(), &failed, &last);
+        assert_eq!(kept, last);
+        // Without a device (and not failed) there is nothing to bind to.
+        assert!(dns_wanted(&spec, &NodeState::default(), &BTreeSet::new(), &last).is_empty());
     }
 }

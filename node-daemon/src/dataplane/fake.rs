@@ -25,6 +25,8 @@ pub struct FakeDataplane {
     pub traffic: std::collections::BTreeMap<String, AppTraffic>,
     /// Writes of counting rules.
     pub traffic_writes: usize,
+    /// The resolvers last asked for (see [`Dataplane::sync_dns`]).
+    pub dns: std::collections::BTreeMap<String, crate::dns::ResolverSpec>,
 }
 
 impl FakeDataplane {
@@ -104,6 +106,17 @@ impl Dataplane for FakeDataplane {
         t.active_connections = Some(t.active_connections.unwrap_or(0));
         t.wrote = wrote;
         Ok(t)
+    }
+
+    fn sync_dns(
+        &mut self,
+        want: &std::collections::BTreeMap<String, crate::dns::ResolverSpec>,
+    ) -> Vec<(String, Error)> {
+        self.dns = want.clone();
+        want.keys()
+            .filter(|n| !self.state.apps.contains_key(*n))
+            .map(|n| (n.clone(), Error::dp("dns", n, "no such netns")))
+            .collect()
     }
 
     fn probe(&mut self, netns: &str, destination: std::net::Ipv4Addr) -> Result<(), Error> {

@@ -78,4 +78,16 @@ pub trait Dataplane: Send {
     /// when that differs from what it counts already) and returns the
     /// figures. Counting never changes how packets flow.
     fn traffic(&mut self, netns: &str, want: &TrafficSpec) -> Result<AppTraffic, Error>;
+    /// Runs exactly the per-app DNS resolvers in `want` (keyed by app netns;
+    /// see [`crate::dns`]): starts missing ones inside their netns, swaps in
+    /// new names, stops the others. Returns the netns whose resolver could
+    /// not start, each with its error. A data plane without resolvers
+    /// ignores it.
+    fn sync_dns(
+        &mut self,
+        want: &BTreeMap<String, crate::dns::ResolverSpec>,
+    ) -> Vec<(String, Error)> {
+        let _ = want;
+        Vec::new()
+    }
 }

@@ -69,6 +69,9 @@ pub struct LinuxOptions {
     /// (which share one host and the same app ids) leave the host's
     /// directory alone; the daemon's `--wg-socket-dir` turns it on.
     pub wg_socket_dir: Option<PathBuf>,
+    /// Run a DNS resolver in each app netns (see [`crate::dns`]). Off by
+    /// default, so data-plane tests open no port 53; the daemon turns it on.
+    pub dns: Option<crate::dns::DnsOptions>,
 }
 
 impl Default for LinuxOptions {
@@ -79,6 +82,7 @@ impl Default for LinuxOptions {
             policy_full_read_interval: std::time::Duration::from_secs(5),
             traffic_read_interval: std::time::Duration::from_secs(2),
             wg_socket_dir: None,
+            dns: None,
         }
     }
 }
@@ -101,6 +105,35 @@ pub struct LinuxDataplane {
     stats: stats::Stats,
     /// Where userspace devices are served to `wg` (see [`wgsock`]).
     wg_socket_dir: Option<PathBuf>,
+    /// The per-app resolvers, when enabled.
+    dns: Option<crate::dns::DnsService>,
+}
+
+/// How the resolvers reach app netns: through the calling thread, exactly
+/// like every other netns operation of the data plane.
+struct AppNamespaces<'a> {
+    run_dir: &'a std::path::Path,
+}
+
+impl crate::dns::AppNetns for AppNamespaces<'_> {
+    fn identity(&self, netns: &str) -> Result<Option<u64>> {
+        match netns::open(&self.run_dir.join(netns))? {
+            Some(f) => Ok(Some(
+                nix::sys::stat::fstat(&f).context("fstat netns")?.st_ino,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn open(
+        &self,
+        netns: &str,
+        addr: std::net::SocketAddrV4,
+    ) -> Result<crate::dns::sockets::Sockets> {
+        let ns = netns::open(&self.run_dir.join(netns))?
+            .ok_or_else(|| anyhow!("no network namespace {netns}"))?;
+        netns::within(&ns, || crate::dns::sockets::open(addr))
+    }
 }
 
 /// A full policy-table read and when it was made.
@@ -169,7 +202,12 @@ impl LinuxDataplane {
                 // The kernel answers `wg` over netlink inside the app netns.
                 tracing::info!("kernel WireGuard: inspect an app's device with `ip netns exec <netns> wg show`");
             }
+            let dns = match &opts.dns {
+                Some(o) => Some(crate::dns::DnsService::new(o, &node_ns)?),
+                None => None,
+            };
             Ok(LinuxDataplane {
+                dns,
                 run_dir: opts.netns_run_dir.clone(),
                 kind,
                 node_ns,
@@ -869,6 +907,25 @@ impl Dataplane for LinuxDataplane {
             })
         };
         run().map_err(|e| Error::dp("probe", netns, format!("{e:#}")))
+    }
+
+    fn sync_dns(
+        &mut self,
+        want: &BTreeMap<String, crate::dns::ResolverSpec>,
+    ) -> Vec<(String, Error)> {
+        let Some(dns) = self.dns.as_mut() else {
+            return Vec::new();
+        };
+        let ns = AppNamespaces {
+            run_dir: &self.run_dir,
+        };
+        dns.sync(want, &ns)
+            .into_iter()
+            .map(|(n, e)| {
+                let err = Error::dp("dns", &n, e);
+                (n, err)
+            })
+            .collect()
     }
 
     fn traffic(&mut self, netns: &str, want: &TrafficSpec) -> Result<AppTraffic, Error> {
