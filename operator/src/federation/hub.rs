@@ -166,9 +166,15 @@ pub fn report(layout: &HubLayout, now: u64) -> anyhow::Result<HubReport> {
 
 /// A table of the hub's members for people.
 pub fn render(report: &HubReport, now: u64) -> String {
-    let mut out = String::from("MEMBER  STATE  LAST-SYNC  RECORDS\n");
-    let mut rows: BTreeMap<&str, String> = BTreeMap::new();
-    for m in &report.members {
+    let mut rows = vec![[
+        "MEMBER".to_string(),
+        "STATE".to_string(),
+        "LAST-SYNC".to_string(),
+        "RECORDS".to_string(),
+    ]];
+    let mut members: Vec<&MemberReport> = report.members.iter().collect();
+    members.sort_by(|a, b| a.site.cmp(&b.site));
+    for m in members {
         let state = match m.liveness {
             Liveness::Fresh => "Syncing",
             Liveness::Stale => "Stale",
@@ -177,13 +183,59 @@ pub fn render(report: &HubReport, now: u64) -> String {
         let sync = m.last_sync.map_or("never".to_string(), |t| {
             format!("{}s ago", now.saturating_sub(t))
         });
-        rows.insert(
-            &m.site,
-            format!("{}  {state}  {sync}  {}\n", m.site, m.records),
-        );
+        rows.push([m.site.clone(), state.into(), sync, m.records.to_string()]);
     }
-    for r in rows.values() {
-        out.push_str(r);
+    let width = |i: usize| rows.iter().map(|r| r[i].len()).max().unwrap_or(0);
+    let widths = [width(0), width(1), width(2)];
+    let mut out = String::new();
+    for r in &rows {
+        out.push_str(&format!(
+            "{:<w0$}   {:<w1$}   {:<w2$}   {}\n",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_member_table_names_state_and_last_sync() {
+        let report = HubReport {
+            members: vec![
+                MemberReport {
+                    site: "cluster-b".into(),
+                    last_sync: Some(990),
+                    liveness: Liveness::Stale,
+                    records: 2,
+                },
+                MemberReport {
+                    site: "a".into(),
+                    last_sync: None,
+                    liveness: Liveness::Pruned,
+                    records: 0,
+                },
+            ],
+            ..Default::default()
+        };
+        let t = render(&report, 1000);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("MEMBER      STATE"), "{t}");
+        assert!(
+            lines[1].starts_with("a ") && lines[1].contains("Gone") && lines[1].contains("never"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("Stale") && lines[2].contains("10s ago"),
+            "{t}"
+        );
+    }
 }
