@@ -4,7 +4,6 @@
 //! writes outside its own directory is refused (its record names another
 //! site, or sits under a site the MeshHub does not list).
 
-use std::collections::BTreeMap;
 
 use ipnet::Ipv4Net;
 use weft_api::federation::{
