@@ -362,3 +362,33 @@ fn a_policy_selects_remote_workloads_by_label_and_by_site() {
         assert_eq!(peers, want, "by label: {by_label}");
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+    /// Members growing and shrinking at random, each step converged: no
+    /// two nodes anywhere ever hold overlapping slices, and every slice lies
+    /// in a block the hub granted its member.
+    #[test]
+    fn slices_never_overlap_across_members(steps in proptest::collection::vec((0usize..3, 0usize..12), 1..8)) {
+        let names = ["a", "b", "c"];
+        let mut f = federation(&names, 0, Some("10.100.0.0/20"));
+        for (m, nodes) in steps {
+            let fresh = member(m + 1, names[m], nodes, app_spec(&names, Some("10.100.0.0/20")));
+            let s = &mut f.members.get_mut(names[m]).unwrap().snapshot;
+            s.nodes = fresh.snapshot.nodes;
+            s.workloads = fresh.snapshot.workloads;
+            s.public_keys = fresh.snapshot.public_keys;
+            proptest::prop_assert!(f.converge(12).is_some(), "no convergence");
+            let all = slices(&f);
+            for (i, (ma, na, sa)) in all.iter().enumerate() {
+                let granted = f.allocations[APP].blocks.iter().any(|b| {
+                    b.site == *ma && b.cidr.parse::<Ipv4Net>().unwrap().contains(sa)
+                });
+                proptest::prop_assert!(granted, "{}/{} holds {} outside its blocks", ma, na, sa);
+                for (mb, nb, sb) in &all[i + 1..] {
+                    proptest::prop_assert!(!sa.contains(sb) && !sb.contains(sa), "{}/{} {} and {}/{} {}", ma, na, sa, mb, nb, sb);
+                }
+            }
+        }
+    }
+}

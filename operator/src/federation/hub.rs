@@ -4,7 +4,6 @@
 //! writes outside its own directory is refused (its record names another
 //! site, or sits under a site the MeshHub does not list).
 
-
 use ipnet::Ipv4Net;
 use weft_api::federation::{
     HubLayout, HubState, DEFAULT_BLOCK_SLICES, DEFAULT_PRUNE_AFTER_SECONDS,

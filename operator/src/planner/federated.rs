@@ -66,20 +66,9 @@ pub fn mode<'a>(
         ));
         return (Mode::Waiting, None);
     };
+    // The slice length first: it does not depend on what this member has
+    // recorded, so the same input gives the same verdict pass after pass.
     let here = previous.or(v.explicit_range);
-    if let Some(here) = here.filter(|r| *r != g.range) {
-        errors.push(PlanError::new(
-            ErrorKind::Conflict,
-            &object,
-            "spec.addressSpace",
-            "SharedRangeConflict",
-            format!(
-                "this site uses {here}, the range shared through the hub is {}; the app keeps {here} here and is not federated until they agree",
-                g.range
-            ),
-        ));
-        return (Mode::Apart, None);
-    }
     if v.node_prefix_len != g.node_prefix_len {
         errors.push(PlanError::new(
             ErrorKind::Conflict,
@@ -92,6 +81,19 @@ pub fn mode<'a>(
             ),
         ));
         return (Mode::Apart, here);
+    }
+    if let Some(here) = here.filter(|r| *r != g.range) {
+        errors.push(PlanError::new(
+            ErrorKind::Conflict,
+            &object,
+            "spec.addressSpace",
+            "SharedRangeConflict",
+            format!(
+                "this site uses {here}, the range shared through the hub is {}; the app keeps {here} here and is not federated until they agree",
+                g.range
+            ),
+        ));
+        return (Mode::Apart, None);
     }
     (Mode::Granted(g), Some(g.range))
 }

@@ -42,6 +42,13 @@ enum Change {
     RemovePolicy(usize, usize),
     /// The operator's write of the plan fails: the next pass sees older specs.
     WriteFails,
+    /// An app becomes shared through a hub (or its imports change): the
+    /// hub's grant (which range, which block), remote nodes, a problem.
+    Federate(usize, usize, Option<(usize, usize)>, usize, bool),
+    /// An app stops being shared.
+    Unfederate(usize, usize),
+    /// The Remote site's hub becomes unreadable (or readable again).
+    HubLink(bool),
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -65,6 +72,10 @@ fn change() -> impl Strategy<Value = Change> {
         2 => (ns.clone(), app.clone(), 0..2usize, 0u8..4).prop_map(|(a, b, c, d)| Change::PutPolicy(a, b, c, d)),
         1 => (ns.clone(), 0..2usize).prop_map(|(a, b)| Change::RemovePolicy(a, b)),
         1 => Just(Change::WriteFails),
+        2 => (ns.clone(), app.clone(), proptest::option::of((0..2usize, 0..2usize)), 0..3usize, any::<bool>())
+            .prop_map(|(a, b, g, r, p)| Change::Federate(a, b, g, r, p)),
+        1 => (ns.clone(), app.clone()).prop_map(|(a, b)| Change::Unfederate(a, b)),
+        1 => any::<bool>().prop_map(Change::HubLink),
     ]
 }
 
@@ -104,6 +115,8 @@ fn apply(s: &mut Snapshot, c: &Change) {
                         None => Selector::default(),
                         Some(t) => Selector::labels([("tier", TIERS[*t])]),
                     },
+                    // Every app may be shared: it spans the Remote site.
+                    sites: vec!["local".into(), "far".into()],
                     ..Default::default()
                 },
             );
@@ -214,6 +227,69 @@ fn apply(s: &mut Snapshot, c: &Change) {
                 .remove(&ObjectKey::new(NAMESPACES[*ns], format!("p{which}")));
         }
         Change::WriteFails => {}
+        Change::Federate(ns, a, grant, remote, problem) => {
+            // Two shared ranges: one an app may also name, one it never does.
+            let ranges = ["10.11.0.0/16", "10.12.0.0/16"];
+            let granted = grant.map(|(r, b)| {
+                let range: ipnet::Ipv4Net = ranges[r].parse().unwrap();
+                let block = format!("{}.{}.{}.0/23", 10, 11 + r, 2 * b);
+                crate::planner::Granted {
+                    range,
+                    node_prefix_len: 26,
+                    blocks: vec![block.parse().unwrap()],
+                }
+            });
+            let remote_range = grant.map_or(0, |(r, _)| r);
+            let remote = (0..*remote)
+                .map(|i| crate::planner::RemoteNode {
+                    id: format!("far/r{i}"),
+                    site: "far".into(),
+                    endpoint: Some(format!("198.51.100.{}:51820", i + 1)),
+                    public_key: Some(format!("remote-key-{i}")),
+                    slice: format!("10.{}.8.{}/26", 11 + remote_range, i * 64)
+                        .parse()
+                        .unwrap(),
+                    lost: i == 2,
+                    workloads: vec![crate::planner::RemoteWorkload {
+                        name: format!("far:{}/rw{i}", NAMESPACES[*ns]),
+                        labels: [("tier".to_string(), TIERS[i % 2].to_string())].into(),
+                        address: Some(std::net::Ipv4Addr::new(
+                            10,
+                            11 + remote_range as u8,
+                            8,
+                            (i * 64 + 2) as u8,
+                        )),
+                    }],
+                })
+                .collect();
+            s.federation.insert(
+                app_key(*ns, *a),
+                crate::planner::Federated {
+                    member: "local".into(),
+                    block_slices: 8,
+                    granted,
+                    remote,
+                    problems: if *problem {
+                        vec![("spec.addressSpace".into(), "site far disagrees".into())]
+                    } else {
+                        Vec::new()
+                    },
+                    hub_error: None,
+                },
+            );
+        }
+        Change::Unfederate(ns, a) => {
+            s.federation.remove(&app_key(*ns, *a));
+        }
+        Change::HubLink(down) => {
+            s.hub_links.insert(
+                "far".into(),
+                crate::planner::snapshot::HubLink {
+                    error: down.then(|| "gone".to_string()),
+                    ..Default::default()
+                },
+            );
+        }
     }
 }
 
@@ -256,6 +332,14 @@ fn feed_back(s: &mut Snapshot, p: &Plan) {
 fn initial() -> Snapshot {
     let mut s = Snapshot::default();
     s.config.pool = "100.64.0.0/14".parse().unwrap();
+    s.sites.insert(
+        "far".into(),
+        weft_api::MeshSiteSpec {
+            kind: weft_api::SiteKind::Remote,
+            hub: Some("hub".into()),
+            ..Default::default()
+        },
+    );
     for n in 0..3 {
         s.nodes.insert(node_name(n), node_info(n, true));
     }
