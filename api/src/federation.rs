@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -27,13 +28,36 @@ pub const DEFAULT_STALE_AFTER_SECONDS: u32 = 30;
 /// Seconds without a heartbeat after which a member's peers are pruned.
 pub const DEFAULT_PRUNE_AFTER_SECONDS: u32 = 300;
 
-/// One member's view of one shared app, as its peers elsewhere need it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// One member's view of one shared app, as its peers elsewhere need it. On
+/// a hub cluster: a MeshSiteRecord named `<app-namespace>.<app-name>` in
+/// the member's namespace `weft-hub-<site>`, written only by that member.
+#[derive(
+    CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
+)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "MeshSiteRecord",
+    plural = "meshsiterecords",
+    shortname = "msrec",
+    category = "weft",
+    namespaced,
+    printcolumn(name = "Site", type_ = "string", json_path = ".spec.site"),
+    printcolumn(name = "App", type_ = "string", json_path = ".spec.app"),
+    printcolumn(name = "Blocks", type_ = "integer", json_path = ".spec.wantBlocks"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 #[serde(rename_all = "camelCase")]
 pub struct SiteRecordSpec {
     /// The member that wrote the record (its Local MeshSite's name).
+    #[schemars(length(min = 1, max = 253))]
     pub site: String,
     /// The app, `namespace/name`: the same in every member.
+    #[schemars(length(min = 3, max = 317))]
     pub app: String,
     /// The parts of the app's spec every member must agree on.
     pub app_spec: SharedAppSpec,
@@ -41,9 +65,11 @@ pub struct SiteRecordSpec {
     pub want_blocks: u32,
     /// The member's nodes carrying the app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4096))]
     pub nodes: Vec<RecordNode>,
     /// The app's workloads on those nodes (what remote policies select on).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16384))]
     pub workloads: Vec<RecordWorkload>,
 }
 
@@ -100,8 +126,28 @@ pub struct RecordWorkload {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The hub's decision for one shared app.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// The hub's decision for one shared app. On a hub cluster: a
+/// MeshHubAllocation named `<app-namespace>.<app-name>` in the hub's own
+/// namespace, written only by the hub operator.
+#[derive(
+    CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
+)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "MeshHubAllocation",
+    plural = "meshhuballocations",
+    shortname = "mhalloc",
+    category = "weft",
+    namespaced,
+    printcolumn(name = "App", type_ = "string", json_path = ".spec.app"),
+    printcolumn(name = "CIDR", type_ = "string", json_path = ".spec.addressSpace"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 #[serde(rename_all = "camelCase")]
 pub struct HubAllocationSpec {
     /// The app, `namespace/name`.

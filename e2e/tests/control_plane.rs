@@ -64,7 +64,7 @@ fn apply_kustomization_with(c: &KubeCluster, dir: &str, extra: &[&str]) -> Strin
     let path = repo_path(dir);
     let mut args = vec!["apply", "-k", &path];
     args.extend_from_slice(extra);
-    if c.cp().version() < (1, 25) && dir == "config/default" {
+    if c.cp().version() < (1, 25) && (dir == "config/default" || dir == "config/hub") {
         // It holds the CRDs. Before 1.25 the server's schema of CRDs has no
         // x-kubernetes-validations, so kubectl's client-side validation
         // refuses the field; the server itself drops it and keeps the rest.
@@ -842,4 +842,172 @@ fn api_server_outage_loses_no_traffic_and_everything_recovers() {
     .unwrap();
     let w = c.teardown();
     assert!(w.is_empty(), "teardown: {w:?}");
+}
+
+fn site_record(site: &str, namespace: &str) -> String {
+    json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "MeshSiteRecord",
+        "metadata": {"name": "demo.shop", "namespace": namespace},
+        "spec": {
+            "site": site, "app": "demo/shop",
+            "appSpec": {"nodePrefixLength": 26}, "wantBlocks": 1,
+            "nodes": [{"name": "n1", "site": site, "slice": "10.120.0.0/26",
+                       "publicKey": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}],
+        },
+    })
+    .to_string()
+}
+
+/// Federation on a real hub API server: each member's account writes
+/// records only in its own namespace; it reads the others' and nothing
+/// else. Member A trying to overwrite member B's record is refused.
+#[test]
+fn hub_members_write_only_their_own_records() {
+    if !runnable("hub_members_write_only_their_own_records") {
+        return;
+    }
+    let c = KubeCluster::new(1).unwrap();
+    apply_kustomization(&c, "config/hub");
+    for m in ["config/hub/member-cluster-a", "config/hub/member-cluster-b"] {
+        apply_kustomization(&c, m);
+    }
+    let a = c
+        .local_kubeconfig_as("weft-hub-cluster-a", "weft-member", None)
+        .unwrap();
+    let b = c
+        .local_kubeconfig_as("weft-hub-cluster-b", "weft-member", None)
+        .unwrap();
+    let apply = ["apply", "-f", "-"];
+    let (ok, err) = kubectl_as(
+        &c,
+        &b,
+        &apply,
+        Some(&site_record("cluster-b", "weft-hub-cluster-b")),
+    );
+    assert!(ok, "member b writes its own record: {err}");
+    let (ok, err) = kubectl_as(
+        &c,
+        &a,
+        &apply,
+        Some(&site_record("cluster-a", "weft-hub-cluster-a")),
+    );
+    assert!(ok, "member a writes its own record: {err}");
+
+    // A overwrites, patches, deletes B's record: refused, and B's stays.
+    let (ok, err) = kubectl_as(
+        &c,
+        &a,
+        &apply,
+        Some(&site_record("cluster-a", "weft-hub-cluster-b")),
+    );
+    assert!(
+        !ok && err.contains("Forbidden"),
+        "a overwrote b's record: {err}"
+    );
+    let (ok, err) = kubectl_as(
+        &c,
+        &a,
+        &[
+            "patch",
+            "meshsiterecord",
+            "demo.shop",
+            "-n",
+            "weft-hub-cluster-b",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"nodes":[]}}"#,
+        ],
+        None,
+    );
+    assert!(
+        !ok && err.contains("Forbidden"),
+        "a patched b's record: {err}"
+    );
+    let (ok, err) = kubectl_as(
+        &c,
+        &a,
+        &[
+            "delete",
+            "meshsiterecord",
+            "demo.shop",
+            "-n",
+            "weft-hub-cluster-b",
+        ],
+        None,
+    );
+    assert!(
+        !ok && err.contains("Forbidden"),
+        "a deleted b's record: {err}"
+    );
+    let out = c
+        .cp()
+        .kubectl_output(
+            &[
+                "get",
+                "meshsiterecord",
+                "demo.shop",
+                "-n",
+                "weft-hub-cluster-b",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .unwrap();
+    let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rec["spec"]["site"], "cluster-b");
+    assert_eq!(rec["spec"]["nodes"][0]["name"], "n1");
+
+    // A reads B's record (what its peers export), and nothing else.
+    let (ok, err) = kubectl_as(&c, &a, &["get", "meshsiterecords", "-A"], None);
+    assert!(ok, "a lists every member's records: {err}");
+    assert!(can_i(
+        &c,
+        &a,
+        &["watch", "meshhuballocations", "-n", "weft-hub"]
+    ));
+    for denied in [
+        vec!["create", "meshsiterecords", "-n", "weft-hub-cluster-b"],
+        vec!["update", "meshsiterecords", "-n", "weft-hub-cluster-b"],
+        vec!["delete", "meshsiterecords", "-n", "weft-hub-cluster-b"],
+        vec!["create", "meshhuballocations", "-n", "weft-hub"],
+        vec!["patch", "meshhubs"],
+        vec!["get", "secrets", "-A"],
+        vec!["get", "secrets", "-n", "weft-hub-cluster-a"],
+    ] {
+        assert!(!can_i(&c, &a, &denied), "member a may {denied:?}");
+    }
+    let hub_op = c
+        .local_kubeconfig_as("weft-hub", "weft-hub-operator", None)
+        .unwrap();
+    assert!(can_i(
+        &c,
+        &hub_op,
+        &["create", "meshhuballocations", "-n", "weft-hub"]
+    ));
+    assert!(!can_i(
+        &c,
+        &hub_op,
+        &["create", "meshsiterecords", "-n", "weft-hub-cluster-a"]
+    ));
+    assert!(!can_i(&c, &hub_op, &["get", "secrets", "-A"]));
+
+    // In its own namespace, a record naming another member.
+    if has_cel(&c) {
+        let (ok, err) = kubectl_as(
+            &c,
+            &a,
+            &apply,
+            Some(&site_record("cluster-b", "weft-hub-cluster-a")),
+        );
+        assert!(
+            !ok && err.contains("spec.site must be"),
+            "a wrote a record naming b: {err}"
+        );
+    } else {
+        not_checked(
+            &c,
+            "the hub admission policy (a record's spec.site must be its namespace's member; importers refuse such a record anyway)",
+        );
+    }
 }

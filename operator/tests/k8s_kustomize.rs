@@ -315,3 +315,70 @@ fn admission_policies_never_read_an_absent_request_field() {
         "the edge and node-daemon policies are under config/: found {policies}"
     );
 }
+
+#[test]
+fn a_hub_member_writes_only_its_own_namespace_and_reads_the_rest() {
+    let (Some(hub), Some(member)) = (render("config/hub"), render("config/hub/member-cluster-a"))
+    else {
+        return;
+    };
+    for kind in ["MeshHub", "MeshSiteRecord", "MeshHubAllocation"] {
+        assert!(
+            hub.iter()
+                .any(|d| d["kind"] == "CustomResourceDefinition"
+                    && d["spec"]["names"]["kind"] == kind),
+            "config/hub installs the {kind} CRD"
+        );
+    }
+    // Cluster-wide, a member only reads.
+    for (resources, verbs) in rules(find(&hub, "ClusterRole", "weft-hub-member")) {
+        assert!(
+            verbs
+                .iter()
+                .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+            "{resources:?} {verbs:?}"
+        );
+        assert!(!resources.iter().any(|r| r == "secrets"));
+    }
+    // It writes only in its namespace, and only records (and its lease).
+    let role = find(&member, "Role", "weft-member");
+    assert_eq!(role["metadata"]["namespace"], "weft-hub-cluster-a");
+    for (resources, _) in rules(role) {
+        assert!(
+            resources
+                .iter()
+                .all(|r| r == "meshsiterecords" || r == "leases"),
+            "{resources:?}"
+        );
+    }
+    let ns = find(&member, "Namespace", "weft-hub-cluster-a");
+    assert_eq!(ns["metadata"]["labels"]["weft.dev/hub-member"], "cluster-a");
+    assert!(
+        !member.iter().any(|d| d["kind"] == "ClusterRole"),
+        "a member's copy adds no cluster-wide rights of its own"
+    );
+    let policy = find(&hub, "ValidatingAdmissionPolicy", "weft-hub-own-records").to_string();
+    for needle in [
+        "namespaceObject.metadata.labels['weft.dev/hub-member']",
+        ":weft-member",
+        "replace('/', '.')",
+    ] {
+        assert!(
+            policy.contains(needle),
+            "the policy checks {needle}: {policy}"
+        );
+    }
+    // The hub operator writes allocations only in its own namespace.
+    let hub_role = find(&hub, "Role", "weft-hub-operator");
+    assert_eq!(hub_role["metadata"]["namespace"], "weft-hub");
+    for (resources, verbs) in rules(find(&hub, "ClusterRole", "weft-hub-operator")) {
+        assert!(!resources.iter().any(|r| r == "secrets"), "{resources:?}");
+        assert!(
+            verbs
+                .iter()
+                .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
+                || resources == ["meshhubs/status"],
+            "{resources:?} {verbs:?}"
+        );
+    }
+}

@@ -5,6 +5,9 @@ fn main() -> std::io::Result<()> {
     std::fs::create_dir_all(&dir)?;
     for (name, yaml) in weft_api::crd::all_crds_yaml() {
         let path = std::path::Path::new(&dir).join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         std::fs::write(&path, yaml)?;
         println!("wrote {}", path.display());
     }
