@@ -194,6 +194,20 @@ pub struct Attachment {
     pub gateway: String,
     /// Destinations routed through the interface (the app range).
     pub routes: Vec<String>,
+    /// The app's own resolver (names `<workload>.<app>.<namespace>.weft`),
+    /// when the daemon runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<AttachDns>,
+}
+
+/// Where a workload's resolver is: the CNI result's `dns`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachDns {
+    /// The app's resolver address on this node.
+    pub nameservers: Vec<String>,
+    /// `<app>.<namespace>.weft`, so a workload's short name resolves.
+    pub search: Vec<String>,
 }
 
 /// Weft-specific CNI error codes (CNI reserves 0-99).

@@ -43,5 +43,63 @@ pub fn with_attachment(conf: &NetConf, a: &Attachment, sandbox: &str) -> Result<
         routes.retain(|r| r["dst"] != json!(dst));
         routes.push(json!({"dst": dst, "gw": a.gateway}));
     }
+    // The app's resolver, as the spec's `dns` (runtimes such as podman write
+    // it into resolv.conf; the kubelet ignores it). A previous plugin's
+    // nameservers stay after the app's.
+    if let Some(d) = &a.dns {
+        let prev = obj.get("dns").cloned().unwrap_or_else(|| json!({}));
+        let merge = |key: &str, ours: &[String]| {
+            let mut all: Vec<Value> = ours.iter().map(|x| json!(x)).collect();
+            for v in prev[key].as_array().into_iter().flatten() {
+                if !all.contains(v) {
+                    all.push(v.clone());
+                }
+            }
+            Value::Array(all)
+        };
+        let mut dns = prev.as_object().cloned().unwrap_or_default();
+        dns.insert("nameservers".into(), merge("nameservers", &d.nameservers));
+        dns.insert("search".into(), merge("search", &d.search));
+        obj.insert("dns".into(), Value::Object(dns));
+    }
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::attach::AttachDns;
+
+    #[test]
+    fn the_apps_resolver_comes_first_and_the_primary_networks_stays() {
+        let conf = NetConf {
+            cni_version: "1.0.0".into(),
+            prev_result: Some(json!({
+                "dns": {"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"], "options": ["ndots:5"]}
+            })),
+            daemon_socket: String::new(),
+        };
+        let a = Attachment {
+            app: "demo/web".into(),
+            interface: "weft0".into(),
+            mac: "02:00:00:00:00:01".into(),
+            address: "10.100.1.2/32".into(),
+            gateway: "169.254.1.1".into(),
+            routes: vec!["10.100.0.0/16".into()],
+            dns: Some(AttachDns {
+                nameservers: vec!["10.100.1.1".into()],
+                search: vec!["web.demo.weft".into()],
+            }),
+        };
+        let r = with_attachment(&conf, &a, "/var/run/netns/x").unwrap();
+        assert_eq!(r["dns"]["nameservers"], json!(["10.100.1.1", "10.96.0.10"]));
+        assert_eq!(
+            r["dns"]["search"],
+            json!(["web.demo.weft", "svc.cluster.local"])
+        );
+        assert_eq!(r["dns"]["options"], json!(["ndots:5"]));
+        // Without a resolver the previous result's dns is untouched.
+        let r = with_attachment(&conf, &Attachment { dns: None, ..a }, "/x").unwrap();
+        assert_eq!(r["dns"]["nameservers"], json!(["10.96.0.10"]));
+    }
 }

@@ -42,6 +42,7 @@ fn attachment() -> Attachment {
         address: "10.100.0.2/32".into(),
         gateway: "169.254.1.1".into(),
         routes: vec!["10.100.0.0/16".into()],
+        dns: None,
     }
 }
 

@@ -255,6 +255,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 interval: Duration::from_millis(interval_ms),
                 heartbeat: Duration::from_secs(5),
+                dns: !dns.no_dns,
             };
             let metrics = Arc::new(Metrics::default());
             let _server = serve_metrics(metrics_address, &metrics)?;
@@ -307,6 +308,7 @@ fn main() -> anyhow::Result<()> {
                 cni,
                 register_site,
                 docker_socket: (workloads == WorkloadsFrom::Docker).then_some(docker_socket),
+                dns: !dns.no_dns,
             };
             let metrics = Arc::new(Metrics::default());
             let _server = serve_metrics(metrics_address, &metrics)?;

@@ -80,6 +80,8 @@ pub struct RunConfig {
     pub interval: Duration,
     /// Time between status writes when nothing changed.
     pub heartbeat: Duration,
+    /// Whether each app netns has its resolver (named in CNI results).
+    pub dns: bool,
     /// Serve the CNI attach protocol on this unix socket (off when `None`).
     pub attach_socket: Option<std::path::PathBuf>,
 }
@@ -122,7 +124,7 @@ pub fn run<D: Dataplane>(
     };
     let attach = AttachService::start(socket, &cfg.data_dir, &stop)?;
     let announcements = StateAnnouncements::new(state, &cfg.node);
-    let mut source = RuntimeSource::new(announcements, attach.shared.clone());
+    let mut source = RuntimeSource::new(announcements, attach.shared.clone()).with_dns(cfg.dns);
     run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
     attach.stop(&stop);
     Ok(())

@@ -213,6 +213,8 @@ pub struct RuntimeSource {
     read_link: LinkReader,
     /// When each announcement was first seen (see [`SETTLE`]).
     first_seen: BTreeMap<String, Instant>,
+    /// Whether attachments name the app's resolver.
+    dns: bool,
 }
 
 /// How long an announcement must be known before it may pass through as
@@ -241,7 +243,15 @@ impl RuntimeSource {
             sandboxes: SandboxChanges::default(),
             read_link,
             first_seen: BTreeMap::new(),
+            dns: false,
         }
+    }
+
+    /// Whether the app netns have their resolver: attachments then name it
+    /// (the CNI result's `dns`).
+    pub fn with_dns(mut self, on: bool) -> Self {
+        self.dns = on;
+        self
     }
 }
 
@@ -285,6 +295,7 @@ impl WorkloadSource for RuntimeSource {
                 complete: self.dir.complete(),
                 selectors: selectors.as_deref(),
                 unsettled: &unsettled,
+                dns: self.dns,
             },
             spec,
             status,

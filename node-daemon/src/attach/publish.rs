@@ -39,6 +39,8 @@ pub struct Claims<'a> {
     pub selectors: Option<&'a [AppSelector]>,
     /// Announcements too recent to trust any view of the apps about.
     pub unsettled: &'a BTreeSet<String>,
+    /// Whether the app netns have their resolver (see `crate::dns`).
+    pub dns: bool,
 }
 
 /// Decides the outcome of every registered workload:
@@ -63,6 +65,7 @@ pub fn outcomes(
         complete,
         selectors,
         unsettled,
+        dns,
     } = *claims;
     let mut out = BTreeMap::new();
     for r in registered {
@@ -100,12 +103,11 @@ pub fn outcomes(
         let Ok(ip) = address.parse::<Ipv4Addr>() else {
             continue;
         };
-        let Some(range) = spec
-            .and_then(|s| s.spec.apps.iter().find(|a| &a.app == app))
-            .map(|a| a.address_space.clone())
-        else {
+        let Some(att) = spec.and_then(|s| s.spec.apps.iter().find(|a| &a.app == app)) else {
             continue;
         };
+        let range = att.address_space.clone();
+        let dns = dns.then(|| resolver_of(att)).flatten();
         let Some(link) = read_link(&r.netns) else {
             continue;
         };
@@ -121,10 +123,22 @@ pub fn outcomes(
                 address: format!("{ip}/32"),
                 gateway: WORKLOAD_GATEWAY.to_string(),
                 routes: vec![range],
+                dns,
             }),
         );
     }
     out
+}
+
+/// The app's resolver as a workload's CNI result names it: the node's
+/// tunnel address, and the app's zone to search.
+fn resolver_of(att: &weft_api::AppAttachment) -> Option<weft_api::attach::AttachDns> {
+    let address = att.address.split('/').next()?.to_string();
+    let (ns, name) = att.app.split_once('/')?;
+    Some(weft_api::attach::AttachDns {
+        nameservers: vec![address],
+        search: vec![format!("{name}.{ns}.weft")],
+    })
 }
 
 /// Reads `weft0` inside the network namespace at `netns_path`, from a
@@ -193,6 +207,9 @@ mod tests {
         }
     }
 
+    /// The node's tunnel address in `demo/web`: where its resolver is.
+    const TUNNEL: &str = "10.100.1.1";
+
     fn spec() -> MeshNode {
         MeshNode::new(
             "n1",
@@ -201,6 +218,7 @@ mod tests {
                 apps: vec![AppAttachment {
                     app: "demo/web".into(),
                     address_space: "10.100.0.0/16".into(),
+                    address: format!("{TUNNEL}/16"),
                     ..Default::default()
                 }],
             },
@@ -264,6 +282,7 @@ mod tests {
                 complete: true,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
+                dns: true,
             },
             Some(&spec()),
             &status("p1", Some("10.100.1.2")),
@@ -278,6 +297,10 @@ mod tests {
                 address: "10.100.1.2/32".into(),
                 gateway: "169.254.1.1".into(),
                 routes: vec!["10.100.0.0/16".into()],
+                dns: Some(weft_api::attach::AttachDns {
+                    nameservers: vec![TUNNEL.into()],
+                    search: vec!["web.demo.weft".into()],
+                }),
             })
         );
     }
@@ -293,6 +316,7 @@ mod tests {
                 complete: true,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             Some(&spec()),
             &status("p1", None),
@@ -307,6 +331,7 @@ mod tests {
                 complete: true,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             Some(&spec()),
             &status("p1", Some("10.100.1.2")),
@@ -321,6 +346,7 @@ mod tests {
                 complete: true,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             None,
             &status("p1", Some("10.100.1.2")),
@@ -338,6 +364,7 @@ mod tests {
                 complete: true,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             Some(&spec()),
         );
@@ -350,6 +377,7 @@ mod tests {
                 complete: false,
                 selectors: None,
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             Some(&spec()),
         );
@@ -367,6 +395,7 @@ mod tests {
                 complete: false,
                 selectors: Some(&web()),
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             Some(&spec()),
         );
@@ -379,6 +408,7 @@ mod tests {
                 complete: false,
                 selectors: Some(&[]),
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             Some(&spec()),
         );
@@ -391,6 +421,7 @@ mod tests {
                 complete: false,
                 selectors: Some(&web()),
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             Some(&spec()),
         );
@@ -403,6 +434,7 @@ mod tests {
                 complete: false,
                 selectors: Some(&web()),
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             None,
         );
@@ -422,6 +454,7 @@ mod tests {
                     complete: true,
                     selectors: None,
                     unsettled: &BTreeSet::new(),
+                    dns: false,
                 },
                 Some(&spec()),
             );
@@ -439,6 +472,7 @@ mod tests {
                 complete: true,
                 selectors: Some(&web()),
                 unsettled: &unsettled,
+                dns: false,
             },
             Some(&spec()),
         );
@@ -453,6 +487,7 @@ mod tests {
                 complete: true,
                 selectors: Some(&web()),
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             Some(&spec()),
         );
@@ -474,6 +509,7 @@ mod tests {
                 complete: false,
                 selectors: Some(&billing),
                 unsettled: &BTreeSet::new(),
+                dns: false,
             },
             Some(&spec()),
         );

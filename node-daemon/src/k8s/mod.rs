@@ -66,6 +66,8 @@ pub struct KubeRunConfig {
     /// Take workloads from the Docker engine at this socket (edge hosts)
     /// instead of announcement files.
     pub docker_socket: Option<PathBuf>,
+    /// Whether each app netns has its resolver (named in CNI results).
+    pub dns: bool,
 }
 
 /// Where the node's CNI configuration and plugins live.
@@ -179,7 +181,7 @@ pub fn run<D: Dataplane>(
                 None => None,
             };
             let pods = PodAnnouncements::start(client, &cfg.node, rt.handle());
-            let mut source = RuntimeSource::new(pods, attach.shared.clone());
+            let mut source = RuntimeSource::new(pods, attach.shared.clone()).with_dns(cfg.dns);
             run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
             // Out of the chain before the socket closes.
             drop(chain);
