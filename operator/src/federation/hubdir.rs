@@ -260,3 +260,100 @@ impl HubFiles {
         Ok(writes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::federation::hub::Hub;
+    use weft_api::meshhub::HubMember;
+    use weft_api::MeshHubSpec;
+
+    fn record(site: &str) -> SiteRecordSpec {
+        SiteRecordSpec {
+            site: site.into(),
+            app: "demo/web".into(),
+            want_blocks: 1,
+            ..Default::default()
+        }
+    }
+
+    fn hub_spec() -> MeshHubSpec {
+        MeshHubSpec {
+            members: ["a", "b"]
+                .map(|s| HubMember {
+                    site: s.into(),
+                    exports: vec!["demo/web".into()],
+                })
+                .to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_record_that_does_not_parse_is_skipped_and_the_others_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = HubLayout::new(dir.path());
+        write_json_atomic(&layout.record("a", "demo/web"), &record("a")).unwrap();
+        std::fs::create_dir_all(layout.records("b")).unwrap();
+        std::fs::write(layout.record("b", "demo/web"), b"{not json").unwrap();
+        let (records, _) = read_members(&layout).unwrap();
+        assert_eq!(records.len(), 1);
+        assert!(records.contains_key(&("a".to_string(), "demo/web".to_string())));
+    }
+
+    #[test]
+    fn the_hub_refuses_a_record_in_another_members_place_and_allocates_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = HubLayout::new(dir.path());
+        write_json_atomic(&layout.record("a", "demo/web"), &record("a")).unwrap();
+        // b's directory holds a record claiming to be a's.
+        write_json_atomic(&layout.record("b", "demo/web"), &record("a")).unwrap();
+        // and a site the MeshHub does not list writes one.
+        write_json_atomic(&layout.record("x", "demo/web"), &record("x")).unwrap();
+        let mut hub = Hub::new("hub", layout.clone());
+        let report = hub.pass(&hub_spec(), 100).unwrap();
+        assert_eq!(report.refused.len(), 2, "{:?}", report.refused);
+        assert!(report
+            .refused
+            .iter()
+            .any(|r| r.contains("members/b") && r.contains("site \"a\"")));
+        assert!(report
+            .refused
+            .iter()
+            .any(|r| r.contains("members/x") && r.contains("does not list")));
+        let view = read_view(&layout).unwrap();
+        let blocks = &view.allocations["demo/web"].blocks;
+        assert!(blocks.iter().all(|b| b.site == "a"), "{blocks:?}");
+        // A second pass with nothing new writes nothing.
+        assert_eq!(hub.pass(&hub_spec(), 101).unwrap().writes, 0);
+    }
+
+    #[test]
+    fn a_broken_hub_spec_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = HubLayout::new(dir.path());
+        let mut spec = hub_spec();
+        spec.block_slices = Some(6);
+        let report = Hub::new("hub", layout.clone()).pass(&spec, 100).unwrap();
+        assert!(
+            report.errors.iter().any(|e| e.contains("spec.blockSlices")),
+            "{:?}",
+            report.errors
+        );
+        assert!(!layout.state().exists());
+    }
+
+    #[test]
+    fn a_member_never_creates_the_hub_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = HubLayout::new(dir.path().join("away"));
+        let r = record("a");
+        let records = BTreeMap::from([("demo/web".to_string(), &r)]);
+        let err = MemberFiles::default()
+            .sync(&layout, "a", &records, 100, 10)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
+        assert!(!layout.root().exists());
+        assert!(read_view(&layout).is_err());
+    }
+}
