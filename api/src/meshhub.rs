@@ -85,4 +85,25 @@ pub struct MeshHubStatus {
     /// Members currently syncing.
     #[serde(default)]
     pub members: u32,
+    /// Each member as the hub sees it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["site"]))]
+    pub member_status: Vec<HubMemberStatus>,
+}
+
+/// One member of a [`MeshHub`], as the hub sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HubMemberStatus {
+    /// The member.
+    pub site: String,
+    /// `Syncing`, `Stale` (no sync for staleAfterSeconds) or `Gone` (none
+    /// for pruneAfterSeconds, or never).
+    pub state: String,
+    /// When it last synced (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<String>,
+    /// Apps it has a record of.
+    #[serde(default)]
+    pub records: u32,
 }

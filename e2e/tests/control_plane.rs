@@ -992,6 +992,88 @@ fn hub_members_write_only_their_own_records() {
     ));
     assert!(!can_i(&c, &hub_op, &["get", "secrets", "-A"]));
 
+    // The hub on this API server: members beat (their Lease), the hub
+    // allocates and reports each member in the MeshHub's status.
+    let hub = std::fs::read_to_string(repo_path("examples/federation/hub.yaml")).unwrap();
+    c.cp()
+        .kubectl_output(&["apply", "-f", "-"], Some(&hub))
+        .unwrap();
+    // MicroTime: exactly six fractional digits.
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    for (site, kc) in [("cluster-a", &a), ("cluster-b", &b)] {
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "weft-member", "namespace": format!("weft-hub-{site}")},
+            "spec": {"holderIdentity": site, "renewTime": now},
+        });
+        let (ok, err) = kubectl_as(&c, kc, &apply, Some(&lease.to_string()));
+        assert!(ok, "{site} beats: {err}");
+    }
+    // In the control plane's namespace, where the local kubeconfigs dial.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", c.cp().netns()])
+        .arg(weft_e2e::bin("weft-operator").unwrap())
+        .args(["hub-kubernetes", "--name", "hub", "--once"])
+        .env("KUBECONFIG", &hub_op)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "weft-operator hub-kubernetes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = c
+        .cp()
+        .kubectl_output(
+            &[
+                "get",
+                "meshhuballocation",
+                "demo.shop",
+                "-n",
+                "weft-hub",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .unwrap();
+    let alloc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no allocation: {}", String::from_utf8_lossy(&out.stderr)));
+    let blocks = alloc["spec"]["blocks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let of = |site: &str| -> Vec<String> {
+        blocks
+            .iter()
+            .filter(|b| b["site"] == site)
+            .map(|b| b["cidr"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (ba, bb) = (of("cluster-a"), of("cluster-b"));
+    assert!(
+        !ba.is_empty() && !bb.is_empty() && ba.iter().all(|x| !bb.contains(x)),
+        "{blocks:?}"
+    );
+    let out = c
+        .cp()
+        .kubectl_output(&["get", "meshhub", "hub", "-o", "json"], None)
+        .unwrap();
+    let hub: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = hub["status"]["memberStatus"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(members.len(), 2, "{}", hub["status"]);
+    for m in &members {
+        assert_eq!(m["state"], "Syncing", "{m}");
+        assert!(m["lastSync"].is_string(), "{m}");
+        assert_eq!(m["records"], 1, "{m}");
+    }
+    assert_eq!(hub["status"]["members"], 2);
+
     // In its own namespace, a record naming another member.
     if has_cel(&c) {
         let (ok, err) = kubectl_as(

@@ -86,6 +86,21 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Serve a hub on a Kubernetes API server (a hub cluster with
+    /// config/hub applied; in-cluster config or KUBECONFIG): read the MeshHub
+    /// and every member's MeshSiteRecords and heartbeat Lease, write the
+    /// MeshHubAllocations and the MeshHub's status.
+    HubKubernetes {
+        /// The MeshHub's name.
+        #[arg(long, default_value = "hub")]
+        name: String,
+        /// Milliseconds between passes.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Do one pass and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Print a directory hub's members: state, last sync, records.
     HubStatus {
         /// The hub directory.
@@ -260,6 +275,54 @@ fn hub(dir: PathBuf, manifest: PathBuf, interval_ms: u64, once: bool) -> anyhow:
     }
 }
 
+fn hub_kubernetes(name: String, interval_ms: u64, once: bool) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let client = weft_operator::k8s::client().await?;
+            tracing::info!(hub = %name, "hub on the Kubernetes API starting");
+            let mut logged: Vec<String> = Vec::new();
+            let stop = shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                let now = epoch_seconds(Timestamp::now());
+                match weft_operator::federation::hubapi::pass(&client, &name, now).await {
+                    Ok(report) => {
+                        let now: Vec<String> = report
+                            .errors
+                            .iter()
+                            .chain(&report.refused)
+                            .cloned()
+                            .collect();
+                        for e in now.iter().filter(|e| !logged.contains(e)) {
+                            tracing::warn!("{e}");
+                        }
+                        logged = now;
+                        if report.writes > 0 {
+                            tracing::info!(
+                                apps = report.apps,
+                                writes = report.writes,
+                                "hub published"
+                            );
+                        }
+                        if once {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) if once => return Err(e),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "hub pass failed; retrying")
+                    }
+                }
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+                }
+            }
+        })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -325,6 +388,14 @@ fn main() -> anyhow::Result<()> {
         } => {
             init_logs();
             hub(dir, manifest, interval_ms, once)
+        }
+        Command::HubKubernetes {
+            name,
+            interval_ms,
+            once,
+        } => {
+            init_logs();
+            hub_kubernetes(name, interval_ms, once)
         }
         Command::HubStatus { dir } => {
             let now = epoch_seconds(Timestamp::now());

@@ -553,6 +553,10 @@ pub fn hub_status(
         conditions: conds,
         observed_generation: g,
         members: outcome.members,
+        // The hub's own loop reports its members; a member only checks the spec.
+        member_status: previous
+            .map(|p| p.member_status.clone())
+            .unwrap_or_default(),
     }
 }
 

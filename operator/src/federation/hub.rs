@@ -64,71 +64,122 @@ impl Hub {
 
     /// One pass at `now` (seconds since the epoch).
     pub fn pass(&mut self, spec: &MeshHubSpec, now: u64) -> anyhow::Result<HubReport> {
-        let mut report = HubReport::default();
-        let errors = accept::hub_errors(&self.name, spec);
-        if !errors.is_empty() {
-            // A broken edit publishes nothing: members keep what the last
-            // good spec gave them.
-            report.errors = errors.iter().map(ToString::to_string).collect();
+        if let Err(report) = check(&self.name, spec) {
             return Ok(report);
         }
-        let state = HubState {
-            hub: self.name.clone(),
-            members: spec.members.clone(),
-            stale_after_seconds: spec
-                .stale_after_seconds
-                .unwrap_or(DEFAULT_STALE_AFTER_SECONDS),
-            prune_after_seconds: spec
-                .prune_after_seconds
-                .unwrap_or(DEFAULT_PRUNE_AFTER_SECONDS),
-            block_slices: spec.block_slices.unwrap_or(DEFAULT_BLOCK_SLICES),
-        };
-        let (mut records, heartbeats) = hubdir::read_members(&self.layout)?;
-        records.retain(|(site, app), r| {
-            let listed = spec.members.iter().any(|m| m.site == *site);
-            let ok = listed && r.site == *site && r.app == *app;
-            if !ok {
-                report.refused.push(format!(
-                    "record of {app} under members/{site} refused: {}",
-                    if listed {
-                        format!("it says site {:?}, app {:?}", r.site, r.app)
-                    } else {
-                        "the MeshHub does not list that site".into()
-                    }
-                ));
-            }
-            ok
-        });
-        let view = HubView {
-            state: Some(state.clone()),
-            heartbeats: heartbeats.clone(),
-            ..Default::default()
-        };
-        for m in &spec.members {
-            report.members.push(MemberReport {
-                site: m.site.clone(),
-                last_sync: heartbeats.get(&m.site).copied(),
-                liveness: view.liveness(&m.site, now),
-                records: records.keys().filter(|(s, _)| *s == m.site).count(),
-            });
-        }
-        let pool: Ipv4Net = spec
-            .pool
-            .as_deref()
-            .unwrap_or(DEFAULT_POOL)
-            .parse()
-            .unwrap_or_default();
-        let settings = HubSettings {
-            members: spec.members.clone(),
-            pool,
-            app_prefix_len: DEFAULT_APP_PREFIX_LEN.max(pool.prefix_len()),
-            block_slices: state.block_slices,
-        };
+        let (records, heartbeats) = hubdir::read_members(&self.layout)?;
         let previous = self.files.allocations(&self.layout)?.clone();
-        let allocations = allocate(&settings, &records, &previous);
-        report.apps = allocations.len();
-        report.writes = self.files.publish(&self.layout, &state, allocations)?;
+        let decided = decide(
+            &self.name,
+            spec,
+            records,
+            &heartbeats,
+            &previous,
+            now,
+            |site| format!("members/{site}"),
+        );
+        let mut report = decided.report;
+        report.writes = self
+            .files
+            .publish(&self.layout, &decided.state, decided.allocations)?;
         Ok(report)
+    }
+}
+
+/// A MeshHub spec's problems, as a report that publishes nothing: members
+/// keep what the last good spec gave them.
+pub fn check(name: &str, spec: &MeshHubSpec) -> Result<(), HubReport> {
+    let errors = accept::hub_errors(name, spec);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(HubReport {
+        errors: errors.iter().map(ToString::to_string).collect(),
+        ..Default::default()
+    })
+}
+
+/// What one hub pass decides, whatever the transport.
+pub struct Decided {
+    /// Members, refusals, apps (writes left to the transport).
+    pub report: HubReport,
+    /// What the hub publishes for members.
+    pub state: HubState,
+    /// Every shared app's allocation.
+    pub allocations: std::collections::BTreeMap<String, weft_api::federation::HubAllocationSpec>,
+}
+
+/// The pure part of a hub pass: refuse records out of their member's place
+/// (`place` names it in messages), judge liveness, allocate.
+#[allow(clippy::too_many_arguments)]
+pub fn decide(
+    name: &str,
+    spec: &MeshHubSpec,
+    mut records: std::collections::BTreeMap<(String, String), weft_api::federation::SiteRecordSpec>,
+    heartbeats: &std::collections::BTreeMap<String, u64>,
+    previous: &std::collections::BTreeMap<String, weft_api::federation::HubAllocationSpec>,
+    now: u64,
+    place: impl Fn(&str) -> String,
+) -> Decided {
+    let mut report = HubReport::default();
+    let state = HubState {
+        hub: name.to_string(),
+        members: spec.members.clone(),
+        stale_after_seconds: spec
+            .stale_after_seconds
+            .unwrap_or(DEFAULT_STALE_AFTER_SECONDS),
+        prune_after_seconds: spec
+            .prune_after_seconds
+            .unwrap_or(DEFAULT_PRUNE_AFTER_SECONDS),
+        block_slices: spec.block_slices.unwrap_or(DEFAULT_BLOCK_SLICES),
+    };
+    records.retain(|(site, app), r| {
+        let listed = spec.members.iter().any(|m| m.site == *site);
+        let ok = listed && r.site == *site && r.app == *app;
+        if !ok {
+            report.refused.push(format!(
+                "record of {app} under {} refused: {}",
+                place(site),
+                if listed {
+                    format!("it says site {:?}, app {:?}", r.site, r.app)
+                } else {
+                    "the MeshHub does not list that site".into()
+                }
+            ));
+        }
+        ok
+    });
+    let view = HubView {
+        state: Some(state.clone()),
+        heartbeats: heartbeats.clone(),
+        ..Default::default()
+    };
+    for m in &spec.members {
+        report.members.push(MemberReport {
+            site: m.site.clone(),
+            last_sync: heartbeats.get(&m.site).copied(),
+            liveness: view.liveness(&m.site, now),
+            records: records.keys().filter(|(s, _)| *s == m.site).count(),
+        });
+    }
+    let pool: Ipv4Net = spec
+        .pool
+        .as_deref()
+        .unwrap_or(DEFAULT_POOL)
+        .parse()
+        .unwrap_or_default();
+    let settings = HubSettings {
+        members: spec.members.clone(),
+        pool,
+        app_prefix_len: DEFAULT_APP_PREFIX_LEN.max(pool.prefix_len()),
+        block_slices: state.block_slices,
+    };
+    let allocations = allocate(&settings, &records, previous);
+    report.apps = allocations.len();
+    Decided {
+        report,
+        state,
+        allocations,
     }
 }
 

@@ -11,10 +11,12 @@
 //! - [`allocate`]: the hub's pure allocator.
 //! - [`import`]: a member's checked view of the other members.
 //! - [`member`]: a member's side across passes (read the hub, write records).
-//! - [`hub`]: the hub's loop; [`hubdir`]: the directory hub both use.
+//! - [`hub`]: the hub's loop; [`hubdir`]: the directory hub both use; [`hubapi`]:
+//!   the hub on a Kubernetes API server.
 //! - [`sim`]: members and a hub in memory (tests, benchmarks).
 pub mod allocate;
 pub mod hub;
+pub mod hubapi;
 pub mod hubdir;
 pub mod import;
 pub mod member;
