@@ -142,6 +142,11 @@ pub struct MemberFiles {
 }
 
 impl MemberFiles {
+    /// Whether any record this member wrote is still on the hub.
+    pub fn holds_records(&self) -> bool {
+        !self.written.is_empty()
+    }
+
     /// Brings `members/<site>/` in line with `records` (by app), and beats
     /// when `beat_every` seconds have passed.
     pub fn sync(

@@ -83,9 +83,10 @@ fn shared_apps(s: &Snapshot) -> BTreeMap<ObjectKey, PathBuf> {
 }
 
 impl Member {
-    /// Whether any app is shared (as of the last pass).
+    /// Whether any app is shared, or records of apps no longer shared are
+    /// still to be removed from a hub (as of the last pass).
     pub fn active(&self) -> bool {
-        !self.shared.is_empty()
+        !self.shared.is_empty() || !self.hubs.is_empty()
     }
 
     /// Reads the hubs of the shared apps of `s` and returns each one's
@@ -99,7 +100,8 @@ impl Member {
         self.shared = shared_apps(s);
         self.name = member_name(s);
         let dirs: std::collections::BTreeSet<&PathBuf> = self.shared.values().collect();
-        self.hubs.retain(|d, _| dirs.contains(d));
+        // A hub no shared app uses any more is kept until this member's
+        // records there are gone (see `export`).
         for dir in dirs {
             let link = self.hubs.entry(dir.clone()).or_insert_with(|| HubConn {
                 layout: HubLayout::new(dir),
@@ -204,6 +206,7 @@ impl Member {
         };
         let mut writes = 0;
         let mut first_error = None;
+        let mut done = Vec::new();
         for (dir, link) in &mut self.hubs {
             let records: BTreeMap<String, &SiteRecordSpec> = plan
                 .exports
@@ -219,12 +222,21 @@ impl Member {
                     (u64::from(s.stale_after_seconds) / 3).clamp(1, BEAT_EVERY)
                 });
             match link.files.sync(&link.layout, member, &records, now, every) {
-                Ok(n) => writes += n,
+                Ok(n) => {
+                    writes += n;
+                    // No shared app uses this hub and its records are gone.
+                    if !self.shared.values().any(|d| d == dir) && !link.files.holds_records() {
+                        done.push(dir.clone());
+                    }
+                }
                 Err(e) => {
                     first_error
                         .get_or_insert(e.context(format!("writing to hub {}", dir.display())));
                 }
             }
+        }
+        for dir in done {
+            self.hubs.remove(&dir);
         }
         match first_error {
             Some(e) => Err(e),
@@ -237,6 +249,79 @@ impl Member {
 mod tests {
     use super::*;
     use weft_api::federation::HubState;
+    use weft_api::{HubAccess, MeshAppSpec, MeshSiteSpec};
+
+    fn snapshot(hub: &std::path::Path, shared: bool) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.sites.insert("a".into(), MeshSiteSpec::default());
+        s.sites.insert(
+            "b".into(),
+            MeshSiteSpec {
+                kind: SiteKind::Remote,
+                hub: Some("hub".into()),
+                hub_access: Some(HubAccess {
+                    directory: Some(hub.to_string_lossy().into_owned()),
+                    kubeconfig_secret: None,
+                }),
+                ..Default::default()
+            },
+        );
+        let sites = if shared {
+            vec!["a".into(), "b".into()]
+        } else {
+            vec!["a".into()]
+        };
+        s.apps.insert(
+            ObjectKey::new("demo", "web"),
+            MeshAppSpec {
+                sites,
+                ..Default::default()
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn records_of_an_app_no_longer_shared_are_taken_off_the_hub() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = HubLayout::new(dir.path());
+        crate::standalone::files::write_json_atomic(
+            &layout.state(),
+            &HubState {
+                hub: "hub".into(),
+                stale_after_seconds: 30,
+                prune_after_seconds: 300,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut m = Member::default();
+        let (fed, links) = m.inputs(&snapshot(dir.path(), true), 100);
+        assert_eq!(fed.len(), 1);
+        assert_eq!(m.name.as_deref(), Some("a"));
+        assert!(links["b"].gone, "b never synced: {:?}", links["b"]);
+        let key = ObjectKey::new("demo", "web");
+        let mut plan = Plan::default();
+        plan.exports.insert(
+            key.clone(),
+            SiteRecordSpec {
+                site: "a".into(),
+                app: "demo/web".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(m.export(&plan, 100).unwrap(), 1);
+        assert!(layout.record("a", "demo/web").exists());
+        assert!(layout.heartbeat("a").exists());
+
+        // The app stops spanning b: its record goes, then the hub is let go.
+        let (fed, _) = m.inputs(&snapshot(dir.path(), false), 101);
+        assert!(fed.is_empty());
+        assert!(m.active(), "the record is still to be removed");
+        m.export(&Plan::default(), 101).unwrap();
+        assert!(!layout.record("a", "demo/web").exists());
+        assert!(!m.active());
+    }
 
     #[test]
     fn members_fresh_when_the_hub_went_away_are_not_aged_by_the_outage() {
