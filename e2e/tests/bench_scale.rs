@@ -1,9 +1,11 @@
 //! Smoke test of `weft-bench-scale --quick`: every size of both modes ran to
-//! the end and its table has a figure in every row. No figure is compared
+//! the end and its table has a figure in every row, and every federation
+//! size converged with all member plans agreeing. No figure is compared
 //! with anything: timings depend on the machine.
 
 use std::process::Command;
 
+use weft_e2e::fedscale;
 use weft_e2e::scale::report::{not_applicable, row_count};
 use weft_e2e::scale::{parse_sizes, Mode, QUICK_SIZES};
 
@@ -50,5 +52,17 @@ fn quick_run_prints_a_complete_table_per_size_and_mode() {
         }
         let summary = format!("### summary: {}", mode.name());
         assert!(stdout.contains(&summary), "no {summary:?} in\n{stdout}");
+    }
+    // The federation rows: every quick size converged and every plan agreed.
+    let fed = stdout
+        .split("\n### ")
+        .find(|s| s.starts_with("federation |"))
+        .unwrap_or_else(|| panic!("no federation table in\n{stdout}"));
+    for size in fedscale::parse_sizes(fedscale::QUICK_SIZES).unwrap() {
+        let row = fed
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} x {} |", size.sites, size.nodes)))
+            .unwrap_or_else(|| panic!("no federation row for {size} in\n{fed}"));
+        assert!(row.contains("| yes: "), "{row}");
     }
 }

@@ -10,6 +10,11 @@
 //! Each size and mode runs in its own child process, so peaks do not mix
 //! and a size that passes the memory cap is killed and reported instead of
 //! taking the machine down; larger sizes of that mode are then skipped.
+//!
+//! Last, federation at the planner level (`weft_e2e::fedscale`): S member
+//! sites of N nodes sharing one app through a hub, in memory; the time until
+//! every member's plan and the hub's allocation stop changing, the rounds,
+//! and a check that all the plans agree.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use weft_e2e::fedscale;
 use weft_e2e::scale::report::{self, Outcome, Run};
 use weft_e2e::scale::{self, emit, keys, Cluster, Ipam, Mode, Size, DEFAULT_SIZES, QUICK_SIZES};
 
@@ -62,6 +68,10 @@ struct Args {
     /// Also run sizes larger than one that went over the cap or timed out.
     #[arg(long)]
     keep_going: bool,
+    /// Federation sizes, comma separated: SITESxNODES (nodes per site, one
+    /// app shared by all); empty skips.
+    #[arg(long, default_value = fedscale::DEFAULT_SIZES)]
+    federation: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,7 +246,13 @@ fn parent(args: &Args) -> Result<ExitCode> {
     for &mode in &plan.modes {
         println!("{}", report::summary(&runs, mode));
     }
-    let failed = runs.iter().any(|r| matches!(r.outcome, Outcome::Failed(_)));
+    let fed_sizes = fedscale::parse_sizes(if args.quick {
+        fedscale::QUICK_SIZES
+    } else {
+        &args.federation
+    })?;
+    let fed_failed = !fed_sizes.is_empty() && !federation(&fed_sizes);
+    let failed = runs.iter().any(|r| matches!(r.outcome, Outcome::Failed(_))) || fed_failed;
     Ok(if failed {
         ExitCode::FAILURE
     } else {
@@ -317,4 +333,90 @@ fn run_child(exe: &PathBuf, plan: &Plan, mode: Mode, size: &Size) -> Result<Run>
         outcome,
         rss_seen,
     })
+}
+
+/// Federation target of issue (planner level, 50 sites x 20 nodes).
+const FEDERATION_TARGET_S: f64 = 5.0;
+
+/// Runs and prints the federation sizes (in this process, one after the
+/// other); false if one failed.
+fn federation(sizes: &[fedscale::FedSize]) -> bool {
+    println!(
+        "### federation | planner level, in memory: S member sites x N nodes (same node names and app spec in every member), one app shared by all through a hub |"
+    );
+    println!();
+    println!(
+        "| sites x nodes | nodes | until converged | rounds | one more round (converged: every member plans again) | every plan agrees | target |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut ok = true;
+    let mut done: Vec<fedscale::FedRun> = Vec::new();
+    for &size in sizes {
+        eprintln!("running federation {size} ...");
+        let target = if size.sites == 50 && size.nodes == 20 {
+            format!("<= {FEDERATION_TARGET_S:.0} s")
+        } else {
+            String::new()
+        };
+        match fedscale::run(size) {
+            Ok(r) => {
+                println!(
+                    "| {} x {} | {} | {} | {} | {} | yes: {} peer entries, {} disjoint slices | {target} |",
+                    size.sites,
+                    size.nodes,
+                    size.total(),
+                    secs(r.converge),
+                    r.rounds,
+                    secs(r.extra_round),
+                    r.peers_checked,
+                    size.total(),
+                );
+                done.push(r);
+            }
+            Err(e) => {
+                ok = false;
+                println!(
+                    "| {} x {} | {} | failed | | | {} | {target} |",
+                    size.sites,
+                    size.nodes,
+                    size.total(),
+                    format!("{e:#}").replace('|', "/")
+                );
+            }
+        }
+    }
+    println!();
+    for w in done.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        println!(
+            "federation growth {} -> {} (nodes x{:.1}, peer entries x{:.1}): until converged x{:.1}, one more round x{:.1}",
+            a.size,
+            b.size,
+            b.size.total() as f64 / a.size.total() as f64,
+            b.peers_checked as f64 / a.peers_checked.max(1) as f64,
+            b.converge.as_secs_f64() / a.converge.as_secs_f64().max(1e-9),
+            b.extra_round.as_secs_f64() / a.extra_round.as_secs_f64().max(1e-9),
+        );
+    }
+    if let Some(r) = done
+        .iter()
+        .find(|r| r.size.sites == 50 && r.size.nodes == 20)
+    {
+        println!(
+            "federation 50 x 20 until converged: {:.2} s (target <= {FEDERATION_TARGET_S:.0} s)",
+            r.converge.as_secs_f64()
+        );
+    }
+    println!();
+    ok
+}
+
+/// Seconds, or milliseconds below one second.
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{:.1} ms", s * 1e3)
+    }
 }

@@ -17,6 +17,17 @@
 //!     third node), p50/p95 of the time from its new attachment (its `weft0`
 //!     has the address) to the first client packet reaching it there (see
 //!     `weft_e2e::migration`).
+//! (h) cross-cluster migration, on the federation scenario (two clusters
+//!     and a hub, `weft_e2e::fedbench`): a workload of demo/shop leaves
+//!     cluster-a and starts in cluster-b; p50/p95 of its attachment in B to
+//!     the first packet from a workload of A reaching it, beside the move
+//!     back within cluster-a of the same run,
+//! (i) a new MeshApp applied in both clusters: from the second apply to the
+//!     first packet between its workloads across the clusters, p50/p95.
+//!
+//! (a)-(g) run with the harness's 100 ms intervals; (h) and (i) run every
+//! operator, hub and daemon at its shipped default intervals
+//! (`weft_e2e::fedbench::DefaultIntervals`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
@@ -51,6 +62,12 @@ struct Args {
     /// Workload moves for the migration figure (g) (0 skips).
     #[arg(long, default_value_t = 10)]
     migration_runs: u32,
+    /// Moves each way for the cross-cluster migration figure (h) (0 skips).
+    #[arg(long, default_value_t = 10)]
+    federation_moves: usize,
+    /// New apps across two clusters for figure (i) (0 skips).
+    #[arg(long, default_value_t = 5)]
+    federation_apps: usize,
     /// Skip the wireguard-go row.
     #[arg(long)]
     skip_wireguard_go: bool,
@@ -274,6 +291,30 @@ fn main() -> ExitCode {
         return ExitCode::from(130);
     }
 
+    let fed = if args.federation_moves == 0 && args.federation_apps == 0 {
+        FedResult {
+            note: "skipped (--federation-moves 0 --federation-apps 0)".into(),
+            ..Default::default()
+        }
+    } else {
+        println!("(h, i) federation: two clusters and a hub, at the shipped default intervals");
+        match run_federation(&args) {
+            Ok(f) => f,
+            Err(e) => {
+                ok = false;
+                eprintln!("federation measurements failed: {e:#}");
+                FedResult {
+                    note: format!("{e:#}"),
+                    ..Default::default()
+                }
+            }
+        }
+    };
+    if weft_e2e::interrupted() {
+        eprintln!("interrupted");
+        return ExitCode::from(130);
+    }
+
     println!();
     println!("Results (one run, same CPUs for everything; compare ratios, not absolute figures)");
     println!(
@@ -357,6 +398,7 @@ fn main() -> ExitCode {
             migration.note
         );
     }
+    print_federation(&fed);
     if let Some((_, reference)) = weft.policy_rows.iter().find(|(n, _)| *n == 0) {
         println!();
         println!(
@@ -441,6 +483,114 @@ fn run_migration(args: &Args) -> Result<Migration> {
         Ok(m)
     })();
     finish(c, res, "migration")
+}
+
+/// (h) and (i) figures, with the intervals they ran at.
+#[derive(Default)]
+struct FedResult {
+    figures: weft_e2e::fedbench::Figures,
+    intervals: String,
+    note: String,
+}
+
+/// (h, i): the federation scenario, every process at its default interval.
+fn run_federation(args: &Args) -> Result<FedResult> {
+    use weft_e2e::fedbench;
+    let defaults = fedbench::DefaultIntervals::install()?;
+    println!("  intervals: {}", defaults.described);
+    let res = Cluster::new(3).and_then(|mut c| {
+        let res = fedbench::measure(&mut c, args.federation_moves, args.federation_apps);
+        finish(c, res, "federation")
+    });
+    let intervals = defaults.described.clone();
+    drop(defaults); // after the teardown: it runs the daemons' cleanup through the wrappers
+    let figures = res?;
+    Ok(FedResult {
+        note: figures.note.clone(),
+        figures,
+        intervals,
+    })
+}
+
+/// Target of the cross-cluster migration figure (p95).
+const FED_MIGRATION_TARGET_MS: f64 = 500.0;
+/// Target of the new-app figure (p50).
+const FED_NEW_APP_TARGET_MS: f64 = 1000.0;
+
+fn print_federation(fed: &FedResult) {
+    let f = &fed.figures;
+    let pct = |v: &[f64], p: f64| percentile(v, p);
+    if !fed.intervals.is_empty() {
+        println!(
+            "(h, i) federation (two clusters, edge host, directory hub) at the shipped default intervals: {}",
+            fed.intervals
+        );
+    }
+    if f.a_to_b.is_empty() {
+        println!("(h) cross-cluster migration: {}", fed.note);
+    } else {
+        let cross: Vec<f64> = f
+            .a_to_b
+            .iter()
+            .map(|m| m.attach_to_first_packet.as_secs_f64() * 1e3)
+            .collect();
+        let attach: Vec<f64> = f
+            .a_to_b
+            .iter()
+            .map(|m| m.announce_to_attach.as_secs_f64() * 1e3)
+            .collect();
+        println!(
+            "(h) cross-cluster migration, cluster-a -> cluster-b: attach -> first packet from cluster-a, {} moves: p50 {:.0} ms, p95 {:.0} ms (min {:.0}, max {:.0}); target p95 <= {FED_MIGRATION_TARGET_MS:.0} ms; the attachment came p50 {:.0} ms after the workload appeared in cluster-b",
+            cross.len(),
+            pct(&cross, 50.0),
+            pct(&cross, 95.0),
+            pct(&cross, 0.0),
+            pct(&cross, 100.0),
+            pct(&attach, 50.0),
+        );
+        if !f.b_to_a.is_empty() {
+            let within: Vec<f64> = f
+                .b_to_a
+                .iter()
+                .map(|m| m.attach_to_first_packet.as_secs_f64() * 1e3)
+                .collect();
+            let r = |p: f64| {
+                let w = pct(&within, p);
+                if w > 0.0 {
+                    format!("{:.2}", pct(&cross, p) / w)
+                } else {
+                    "-".into()
+                }
+            };
+            println!(
+                "    the move back within cluster-a (same run, client on its edge host), {} moves: p50 {:.0} ms, p95 {:.0} ms (min {:.0}, max {:.0}); cross-cluster / within: p50 {}, p95 {}",
+                within.len(),
+                pct(&within, 50.0),
+                pct(&within, 95.0),
+                pct(&within, 0.0),
+                pct(&within, 100.0),
+                r(50.0),
+                r(95.0),
+            );
+        }
+    }
+    if f.new_app_ms.is_empty() {
+        println!("(i) new app across two clusters: {}", fed.note);
+    } else {
+        let v = &f.new_app_ms;
+        println!(
+            "(i) new app across two clusters: apply in the second cluster -> first cross-cluster packet, {} apps: p50 {:.0} ms, p95 {:.0} ms (min {:.0}, max {:.0}); target p50 <= {FED_NEW_APP_TARGET_MS:.0} ms; the workload in cluster-b attached p50 {:.0} ms after the apply",
+            v.len(),
+            pct(v, 50.0),
+            pct(v, 95.0),
+            pct(v, 0.0),
+            pct(v, 100.0),
+            pct(&f.new_app_attach_ms, 50.0),
+        );
+    }
+    if !fed.note.is_empty() && !f.a_to_b.is_empty() && !f.new_app_ms.is_empty() {
+        println!("    {}", fed.note.trim());
+    }
 }
 
 /// Tears the cluster down (keeping its run directory when the measurement
