@@ -844,14 +844,32 @@ fn api_server_outage_loses_no_traffic_and_everything_recovers() {
     assert!(w.is_empty(), "teardown: {w:?}");
 }
 
+/// A kube client from a kubeconfig file (dials from the caller's netns).
+async fn member_client(path: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(path)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+/// Each member's node slice in the test's records (inside the block the
+/// hub grants it: the one holding a slice a member already uses).
+fn slice_of(site: &str) -> &'static str {
+    if site == "cluster-a" {
+        "10.120.0.0/26"
+    } else {
+        "10.120.2.0/26"
+    }
+}
+
 fn site_record(site: &str, namespace: &str) -> String {
     json!({
         "apiVersion": "weft.dev/v1alpha1", "kind": "MeshSiteRecord",
         "metadata": {"name": "demo.shop", "namespace": namespace},
         "spec": {
             "site": site, "app": "demo/shop",
-            "appSpec": {"nodePrefixLength": 26}, "wantBlocks": 1,
-            "nodes": [{"name": "n1", "site": site, "slice": "10.120.0.0/26",
+            "appSpec": {"addressSpace": "10.120.0.0/16", "explicit": true, "nodePrefixLength": 26},
+            "wantBlocks": 1,
+            "nodes": [{"name": "n1", "site": site, "slice": slice_of(site), "endpoint": "192.0.2.9:51820",
                        "publicKey": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}],
         },
     })
@@ -974,9 +992,16 @@ fn hub_members_write_only_their_own_records() {
         vec!["patch", "meshhubs"],
         vec!["get", "secrets", "-A"],
         vec!["get", "secrets", "-n", "weft-hub-cluster-a"],
+        vec!["update", "leases/weft-member", "-n", "weft-hub-cluster-b"],
+        vec!["get", "leases/kube-controller-manager", "-n", "kube-system"],
     ] {
         assert!(!can_i(&c, &a, &denied), "member a may {denied:?}");
     }
+    assert!(can_i(
+        &c,
+        &a,
+        &["get", "leases/weft-member", "-n", "weft-hub-cluster-b"]
+    ));
     let hub_op = c
         .local_kubeconfig_as("weft-hub", "weft-hub-operator", None)
         .unwrap();
@@ -1002,15 +1027,36 @@ fn hub_members_write_only_their_own_records() {
     let now = k8s_openapi::jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string();
-    for (site, kc) in [("cluster-a", &a), ("cluster-b", &b)] {
-        let lease = json!({
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": {"name": "weft-member", "namespace": format!("weft-hub-{site}")},
-            "spec": {"holderIdentity": site, "renewTime": now},
-        });
-        let (ok, err) = kubectl_as(&c, kc, &apply, Some(&lease.to_string()));
-        assert!(ok, "{site} beats: {err}");
-    }
+    // Member a through the operator's own transport (records and Lease),
+    // member b with kubectl, as any client may.
+    let a_path = a.clone();
+    weft_e2e::netns::in_netns(c.cp().netns(), move || {
+        tokio::runtime::Runtime::new()?.block_on(async move {
+            let client = member_client(&a_path).await?;
+            let record: weft_api::federation::SiteRecordSpec = serde_json::from_value(
+                serde_json::from_str::<Value>(&site_record("cluster-a", "x"))?["spec"].clone(),
+            )?;
+            let records = BTreeMap::from([("demo/shop".to_string(), &record)]);
+            let now = u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second())?;
+            let mut api = weft_operator::federation::hubapi::MemberApi::default();
+            api.sync(&client, "cluster-a", &records, now, 10).await?;
+            // Unchanged: nothing written again (the Lease is not due).
+            anyhow::ensure!(
+                api.sync(&client, "cluster-a", &records, now + 1, 10)
+                    .await?
+                    == 0
+            );
+            anyhow::Ok(())
+        })
+    })
+    .unwrap();
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "weft-member", "namespace": "weft-hub-cluster-b"},
+        "spec": {"holderIdentity": "cluster-b", "renewTime": now},
+    });
+    let (ok, err) = kubectl_as(&c, &b, &apply, Some(&lease.to_string()));
+    assert!(ok, "cluster-b beats: {err}");
     // In the control plane's namespace, where the local kubeconfigs dial.
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", c.cp().netns()])
@@ -1073,6 +1119,38 @@ fn hub_members_write_only_their_own_records() {
         assert_eq!(m["records"], 1, "{m}");
     }
     assert_eq!(hub["status"]["members"], 2);
+
+    // What member a imports from the hub: its grant, and b's node.
+    let a_path = a.clone();
+    let f = weft_e2e::netns::in_netns(c.cp().netns(), move || {
+        tokio::runtime::Runtime::new()?.block_on(async move {
+            let client = member_client(&a_path).await?;
+            let view = weft_operator::federation::hubapi::read_view(&client, "hub").await?;
+            let now = u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second())?;
+            let app = weft_operator::planner::ObjectKey::new("demo", "shop");
+            anyhow::Ok(weft_operator::federation::import::federated(
+                "cluster-a",
+                8,
+                &app,
+                &view,
+                now,
+            ))
+        })
+    })
+    .unwrap();
+    let granted = f.granted.expect("a grant for cluster-a");
+    assert_eq!(granted.range.to_string(), "10.120.0.0/16");
+    assert_eq!(
+        granted
+            .blocks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["10.120.0.0/23"]
+    );
+    assert_eq!(f.remote.len(), 1, "{:?}", f.problems);
+    assert_eq!(f.remote[0].id, "cluster-b/n1");
+    assert_eq!(f.remote[0].slice.to_string(), "10.120.2.0/26");
 
     // In its own namespace, a record naming another member.
     if has_cel(&c) {

@@ -149,3 +149,147 @@ pub async fn pass(client: &Client, name: &str, now: u64) -> anyhow::Result<HubRe
     }
     Ok(report)
 }
+
+/// Everything a member reads from a hub API, as [`super::hubdir::read_view`]
+/// does from a directory: the MeshHub as [`HubState`], the allocations,
+/// every member's records (those out of their member's namespace or not
+/// named after their app are left out) and heartbeats.
+pub async fn read_view(client: &Client, hub_name: &str) -> anyhow::Result<super::import::HubView> {
+    let hub = Api::<MeshHub>::all(client.clone()).get(hub_name).await?;
+    let spec = &hub.spec;
+    let state = weft_api::federation::HubState {
+        hub: hub_name.to_string(),
+        members: spec.members.clone(),
+        stale_after_seconds: spec
+            .stale_after_seconds
+            .unwrap_or(weft_api::federation::DEFAULT_STALE_AFTER_SECONDS),
+        prune_after_seconds: spec
+            .prune_after_seconds
+            .unwrap_or(weft_api::federation::DEFAULT_PRUNE_AFTER_SECONDS),
+        block_slices: spec
+            .block_slices
+            .unwrap_or(weft_api::federation::DEFAULT_BLOCK_SLICES),
+    };
+    let mut records = BTreeMap::new();
+    for r in Api::<MeshSiteRecord>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+    {
+        let ns = r.namespace().unwrap_or_default();
+        if let Some(site) = ns.strip_prefix("weft-hub-") {
+            if r.name_any() == file_stem(&r.spec.app) {
+                records.insert((site.to_string(), r.spec.app.clone()), r.spec);
+            }
+        }
+    }
+    let allocations = Api::<MeshHubAllocation>::namespaced(client.clone(), HUB_NAMESPACE)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|a| a.name_any() == file_stem(&a.spec.app))
+        .map(|a| (a.spec.app.clone(), a.spec))
+        .collect();
+    let mut heartbeats = BTreeMap::new();
+    for m in &spec.members {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), &member_namespace(&m.site));
+        if let Some(t) = leases
+            .get_opt(MEMBER)
+            .await?
+            .and_then(|l| l.spec?.renew_time)
+        {
+            heartbeats.insert(m.site.clone(), u64::try_from(t.0.as_second()).unwrap_or(0));
+        }
+    }
+    Ok(super::import::HubView {
+        state: Some(state),
+        allocations,
+        records,
+        heartbeats,
+        error: None,
+        read_at: 0,
+    })
+}
+
+/// What a member last wrote to a hub API, so unchanged records are not
+/// written again (as [`super::hubdir::MemberFiles`] for a directory).
+#[derive(Default)]
+pub struct MemberApi {
+    written: Option<BTreeMap<String, weft_api::federation::SiteRecordSpec>>,
+    last_beat: Option<u64>,
+}
+
+impl MemberApi {
+    /// Brings this member's records in its namespace in line with
+    /// `records` (by app) and renews its Lease every `beat_every` seconds
+    /// (and whenever a record changed). Returns the objects written.
+    pub async fn sync(
+        &mut self,
+        client: &Client,
+        site: &str,
+        records: &BTreeMap<String, &weft_api::federation::SiteRecordSpec>,
+        now: u64,
+        beat_every: u64,
+    ) -> anyhow::Result<usize> {
+        let ns = member_namespace(site);
+        let api: Api<MeshSiteRecord> = Api::namespaced(client.clone(), &ns);
+        let written = match &mut self.written {
+            Some(w) => w,
+            None => {
+                let mut found = BTreeMap::new();
+                for r in api.list(&ListParams::default()).await? {
+                    found.insert(r.spec.app.clone(), r.spec);
+                }
+                self.written.insert(found)
+            }
+        };
+        let pp = PatchParams::apply(MEMBER).force();
+        let mut writes = 0;
+        for (app, r) in records {
+            if written.get(app) == Some(*r) {
+                continue;
+            }
+            let body = json!({
+                "apiVersion": "weft.dev/v1alpha1",
+                "kind": "MeshSiteRecord",
+                "metadata": {"name": file_stem(app), "namespace": ns},
+                "spec": r,
+            });
+            api.patch(&file_stem(app), &pp, &Patch::Apply(&body))
+                .await?;
+            written.insert(app.clone(), (*r).clone());
+            writes += 1;
+        }
+        let gone: Vec<String> = written
+            .keys()
+            .filter(|a| !records.contains_key(*a))
+            .cloned()
+            .collect();
+        for app in gone {
+            match api.delete(&file_stem(&app), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            written.remove(&app);
+            writes += 1;
+        }
+        if self.last_beat.is_none_or(|b| now >= b + beat_every) || writes > 0 {
+            let t = k8s_openapi::jiff::Timestamp::from_second(i64::try_from(now).unwrap_or(0))?;
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": MEMBER, "namespace": ns},
+                "spec": {
+                    "holderIdentity": site,
+                    "renewTime": t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                },
+            });
+            Api::<Lease>::namespaced(client.clone(), &ns)
+                .patch(MEMBER, &pp, &Patch::Apply(&lease))
+                .await?;
+            self.last_beat = Some(now);
+        }
+        Ok(writes)
+    }
+}
