@@ -26,6 +26,7 @@ pub mod state;
 pub mod status;
 pub mod status_backoff;
 pub mod storage;
+pub mod wake;
 pub mod workloads;
 
 pub use error::Error;

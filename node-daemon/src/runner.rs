@@ -61,6 +61,10 @@ pub struct LoopConfig {
     pub interval: Duration,
     /// Time between status writes when nothing changed.
     pub heartbeat: Duration,
+    /// Set when an input changed (see [`crate::wake`]): the loop runs its
+    /// next pass at once instead of waiting out `interval`, which stays
+    /// the safety net.
+    pub wake: crate::wake::Wake,
 }
 
 /// Settings of the standalone loop.
@@ -116,7 +120,17 @@ pub fn run<D: Dataplane>(
         advertise_address: cfg.advertise_address.clone(),
         interval: cfg.interval,
         heartbeat: cfg.heartbeat,
+        wake: crate::wake::Wake::default(),
     };
+    // The operator's writes of this node's MeshNode and the announcements of
+    // its workloads wake the loop (polling stays the safety net).
+    crate::wake::watch(
+        &lc.wake,
+        vec![
+            (state.node_dir(&cfg.node), Some("meshnode.json")),
+            (state.workloads_dir(&cfg.node), None),
+        ],
+    );
     let Some(socket) = &cfg.attach_socket else {
         let mut source = DirSource::new(state.workloads_dir(&cfg.node));
         run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
@@ -229,8 +243,8 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
         // read the address in status.
         source.after_pass(spec.as_ref(), &report.status);
         let mut left = cfg.interval.saturating_sub(started.elapsed());
-        while left > Duration::ZERO && !stop.load(Ordering::Relaxed) {
-            let step = left.min(Duration::from_millis(50));
+        while left > Duration::ZERO && !stop.load(Ordering::Relaxed) && !cfg.wake.take() {
+            let step = left.min(crate::wake::STEP);
             std::thread::sleep(step);
             left = left.saturating_sub(step);
         }

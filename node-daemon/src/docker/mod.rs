@@ -160,6 +160,7 @@ pub fn run<D: Dataplane>(
     metrics: &Metrics,
 ) -> Result<(), Error> {
     let state = StateDir::new(&cfg.state_dir);
+    let meshnode_dir = state.node_dir(&cfg.node);
     let mut transport = FileTransport::new(state, &cfg.node, &cfg.data_dir);
     transport.register(&NodeRegistration {
         name: cfg.node.clone(),
@@ -173,7 +174,9 @@ pub fn run<D: Dataplane>(
         advertise_address: cfg.advertise_address.clone(),
         interval: cfg.interval,
         heartbeat: cfg.heartbeat,
+        wake: crate::wake::Wake::default(),
     };
+    crate::wake::watch(&lc.wake, vec![(meshnode_dir, Some("meshnode.json"))]);
     let mut source = DockerSource::start(socket.to_path_buf()).map_err(|e| Error::io(socket, e))?;
     tracing::info!(socket = %socket.display(), "workloads from the Docker engine");
     run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
