@@ -151,7 +151,7 @@ pub fn run<D: Dataplane>(
         advertise_address: cfg.advertise_address.clone(),
         interval: cfg.interval,
         heartbeat: cfg.heartbeat,
-        wake: crate::wake::Wake::default(),
+        wake: transport.wake(),
     };
     match (&cfg.attach_socket, &cfg.docker_socket) {
         (Some(_), Some(_)) => {

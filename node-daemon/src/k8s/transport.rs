@@ -69,6 +69,7 @@ pub struct KubeTransport {
     api: Api<MeshNode>,
     store: Store<MeshNode>,
     watch: JoinHandle<()>,
+    wake: crate::wake::Wake,
     cache_path: PathBuf,
     last_good: Option<MeshNode>,
     rt: tokio::runtime::Handle,
@@ -86,9 +87,27 @@ impl KubeTransport {
             watcher::Config::default().fields(&own_meshnode_selector(node)),
         );
         let node_name = node.to_string();
+        let wake = crate::wake::Wake::default();
+        let woken = wake.clone();
+        // A new spec (generation) wakes the loop; the daemon's own status
+        // writes do not (they leave the generation as it is).
+        let mut seen: Option<Option<i64>> = None;
         let watch = rt.spawn(reflector::reflector(writer, stream).for_each(move |ev| {
-            if let Err(e) = ev {
-                tracing::warn!(node = %node_name, error = %e, "MeshNode watch failed; retrying with backoff");
+            match ev {
+                Err(e) => {
+                    tracing::warn!(node = %node_name, error = %e, "MeshNode watch failed; retrying with backoff");
+                }
+                Ok(watcher::Event::Apply(mn) | watcher::Event::InitApply(mn)) => {
+                    if seen != Some(mn.metadata.generation) {
+                        seen = Some(mn.metadata.generation);
+                        woken.set();
+                    }
+                }
+                Ok(watcher::Event::Delete(_)) => {
+                    seen = None;
+                    woken.set();
+                }
+                Ok(_) => {}
             }
             std::future::ready(())
         }));
@@ -104,7 +123,13 @@ impl KubeTransport {
             cache_path,
             last_good,
             rt: rt.clone(),
+            wake,
         }
+    }
+
+    /// Set when the watched MeshNode's spec changes: hand it to the loop.
+    pub fn wake(&self) -> crate::wake::Wake {
+        self.wake.clone()
     }
 
     /// Makes this daemon register its node as a MeshNode of `site` while
@@ -315,6 +340,9 @@ mod tests {
         let spec = spec.expect("the watched MeshNode is served");
         assert_eq!(spec.metadata.generation, Some(3));
         assert!(t.exists());
+        // Its arrival asked the loop for a pass; nothing since.
+        assert!(t.wake().take(), "a new spec wakes the loop");
+        assert!(!t.wake().take());
         let cache = dir.path().join("last-meshnode.json");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
