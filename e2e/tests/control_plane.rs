@@ -544,10 +544,16 @@ fn rbac_holds_every_account_to_its_own_objects() {
         );
     }
 
-    // The operator: no Secrets, no deletes, MeshApps only through their finalizer patch.
+    // The operator: one Secret by name (its hub kubeconfig), no deletes,
+    // MeshApps only through their finalizer patch.
     let operator = c
         .local_kubeconfig_as(SYSTEM_NS, "weft-operator", Some("weft-operator-1"))
         .unwrap();
+    assert!(can_i(
+        &c,
+        &operator,
+        &["get", "secrets/weft-hub-kubeconfig", "-n", SYSTEM_NS]
+    ));
     assert!(can_i(&c, &operator, &["patch", "meshnodes"]));
     assert!(can_i(
         &c,
@@ -556,6 +562,8 @@ fn rbac_holds_every_account_to_its_own_objects() {
     ));
     for denied in [
         vec!["get", "secrets", "-A"],
+        vec!["list", "secrets", "-n", SYSTEM_NS],
+        vec!["get", "secrets/other", "-n", SYSTEM_NS],
         vec!["delete", "meshnodes"],
         vec!["delete", "meshapps", "-n", NS],
         vec!["update", "meshapps", "-n", NS],

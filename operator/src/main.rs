@@ -68,6 +68,14 @@ enum Command {
         /// Address of /metrics, /healthz and /readyz.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_address: std::net::SocketAddr,
+        /// The operator's namespace: where the Secrets named by
+        /// MeshSites' hubAccess.kubeconfigSecret are read.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "weft-system")]
+        namespace: String,
+        /// Milliseconds between reads of federation hubs (and writes of
+        /// this member's records to them).
+        #[arg(long, default_value_t = 1000)]
+        hub_interval_ms: u64,
     },
     /// Serve a directory hub for federated standalone operators: publish the
     /// MeshHub's members, and allocate each shared app's range and each
@@ -159,6 +167,8 @@ fn kubernetes(
     leader_lease: Option<String>,
     identity: Option<String>,
     metrics_address: std::net::SocketAddr,
+    namespace: String,
+    hub_every: Duration,
 ) -> anyhow::Result<()> {
     use weft_operator::k8s::lease::LeaseConfig;
     use weft_operator::k8s::run::{run, RunConfig};
@@ -181,6 +191,8 @@ fn kubernetes(
         resync: Duration::from_secs(resync_seconds),
         debounce: Duration::from_millis(200),
         metrics: Default::default(),
+        namespace,
+        hub_every,
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -333,6 +345,8 @@ fn main() -> anyhow::Result<()> {
             leader_lease,
             identity,
             metrics_address,
+            namespace,
+            hub_interval_ms,
         } => {
             init_logs();
             let planner = weft_operator::planner::PlannerConfig::with_pool(pool, app_prefix_length)
@@ -343,6 +357,8 @@ fn main() -> anyhow::Result<()> {
                 leader_lease,
                 identity,
                 metrics_address,
+                namespace,
+                Duration::from_millis(hub_interval_ms),
             )
         }
         Command::Standalone {

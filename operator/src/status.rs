@@ -278,7 +278,13 @@ pub fn app_status_with_refresh(
         nodes_total,
         peers_up,
         peers_total: pairs_total,
-        nodes: Some(format!("{nodes_ready}/{nodes_total}")),
+        // Other members' nodes in the mesh (their readiness is theirs to
+        // report; the peer links to them are counted in `peers`).
+        nodes: Some(if remote.is_empty() {
+            format!("{nodes_ready}/{nodes_total}")
+        } else {
+            format!("{nodes_ready}/{nodes_total} +{} remote", remote.len())
+        }),
         peers: Some(format!("{peers_up}/{pairs_total}")),
         sites: outcome.sites.clone(),
         traffic: None,

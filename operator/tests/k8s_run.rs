@@ -169,6 +169,8 @@ fn config(lease: Option<LeaseConfig>) -> RunConfig {
         resync: Duration::from_millis(100),
         debounce: Duration::from_millis(10),
         metrics: Default::default(),
+        namespace: "weft-system".into(),
+        hub_every: Duration::from_millis(100),
     }
 }
 

@@ -220,6 +220,11 @@ pub struct MemberApi {
 }
 
 impl MemberApi {
+    /// Whether any record this member wrote is still on the hub.
+    pub fn holds_records(&self) -> bool {
+        self.written.as_ref().is_some_and(|w| !w.is_empty())
+    }
+
     /// Brings this member's records in its namespace in line with
     /// `records` (by app) and renews its Lease every `beat_every` seconds
     /// (and whenever a record changed). Returns the objects written.

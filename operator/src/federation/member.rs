@@ -1,16 +1,19 @@
 //! A member's side of federation across passes: which apps are shared and
 //! through which hub, what the hubs say (the last good read is kept while
-//! a hub cannot be read, so nothing is torn down), and writing this
-//! member's records back.
+//! a hub cannot be read, so nothing is torn down), and what to write back.
 //!
 //! An app is shared when it spans a `Remote` MeshSite that says how to
 //! reach its hub; the member's name on the hub is its `Local` MeshSite's.
+//! Reading and writing go through a transport: a hub directory here
+//! ([`Member::inputs`], [`Member::export`]), a hub cluster in
+//! `k8s::federation`; both feed [`Member::absorb`] and read
+//! [`Member::outgoing`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use weft_api::federation::{HubLayout, SiteRecordSpec, DEFAULT_BLOCK_SLICES};
-use weft_api::SiteKind;
+use weft_api::{MeshSiteSpec, SiteKind};
 
 use super::hubdir::{self, MemberFiles};
 use super::import::{self, HubView};
@@ -20,11 +23,64 @@ use crate::planner::{Federated, ObjectKey, Plan, Snapshot};
 /// Seconds between heartbeats at most (and a third of `staleAfterSeconds`).
 const BEAT_EVERY: u64 = 10;
 
+/// Where a hub is reached.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HubRef {
+    /// A directory the hub serves (standalone members).
+    Directory(PathBuf),
+    /// A hub cluster: the MeshHub's name there, and the Secret in the
+    /// operator's namespace holding a kubeconfig for it.
+    Cluster {
+        /// The MeshHub's name.
+        hub: String,
+        /// The Secret's name.
+        secret: String,
+    },
+}
+
+impl std::fmt::Display for HubRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HubRef::Directory(d) => write!(f, "hub directory {}", d.display()),
+            HubRef::Cluster { hub, secret } => {
+                write!(f, "MeshHub {hub} (kubeconfig Secret {secret})")
+            }
+        }
+    }
+}
+
+/// How a Remote site reaches its hub, if it says.
+pub fn hub_ref(spec: &MeshSiteSpec) -> Option<HubRef> {
+    if spec.kind != SiteKind::Remote {
+        return None;
+    }
+    let access = spec.hub_access.as_ref()?;
+    match (&access.directory, &access.kubeconfig_secret) {
+        (Some(d), None) => Some(HubRef::Directory(PathBuf::from(d))),
+        (None, Some(secret)) => Some(HubRef::Cluster {
+            hub: spec.hub.clone()?,
+            secret: secret.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// What a member writes to one hub this pass.
+pub struct Outgoing<'a> {
+    /// The hub.
+    pub hub: HubRef,
+    /// This member's name on it.
+    pub member: &'a str,
+    /// Its records there, by app (`namespace/name`).
+    pub records: BTreeMap<String, &'a SiteRecordSpec>,
+    /// Seconds between heartbeats.
+    pub beat_every: u64,
+}
+
+#[derive(Default)]
 struct HubConn {
-    layout: HubLayout,
     /// The last view read, with the error of the last read if it failed.
     view: Option<HubView>,
-    files: MemberFiles,
     /// The last time the hub could not be read, from the last good read
     /// before it to the first one after (seconds since the epoch).
     outage: Option<(u64, u64)>,
@@ -50,92 +106,118 @@ fn excuse_outage(view: &mut HubView, outage: (u64, u64)) {
 /// This member's federation state.
 #[derive(Default)]
 pub struct Member {
-    hubs: BTreeMap<PathBuf, HubConn>,
-    /// Shared app → its hub, as of the last [`Member::inputs`].
-    shared: BTreeMap<ObjectKey, PathBuf>,
+    hubs: BTreeMap<HubRef, HubConn>,
+    /// Shared app → its hub, as of the last [`Member::wanted`].
+    shared: BTreeMap<ObjectKey, HubRef>,
     name: Option<String>,
+    /// What was last written to each hub directory.
+    files: BTreeMap<PathBuf, MemberFiles>,
+    /// Hub clusters are written by the Kubernetes transport (else no
+    /// transport reaches them, and [`Member::export`] lets them go).
+    clusters_elsewhere: bool,
 }
 
 /// The member's name: its one `Local` site.
-fn member_name(s: &Snapshot) -> Option<String> {
-    let mut local = s.sites.iter().filter(|(_, x)| x.kind == SiteKind::Local);
+fn member_name(sites: &BTreeMap<String, MeshSiteSpec>) -> Option<String> {
+    let mut local = sites.iter().filter(|(_, x)| x.kind == SiteKind::Local);
     match (local.next(), local.next()) {
         (Some((name, _)), None) => Some(name.clone()),
         _ => None,
     }
 }
 
-/// Apps spanning a Remote site with a hub directory, with that directory.
-fn shared_apps(s: &Snapshot) -> BTreeMap<ObjectKey, PathBuf> {
-    let hub_of = |site: &String| {
-        let spec = s.sites.get(site)?;
-        (spec.kind == SiteKind::Remote).then_some(())?;
-        spec.hub_access
-            .as_ref()?
-            .directory
-            .as_ref()
-            .map(PathBuf::from)
-    };
-    s.apps
-        .iter()
-        .filter_map(|(k, spec)| Some((k.clone(), spec.sites.iter().find_map(hub_of)?)))
+/// Apps spanning a Remote site that says how to reach its hub, with the hub.
+fn shared_apps<'a>(
+    sites: &BTreeMap<String, MeshSiteSpec>,
+    apps: impl IntoIterator<Item = (ObjectKey, &'a [String])>,
+) -> BTreeMap<ObjectKey, HubRef> {
+    let hub_of = |site: &String| hub_ref(sites.get(site)?);
+    apps.into_iter()
+        .filter_map(|(k, spans)| Some((k, spans.iter().find_map(hub_of)?)))
         .collect()
 }
 
 impl Member {
+    /// A member whose hub clusters a transport outside this module writes
+    /// (the Kubernetes operator's).
+    pub fn with_cluster_transport() -> Member {
+        Member {
+            clusters_elsewhere: true,
+            ..Default::default()
+        }
+    }
+
     /// Whether any app is shared, or records of apps no longer shared are
     /// still to be removed from a hub (as of the last pass).
     pub fn active(&self) -> bool {
         !self.shared.is_empty() || !self.hubs.is_empty()
     }
 
-    /// Reads the hubs of the shared apps of `s` and returns each one's
-    /// federation input at `now` (seconds since the epoch), with how each
-    /// Remote site behind a hub looks.
-    pub fn inputs(
+    /// Whether a site of `sites` reaches a hub (else, with nothing
+    /// [`active`](Member::active), there is nothing to do).
+    pub fn any_hub(sites: &BTreeMap<String, MeshSiteSpec>) -> bool {
+        sites.values().any(|s| hub_ref(s).is_some())
+    }
+
+    /// Takes the shared apps among `apps` (key, sites each spans) and
+    /// returns the hubs to read this pass.
+    pub fn wanted<'a>(
         &mut self,
-        s: &Snapshot,
-        now: u64,
-    ) -> (BTreeMap<ObjectKey, Federated>, BTreeMap<String, HubLink>) {
-        self.shared = shared_apps(s);
-        self.name = member_name(s);
-        let dirs: std::collections::BTreeSet<&PathBuf> = self.shared.values().collect();
+        sites: &BTreeMap<String, MeshSiteSpec>,
+        apps: impl IntoIterator<Item = (ObjectKey, &'a [String])>,
+    ) -> Vec<HubRef> {
+        self.shared = shared_apps(sites, apps);
+        self.name = member_name(sites);
+        let hubs: std::collections::BTreeSet<HubRef> = self.shared.values().cloned().collect();
         // A hub no shared app uses any more is kept until this member's
-        // records there are gone (see `export`).
-        for dir in dirs {
-            let link = self.hubs.entry(dir.clone()).or_insert_with(|| HubConn {
-                layout: HubLayout::new(dir),
-                view: None,
-                files: MemberFiles::default(),
-                outage: None,
-            });
-            match hubdir::read_view(&link.layout) {
-                Ok(mut v) => {
-                    v.read_at = now;
-                    if let Some(old) = link.view.as_ref().filter(|o| o.error.is_some()) {
-                        tracing::info!(hub = %dir.display(), "hub readable again");
-                        link.outage = Some((old.read_at, now));
-                    }
-                    if let Some(outage) = link.outage {
-                        excuse_outage(&mut v, outage);
-                    }
-                    link.view = Some(v);
+        // records there are gone (see `exported`).
+        for hub in &hubs {
+            self.hubs.entry(hub.clone()).or_default();
+        }
+        hubs.into_iter().collect()
+    }
+
+    /// What reading `hub` at `now` gave. A failed read keeps the last view
+    /// in force (with the error); the first good read after an outage
+    /// excuses the members that were fresh when it began.
+    pub fn absorb(&mut self, hub: &HubRef, read: anyhow::Result<HubView>, now: u64) {
+        let conn = self.hubs.entry(hub.clone()).or_default();
+        match read {
+            Ok(mut v) => {
+                v.read_at = now;
+                if let Some(old) = conn.view.as_ref().filter(|o| o.error.is_some()) {
+                    tracing::info!(%hub, "hub readable again");
+                    conn.outage = Some((old.read_at, now));
                 }
-                Err(e) => {
-                    let msg = format!("{e:#}");
-                    let view = link.view.get_or_insert_with(HubView::default);
-                    if view.error.as_deref() != Some(&msg) {
-                        tracing::warn!(hub = %dir.display(), error = %msg, "hub unreadable; keeping what it said last");
-                    }
-                    view.error = Some(msg);
+                if let Some(outage) = conn.outage {
+                    excuse_outage(&mut v, outage);
                 }
+                conn.view = Some(v);
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let view = conn.view.get_or_insert_with(HubView::default);
+                if view.error.as_deref() != Some(&msg) {
+                    tracing::warn!(%hub, error = %msg, "hub unreadable; keeping what it said last");
+                }
+                view.error = Some(msg);
             }
         }
+    }
+
+    /// Each shared app's federation input at `now` (seconds since the
+    /// epoch) from the views absorbed, with how each Remote site behind a
+    /// hub looks.
+    pub fn imports(
+        &self,
+        sites: &BTreeMap<String, MeshSiteSpec>,
+        now: u64,
+    ) -> (BTreeMap<ObjectKey, Federated>, BTreeMap<String, HubLink>) {
         // Members age from the last good read while a hub is unreadable.
         let at = |v: &HubView| if v.error.is_some() { v.read_at } else { now };
         let mut out = BTreeMap::new();
-        for (app, dir) in &self.shared {
-            let Some(view) = self.hubs.get(dir).and_then(|l| l.view.as_ref()) else {
+        for (app, hub) in &self.shared {
+            let Some(view) = self.hubs.get(hub).and_then(|l| l.view.as_ref()) else {
                 continue;
             };
             let now = at(view);
@@ -161,18 +243,9 @@ impl Member {
             out.insert(app.clone(), f);
         }
         let mut links = BTreeMap::new();
-        for (site, spec) in &s.sites {
-            let Some(dir) = spec
-                .hub_access
-                .as_ref()
-                .and_then(|a| a.directory.as_ref())
-                .filter(|_| spec.kind == SiteKind::Remote)
-            else {
-                continue;
-            };
-            let Some(view) = self
-                .hubs
-                .get(&PathBuf::from(dir))
+        for (site, spec) in sites {
+            let Some(view) = hub_ref(spec)
+                .and_then(|h| self.hubs.get(&h))
                 .and_then(|l| l.view.as_ref())
             else {
                 continue;
@@ -198,45 +271,110 @@ impl Member {
         (out, links)
     }
 
-    /// Writes this member's records of `plan` to their hubs. Returns the
-    /// files written; the first error stops nothing but is returned.
-    pub fn export(&mut self, plan: &Plan, now: u64) -> anyhow::Result<usize> {
+    /// Reads the hub directories of the shared apps of `s` and returns
+    /// [`Member::imports`] (the standalone transport). A hub cluster cannot
+    /// be reached from here: its apps say so.
+    pub fn inputs(
+        &mut self,
+        s: &Snapshot,
+        now: u64,
+    ) -> (BTreeMap<ObjectKey, Federated>, BTreeMap<String, HubLink>) {
+        let apps = s.apps.iter().map(|(k, a)| (k.clone(), a.sites.as_slice()));
+        for hub in self.wanted(&s.sites, apps) {
+            let read = match &hub {
+                HubRef::Directory(d) => hubdir::read_view(&HubLayout::new(d)),
+                HubRef::Cluster { .. } => Err(anyhow::anyhow!(
+                    "a hub cluster (hubAccess.kubeconfigSecret) is reached by an operator in \
+                     Kubernetes mode; a standalone operator needs hubAccess.directory"
+                )),
+            };
+            self.absorb(&hub, read, now);
+        }
+        self.imports(&s.sites, now)
+    }
+
+    /// What to write to each hub this member uses: its records of `plan`
+    /// (none for a hub no shared app uses any more) and how often to beat.
+    pub fn outgoing<'a>(&'a self, plan: &'a Plan) -> Vec<Outgoing<'a>> {
         let Some(member) = &self.name else {
-            return Ok(0);
+            return Vec::new();
         };
+        self.hubs
+            .iter()
+            .map(|(hub, conn)| Outgoing {
+                hub: hub.clone(),
+                member,
+                records: plan
+                    .exports
+                    .iter()
+                    .filter(|(k, _)| self.shared.get(*k) == Some(hub))
+                    .map(|(k, r)| (k.to_string(), r))
+                    .collect(),
+                beat_every: conn
+                    .view
+                    .as_ref()
+                    .and_then(|v| v.state.as_ref())
+                    .map_or(BEAT_EVERY, |s| {
+                        (u64::from(s.stale_after_seconds) / 3).clamp(1, BEAT_EVERY)
+                    }),
+            })
+            .collect()
+    }
+
+    /// Whether `hub` is still one this member reads or writes.
+    pub fn is_used(&self, hub: &HubRef) -> bool {
+        self.hubs.contains_key(hub)
+    }
+
+    /// A transport wrote [`Outgoing`] to `hub`; `holds_records` says
+    /// whether records of this member are still there. A hub no shared app
+    /// uses and without records is let go.
+    pub fn exported(&mut self, hub: &HubRef, holds_records: bool) {
+        if !holds_records && !self.shared.values().any(|h| h == hub) {
+            self.hubs.remove(hub);
+            if let HubRef::Directory(d) = hub {
+                self.files.remove(d);
+            }
+        }
+    }
+
+    /// Writes this member's records of `plan` to its hub directories (hub
+    /// clusters are left to their transport).
+    /// Returns the files written; the first error stops nothing but is
+    /// returned.
+    pub fn export(&mut self, plan: &Plan, now: u64) -> anyhow::Result<usize> {
         let mut writes = 0;
         let mut first_error = None;
         let mut done = Vec::new();
-        for (dir, link) in &mut self.hubs {
-            let records: BTreeMap<String, &SiteRecordSpec> = plan
-                .exports
-                .iter()
-                .filter(|(k, _)| self.shared.get(*k) == Some(dir))
-                .map(|(k, r)| (k.to_string(), r))
-                .collect();
-            let every = link
-                .view
-                .as_ref()
-                .and_then(|v| v.state.as_ref())
-                .map_or(BEAT_EVERY, |s| {
-                    (u64::from(s.stale_after_seconds) / 3).clamp(1, BEAT_EVERY)
-                });
-            match link.files.sync(&link.layout, member, &records, now, every) {
+        let mut all_files = std::mem::take(&mut self.files);
+        for out in self.outgoing(plan) {
+            let HubRef::Directory(dir) = &out.hub else {
+                if !self.clusters_elsewhere {
+                    // Nothing was ever written there from here.
+                    done.push((out.hub.clone(), false));
+                }
+                continue;
+            };
+            let files = all_files.entry(dir.clone()).or_default();
+            match files.sync(
+                &HubLayout::new(dir),
+                out.member,
+                &out.records,
+                now,
+                out.beat_every,
+            ) {
                 Ok(n) => {
                     writes += n;
-                    // No shared app uses this hub and its records are gone.
-                    if !self.shared.values().any(|d| d == dir) && !link.files.holds_records() {
-                        done.push(dir.clone());
-                    }
+                    done.push((out.hub.clone(), files.holds_records()));
                 }
                 Err(e) => {
-                    first_error
-                        .get_or_insert(e.context(format!("writing to hub {}", dir.display())));
+                    first_error.get_or_insert(e.context(format!("writing to {}", out.hub)));
                 }
             }
         }
-        for dir in done {
-            self.hubs.remove(&dir);
+        self.files = all_files;
+        for (hub, holds) in done {
+            self.exported(&hub, holds);
         }
         match first_error {
             Some(e) => Err(e),

@@ -17,8 +17,11 @@
 //! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`.
 //! - [`run`]: reflectors, triggers, backoff; the `weft-operator kubernetes` loop.
 //! - [`watch`]: every watch's retry policy, and an immediate relist on 410.
+//! - [`federation`]: this cluster as a member of federation hubs (a task
+//!   beside the loop: hubs in, this member's records out).
 
 pub mod error;
+pub mod federation;
 pub mod lease;
 pub mod metrics;
 pub mod pass_state;

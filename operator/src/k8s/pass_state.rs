@@ -37,6 +37,11 @@ pub struct PassState {
     /// [`input_fingerprint`](super::snapshot::input_fingerprint)) and the
     /// settings.
     pub(crate) input: Option<(u64, PlannerConfig)>,
+    /// What the federation hubs say (set by the run loop before a pass;
+    /// see [`super::federation`]).
+    pub federation: Option<std::sync::Arc<super::federation::FedInputs>>,
+    /// The last pass's plan (its exports go to the hubs).
+    pub last_plan: Option<std::sync::Arc<Plan>>,
 }
 
 impl PassState {

@@ -386,7 +386,9 @@ pub async fn reconcile_all_limited(
     let hint = state.meshnodes_changed(&stored);
     // Caches as they were for the last plan and every MeshNode written as
     // planned: the snapshot would be the last one, so it is not built.
-    let input = input_fingerprint(obs, now).map(|f| (f, config.clone()));
+    let fed_version = state.federation.as_ref().map_or(0, |f| f.version);
+    let input =
+        input_fingerprint(obs, now).map(|f| (f ^ fed_version.rotate_left(17), config.clone()));
     let same = input.is_some() && input == state.input && hint.is_empty();
     let reused = if same {
         state.planner.unchanged()
@@ -396,7 +398,11 @@ pub async fn reconcile_all_limited(
     let pass = match reused {
         Some(pass) => pass,
         None => {
-            let snapshot = snapshot_without_specs(obs, config, now);
+            let mut snapshot = snapshot_without_specs(obs, config, now);
+            if let Some(f) = &state.federation {
+                snapshot.federation = f.imports.clone();
+                snapshot.hub_links = f.links.clone();
+            }
             report.phase("snapshot", &mut phase);
             state
                 .planner
@@ -405,6 +411,7 @@ pub async fn reconcile_all_limited(
     };
     state.input = input;
     state.planned(&stored, &pass);
+    state.last_plan = Some(pass.plan.clone());
     drop(stored_specs);
     tracing::debug!(kind = ?pass.kind, "planned");
     report.planned = Some(pass.kind.clone());

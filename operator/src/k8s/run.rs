@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use weft_api::{MeshApp, MeshNode, MeshPolicy, MeshSite};
 
+use super::federation::{FedInputs, FederationTask};
 use super::lease::{LeaderElector, LeaseConfig};
 use super::metrics::Metrics;
 use super::pass_state::PassState;
@@ -39,6 +40,11 @@ pub struct RunConfig {
     pub debounce: Duration,
     /// Where passes, errors, leadership and readiness are counted.
     pub metrics: Arc<Metrics>,
+    /// The operator's namespace: where the Secrets of hub kubeconfigs live.
+    pub namespace: String,
+    /// How often federation hubs are read and written (see
+    /// [`super::federation`]).
+    pub hub_every: Duration,
 }
 
 /// Pause before the pass that sends status writes a pass had to defer.
@@ -153,6 +159,19 @@ pub async fn run(
     tracing::info!("caches ready");
     cfg.metrics.set_ready(true);
 
+    let (plans_tx, plans_rx) = watch::channel(None);
+    let (fed_tx, fed_rx) = watch::channel::<Option<Arc<FedInputs>>>(None);
+    let federation = tokio::spawn(
+        FederationTask {
+            client: client.clone(),
+            namespace: cfg.namespace.clone(),
+            sites: sites.clone(),
+            apps: apps.clone(),
+            every: cfg.hub_every,
+        }
+        .run(leading.clone(), plans_rx, fed_tx, tx.clone()),
+    );
+
     let mut backoff = BACKOFF_MIN;
     let mut logged: Vec<String> = Vec::new();
     let mut due = true;
@@ -184,6 +203,7 @@ pub async fn run(
             pods: pods.state(),
             nodes: nodes.state(),
         };
+        state.federation = fed_rx.borrow().clone();
         let started = std::time::Instant::now();
         let instance = cfg.lease.as_ref().map(|l| l.identity.as_str());
         let result = reconcile_all(
@@ -196,6 +216,15 @@ pub async fn run(
         )
         .await;
         cfg.metrics.observe_pass(started.elapsed(), result.as_ref());
+        if let Some(plan) = &state.last_plan {
+            plans_tx.send_if_modified(|p| {
+                let new = p.as_ref().is_none_or(|old| !Arc::ptr_eq(old, plan));
+                if new {
+                    *p = Some(plan.clone());
+                }
+                new
+            });
+        }
         match result {
             Ok(report) => {
                 backoff = BACKOFF_MIN;
@@ -237,6 +266,7 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down");
+    federation.abort();
     for t in tasks {
         t.abort();
     }

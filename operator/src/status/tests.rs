@@ -349,4 +349,5 @@ fn links_to_other_members_count_from_this_side_and_lost_ones_not_at_all() {
         "{}",
         ready(&st).message
     );
+    assert_eq!(st.nodes.as_deref(), Some("1/1 +2 remote"));
 }
