@@ -4,7 +4,13 @@
 # own records, read the others'). Usage: scripts/hub-kubeconfig.sh SITE [HOURS]
 # (apply a copy of config/hub/member-cluster-a for SITE first). Prints the
 # kubeconfig; store it in the member cluster as the Secret its Remote
-# MeshSites name in hubAccess.kubeconfigSecret.
+# MeshSites name in hubAccess.kubeconfigSecret (the operator may read only
+# weft-system/weft-hub-kubeconfig, see config/rbac/hub_access_role.yaml):
+#   scripts/hub-kubeconfig.sh cluster-a > hub.kubeconfig   # against the hub
+#   kubectl -n weft-system create secret generic weft-hub-kubeconfig \
+#     --from-file=kubeconfig=hub.kubeconfig                # against the member
+# The server address is the hub's as this kubectl reaches it: it must be one
+# the member's operator reaches too. `kubectl create token` needs 1.24+.
 set -euo pipefail
 site=${1:?usage: $0 SITE [HOURS]}
 hours=${2:-720}

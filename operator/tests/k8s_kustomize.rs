@@ -385,6 +385,13 @@ fn a_hub_member_writes_only_its_own_namespace_and_reads_the_rest() {
             "the policy checks {needle}: {policy}"
         );
     }
+    // The hub's loop runs as one replica, never two at once, as its account.
+    let deploy = find(&hub, "Deployment", "weft-hub-operator");
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "weft-hub-operator");
+    assert_eq!(pod["containers"][0]["args"][0], "hub-kubernetes");
     // The hub operator writes allocations only in its own namespace.
     let hub_role = find(&hub, "Role", "weft-hub-operator");
     assert_eq!(hub_role["metadata"]["namespace"], "weft-hub");
