@@ -132,6 +132,14 @@ pub fn cleanup_run_leftovers(prefix: &str) -> Leftovers {
     remove(find_run_leftovers(prefix))
 }
 
+/// Like [`cleanup_run_leftovers`], sparing the namespaces named in `keep`
+/// (a WAN that another run still shares, see `Sim::join`).
+pub fn cleanup_run_leftovers_sparing(prefix: &str, keep: &[String]) -> Leftovers {
+    let mut found = find_run_leftovers(prefix);
+    found.netns.retain(|n| !keep.contains(n));
+    remove(found)
+}
+
 fn remove(found: Leftovers) -> Leftovers {
     for (pid, _) in &found.processes {
         let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);

@@ -20,6 +20,11 @@
 //! [`KubeCluster::teardown`] (also on drop) removes pods, daemons (then runs
 //! `weft-node-daemon cleanup` on each node), operators, the control plane,
 //! the namespaces and the run directory.
+//!
+//! [`KubeCluster::join_wan`] builds a further cluster on an existing one's
+//! WAN (for federation): everything of its own (prefix, control plane at
+//! 192.0.2.251, operators at 230 + k, nodes after the first's), so either can
+//! be torn down first; the WAN goes with the last.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -39,6 +44,15 @@ use crate::topology::Sim;
 pub const SYSTEM_NS: &str = "weft-system";
 /// WAN address of the control plane's namespace.
 pub const CONTROL_PLANE_OCTET: u8 = 250;
+/// Operator replica `k` of a cluster runs at octet `OPERATOR_OCTET_BASE + k`.
+pub const OPERATOR_OCTET_BASE: u8 = 240;
+/// How far the octets of each further cluster on one WAN
+/// ([`KubeCluster::join_wan`]) move: its control plane one up from the
+/// previous one's (251, 252, ...), its operators' base ten down (230 + k,
+/// 220 + k, ...), so each cluster has room for 9 replicas.
+const JOINED_OPERATOR_STEP: u8 = 10;
+/// Clusters one WAN holds (the last one's operators start at 201).
+const MAX_CLUSTERS_PER_WAN: usize = 5;
 /// Host paths that stay the machine's own (named network namespaces).
 const SHARED_HOST_PATHS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 
@@ -229,6 +243,10 @@ pub struct KubeCluster {
     daemon_spec: Option<ContainerSpec>,
     operator_spec: Option<ContainerSpec>,
     operator_hosts: Vec<String>,
+    /// How many nodes of other clusters precede this one's node 1 on the WAN.
+    node_offset: usize,
+    cp_octet: u8,
+    operator_octet_base: u8,
     torn_down: bool,
 }
 
@@ -253,18 +271,48 @@ impl KubeCluster {
     /// The WAN with `n_nodes` nodes and the control plane, started and ready.
     pub fn new(n_nodes: usize) -> Result<KubeCluster> {
         let prefix = crate::unique_prefix();
+        let sim = Sim::with_prefix(&prefix, n_nodes)?;
+        Self::start(prefix, sim)
+    }
+
+    /// A second (third, ...) cluster on `first`'s WAN: its own control plane
+    /// (own etcd and API server, at octet 251 for the second cluster), its
+    /// own operator hosts (230 + k), its own `n_nodes` nodes
+    /// `<prefix>-n1..` under a prefix of its own, at the WAN addresses after
+    /// every node already there. The clusters share nothing but the WAN,
+    /// which lives until both are torn down, in either order.
+    pub fn join_wan(first: &KubeCluster, n_nodes: usize) -> Result<KubeCluster> {
+        let prefix = crate::unique_prefix();
+        let sim = Sim::join(
+            first.sim.as_ref().context("first cluster torn down")?,
+            &prefix,
+            n_nodes,
+        )?;
+        Self::start(prefix, sim)
+    }
+
+    fn start(prefix: String, mut sim: Sim) -> Result<KubeCluster> {
+        let m = sim.index();
+        anyhow::ensure!(
+            m < MAX_CLUSTERS_PER_WAN,
+            "at most {MAX_CLUSTERS_PER_WAN} clusters on one WAN"
+        );
+        // m < 5, so these stay within 201..=254.
+        let cp_octet = CONTROL_PLANE_OCTET + m as u8;
+        let operator_octet_base = OPERATOR_OCTET_BASE - JOINED_OPERATOR_STEP * m as u8;
+        let n_nodes = sim.n_nodes();
         let run_dir = tempfile::Builder::new()
             .prefix(&format!("{prefix}-run-"))
             .tempdir()?;
         let run_path = run_dir.path().to_path_buf();
         std::fs::create_dir_all(run_path.join("logs"))?;
-        let mut sim = Sim::with_prefix(&prefix, n_nodes)?;
-        let cp_ns = sim.add_host("cp", CONTROL_PLANE_OCTET)?;
+        let cp_ns = sim.add_host("cp", cp_octet)?;
         let mut c = KubeCluster {
             pods: Vec::new(),
             daemons: (0..n_nodes).map(|_| None).collect(),
             operators: Vec::new(),
             cp: None,
+            node_offset: sim.node_offset(),
             sim: Some(sim),
             prefix,
             run_dir: Some(run_dir),
@@ -272,11 +320,13 @@ impl KubeCluster {
             daemon_spec: None,
             operator_spec: None,
             operator_hosts: Vec::new(),
+            cp_octet,
+            operator_octet_base,
             torn_down: false,
         };
         let cp = ControlPlane::start(
             &cp_ns,
-            Ipv4Addr::new(192, 0, 2, CONTROL_PLANE_OCTET),
+            Ipv4Addr::new(192, 0, 2, cp_octet),
             &run_path.join("control-plane"),
         )?;
         c.cp = Some(cp);
@@ -318,6 +368,21 @@ impl KubeCluster {
         format!("{}-n{i}", self.prefix)
     }
 
+    /// WAN address of node `i` (1-based, in this cluster's numbering).
+    pub fn node_wan_addr(&self, i: usize) -> Ipv4Addr {
+        Sim::node_addr(self.node_offset + i)
+    }
+
+    /// WAN address of the control plane (where the API server listens).
+    pub fn control_plane_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(192, 0, 2, self.cp_octet)
+    }
+
+    /// Namespace of operator replica `k` (1-based), once started.
+    pub fn operator_netns(&self, k: usize) -> Option<&str> {
+        self.operator_hosts.get(k - 1).map(String::as_str)
+    }
+
     /// Node `i`'s root for the DaemonSet's host paths.
     pub fn node_root(&self, i: usize) -> PathBuf {
         self.run_path.join("nodes").join(format!("n{i}"))
@@ -338,6 +403,56 @@ impl KubeCluster {
             .kubectl_stdin(&["apply", "-f", "-"], &obj.to_string())
     }
 
+    /// `kubectl apply -k DIR EXTRA...` (`DIR` relative to the repository) as
+    /// the admin. On servers that know every kind it must succeed; on older
+    /// ones (before 1.30) only the ValidatingAdmissionPolicy objects may be
+    /// refused. Prints `NOT CHECKED on <version>: ...` for what the server
+    /// could not check. Returns kubectl's stdout.
+    pub fn apply_kustomization(&self, dir: &str, extra: &[&str]) -> Result<String> {
+        let cp = self.cp();
+        let path = repo_path(dir);
+        let mut args = vec!["apply", "-k", &path];
+        args.extend_from_slice(extra);
+        if cp.version() < (1, 25) && (dir == "config/default" || dir == "config/hub") {
+            // It holds the CRDs. Before 1.25 the server's schema of CRDs has no
+            // x-kubernetes-validations, so kubectl's client-side validation
+            // refuses the field; the server itself drops it and keeps the rest.
+            args.push("--validate=false");
+            println!(
+                "NOT CHECKED on {}: {dir}: CRD validation rules (x-kubernetes-validations need 1.25)",
+                cp.version_text()
+            );
+        }
+        let out = cp.kubectl_output(&args, None)?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            return Ok(stdout);
+        }
+        if cp.version() >= (1, 30) {
+            bail!("kubectl apply -k {dir} failed:\n{stdout}\n{stderr}");
+        }
+        let refused: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("ensure CRDs are installed first"))
+            .collect();
+        if let Some(l) = refused
+            .iter()
+            .find(|l| !l.contains("ValidatingAdmissionPolicy"))
+        {
+            bail!(
+                "kubectl apply -k {dir} refused more than the admission policies a {} server lacks: {l}\n{stderr}",
+                cp.version_text()
+            );
+        }
+        println!(
+            "NOT CHECKED on {}: {} ValidatingAdmissionPolicy objects of {dir} (the API needs 1.30)",
+            cp.version_text(),
+            refused.len()
+        );
+        Ok(stdout)
+    }
+
     /// Registers every node as a Ready Node object with its WAN address, the
     /// way a kubelet registers its node.
     pub fn register_nodes(&self) -> Result<()> {
@@ -348,7 +463,7 @@ impl KubeCluster {
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
                 "status": {
-                    "addresses": [{"type": "InternalIP", "address": Sim::node_addr(i).to_string()}],
+                    "addresses": [{"type": "InternalIP", "address": self.node_wan_addr(i).to_string()}],
                     "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                         "message": "simulated by the e2e harness",
                         "lastHeartbeatTime": now, "lastTransitionTime": now}],
@@ -456,7 +571,8 @@ impl KubeCluster {
                 "ipMasq": false,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": format!("10.244.{i}.0/24")}]],
+                    // Numbered on the WAN, so clusters sharing it get disjoint pod ranges.
+                    "ranges": [[{"subnet": format!("10.244.{}.0/24", self.node_offset + i)}]],
                     "routes": [{"dst": "0.0.0.0/0"}],
                     "dataDir": root.join("var/lib/cni/networks").to_string_lossy(),
                 },
@@ -492,7 +608,7 @@ impl KubeCluster {
         self.write_primary_conflist(i)?;
         let fields = BTreeMap::from([
             ("spec.nodeName", node.clone()),
-            ("status.hostIP", Sim::node_addr(i).to_string()),
+            ("status.hostIP", self.node_wan_addr(i).to_string()),
             ("metadata.name", pod.clone()),
             ("metadata.namespace", SYSTEM_NS.to_string()),
         ]);
@@ -577,6 +693,16 @@ impl KubeCluster {
             .join("\n")
     }
 
+    /// WAN octet of operator replica `k` (1-based): 9 replicas per cluster,
+    /// so no cluster's reach another's octets.
+    fn operator_octet(&self, k: usize) -> Result<u8> {
+        anyhow::ensure!(
+            (1..=9).contains(&k),
+            "operator replica {k}: a simulated cluster has at most 9"
+        );
+        Ok(self.operator_octet_base + k as u8)
+    }
+
     /// Starts operator replica `k` (1-based) as the Deployment's container
     /// would run in a pod of its own: its own namespace on the WAN, a Pod
     /// object on node 1 for its token, `POD_NAME` set.
@@ -590,11 +716,12 @@ impl KubeCluster {
         }
         let pod = format!("weft-operator-{k}");
         if self.operator_hosts.len() < k {
+            let octet = self.operator_octet(k)?;
             let host = self
                 .sim
                 .as_mut()
                 .context("sim")?
-                .add_host(&format!("op{k}"), 240 + k as u8)?;
+                .add_host(&format!("op{k}"), octet)?;
             self.operator_hosts.push(host);
             let node = self.node_name(1);
             self.create_pod_object(SYSTEM_NS, &pod, &node, &spec.labels, &spec.service_account)?;
@@ -806,8 +933,17 @@ impl KubeCluster {
             }
         }
         self.cp = None;
+        // A WAN another cluster still uses is not left behind: it goes with
+        // the last sim on it.
+        let spared: Vec<String> = self
+            .sim
+            .as_ref()
+            .filter(|s| s.wan_shared())
+            .map(|s| s.wan_netns().to_string())
+            .into_iter()
+            .collect();
         self.sim = None;
-        let leftovers = crate::cleanup::cleanup_run_leftovers(&self.prefix);
+        let leftovers = crate::cleanup::cleanup_run_leftovers_sparing(&self.prefix, &spared);
         if !leftovers.is_empty() {
             warnings.push(format!("left behind: {leftovers}"));
         }

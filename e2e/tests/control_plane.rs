@@ -54,55 +54,13 @@ fn not_checked(c: &KubeCluster, what: &str) {
     println!("NOT CHECKED on {}: {what}", c.cp().version_text());
 }
 
-/// `kubectl apply -k DIR`: on servers that know every kind it must succeed;
-/// on older ones only the admission policies (1.30+) may be refused.
+/// `kubectl apply -k DIR` (see `KubeCluster::apply_kustomization`).
 fn apply_kustomization(c: &KubeCluster, dir: &str) -> String {
     apply_kustomization_with(c, dir, &[])
 }
 
 fn apply_kustomization_with(c: &KubeCluster, dir: &str, extra: &[&str]) -> String {
-    let path = repo_path(dir);
-    let mut args = vec!["apply", "-k", &path];
-    args.extend_from_slice(extra);
-    if c.cp().version() < (1, 25) && (dir == "config/default" || dir == "config/hub") {
-        // It holds the CRDs. Before 1.25 the server's schema of CRDs has no
-        // x-kubernetes-validations, so kubectl's client-side validation
-        // refuses the field; the server itself drops it and keeps the rest.
-        args.push("--validate=false");
-        not_checked(
-            c,
-            &format!("{dir}: CRD validation rules (x-kubernetes-validations need 1.25)"),
-        );
-    }
-    let out = c.cp().kubectl_output(&args, None).unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if out.status.success() {
-        return stdout;
-    }
-    assert!(
-        !has_cel(c),
-        "kubectl apply -k {dir} failed:\n{stdout}\n{stderr}"
-    );
-    let refused: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("ensure CRDs are installed first"))
-        .collect();
-    for l in &refused {
-        assert!(
-            l.contains("ValidatingAdmissionPolicy"),
-            "kubectl apply -k {dir} refused more than the admission policies a {} server lacks: {l}\n{stderr}",
-            c.cp().version_text()
-        );
-    }
-    not_checked(
-        c,
-        &format!(
-            "{} ValidatingAdmissionPolicy objects of {dir} (the API needs 1.30)",
-            refused.len()
-        ),
-    );
-    stdout
+    c.apply_kustomization(dir, extra).unwrap()
 }
 
 /// The cluster with Weft installed (`config/default`), nodes registered,
