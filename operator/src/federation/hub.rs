@@ -99,6 +99,55 @@ pub fn check(name: &str, spec: &MeshHubSpec) -> Result<(), HubReport> {
     })
 }
 
+impl HubReport {
+    /// The MeshHub's `Ready` condition: true when every member syncs; else
+    /// which do not (or what is wrong with the spec). Refused records are
+    /// named too: a member writing out of its place is worth a look.
+    pub fn ready(
+        &self,
+        generation: Option<i64>,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        use weft_api::conditions::{new, types::READY};
+        if let Some(first) = self.errors.first() {
+            return new(READY, false, "Invalid", first.clone(), generation);
+        }
+        let late: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.liveness != Liveness::Fresh)
+            .map(|m| {
+                let state = if m.liveness == Liveness::Stale {
+                    "stale"
+                } else {
+                    "gone"
+                };
+                format!("{} {state}", m.site)
+            })
+            .collect();
+        let refused = if self.refused.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} record(s) refused: {}",
+                self.refused.len(),
+                self.refused[0]
+            )
+        };
+        if late.is_empty() {
+            let msg = format!("{} members syncing{refused}", self.members.len());
+            new(READY, true, "MembersSyncing", msg, generation)
+        } else {
+            let msg = format!(
+                "{} of {} members not syncing: {}{refused}",
+                late.len(),
+                self.members.len(),
+                late.join(", ")
+            );
+            new(READY, false, "MembersNotSyncing", msg, generation)
+        }
+    }
+}
+
 /// What one hub pass decides, whatever the transport.
 pub struct Decided {
     /// Members, refusals, apps (writes left to the transport).
@@ -255,6 +304,39 @@ pub fn render(report: &HubReport, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hub_is_ready_when_every_member_syncs_and_says_who_does_not() {
+        let member = |site: &str, liveness| MemberReport {
+            site: site.into(),
+            last_sync: Some(1),
+            liveness,
+            records: 1,
+        };
+        let mut report = HubReport {
+            members: vec![
+                member("cluster-a", Liveness::Fresh),
+                member("cluster-b", Liveness::Fresh),
+            ],
+            ..Default::default()
+        };
+        let c = report.ready(Some(3));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "MembersSyncing")
+        );
+        assert_eq!(c.observed_generation, Some(3));
+        report.members[1].liveness = Liveness::Stale;
+        report.refused = vec!["record x refused: out of place".into()];
+        let c = report.ready(Some(3));
+        assert_eq!(c.status, "False");
+        assert_eq!(
+            c.message,
+            "1 of 2 members not syncing: cluster-b stale; 1 record(s) refused: record x refused: out of place"
+        );
+        report.errors = vec!["spec.members[0].site: bad".into()];
+        assert_eq!(report.ready(None).reason, "Invalid");
+    }
 
     #[test]
     fn the_member_table_names_state_and_last_sync() {

@@ -36,6 +36,7 @@ pub async fn pass(client: &Client, name: &str, now: u64) -> anyhow::Result<HubRe
     let hubs: Api<MeshHub> = Api::all(client.clone());
     let hub = hubs.get(name).await?;
     if let Err(report) = check(name, &hub.spec) {
+        write_status(&hubs, &hub, &report, Vec::new()).await?;
         return Ok(report);
     }
     let mut records = BTreeMap::new();
@@ -133,21 +134,43 @@ pub async fn pass(client: &Client, name: &str, now: u64) -> anyhow::Result<HubRe
             records: u32::try_from(m.records).unwrap_or(u32::MAX),
         })
         .collect();
-    let syncing = members.iter().filter(|m| m.state == "Syncing").count();
-    let status = json!({
-        "status": {
-            "members": syncing,
-            "memberStatus": members,
-            "observedGeneration": hub.metadata.generation,
-        }
-    });
-    if hub.status.as_ref().map(|s| (&s.member_status, s.members))
-        != Some((&members, u32::try_from(syncing).unwrap_or(u32::MAX)))
-    {
-        hubs.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await?;
-    }
+    write_status(&hubs, &hub, &report, members).await?;
     Ok(report)
+}
+
+/// Writes the MeshHub's status when it changed (ignoring condition times).
+async fn write_status(
+    hubs: &Api<MeshHub>,
+    hub: &MeshHub,
+    report: &HubReport,
+    members: Vec<HubMemberStatus>,
+) -> anyhow::Result<()> {
+    let syncing =
+        u32::try_from(members.iter().filter(|m| m.state == "Syncing").count()).unwrap_or(u32::MAX);
+    let old = hub.status.clone().unwrap_or_default();
+    let mut conditions = old.conditions.clone();
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    weft_api::conditions::set(&mut conditions, report.ready(hub.metadata.generation), now);
+    let new = weft_api::meshhub::MeshHubStatus {
+        conditions,
+        observed_generation: hub.metadata.generation,
+        members: syncing,
+        member_status: members,
+    };
+    let same = old.members == new.members
+        && old.member_status == new.member_status
+        && old.observed_generation == new.observed_generation
+        && weft_api::conditions::lists_equal_ignoring_time(&old.conditions, &new.conditions);
+    if !same {
+        hubs.patch_status(
+            &hub.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": new })),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Everything a member reads from a hub API, as [`super::hubdir::read_view`]

@@ -98,6 +98,16 @@ async fn hub_client(kubeconfig: &str) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// An API server's refusal as its message and code, without the echo of
+/// the whole Status object kube's error carries (it ends up in a
+/// condition's message).
+fn concise(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(s)) => anyhow::anyhow!("{} ({})", s.message, s.code),
+        _ => e,
+    }
+}
+
 impl FederationTask {
     /// Runs until the process ends: reads and writes hubs while `leading`,
     /// publishes what they say on `inputs` and pokes `wake` when it
@@ -246,7 +256,8 @@ impl FederationTask {
                             Err(anyhow::anyhow!("no answer within {HUB_TIMEOUT:?}"))
                         });
                 conn.failed = read.is_err();
-                read.with_context(|| format!("reading MeshHub {hub}"))
+                read.map_err(concise)
+                    .with_context(|| format!("reading MeshHub {hub}"))
             }
         }
     }
@@ -295,7 +306,8 @@ impl FederationTask {
                 conn.api.sync(&conn.client, &site, &refs, now, every),
             )
             .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {HUB_TIMEOUT:?}")));
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {HUB_TIMEOUT:?}")))
+            .map_err(concise);
             match sync {
                 Ok(n) => {
                     if n > 0 {
