@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(name = "Syncing", type_ = "string", json_path = ".status.syncing"),
+    printcolumn(name = "Oldest Sync", type_ = "date", json_path = ".status.oldestSync"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -85,6 +87,13 @@ pub struct MeshHubStatus {
     /// Members currently syncing.
     #[serde(default)]
     pub members: u32,
+    /// The members syncing, comma-separated (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syncing: Option<String>,
+    /// The last sync of the member that synced longest ago (RFC 3339): how
+    /// fresh the least fresh member is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_sync: Option<String>,
     /// Each member as the hub sees it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["site"]))]

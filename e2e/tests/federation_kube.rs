@@ -296,7 +296,7 @@ fn two_clusters_share_an_app_through_a_hub_on_a_real_api_server() {
     )
     .unwrap();
     weft_e2e::wait_for(
-        "the MeshHub's table to read MEMBERS 2, READY True",
+        "the MeshHub's table to read MEMBERS 2, READY True, both syncing",
         WAIT,
         Duration::from_millis(200),
         || {
@@ -308,10 +308,9 @@ fn two_clusters_share_an_app_through_a_hub_on_a_real_api_server() {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect();
-            Ok(
-                (row.get(1..3) == Some(&["2".to_string(), "True".to_string()][..]))
-                    .then(|| println!("{table}")),
-            )
+            let want = ["2", "True", "cluster-a,cluster-b"];
+            let ok = row.len() > 4 && row[1..4].iter().zip(want).all(|(a, b)| a == b);
+            Ok(ok.then(|| println!("{table}")))
         },
     )
     .unwrap();

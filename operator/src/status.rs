@@ -563,6 +563,8 @@ pub fn hub_status(
         member_status: previous
             .map(|p| p.member_status.clone())
             .unwrap_or_default(),
+        syncing: previous.and_then(|p| p.syncing.clone()),
+        oldest_sync: previous.and_then(|p| p.oldest_sync.clone()),
     }
 }
 

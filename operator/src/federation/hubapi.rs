@@ -152,14 +152,26 @@ async fn write_status(
     let now =
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     weft_api::conditions::set(&mut conditions, report.ready(hub.metadata.generation), now);
+    let names: Vec<&str> = members
+        .iter()
+        .filter(|m| m.state == "Syncing")
+        .map(|m| m.site.as_str())
+        .collect();
+    // RFC 3339 in UTC sorts as time does; a member never synced counts
+    // as the oldest of all, and is told by its state.
+    let oldest_sync = members.iter().map(|m| m.last_sync.clone()).min().flatten();
     let new = weft_api::meshhub::MeshHubStatus {
         conditions,
         observed_generation: hub.metadata.generation,
         members: syncing,
+        syncing: (!names.is_empty()).then(|| names.join(",")),
+        oldest_sync,
         member_status: members,
     };
     let same = old.members == new.members
         && old.member_status == new.member_status
+        && old.syncing == new.syncing
+        && old.oldest_sync == new.oldest_sync
         && old.observed_generation == new.observed_generation
         && weft_api::conditions::lists_equal_ignoring_time(&old.conditions, &new.conditions);
     if !same {
