@@ -393,7 +393,7 @@ fn main() -> anyhow::Result<()> {
                     Err(e) if once => return Err(e),
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "pass failed; retrying"),
                 }
-                std::thread::sleep(Duration::from_millis(interval_ms));
+                op.wait_for_input(Duration::from_millis(interval_ms));
             }
         }
         Command::Hub {

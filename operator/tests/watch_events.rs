@@ -306,3 +306,39 @@ fn a_replaced_manifests_directory_is_scanned_whole() {
     );
     env.a_new_operator_writes_nothing();
 }
+
+/// The loop's wait ends at the first change of an input, not at its timer,
+/// and runs to the timer when nothing changes.
+#[test]
+fn a_change_ends_the_wait_for_the_next_pass() {
+    use std::time::{Duration, Instant};
+    let mut env = Env::new();
+    // Drain what the converging passes left queued.
+    env.tick();
+    env.tick();
+    let started = Instant::now();
+    env.op.wait_for_input(Duration::from_millis(300));
+    assert!(
+        started.elapsed() >= Duration::from_millis(290),
+        "woke with nothing changed after {:?}",
+        started.elapsed()
+    );
+    let path = env.manifest("db.yaml");
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        fs::write(path, app("db", "db")).unwrap();
+    });
+    let started = Instant::now();
+    env.op.wait_for_input(Duration::from_secs(30));
+    let waited = started.elapsed();
+    writer.join().unwrap();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the new manifest did not wake it: {waited:?}"
+    );
+    assert_eq!(
+        env.tick().meshnode_writes,
+        ["n1", "n2"],
+        "db reaches both nodes"
+    );
+}

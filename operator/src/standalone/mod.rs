@@ -44,6 +44,9 @@ use crate::status::{self, ConditionedStatus, NodeView};
 use manifests::{Entry, Kind, Manifest, ManifestCache, ObjectRef};
 use stamp::{LastRead, Stamp};
 
+/// How long a pass waits after the first input change it is woken by.
+pub const INPUT_SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A node whose heartbeat is older than this is lost.
 pub const LOST_AFTER_SECONDS: i64 = 30;
 
@@ -384,6 +387,16 @@ impl Standalone {
     /// queue overflow.
     pub fn force_full_scan(&mut self) {
         self.watcher.force_full_scan();
+    }
+
+    /// Waits for the next pass: until an input changes or `interval`
+    /// passes (the timer stays as the safety net: hub directories and
+    /// polled nodes have no watch). A change gets [`INPUT_SETTLE`] to
+    /// settle, so files applied together are planned together.
+    pub fn wait_for_input(&self, interval: std::time::Duration) {
+        if self.watcher.wait(interval) {
+            std::thread::sleep(INPUT_SETTLE);
+        }
     }
 
     /// Whether input changes are learnt from inotify (else every pass scans).

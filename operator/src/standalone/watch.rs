@@ -175,6 +175,25 @@ impl Watcher {
         }
     }
 
+    /// Waits until an input changes (an event is queued) or `timeout`
+    /// passes, and says whether one did. The events stay queued for the
+    /// next [`Watcher::poll`]. Without inotify it just sleeps.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let Some(inotify) = &self.inotify else {
+            std::thread::sleep(timeout);
+            return false;
+        };
+        let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, t) {
+            Ok(n) => n > 0,
+            // Interrupted: the caller's loop comes back soon enough.
+            Err(_) => false,
+        }
+    }
+
     /// The next poll reports everything as changed (as after an overflow).
     pub fn force_full_scan(&mut self) {
         self.force_full = true;
