@@ -448,8 +448,8 @@ fn error_object(object: &str) -> Result<Option<ObjectKey>, String> {
 struct Changes {
     /// Apps to plan again.
     apps: BTreeSet<ObjectKey>,
-    /// A node itself changed (sites and node errors are rebuilt even when
-    /// no app is).
+    /// A node itself changed, or a hub link (sites and node errors are
+    /// rebuilt even when no app is).
     nodes: bool,
     /// Apps whose status now records what the last plan gave them (range,
     /// accepted spec): nothing to plan, only their facts to update.
@@ -463,10 +463,7 @@ fn changes(last: &Last, s: &Snapshot, stored: Stored<'_>) -> Result<Changes, Str
     if s.config != old.config {
         return Err("planner settings changed".into());
     }
-    if s.sites != old.sites
-        || s.previous_sites != old.previous_sites
-        || s.hub_links != old.hub_links
-    {
+    if s.sites != old.sites || s.previous_sites != old.previous_sites {
         return Err("a MeshSite changed".into());
     }
     if s.hubs != old.hubs {
@@ -635,7 +632,9 @@ fn changes(last: &Last, s: &Snapshot, stored: Stored<'_>) -> Result<Changes, Str
     }
     Ok(Changes {
         apps: dirty,
-        nodes: !changed_nodes.is_empty() || !stale.is_empty(),
+        // How a hub and its members look (a heartbeat every few seconds)
+        // shows only in site outcomes, which every partial pass rebuilds.
+        nodes: !changed_nodes.is_empty() || !stale.is_empty() || s.hub_links != old.hub_links,
         recorded,
         stale,
     })

@@ -512,4 +512,18 @@ fn a_change_plans_only_what_it_touches() {
         .map(String::as_str)
         .collect();
     assert_eq!(changed, expected.keys().copied().collect::<Vec<_>>());
+    feed_back(&mut s, &pass.plan);
+
+    // A member's heartbeat (its hub link) rebuilds the site outcomes only:
+    // no app is planned again, no node rewritten.
+    s.hub_links.insert(
+        "far".into(),
+        crate::planner::snapshot::HubLink {
+            last_sync: Some(1_700_000_000),
+            ..Default::default()
+        },
+    );
+    let pass = inc.plan(s.clone());
+    assert_eq!(pass.kind, PassKind::Partial { apps: 0, nodes: 0 });
+    assert_eq!(*pass.plan, plan(&s));
 }
