@@ -262,9 +262,24 @@ pub fn app_status_with_refresh(
                 remote.len()
             )
         };
+        // Another member's record refused: that member is out of the mesh,
+        // this one's part works. Degraded, still Ready.
+        let degraded = match outcome.refused_records.first() {
+            Some(first) => conditions::new(
+                types::DEGRADED,
+                true,
+                "RecordsRefused",
+                format!(
+                    "{} record(s) of other members refused on import (field hub), those members are left out: {first}",
+                    outcome.refused_records.len()
+                ),
+                g,
+            ),
+            None => conditions::new(types::DEGRADED, false, "AsExpected", msg.clone(), g),
+        };
         (
-            conditions::new(types::READY, true, "Ready", msg.clone(), g),
-            conditions::new(types::DEGRADED, false, "AsExpected", msg, g),
+            conditions::new(types::READY, true, "Ready", msg, g),
+            degraded,
         )
     };
 

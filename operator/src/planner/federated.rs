@@ -39,7 +39,9 @@ pub fn mode<'a>(
     errors: &mut Vec<PlanError>,
 ) -> (Mode<'a>, Option<Ipv4Net>) {
     let object = object_name("MeshApp", key);
-    for (field, message) in &f.problems {
+    // Another member's record refused (field `hub`) leaves that member out
+    // but this one's mesh whole: it is reported apart (see `refused`).
+    for (field, message) in f.problems.iter().filter(|(field, _)| field != "hub") {
         errors.push(PlanError::new(
             ErrorKind::Conflict,
             &object,
@@ -96,6 +98,15 @@ pub fn mode<'a>(
         return (Mode::Apart, None);
     }
     (Mode::Granted(g), Some(g.range))
+}
+
+/// Why records of other members were refused (they are left out).
+pub fn refused(f: &Federated) -> Vec<String> {
+    f.problems
+        .iter()
+        .filter(|(field, _)| field == "hub")
+        .map(|(_, message)| message.clone())
+        .collect()
 }
 
 /// Node slices for a shared app: a previous slice stays while `keeps` it,

@@ -73,6 +73,10 @@ pub struct AppOutcome {
     /// Workloads of other members (`member:namespace/name`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remote_workloads: Vec<String>,
+    /// Records of other members refused on import, with why: those members
+    /// are left out of the mesh; this member's own part works.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_records: Vec<String>,
     /// Sites of `nodes` (sorted, unique).
     pub sites: Vec<String>,
     /// The app's workloads, `namespace/name` (sorted, unique).
@@ -840,6 +844,11 @@ pub fn plan(s: &Snapshot) -> Plan {
                 remote_nodes,
                 lost_remote_nodes,
                 remote_workloads,
+                refused_records: s
+                    .federation
+                    .get(key)
+                    .map(federated::refused)
+                    .unwrap_or_default(),
                 planned: valid.contains_key(key) && ranges.contains_key(key),
                 errors,
                 accepted_spec: accepted.then(|| s.apps.get(key).cloned()).flatten(),

@@ -351,3 +351,27 @@ fn links_to_other_members_count_from_this_side_and_lost_ones_not_at_all() {
     );
     assert_eq!(st.nodes.as_deref(), Some("1/1 +2 remote"));
 }
+
+#[test]
+fn another_members_refused_record_degrades_but_leaves_the_app_ready() {
+    let mut o = outcome(&["a"]);
+    o.remote_nodes = vec!["east/x".into()];
+    o.refused_records = vec!["record of site west refused: a slice outside its blocks".into()];
+    let a = node_status(1, true, &[("east/x", Some(3))]);
+    let st = app_status(&key(), &o, &views(&[("a", 1, &a)]), 1, None, &t(100));
+    assert_eq!(ready(&st).status, "True", "{}", ready(&st).message);
+    let degraded = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "RecordsRefused")
+    );
+    assert!(
+        degraded.message.contains("site west"),
+        "{}",
+        degraded.message
+    );
+}
