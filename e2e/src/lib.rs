@@ -38,6 +38,7 @@ pub mod migration;
 pub mod netns;
 pub mod probe;
 pub mod procs;
+pub mod restart;
 pub mod scale;
 pub mod scenario;
 pub mod status;

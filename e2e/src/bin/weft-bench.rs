@@ -24,6 +24,8 @@
 //!     back within cluster-a of the same run,
 //! (i) a new MeshApp applied in both clusters: from the second apply to the
 //!     first packet between its workloads across the clusters, p50/p95.
+//! (j) a daemon restart (SIGTERM, start again) under a UDP stream between
+//!     two nodes: datagrams lost and the longest silence (`weft_e2e::restart`).
 //!
 //! Every Weft process runs at its shipped default intervals
 //! (`weft_e2e::fedbench::DefaultIntervals` drops the harness's 100 ms):
@@ -166,6 +168,8 @@ struct WeftFigures {
     ttfp_ms: Vec<f64>,
     ttfp_note: String,
     rss: Vec<(String, Option<u64>)>,
+    /// (j), or why not.
+    restart: Result<weft_e2e::restart::Gap, String>,
 }
 
 fn main() -> ExitCode {
@@ -259,6 +263,7 @@ fn main() -> ExitCode {
                 ttfp_ms: Vec::new(),
                 ttfp_note: "not measured".into(),
                 rss: Vec::new(),
+                restart: Err("not measured".into()),
             }
         }
     };
@@ -379,6 +384,17 @@ fn main() -> ExitCode {
             kib.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
                 .unwrap_or_else(|| "-".into())
         );
+    }
+    match &weft.restart {
+        Ok(g) => println!(
+            "(j) daemon restart on node 2 under a UDP stream (one datagram every {} ms): {} of {} lost, longest silence {:.0} ms (the restart itself took {:.0} ms)",
+            weft_e2e::restart::INTERVAL.as_millis(),
+            g.lost(),
+            g.sent,
+            g.longest_silence.as_secs_f64() * 1e3,
+            g.restart_took.as_secs_f64() * 1e3
+        ),
+        Err(e) => println!("(j) daemon restart: not measured: {e}"),
     }
     if migration.attach_to_first_ms.is_empty() {
         println!(
@@ -761,12 +777,27 @@ fn measure_weft(c: &mut Cluster, args: &Args) -> Result<WeftFigures> {
         policy_rows = measure_policy_overhead(c, args, &examples, &web1, &web2, a.web2)?;
     }
     c.check_alive()?;
+
+    // (j) a daemon restart under traffic, last: it disturbs what follows.
+    weft_e2e::traffic::ping_until_ok(&web1, a.web2, timeout)?;
+    let restart = weft_e2e::restart::measure(
+        c,
+        2,
+        &web1,
+        &web2,
+        a.web2,
+        Duration::from_secs(2),
+        Duration::from_secs(8),
+    )
+    .map_err(|e| format!("{e:#}"));
+    c.check_alive()?;
     Ok(WeftFigures {
         row,
         policy_rows,
         ttfp_ms,
         ttfp_note,
         rss,
+        restart,
     })
 }
 
