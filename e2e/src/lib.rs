@@ -34,6 +34,7 @@ pub mod fedbench;
 pub mod federation;
 pub mod fedscale;
 pub mod kubelet;
+pub mod manyapps;
 pub mod migration;
 pub mod netns;
 pub mod probe;

@@ -26,6 +26,8 @@
 //!     first packet between its workloads across the clusters, p50/p95.
 //! (j) a daemon restart (SIGTERM, start again) under a UDP stream between
 //!     two nodes: datagrams lost and the longest silence (`weft_e2e::restart`).
+//! (k) many apps on one node (`weft_e2e::manyapps`): cold programming of
+//!     all, then at rest the daemon's pass time, CPU and memory.
 //!
 //! Every Weft process runs at its shipped default intervals
 //! (`weft_e2e::fedbench::DefaultIntervals` drops the harness's 100 ms):
@@ -58,6 +60,9 @@ struct Args {
     /// Pings per path for the RTT average.
     #[arg(long, default_value_t = 20)]
     ping_count: u32,
+    /// Apps on one node for (k) (0 skips).
+    #[arg(long, default_value_t = 200)]
+    many_apps: usize,
     /// Time-to-first-packet runs (0 skips).
     #[arg(long, default_value_t = 10)]
     ttfp_runs: u32,
@@ -296,6 +301,21 @@ fn main() -> ExitCode {
         return ExitCode::from(130);
     }
 
+    let many = if args.many_apps == 0 {
+        Err("skipped (--many-apps 0)".to_string())
+    } else {
+        println!("(k) {} apps on one node", args.many_apps);
+        run_many_apps(&args).map_err(|e| {
+            ok = false;
+            eprintln!("many-apps measurements failed: {e:#}");
+            format!("{e:#}")
+        })
+    };
+    if weft_e2e::interrupted() {
+        eprintln!("interrupted");
+        return ExitCode::from(130);
+    }
+
     let fed = if args.federation_moves == 0 && args.federation_apps == 0 {
         FedResult {
             note: "skipped (--federation-moves 0 --federation-apps 0)".into(),
@@ -395,6 +415,22 @@ fn main() -> ExitCode {
             g.restart_took.as_secs_f64() * 1e3
         ),
         Err(e) => println!("(j) daemon restart: not measured: {e}"),
+    }
+    match &many {
+        Ok(m) => println!(
+            "(k) {} apps on one node: cold programming {:.0} ms (target <= 5,000); at rest over {} s: daemon pass {} (target <= 20 ms), CPU {:.1}% of one core (target < 2%), RSS {} (target < 40 MiB)",
+            m.apps,
+            m.cold.as_secs_f64() * 1e3,
+            weft_e2e::manyapps::IDLE_WINDOW.as_secs(),
+            m.pass_ms
+                .map(|(ms, n)| format!("{ms:.1} ms avg over {n} passes"))
+                .unwrap_or_else(|| "-".into()),
+            m.cpu_percent,
+            m.rss_kib
+                .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+                .unwrap_or_else(|| "-".into())
+        ),
+        Err(e) => println!("(k) many apps on one node: {e}"),
     }
     if migration.attach_to_first_ms.is_empty() {
         println!(
@@ -506,6 +542,19 @@ fn run_migration_at(args: &Args) -> Result<Migration> {
         Ok(m)
     })();
     finish(c, res, "migration")
+}
+
+/// (k): one node, many apps, at the shipped defaults.
+fn run_many_apps(args: &Args) -> Result<weft_e2e::manyapps::Figures> {
+    let defaults = weft_e2e::fedbench::DefaultIntervals::install()?;
+    let res = Cluster::new(1).and_then(|mut c| {
+        let res = c.start_all().and_then(|()| {
+            weft_e2e::manyapps::measure(&mut c, args.many_apps, Duration::from_secs(120))
+        });
+        finish(c, res, "many apps")
+    });
+    drop(defaults);
+    res
 }
 
 /// (h) and (i) figures, with the intervals they ran at.

@@ -1,0 +1,121 @@
+//! A node with many apps (`weft-bench` (k)): `n` MeshApps, each with one
+//! workload on node 1, applied at once. Measured: cold programming (from
+//! the manifest to the node reporting every app programmed), then at rest
+//! the daemon's mean pass time, its CPU share over [`IDLE_WINDOW`] and its
+//! resident memory.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::cluster::Cluster;
+
+/// How long the node is watched at rest.
+pub const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
+/// What `n` apps on one node cost.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    /// Apps.
+    pub apps: usize,
+    /// Manifest written to every app programmed on the node.
+    pub cold: Duration,
+    /// Mean daemon pass at rest (ms) and the passes it is over.
+    pub pass_ms: Option<(f64, f64)>,
+    /// The daemon's CPU at rest, in % of one core.
+    pub cpu_percent: f64,
+    /// The daemon's resident memory at rest (KiB).
+    pub rss_kib: Option<u64>,
+}
+
+/// One app per workload: explicit ranges (the default pool holds 64 apps
+/// of /16), small node slices.
+pub fn manifest(n: usize) -> String {
+    let mut out = String::new();
+    for i in 0..n {
+        out.push_str(&format!(
+            "---\napiVersion: weft.dev/v1alpha1\nkind: MeshApp\nmetadata: {{name: bulk-{i}, namespace: bulk}}\nspec:\n  addressSpace: 10.{}.{}.0/24\n  nodePrefixLength: 28\n  selector: {{matchLabels: {{app: bulk-{i}}}}}\n",
+            200 + i / 256,
+            i % 256
+        ));
+    }
+    out
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// (sum of seconds, count) of node `i`'s reconcile passes.
+fn pass_stats(c: &Cluster, i: usize) -> Option<(f64, f64)> {
+    let (_, body) = c.daemon_http_get(i, "/metrics").ok()?;
+    let v = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    Some((
+        v("weft_node_reconcile_duration_seconds_sum")?,
+        v("weft_node_reconcile_duration_seconds_count")?,
+    ))
+}
+
+/// Runs the measurement on a started cluster (node 1 gets the workloads).
+pub fn measure(c: &mut Cluster, n: usize, timeout: Duration) -> Result<Figures> {
+    for i in 0..n {
+        let name = format!("bulk-{i}");
+        c.add_workload(1, &name, "bulk", &[("app", &name)])?;
+    }
+    let started = Instant::now();
+    c.apply_manifest("bulk.yaml", &manifest(n))?;
+    crate::wait_for(
+        &format!("{n} apps programmed on node 1"),
+        timeout,
+        Duration::from_millis(20),
+        || {
+            let ready = c.node_status(1)?.map_or(0, |s| s.apps_ready as usize);
+            Ok((ready >= n).then_some(()))
+        },
+    )
+    .context("cold programming")?;
+    let cold = started.elapsed();
+    // Let the last status writes and the operator's answer settle.
+    crate::sleep(Duration::from_secs(3))?;
+    let pid = c.daemon(1)?.pid();
+    let before = (pass_stats(c, 1), cpu_ticks(pid), Instant::now());
+    crate::sleep(IDLE_WINDOW)?;
+    let after = (pass_stats(c, 1), cpu_ticks(pid), Instant::now());
+    let pass_ms = match (before.0, after.0) {
+        (Some((s0, n0)), Some((s1, n1))) if n1 > n0 => Some(((s1 - s0) / (n1 - n0) * 1e3, n1 - n0)),
+        _ => None,
+    };
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu_percent = match (before.1, after.1) {
+        (Some(t0), Some(t1)) => (t1 - t0) as f64 / hz / (after.2 - before.2).as_secs_f64() * 100.0,
+        _ => f64::NAN,
+    };
+    Ok(Figures {
+        apps: n,
+        cold,
+        pass_ms,
+        cpu_percent,
+        rss_kib: rss_kib(pid),
+    })
+}
