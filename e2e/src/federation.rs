@@ -99,3 +99,37 @@ pub fn hub_status(c: &Cluster) -> Result<String> {
     );
     Ok(text)
 }
+
+/// A test's scenario, started (grace periods `grace` as in [`manifest`]);
+/// `None` when the test is skipped for want of privileges (see
+/// [`crate::scenario::privileged_or_skip`]).
+pub fn start_for_test(test: &str, grace: Option<(u32, u32)>) -> Option<Cluster> {
+    if !crate::scenario::privileged_or_skip(test) {
+        return None;
+    }
+    for b in ["weft-operator", "weft-node-daemon"] {
+        if let Err(e) = crate::bin(b) {
+            panic!("{e:#}: run `cargo build --workspace` first");
+        }
+    }
+    let mut c = Cluster::new(3).expect("build the simulated network");
+    start(&mut c, grace).expect("start the federation");
+    Some(c)
+}
+
+/// Waits until `NS/app` is Ready in `member`'s state (cluster-a's when
+/// `None`) and returns its status; panics with the status otherwise.
+pub fn wait_ready(
+    c: &mut Cluster,
+    member: Option<&str>,
+    app: &str,
+    timeout: std::time::Duration,
+) -> weft_api::MeshAppStatus {
+    c.check_alive().unwrap();
+    let state = match member {
+        Some(m) => c.member_state(m).clone(),
+        None => c.state().clone(),
+    };
+    crate::status::wait_for_ready(&state, NS, app, timeout)
+        .unwrap_or_else(|e| panic!("{NS}/{app} in {member:?} not Ready: {e:#}"))
+}

@@ -172,3 +172,67 @@ impl Drop for NetNs {
         }
     }
 }
+
+/// A resolv.conf for the programs `ip netns exec` runs in one named
+/// namespace (iproute2 bind-mounts `/etc/netns/<name>/resolv.conf` over
+/// `/etc/resolv.conf` for them), as a pod's `dnsConfig` would give it.
+/// Removed on drop, with its directory.
+#[derive(Debug)]
+pub struct NetnsResolvConf {
+    dir: PathBuf,
+}
+
+impl NetnsResolvConf {
+    /// Writes `nameserver <server>` and `search <search...>` for `netns`.
+    pub fn set(netns: &str, server: std::net::Ipv4Addr, search: &[&str]) -> Result<Self> {
+        let dir = PathBuf::from("/etc/netns").join(netns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let guard = NetnsResolvConf { dir };
+        let text = format!("nameserver {server}\nsearch {}\n", search.join(" "));
+        std::fs::write(guard.dir.join("resolv.conf"), text).context("write resolv.conf")?;
+        Ok(guard)
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `busybox nslookup -type=a name server` inside `netns`: the IPv4
+/// addresses it printed for `name`, sorted (empty for NXDOMAIN, no answer
+/// or a timeout).
+pub fn nslookup(
+    netns: &str,
+    name: &str,
+    server: std::net::Ipv4Addr,
+) -> Result<Vec<std::net::Ipv4Addr>> {
+    let out = exec_in(
+        netns,
+        "timeout",
+        &[
+            "10",
+            "busybox",
+            "nslookup",
+            "-type=a",
+            name,
+            &server.to_string(),
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The answers follow the line "Name: <name>"; the server's own address
+    // is printed before it.
+    let mut addrs: Vec<std::net::Ipv4Addr> = text
+        .split_once("Name:")
+        .map(|(_, answers)| {
+            answers
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Address:"))
+                .filter_map(|a| a.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    addrs.sort();
+    Ok(addrs)
+}

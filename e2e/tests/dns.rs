@@ -19,7 +19,7 @@ use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use weft_e2e::cluster::{assert_torn_down_cleanly, Cluster};
-use weft_e2e::netns::{exec_in, spawn_in_netns};
+use weft_e2e::netns::spawn_in_netns;
 use weft_e2e::scenario::{self, NS};
 use weft_e2e::traffic::{ping_until_ok, which};
 
@@ -97,37 +97,10 @@ impl Drop for FakeUpstream {
     }
 }
 
-/// `busybox nslookup name server` inside `netns`: the IPv4 addresses it
-/// printed for `name` (empty for NXDOMAIN, no answer or a timeout).
+/// `busybox nslookup name server` inside `netns` (see
+/// [`weft_e2e::netns::nslookup`]).
 fn nslookup(netns: &str, name: &str, server: Ipv4Addr) -> Vec<Ipv4Addr> {
-    let out = exec_in(
-        netns,
-        "timeout",
-        &[
-            "10",
-            "busybox",
-            "nslookup",
-            "-type=a",
-            name,
-            &server.to_string(),
-        ],
-    )
-    .expect("run busybox nslookup");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // The answers follow the line "Name: <name>"; the server's own address
-    // is printed before it.
-    let mut addrs: Vec<Ipv4Addr> = text
-        .split_once("Name:")
-        .map(|(_, answers)| {
-            answers
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("Address:"))
-                .filter_map(|a| a.trim().parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    addrs.sort();
-    addrs
+    weft_e2e::netns::nslookup(netns, name, server).expect("run busybox nslookup")
 }
 
 fn query_bytes(name: &str) -> (u16, Vec<u8>) {
@@ -202,6 +175,11 @@ fn a_records(m: &Message) -> Vec<Ipv4Addr> {
     v.sort();
     v
 }
+
+/// The resolver address every workload routes into its app netns
+/// (`weft_node_daemon::state::RESOLVER_ADDRESS`, spelled out: a change of it
+/// breaks every pod's `dnsConfig`, so this test must notice).
+const FIXED: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 53);
 
 /// Node `i`'s tunnel address of app `demo/<app>` (where its resolver listens).
 fn resolver(c: &Cluster, i: usize, app: &str) -> Ipv4Addr {
@@ -281,6 +259,9 @@ fn app_dns_resolves_workloads_and_keeps_apps_apart() {
     wait_resolves(&web1, web_dns1, "web-2.web.demo.weft.", &[a.web2]);
     let got = nslookup(&web1, "web-2.web.demo.weft.", web_dns1);
     ping_until_ok(&web1, got[0], Duration::from_secs(15)).expect("ping the resolved address");
+    // The fixed address every workload routes to its app's resolver on its
+    // node: the same answer, with nothing per node to know.
+    assert_eq!(nslookup(&web1, "web-2.web.demo.weft.", FIXED), vec![a.web2]);
     // Any case; and each node's resolver knows the whole app.
     assert_eq!(
         nslookup(&web1, "WEB-2.Web.Demo.WEFT.", web_dns1),
@@ -313,6 +294,10 @@ fn app_dns_resolves_workloads_and_keeps_apps_apart() {
         vec![UPSTREAM_ANSWER]
     );
     assert!(upstream.queries() > before, "the upstream saw the query");
+    assert_eq!(
+        nslookup(&web1, "example.test.", FIXED),
+        vec![UPSTREAM_ANSWER]
+    );
 
     // TCP answers the same.
     let m = query_tcp(&web1, web_dns1, "web-2.web.demo.weft.").expect("TCP query");
@@ -336,8 +321,14 @@ fn app_dns_resolves_workloads_and_keeps_apps_apart() {
         );
     }
     assert!(nslookup(&db1, "web-2.web.demo.weft.", web_dns1).is_empty());
-    // ...while their own resolver answers them.
+    // ...while their own resolver answers them, at its tunnel address and
+    // at the fixed one (which, from a db workload, is the db resolver: it
+    // knows nothing of web).
     assert_eq!(nslookup(&db1, "db-2.db.demo.weft.", db_dns1), vec![a.db2]);
+    assert_eq!(nslookup(&db1, "db-2.db.demo.weft.", FIXED), vec![a.db2]);
+    let m = query_udp(&db1, FIXED, "web-1.web.demo.weft.").expect("db's own resolver answers");
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert!(m.answers.is_empty(), "{m:?}");
 
     // A new workload shows up by name on the other node.
     c.add_workload(2, "web-3", NS, &[("tier", "web")])
@@ -368,10 +359,15 @@ fn app_dns_resolves_workloads_and_keeps_apps_apart() {
     );
     let m = query_tcp(&web1, web_dns1, "web-1.web.demo.weft.").expect("TCP query under policy");
     assert_eq!(a_records(&m), vec![a.web1]);
+    assert_eq!(nslookup(&web1, "web-2.web.demo.weft.", FIXED), vec![a.web2]);
+    let m =
+        query_tcp(&web1, FIXED, "web-1.web.demo.weft.").expect("TCP query at the fixed address");
+    assert_eq!(a_records(&m), vec![a.web1]);
 
-    // A restarted daemon serves again.
+    // A restarted daemon serves again, at both addresses.
     c.restart_daemon(1).expect("restart daemon 1");
     wait_resolves(&web1, web_dns1, "web-2.web.demo.weft.", &[a.web2]);
+    wait_resolves(&web1, FIXED, "web-2.web.demo.weft.", &[a.web2]);
 
     // The app's resolver goes with the app.
     c.delete_manifest(scenario::WEB_FILE).expect("delete web");
@@ -380,9 +376,11 @@ fn app_dns_resolves_workloads_and_keeps_apps_apart() {
         READY,
         Duration::from_millis(300),
         || {
-            Ok(query_udp(&web1, web_dns1, "web-2.web.demo.weft.")
-                .is_none()
-                .then_some(()))
+            Ok(
+                (query_udp(&web1, web_dns1, "web-2.web.demo.weft.").is_none()
+                    && query_udp(&web1, FIXED, "web-2.web.demo.weft.").is_none())
+                .then_some(()),
+            )
         },
     )
     .unwrap();

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use std::time::Duration;
-use weft_e2e::federation::{self, NS};
+use weft_e2e::federation;
 
 use base64::Engine;
 use weft_e2e::capture::{Capture, CaptureConfig};
@@ -103,28 +103,12 @@ fn peers_of_n1(c: &Cluster) -> Vec<(String, Vec<String>)> {
 }
 
 fn setup(test: &str) -> Option<Cluster> {
-    if !weft_e2e::scenario::privileged_or_skip(test) {
-        return None;
-    }
-    for b in ["weft-operator", "weft-node-daemon"] {
-        if let Err(e) = weft_e2e::bin(b) {
-            panic!("{e:#}: run `cargo build --workspace` first");
-        }
-    }
-    let mut c = Cluster::new(3).expect("build the simulated network");
     // Short grace periods, so losing a member shows within the test.
-    federation::start(&mut c, Some((5, 10))).expect("start the federation");
-    Some(c)
+    federation::start_for_test(test, Some((5, 10)))
 }
 
 fn wait_ready(c: &mut Cluster, member: Option<&str>, app: &str) -> weft_api::MeshAppStatus {
-    c.check_alive().unwrap();
-    let state = match member {
-        Some(m) => c.member_state(m).clone(),
-        None => c.state().clone(),
-    };
-    weft_e2e::status::wait_for_ready(&state, NS, app, READY)
-        .unwrap_or_else(|e| panic!("{NS}/{app} in {member:?} not Ready: {e:#}"))
+    federation::wait_ready(c, member, app, READY)
 }
 
 fn pings(from: &str, to: std::net::Ipv4Addr) -> bool {

@@ -429,7 +429,10 @@ mod tests {
             "the owner (first netns) creates the pair; the workload gets the new route in place"
         );
         match &ops[0] {
-            Op::SetWorkloadRoutes { routes, .. } => assert_eq!(routes.len(), 2, "{routes:?}"),
+            Op::SetWorkloadRoutes { routes, .. } => {
+                // Both app ranges and the resolver's address.
+                assert_eq!(routes.len(), 3, "{routes:?}")
+            }
             o => panic!("{o:?}"),
         }
         assert!(

@@ -737,7 +737,8 @@ pub(crate) mod tests {
             app.workload_routes(),
             vec![
                 "10.100.0.0/16".parse::<Ipv4Net>().unwrap(),
-                "10.200.0.0/16".parse().unwrap()
+                "10.200.0.0/16".parse().unwrap(),
+                "169.254.1.53/32".parse().unwrap()
             ]
         );
         // No own policy, yet a table: a link is never left unfiltered.
@@ -816,8 +817,11 @@ pub(crate) mod tests {
             d.peers.values().next().unwrap().allowed_ips,
             vec![net("10.100.2.0/24"), net("10.200.2.2/32")]
         );
-        // Workloads route the carried address back through the app.
-        assert_eq!(app.workload_routes(), d.routes);
+        // Workloads route the carried address back through the app (and
+        // the resolver's fixed address into it).
+        let mut want = d.routes.clone();
+        want.push(net("169.254.1.53/32"));
+        assert_eq!(app.workload_routes(), want);
         assert!(app.links.is_empty());
         let t = &app
             .policy

@@ -66,6 +66,11 @@ impl AppNet {
             .flat_map(|d| d.routes.iter().copied())
             .chain(self.links.values().flat_map(|l| l.routes.iter().copied()))
             .collect();
+        // An empty list means "mirror the tunnel's routes" (see the data
+        // plane's workload attach); the resolver's route must not end that.
+        if !r.is_empty() {
+            r.push(Ipv4Net::new(RESOLVER_ADDRESS, 32).expect("/32 is a valid prefix"));
+        }
         r.sort();
         r.dedup();
         r
@@ -223,3 +228,10 @@ pub const WORKLOAD_IFNAME: &str = "weft0";
 /// Gateway address the workload routes the app range through (link-local,
 /// answered by a static neighbour entry, never by ARP).
 pub const WORKLOAD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// Where every workload finds its app's resolver, on every node: the same
+/// link-local address in each app netns (on its loopback), routed by each
+/// workload through [`WORKLOAD_GATEWAY`]. Fixed, so a pod's `dnsConfig` or a
+/// container's `--dns` can name it before anything is attached. Not the
+/// gateway itself: some primary networks (Calico) use 169.254.1.1 as theirs.
+pub const RESOLVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 53);

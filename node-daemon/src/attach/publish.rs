@@ -10,7 +10,7 @@ use weft_api::attach::{Attachment, WorkloadRef};
 use weft_api::{AppSelector, MeshNode, MeshNodeStatus};
 
 use super::registry::{key, Outcome};
-use crate::state::{WORKLOAD_GATEWAY, WORKLOAD_IFNAME};
+use crate::state::{RESOLVER_ADDRESS, WORKLOAD_GATEWAY, WORKLOAD_IFNAME};
 
 /// The workload end of an attachment as seen inside the workload's netns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -130,13 +130,12 @@ pub fn outcomes(
     out
 }
 
-/// The app's resolver as a workload's CNI result names it: the node's
-/// tunnel address, and the app's zone to search.
+/// The app's resolver as a workload's CNI result names it: the fixed
+/// resolver address, and the app's zone to search.
 fn resolver_of(att: &weft_api::AppAttachment) -> Option<weft_api::attach::AttachDns> {
-    let address = att.address.split('/').next()?.to_string();
     let (ns, name) = att.app.split_once('/')?;
     Some(weft_api::attach::AttachDns {
-        nameservers: vec![address],
+        nameservers: vec![RESOLVER_ADDRESS.to_string()],
         search: vec![format!("{name}.{ns}.weft")],
     })
 }
@@ -298,7 +297,7 @@ mod tests {
                 gateway: "169.254.1.1".into(),
                 routes: vec!["10.100.0.0/16".into()],
                 dns: Some(weft_api::attach::AttachDns {
-                    nameservers: vec![TUNNEL.into()],
+                    nameservers: vec!["169.254.1.53".into()],
                     search: vec!["web.demo.weft".into()],
                 }),
             })

@@ -13,7 +13,8 @@
 //! [`service`].
 //!
 //! Workloads point at it explicitly (the CNI result's `dns`, or
-//! `--dns <tunnel address>` for a container); nothing rewrites a
+//! `--dns 169.254.1.53`, [`crate::state::RESOLVER_ADDRESS`], for a
+//! container or in a pod's `dnsConfig`); nothing rewrites a
 //! workload's resolv.conf.
 
 pub mod answer;

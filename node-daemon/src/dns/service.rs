@@ -23,14 +23,17 @@ use super::server::{self, Shared};
 use super::sockets::Sockets;
 use super::upstream::Upstreams;
 use super::ResolverSpec;
+use crate::state::RESOLVER_ADDRESS;
 
 /// How the service reaches app namespaces (the data plane provides it).
 pub trait AppNetns {
     /// An identity of `netns` that changes when it is recreated; `None`
     /// when it does not exist.
     fn identity(&self, netns: &str) -> Result<Option<u64>>;
-    /// Opens the resolver's sockets on `addr` inside `netns`.
-    fn open(&self, netns: &str, addr: SocketAddrV4) -> Result<Sockets>;
+    /// Opens the resolver's sockets on `addr` inside `netns`; with
+    /// `on_loopback`, first makes `addr` local there (on `lo`), for the
+    /// fixed address no interface of the app carries.
+    fn open(&self, netns: &str, addr: SocketAddrV4, on_loopback: bool) -> Result<Sockets>;
 }
 
 /// Settings of the resolvers.
@@ -161,20 +164,22 @@ impl DnsService {
         }
         let zone = Zone::new(&spec.app, &spec.names)
             .ok_or_else(|| anyhow!("app {:?} is not namespace/name", spec.app))?;
+        // The node's tunnel address (what `--dns` named before the fixed
+        // address existed) and the fixed address every workload routes.
         let addr = SocketAddrV4::new(spec.address, self.port);
-        let sockets = ns.open(netns, addr)?;
+        let fixed = SocketAddrV4::new(RESOLVER_ADDRESS, self.port);
+        let sockets = [ns.open(netns, addr, false)?, ns.open(netns, fixed, true)?];
         let shared = Arc::new(Shared {
             zone: RwLock::new(Arc::new(zone)),
             clients: spec.clients,
             upstreams: self.upstreams.clone(),
         });
-        let tasks = vec![
-            self.rt
-                .spawn(server::serve_udp(sockets.udp, shared.clone())),
-            self.rt
-                .spawn(server::serve_tcp(sockets.tcp, shared.clone())),
-        ];
-        tracing::info!(netns, app = %spec.app, %addr, names = spec.names.len(), "DNS resolver serving");
+        let mut tasks = Vec::with_capacity(4);
+        for s in sockets {
+            tasks.push(self.rt.spawn(server::serve_udp(s.udp, shared.clone())));
+            tasks.push(self.rt.spawn(server::serve_tcp(s.tcp, shared.clone())));
+        }
+        tracing::info!(netns, app = %spec.app, %addr, %fixed, names = spec.names.len(), "DNS resolver serving");
         self.running.insert(
             netns.to_string(),
             Running {

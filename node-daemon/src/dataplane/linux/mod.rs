@@ -113,6 +113,7 @@ pub struct LinuxDataplane {
 /// like every other netns operation of the data plane.
 struct AppNamespaces<'a> {
     run_dir: &'a std::path::Path,
+    rt: &'a tokio::runtime::Runtime,
 }
 
 impl crate::dns::AppNetns for AppNamespaces<'_> {
@@ -129,10 +130,20 @@ impl crate::dns::AppNetns for AppNamespaces<'_> {
         &self,
         netns: &str,
         addr: std::net::SocketAddrV4,
+        on_loopback: bool,
     ) -> Result<crate::dns::sockets::Sockets> {
         let ns = netns::open(&self.run_dir.join(netns))?
             .ok_or_else(|| anyhow!("no network namespace {netns}"))?;
-        netns::within(&ns, || crate::dns::sockets::open(addr))
+        netns::within(&ns, || {
+            if on_loopback {
+                let local = Ipv4Net::new(*addr.ip(), 32).context("loopback address")?;
+                nl::run(self.rt, |h| async move {
+                    let lo = nl::index_of(&h, "lo").await?;
+                    nl::add_address(&h, lo, local).await
+                })?;
+            }
+            crate::dns::sockets::open(addr)
+        })
     }
 }
 
@@ -918,6 +929,7 @@ impl Dataplane for LinuxDataplane {
         };
         let ns = AppNamespaces {
             run_dir: &self.run_dir,
+            rt: &self.rt,
         };
         dns.sync(want, &ns)
             .into_iter()
