@@ -27,6 +27,9 @@ const WAIT: Duration = Duration::from_secs(120);
 
 fn runnable(test: &str) -> bool {
     let mut missing = missing_cni_plugins();
+    if weft_e2e::traffic::which("busybox").is_none() {
+        missing.push("busybox (nslookup; apt-get install busybox-static)".into());
+    }
     if let Err(e) = Binaries::find() {
         missing.push(format!("{e:#}"));
     }
@@ -228,6 +231,22 @@ fn two_clusters_share_an_app_through_a_hub_on_a_real_api_server() {
     echo.stop().unwrap();
     let t = tcp_transfer(&ns_a, &ns_b, addr_b, 4 << 20).unwrap();
     println!("TCP a -> b across clusters: {t:?}");
+
+    // Names across clusters, at the fixed resolver address a pod's
+    // dnsConfig names: each pod finds the other cluster's pod by name.
+    let resolver = Ipv4Addr::new(169, 254, 1, 53);
+    for (from, name, want) in [
+        (&ns_a, "web-b.web.demo.weft.", addr_b),
+        (&ns_b, "web-a.web.demo.weft.", addr_a),
+    ] {
+        weft_e2e::wait_for(
+            &format!("{name} to resolve from the other cluster"),
+            WAIT,
+            Duration::from_millis(300),
+            || Ok((weft_e2e::netns::nslookup(from, name, resolver)? == [want]).then_some(())),
+        )
+        .unwrap();
+    }
 
     // One hop: a's node peers with b's node at b's own WAN address.
     let spec = a.cp().get_json(&["meshnode", &a.node_name(1)]).unwrap();
