@@ -16,6 +16,7 @@ mod applink;
 mod kernel;
 mod netns;
 pub mod nft;
+pub mod nftread;
 mod nl;
 pub mod sockets;
 pub mod stats;
@@ -650,14 +651,14 @@ impl LinuxDataplane {
     ) -> Result<Option<(crate::state::PolicyTable, crate::state::PolicyCounters)>> {
         if let Some(last) = self.policy_reads.get(name) {
             if last.at.elapsed() < self.policy_full_read_interval {
-                let marker = netns::within(app, nft::observe_marker)?;
+                let marker = netns::within(app, || nft::observe_marker(&self.rt))?;
                 let cached = last.table.as_ref().map(|(t, _)| t.digest.clone());
                 if marker == cached {
                     return Ok(last.table.clone());
                 }
             }
         }
-        let table = netns::within(app, nft::observe)?;
+        let table = netns::within(app, || nft::observe(&self.rt))?;
         self.policy_reads.insert(
             name.to_string(),
             PolicyRead {
@@ -959,7 +960,7 @@ impl Dataplane for LinuxDataplane {
             .app_ns(netns)
             .map_err(|e| Error::dp("traffic", netns, format!("{e:#}")))?;
         self.stats
-            .traffic(netns, want, |f| netns::within(&app, f))
+            .traffic(netns, want, &self.rt, |f| netns::within(&app, f))
             .map_err(|e| Error::dp("traffic", netns, format!("{e:#}")))
     }
 }

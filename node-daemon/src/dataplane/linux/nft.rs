@@ -67,9 +67,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, Context, Result};
 use ipnet::Ipv4Net;
-use nftables::helper::{self, NftablesError};
 use serde_json::{json, Value};
 
+use super::nftread::RuleRead;
 use crate::state::{
     Counter, PolicyCounters, PolicyDirection, PolicyProtocol, PolicyTable, Ruleset, RulesetRule,
 };
@@ -453,11 +453,6 @@ fn rule_match(
     Some(expr)
 }
 
-/// Whether the error means "there is no `nft` on this host".
-fn nft_missing(e: &NftablesError) -> bool {
-    matches!(e, NftablesError::NftExecution { inner, .. } if inner.kind() == std::io::ErrorKind::NotFound)
-}
-
 /// Replaces (or removes) the table in the calling thread's netns, atomically.
 pub fn apply(policy: Option<&PolicyTable>) -> Result<()> {
     match run_batch(render(policy), "the ruleset") {
@@ -504,73 +499,40 @@ fn is_not_found(e: &anyhow::Error) -> bool {
         .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
 }
 
-/// Runs `nft -j list <what...>` in the calling thread's netns; `None` when
-/// the table does not exist (or nft is not installed: nothing to read).
-fn list(what: &[&str]) -> Result<Option<Value>> {
-    let args: Vec<&str> = std::iter::once("list")
-        .chain(what.iter().copied())
-        .collect();
-    let raw = match helper::get_current_ruleset_raw(helper::DEFAULT_NFT, args) {
-        Ok(raw) => raw,
-        Err(NftablesError::NftFailed { stderr, .. })
-            if stderr.contains("No such file or directory") =>
-        {
-            return Ok(None)
-        }
-        Err(e) if nft_missing(&e) => return Ok(None),
-        Err(NftablesError::NftFailed { stderr, .. }) => {
-            return Err(anyhow!("nft list {}: {}", what.join(" "), stderr.trim()))
-        }
-        Err(e) => return Err(e).with_context(|| format!("nft list {}", what.join(" "))),
-    };
-    Ok(Some(
-        serde_json::from_str(&raw).context("nft output is not JSON")?,
-    ))
-}
-
 /// Reads the table back: its digest (from the marker rule, or "drift" when
 /// rules were added or removed by hand) and every counter.
-pub fn observe() -> Result<Option<(PolicyTable, PolicyCounters)>> {
-    Ok(list(&["table", "ip", TABLE])?.map(|v| parse_listing(&v)))
+pub fn observe(rt: &tokio::runtime::Runtime) -> Result<Option<(PolicyTable, PolicyCounters)>> {
+    Ok(super::nftread::rules(rt, TABLE, None)?.map(|r| parse_listing(&r)))
 }
 
 /// Only the digest in the marker rule of the `forward` chain (`None` when
 /// there is no table): a cheap check that the table is still the one last
 /// read in full. Rule-level drift inside the table waits for the next full read.
-pub fn observe_marker() -> Result<Option<String>> {
-    Ok(list(&["chain", "ip", TABLE, "forward"])?
-        .map(|v| marker_digest(&v).unwrap_or_else(|| "drift".to_string())))
+pub fn observe_marker(rt: &tokio::runtime::Runtime) -> Result<Option<String>> {
+    Ok(super::nftread::rules(rt, TABLE, Some("forward"))?
+        .map(|r| marker_digest(&r).unwrap_or_else(|| "drift".to_string())))
 }
 
 /// The digest of the marker rule in a listing, if present.
-fn marker_digest(v: &Value) -> Option<String> {
-    v["nftables"].as_array()?.iter().find_map(|item| {
-        let comment = item.get("rule")?["comment"].as_str()?;
-        let rest = comment.strip_prefix(MARKER)?;
+fn marker_digest(rules: &[RuleRead]) -> Option<String> {
+    rules.iter().find_map(|r| {
+        let rest = r.comment.strip_prefix(MARKER)?;
         rest.rsplit_once(':').map(|(d, _)| d.to_string())
     })
 }
 
-/// Digest and counters from `nft -j list table ip weft` output. Pure.
-pub fn parse_listing(v: &Value) -> (PolicyTable, PolicyCounters) {
+/// Digest and counters from the rules of table `ip weft`. Pure.
+pub fn parse_listing(rules: &[RuleRead]) -> (PolicyTable, PolicyCounters) {
     let mut counters = PolicyCounters::default();
     let mut marker: Option<(String, usize)> = None;
-    let mut n = 0usize;
+    let n = rules.len();
     let mut seen: BTreeMap<String, Counter> = BTreeMap::new();
-    for item in v["nftables"].as_array().into_iter().flatten() {
-        let Some(r) = item.get("rule") else { continue };
-        n += 1;
-        let c = r["expr"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|e| e.get("counter"))
-            .map(|c| Counter {
-                packets: c["packets"].as_u64().unwrap_or(0),
-                bytes: c["bytes"].as_u64().unwrap_or(0),
-            })
-            .unwrap_or_default();
-        let comment = r["comment"].as_str().unwrap_or_default();
+    for r in rules {
+        let c = Counter {
+            packets: r.packets,
+            bytes: r.bytes,
+        };
+        let comment = r.comment.as_str();
         if let Some(rest) = comment.strip_prefix(MARKER) {
             if let Some((d, k)) = rest.rsplit_once(':') {
                 marker = k.parse().ok().map(|k| (d.to_string(), k));
@@ -614,6 +576,7 @@ pub fn parse_listing(v: &Value) -> (PolicyTable, PolicyCounters) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::linux::nftread::from_json;
 
     fn sample() -> PolicyTable {
         Ruleset {
@@ -698,8 +661,8 @@ mod tests {
             {"rule": {"family": "ip", "table": "weft", "chain": "forward", "comment": "weft:abc123:7", "expr": []}},
             {"rule": {"family": "ip", "table": "weft", "chain": "forward", "expr": []}}
         ]});
-        assert_eq!(marker_digest(&v).as_deref(), Some("abc123"));
-        assert_eq!(marker_digest(&json!({"nftables": []})), None);
+        assert_eq!(marker_digest(&from_json(&v)).as_deref(), Some("abc123"));
+        assert_eq!(marker_digest(&[]), None);
     }
 
     #[test]
@@ -712,12 +675,12 @@ mod tests {
             .iter()
             .filter_map(|c| c["add"].get("rule").map(|r| json!({ "rule": r })))
             .collect();
-        let (t, c) = parse_listing(&json!({ "nftables": listing }));
+        let (t, c) = parse_listing(&from_json(&json!({ "nftables": listing })));
         assert_eq!(t.digest, sample().digest);
         assert!(c.rules.contains_key("demo/p:ingress[0].ports[0]"));
         let mut fewer = listing.clone();
         fewer.pop();
-        let (t, _) = parse_listing(&json!({ "nftables": fewer }));
+        let (t, _) = parse_listing(&from_json(&json!({ "nftables": fewer })));
         assert_eq!(t.digest, "drift");
     }
 }

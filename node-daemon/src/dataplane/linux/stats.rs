@@ -47,12 +47,12 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 use anyhow::{anyhow, Context, Result};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
+use super::nftread::RuleRead;
 use crate::dataplane::{AppTraffic, PeerTraffic, TrafficSpec};
 
 /// Table name (family `ip`).
@@ -163,30 +163,22 @@ pub struct Listing {
 }
 
 /// Parses `nft -j list table ip weft_stats`. Pure.
-pub fn parse_listing(v: &Value) -> Listing {
+pub fn parse_listing(rules: &[RuleRead]) -> Listing {
     let mut out = Listing::default();
     let mut marker: Option<(String, usize)> = None;
-    let mut n = 0usize;
-    for item in v["nftables"].as_array().into_iter().flatten() {
-        let Some(r) = item.get("rule") else { continue };
-        n += 1;
-        let packets = r["expr"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|e| e.get("counter"))
-            .and_then(|c| c["packets"].as_u64())
-            .unwrap_or(0);
-        let comment = r["comment"].as_str().unwrap_or_default();
+    let n = rules.len();
+    for r in rules {
+        let packets = r.packets;
+        let comment = r.comment.as_str();
         if let Some(rest) = comment.strip_prefix(MARKER) {
             if let Some((d, k)) = rest.rsplit_once(':') {
                 marker = k.parse().ok().map(|k| (d.to_string(), k));
             }
         } else if !comment.is_empty() {
             let e = out.packets.entry(comment.to_string()).or_default();
-            match r["chain"].as_str() {
-                Some("peers_rx") => e.0 += packets,
-                Some("peers_tx") => e.1 += packets,
+            match r.chain.as_str() {
+                "peers_rx" => e.0 += packets,
+                "peers_tx" => e.1 += packets,
                 _ => {}
             }
         }
@@ -204,20 +196,8 @@ pub fn apply(spec: &TrafficSpec) -> Result<()> {
 }
 
 /// Lists the table in the calling thread's netns; `None` when it is absent.
-pub fn read() -> Result<Option<Listing>> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "table", "ip", TABLE])
-        .output()
-        .context("run nft")?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") {
-            return Ok(None);
-        }
-        return Err(anyhow!("nft list table ip {TABLE}: {}", err.trim()));
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).context("nft output is not JSON")?;
-    Ok(Some(parse_listing(&v)))
+pub fn read(rt: &tokio::runtime::Runtime) -> Result<Option<Listing>> {
+    Ok(super::nftread::rules(rt, TABLE, None)?.map(|r| parse_listing(&r)))
 }
 
 /// One connection-tracking entry: its original direction's addresses and
@@ -335,6 +315,7 @@ impl Stats {
         &mut self,
         netns: &str,
         want: &TrafficSpec,
+        rt: &tokio::runtime::Runtime,
         within: impl Fn(&dyn Fn() -> Result<AppTraffic>) -> Result<AppTraffic>,
     ) -> Result<AppTraffic> {
         let d = digest(want);
@@ -346,12 +327,12 @@ impl Stats {
             }
         }
         let traffic = within(&|| {
-            let mut listing = read()?;
+            let mut listing = read(rt)?;
             let mut wrote = false;
             if listing.as_ref().map(|l| l.digest.as_str()) != Some(d.as_str()) {
                 apply(want)?;
                 wrote = true;
-                listing = read()?;
+                listing = read(rt)?;
             }
             let listing = listing.ok_or_else(|| anyhow!("table {TABLE} missing after write"))?;
             let (active, per_peer) = connections(want)?;
@@ -389,6 +370,7 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::linux::nftread::from_json;
 
     fn spec() -> TrafficSpec {
         TrafficSpec {
@@ -464,15 +446,15 @@ mod tests {
             ("peers_rx", "PK2") => 0,
             _ => 100, // marker and jumps: not peer figures
         });
-        let l = parse_listing(&v);
+        let l = parse_listing(&from_json(&v));
         assert_eq!(l.digest, digest(&spec()));
         assert_eq!(l.packets["PK1"], (5, 6));
         assert_eq!(l.packets["PK2"], (0, 9));
         assert_eq!(l.packets.len(), 2);
         let mut fewer = v.clone();
         fewer["nftables"].as_array_mut().unwrap().pop();
-        assert_eq!(parse_listing(&fewer).digest, "drift");
-        assert_eq!(parse_listing(&json!({"nftables": []})).digest, "drift");
+        assert_eq!(parse_listing(&from_json(&fewer)).digest, "drift");
+        assert_eq!(parse_listing(&[]).digest, "drift");
     }
 
     const CONNTRACK: &str = "\
@@ -509,15 +491,21 @@ ipv6     10 udp     17 20 src=fe80::1 dst=ff02::1 sport=1 dport=2 [UNREPLIED] sr
                 ..Default::default()
             })
         };
-        assert!(s.traffic("ns", &spec(), within).unwrap().wrote);
-        assert!(!s.traffic("ns", &spec(), within).unwrap().wrote, "cached");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(s.traffic("ns", &spec(), &rt, within).unwrap().wrote);
+        assert!(
+            !s.traffic("ns", &spec(), &rt, within).unwrap().wrote,
+            "cached"
+        );
         assert_eq!(calls.get(), 1);
         let mut other = spec();
         other.peers.remove("PK2");
-        s.traffic("ns", &other, within).unwrap();
+        s.traffic("ns", &other, &rt, within).unwrap();
         assert_eq!(calls.get(), 2, "a new peer set is written at once");
         s.forget("ns");
-        s.traffic("ns", &other, within).unwrap();
+        s.traffic("ns", &other, &rt, within).unwrap();
         assert_eq!(calls.get(), 3);
     }
 }
