@@ -136,7 +136,7 @@ pub fn run<D: Dataplane>(
         run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
         return Ok(());
     };
-    let attach = AttachService::start(socket, &cfg.data_dir, &stop)?;
+    let attach = AttachService::start(socket, &cfg.data_dir, &stop, &lc.wake)?;
     let announcements = StateAnnouncements::new(state, &cfg.node);
     let mut source = RuntimeSource::new(announcements, attach.shared.clone()).with_dns(cfg.dns);
     run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
@@ -154,13 +154,17 @@ pub struct AttachService {
 
 impl AttachService {
     /// Binds `socket` (the registry persists under `data_dir`, so a restart
-    /// re-attaches what the runtime added before) and serves it until `stop`.
+    /// re-attaches what the runtime added before) and serves it until `stop`;
+    /// a change of what is registered sets `wake`.
     pub fn start(
         socket: &std::path::Path,
         data_dir: &std::path::Path,
         stop: &Arc<AtomicBool>,
+        wake: &crate::wake::Wake,
     ) -> Result<Self, Error> {
-        let shared = Arc::new(Shared::persistent(data_dir.join("attach-registry.json"))?);
+        let shared = Arc::new(
+            Shared::persistent(data_dir.join("attach-registry.json"))?.waking(wake.clone()),
+        );
         let server = AttachServer::bind(socket, shared.clone(), ATTACH_WAIT)
             .map_err(|e| Error::io(socket, e))?;
         tracing::info!(socket = %socket.display(), "attach socket listening");

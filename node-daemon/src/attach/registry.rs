@@ -69,6 +69,10 @@ pub struct Shared {
     inner: Mutex<Inner>,
     published: Condvar,
     path: Option<PathBuf>,
+    /// The run loop's wake-up: a registration that changes what is
+    /// registered starts a pass at once, so an ADD is not answered a timer
+    /// later.
+    wake: Option<crate::wake::Wake>,
 }
 
 /// `namespace/name` of a workload reference.
@@ -83,6 +87,19 @@ impl Shared {
             inner: Mutex::new(Inner::default()),
             published: Condvar::new(),
             path: None,
+            wake: None,
+        }
+    }
+
+    /// Wakes the run loop (`wake`) whenever what is registered changes.
+    pub fn waking(mut self, wake: crate::wake::Wake) -> Self {
+        self.wake = Some(wake);
+        self
+    }
+
+    fn changed(&self) {
+        if let Some(w) = &self.wake {
+            w.set();
         }
     }
 
@@ -96,6 +113,7 @@ impl Shared {
             }),
             published: Condvar::new(),
             path: Some(path),
+            wake: None,
         })
     }
 
@@ -118,6 +136,7 @@ impl Shared {
         if g.registered.get(&key(&w)) != Some(&w) {
             g.registered.insert(key(&w), w);
             self.persist(&g);
+            self.changed();
             // An ADD waiting for the registration this one replaced must
             // hear of it now, not when its wait times out.
             self.published.notify_all();
@@ -138,6 +157,7 @@ impl Shared {
         };
         g.registered.remove(k);
         self.persist(&g);
+        self.changed();
         self.published.notify_all();
         found
     }
@@ -215,5 +235,40 @@ impl Shared {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(container: &str) -> WorkloadRef {
+        WorkloadRef {
+            container_id: container.into(),
+            netns: "/var/run/netns/p1".into(),
+            namespace: "demo".into(),
+            name: "web-1".into(),
+        }
+    }
+
+    #[test]
+    fn a_change_of_what_is_registered_wakes_the_loop_and_nothing_else_does() {
+        let wake = crate::wake::Wake::default();
+        let s = Shared::in_memory().waking(wake.clone());
+        s.register(w("c1"));
+        assert!(wake.take(), "a new registration wakes the loop");
+        s.register(w("c1"));
+        assert!(!wake.take(), "the same registration again does not");
+        s.publish(BTreeMap::new());
+        assert!(!wake.take(), "the loop's own publishing does not");
+        assert_eq!(
+            s.unregister("demo/web-1", "c2"),
+            Unregistered::OtherContainer("c1".into())
+        );
+        assert!(!wake.take(), "a DEL of another sandbox changes nothing");
+        s.register(w("c2"));
+        assert!(wake.take(), "a new sandbox of the pod wakes it");
+        assert_eq!(s.unregister("demo/web-1", "c2"), Unregistered::Removed);
+        assert!(wake.take(), "a DEL wakes it");
     }
 }

@@ -60,15 +60,16 @@ pub struct DockerSource {
 
 impl DockerSource {
     /// Starts watching the engine at `socket` (a thread that reconnects on
-    /// its own; an unreachable engine is not an error here).
-    pub fn start(socket: PathBuf) -> std::io::Result<DockerSource> {
+    /// its own; an unreachable engine is not an error here); each container
+    /// event sets `wake`.
+    pub fn start(socket: PathBuf, wake: crate::wake::Wake) -> std::io::Result<DockerSource> {
         let inventory = Arc::new(Mutex::new(Inventory::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = {
             let (socket, inventory, stop) = (socket.clone(), inventory.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("docker-watch".into())
-                .spawn(move || watch::watch(socket, inventory, stop))?
+                .spawn(move || watch::watch(socket, inventory, stop, wake))?
         };
         Ok(DockerSource {
             socket,
@@ -177,7 +178,8 @@ pub fn run<D: Dataplane>(
         wake: crate::wake::Wake::default(),
     };
     crate::wake::watch(&lc.wake, vec![(meshnode_dir, Some("meshnode.json"))]);
-    let mut source = DockerSource::start(socket.to_path_buf()).map_err(|e| Error::io(socket, e))?;
+    let mut source = DockerSource::start(socket.to_path_buf(), lc.wake.clone())
+        .map_err(|e| Error::io(socket, e))?;
     tracing::info!(socket = %socket.display(), "workloads from the Docker engine");
     run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
     Ok(())
@@ -196,6 +198,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::wake::Wake;
 
     #[derive(Default)]
     struct Engine {
@@ -359,12 +362,27 @@ mod tests {
         }
     }
 
+    /// Whether `wake` is set within a second (the watcher sets it just
+    /// after the inventory changes, so a list may see the change first).
+    fn woke(wake: &Wake) -> bool {
+        let until = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < until {
+            if wake.take() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
     #[test]
     fn catches_up_follows_events_and_resyncs_after_the_stream_drops() {
         let engine = Scripted::start();
         engine.run("c1", "before-start", "web", false);
-        let mut src = DockerSource::start(engine.socket.clone()).unwrap();
+        let wake = Wake::default();
+        let mut src = DockerSource::start(engine.socket.clone(), wake.clone()).unwrap();
         wait_names(&mut src, &["before-start"]);
+        assert!(woke(&wake), "the catch-up wakes the loop");
         let w = &src.list()[0];
         assert_eq!(w.netns, format!("/proc/{}/ns/net", std::process::id()));
         assert_eq!(w.namespace, "default");
@@ -373,8 +391,10 @@ mod tests {
 
         engine.run("c2", "by-event", "web", true);
         wait_names(&mut src, &["before-start", "by-event"]);
+        assert!(woke(&wake), "a started container wakes the loop");
         engine.stop("c1");
         wait_names(&mut src, &["by-event"]);
+        assert!(woke(&wake), "a stopped container wakes the loop");
 
         // Started while the stream is down: found by the resync.
         engine.drop_streams();
@@ -387,7 +407,7 @@ mod tests {
     fn an_endless_event_line_ends_the_session_and_the_next_one_catches_up() {
         let engine = Scripted::start();
         engine.run("c1", "first", "web", false);
-        let mut src = DockerSource::start(engine.socket.clone()).unwrap();
+        let mut src = DockerSource::start(engine.socket.clone(), Wake::default()).unwrap();
         wait_names(&mut src, &["first"]);
         let lists = engine.engine.lock().unwrap().lists;
         // Started while the stream carries garbage: only a resync finds it.
@@ -418,7 +438,7 @@ mod tests {
     fn an_unreachable_engine_is_reported_and_retried() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("no-engine.sock");
-        let mut src = DockerSource::start(socket.clone()).unwrap();
+        let mut src = DockerSource::start(socket.clone(), Wake::default()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         let c = loop {
             let c = src.condition().unwrap();

@@ -81,8 +81,13 @@ fn lock(inv: &Mutex<Inventory>) -> std::sync::MutexGuard<'_, Inventory> {
 }
 
 /// One connection: catch up, then follow events until the stream breaks or
-/// `stop` is set.
-fn session(socket: &Path, inv: &Mutex<Inventory>, stop: &AtomicBool) -> Result<(), String> {
+/// `stop` is set; every change of the inventory sets `wake`.
+fn session(
+    socket: &Path,
+    inv: &Mutex<Inventory>,
+    stop: &AtomicBool,
+    wake: &crate::wake::Wake,
+) -> Result<(), String> {
     let mut events = LineStream::open(socket, &api::events_path(), TICK)?;
     let mut early = Vec::new();
     let deadline = Instant::now() + REQUEST_TIMEOUT;
@@ -101,6 +106,7 @@ fn session(socket: &Path, inv: &Mutex<Inventory>, stop: &AtomicBool) -> Result<(
         let mut g = lock(inv);
         let was = g.engine().clone();
         g.resync(listed);
+        wake.set();
         if was != Engine::Watching {
             tracing::info!(socket = %socket.display(), containers = n, "watching the Docker engine");
         }
@@ -117,6 +123,9 @@ fn session(socket: &Path, inv: &Mutex<Inventory>, stop: &AtomicBool) -> Result<(
                         api::Change::Gone(_) => None,
                     };
                     lock(inv).apply(&change, |_| looked_up.unwrap_or(Ok(None)))?;
+                    // A container came, changed or went: attach or detach
+                    // it now, not at the next timed pass.
+                    wake.set();
                 }
                 Err(e) => tracing::warn!(error = %e, "unreadable Docker event; ignored"),
             }
@@ -129,12 +138,17 @@ fn session(socket: &Path, inv: &Mutex<Inventory>, stop: &AtomicBool) -> Result<(
 }
 
 /// Runs sessions until `stop` is set.
-pub fn watch(socket: PathBuf, inv: Arc<Mutex<Inventory>>, stop: Arc<AtomicBool>) {
+pub fn watch(
+    socket: PathBuf,
+    inv: Arc<Mutex<Inventory>>,
+    stop: Arc<AtomicBool>,
+    wake: crate::wake::Wake,
+) {
     let mut backoff = BACKOFF_MIN;
     let mut last_error: Option<String> = None;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let result = session(&socket, &inv, &stop);
+        let result = session(&socket, &inv, &stop, &wake);
         if stop.load(Ordering::Relaxed) {
             break;
         }

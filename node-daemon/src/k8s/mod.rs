@@ -158,7 +158,7 @@ pub fn run<D: Dataplane>(
             anyhow::bail!("--attach-socket serves a CNI runtime; it cannot be combined with --workloads docker")
         }
         (None, Some(docker)) => {
-            let mut source = DockerSource::start(docker.clone())?;
+            let mut source = DockerSource::start(docker.clone(), lc.wake.clone())?;
             tracing::info!(socket = %docker.display(), "workloads from the Docker engine");
             run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
         }
@@ -167,7 +167,7 @@ pub fn run<D: Dataplane>(
             run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
         }
         (Some(socket), None) => {
-            let attach = AttachService::start(socket, &cfg.data_dir, &stop)?;
+            let attach = AttachService::start(socket, &cfg.data_dir, &stop, &lc.wake)?;
             // Chained for as long as the guard lives: removed on a normal
             // return and on a panic alike (a SIGKILL leaves it: the
             // plugin then answers "try again later" until we are back).
