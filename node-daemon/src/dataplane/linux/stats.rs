@@ -44,6 +44,10 @@
 //! other end lies in the peer's ranges. Without that file (a kernel built
 //! without `NF_CONNTRACK_PROCFS`) only the netns total is known, from
 //! `nf_conntrack_count` (every tracked entry, closing ones included).
+//! That file walks the kernel's whole connection table, shared by every
+//! netns, so with many apps it is read only when the marker rule saw a
+//! connection start or a peer's packets moved, and at least every
+//! [`CONNTRACK_MAX_AGE`] (connections that time out send nothing).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -160,6 +164,9 @@ pub struct Listing {
     pub digest: String,
     /// Per peer public key: (rx packets, tx packets).
     pub packets: BTreeMap<String, (u64, u64)>,
+    /// Connections the netns has seen start (the marker rule's `ct state
+    /// new` counter).
+    pub new_connections: u64,
 }
 
 /// Parses `nft -j list table ip weft_stats`. Pure.
@@ -174,6 +181,7 @@ pub fn parse_listing(rules: &[RuleRead]) -> Listing {
             if let Some((d, k)) = rest.rsplit_once(':') {
                 marker = k.parse().ok().map(|k| (d.to_string(), k));
             }
+            out.new_connections = packets;
         } else if !comment.is_empty() {
             let e = out.packets.entry(comment.to_string()).or_default();
             match r.chain.as_str() {
@@ -277,12 +285,35 @@ fn connections(spec: &TrafficSpec) -> Result<(Option<u64>, BTreeMap<String, u64>
     }
 }
 
+/// How stale the connection counts of an idle netns may get. Reading
+/// conntrack walks the kernel's whole connection table (it is shared by
+/// every netns and filtered per netns), so it is read again only when a
+/// connection started or a peer's packets moved since the last read, or
+/// after this long (connections that end by timing out send nothing).
+pub const CONNTRACK_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The last full read of one app netns.
 #[derive(Clone, Debug)]
 struct Read {
     at: std::time::Instant,
     digest: String,
     traffic: AppTraffic,
+    /// The counters the connection counts were read with, and when.
+    conntrack: (ConntrackKey, std::time::Instant),
+}
+
+/// What must be unchanged for connection counts to stand: connections
+/// started, and each peer's packets.
+type ConntrackKey = (u64, BTreeMap<String, (u64, u64)>);
+
+/// Whether counts read at `at` with `then` still stand for `now`. Pure.
+pub fn conntrack_still_valid(
+    then: &ConntrackKey,
+    at: std::time::Instant,
+    now: &ConntrackKey,
+    max_age: std::time::Duration,
+) -> bool {
+    then == now && at.elapsed() < max_age
 }
 
 /// Keeps each app netns' counting rules as wanted and caches reads: the
@@ -326,6 +357,12 @@ impl Stats {
                 return Ok(t);
             }
         }
+        let last = self
+            .reads
+            .get(netns)
+            .filter(|r| r.digest == d)
+            .map(|r| (r.conntrack.clone(), r.traffic.clone()));
+        let conntrack = std::cell::RefCell::new(None);
         let traffic = within(&|| {
             let mut listing = read(rt)?;
             let mut wrote = false;
@@ -335,7 +372,24 @@ impl Stats {
                 listing = read(rt)?;
             }
             let listing = listing.ok_or_else(|| anyhow!("table {TABLE} missing after write"))?;
-            let (active, per_peer) = connections(want)?;
+            let key: ConntrackKey = (listing.new_connections, listing.packets.clone());
+            let (active, per_peer, at) = match &last {
+                Some(((then, at), t))
+                    if !wrote && conntrack_still_valid(then, *at, &key, CONNTRACK_MAX_AGE) =>
+                {
+                    let per_peer = t
+                        .peers
+                        .iter()
+                        .map(|(k, p)| (k.clone(), p.active_connections))
+                        .collect();
+                    (t.active_connections, per_peer, *at)
+                }
+                _ => {
+                    let (a, p) = connections(want)?;
+                    (a, p, std::time::Instant::now())
+                }
+            };
+            *conntrack.borrow_mut() = Some((key, at));
             let peers = want
                 .peers
                 .keys()
@@ -355,12 +409,21 @@ impl Stats {
                 wrote,
             })
         })?;
+        // A `within` that did not run the read (the unit tests') leaves no
+        // conntrack read behind: the next read makes one.
+        let conntrack = conntrack.into_inner().unwrap_or_else(|| {
+            let stale = std::time::Instant::now()
+                .checked_sub(CONNTRACK_MAX_AGE)
+                .unwrap_or_else(std::time::Instant::now);
+            (ConntrackKey::default(), stale)
+        });
         self.reads.insert(
             netns.to_string(),
             Read {
                 at: std::time::Instant::now(),
                 digest: d,
                 traffic: traffic.clone(),
+                conntrack,
             },
         );
         Ok(traffic)
@@ -448,6 +511,10 @@ mod tests {
         });
         let l = parse_listing(&from_json(&v));
         assert_eq!(l.digest, digest(&spec()));
+        assert_eq!(
+            l.new_connections, 100,
+            "the marker rule counts new connections"
+        );
         assert_eq!(l.packets["PK1"], (5, 6));
         assert_eq!(l.packets["PK2"], (0, 9));
         assert_eq!(l.packets.len(), 2);
@@ -477,6 +544,29 @@ ipv6     10 udp     17 20 src=fe80::1 dst=ff02::1 sport=1 dport=2 [UNREPLIED] sr
         assert_eq!(total, 2, "established TCP and replied local UDP");
         assert_eq!(per_peer["PK1"], 1, "the established connection");
         assert_eq!(per_peer["PK2"], 0, "a ping is no connection");
+    }
+
+    #[test]
+    fn connection_counts_stand_while_nothing_started_or_moved_and_not_too_long() {
+        let key = |new: u64, rx: u64| -> ConntrackKey {
+            (new, [("PK1".to_string(), (rx, 0))].into_iter().collect())
+        };
+        let now = std::time::Instant::now();
+        let age = std::time::Duration::from_secs(30);
+        assert!(conntrack_still_valid(&key(3, 10), now, &key(3, 10), age));
+        assert!(
+            !conntrack_still_valid(&key(3, 10), now, &key(4, 10), age),
+            "a connection started"
+        );
+        assert!(
+            !conntrack_still_valid(&key(3, 10), now, &key(3, 11), age),
+            "a peer's packets moved"
+        );
+        let old = now - std::time::Duration::from_secs(31);
+        assert!(
+            !conntrack_still_valid(&key(3, 10), old, &key(3, 10), age),
+            "too old: connections may have timed out"
+        );
     }
 
     #[test]
