@@ -20,7 +20,7 @@ use serde_json::json;
 use weft_e2e::apiserver::binaries::Binaries;
 use weft_e2e::kubelet::{repo_path, KubeCluster, SYSTEM_NS};
 use weft_e2e::{netns, scenario, wait_for};
-use weft_node_daemon::k8s::PodAnnouncements;
+use weft_node_daemon::workloads::pods::PodAnnouncements;
 use weft_node_daemon::workloads::Announcements;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -151,7 +151,7 @@ fn a_daemon_watches_meshapps_only_in_its_pods_namespaces() {
         let mut config =
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await?;
-        // As the daemon's own client (weft_node_daemon::k8s::client).
+        // As the daemon's own client (weft_node_daemon::kubeapi::client).
         config.default_retry = false;
         anyhow::Ok(kube::Client::try_from(config)?)
     });

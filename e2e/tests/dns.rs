@@ -177,7 +177,7 @@ fn a_records(m: &Message) -> Vec<Ipv4Addr> {
 }
 
 /// The resolver address every workload routes into its app netns
-/// (`weft_node_daemon::state::RESOLVER_ADDRESS`, spelled out: a change of it
+/// (`weft_node_daemon::core::state::RESOLVER_ADDRESS`, spelled out: a change of it
 /// breaks every pod's `dnsConfig`, so this test must notice).
 const FIXED: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 53);
 

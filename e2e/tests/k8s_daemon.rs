@@ -334,7 +334,7 @@ fn an_edge_host_registers_its_own_meshnode_and_reports_its_containers() {
 /// every pass, with one warning and one recovery line; once the server is
 /// back its watches list again and the next status carries the pod created
 /// during the outage. (How fast that is, is pinned down in virtual time by
-/// the unit tests of node-daemon/src/k8s; here it is printed.)
+/// the unit tests of node-daemon/src/kubeapi.rs; here it is printed.)
 #[test]
 fn after_an_api_outage_the_daemon_backs_off_then_catches_up() {
     if !runnable("after_an_api_outage_the_daemon_backs_off_then_catches_up") {

@@ -1,30 +1,38 @@
 //! Weft node daemon: makes one node's kernel match its MeshNode.
 //!
+//! The folders follow the way data moves through the daemon:
+//!
 //! ```text
-//!  MeshNode spec ─┐                          ┌─► status (public keys, ports, peers)
-//!  local workloads ┼─► plan ─► NodeState ─► diff(desired, observed) ─► [Op] ─► Dataplane::apply
-//!  key store ──────┘   (pure)                (pure)           observe ◄─┘  (netlink, WireGuard)
+//!  desired/  (file, kube)  ── MeshNode spec ──┐
+//!  workloads/ (dir, attach, pods, docker) ────┼─► run/ ─► core/ plan ─► NodeState ─► core/ diff ─► [Op] ─► dataplane/
+//!  keys (the node's private keys) ────────────┘   loop     (pure)                       (pure)         (netlink, WireGuard, nft)
+//!                                                   │                                                        │
+//!  desired/ ◄── MeshNode status ◄── core/ status ◄──┴──────────────── Observation ◄──────────────────────────┘
 //! ```
+//!
+//! | folder / module | owns |
+//! |---|---|
+//! | [`desired`] | sources of desired state: the state directory or the API server ([`desired::Transport`]) |
+//! | [`workloads`] | sources of workloads: announcements, the CNI attach socket, this node's pods, Docker ([`workloads::WorkloadSource`]) |
+//! | [`core`] | the pure core: plan, diff, status, workload addresses |
+//! | [`dataplane`] | every side effect on the kernel, behind [`dataplane::Dataplane`] |
+//! | [`dns`] | the per-app resolvers the data plane runs |
+//! | [`run`] | the one loop that joins them, the modes that pick its parts, its metrics |
+//! | [`keys`], [`storage`], [`wake`], [`kubeapi`], [`cni_install`] | private keys, file helpers, loop wake-ups, the API client, the CNI chain |
+//!
+//! Imports only go down this list's flow: `core` imports no other folder,
+//! `dataplane` only `core`, sources never import `run`
+//! (`tests/layout.rs` checks it).
 
-pub mod attach;
 pub mod cni_install;
+pub mod core;
 pub mod dataplane;
-pub mod diff;
+pub mod desired;
 pub mod dns;
-pub mod docker;
 pub mod error;
-pub mod ipam;
-pub mod k8s;
 pub mod keys;
-pub mod metrics;
-pub mod ops;
-pub mod plan;
-pub mod reconcile;
-pub mod runner;
-pub mod standalone;
-pub mod state;
-pub mod status;
-pub mod status_backoff;
+pub mod kubeapi;
+pub mod run;
 pub mod storage;
 pub mod wake;
 pub mod workloads;

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
+use weft_node_daemon::core::ops::Op;
+use weft_node_daemon::core::plan::{netns_prefix, owns_netns};
 use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
 use weft_node_daemon::dataplane::Dataplane;
-use weft_node_daemon::k8s::{CniChain, KubeRunConfig};
-use weft_node_daemon::metrics::{Metrics, Server};
-use weft_node_daemon::ops::Op;
-use weft_node_daemon::plan::{netns_prefix, owns_netns};
-use weft_node_daemon::runner::{run, RunConfig};
+use weft_node_daemon::run::kubernetes::{CniChain, KubeRunConfig};
+use weft_node_daemon::run::metrics::{Metrics, Server};
+use weft_node_daemon::run::{run, RunConfig};
 
 #[derive(Parser)]
 #[command(
@@ -101,7 +101,7 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = WorkloadsFrom::Files)]
         workloads: WorkloadsFrom,
         /// The Docker engine's API socket (with --workloads docker).
-        #[arg(long, default_value = weft_node_daemon::docker::DEFAULT_SOCKET)]
+        #[arg(long, default_value = weft_node_daemon::workloads::docker::DEFAULT_SOCKET)]
         docker_socket: PathBuf,
     },
     /// Run against the Kubernetes API: watch this node's MeshNode, write its status.
@@ -162,7 +162,7 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = WorkloadsFrom::Files)]
         workloads: WorkloadsFrom,
         /// The Docker engine's API socket (with --workloads docker).
-        #[arg(long, default_value = weft_node_daemon::docker::DEFAULT_SOCKET)]
+        #[arg(long, default_value = weft_node_daemon::workloads::docker::DEFAULT_SOCKET)]
         docker_socket: PathBuf,
     },
     /// Put the weft-cni plugin last into every *.conflist of the node's CNI
@@ -262,7 +262,7 @@ fn main() -> anyhow::Result<()> {
             match workloads {
                 WorkloadsFrom::Files => run(&cfg, dp, stop, &metrics)?,
                 WorkloadsFrom::Docker => {
-                    weft_node_daemon::docker::run(&cfg, &docker_socket, dp, stop, &metrics)?
+                    weft_node_daemon::run::run_docker(&cfg, &docker_socket, dp, stop, &metrics)?
                 }
             }
         }
@@ -312,7 +312,7 @@ fn main() -> anyhow::Result<()> {
             };
             let metrics = Arc::new(Metrics::default());
             let _server = serve_metrics(metrics_address, &metrics)?;
-            weft_node_daemon::k8s::run(&cfg, dp, stop, &metrics)?;
+            weft_node_daemon::run::kubernetes::run(&cfg, dp, stop, &metrics)?;
         }
         Cmd::CniInstall {
             conf_dir,

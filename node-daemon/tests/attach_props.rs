@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use serde_json::{json, Value};
 use weft_api::attach::{AttachRequest, WorkloadRef, MAX_MESSAGE_CHARS, MAX_REQUEST_BYTES};
-use weft_node_daemon::attach::server::{parse_request, read_request, Refused};
+use weft_node_daemon::workloads::attach::server::{parse_request, read_request, Refused};
 
 fn valid(op: &str) -> Value {
     json!({

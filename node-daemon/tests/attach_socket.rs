@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weft_api::attach::{AttachResponse, MAX_REQUEST_BYTES};
-use weft_node_daemon::attach::{AttachServer, Shared};
+use weft_node_daemon::workloads::attach::{AttachServer, Shared};
 
 struct Server {
     _dir: tempfile::TempDir,

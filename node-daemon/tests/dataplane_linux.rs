@@ -21,12 +21,12 @@ use nix::sched::{setns, CloneFlags};
 mod support;
 
 use support::{net, privileged, run, sh, sh_ok, Cleanup, Keys, Node};
+use weft_node_daemon::core::diff::diff;
+use weft_node_daemon::core::ops::Op;
+use weft_node_daemon::core::state::{AppNet, Device, NodeState, Peer, WorkloadLink};
 use weft_node_daemon::dataplane::linux::LinuxOptions;
 use weft_node_daemon::dataplane::Dataplane;
-use weft_node_daemon::diff::diff;
 use weft_node_daemon::keys::PrivateKey;
-use weft_node_daemon::ops::Op;
-use weft_node_daemon::state::{AppNet, Device, NodeState, Peer, WorkloadLink};
 
 const PORT: u16 = 51820;
 /// Ping payload marker ("WeftPing"): must never be visible on the node link.

@@ -7,11 +7,11 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use proptest::prelude::*;
+use weft_node_daemon::core::diff::{diff, KeySource};
+use weft_node_daemon::core::state::{AppNet, Device, NodeState, Peer, Ruleset, WorkloadLink};
 use weft_node_daemon::dataplane::fake::FakeDataplane;
 use weft_node_daemon::dataplane::Dataplane;
-use weft_node_daemon::diff::{diff, KeySource};
 use weft_node_daemon::keys::PrivateKey;
-use weft_node_daemon::state::{AppNet, Device, NodeState, Peer, Ruleset, WorkloadLink};
 
 /// Deterministic keys per netns (the fake derives public keys from them).
 struct Keys(BTreeMap<String, PrivateKey>);

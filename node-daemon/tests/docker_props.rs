@@ -8,15 +8,15 @@ use std::io::Read;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
-use weft_node_daemon::docker::api;
-use weft_node_daemon::docker::http::{
+use weft_node_daemon::workloads::docker::api;
+use weft_node_daemon::workloads::docker::http::{
     parse_head, parse_response, read_response, ChunkedDecoder, LineBuffer, StreamDecoder, MAX_BODY,
     MAX_EVENT_LINE, MAX_HEAD, MAX_LINE,
 };
 
-const INSPECT: &str = include_str!("../src/docker/testdata/inspect-running.json");
-const LIST: &str = include_str!("../src/docker/testdata/containers.json");
-const EVENTS: &str = include_str!("../src/docker/testdata/events.jsonl");
+const INSPECT: &str = include_str!("../src/workloads/docker/testdata/inspect-running.json");
+const LIST: &str = include_str!("../src/workloads/docker/testdata/containers.json");
+const EVENTS: &str = include_str!("../src/workloads/docker/testdata/events.jsonl");
 
 /// What one socket read may deliver at most.
 const READ_SIZE: usize = 16 * 1024;

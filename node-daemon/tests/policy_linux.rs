@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use nix::sched::{setns, CloneFlags};
+use weft_node_daemon::core::ops::Op;
 use weft_node_daemon::dataplane::linux::LinuxOptions;
 use weft_node_daemon::keys::PrivateKey;
-use weft_node_daemon::ops::Op;
 mod support;
 
 use support::{net, privileged, sh, Cleanup, Keys, Node};
-use weft_node_daemon::state::{
+use weft_node_daemon::core::state::{
     AppLinkEnd, AppNet, Device, NodeState, PolicyCounters, PolicyDirection, PolicyProtocol,
     PolicyTable, Ruleset, RulesetRule, WorkloadLink,
 };

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use weft_api::standalone::LocalWorkload;
 use weft_api::{AppAttachment, MeshNode, MeshNodeSpec, PeerSpec};
 use weft_node_daemon::dataplane::fake::FakeDataplane;
-use weft_node_daemon::reconcile::Reconciler;
+use weft_node_daemon::run::reconcile::Reconciler;
 
 fn t() -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())

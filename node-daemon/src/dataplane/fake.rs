@@ -4,9 +4,9 @@
 use weft_api::DataplaneKind;
 
 use super::{AppTraffic, Dataplane, Observation, TrafficSpec};
+use crate::core::ops::Op;
+use crate::core::state::{AppLinkEnd, AppNet, Device, NodeState, Peer};
 use crate::error::Error;
-use crate::ops::Op;
-use crate::state::{AppLinkEnd, AppNet, Device, NodeState, Peer};
 
 /// A data plane that lives in memory.
 #[derive(Debug, Default)]
@@ -75,7 +75,7 @@ impl Dataplane for FakeDataplane {
                     .collect();
                 Some((
                     k.clone(),
-                    crate::state::PolicyCounters {
+                    crate::core::state::PolicyCounters {
                         rules,
                         ..Default::default()
                     },

@@ -8,56 +8,12 @@ pub mod sockbuf;
 
 use weft_api::DataplaneKind;
 
-use crate::error::Error;
-use crate::ops::Op;
-use crate::state::{NodeState, PeerStats, PolicyCounters};
 use std::collections::BTreeMap;
 
-/// What an observation returns: the state plus live peer counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Observation {
-    /// The data plane as it is.
-    pub state: NodeState,
-    /// Counters per (netns, peer public key).
-    pub stats: BTreeMap<(String, String), PeerStats>,
-    /// Policy counters per netns (only netns with a policy table).
-    pub policy_counters: BTreeMap<String, PolicyCounters>,
-    /// Traffic per netns. `observe` leaves it empty: the reconciler fills it
-    /// from [`Dataplane::traffic`] once the pass has applied its ops.
-    pub traffic: BTreeMap<String, AppTraffic>,
-}
+use crate::core::ops::Op;
+use crate::error::Error;
 
-/// What to count in one app netns: its WireGuard interface and each peer's
-/// ranges (the allowed IPs WireGuard routes by and checks sources against).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TrafficSpec {
-    /// The app's WireGuard interface.
-    pub interface: String,
-    /// Peer public key -> its ranges.
-    pub peers: BTreeMap<String, Vec<ipnet::Ipv4Net>>,
-}
-
-/// Traffic figures of one app netns.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AppTraffic {
-    /// Per peer public key.
-    pub peers: BTreeMap<String, PeerTraffic>,
-    /// Open connections in the netns; `None` when they cannot be read.
-    pub active_connections: Option<u64>,
-    /// Whether this call had to (re)write the counting rules.
-    pub wrote: bool,
-}
-
-/// Traffic with one peer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PeerTraffic {
-    /// IP packets received from the peer through the tunnel.
-    pub rx_packets: u64,
-    /// IP packets sent to the peer through the tunnel.
-    pub tx_packets: u64,
-    /// Open connections whose other end is in the peer's ranges.
-    pub active_connections: u64,
-}
+pub use crate::core::observed::{AppTraffic, Observation, PeerTraffic, TrafficSpec};
 
 /// A node's data plane. Calls are blocking and must come from a plain OS
 /// thread (never a tokio worker): the real implementation switches network

@@ -13,7 +13,7 @@
 //! [`service`].
 //!
 //! Workloads point at it explicitly (the CNI result's `dns`, or
-//! `--dns 169.254.1.53`, [`crate::state::RESOLVER_ADDRESS`], for a
+//! `--dns 169.254.1.53`, [`crate::core::state::RESOLVER_ADDRESS`], for a
 //! container or in a pod's `dnsConfig`); nothing rewrites a
 //! workload's resolv.conf.
 

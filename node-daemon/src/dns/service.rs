@@ -23,7 +23,7 @@ use super::server::{self, Shared};
 use super::sockets::Sockets;
 use super::upstream::Upstreams;
 use super::ResolverSpec;
-use crate::state::RESOLVER_ADDRESS;
+use crate::core::state::RESOLVER_ADDRESS;
 
 /// How the service reaches app namespaces (the data plane provides it).
 pub trait AppNetns {

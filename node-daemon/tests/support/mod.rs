@@ -16,12 +16,12 @@ use std::thread::JoinHandle;
 use ipnet::Ipv4Net;
 use nix::sched::{setns, CloneFlags};
 use weft_api::DataplaneKind;
+use weft_node_daemon::core::diff::{diff, KeySource};
+use weft_node_daemon::core::ops::Op;
+use weft_node_daemon::core::state::NodeState;
 use weft_node_daemon::dataplane::linux::{LinuxDataplane, LinuxOptions};
 use weft_node_daemon::dataplane::{Dataplane, Observation};
-use weft_node_daemon::diff::{diff, KeySource};
 use weft_node_daemon::keys::PrivateKey;
-use weft_node_daemon::ops::Op;
-use weft_node_daemon::state::NodeState;
 
 /// Whether root, /dev/net/tun, `ip`, `ping` and `tools` (command, version
 /// flag) are here. Missing under CI=true is a failure naming what is missing.

@@ -10,7 +10,7 @@
 //!          ─► data (list or change): passed on, delays start over
 //! ```
 //!
-//! The node daemon has the same code in `node-daemon/src/k8s/watch.rs`
+//! The node daemon has the same code in `node-daemon/src/kubeapi.rs`
 //! (both crates need kube-runtime's types, which weft-api does not depend
 //! on); the parameters live once, in [`weft_api::backoff`].
 

@@ -13,6 +13,7 @@
 //! call must come from a plain OS thread, never from a tokio worker.
 
 mod applink;
+mod control;
 mod kernel;
 mod netns;
 pub mod nft;
@@ -39,10 +40,10 @@ use tokio::runtime::Runtime;
 use weft_api::DataplaneKind;
 
 use super::{AppTraffic, Dataplane, Observation, TrafficSpec};
+use crate::core::ops::Op;
+use crate::core::state::{AppLinkEnd, AppNet, Device, Peer, PeerStats, WorkloadLink};
 use crate::error::Error;
 use crate::keys::PrivateKey;
-use crate::ops::Op;
-use crate::state::{AppLinkEnd, AppNet, Device, Peer, PeerStats, WorkloadLink};
 use uapi::UapiDevice;
 use userspace::UserspaceDevice;
 
@@ -151,7 +152,10 @@ impl crate::dns::AppNetns for AppNamespaces<'_> {
 /// A full policy-table read and when it was made.
 struct PolicyRead {
     at: std::time::Instant,
-    table: Option<(crate::state::PolicyTable, crate::state::PolicyCounters)>,
+    table: Option<(
+        crate::core::state::PolicyTable,
+        crate::core::state::PolicyCounters,
+    )>,
 }
 
 impl std::fmt::Debug for LinuxDataplane {
@@ -648,7 +652,12 @@ impl LinuxDataplane {
         &mut self,
         name: &str,
         app: &File,
-    ) -> Result<Option<(crate::state::PolicyTable, crate::state::PolicyCounters)>> {
+    ) -> Result<
+        Option<(
+            crate::core::state::PolicyTable,
+            crate::core::state::PolicyCounters,
+        )>,
+    > {
         if let Some(last) = self.policy_reads.get(name) {
             if last.at.elapsed() < self.policy_full_read_interval {
                 let marker = netns::within(app, || nft::observe_marker(&self.rt))?;
@@ -788,7 +797,7 @@ impl LinuxDataplane {
                 Err(e) => {
                     // Unknown content: the diff rewrites the table.
                     tracing::warn!(netns = %name, error = %format!("{e:#}"), "cannot read the policy table");
-                    Some(crate::state::PolicyTable {
+                    Some(crate::core::state::PolicyTable {
                         digest: "unreadable".into(),
                         ..Default::default()
                     })

@@ -70,7 +70,7 @@ use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
 use super::nftread::RuleRead;
-use crate::state::{
+use crate::core::state::{
     Counter, PolicyCounters, PolicyDirection, PolicyProtocol, PolicyTable, Ruleset, RulesetRule,
 };
 

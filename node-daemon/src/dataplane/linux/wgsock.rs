@@ -56,7 +56,7 @@ use nix::sys::socket::{setsockopt, shutdown, sockopt::ReceiveTimeout, Shutdown};
 use nix::sys::time::{TimeVal, TimeValLike};
 use sha2::{Digest, Sha256};
 
-use super::userspace::{lock, Control};
+use super::control::{lock, Control};
 
 /// Where `wg` looks for userspace devices.
 pub const DEFAULT_DIR: &str = "/var/run/wireguard";

@@ -15,7 +15,7 @@ use rtnetlink::LinkVeth;
 use tokio::runtime::Runtime;
 
 use super::{netns, nl};
-use crate::state::{WorkloadLink, WORKLOAD_GATEWAY, WORKLOAD_IFNAME};
+use crate::core::state::{WorkloadLink, WORKLOAD_GATEWAY, WORKLOAD_IFNAME};
 
 /// Prefix of the app-side veth names this module reports back.
 pub(crate) const HOST_IF_PREFIX: &str = "wv";

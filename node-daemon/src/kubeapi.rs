@@ -1,3 +1,7 @@
+//! The daemon's access to the Kubernetes API, shared by the MeshNode
+//! transport ([`crate::desired::kube`]) and the pod and MeshApp watches
+//! ([`crate::workloads::pods`]): the client ([`client`]) and the watches.
+//!
 //! Every watch of the daemon goes through [`retrying_watcher`]: kube-runtime's
 //! watcher with Weft's retry policy ([`API_RETRY`], 250 ms doubling to a 4 s
 //! cap, jittered) instead of kube-runtime's default (800 ms to 30 s, which
@@ -135,6 +139,19 @@ where
         move || watcher(api.clone(), config.clone()),
         delays(API_RETRY),
     )
+}
+
+/// A client for the configured API server (in-cluster or KUBECONFIG)
+/// without kube-client's built-in retry of 429/503/504 answers. That layer
+/// (kube-client 5.0) retries one request up to 15 times, from 5 ms doubling
+/// to a 1000 s cap, so while a restarting API server answers 503 a single
+/// list, watch or write could stay pending for minutes, well past the
+/// server's return. Errors surface at once instead, and Weft's own
+/// backoffs ([`weft_api::backoff::API_RETRY`]) pace the retries.
+pub async fn client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await?;
+    config.default_retry = false;
+    Ok(kube::Client::try_from(config)?)
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@ use weft_api::conditions::{self, types};
 use weft_api::standalone::LocalWorkload;
 use weft_api::{AppStatus, DataplaneKind, MeshNode, MeshNodeStatus, PeerStatus, WorkloadStatus};
 
-use crate::dataplane::Observation;
-use crate::plan::AppPlan;
-use crate::workloads;
+use super::observed::Observation;
+use crate::core::plan::AppPlan;
+use crate::core::state::workload_key;
 
 /// A peer counts as up with a handshake younger than this (the operator's
 /// definition, so MeshNode and MeshApp status agree).
@@ -108,7 +108,7 @@ pub fn build(
     let wl = local
         .iter()
         .map(|w| {
-            let k = workloads::key(w);
+            let k = workload_key(w);
             let (app, address) = attached
                 .get(&k)
                 .cloned()
@@ -189,104 +189,7 @@ pub fn changed(old: &MeshNodeStatus, new: &MeshNodeStatus) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use weft_api::{CompiledPolicy, CompiledRule, MeshNodeSpec, PolicyDirection, PolicyProtocol};
-
     use super::*;
-    use crate::dataplane::fake::FakeDataplane;
-    use crate::reconcile::Reconciler;
-
-    fn t() -> Time {
-        Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
-    }
-
-    fn node(policy: bool) -> MeshNode {
-        let mut a = crate::plan::tests::attachment("n1", 1);
-        a.policy = policy.then(|| CompiledPolicy {
-            ingress_isolated: vec!["10.100.1.2".into()],
-            egress_isolated: vec![],
-            rules: vec![CompiledRule {
-                id: "demo/p:ingress[0].ports[0]".into(),
-                direction: PolicyDirection::Ingress,
-                local: vec!["10.100.1.2".into()],
-                peers: vec!["10.100.2.0/24".into()],
-                protocol: Some(PolicyProtocol::Tcp),
-                port: Some(80),
-                end_port: None,
-            }],
-        });
-        let mut mn = MeshNode::new(
-            "n1",
-            MeshNodeSpec {
-                site: "local".into(),
-                apps: vec![a],
-            },
-        );
-        mn.metadata.generation = Some(1);
-        mn
-    }
-
-    #[test]
-    fn policy_drops_are_summarised_only_where_a_policy_applies() {
-        let d = tempfile::tempdir().unwrap();
-        let mut r = Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
-        let open = r.pass(Some(&node(false)), &[], t());
-        assert_eq!(open.status.apps[0].policy_drops, None);
-        assert!(open.policy_counters.is_empty());
-        r.pass(Some(&node(true)), &[], t());
-        let guarded = r.pass(Some(&node(true)), &[], t());
-        assert_eq!(guarded.status.apps[0].policy_drops, Some(0));
-        assert!(guarded.policy_counters["demo/web"]
-            .rules
-            .contains_key("demo/p:ingress[0].ports[0]"));
-        assert_eq!(guarded.status.apps[0].peers_up, 0, "no handshake yet");
-        let json = serde_json::to_value(&guarded.status).unwrap();
-        assert_eq!(json["apps"][0]["policyDrops"], 0);
-        assert_eq!(json["apps"][0]["peersUp"], 0);
-    }
-
-    #[test]
-    fn traffic_figures_reach_the_status_and_counting_rules_are_written_once() {
-        let d = tempfile::tempdir().unwrap();
-        let mut r = Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
-        let spec = node(false); // one peer key for every pass
-        let first = r.pass(Some(&spec), &[], t());
-        assert_eq!(first.writes_by_op.get("set_traffic_counters"), Some(&1));
-        let settled = r.pass(Some(&spec), &[], t());
-        let netns = spec.spec.apps[0].netns.clone();
-        let counted = r.dataplane().traffic_specs[&netns].clone();
-        let (pk, ranges) = counted.peers.iter().next().expect("the app has a peer");
-        assert!(!ranges.is_empty(), "counted by the peer's allowed IPs");
-        let injected = crate::dataplane::AppTraffic {
-            peers: [(
-                pk.clone(),
-                crate::dataplane::PeerTraffic {
-                    rx_packets: 5,
-                    tx_packets: 6,
-                    active_connections: 1,
-                },
-            )]
-            .into_iter()
-            .collect(),
-            active_connections: Some(2),
-            wrote: false,
-        };
-        r.dataplane().traffic.insert(netns, injected);
-        let rep = r.pass(Some(&spec), &[], t());
-        assert_eq!(rep.writes, 0, "converged: the counting rules stay");
-        assert_eq!(r.dataplane().traffic_writes, 1);
-        let app = &rep.status.apps[0];
-        let peer = app.peers.iter().find(|p| &p.public_key == pk).unwrap();
-        assert_eq!((peer.rx_packets, peer.tx_packets), (5, 6));
-        assert_eq!(peer.active_connections, 1);
-        assert_eq!(app.active_connections, Some(2));
-        assert!(
-            !changed(&settled.status, &rep.status),
-            "moving figures alone are no change"
-        );
-        let json = serde_json::to_value(&rep.status).unwrap();
-        assert_eq!(json["apps"][0]["activeConnections"], 2);
-        assert_eq!(json["apps"][0]["peers"][0]["rxPackets"], 5);
-    }
 
     fn with(drops: Option<u64>, handshake: Option<u64>, rx: u64) -> MeshNodeStatus {
         MeshNodeStatus {

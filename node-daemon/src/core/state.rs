@@ -235,3 +235,8 @@ pub const WORKLOAD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// container's `--dns` can name it before anything is attached. Not the
 /// gateway itself: some primary networks (Calico) use 169.254.1.1 as theirs.
 pub const RESOLVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 53);
+
+/// `namespace/name` of a workload: how every part of the daemon names one.
+pub fn workload_key(w: &weft_api::standalone::LocalWorkload) -> String {
+    format!("{}/{}", w.namespace, w.name)
+}

@@ -27,8 +27,8 @@ use std::time::Duration;
 use weft_api::meshnode::HANDSHAKE_FRESH_SECONDS;
 use weft_metrics::{family, sample, serve, Endpoints, Histogram};
 
-use crate::reconcile::PassReport;
-use crate::state::PolicyCounters;
+use crate::core::state::PolicyCounters;
+use crate::run::reconcile::PassReport;
 
 /// One peer of one app, as last observed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -416,7 +416,7 @@ mod tests {
     use weft_api::{AppStatus, MeshNodeStatus, PeerStatus};
 
     use super::*;
-    use crate::state::Counter;
+    use crate::core::state::Counter;
 
     fn report() -> PassReport {
         let mut policy = PolicyCounters::default();

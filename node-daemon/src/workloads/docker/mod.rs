@@ -27,20 +27,14 @@ pub mod http;
 pub mod inventory;
 pub mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use weft_api::conditions;
-use weft_api::standalone::{LocalWorkload, NodeRegistration, StateDir};
+use weft_api::standalone::LocalWorkload;
 
-use crate::dataplane::Dataplane;
-use crate::error::Error;
-use crate::metrics::Metrics;
-use crate::reconcile::Reconciler;
-use crate::runner::{run_loop, LoopConfig, RunConfig};
-use crate::standalone::FileTransport;
 use crate::workloads::{SandboxChanges, WorkloadSource};
 use inventory::{Engine, Inventory};
 
@@ -149,40 +143,6 @@ impl Drop for DockerSource {
             let _ = t.join();
         }
     }
-}
-
-/// Runs the standalone mode with the Docker engine at `socket` as the
-/// workload source, until `stop` is set.
-pub fn run<D: Dataplane>(
-    cfg: &RunConfig,
-    socket: &Path,
-    dp: D,
-    stop: Arc<AtomicBool>,
-    metrics: &Metrics,
-) -> Result<(), Error> {
-    let state = StateDir::new(&cfg.state_dir);
-    let meshnode_dir = state.node_dir(&cfg.node);
-    let mut transport = FileTransport::new(state, &cfg.node, &cfg.data_dir);
-    transport.register(&NodeRegistration {
-        name: cfg.node.clone(),
-        site: cfg.site.clone(),
-        address: cfg.advertise_address.clone(),
-        labels: Default::default(),
-    })?;
-    let rec = Reconciler::new(&cfg.node, &cfg.advertise_address, dp, &cfg.data_dir)?;
-    let lc = LoopConfig {
-        node: cfg.node.clone(),
-        advertise_address: cfg.advertise_address.clone(),
-        interval: cfg.interval,
-        heartbeat: cfg.heartbeat,
-        wake: crate::wake::Wake::default(),
-    };
-    crate::wake::watch(&lc.wake, vec![(meshnode_dir, Some("meshnode.json"))]);
-    let mut source = DockerSource::start(socket.to_path_buf(), lc.wake.clone())
-        .map_err(|e| Error::io(socket, e))?;
-    tracing::info!(socket = %socket.display(), "workloads from the Docker engine");
-    run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
-    Ok(())
 }
 
 #[cfg(test)]

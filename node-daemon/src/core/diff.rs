@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use ipnet::Ipv4Net;
 
-use crate::ops::Op;
-use crate::state::{AppNet, Device, NodeState, WorkloadLink};
+use crate::core::ops::Op;
+use crate::core::state::{AppNet, Device, NodeState, WorkloadLink};
 
 /// Resolves a key for an app netns (the planner only carries public keys).
 pub trait KeySource {
@@ -316,8 +316,8 @@ fn diff_device(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::state::WorkloadLink;
     use crate::keys::PrivateKey;
-    use crate::state::WorkloadLink;
 
     struct OneKey(PrivateKey);
     impl KeySource for OneKey {
@@ -381,7 +381,7 @@ mod tests {
         b.device.as_mut().unwrap().routes = vec!["10.2.0.0/16".parse().unwrap()];
         b.workloads.clear();
         st.apps.insert(b.netns.clone(), b);
-        let end = |peer: &str, peer_if: &str, range: &str| crate::state::AppLinkEnd {
+        let end = |peer: &str, peer_if: &str, range: &str| crate::core::state::AppLinkEnd {
             peer_netns: peer.into(),
             peer_interface: peer_if.into(),
             routes: vec![range.parse().unwrap()],

@@ -9,38 +9,34 @@
 //!
 //! The daemon sees only its own MeshNode and writes only its status; RBAC in
 //! `config/rbac` grants exactly that. The loop is the same code as in
-//! standalone mode ([`crate::runner::run_loop`]); only the transport differs.
+//! standalone mode ([`super::run_loop`]); only the transport differs.
 //!
 //! With `--attach-socket` the daemon serves the CNI plugin: pod metadata
-//! comes from a watch on this node's pods ([`pods`]), the netns from the
+//! comes from a watch on this node's pods ([`crate::workloads::pods`]), the netns from the
 //! plugin's ADD, and which apps claim them from MeshApp watches in those
-//! pods' namespaces only ([`app_watch`]). With `--cni-conf-dir` it also puts the plugin into the
+//! pods' namespaces only ([`crate::workloads::pods::app_watch`]). With `--cni-conf-dir` it also puts the plugin into the
 //! node's CNI chain once the socket listens, and takes it out again on a
 //! graceful exit, so a node without a running daemon keeps starting pods
 //! (unmeshed) instead of failing every ADD. An edge host (no Kubernetes
 //! Node) passes `--register-site` and creates its own MeshNode, and takes
 //! its workloads from Docker (`--workloads docker`).
 
-pub mod app_watch;
-pub mod pods;
-pub mod transport;
-pub mod watch;
-
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::attach_service::AttachService;
+use super::metrics::Metrics;
+use super::reconcile::Reconciler;
+use super::{run_loop, LoopConfig};
 use crate::cni_install;
 use crate::dataplane::Dataplane;
-use crate::docker::DockerSource;
-use crate::metrics::Metrics;
-use crate::reconcile::Reconciler;
-use crate::runner::{run_loop, AttachService, LoopConfig};
+use crate::desired::KubeTransport;
+use crate::kubeapi::client;
+use crate::workloads::docker::DockerSource;
+use crate::workloads::pods::PodAnnouncements;
 use crate::workloads::{DirSource, RuntimeSource};
-
-pub use pods::PodAnnouncements;
-pub use transport::KubeTransport;
 
 /// Settings of the Kubernetes loop.
 #[derive(Clone, Debug)]
@@ -111,19 +107,6 @@ impl Drop for ChainGuard<'_> {
             Err(e) => tracing::warn!(error = %e, "cannot remove weft-cni from the CNI chain"),
         }
     }
-}
-
-/// A client for the configured API server (in-cluster or KUBECONFIG)
-/// without kube-client's built-in retry of 429/503/504 answers. That layer
-/// (kube-client 5.0) retries one request up to 15 times, from 5 ms doubling
-/// to a 1000 s cap, so while a restarting API server answers 503 a single
-/// list, watch or write could stay pending for minutes, well past the
-/// server's return. Errors surface at once instead, and Weft's own
-/// backoffs ([`weft_api::backoff::API_RETRY`]) pace the retries.
-pub async fn client() -> anyhow::Result<kube::Client> {
-    let mut config = kube::Config::infer().await?;
-    config.default_retry = false;
-    Ok(kube::Client::try_from(config)?)
 }
 
 /// Runs until `stop` is set: the shared loop ([`run_loop`]) over a

@@ -2,7 +2,9 @@
 //! name and labels (the runtime tells the netns over the attach socket).
 //! One watch with `spec.nodeName=<node>`, so the daemon never lists the
 //! cluster's other pods. Whether some app claims a new pod comes from the
-//! MeshApps of these pods' namespaces ([`super::app_watch`]).
+//! MeshApps of these pods' namespaces ([`app_watch`]).
+
+pub mod app_watch;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,9 +19,9 @@ use tokio::task::JoinHandle;
 use weft_api::standalone::LocalWorkload;
 use weft_api::AppSelector;
 
-use super::app_watch::AppWatches;
-use super::watch::retrying_watcher;
+use crate::kubeapi::retrying_watcher;
 use crate::workloads::Announcements;
+use app_watch::AppWatches;
 
 /// The field selector of the watch: pods scheduled to `node`.
 pub fn on_node_selector(node: &str) -> String {

@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use weft_api::labels::{DAEMON_MANAGER, SITE_LABEL};
 use weft_api::{MeshNode, MeshNodeStatus};
 
-use super::watch::retrying_watcher;
-use crate::runner::Transport;
+use super::Transport;
+use crate::kubeapi::retrying_watcher;
 use crate::storage;
 
 /// The field selector that restricts the watch to one MeshNode.

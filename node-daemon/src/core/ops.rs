@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use ipnet::Ipv4Net;
 
+use crate::core::state::{PolicyTable, WorkloadLink};
 use crate::keys::PrivateKey;
-use crate::state::{PolicyTable, WorkloadLink};
 
 /// One change to the node's data plane.
 #[derive(Clone, Debug, PartialEq, Eq)]

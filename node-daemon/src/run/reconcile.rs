@@ -8,14 +8,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use weft_api::standalone::LocalWorkload;
 use weft_api::{MeshNode, MeshNodeStatus};
 
+use crate::core::diff::{diff, KeySource};
+use crate::core::ipam::WorkloadIpam;
+use crate::core::plan::{netns_prefix, owns_netns, plan};
+use crate::core::state::{AppNet, NodeState, PolicyCounters};
+use crate::core::status;
 use crate::dataplane::{Dataplane, Observation};
-use crate::diff::{diff, KeySource};
 use crate::error::Error;
-use crate::ipam::WorkloadIpam;
 use crate::keys::{KeyStore, PrivateKey};
-use crate::plan::{netns_prefix, owns_netns, plan};
-use crate::state::{AppNet, NodeState, PolicyCounters};
-use crate::status;
 use crate::storage;
 
 /// What one pass did.
@@ -109,10 +109,10 @@ pub fn dns_wanted(
 /// pass's `ops` do not attach or update already. Pure.
 pub fn retry_workload_routes(
     desired: &NodeState,
-    ops: &[crate::ops::Op],
+    ops: &[crate::core::ops::Op],
     unsure: &BTreeSet<String>,
-) -> Vec<crate::ops::Op> {
-    use crate::ops::Op;
+) -> Vec<crate::core::ops::Op> {
+    use crate::core::ops::Op;
     let covered: BTreeSet<(&str, &str)> = ops
         .iter()
         .filter_map(|op| match op {
@@ -289,14 +289,14 @@ impl<D: Dataplane> Reconciler<D> {
         let mut failed: BTreeSet<String> = BTreeSet::new();
         for op in &ops {
             if failed.contains(op.netns()) {
-                if matches!(op, crate::ops::Op::SetWorkloadRoutes { .. }) {
+                if matches!(op, crate::core::ops::Op::SetWorkloadRoutes { .. }) {
                     self.workload_routes_unsure.insert(op.netns().to_string());
                 }
                 continue; // later ops in a failed netns depend on the failed one
             }
             // A link reaches into the other app's netns: not while that side
             // failed this pass (its policy table may be missing).
-            if let crate::ops::Op::CreateAppLink { peer_netns, .. } = op {
+            if let crate::core::ops::Op::CreateAppLink { peer_netns, .. } = op {
                 if failed.contains(peer_netns) {
                     continue;
                 }
@@ -309,7 +309,7 @@ impl<D: Dataplane> Reconciler<D> {
                 }
                 Err(e) => {
                     tracing::warn!(node = %self.node, netns = op.netns(), op = op.name(), error = %e, "data-plane operation failed");
-                    if matches!(op, crate::ops::Op::SetWorkloadRoutes { .. }) {
+                    if matches!(op, crate::core::ops::Op::SetWorkloadRoutes { .. }) {
                         // One workload's routes (its netns may be going):
                         // the others still get theirs; retried next pass.
                         self.workload_routes_unsure.insert(op.netns().to_string());
@@ -483,8 +483,8 @@ impl<D: Dataplane> Reconciler<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::ops::Op;
     use crate::dataplane::fake::FakeDataplane;
-    use crate::ops::Op;
     use weft_api::{CompiledPolicy, CompiledRule, MeshNodeSpec, PolicyDirection, PolicyProtocol};
 
     fn t() -> Time {
@@ -493,7 +493,7 @@ mod tests {
 
     #[test]
     fn a_link_only_one_side_wants_is_not_wanted_at_all() {
-        use crate::state::{AppLinkEnd, AppNet};
+        use crate::core::state::{AppLinkEnd, AppNet};
         let end = |peer: &str, peer_if: &str| AppLinkEnd {
             peer_netns: peer.into(),
             peer_interface: peer_if.into(),
@@ -527,7 +527,7 @@ mod tests {
 
     #[test]
     fn workload_routes_that_may_have_failed_are_sent_again() {
-        use crate::state::{AppNet, Device, WorkloadLink};
+        use crate::core::state::{AppNet, Device, WorkloadLink};
         let link = |n: &str| WorkloadLink {
             workload: format!("d/{n}"),
             workload_netns: format!("/run/netns/{n}"),
@@ -623,7 +623,7 @@ mod tests {
     fn policy_is_set_once_kept_while_invalid_and_removed_with_the_last_policy() {
         let d = tempfile::tempdir().unwrap();
         let mut r = Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
-        let base = crate::plan::tests::attachment("n1", 1);
+        let base = crate::core::plan::tests::attachment("n1", 1);
         assert!(r.pass(Some(&node(&base, None)), &[], t()).errors.is_empty());
         assert!(set_policy_ops(&mut r).is_empty(), "no policy, no table");
 
@@ -657,7 +657,7 @@ mod tests {
     fn every_app_with_a_device_gets_its_resolver_with_the_current_names() {
         let d = tempfile::tempdir().unwrap();
         let mut r = Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
-        let mut base = crate::plan::tests::attachment("n1", 1);
+        let mut base = crate::core::plan::tests::attachment("n1", 1);
         base.names = std::sync::Arc::new(vec![weft_api::meshnode::WorkloadName {
             name: "w1".into(),
             address: "10.100.1.2".into(),
@@ -691,7 +691,7 @@ mod tests {
 
     #[test]
     fn an_app_that_failed_this_pass_keeps_its_resolver_as_it_was() {
-        let base = crate::plan::tests::attachment("n1", 1);
+        let base = crate::core::plan::tests::attachment("n1", 1);
         let spec = node(&base, None);
         let last: BTreeMap<String, crate::dns::ResolverSpec> = [(
             base.netns.clone(),
@@ -703,5 +703,112 @@ mod tests {
         assert_eq!(kept, last);
         // Without a device (and not failed) there is nothing to bind to.
         assert!(dns_wanted(&spec, &NodeState::default(), &BTreeSet::new(), &last).is_empty());
+    }
+
+    /// Policy and traffic figures from the data plane into the status.
+    mod status_figures {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        use weft_api::{
+            CompiledPolicy, CompiledRule, MeshNode, MeshNodeSpec, PolicyDirection, PolicyProtocol,
+        };
+
+        use crate::core::status::changed;
+        use crate::dataplane::fake::FakeDataplane;
+        use crate::run::reconcile::Reconciler;
+
+        fn t() -> Time {
+            Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap())
+        }
+
+        fn node(policy: bool) -> MeshNode {
+            let mut a = crate::core::plan::tests::attachment("n1", 1);
+            a.policy = policy.then(|| CompiledPolicy {
+                ingress_isolated: vec!["10.100.1.2".into()],
+                egress_isolated: vec![],
+                rules: vec![CompiledRule {
+                    id: "demo/p:ingress[0].ports[0]".into(),
+                    direction: PolicyDirection::Ingress,
+                    local: vec!["10.100.1.2".into()],
+                    peers: vec!["10.100.2.0/24".into()],
+                    protocol: Some(PolicyProtocol::Tcp),
+                    port: Some(80),
+                    end_port: None,
+                }],
+            });
+            let mut mn = MeshNode::new(
+                "n1",
+                MeshNodeSpec {
+                    site: "local".into(),
+                    apps: vec![a],
+                },
+            );
+            mn.metadata.generation = Some(1);
+            mn
+        }
+
+        #[test]
+        fn policy_drops_are_summarised_only_where_a_policy_applies() {
+            let d = tempfile::tempdir().unwrap();
+            let mut r =
+                Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
+            let open = r.pass(Some(&node(false)), &[], t());
+            assert_eq!(open.status.apps[0].policy_drops, None);
+            assert!(open.policy_counters.is_empty());
+            r.pass(Some(&node(true)), &[], t());
+            let guarded = r.pass(Some(&node(true)), &[], t());
+            assert_eq!(guarded.status.apps[0].policy_drops, Some(0));
+            assert!(guarded.policy_counters["demo/web"]
+                .rules
+                .contains_key("demo/p:ingress[0].ports[0]"));
+            assert_eq!(guarded.status.apps[0].peers_up, 0, "no handshake yet");
+            let json = serde_json::to_value(&guarded.status).unwrap();
+            assert_eq!(json["apps"][0]["policyDrops"], 0);
+            assert_eq!(json["apps"][0]["peersUp"], 0);
+        }
+
+        #[test]
+        fn traffic_figures_reach_the_status_and_counting_rules_are_written_once() {
+            let d = tempfile::tempdir().unwrap();
+            let mut r =
+                Reconciler::new("n1", "192.0.2.1", FakeDataplane::default(), d.path()).unwrap();
+            let spec = node(false); // one peer key for every pass
+            let first = r.pass(Some(&spec), &[], t());
+            assert_eq!(first.writes_by_op.get("set_traffic_counters"), Some(&1));
+            let settled = r.pass(Some(&spec), &[], t());
+            let netns = spec.spec.apps[0].netns.clone();
+            let counted = r.dataplane().traffic_specs[&netns].clone();
+            let (pk, ranges) = counted.peers.iter().next().expect("the app has a peer");
+            assert!(!ranges.is_empty(), "counted by the peer's allowed IPs");
+            let injected = crate::dataplane::AppTraffic {
+                peers: [(
+                    pk.clone(),
+                    crate::dataplane::PeerTraffic {
+                        rx_packets: 5,
+                        tx_packets: 6,
+                        active_connections: 1,
+                    },
+                )]
+                .into_iter()
+                .collect(),
+                active_connections: Some(2),
+                wrote: false,
+            };
+            r.dataplane().traffic.insert(netns, injected);
+            let rep = r.pass(Some(&spec), &[], t());
+            assert_eq!(rep.writes, 0, "converged: the counting rules stay");
+            assert_eq!(r.dataplane().traffic_writes, 1);
+            let app = &rep.status.apps[0];
+            let peer = app.peers.iter().find(|p| &p.public_key == pk).unwrap();
+            assert_eq!((peer.rx_packets, peer.tx_packets), (5, 6));
+            assert_eq!(peer.active_connections, 1);
+            assert_eq!(app.active_connections, Some(2));
+            assert!(
+                !changed(&settled.status, &rep.status),
+                "moving figures alone are no change"
+            );
+            let json = serde_json::to_value(&rep.status).unwrap();
+            assert_eq!(json["apps"][0]["activeConnections"], 2);
+            assert_eq!(json["apps"][0]["peers"][0]["rxPackets"], 5);
+        }
     }
 }

@@ -11,10 +11,10 @@ use sha2::{Digest, Sha256};
 use weft_api::standalone::LocalWorkload;
 use weft_api::{AppAttachment, CompiledPolicy, CompiledRule, MeshNodeSpec, PolicyProtocol};
 
+use super::state::workload_key;
+use crate::core::ipam::WorkloadIpam;
+use crate::core::state::{AppLinkEnd, AppNet, Device, Peer, Ruleset, RulesetRule, WorkloadLink};
 use crate::error::Error;
-use crate::ipam::WorkloadIpam;
-use crate::state::{AppLinkEnd, AppNet, Device, Peer, Ruleset, RulesetRule, WorkloadLink};
-use crate::workloads;
 
 /// Prefix of every netns this node's daemon owns (`weft-<node>-`).
 pub fn netns_prefix(node: &str) -> String {
@@ -65,7 +65,7 @@ pub fn plan(
     ipam: &mut WorkloadIpam,
 ) -> Vec<AppPlan> {
     let by_key: BTreeMap<String, &LocalWorkload> =
-        local.iter().map(|w| (workloads::key(w), w)).collect();
+        local.iter().map(|w| (workload_key(w), w)).collect();
     let plans: Vec<AppPlan> = spec
         .apps
         .iter()

@@ -10,7 +10,7 @@ use weft_api::attach::{Attachment, WorkloadRef};
 use weft_api::{AppSelector, MeshNode, MeshNodeStatus};
 
 use super::registry::{key, Outcome};
-use crate::state::{RESOLVER_ADDRESS, WORKLOAD_GATEWAY, WORKLOAD_IFNAME};
+use crate::core::state::{RESOLVER_ADDRESS, WORKLOAD_GATEWAY, WORKLOAD_IFNAME};
 
 /// The workload end of an attachment as seen inside the workload's netns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -31,8 +31,8 @@ use tokio::task::JoinHandle;
 use weft_api::meshnode::selectors_for_site;
 use weft_api::{AppSelector, MeshApp};
 
-use super::pods::trim_meta;
-use super::watch::retrying_watcher;
+use super::trim_meta;
+use crate::kubeapi::retrying_watcher;
 
 /// How long a namespace's watch outlives the last pod of this node in it.
 /// Pods come back (a rollout, a rescheduled Job, a restarted pod's new

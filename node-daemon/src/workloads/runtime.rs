@@ -1,165 +1,17 @@
-//! Where the daemon learns which workloads run on its node: announcement
-//! files dropped into the node's workloads directory ([`DirSource`]), those
-//! merged with what a CNI runtime registered ([`RuntimeSource`]), or the
-//! local Docker engine ([`crate::docker::DockerSource`]).
+//! Workloads a container runtime attaches over the attach socket: the
+//! metadata from [`Announcements`], the netns from the runtime's ADD.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use weft_api::attach::WorkloadRef;
 use weft_api::standalone::LocalWorkload;
-use weft_api::{AppSelector, MeshNode, MeshNodeStatus};
+use weft_api::{MeshNode, MeshNodeStatus};
 
-use crate::attach::publish::{self, LinkReader};
-use crate::attach::{registry, Shared};
-
-/// A source of the node's current workloads.
-pub trait WorkloadSource: Send {
-    /// Current workloads, sorted by `namespace/name`. Unreadable entries are
-    /// reported through `tracing` and skipped.
-    fn list(&mut self) -> Vec<LocalWorkload>;
-
-    /// Workloads known from the last [`list`](Self::list) that cannot be
-    /// attached yet (announced, but their runtime has not told us their
-    /// netns). They appear in status, so the operator can plan them, but get
-    /// no interface.
-    fn pending(&self) -> Vec<LocalWorkload> {
-        Vec::new()
-    }
-
-    /// Called after every pass with its spec and (final) status.
-    fn after_pass(&mut self, _spec: Option<&MeshNode>, _status: &MeshNodeStatus) {}
-
-    /// A condition about the source itself (e.g. its container engine is
-    /// unreachable), added to the node's status; `None` for sources that
-    /// cannot fail that way.
-    fn condition(&self) -> Option<Condition> {
-        None
-    }
-}
-
-/// Holds back a workload whose runtime gave it a new sandbox (same name,
-/// new netns) for one pass, so its old attachment goes before the new one
-/// is made (links compare by address, not by netns).
-#[derive(Debug, Default)]
-pub struct SandboxChanges {
-    /// The netns each workload was attached to in the last pass.
-    last_netns: std::collections::BTreeMap<String, String>,
-}
-
-impl SandboxChanges {
-    /// The workloads to attach this pass (input order kept).
-    pub fn filter(&mut self, workloads: Vec<LocalWorkload>) -> Vec<LocalWorkload> {
-        let last = std::mem::take(&mut self.last_netns);
-        let mut out = Vec::with_capacity(workloads.len());
-        for w in workloads {
-            let k = key(&w);
-            if last.get(&k).is_some_and(|n| n != &w.netns) {
-                tracing::info!(workload = %k, netns = %w.netns, "workload moved to a new sandbox; re-attaching");
-                continue;
-            }
-            self.last_netns.insert(k, w.netns.clone());
-            out.push(w);
-        }
-        out
-    }
-}
-
-/// Where workload metadata (namespace, name, labels) comes from when the
-/// runtime tells the netns over the attach socket.
-pub trait Announcements: Send {
-    /// Every known workload, sorted by `namespace/name`; netns may be empty.
-    fn scan(&self) -> Vec<LocalWorkload>;
-
-    /// Whether a registered workload missing from [`scan`](Self::scan)
-    /// belongs to no app. True for announcement files (standalone: the file
-    /// is the Pod object, written before the runtime's ADD); false for a
-    /// watch that may lag behind the runtime (the ADD then waits).
-    fn complete(&self) -> bool {
-        true
-    }
-
-    /// The selectors of the apps of `namespaces` that span `site` (apps
-    /// claim workloads of their own namespace only, so these are all a
-    /// node needs, however many apps exist elsewhere); `None` while the
-    /// source cannot tell yet, and workloads then wait rather than pass
-    /// through as belonging to no app.
-    fn selectors(&self, site: &str, namespaces: &BTreeSet<String>) -> Option<Vec<AppSelector>>;
-}
-
-/// A bare directory of announcements knows nothing of the apps: an announced
-/// workload waits for its MeshNode (see
-/// [`crate::standalone::StateAnnouncements`] for the standalone daemon's).
-impl Announcements for DirSource {
-    fn scan(&self) -> Vec<LocalWorkload> {
-        DirSource::scan(self)
-    }
-
-    fn selectors(&self, _site: &str, _namespaces: &BTreeSet<String>) -> Option<Vec<AppSelector>> {
-        None
-    }
-}
-
-/// Reads `*.json` [`LocalWorkload`] files from a directory.
-#[derive(Debug)]
-pub struct DirSource {
-    dir: PathBuf,
-}
-
-impl DirSource {
-    /// Watches `dir` (created if missing).
-    pub fn new(dir: PathBuf) -> Self {
-        let _ = std::fs::create_dir_all(&dir);
-        DirSource { dir }
-    }
-}
-
-impl DirSource {
-    /// Every readable announcement with a name, sorted and deduplicated by
-    /// `namespace/name`; the netns may be empty ("the runtime will tell").
-    pub fn scan(&self) -> Vec<LocalWorkload> {
-        let mut out = Vec::new();
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return out;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                continue;
-            }
-            match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| {
-                serde_json::from_slice::<LocalWorkload>(&b).map_err(|e| e.to_string())
-            }) {
-                Ok(w) if w.name.is_empty() => {
-                    tracing::warn!(file = %p.display(), "workload announcement needs a non-empty name; ignored")
-                }
-                Ok(w) => out.push(w),
-                Err(err) => {
-                    tracing::warn!(file = %p.display(), %err, "unreadable workload announcement; ignored")
-                }
-            }
-        }
-        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        out.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
-        out
-    }
-}
-
-impl WorkloadSource for DirSource {
-    fn list(&mut self) -> Vec<LocalWorkload> {
-        let mut out = self.scan();
-        out.retain(|w| {
-            if w.netns.is_empty() {
-                tracing::warn!(workload = %key(w), "workload announcement needs a netns (no attach socket to learn it from); ignored");
-            }
-            !w.netns.is_empty()
-        });
-        out
-    }
-}
+use super::attach::publish::{self, LinkReader};
+use super::attach::{registry, Shared};
+use super::{key, Announcements, SandboxChanges, WorkloadSource};
 
 /// Announcements merged with what the runtime registered over the attach socket.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -305,15 +157,11 @@ impl WorkloadSource for RuntimeSource {
     }
 }
 
-/// `namespace/name` of a workload.
-pub fn key(w: &LocalWorkload) -> String {
-    format!("{}/{}", w.namespace, w.name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attach::Outcome;
+    use crate::workloads::attach::Outcome;
+    use crate::workloads::DirSource;
 
     fn announce(dir: &std::path::Path, name: &str, netns: &str) {
         let w = LocalWorkload {

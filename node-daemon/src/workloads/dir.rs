@@ -1,94 +1,85 @@
-//! Standalone transport: the state directory stands in for the API server.
-//! The daemon registers its node, reads its MeshNode, and writes its status.
+//! Workloads announced as files: a directory of `*.json` [`LocalWorkload`]s
+//! ([`DirSource`]), and the standalone daemon's announcements, which add the
+//! apps' selectors from the operator's files ([`StateAnnouncements`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use weft_api::standalone::{LocalWorkload, NodeRegistration, StateDir};
-use weft_api::MeshNodeStatus;
-use weft_api::{AppSelector, MeshNode};
+use weft_api::standalone::{LocalWorkload, StateDir};
+use weft_api::AppSelector;
 
-use crate::error::Error;
-use crate::runner::Transport;
+use super::{key, Announcements, WorkloadSource};
 use crate::storage;
-use crate::workloads::{Announcements, DirSource};
 
-/// File-based exchange with the standalone operator.
+/// A bare directory of announcements knows nothing of the apps: an announced
+/// workload waits for its MeshNode (see
+/// [`StateAnnouncements`] for the standalone daemon's).
+impl Announcements for DirSource {
+    fn scan(&self) -> Vec<LocalWorkload> {
+        DirSource::scan(self)
+    }
+
+    fn selectors(&self, _site: &str, _namespaces: &BTreeSet<String>) -> Option<Vec<AppSelector>> {
+        None
+    }
+}
+
+/// Reads `*.json` [`LocalWorkload`] files from a directory.
 #[derive(Debug)]
-pub struct FileTransport {
-    state: StateDir,
-    node: String,
-    /// Copy of the last spec that parsed, so a torn or corrupt file (or a
-    /// restart) never leaves the daemon without desired state.
-    cache_path: PathBuf,
-    last_good: Option<MeshNode>,
-    last_error: Option<String>,
+pub struct DirSource {
+    dir: PathBuf,
 }
 
-impl FileTransport {
-    /// Opens the transport; `data_dir` holds the cached spec.
-    pub fn new(state: StateDir, node: &str, data_dir: &std::path::Path) -> Self {
-        let cache_path = data_dir.join("last-meshnode.json");
-        let last_good = storage::read_json(&cache_path).ok().flatten();
-        FileTransport {
-            state,
-            node: node.into(),
-            cache_path,
-            last_good,
-            last_error: None,
-        }
-    }
-
-    /// Announces the node (like a Node object appearing).
-    pub fn register(&self, reg: &NodeRegistration) -> Result<(), Error> {
-        storage::write_json(&self.state.registration(&self.node), reg, 0o644)
-    }
-
-    /// The desired MeshNode: the file if it parses, else the last good one.
-    pub fn read_spec(&mut self) -> Option<MeshNode> {
-        match storage::read_json::<MeshNode>(&self.state.meshnode(&self.node)) {
-            Ok(Some(mn)) => {
-                self.last_error = None;
-                if self
-                    .last_good
-                    .as_ref()
-                    .map(|g| (&g.metadata.generation, &g.spec))
-                    != Some((&mn.metadata.generation, &mn.spec))
-                {
-                    if let Err(e) = storage::write_json_private(&self.cache_path, &mn) {
-                        tracing::warn!(error = %e, "cannot cache MeshNode spec");
-                    }
-                    self.last_good = Some(mn);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                let msg = e.to_string();
-                if self.last_error.as_ref() != Some(&msg) {
-                    tracing::warn!(error = %msg, "unreadable MeshNode spec; keeping the last good one");
-                    self.last_error = Some(msg);
-                }
-            }
-        }
-        self.last_good.clone()
-    }
-
-    /// Publishes the status (the status subresource).
-    pub fn write_status(&self, status: &MeshNodeStatus) -> Result<(), Error> {
-        storage::write_json(&self.state.node_status(&self.node), status, 0o644)
+impl DirSource {
+    /// Watches `dir` (created if missing).
+    pub fn new(dir: PathBuf) -> Self {
+        let _ = std::fs::create_dir_all(&dir);
+        DirSource { dir }
     }
 }
 
-impl Transport for FileTransport {
-    fn mode(&self) -> &'static str {
-        "standalone"
+impl DirSource {
+    /// Every readable announcement with a name, sorted and deduplicated by
+    /// `namespace/name`; the netns may be empty ("the runtime will tell").
+    pub fn scan(&self) -> Vec<LocalWorkload> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| {
+                serde_json::from_slice::<LocalWorkload>(&b).map_err(|e| e.to_string())
+            }) {
+                Ok(w) if w.name.is_empty() => {
+                    tracing::warn!(file = %p.display(), "workload announcement needs a non-empty name; ignored")
+                }
+                Ok(w) => out.push(w),
+                Err(err) => {
+                    tracing::warn!(file = %p.display(), %err, "unreadable workload announcement; ignored")
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        out
     }
-    fn read_spec(&mut self) -> Option<MeshNode> {
-        FileTransport::read_spec(self)
-    }
-    fn write_status(&mut self, status: &MeshNodeStatus) -> anyhow::Result<()> {
-        Ok(FileTransport::write_status(self, status)?)
+}
+
+impl WorkloadSource for DirSource {
+    fn list(&mut self) -> Vec<LocalWorkload> {
+        let mut out = self.scan();
+        out.retain(|w| {
+            if w.netns.is_empty() {
+                tracing::warn!(workload = %key(w), "workload announcement needs a netns (no attach socket to learn it from); ignored");
+            }
+            !w.netns.is_empty()
+        });
+        out
     }
 }
 

@@ -1,0 +1,158 @@
+//! The run loop, the one place that joins the daemon's parts: read the
+//! desired MeshNode through a [`Transport`], list local workloads, run a
+//! reconcile pass, publish status when it changed (or as a heartbeat),
+//! record metrics, then sleep until the next pass or an input wakes it.
+//!
+//! ```text
+//!  Transport::read_spec ─┐
+//!  WorkloadSource::list ─┴─► Reconciler::pass ─► Transport::write_status (on change / heartbeat)
+//!                                            └─► Metrics::observe_pass
+//! ```
+//!
+//! Each mode ([`standalone`], [`kubernetes`]) only picks a transport and a
+//! workload source and calls [`run_loop`]; nothing else differs.
+
+pub mod attach_service;
+pub mod kubernetes;
+pub mod metrics;
+pub mod reconcile;
+pub mod standalone;
+pub mod status_backoff;
+
+pub use standalone::{run, run_docker, RunConfig};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use weft_api::MeshNodeStatus;
+
+use crate::core::status;
+use crate::dataplane::Dataplane;
+use crate::desired::Transport;
+use crate::workloads::WorkloadSource;
+use metrics::Metrics;
+use reconcile::Reconciler;
+use status_backoff::Backoff as StatusBackoff;
+
+/// Settings of the shared loop.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    /// Node name.
+    pub node: String,
+    /// Address peers reach this node at.
+    pub advertise_address: String,
+    /// Time between passes.
+    pub interval: Duration,
+    /// Time between status writes when nothing changed.
+    pub heartbeat: Duration,
+    /// Set when an input changed (see [`crate::wake`]): the loop runs its
+    /// next pass at once instead of waiting out `interval`, which stays
+    /// the safety net.
+    pub wake: crate::wake::Wake,
+}
+
+/// Current time as a Kubernetes `Time`.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// The loop itself, generic over the transport; runs until `stop` is set.
+/// Reconcile passes (and so every namespace switch) happen on the calling
+/// thread.
+pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
+    cfg: &LoopConfig,
+    transport: &mut T,
+    source: &mut W,
+    mut rec: Reconciler<D>,
+    stop: &AtomicBool,
+    metrics: &Metrics,
+) {
+    let mut last_status: Option<MeshNodeStatus> = None;
+    let mut last_write = Instant::now();
+    let mut last_errors: Vec<String> = Vec::new();
+    let mut status_writes = StatusBackoff::for_status_writes();
+    tracing::info!(node = %cfg.node, address = %cfg.advertise_address, mode = transport.mode(), "node daemon running");
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let spec = transport.read_spec();
+        let local = source.list();
+        let mut report = rec.pass(spec.as_ref(), &local, now());
+        add_pending(&mut report.status, source.pending());
+        if let Some(c) = source.condition() {
+            weft_api::conditions::set(&mut report.status.conditions, c, now());
+        }
+        metrics.observe_pass(started.elapsed(), &report);
+        if spec.is_some() {
+            metrics.set_ready(true);
+        }
+        if report.errors != last_errors {
+            for e in report.errors.iter().filter(|e| !last_errors.contains(e)) {
+                tracing::warn!(node = %cfg.node, error = %e, "reconcile problem");
+            }
+            last_errors = report.errors.clone();
+        }
+        if report.writes > 0 {
+            tracing::info!(node = %cfg.node, writes = report.writes, "data plane updated");
+        }
+        let due = last_write.elapsed() >= cfg.heartbeat;
+        let changed = last_status
+            .as_ref()
+            .is_none_or(|old| status::changed(old, &report.status));
+        // A failed write waits out its backoff; the next one carries this
+        // pass's status (last_status only moves on success).
+        if (due || changed) && transport.can_write_status() && status_writes.due(Instant::now()) {
+            match transport.write_status(&report.status) {
+                Ok(()) => {
+                    metrics.status_written();
+                    last_write = Instant::now();
+                    last_status = Some(report.status.clone());
+                    if let Some(r) = status_writes.succeeded(last_write) {
+                        r.log();
+                    }
+                }
+                Err(e) => {
+                    metrics.error("status_write");
+                    status_writes.failed(Instant::now()).log(&e);
+                }
+            }
+        }
+        // After the status write: whoever the answer reaches can already
+        // read the address in status.
+        source.after_pass(spec.as_ref(), &report.status);
+        let mut left = cfg.interval.saturating_sub(started.elapsed());
+        while left > Duration::ZERO && !stop.load(Ordering::Relaxed) && !cfg.wake.take() {
+            let step = left.min(crate::wake::STEP);
+            std::thread::sleep(step);
+            left = left.saturating_sub(step);
+        }
+    }
+    tracing::info!(node = %cfg.node, "node daemon stopping");
+}
+
+/// Adds workloads that are announced but not attachable yet to the status
+/// (no app, no address), keeping the list sorted by `namespace/name`.
+fn add_pending(status: &mut MeshNodeStatus, pending: Vec<weft_api::standalone::LocalWorkload>) {
+    if pending.is_empty() {
+        return;
+    }
+    for w in pending {
+        if status
+            .workloads
+            .iter()
+            .any(|s| s.namespace == w.namespace && s.name == w.name)
+        {
+            continue;
+        }
+        status.workloads.push(weft_api::WorkloadStatus {
+            name: w.name,
+            namespace: w.namespace,
+            labels: w.labels,
+            app: None,
+            address: None,
+        });
+    }
+    status
+        .workloads
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+}
