@@ -580,6 +580,44 @@ fn deleted_interface_is_recreated_on_resync() {
     );
     assert!(m.sync(0).is_empty());
 
+    // Someone removes the device's address, then its route. A converged
+    // pass reuses its last read of the netns until the kernel says the
+    // netns changed: each removal must still show on the very next pass.
+    sh(&[
+        "ip",
+        "-n",
+        &m.app_netns[0],
+        "addr",
+        "del",
+        "10.123.1.1/32",
+        "dev",
+        &m.wg_if[0],
+    ]);
+    // (The kernel takes the routes that used the address with it.)
+    let ops = m.sync(0);
+    assert!(
+        ops.iter().any(|o| matches!(o, Op::AddAddress { .. })),
+        "{ops:#?}"
+    );
+    assert!(m.sync(0).is_empty());
+    sh(&[
+        "ip",
+        "-n",
+        &m.app_netns[0],
+        "route",
+        "del",
+        "10.123.0.0/16",
+        "dev",
+        &m.wg_if[0],
+    ]);
+    // (A change of the app's own route re-attaches its workloads.)
+    let ops = m.sync(0);
+    assert!(
+        ops.iter().any(|o| matches!(o, Op::AddRoute { .. })),
+        "{ops:#?}"
+    );
+    assert!(m.sync(0).is_empty());
+
     // Someone deletes the whole app netns.
     sh(&["ip", "netns", "del", &m.app_netns[0]]);
     let ops = m.sync(0);

@@ -13,6 +13,7 @@
 //! call must come from a plain OS thread, never from a tokio worker.
 
 mod applink;
+mod changes;
 mod control;
 mod kernel;
 mod netns;
@@ -102,6 +103,14 @@ pub struct LinuxDataplane {
     devices: BTreeMap<String, UserspaceDevice>,
     /// Last full read of each app netns' policy table (see `observe_policy`).
     policy_reads: BTreeMap<String, PolicyRead>,
+    /// Per app netns: its change notifications and last netlink read (see
+    /// [`changes`] and `read_links`).
+    link_reads: BTreeMap<String, LinkRead>,
+    /// Per app netns: the last read of its WireGuard configuration and
+    /// counters (see `device_config`).
+    config_reads: BTreeMap<String, ConfigRead>,
+    /// When this daemon last changed each app netns' WireGuard device.
+    config_written: BTreeMap<String, std::time::Instant>,
     policy_full_read_interval: std::time::Duration,
     /// Traffic counting rules and cached reads, per app netns.
     stats: stats::Stats,
@@ -168,21 +177,59 @@ impl std::fmt::Debug for LinuxDataplane {
     }
 }
 
+/// The last netlink read of one app netns and what tells when it is out
+/// of date.
+struct LinkRead {
+    /// Inode of the netns file read: a netns replaced under the same name is
+    /// another namespace (and the subscription would watch the old one).
+    ino: u64,
+    /// `None` when subscribing failed: then every pass reads.
+    changes: Option<changes::Subscription>,
+    raw: RawApp,
+    /// The userspace interface the read was made for.
+    userspace_if: Option<String>,
+    at: std::time::Instant,
+    /// Set by our own writes to the netns.
+    stale: bool,
+}
+
+/// The last WireGuard configuration read of one app's device.
+struct ConfigRead {
+    interface: String,
+    config: UapiDevice,
+    at: std::time::Instant,
+}
+
+/// A netns whose links, routes and addresses no notification said changed
+/// is still read again this often (a notification lost without an overflow
+/// being reported, which the kernel does not promise against).
+const LINKS_REREAD: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a WireGuard configuration read (peers, handshake ages, byte
+/// counters) is reused. Neither the kernel nor boringtun announces changes,
+/// but only our own writes change the configuration (they invalidate the
+/// read); what moves by itself is handshakes and counters, whose figures in
+/// status and metrics may be this old (handshake ages are advanced by the
+/// time since the read).
+const CONFIG_REREAD: std::time::Duration = std::time::Duration::from_secs(5);
+/// After our own write to a device, a peer without a handshake is read
+/// again on every pass for this long, so a new peer shows up at once.
+const HANDSHAKE_WATCH: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What an app netns looks like from inside (netlink side only).
+#[derive(Clone)]
 struct RawApp {
     device: Option<RawDevice>,
     workloads: BTreeMap<String, WorkloadLink>,
     links: BTreeMap<String, AppLinkEnd>,
 }
 
+#[derive(Clone)]
 struct RawDevice {
     interface: String,
     mtu: u16,
     up: bool,
     addresses: Vec<Ipv4Net>,
     routes: Vec<Ipv4Net>,
-    /// Kernel devices are read inside the netns; userspace ones over UAPI.
-    kernel_config: Option<UapiDevice>,
 }
 
 impl LinuxDataplane {
@@ -230,6 +277,9 @@ impl LinuxDataplane {
                 rt,
                 devices: BTreeMap::new(),
                 policy_reads: BTreeMap::new(),
+                link_reads: BTreeMap::new(),
+                config_reads: BTreeMap::new(),
+                config_written: BTreeMap::new(),
                 policy_full_read_interval: opts.policy_full_read_interval,
                 stats: stats::Stats::new(opts.traffic_read_interval),
                 wg_socket_dir: opts.wg_socket_dir.clone(),
@@ -646,12 +696,15 @@ impl LinuxDataplane {
     }
 
     /// The app netns' policy table: a full read at most every
-    /// `policy_full_read_interval`, and in between only the marker rule of
-    /// the small `forward` chain, compared with the last full read.
+    /// `policy_full_read_interval` (for the counters); in between nothing
+    /// while no nftables notification came from the netns, else only the
+    /// marker rule of the small `forward` chain, compared with the last
+    /// full read (our traffic-counting table notifies too).
     fn observe_policy(
         &mut self,
         name: &str,
         app: &File,
+        nft_changed: bool,
     ) -> Result<
         Option<(
             crate::core::state::PolicyTable,
@@ -660,6 +713,10 @@ impl LinuxDataplane {
     > {
         if let Some(last) = self.policy_reads.get(name) {
             if last.at.elapsed() < self.policy_full_read_interval {
+                // No nftables notification since: nothing to check.
+                if !nft_changed {
+                    return Ok(last.table.clone());
+                }
                 let marker = netns::within(app, || nft::observe_marker(&self.rt))?;
                 let cached = last.table.as_ref().map(|(t, _)| t.digest.clone());
                 if marker == cached {
@@ -682,7 +739,7 @@ impl LinuxDataplane {
     fn read_app(&self, app: &File, userspace_if: Option<String>) -> Result<RawApp> {
         let kind = self.kind;
         netns::within(app, || {
-            let mut raw = nl::run(&self.rt, |h| async move {
+            let raw = nl::run(&self.rt, |h| async move {
                 let links = nl::links(&h).await?;
                 let routes = nl::routes(&h).await?;
                 let wg = match kind {
@@ -706,7 +763,6 @@ impl LinuxDataplane {
                                 .map(|(n, _)| n)
                                 .collect(),
                             routes: r,
-                            kernel_config: None,
                         })
                     }
                     None => None,
@@ -768,13 +824,136 @@ impl LinuxDataplane {
                     links: app_links,
                 })
             })?;
-            if kind == DataplaneKind::Kernel {
-                if let Some(d) = raw.device.as_mut() {
-                    d.kernel_config = Some(kernel::get(&d.interface)?);
-                }
-            }
             Ok(raw)
         })
+    }
+
+    /// The netlink side of one app netns: the last read while no change
+    /// notification arrived (and it is younger than [`LINKS_REREAD`]), else
+    /// a new read. Also says what changed, for the policy table's read.
+    fn read_links(
+        &mut self,
+        name: &str,
+        app: &File,
+        ino: u64,
+        userspace_if: Option<String>,
+    ) -> Result<(RawApp, changes::Changed)> {
+        let everything = changes::Changed {
+            links: true,
+            nft: true,
+        };
+        let reread = changes::spread(LINKS_REREAD, name);
+        if let Some(r) = self.link_reads.get_mut(name) {
+            if r.ino == ino && r.changes.is_some() {
+                let changed = r.changes.as_ref().map(|c| c.take()).unwrap_or(everything);
+                let fresh =
+                    !r.stale && r.userspace_if == userspace_if && !changes::stale(r.at, reread);
+                if fresh && !changed.links {
+                    return Ok((r.raw.clone(), changed));
+                }
+                let raw = self.read_app(app, userspace_if.clone())?;
+                let r = self.link_reads.get_mut(name).expect("present above");
+                r.raw = raw.clone();
+                r.userspace_if = userspace_if;
+                r.at = std::time::Instant::now();
+                r.stale = false;
+                return Ok((raw, everything));
+            }
+        }
+        // First sight of this netns (or a new one under its name):
+        // subscribe before reading, so a change right after the read is
+        // still seen on the next pass.
+        let changes = match netns::within(app, changes::Subscription::here) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(netns = name, error = %format!("{e:#}"), "cannot subscribe to the netns' changes; reading it on every pass");
+                None
+            }
+        };
+        let raw = self.read_app(app, userspace_if.clone())?;
+        self.link_reads.insert(
+            name.to_string(),
+            LinkRead {
+                ino,
+                changes,
+                raw: raw.clone(),
+                userspace_if,
+                at: std::time::Instant::now(),
+                stale: false,
+            },
+        );
+        Ok((raw, everything))
+    }
+
+    /// The device's configuration and counters: the last read while it is
+    /// younger than [`CONFIG_REREAD`] and no write of ours came since (a
+    /// peer still waiting for its first handshake after a write is read on
+    /// every pass), else a new read over UAPI (userspace) or netlink
+    /// (kernel). `None` when a userspace device stopped answering (it is
+    /// dropped, so the next pass creates it again).
+    fn device_config(&mut self, name: &str, app: &File, interface: &str) -> Option<UapiDevice> {
+        if let Some(c) = self.config_reads.get(name) {
+            let waiting = c.config.peers.iter().any(|p| p.handshake_age.is_none())
+                && self
+                    .config_written
+                    .get(name)
+                    .is_some_and(|t| t.elapsed() < HANDSHAKE_WATCH);
+            if c.interface == interface
+                && !waiting
+                && !changes::stale(c.at, changes::spread(CONFIG_REREAD, name))
+            {
+                let mut config = c.config.clone();
+                let age = c.at.elapsed().as_secs();
+                for p in &mut config.peers {
+                    p.handshake_age = p.handshake_age.map(|a| a + age);
+                }
+                return Some(config);
+            }
+        }
+        let read = match self.kind {
+            DataplaneKind::Kernel => match netns::within(app, || kernel::get(interface)) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(netns = name, error = %format!("{e:#}"), "cannot read the WireGuard device");
+                    None
+                }
+            },
+            DataplaneKind::Userspace => match self.devices.get(name).map(|d| d.control().get()) {
+                Some(Ok(c)) => Some(c),
+                Some(Err(e)) => {
+                    tracing::warn!(netns = name, error = %format!("{e:#}"), "userspace WireGuard device is not answering; dropping it");
+                    self.drop_record(name);
+                    None
+                }
+                None => None,
+            },
+        };
+        match &read {
+            Some(c) => {
+                self.config_reads.insert(
+                    name.to_string(),
+                    ConfigRead {
+                        interface: interface.to_string(),
+                        config: c.clone(),
+                        at: std::time::Instant::now(),
+                    },
+                );
+            }
+            None => {
+                self.config_reads.remove(name);
+            }
+        }
+        read
+    }
+
+    /// Our own write to `netns`: its next observation reads it again.
+    fn invalidate(&mut self, netns: &str) {
+        if let Some(r) = self.link_reads.get_mut(netns) {
+            r.stale = true;
+        }
+        self.config_reads.remove(netns);
+        self.config_written
+            .insert(netns.to_string(), std::time::Instant::now());
     }
 
     fn observe_inner(&mut self, prefix: &str) -> Result<Observation> {
@@ -786,9 +965,10 @@ impl LinuxDataplane {
                 continue;
             };
             live.insert(name.clone());
+            let ino = nix::sys::stat::fstat(&app).context("fstat netns")?.st_ino;
             let userspace_if = self.devices.get(&name).map(|d| d.interface.clone());
-            let raw = self.read_app(&app, userspace_if.clone())?;
-            let policy = match self.observe_policy(&name, &app) {
+            let (raw, changed) = self.read_links(&name, &app, ino, userspace_if.clone())?;
+            let policy = match self.observe_policy(&name, &app, changed.nft) {
                 Ok(Some((table, counters))) => {
                     obs.policy_counters.insert(name.clone(), counters);
                     Some(table)
@@ -805,19 +985,7 @@ impl LinuxDataplane {
             };
             let mut device = None;
             if let Some(rd) = raw.device {
-                let config = match rd.kernel_config {
-                    Some(c) => Some(c),
-                    None => match self.devices.get(&name).map(|d| d.control().get()) {
-                        Some(Ok(c)) => Some(c),
-                        Some(Err(e)) => {
-                            tracing::warn!(netns = %name, error = %format!("{e:#}"), "userspace WireGuard device is not answering; dropping it");
-                            self.drop_record(&name);
-                            None
-                        }
-                        None => None,
-                    },
-                };
-                if let Some(c) = config {
+                if let Some(c) = self.device_config(&name, &app, &rd.interface) {
                     let mut peers = BTreeMap::new();
                     for p in c.peers {
                         obs.stats.insert(
@@ -866,6 +1034,11 @@ impl LinuxDataplane {
                 },
             );
         }
+        // Reads of namespaces that are gone (their sockets close with them).
+        self.link_reads.retain(|n, _| live.contains(n));
+        self.config_reads.retain(|n, _| live.contains(n));
+        self.config_written.retain(|n, _| live.contains(n));
+        self.policy_reads.retain(|n, _| live.contains(n));
         // Devices whose netns is gone altogether.
         let gone: Vec<String> = self
             .devices
@@ -912,6 +1085,15 @@ impl Dataplane for LinuxDataplane {
 
     fn apply(&mut self, op: &Op) -> Result<(), Error> {
         tracing::debug!(op = op.name(), netns = op.netns(), "apply");
+        self.invalidate(op.netns());
+        if let Op::DeleteNetns { netns } = op {
+            // Its notification sockets would keep the namespace (and the
+            // workloads' ends of its veths) alive after the unmount.
+            self.link_reads.remove(netns);
+        }
+        if let Op::CreateAppLink { peer_netns, .. } = op {
+            self.invalidate(peer_netns);
+        }
         self.apply_inner(op)
             .map_err(|e| Error::dp(op.name(), op.netns(), format!("{e:#}")))
     }
