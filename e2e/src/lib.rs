@@ -33,6 +33,7 @@ pub mod fakeapi;
 pub mod fedbench;
 pub mod federation;
 pub mod fedscale;
+pub mod kubebench;
 pub mod kubelet;
 pub mod manyapps;
 pub mod migration;

@@ -28,6 +28,9 @@
 //!     two nodes: datagrams lost and the longest silence (`weft_e2e::restart`).
 //! (k) many apps on one node (`weft_e2e::manyapps`): cold programming of
 //!     all, then at rest the daemon's pass time, CPU and memory.
+//! (l) Kubernetes mode against a real kube-apiserver (`weft_e2e::kubebench`):
+//!     `kubectl apply` of a MeshApp to the first packet between two of its
+//!     pods, and a pod's CNI ADD chain once its app is planned, p50/p95.
 //!
 //! Every Weft process runs at its shipped default intervals
 //! (`weft_e2e::fedbench::DefaultIntervals` drops the harness's 100 ms):
@@ -66,6 +69,10 @@ struct Args {
     /// Time-to-first-packet runs (0 skips).
     #[arg(long, default_value_t = 10)]
     ttfp_runs: u32,
+    /// Apps for the Kubernetes-mode figures (l) (0 skips; needs the
+    /// control plane `scripts/control-plane.sh` builds).
+    #[arg(long, default_value_t = 5)]
+    kube_apps: usize,
     /// Workload moves for the migration figure (g) (0 skips).
     #[arg(long, default_value_t = 10)]
     migration_runs: u32,
@@ -316,6 +323,23 @@ fn main() -> ExitCode {
         return ExitCode::from(130);
     }
 
+    let kube = if args.kube_apps == 0 {
+        Err("skipped (--kube-apps 0)".to_string())
+    } else {
+        // The processes run with the arguments of config/default's
+        // manifests: the shipped defaults.
+        println!("(l) Kubernetes mode: a real kube-apiserver, two simulated nodes");
+        weft_e2e::kubebench::measure(args.kube_apps).map_err(|e| {
+            ok = false;
+            eprintln!("Kubernetes-mode measurements failed: {e:#}");
+            format!("{e:#}")
+        })
+    };
+    if weft_e2e::interrupted() {
+        eprintln!("interrupted");
+        return ExitCode::from(130);
+    }
+
     let fed = if args.federation_moves == 0 && args.federation_apps == 0 {
         FedResult {
             note: "skipped (--federation-moves 0 --federation-apps 0)".into(),
@@ -451,6 +475,23 @@ fn main() -> ExitCode {
         );
     }
     print_federation(&fed);
+    match &kube {
+        Ok(k) => {
+            let p = |v: &[f64], q: f64| percentile(v, q);
+            println!(
+                "(l) Kubernetes mode ({}): kubectl apply -> first packet, {} apps: p50 {:.0} ms, p95 {:.0} ms (target p50 <= 300, p95 <= 600); CNI ADD of a pod whose app is planned, {} pods: p50 {:.0} ms, p95 {:.0} ms (target p95 <= 300); of a pod of no app: p50 {:.0} ms",
+                k.server,
+                k.apply_to_first_ms.len(),
+                p(&k.apply_to_first_ms, 50.0),
+                p(&k.apply_to_first_ms, 95.0),
+                k.cni_add_ms.len(),
+                p(&k.cni_add_ms, 50.0),
+                p(&k.cni_add_ms, 95.0),
+                p(&k.cni_add_unmeshed_ms, 50.0),
+            );
+        }
+        Err(e) => println!("(l) Kubernetes mode: not measured: {e}"),
+    }
     if let Some((_, reference)) = weft.policy_rows.iter().find(|(n, _)| *n == 0) {
         println!();
         println!(

@@ -116,6 +116,8 @@ pub struct LinuxDataplane {
     stats: stats::Stats,
     /// Where userspace devices are served to `wg` (see [`wgsock`]).
     wg_socket_dir: Option<PathBuf>,
+    /// The thread serving those sockets, started with the first of them.
+    wg_server: Option<wgsock::WgServer>,
     /// The per-app resolvers, when enabled.
     dns: Option<crate::dns::DnsService>,
 }
@@ -283,6 +285,7 @@ impl LinuxDataplane {
                 policy_full_read_interval: opts.policy_full_read_interval,
                 stats: stats::Stats::new(opts.traffic_read_interval),
                 wg_socket_dir: opts.wg_socket_dir.clone(),
+                wg_server: None,
             })
         };
         init().map_err(|e| Error::dp("init", "", format!("{e:#}")))
@@ -415,7 +418,17 @@ impl LinuxDataplane {
                 })?;
                 dev.control().configure(key, Some(port))?;
                 if let Some(dir) = &self.wg_socket_dir {
-                    dev.serve_wg_socket(dir, &wgsock::socket_name(netns));
+                    if self.wg_server.is_none() {
+                        match wgsock::WgServer::start() {
+                            Ok(s) => self.wg_server = Some(s),
+                            Err(e) => {
+                                tracing::warn!(error = %format!("{e:#}"), "cannot serve sockets for `wg`")
+                            }
+                        }
+                    }
+                    if let Some(server) = &self.wg_server {
+                        dev.serve_wg_socket(server, dir, &wgsock::socket_name(netns));
+                    }
                 }
                 self.devices.insert(netns.to_string(), dev);
                 self.enlarge_socket_buffers(port);

@@ -23,7 +23,7 @@ use nix::fcntl::{fcntl, FcntlArg};
 
 use super::control::{lock, Control};
 use super::uapi::Uapi;
-use super::wgsock::WgSocket;
+use super::wgsock::{WgServer, WgSocket};
 
 /// How far above the highest open fd the uapi fd is placed (see [`high_fd`]).
 const FD_HEADROOM: RawFd = 256;
@@ -121,8 +121,8 @@ impl UserspaceDevice {
     /// Serves the device to `wg` as `<dir>/<name>.sock` (see
     /// [`super::wgsock`]). Best effort: the mesh works without it, so a
     /// failure is logged, not returned.
-    pub(crate) fn serve_wg_socket(&mut self, dir: &Path, name: &str) {
-        match WgSocket::start(dir, name, self.control.clone()) {
+    pub(crate) fn serve_wg_socket(&mut self, server: &WgServer, dir: &Path, name: &str) {
+        match WgSocket::start(server, dir, name, self.control.clone()) {
             Ok(s) => self.wg_socket = s,
             Err(e) => {
                 tracing::warn!(interface = %self.interface, socket = name, error = %format!("{e:#}"), "cannot serve a socket for `wg`")

@@ -37,23 +37,25 @@
 //! netns the interface is in, so `ip netns exec weft-<node>-<appId> wg show`
 //! reads them.
 //!
-//! One thread per socket serves one client at a time, each with short
-//! timeouts: only root can connect, and `wg` asks once per connection.
+//! One thread ([`WgServer`]) serves every device's socket, one client at a
+//! time, each with short timeouts: only root can connect, and `wg` asks
+//! once per connection. (A thread per socket was 200 threads, and 200
+//! wake-ups a second, for 200 apps on a node.)
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use nix::sys::socket::{setsockopt, shutdown, sockopt::ReceiveTimeout, Shutdown};
-use nix::sys::time::{TimeVal, TimeValLike};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use sha2::{Digest, Sha256};
 
 use super::control::{lock, Control};
@@ -70,9 +72,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A request larger than this is not read to its end (a `get` is one line;
 /// only a refused `set` can be long).
 const MAX_REQUEST: u64 = 1 << 20;
-/// How often a waiting accept looks at the stop flag, should the shutdown
-/// that wakes it not (it does on Linux).
-const ACCEPT_TICK: i64 = 1;
+/// How long the server waits in `poll` before it looks at its stop flag
+/// and its list of sockets again, should a wake-up be missed.
+const POLL_TICK_MS: u16 = 1000;
 const EPERM: i32 = 1;
 const EIO: i32 = 5;
 const EINVAL: i32 = 22;
@@ -164,15 +166,83 @@ fn tmp_owner(file: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// A device's socket for `wg` and the thread serving it.
+/// The thread that serves every device's socket, and the sockets it serves.
+pub(crate) struct WgServer {
+    shared: Arc<Served>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// One served socket: its listener and the device's control side.
+type Entry = (Arc<UnixListener>, Arc<Mutex<Control>>);
+
+struct Served {
+    /// Socket key -> what it serves.
+    sockets: Mutex<BTreeMap<u64, Entry>>,
+    next: AtomicU64,
+    stop: AtomicBool,
+    /// Written to make the thread take a new list of sockets at once.
+    wake_tx: UnixDatagram,
+    wake_rx: UnixDatagram,
+}
+
+impl Served {
+    fn wake(&self) {
+        let _ = self.wake_tx.send(&[1]);
+    }
+}
+
+impl std::fmt::Debug for WgServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgServer").finish_non_exhaustive()
+    }
+}
+
+impl WgServer {
+    /// Starts the serving thread (with nothing to serve yet).
+    pub(crate) fn start() -> Result<WgServer> {
+        let (wake_tx, wake_rx) = UnixDatagram::pair().context("wake-up socket pair")?;
+        wake_tx.set_nonblocking(true).context("non-blocking")?;
+        wake_rx.set_nonblocking(true).context("non-blocking")?;
+        let shared = Arc::new(Served {
+            sockets: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            wake_tx,
+            wake_rx,
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("wg-sockets".into())
+                .spawn(move || serve(&shared))
+                .context("spawn the `wg` socket thread")?
+        };
+        Ok(WgServer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for WgServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A device's socket for `wg` (served by a [`WgServer`]).
 pub(crate) struct WgSocket {
     path: PathBuf,
     /// Device and inode of the socket we bound, so we never remove a file
     /// that replaced it.
     id: (u64, u64),
-    listener: Arc<UnixListener>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Its key in the server's list.
+    key: u64,
+    server: Arc<Served>,
     /// Set once stopped: a later call must not remove a new socket that
     /// happens to get the same inode.
     stopped: bool,
@@ -187,9 +257,10 @@ impl std::fmt::Debug for WgSocket {
 }
 
 impl WgSocket {
-    /// Binds `<dir>/<name>.sock` (0600) and serves `control` on it.
-    /// `Ok(None)` when a live process already serves that name.
+    /// Binds `<dir>/<name>.sock` (0600) and has `server` serve `control`
+    /// on it. `Ok(None)` when a live process already serves that name.
     pub(crate) fn start(
+        server: &WgServer,
         dir: &Path,
         name: &str,
         control: Arc<Mutex<Control>>,
@@ -213,10 +284,8 @@ impl WgSocket {
         let listener =
             UnixListener::bind(&tmp).with_context(|| format!("bind {}", tmp.display()))?;
         let placed = (|| -> Result<(u64, u64)> {
-            // A bounded accept, so the stop flag is seen even if the wake-up
-            // in `stop` were ever missed.
-            setsockopt(&listener, ReceiveTimeout, &TimeVal::seconds(ACCEPT_TICK))
-                .context("accept timeout")?;
+            // The server polls; an accept must never block it.
+            listener.set_nonblocking(true).context("non-blocking")?;
             fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).context("chmod 0600")?;
             // Replaces a dead socket of the same name in one step.
             fs::rename(&tmp, &path).context("rename into place")?;
@@ -230,31 +299,22 @@ impl WgSocket {
                 return Err(e.context(format!("place {}", path.display())));
             }
         };
-        let listener = Arc::new(listener);
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (listener, stop) = (listener.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name(format!("wg-{name}"))
-                .spawn(move || serve(&listener, &stop, &control))
-        };
-        let mut s = WgSocket {
+        let shared = server.shared.clone();
+        let key = shared.next.fetch_add(1, Ordering::Relaxed);
+        shared
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Arc::new(listener), control));
+        shared.wake();
+        tracing::info!(socket = %path.display(), "serving the device to `wg` (read-only)");
+        Ok(Some(WgSocket {
             path,
             id,
-            listener,
-            stop,
-            thread: None,
+            key,
+            server: shared,
             stopped: false,
-        };
-        match thread {
-            Ok(t) => s.thread = Some(t),
-            Err(e) => {
-                s.stop();
-                return Err(e).context("spawn the socket thread");
-            }
-        }
-        tracing::info!(socket = %s.path.display(), "serving the device to `wg` (read-only)");
-        Ok(Some(s))
+        }))
     }
 
     /// Stops serving and removes the socket file (if it is still ours).
@@ -262,12 +322,12 @@ impl WgSocket {
         if std::mem::replace(&mut self.stopped, true) {
             return;
         }
-        self.stop.store(true, Ordering::Relaxed);
-        // Wakes a blocked accept at once (Linux ends it with EINVAL).
-        let _ = shutdown(self.listener.as_raw_fd(), Shutdown::Both);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.server
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+        self.server.wake();
         let ours = fs::symlink_metadata(&self.path)
             .is_ok_and(|md| md.file_type().is_socket() && (md.dev(), md.ino()) == self.id);
         if ours {
@@ -284,21 +344,50 @@ impl Drop for WgSocket {
     }
 }
 
-fn serve(listener: &UnixListener, stop: &AtomicBool, control: &Mutex<Control>) {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((conn, _)) => {
-                if let Err(e) = answer(conn, control) {
-                    tracing::debug!(error = %e, "`wg` client went away");
-                }
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+/// The server thread: waits on every listener (and its wake-up socket) at
+/// once, answers whoever connected, and takes the list again.
+fn serve(shared: &Served) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let list: Vec<Entry> = shared
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut fds: Vec<PollFd<'_>> = list
+            .iter()
+            .map(|(l, _)| PollFd::new(l.as_fd(), PollFlags::POLLIN))
+            .collect();
+        fds.push(PollFd::new(shared.wake_rx.as_fd(), PollFlags::POLLIN));
+        match poll(&mut fds, PollTimeout::from(POLL_TICK_MS)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                tracing::warn!(error = %e, "WireGuard socket accept failed");
+                tracing::warn!(error = %e, "poll on the `wg` sockets failed");
                 std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut buf = [0u8; 64];
+        while shared.wake_rx.recv(&mut buf).is_ok() {}
+        for ((listener, control), _) in list.iter().zip(&ready).filter(|(_, r)| **r) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    if let Err(e) = conn
+                        .set_nonblocking(false)
+                        .and_then(|()| answer(conn, control))
+                    {
+                        tracing::debug!(error = %e, "`wg` client went away");
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(e) => tracing::warn!(error = %e, "WireGuard socket accept failed"),
             }
         }
     }
@@ -542,7 +631,8 @@ mod tests {
         fs::create_dir(&sockets).unwrap();
         let path = sockets.join("wfabcdefgh23.sock");
         drop(UnixListener::bind(&path).unwrap());
-        let mut s = WgSocket::start(&sockets, "wfabcdefgh23", control.clone())
+        let server = WgServer::start().unwrap();
+        let mut s = WgSocket::start(&server, &sockets, "wfabcdefgh23", control.clone())
             .unwrap()
             .expect("a dead socket does not block the name");
         let md = fs::metadata(&path).unwrap();
@@ -558,9 +648,11 @@ mod tests {
         // `wg` checking that the device exists: connect, close.
         drop(UnixStream::connect(&path).unwrap());
         // A second server for the same name stands back while this one lives.
-        assert!(WgSocket::start(&sockets, "wfabcdefgh23", control.clone())
-            .unwrap()
-            .is_none());
+        assert!(
+            WgSocket::start(&server, &sockets, "wfabcdefgh23", control.clone())
+                .unwrap()
+                .is_none()
+        );
 
         let started = std::time::Instant::now();
         s.stop();
