@@ -15,7 +15,7 @@
 //!
 //! Sources: handshake age and bytes per peer are WireGuard's; packets per
 //! peer and open connections come from the app netns' `weft_stats` table and
-//! connection tracking (`dataplane::linux::stats`, read at most every 2 s);
+//! connection tracking (`dataplane::linux::stats`, read at most every 5 s);
 //! rule counters and drops from the policy table.
 
 use std::collections::BTreeMap;
