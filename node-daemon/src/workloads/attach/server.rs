@@ -279,11 +279,11 @@ pub fn handle(req: AttachRequest, shared: &Shared, timeout: Duration) -> AttachR
             shared.register(w.clone());
             match shared.wait_decided(&w, timeout) {
                 Waited::Done(Some(Outcome::Attached(a))) => AttachResponse::Attached(a),
-                Waited::Done(Some(Outcome::NotMeshed)) => {
-                    // Nothing to keep for a workload of no app.
-                    shared.unregister(&k, &w.container_id);
-                    AttachResponse::NotMeshed
-                }
+                // Kept registered (until its DEL): an app created later
+                // that claims the pod attaches it then, as the run loop
+                // knows its netns. Forgetting it made a running pod wait
+                // for a restart to join an app applied after it started.
+                Waited::Done(Some(Outcome::NotMeshed)) => AttachResponse::NotMeshed,
                 Waited::Done(Some(Outcome::Failed { code, message })) => {
                     AttachResponse::Error { code, message }
                 }
@@ -415,7 +415,7 @@ mod tests {
     }
 
     #[test]
-    fn a_workload_of_no_app_passes_and_is_forgotten() {
+    fn a_workload_of_no_app_passes_and_stays_registered_until_its_del() {
         let shared = Arc::new(Shared::in_memory());
         let h = pass_after(&shared, Duration::from_millis(20), Some(Outcome::NotMeshed));
         assert_eq!(
@@ -427,7 +427,11 @@ mod tests {
             AttachResponse::NotMeshed
         );
         h.join().unwrap();
-        assert!(shared.registered().is_empty());
+        assert_eq!(
+            shared.registered(),
+            vec![w("/run/netns/p1")],
+            "kept, for an app that may claim it later"
+        );
     }
 
     #[test]
