@@ -192,6 +192,8 @@ pub struct PodRun {
     pub result: Value,
     /// The conflist the chain ran with.
     pub conflist: Value,
+    /// Wall time of the ADD chain alone (every plugin, in order).
+    pub add_took: std::time::Duration,
 }
 
 impl PodRun {
@@ -854,8 +856,10 @@ impl KubeCluster {
         let netns = NetNs::create(&format!("{}-p{}-{name}", self.prefix, self.pods.len()))?;
         let conflist = self.conflist(i)?;
         let rt = self.runtime(i, ns, name, &netns);
+        let started = std::time::Instant::now();
         let result = Self::run_chain(&rt, &conflist, "ADD", &Value::Null)
             .map_err(|e| e.context(self.daemon_log_tail(i, 30)))?;
+        let add_took = started.elapsed();
         self.pods.push(PodRun {
             namespace: ns.into(),
             name: name.into(),
@@ -863,6 +867,7 @@ impl KubeCluster {
             netns,
             result,
             conflist,
+            add_took,
         });
         Ok(self.pods.len() - 1)
     }

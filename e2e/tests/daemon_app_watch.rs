@@ -155,7 +155,12 @@ fn a_daemon_watches_meshapps_only_in_its_pods_namespaces() {
         config.default_retry = false;
         anyhow::Ok(kube::Client::try_from(config)?)
     });
-    let pods = PodAnnouncements::start(client.unwrap(), &node, rt.handle());
+    let pods = PodAnnouncements::start(
+        client.unwrap(),
+        &node,
+        rt.handle(),
+        weft_node_daemon::wake::Wake::default(),
+    );
     // Every namespace the daemon watched at any point of the test (a watch
     // lives at least its linger, minutes, so polling cannot miss one).
     let mut ever: BTreeSet<String> = BTreeSet::new();

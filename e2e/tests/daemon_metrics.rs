@@ -17,8 +17,8 @@ const READY: Duration = Duration::from_secs(25);
 const DENIED: u64 = 7;
 /// IP length of each: 20 (IP) + 8 (UDP) + 2 (`x\n`).
 const DENIED_BYTES: u64 = 30;
-/// Longer than the daemon's traffic read interval (2 s) plus a pass.
-const SETTLE: Duration = Duration::from_secs(3);
+/// Longer than the daemon's traffic read interval (5 s) plus a pass.
+const SETTLE: Duration = Duration::from_secs(6);
 
 /// The value of the sample `series` (name with labels, exactly) in `body`.
 fn value(body: &str, series: &str) -> Option<f64> {
@@ -80,7 +80,7 @@ fn daemon_metrics_and_status_match_the_traffic_sent() {
         "weft_node_policy_rule_packets_total{{app=\"{app}\",rule=\"{NS}/web-ingress:ingress[0].ports[1]\"}}"
     );
     let rx = format!("weft_node_peer_receive_bytes_total{{app=\"{app}\",peer=\"{peer}\"}}");
-    // Per-peer packets are read at most every 2 s: let the figures of the
+    // Per-peer packets are read at most every 5 s: let the figures of the
     // pings above settle before taking the baseline.
     std::thread::sleep(SETTLE);
     let packets = |node: usize, dir: &str| {
@@ -109,15 +109,20 @@ fn daemon_metrics_and_status_match_the_traffic_sent() {
     let p = ping(&web1, a.web2, 5, Duration::from_secs(10)).unwrap();
     assert!(p.ok && p.received == 5, "{p:?}");
 
-    // The daemon reads the counters on every pass.
+    // The daemon reads each kind of counter at most every 5 s (policy,
+    // WireGuard and traffic reads are not in step): wait for all of them.
+    let tunnel_bytes = (DENIED * DENIED_BYTES + 5 * 84) as f64;
     let after = weft_e2e::wait_for(
-        "the drops in the daemon's metrics",
-        Duration::from_secs(10),
+        "the drops and the tunnel bytes in the daemon's metrics",
+        Duration::from_secs(20),
         Duration::from_millis(100),
         || {
             let body = scrape(&c, 2);
             let icmp = get(&body, &icmp_rule);
-            Ok((get(&body, &drops_p) >= drops0 + DENIED as f64 && icmp > icmp0).then_some(body))
+            Ok((get(&body, &drops_p) >= drops0 + DENIED as f64
+                && icmp > icmp0
+                && get(&body, &rx) - rx0 >= tunnel_bytes)
+                .then_some(body))
         },
     )
     .unwrap();
@@ -139,7 +144,7 @@ fn daemon_metrics_and_status_match_the_traffic_sent() {
     // Through the tunnel: at least the denied datagrams and the pings
     // (84-byte IP packets), plus WireGuard's own overhead.
     assert!(
-        get(&after, &rx) - rx0 >= (DENIED * DENIED_BYTES + 5 * 84) as f64,
+        get(&after, &rx) - rx0 >= tunnel_bytes,
         "{}",
         get(&after, &rx) - rx0
     );

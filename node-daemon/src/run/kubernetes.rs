@@ -164,7 +164,7 @@ pub fn run<D: Dataplane>(
                 },
                 None => None,
             };
-            let pods = PodAnnouncements::start(client, &cfg.node, rt.handle());
+            let pods = PodAnnouncements::start(client, &cfg.node, rt.handle(), lc.wake.clone());
             let mut source = RuntimeSource::new(pods, attach.shared.clone()).with_dns(cfg.dns);
             run_loop(&lc, &mut transport, &mut source, rec, &stop, metrics);
             // Out of the chain before the socket closes.

@@ -919,7 +919,9 @@ impl LinuxDataplane {
                 && !changes::stale(c.at, changes::spread(CONFIG_REREAD, name))
             {
                 let mut config = c.config.clone();
-                let age = c.at.elapsed().as_secs();
+                // Rounded, not truncated: the read's ages are already whole
+                // seconds cut down, and the two cuts must not add up.
+                let age = c.at.elapsed().as_secs_f64().round() as u64;
                 for p in &mut config.peers {
                     p.handshake_age = p.handshake_age.map(|a| a + age);
                 }

@@ -33,6 +33,7 @@ use weft_api::{AppSelector, MeshApp};
 
 use super::trim_meta;
 use crate::kubeapi::retrying_watcher;
+use crate::wake::Wake;
 
 /// How long a namespace's watch outlives the last pod of this node in it.
 /// Pods come back (a rollout, a rescheduled Job, a restarted pod's new
@@ -140,7 +141,7 @@ struct NsWatch {
 }
 
 impl NsWatch {
-    fn start(client: &Client, ns: &str, rt: &tokio::runtime::Handle) -> NsWatch {
+    fn start(client: &Client, ns: &str, rt: &tokio::runtime::Handle, wake: &Wake) -> NsWatch {
         let (apps, writer) = reflector::store();
         let stream = retrying_watcher(
             Api::<MeshApp>::namespaced(client.clone(), ns),
@@ -152,6 +153,7 @@ impl NsWatch {
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
         let namespace = ns.to_string();
+        let wake = wake.clone();
         let task = rt.spawn(reflector::reflector(writer, stream).for_each(move |ev| {
             match ev {
                 Err(e) => {
@@ -160,7 +162,12 @@ impl NsWatch {
                 }
                 Ok(
                     watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
-                ) => flag.store(true, Ordering::Relaxed),
+                ) => {
+                    flag.store(true, Ordering::Relaxed);
+                    // A pod waiting to learn whether an app claims it need
+                    // not wait for the next timed pass.
+                    wake.set();
+                }
                 Ok(_) => {}
             }
             std::future::ready(())
@@ -185,6 +192,8 @@ struct Shared {
     client: Client,
     rt: tokio::runtime::Handle,
     state: Mutex<State>,
+    /// Set on every change a watch delivers (see [`crate::wake`]).
+    wake: Wake,
 }
 
 impl Shared {
@@ -205,7 +214,7 @@ impl Shared {
     ) {
         for ns in st.schedule.want(namespaces, now) {
             tracing::info!(namespace = %ns, "watching the namespace's MeshApps");
-            let w = NsWatch::start(&self.client, &ns, &self.rt);
+            let w = NsWatch::start(&self.client, &ns, &self.rt, &self.wake);
             st.watches.insert(ns, w);
         }
         if expire {
@@ -230,11 +239,13 @@ impl AppWatches {
         client: Client,
         rt: &tokio::runtime::Handle,
         pod_namespaces: impl Fn() -> BTreeSet<String> + Send + 'static,
+        wake: Wake,
     ) -> Self {
         let shared = Arc::new(Shared {
             client,
             rt: rt.clone(),
             state: Mutex::new(State::default()),
+            wake,
         });
         let s = shared.clone();
         let sweep = rt.spawn(async move {
@@ -358,10 +369,12 @@ mod tests {
         use http::{Request, Response};
         use kube::client::Body;
         let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let wake = Wake::default();
         let watches = AppWatches::start(
             Client::new(svc, "default"),
             &tokio::runtime::Handle::current(),
             BTreeSet::new,
+            wake.clone(),
         );
         let a = set(&["a"]);
         assert_eq!(watches.selectors("local", &a), None);
@@ -397,6 +410,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(known(&watches).unwrap(), ["a/web"]);
+        assert!(wake.take(), "the listed apps woke the run loop");
         let (req, send) = handle.next_request().await.unwrap();
         assert!(req.uri().query().unwrap_or_default().contains("watch=true"));
         assert!(req.uri().path().ends_with("/namespaces/a/meshapps"));

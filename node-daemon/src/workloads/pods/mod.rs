@@ -20,6 +20,7 @@ use weft_api::standalone::LocalWorkload;
 use weft_api::AppSelector;
 
 use crate::kubeapi::retrying_watcher;
+use crate::wake::Wake;
 use crate::workloads::Announcements;
 use app_watch::AppWatches;
 
@@ -72,8 +73,9 @@ pub struct PodAnnouncements {
 }
 
 impl PodAnnouncements {
-    /// Starts the watches on `rt`.
-    pub fn start(client: Client, node: &str, rt: &tokio::runtime::Handle) -> Self {
+    /// Starts the watches on `rt`; every change they deliver sets `wake`,
+    /// so the run loop decides about a new pod at once.
+    pub fn start(client: Client, node: &str, rt: &tokio::runtime::Handle, wake: Wake) -> Self {
         let api: Api<Pod> = Api::all(client.clone());
         let (store, writer) = reflector::store();
         let stream = retrying_watcher(
@@ -81,14 +83,16 @@ impl PodAnnouncements {
             watcher::Config::default().fields(&on_node_selector(node)),
         )
         .modify(trim_pod);
-        let watch = rt.spawn(reflector::reflector(writer, stream).for_each(|ev| {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, "pod watch failed; retrying with backoff");
+        let pod_wake = wake.clone();
+        let watch = rt.spawn(reflector::reflector(writer, stream).for_each(move |ev| {
+            match ev {
+                Err(e) => tracing::warn!(error = %e, "pod watch failed; retrying with backoff"),
+                Ok(_) => pod_wake.set(),
             }
             std::future::ready(())
         }));
         let pods = store.clone();
-        let apps = AppWatches::start(client, rt, move || pod_namespaces(&pods.state()));
+        let apps = AppWatches::start(client, rt, move || pod_namespaces(&pods.state()), wake);
         PodAnnouncements { store, watch, apps }
     }
 
