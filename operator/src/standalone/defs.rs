@@ -18,7 +18,8 @@ use weft_api::standalone::{ManifestFileStatus, ManifestProblem};
 use super::manifests::{Entry, Kind, ManifestCache, ObjectRef};
 use super::parts::Patch;
 use super::StoredAll;
-use crate::planner::{ObjectKey, Snapshot};
+use crate::planner::incremental::Edit;
+use crate::planner::ObjectKey;
 
 /// The manifests' part of the planner's input, by file and by object.
 #[derive(Default)]
@@ -135,7 +136,7 @@ impl Definitions {
         }
         // In the snapshot exactly when it has a source (copy only then).
         if self.sources.contains_key(object) {
-            remove(out.get(), object);
+            remove(&mut out.edit(), object);
         }
         self.sources.remove(object);
         let defs: Vec<(&OsString, &Entry)> = self
@@ -195,7 +196,7 @@ impl Definitions {
         let entry = defs[winner].1;
         self.sources
             .insert(object.clone(), entry.file.display().to_string());
-        super::add_entry(out.get(), entry);
+        super::add_entry(&mut out.edit(), entry);
     }
 
     /// Every file's status, in path order.
@@ -224,27 +225,21 @@ impl Definitions {
 }
 
 /// Takes `object` out of the snapshot part.
-fn remove(s: &mut Snapshot, object: &ObjectRef) {
+fn remove(e: &mut Edit<'_>, object: &ObjectRef) {
     match object.kind {
-        Kind::App => {
-            s.apps.remove(&ObjectKey::parse(&object.key));
-        }
-        Kind::Policy => {
-            s.policies.remove(&ObjectKey::parse(&object.key));
-        }
-        Kind::Site => {
-            s.sites.remove(&object.key);
-        }
-        Kind::Hub => {
-            s.hubs.remove(&object.key);
-        }
+        Kind::App => e.put_app(ObjectKey::parse(&object.key), None),
+        Kind::Policy => e.put_policy(ObjectKey::parse(&object.key), None),
+        Kind::Site => e.put_site(object.key.clone(), None),
+        Kind::Hub => e.put_hub(object.key.clone(), None),
     }
-    s.input_errors.remove(&object.to_string());
+    e.put_input_errors(object.to_string(), None);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planner::incremental::Journal;
+    use crate::planner::Snapshot;
     use crate::standalone::{add_entry, choose_definitions};
 
     fn app(name: &str, tier: &str) -> String {
@@ -259,8 +254,10 @@ mod tests {
         let mut statuses = cache.file_statuses();
         let chosen = choose_definitions(entries, stored, &mut statuses);
         let mut s = Snapshot::default();
+        let mut scratch = Journal::default();
+        let mut edit = Edit::new(&mut s, &mut scratch);
         for e in chosen.values() {
-            add_entry(&mut s, e);
+            add_entry(&mut edit, e);
         }
         (s, statuses)
     }
@@ -294,14 +291,14 @@ mod tests {
         let mut cache = ManifestCache::default();
         let mut defs = Definitions::default();
         let mut part = Snapshot::default();
-        let config = Default::default();
+        let mut journal = Journal::default();
         for (i, step) in steps.iter().enumerate() {
             step();
             cache.refresh(dir.path()).unwrap();
             let changed = cache.take_changed();
-            let mut patch = Patch::new((i > 0).then_some(&part), &config);
+            let mut patch = Patch::over(Edit::new(&mut part, &mut journal), i == 0);
             defs.update(&cache, changed, &stored, i == 0, &mut patch);
-            part = patch.take();
+            drop(patch);
             let (snapshot, statuses) = whole(&cache, &stored);
             assert_eq!(part, snapshot, "step {i}");
             assert_eq!(defs.statuses(), statuses, "step {i}");
