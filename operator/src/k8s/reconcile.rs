@@ -395,6 +395,10 @@ pub async fn reconcile_all_limited(
     } else {
         None
     };
+    // A partial pass updates the last plan in place only while the planner
+    // holds the sole reference: another one here made it copy the whole
+    // plan (and this pass drop the old one), ~30 ms at 10,000 apps.
+    state.last_plan = None;
     let pass = match reused {
         Some(pass) => pass,
         None => {

@@ -125,20 +125,37 @@ impl SnapshotSync {
     }
 
     fn sync_apps(&mut self, obs: &Observed, e: &mut Edit<'_>) {
-        let mut seen = BTreeSet::new();
+        // Objects known before and seen now: when that is all of them,
+        // none is gone (no set of 10,000 keys to build).
+        let mut known = 0;
+        let mut new = Vec::new();
         for app in obs.apps.iter().filter(|a| !is_deleting(a.as_ref())) {
             let key = key_of(app.as_ref());
-            seen.insert(key.clone());
-            let rv = app.metadata.resource_version.clone();
-            if rv.is_some() && self.apps.get(&key) == Some(&rv) {
-                continue;
+            let rv = &app.metadata.resource_version;
+            match self.apps.get(&key) {
+                Some(had) if rv.is_some() && had == rv => {
+                    known += 1;
+                    continue;
+                }
+                Some(_) => known += 1,
+                None => new.push(key.clone()),
             }
+            let rv = rv.clone();
             let status = app.status.as_ref();
             e.put_previous_range(key.clone(), status.and_then(|st| st.address_space.clone()));
             e.put_previous_app(key.clone(), status.and_then(|st| st.enforced.clone()));
             e.put_app(key.clone(), Some(app.spec.clone()));
             self.apps.insert(key, rv);
         }
+        if known + new.len() == self.apps.len() {
+            return;
+        }
+        let seen: BTreeSet<ObjectKey> = obs
+            .apps
+            .iter()
+            .filter(|a| !is_deleting(a.as_ref()))
+            .map(|a| key_of(a.as_ref()))
+            .collect();
         let gone: Vec<ObjectKey> = self
             .apps
             .keys()
