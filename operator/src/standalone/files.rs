@@ -58,11 +58,11 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> anyhow::Result
     write_atomic(path, &json_bytes(value)?)
 }
 
-/// Writes `value` as pretty JSON to `path` atomically but not durably: for
-/// views rebuilt at every start (a crash may leave the previous version),
-/// where a sync would cost more than the write (a 1 MB file on a busy disk).
-pub fn write_json_volatile<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    let (tmp, _f) = write_temp(path, &json_bytes(value)?, "")?;
+/// Writes `body` to `path` atomically but not durably: for views rebuilt
+/// at every start (a crash may leave the previous version), where a sync
+/// would cost more than the write (a 1 MB file on a busy disk).
+pub fn write_volatile(path: &Path, body: &[u8]) -> anyhow::Result<()> {
+    let (tmp, _f) = write_temp(path, body, "")?;
     fs::rename(&tmp, path)
         .with_context(|| format!("renaming to {}", path.display()))
         .inspect_err(|_| {

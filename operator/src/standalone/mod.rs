@@ -464,7 +464,7 @@ impl Standalone {
             // What `get manifests` shows, written again at every start: a
             // crash may leave the last version, so no sync (~1 MB at
             // 10,000 files, 30-50 ms to sync on a busy disk).
-            match files::write_json_volatile(&self.dir.manifest_status(), &self.defs.statuses()) {
+            match files::write_volatile(&self.dir.manifest_status(), &self.defs.statuses_json()) {
                 Ok(()) => {
                     self.manifest_status_written = true;
                     self.defs.statuses_recorded();
