@@ -28,6 +28,7 @@ pub mod pass_state;
 pub mod reconcile;
 pub mod run;
 pub mod snapshot;
+pub mod snapshot_sync;
 pub mod trim;
 pub mod watch;
 

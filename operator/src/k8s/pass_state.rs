@@ -26,6 +26,8 @@ use crate::status::TRAFFIC_REFRESH_SECONDS;
 pub struct PassState {
     /// The last plan.
     pub planner: Incremental,
+    /// What the planner's input was last brought in line with.
+    pub(crate) sync: super::snapshot_sync::SnapshotSync,
     /// What the statuses were last computed from.
     pub(crate) statuses: StatusMemory,
     /// resourceVersion of each MeshNode when the last pass planned.

@@ -80,7 +80,7 @@ pub fn node_ready(node: &Node) -> bool {
         .is_some_and(|c| c.status == "True")
 }
 
-fn heartbeat_stale(mn: &MeshNode, now: Timestamp) -> bool {
+pub(crate) fn heartbeat_stale(mn: &MeshNode, now: Timestamp) -> bool {
     mn.status
         .as_ref()
         .and_then(|s| s.heartbeat.as_deref())
@@ -88,7 +88,7 @@ fn heartbeat_stale(mn: &MeshNode, now: Timestamp) -> bool {
         .is_none_or(|hb| now.duration_since(hb) > SignedDuration::from_secs(LOST_AFTER_SECONDS))
 }
 
-fn pod_is_running_somewhere(pod: &Pod) -> Option<&str> {
+pub(crate) fn pod_is_running_somewhere(pod: &Pod) -> Option<&str> {
     let node = pod.spec.as_ref()?.node_name.as_deref()?;
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if matches!(phase, Some("Succeeded" | "Failed")) {

@@ -4,8 +4,13 @@
 //! plans those again, with the same [`plan`], against the rest of the
 //! cluster held fixed.
 //!
+//! A pass learns what changed from the [`Journal`] of edits made to the last
+//! input in place ([`Incremental::edit`]): a change costs work in proportion
+//! to its keys, with no copy of the snapshot and no diff of it. A caller that
+//! hands a whole new snapshot instead gets the journal a diff would write.
+//!
 //! ```text
-//!  new Snapshot ─► diff against the last one ─► dirty apps ─► closure (claims, policies)
+//!  edits (journal) ─► changed keys ─► dirty apps ─► closure (claims, policies)
 //!                                                                │
 //!  last Plan ◄─ merge (nodes of the dirty apps) ◄─ plan(sub-snapshot + Reserved)
 //! ```
@@ -28,6 +33,10 @@ use weft_api::{MeshAppSpec, MeshNodeSpec, MeshPolicySpec};
 
 use super::snapshot::Labels;
 use super::{membership, naming, plan, validate, ObjectKey, Plan, Snapshot};
+use journal::{changed, in_namespace, Before, View};
+
+mod journal;
+pub use journal::{Edit, Journal};
 
 /// Errors whose cause lies between apps (a shared pool, a node's ports or
 /// size): while any app has one, a change elsewhere can resolve it, so
@@ -87,6 +96,8 @@ pub struct Pass {
 /// whether the next change can be planned alone.
 struct Last {
     input: Snapshot,
+    /// Edits to `input` since `plan` was made: what they replaced.
+    journal: Journal,
     plan: Arc<Plan>,
     /// App id → app.
     ids: BTreeMap<String, ObjectKey>,
@@ -164,7 +175,7 @@ impl Incremental {
     /// Plans `s` (whose `previous_specs` are the stored specs), reusing the
     /// last plan where the change does not reach.
     pub fn plan(&mut self, s: Snapshot) -> Pass {
-        self.run(s, Stored::InSnapshot)
+        self.plan_whole(s, Stored::InSnapshot)
     }
 
     /// [`Incremental::plan`] for a caller that holds the stored specs
@@ -181,26 +192,51 @@ impl Incremental {
         stored: &BTreeMap<String, &MeshNodeSpec>,
         changed: Option<&BTreeSet<String>>,
     ) -> Pass {
-        self.run(s, Stored::Store(stored, changed))
+        self.plan_whole(s, Stored::Store(stored, changed))
     }
 
-    fn run(&mut self, s: Snapshot, stored: Stored<'_>) -> Pass {
-        let Some(last) = self.last.take() else {
+    /// The last input, to edit in place before [`Incremental::plan_edited`];
+    /// `None` before a first plan.
+    pub fn edit(&mut self) -> Option<Edit<'_>> {
+        let last = self.last.as_mut()?;
+        Some(Edit::new(&mut last.input, &mut last.journal))
+    }
+
+    /// [`Incremental::plan_stored`] of the last input as edited since;
+    /// `None` before a first plan.
+    pub fn plan_edited(
+        &mut self,
+        stored: &BTreeMap<String, &MeshNodeSpec>,
+        changed: Option<&BTreeSet<String>>,
+    ) -> Option<Pass> {
+        let last = self.last.take()?;
+        Some(self.run(last, Stored::Store(stored, changed)))
+    }
+
+    /// A whole new input: what it changes is logged as edits would be.
+    fn plan_whole(&mut self, s: Snapshot, stored: Stored<'_>) -> Pass {
+        let Some(mut last) = self.last.take() else {
             return self.full(s, "first pass".into(), stored);
         };
+        last.journal.record_between(&last.input, &s);
+        last.input = s;
+        self.run(last, stored)
+    }
+
+    fn run(&mut self, mut last: Last, stored: Stored<'_>) -> Pass {
+        let journal = std::mem::take(&mut last.journal);
         let Changes {
             apps: dirty,
             nodes: nodes_changed,
             recorded,
             stale,
-        } = match changes(&last, &s, stored) {
+        } = match changes(&last, &journal, stored) {
             Ok(c) => c,
-            Err(why) => return self.full(s, why, stored),
+            Err(why) => return self.full(last.input, why, stored),
         };
         if dirty.is_empty() && !nodes_changed {
             self.stats.unchanged += 1;
             let plan = last.plan.clone();
-            let mut last = Last { input: s, ..last };
             for key in &recorded {
                 last.note(key);
             }
@@ -212,14 +248,14 @@ impl Incremental {
                 changed_apps: Some(BTreeSet::new()),
             };
         }
-        match partial(last, s, dirty, stale, stored) {
-            Ok((mut next, apps, nodes)) => {
+        match partial(&mut last, &journal, dirty, stale, stored) {
+            Ok((apps, nodes)) => {
                 for key in &recorded {
-                    next.note(key);
+                    last.note(key);
                 }
                 self.stats.partial += 1;
-                let plan = next.plan.clone();
-                self.last = Some(next);
+                let plan = last.plan.clone();
+                self.last = Some(last);
                 Pass {
                     plan,
                     kind: PassKind::Partial {
@@ -230,10 +266,7 @@ impl Incremental {
                     changed_apps: Some(apps),
                 }
             }
-            Err(failed) => {
-                let (s, why) = *failed;
-                self.full(s, why, stored)
-            }
+            Err(why) => self.full(last.input, why, stored),
         }
     }
 
@@ -287,6 +320,7 @@ impl Last {
     fn new(input: Snapshot, plan: Arc<Plan>) -> Self {
         let mut last = Last {
             input,
+            journal: Journal::default(),
             plan,
             ids: BTreeMap::new(),
             odd_ids: BTreeSet::new(),
@@ -346,16 +380,6 @@ impl Last {
     }
 }
 
-/// Apps of namespace `ns` in a key-ordered map: keys of one namespace are
-/// contiguous (`ns/` prefixes every one of them and nothing else).
-fn in_namespace<'a, V>(
-    map: &'a BTreeMap<ObjectKey, V>,
-    ns: &'a str,
-) -> impl Iterator<Item = (&'a ObjectKey, &'a V)> + 'a {
-    map.range(ObjectKey::new(ns, "")..)
-        .take_while(move |(k, _)| k.namespace == ns)
-}
-
 /// Keys present in either map whose values differ.
 fn diff_keys<'a, K: Ord + Clone, V: PartialEq>(
     a: &'a BTreeMap<K, V>,
@@ -379,19 +403,17 @@ fn diff_keys<'a, K: Ord + Clone, V: PartialEq>(
 }
 
 /// The registered workloads of a node (an unregistered node's do not count).
-fn registered<'a>(s: &'a Snapshot, node: &str) -> Option<&'a BTreeMap<ObjectKey, Labels>> {
-    if s.nodes.contains_key(node) {
-        s.workloads.get(node)
-    } else {
-        None
-    }
+fn registered<'a, V: View>(v: &'a V, node: &str) -> Option<&'a BTreeMap<ObjectKey, Labels>> {
+    v.node(node)?;
+    v.workloads(node)
 }
 
-/// Apps of the workload's namespace that claim it in `s`.
-fn claimants(s: &Snapshot, wl: &ObjectKey, labels: &Labels) -> Vec<ObjectKey> {
-    in_namespace(&s.apps, &wl.namespace)
+/// Apps of the workload's namespace that claim it in `v`.
+fn claimants<V: View>(v: &V, wl: &ObjectKey, labels: &Labels) -> Vec<ObjectKey> {
+    v.apps_in(&wl.namespace)
+        .into_iter()
         .filter(|(k, spec)| {
-            selecting(s, k, spec).any(|sp| membership::claims(k, sp, &wl.namespace, labels))
+            selecting(v, k, spec).any(|sp| membership::claims(k, sp, &wl.namespace, labels))
         })
         .map(|(k, _)| k.clone())
         .collect()
@@ -399,12 +421,12 @@ fn claimants(s: &Snapshot, wl: &ObjectKey, labels: &Labels) -> Vec<ObjectKey> {
 
 /// The specs an app may claim workloads with: its current one and the one
 /// in force before (a rejected edit keeps the last accepted spec).
-fn selecting<'a>(
-    s: &'a Snapshot,
+fn selecting<'a, V: View>(
+    v: &'a V,
     key: &ObjectKey,
     spec: &'a MeshAppSpec,
 ) -> impl Iterator<Item = &'a MeshAppSpec> {
-    std::iter::once(spec).chain(s.previous_apps.get(key).map(|p| &p.spec))
+    std::iter::once(spec).chain(v.previous_app(key).map(|p| &p.spec))
 }
 
 /// Apps that a policy spec ties together: its own, and any other app a
@@ -458,18 +480,23 @@ struct Changes {
     stale: BTreeSet<String>,
 }
 
-fn changes(last: &Last, s: &Snapshot, stored: Stored<'_>) -> Result<Changes, String> {
-    let old = &last.input;
-    if s.config != old.config {
+fn changes(last: &Last, j: &Journal, stored: Stored<'_>) -> Result<Changes, String> {
+    let s = &last.input;
+    let old = Before { s, j };
+    if j.config.as_ref().is_some_and(|c| *c != s.config) {
         return Err("planner settings changed".into());
     }
-    if s.sites != old.sites || s.previous_sites != old.previous_sites {
+    if changed(&j.sites, &s.sites).next().is_some()
+        || changed(&j.previous_sites, &s.previous_sites)
+            .next()
+            .is_some()
+    {
         return Err("a MeshSite changed".into());
     }
-    if s.hubs != old.hubs {
+    if changed(&j.hubs, &s.hubs).next().is_some() {
         return Err("a MeshHub changed".into());
     }
-    if s.node_errors != old.node_errors {
+    if changed(&j.node_errors, &s.node_errors).next().is_some() {
         return Err("a node registration changed".into());
     }
     if !s.reserved.ranges.is_empty() || !s.reserved.ports.is_empty() {
@@ -496,67 +523,68 @@ fn changes(last: &Last, s: &Snapshot, stored: Stored<'_>) -> Result<Changes, Str
             }
         }
     }
-    for object in diff_keys(&old.input_errors, &s.input_errors) {
-        if let Some(app) = error_object(&object)? {
+    let error_objects: Vec<&String> = changed(&j.input_errors, &s.input_errors).collect();
+    for object in &error_objects {
+        if let Some(app) = error_object(object)? {
             dirty.insert(app);
         }
     }
-    dirty.extend(diff_keys(&old.apps, &s.apps));
+    dirty.extend(changed(&j.apps, &s.apps).cloned());
     // A shared app's imports reach only that app: remote peers and
     // workloads are its own, and cross-app flows stay within the member.
-    dirty.extend(diff_keys(&old.federation, &s.federation));
+    dirty.extend(changed(&j.federation, &s.federation).cloned());
     // A status that now records what the plan gave (an accepted spec, a
     // range) changes nothing a full plan would do: the app becomes an
     // incumbent of what it already has.
     let mut recorded = Vec::new();
-    for key in diff_keys(&old.previous_apps, &s.previous_apps) {
+    for key in changed(&j.previous_apps, &s.previous_apps) {
         let accepted = last
             .plan
             .apps
-            .get(&key)
+            .get(key)
             .and_then(|o| o.accepted_spec.as_ref());
-        if accepted.is_some() && s.previous_apps.get(&key).map(|p| &p.spec) == accepted {
-            recorded.push(key);
+        if accepted.is_some() && s.previous_apps.get(key).map(|p| &p.spec) == accepted {
+            recorded.push(key.clone());
         } else {
-            dirty.insert(key);
+            dirty.insert(key.clone());
         }
     }
-    for key in diff_keys(&old.previous_ranges, &s.previous_ranges) {
+    for key in changed(&j.previous_ranges, &s.previous_ranges) {
         let planned = last
             .plan
             .apps
-            .get(&key)
+            .get(key)
             .and_then(|o| o.address_space.as_ref());
-        if planned.is_some() && s.previous_ranges.get(&key) == planned {
-            recorded.push(key);
+        if planned.is_some() && s.previous_ranges.get(key) == planned {
+            recorded.push(key.clone());
         } else {
-            dirty.insert(key);
+            dirty.insert(key.clone());
         }
     }
 
     // Policies: the apps they apply to. Cross-app ones tie apps together
     // through transit placements and links: planned whole.
-    let mut policies = diff_keys(&old.policies, &s.policies);
-    for key in diff_keys(&old.previous_policies, &s.previous_policies) {
+    let mut policies: Vec<ObjectKey> = changed(&j.policies, &s.policies).cloned().collect();
+    for key in changed(&j.previous_policies, &s.previous_policies) {
         let accepted = last
             .plan
             .policies
-            .get(&key)
+            .get(key)
             .and_then(|o| o.accepted_spec.as_ref());
-        if accepted.is_none() || s.previous_policies.get(&key).map(|p| &p.spec) != accepted {
-            policies.push(key);
+        if accepted.is_none() || s.previous_policies.get(key).map(|p| &p.spec) != accepted {
+            policies.push(key.clone());
         }
     }
-    for object in diff_keys(&old.input_errors, &s.input_errors) {
+    for object in &error_objects {
         if let Some(key) = object.strip_prefix("MeshPolicy ") {
             policies.push(ObjectKey::parse(key));
         }
     }
     for key in &policies {
         let specs = [
-            old.policies.get(key),
+            old.policy(key),
             s.policies.get(key),
-            old.previous_policies.get(key).map(|p| &p.spec),
+            old.previous_policy(key).map(|p| &p.spec),
             s.previous_policies.get(key).map(|p| &p.spec),
         ];
         for spec in specs.into_iter().flatten() {
@@ -569,19 +597,30 @@ fn changes(last: &Last, s: &Snapshot, stored: Stored<'_>) -> Result<Changes, Str
     }
 
     // Nodes: the apps on a node whose address or state changed.
-    let old_sites: BTreeSet<&str> = old.nodes.values().map(super::node_site).collect();
-    let new_sites: BTreeSet<&str> = s.nodes.values().map(super::node_site).collect();
-    if old_sites != new_sites {
-        return Err("the set of sites with nodes changed".into());
+    let changed_nodes: Vec<&String> = changed(&j.nodes, &s.nodes).collect();
+    if changed_nodes.iter().any(|n| {
+        let (a, b) = (old.node(n), s.nodes.get(*n));
+        a.is_none() || b.is_none() || a.map(super::node_site) != b.map(super::node_site)
+    }) {
+        // A node came, left or moved: the set of sites with nodes may differ.
+        let old_sites: BTreeSet<&str> = old
+            .node_names()
+            .into_iter()
+            .filter_map(|n| old.node(n))
+            .map(super::node_site)
+            .collect();
+        let new_sites: BTreeSet<&str> = s.nodes.values().map(super::node_site).collect();
+        if old_sites != new_sites {
+            return Err("the set of sites with nodes changed".into());
+        }
     }
-    let changed_nodes = diff_keys(&old.nodes, &s.nodes);
     for node in &changed_nodes {
-        if let (Some(a), Some(b)) = (old.nodes.get(node), s.nodes.get(node)) {
+        if let (Some(a), Some(b)) = (old.node(node), s.nodes.get(*node)) {
             if super::node_site(a) != super::node_site(b) {
                 return Err(format!("node {node} moved to another site"));
             }
         }
-        if let Some(spec) = last.plan.nodes.get(node) {
+        if let Some(spec) = last.plan.nodes.get(*node) {
             dirty.extend(spec.apps.iter().map(|a| ObjectKey::parse(&a.app)));
         }
         // A node that registers or leaves brings or takes its workloads:
@@ -589,52 +628,47 @@ fn changes(last: &Last, s: &Snapshot, stored: Stored<'_>) -> Result<Changes, Str
     }
 
     // Workloads: every app that claims one that changed, before or now.
-    let nodes: BTreeSet<&String> = old
-        .workloads
-        .keys()
-        .chain(s.workloads.keys())
-        .chain(old.nodes.keys())
-        .chain(s.nodes.keys())
-        .collect();
+    let nodes: BTreeSet<&String> = j.workloads.keys().chain(j.nodes.keys()).collect();
     static NONE: BTreeMap<ObjectKey, Labels> = BTreeMap::new();
     for node in nodes {
         let (a, b) = (
-            registered(old, node).unwrap_or(&NONE),
+            registered(&old, node).unwrap_or(&NONE),
             registered(s, node).unwrap_or(&NONE),
         );
         for wl in diff_keys(a, b) {
             if let Some(labels) = a.get(&wl) {
-                dirty.extend(claimants(old, &wl, labels));
+                dirty.extend(claimants(&old, &wl, labels));
             }
             if let Some(labels) = b.get(&wl) {
                 dirty.extend(claimants(s, &wl, labels));
             }
         }
-        let (a, b) = (
-            old.workload_addresses.get(node),
-            s.workload_addresses.get(node),
-        );
-        if a != b {
-            let none = BTreeMap::new();
-            for wl in diff_keys(a.unwrap_or(&none), b.unwrap_or(&none)) {
-                if let Some(labels) = registered(s, node).and_then(|w| w.get(&wl)) {
-                    dirty.extend(claimants(s, &wl, labels));
-                }
+    }
+    let none = BTreeMap::new();
+    for node in changed(&j.workload_addresses, &s.workload_addresses) {
+        let a = j
+            .workload_addresses
+            .get(node)
+            .and_then(Option::as_ref)
+            .unwrap_or(&none);
+        let b = s.workload_addresses.get(node).unwrap_or(&none);
+        for wl in diff_keys(a, b) {
+            if let Some(labels) = registered(s, node).and_then(|w| w.get(&wl)) {
+                dirty.extend(claimants(s, &wl, labels));
             }
         }
     }
 
     // Keys.
-    if old.public_keys != s.public_keys {
-        for (_, app) in diff_keys(&old.public_keys, &s.public_keys) {
-            dirty.insert(app);
-        }
+    for (_, app) in changed(&j.public_keys, &s.public_keys) {
+        dirty.insert(app.clone());
     }
+    let hub_links = changed(&j.hub_links, &s.hub_links).next().is_some();
     Ok(Changes {
         apps: dirty,
         // How a hub and its members look (a heartbeat every few seconds)
         // shows only in site outcomes, which every partial pass rebuilds.
-        nodes: !changed_nodes.is_empty() || !stale.is_empty() || s.hub_links != old.hub_links,
+        nodes: !changed_nodes.is_empty() || !stale.is_empty() || hub_links,
         recorded,
         stale,
     })
@@ -652,12 +686,13 @@ struct Sub {
 /// (for a workload, or through a policy), and gathers what they need.
 fn sub_snapshot(
     last: &Last,
-    s: &Snapshot,
+    journal: &Journal,
     mut dirty: BTreeSet<ObjectKey>,
     stale: BTreeSet<String>,
     stored: Stored<'_>,
 ) -> Result<Sub, String> {
-    let old = &last.input;
+    let s = &last.input;
+    let old = Before { s, j: journal };
     // Cross-app policies (current or in force) tie apps together.
     let mut crossing: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut policies_of: BTreeMap<ObjectKey, BTreeSet<ObjectKey>> = BTreeMap::new();
@@ -698,31 +733,8 @@ fn sub_snapshot(
         if crossing.contains(&app) {
             return Err(format!("MeshApp {app} is in a cross-app policy"));
         }
-        let mut found = Vec::new();
-        for snap in [old, s] {
-            let Some(spec) = snap.apps.get(&app) else {
-                continue;
-            };
-            for (node, on_node) in &snap.workloads {
-                if !snap.nodes.contains_key(node) {
-                    continue;
-                }
-                for (wl, labels) in in_namespace(on_node, &app.namespace) {
-                    if selecting(snap, &app, spec)
-                        .any(|sp| membership::claims(&app, sp, &wl.namespace, labels))
-                    {
-                        for other in claimants(snap, wl, labels) {
-                            if dirty.insert(other.clone()) {
-                                queue.push(other);
-                            }
-                        }
-                        if std::ptr::eq(snap, s) {
-                            found.push((node.clone(), wl.clone()));
-                        }
-                    }
-                }
-            }
-        }
+        claimed_in(&old, &app, &mut dirty, &mut queue);
+        let found = claimed_in(s, &app, &mut dirty, &mut queue);
         claimed.insert(app.clone(), found);
         for policy in policies_of.get(&app).into_iter().flatten() {
             policies.insert(policy.clone());
@@ -740,7 +752,7 @@ fn sub_snapshot(
             }
         }
         if dirty.len() > MIN_DIRTY_FOR_FULL
-            && dirty.len() * MAX_DIRTY_SHARE > s.apps.len().max(old.apps.len())
+            && dirty.len() * MAX_DIRTY_SHARE > s.apps.len().max(old.app_count())
         {
             return Err(format!("{} apps changed", dirty.len()));
         }
@@ -849,6 +861,37 @@ fn sub_snapshot(
     })
 }
 
+/// The workloads `app` claims in `v` (on registered nodes); every other
+/// app that claims one of them joins `dirty` (and `queue`).
+fn claimed_in<V: View>(
+    v: &V,
+    app: &ObjectKey,
+    dirty: &mut BTreeSet<ObjectKey>,
+    queue: &mut Vec<ObjectKey>,
+) -> Vec<(String, ObjectKey)> {
+    let mut found = Vec::new();
+    let Some(spec) = v.app(app) else {
+        return found;
+    };
+    for node in v.workload_nodes() {
+        let Some(on_node) = registered(v, node) else {
+            continue;
+        };
+        for (wl, labels) in in_namespace(on_node, &app.namespace) {
+            if selecting(v, app, spec).any(|sp| membership::claims(app, sp, &wl.namespace, labels))
+            {
+                for other in claimants(v, wl, labels) {
+                    if dirty.insert(other.clone()) {
+                        queue.push(other);
+                    }
+                }
+                found.push((node.clone(), wl.clone()));
+            }
+        }
+    }
+    found
+}
+
 /// Whether a full plan would allocate the app's range now (it has none
 /// recorded as its own).
 fn is_newcomer(last: &Last, s: &Snapshot, key: &ObjectKey) -> bool {
@@ -887,35 +930,29 @@ fn held_ranges(
 }
 
 /// The next state, the apps planned again, the nodes rebuilt.
-type Merged = (Last, BTreeSet<ObjectKey>, BTreeSet<String>);
+type Merged = (BTreeSet<ObjectKey>, BTreeSet<String>);
 
-/// Plans the dirty apps alone and merges them into the last plan; on any
-/// doubt, hands the snapshot back with why for a full plan.
+/// Plans the dirty apps alone and merges them into the last plan (whose
+/// input is already this pass's); on any doubt, leaves `last` as it was and
+/// says why, for a full plan.
 fn partial(
-    mut last: Last,
-    s: Snapshot,
+    last: &mut Last,
+    journal: &Journal,
     dirty: BTreeSet<ObjectKey>,
     stale: BTreeSet<String>,
     stored: Stored<'_>,
-) -> Result<Merged, Box<(Snapshot, String)>> {
+) -> Result<Merged, String> {
     if !last.odd_ids.is_empty() {
-        return Err(Box::new((s, "an app id is not its first candidate".into())));
+        return Err("an app id is not its first candidate".into());
     }
     if let Some(app) = last.trouble.first() {
-        return Err(Box::new((
-            s,
-            format!("MeshApp {app} has an error between apps"),
-        )));
+        return Err(format!("MeshApp {app} has an error between apps"));
     }
-    let sub = match sub_snapshot(&last, &s, dirty, stale, stored) {
-        Ok(sub) => sub,
-        Err(why) => return Err(Box::new((s, why))),
-    };
+    let sub = sub_snapshot(last, journal, dirty, stale, stored)?;
     let fresh = plan(&sub.snapshot);
     drop(sub.snapshot);
-    if let Err(why) = check(&last, &fresh, &sub.apps) {
-        return Err(Box::new((s, why)));
-    }
+    check(last, &fresh, &sub.apps)?;
+    let s = &last.input;
 
     let names: BTreeSet<String> = sub.apps.iter().map(ToString::to_string).collect();
     let mut merged: BTreeMap<String, MeshNodeSpec> = BTreeMap::new();
@@ -943,10 +980,7 @@ fn partial(
         };
         let size = super::json_size(&spec).unwrap_or(usize::MAX);
         if size > s.config.max_meshnode_bytes {
-            return Err(Box::new((
-                s,
-                format!("node {node} reached the MeshNode size bound"),
-            )));
+            return Err(format!("node {node} reached the MeshNode size bound"));
         }
         merged.insert(node.clone(), spec);
     }
@@ -954,6 +988,7 @@ fn partial(
     for key in &sub.apps {
         last.forget(key);
     }
+    let s = &last.input;
     let p = Arc::make_mut(&mut last.plan);
     // Nodes: registered ones get a spec (a new node's comes from the
     // sub-plan, which sees every node), gone ones lose theirs.
@@ -991,11 +1026,10 @@ fn partial(
     p.sites = fresh.sites.clone();
     p.node_errors = fresh.node_errors.clone();
     merge_selectors(&mut p.selectors, &fresh.selectors, &names);
-    last.input = s;
     for key in &sub.apps {
         last.note(key);
     }
-    Ok((last, sub.apps, changed))
+    Ok((sub.apps, changed))
 }
 
 /// Whether the sub-plan is what a full plan would give: the conditions the

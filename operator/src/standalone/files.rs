@@ -58,6 +58,18 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> anyhow::Result
     write_atomic(path, &json_bytes(value)?)
 }
 
+/// Writes `body` to `path` atomically but not durably: for views rebuilt
+/// at every start (a crash may leave the previous version), where a sync
+/// would cost more than the write (a 1 MB file on a busy disk).
+pub fn write_volatile(path: &Path, body: &[u8]) -> anyhow::Result<()> {
+    let (tmp, _f) = write_temp(path, body, "")?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming to {}", path.display()))
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+}
+
 /// Writes bytes to `path` atomically: readers see the old or the new file, never a part.
 pub fn write_atomic(path: &Path, body: &[u8]) -> anyhow::Result<()> {
     let (tmp, f) = write_temp(path, body, "")?;
@@ -111,20 +123,29 @@ fn write_temp(path: &Path, body: &[u8], suffix: &str) -> anyhow::Result<(PathBuf
     }
 }
 
-/// Atomic writes made durable together: one `syncfs` per filesystem for
-/// the whole batch instead of an fsync of every file and directory (a first
-/// pass writes thousands of files). [`Batch::stage`] writes each file to a
-/// temp file beside its target; [`Batch::commit`] syncs them all, renames
-/// them over their targets in the order staged, and syncs again so the
-/// renames are durable too. Once `commit` returns, every file it reports
-/// written is durable and was replaced atomically, as with [`write_atomic`].
-/// Temp files of a batch dropped uncommitted are removed.
+/// Atomic writes made durable together. A large batch (a first pass writes
+/// thousands of files) is synced with one `syncfs` per filesystem instead
+/// of an fsync of every file and directory; a small one (a pass with one
+/// change writes a few) with an fsync of each file and directory, since
+/// `syncfs` also flushes whatever else is pending on the filesystem (20-50
+/// ms on a busy disk, whatever the batch holds). [`Batch::stage`] writes
+/// each file to a temp file beside its target; [`Batch::commit`] syncs them
+/// all, renames them over their targets in the order staged, and syncs
+/// again (the directories) so the renames are durable too. Once `commit`
+/// returns, every file it reports written is durable and was replaced
+/// atomically, as with [`write_atomic`]. Temp files of a batch dropped
+/// uncommitted are removed.
 #[derive(Default)]
 pub struct Batch {
     staged: Vec<(PathBuf, PathBuf)>,
     /// One open file per filesystem written to (by device), to sync it.
     filesystems: Vec<(u64, fs::File)>,
+    /// The staged temp files, open, while the batch is small.
+    open: Vec<fs::File>,
 }
+
+/// Up to this many files a batch syncs file by file.
+const SMALL_BATCH: usize = 16;
 
 impl Batch {
     /// Writes `body` for `path` to a temp file; nothing is visible at `path`
@@ -139,6 +160,17 @@ impl Batch {
                 return Err(e).with_context(|| format!("inspecting {}", tmp.display()));
             }
         };
+        if self.staged.len() < SMALL_BATCH {
+            match f.try_clone() {
+                Ok(g) => self.open.push(g),
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e).with_context(|| format!("opening {}", tmp.display()));
+                }
+            }
+        } else {
+            self.open.clear();
+        }
         if !self.filesystems.iter().any(|(d, _)| *d == dev) {
             self.filesystems.push((dev, f));
         }
@@ -146,11 +178,24 @@ impl Batch {
         Ok(())
     }
 
+    fn small(&self) -> bool {
+        self.staged.len() <= SMALL_BATCH && self.open.len() == self.staged.len()
+    }
+
     /// Makes every staged file durable and puts it in place, in the order
     /// staged. Returns, in that order, whether each one was put in place.
     pub fn commit(mut self) -> Vec<anyhow::Result<()>> {
+        let small = self.small();
         let staged = std::mem::take(&mut self.staged);
-        if let Err(e) = self.sync() {
+        let synced = if small {
+            self.open
+                .iter()
+                .try_for_each(fs::File::sync_all)
+                .context("fsync")
+        } else {
+            self.sync()
+        };
+        if let Err(e) = synced {
             for (tmp, _) in &staged {
                 let _ = fs::remove_file(tmp);
             }
@@ -173,7 +218,17 @@ impl Batch {
         // The renames are directory changes: durable with the next sync, as
         // an fsync of each directory would make them (errors ignored, as
         // `write_atomic` ignores the directory's).
-        let _ = self.sync();
+        if small {
+            let dirs: std::collections::BTreeSet<&Path> =
+                staged.iter().filter_map(|(_, p)| p.parent()).collect();
+            for d in dirs {
+                if let Ok(d) = fs::File::open(d) {
+                    let _ = d.sync_all();
+                }
+            }
+        } else {
+            let _ = self.sync();
+        }
         results
     }
 
@@ -246,6 +301,19 @@ mod tests {
         assert_eq!(fs::read(&c).unwrap(), b"new");
         assert!(temp_files(dir.path()).is_empty());
         assert!(temp_files(&dir.path().join("sub")).is_empty());
+
+        // Past the small-batch size, synced per filesystem: all land too.
+        let mut batch = Batch::default();
+        let many: Vec<PathBuf> = (0..SMALL_BATCH + 3)
+            .map(|i| dir.path().join(format!("many/{i}.json")))
+            .collect();
+        for p in &many {
+            batch.stage(p, b"many").unwrap();
+        }
+        assert!(!batch.small());
+        assert!(batch.commit().iter().all(Result::is_ok));
+        assert!(many.iter().all(|p| fs::read(p).unwrap() == b"many"));
+        assert!(temp_files(&dir.path().join("many")).is_empty());
 
         // Dropped uncommitted: nothing changes, no temp file stays.
         let mut batch = Batch::default();

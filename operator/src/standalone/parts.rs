@@ -1,45 +1,51 @@
 //! The nodes' and the previous state's parts of the planner's snapshot,
-//! patched into the last pass's snapshot where their input changed (a node
-//! read anew, a status written): a copy of built maps costs far less than
-//! building 1,000 nodes' workloads and 10,000 apps' previous state anew, and
-//! no second copy is kept between passes.
+//! edited into the planner's last input where their input changed (a node
+//! read anew, a status written): the planner learns from the edits what
+//! changed, so nothing is copied, diffed or rebuilt for the rest.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::{NodeFiles, StoredAll, APPS, LOST_AFTER_SECONDS, POLICIES, SITES};
+use crate::planner::incremental::{Edit, Journal};
 use crate::planner::{ErrorKind, NodeInfo, ObjectKey, PlanError, PlannerConfig, Snapshot};
 
-/// The snapshot a pass hands the planner: the last pass's, copied only
-/// once something in it must change, so a pass with nothing new copies
-/// (and plans) nothing.
+/// The snapshot a pass hands the planner: the planner's last input edited
+/// in place, or (before a first plan) one of its own, built from nothing.
 pub(super) struct Patch<'a> {
     state: State<'a>,
-    config: &'a PlannerConfig,
-    /// There was no snapshot to patch: everything is put in.
+    /// There was no snapshot to edit: everything is put in.
     fresh: bool,
 }
 
 enum State<'a> {
-    Base(&'a Snapshot),
-    Own(Box<Snapshot>),
+    Edit(Edit<'a>),
+    Own(Box<(Snapshot, Journal)>),
 }
 
 impl<'a> Patch<'a> {
-    /// Patches `base` (the planner's last input), or builds from nothing.
-    pub fn new(base: Option<&'a Snapshot>, config: &'a PlannerConfig) -> Self {
-        let state = match base {
-            Some(b) => State::Base(b),
-            None => State::Own(Box::new(Snapshot {
-                config: config.clone(),
-                ..Default::default()
-            })),
+    /// Edits the planner's last input (`edit`), or builds from nothing.
+    pub fn new(edit: Option<Edit<'a>>, config: &PlannerConfig) -> Self {
+        let fresh = edit.is_none();
+        let state = match edit {
+            Some(e) => State::Edit(e),
+            None => State::Own(Box::new((
+                Snapshot {
+                    config: config.clone(),
+                    ..Default::default()
+                },
+                Journal::default(),
+            ))),
         };
-        let fresh = base.is_none();
+        Patch { state, fresh }
+    }
+
+    /// Edits `edit` (`fresh`: it is empty, everything is put in).
+    #[cfg(test)]
+    pub fn over(edit: Edit<'a>, fresh: bool) -> Self {
         Patch {
-            state,
-            config,
+            state: State::Edit(edit),
             fresh,
         }
     }
@@ -52,44 +58,37 @@ impl<'a> Patch<'a> {
     /// The snapshot as it stands.
     pub fn view(&self) -> &Snapshot {
         match &self.state {
-            State::Base(b) => b,
-            State::Own(s) => s,
+            State::Edit(e) => e.view(),
+            State::Own(own) => &own.0,
         }
     }
 
-    /// The snapshot to change (copied from the base the first time).
-    pub fn get(&mut self) -> &mut Snapshot {
-        if let State::Base(b) = self.state {
-            self.state = State::Own(Box::new(own_copy(b, self.config)));
-        }
+    /// The snapshot to change.
+    pub fn edit(&mut self) -> Edit<'_> {
         match &mut self.state {
-            State::Own(s) => s,
-            State::Base(_) => unreachable!("copied above"),
+            State::Edit(e) => e.reborrow(),
+            State::Own(own) => {
+                let (s, j) = &mut **own;
+                Edit::new(s, j)
+            }
         }
     }
 
-    /// Whether anything changed.
+    /// Whether anything may have changed since the last plan.
     pub fn changed(&self) -> bool {
-        matches!(self.state, State::Own(_))
-    }
-
-    /// The snapshot, owned.
-    pub fn take(self) -> Snapshot {
-        match self.state {
-            State::Base(b) => own_copy(b, self.config),
-            State::Own(s) => *s,
+        match &self.state {
+            State::Edit(e) => e.touched(),
+            State::Own(..) => true,
         }
     }
-}
 
-/// A copy of the planner's last input to hand it again: the planner's own
-/// fields (reserved allocations, stored specs) are left empty.
-fn own_copy(b: &Snapshot, config: &PlannerConfig) -> Snapshot {
-    let mut s = b.clone();
-    s.config = config.clone();
-    s.reserved = Default::default();
-    s.previous_specs = BTreeMap::new();
-    s
+    /// The snapshot built from nothing; `None` when the planner's was edited.
+    pub fn into_owned(self) -> Option<Snapshot> {
+        match self.state {
+            State::Edit(_) => None,
+            State::Own(own) => Some(own.0),
+        }
+    }
 }
 
 /// Nodes, workloads, their addresses, public keys and registration errors.
@@ -126,110 +125,94 @@ impl NodePart {
             .cloned()
             .collect();
         for name in &gone {
-            self.remove(name, out.get());
+            self.members.remove(name);
+            put_node(name, None, now, &mut out.edit());
         }
         for name in names {
             let Some(files) = nodes.get_mut(name) else {
                 continue;
             };
             if files.reread || !self.members.contains(name) {
-                let s = out.get();
-                self.remove(name, s);
-                self.add(name, files, now, s);
+                self.members.insert(name.clone());
+                put_node(name, Some(files), now, &mut out.edit());
                 files.reread = false;
             }
         }
         // Time alone can make a node lost (or found again).
-        let flips: Vec<String> = out
+        let flips: Vec<(String, NodeInfo)> = out
             .view()
             .nodes
             .iter()
             .filter(|(name, info)| info.lost != nodes.get(*name).is_some_and(|f| lost(f, now)))
-            .map(|(name, _)| name.clone())
+            .map(|(name, info)| {
+                let flipped = NodeInfo {
+                    lost: !info.lost,
+                    ..info.clone()
+                };
+                (name.clone(), flipped)
+            })
             .collect();
-        for name in flips {
-            if let Some(info) = out.get().nodes.get_mut(&name) {
-                info.lost = !info.lost;
-            }
+        let mut e = out.edit();
+        for (name, info) in flips {
+            e.put_node(name, Some(info));
         }
     }
+}
 
-    fn remove(&mut self, name: &str, s: &mut Snapshot) {
-        self.members.remove(name);
-        s.nodes.remove(name);
-        s.node_errors.remove(name);
-        s.workloads.remove(name);
-        s.workload_addresses.remove(name);
-        let keys: Vec<(String, ObjectKey)> = s
-            .public_keys
-            .range((name.to_string(), ObjectKey::new("", ""))..)
-            .take_while(|((n, _), _)| n == name)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
-            s.public_keys.remove(&k);
-        }
-    }
-
-    fn add(&mut self, name: &str, files: &NodeFiles, now: Timestamp, s: &mut Snapshot) {
-        self.members.insert(name.to_string());
-        if !files.registration_errors.is_empty() {
+/// Makes node `name`'s part of the snapshot what `files` say (`None`: the
+/// node is gone). Only entries that differ are edited.
+fn put_node(name: &str, files: Option<&NodeFiles>, now: Timestamp, e: &mut Edit<'_>) {
+    let errors = files
+        .filter(|f| !f.registration_errors.is_empty())
+        .map(|f| {
             let object = format!("MeshNode {}", weft_api::validation::printable(name, 80));
-            s.node_errors.insert(
-                name.to_string(),
-                files
-                    .registration_errors
-                    .iter()
-                    .map(|(f, m)| {
-                        let field = if f.is_empty() {
-                            "registration".to_string()
-                        } else {
-                            format!("registration.{f}")
-                        };
-                        PlanError::new(
-                            ErrorKind::Invalid,
-                            &object,
-                            field,
-                            "InvalidRegistration",
-                            m.clone(),
-                        )
-                    })
-                    .collect(),
-            );
-        }
-        let Some(reg) = &files.registration else {
-            return;
-        };
-        s.nodes.insert(
-            name.to_string(),
-            NodeInfo {
-                site: reg.site.clone(),
-                address: reg.address.clone(),
-                lost: lost(files, now),
-            },
-        );
-        if let Some(st) = &files.status {
-            for w in &st.workloads {
-                s.add_workload(
-                    name,
-                    ObjectKey::new(&w.namespace, &w.name),
-                    w.labels.clone(),
-                );
-                if let Some(addr) = &w.address {
-                    s.add_workload_address(
-                        name,
-                        ObjectKey::new(&w.namespace, &w.name),
-                        addr.clone(),
-                    );
-                }
+            f.registration_errors
+                .iter()
+                .map(|(f, m)| {
+                    let field = if f.is_empty() {
+                        "registration".to_string()
+                    } else {
+                        format!("registration.{f}")
+                    };
+                    PlanError::new(
+                        ErrorKind::Invalid,
+                        &object,
+                        field,
+                        "InvalidRegistration",
+                        m.clone(),
+                    )
+                })
+                .collect()
+        });
+    e.put_node_errors(name.to_string(), errors);
+    let registered = files.and_then(|f| Some((f, f.registration.as_ref()?)));
+    let info = registered.map(|(f, reg)| NodeInfo {
+        site: reg.site.clone(),
+        address: reg.address.clone(),
+        lost: lost(f, now),
+    });
+    e.put_node(name.to_string(), info);
+    let status = registered.and_then(|(f, _)| f.status.as_ref());
+    let mut workloads = BTreeMap::new();
+    let mut addresses = BTreeMap::new();
+    let mut keys = BTreeMap::new();
+    if let Some(st) = status {
+        for w in &st.workloads {
+            let key = ObjectKey::new(&w.namespace, &w.name);
+            if let Some(addr) = &w.address {
+                addresses.insert(key.clone(), addr.clone());
             }
-            for a in &st.apps {
-                if !a.public_key.is_empty() {
-                    s.add_public_key(name, ObjectKey::parse(&a.app), a.public_key.clone());
-                }
+            workloads.insert(key, w.labels.clone());
+        }
+        for a in &st.apps {
+            if !a.public_key.is_empty() {
+                keys.insert(ObjectKey::parse(&a.app), a.public_key.clone());
             }
         }
     }
+    e.put_workloads(name.to_string(), Some(workloads));
+    e.put_workload_addresses(name.to_string(), Some(addresses));
+    e.set_public_keys_of(name, keys);
 }
 
 /// App ranges and the last accepted specs, from the stored statuses.
@@ -244,24 +227,24 @@ impl Previous {
     pub fn fill(&mut self, stored: &StoredAll, out: &mut Patch<'_>) {
         if out.fresh() {
             self.pending.clear();
-            let s = out.get();
+            let mut e = out.edit();
             for key in stored.apps.keys() {
-                app(stored, key, s);
+                app(stored, key, &mut e);
             }
             for key in stored.policies.keys() {
-                policy(stored, key, s);
+                policy(stored, key, &mut e);
             }
             for key in stored.sites.keys() {
-                site(stored, key, s);
+                site(stored, key, &mut e);
             }
             return;
         }
         for what in std::mem::take(&mut self.pending) {
-            let s = out.get();
+            let mut e = out.edit();
             match what.split_once('/') {
-                Some((APPS, key)) => app(stored, key, s),
-                Some((POLICIES, key)) => policy(stored, key, s),
-                Some((SITES, key)) => site(stored, key, s),
+                Some((APPS, key)) => app(stored, key, &mut e),
+                Some((POLICIES, key)) => policy(stored, key, &mut e),
+                Some((SITES, key)) => site(stored, key, &mut e),
                 _ => {}
             }
         }
@@ -273,40 +256,27 @@ impl Previous {
     }
 }
 
-fn app(stored: &StoredAll, key: &str, s: &mut Snapshot) {
+fn app(stored: &StoredAll, key: &str, e: &mut Edit<'_>) {
     let k = ObjectKey::parse(key);
     let st = stored.apps.get(key).map(|st| &st.status);
-    match st.and_then(|st| st.address_space.clone()) {
-        Some(range) => s.previous_ranges.insert(k.clone(), range),
-        None => s.previous_ranges.remove(&k),
-    };
-    match st.and_then(|st| st.enforced.clone()) {
-        Some(e) => s.previous_apps.insert(k, e),
-        None => s.previous_apps.remove(&k),
-    };
+    e.put_previous_range(k.clone(), st.and_then(|st| st.address_space.clone()));
+    e.put_previous_app(k, st.and_then(|st| st.enforced.clone()));
 }
 
-fn policy(stored: &StoredAll, key: &str, s: &mut Snapshot) {
-    let k = ObjectKey::parse(key);
-    match stored
+fn policy(stored: &StoredAll, key: &str, e: &mut Edit<'_>) {
+    let enforced = stored
         .policies
         .get(key)
-        .and_then(|st| st.status.enforced.clone())
-    {
-        Some(e) => s.previous_policies.insert(k, e),
-        None => s.previous_policies.remove(&k),
-    };
+        .and_then(|st| st.status.enforced.clone());
+    e.put_previous_policy(ObjectKey::parse(key), enforced);
 }
 
-fn site(stored: &StoredAll, key: &str, s: &mut Snapshot) {
-    match stored
+fn site(stored: &StoredAll, key: &str, e: &mut Edit<'_>) {
+    let enforced = stored
         .sites
         .get(key)
-        .and_then(|st| st.status.enforced.clone())
-    {
-        Some(e) => s.previous_sites.insert(key.to_string(), e),
-        None => s.previous_sites.remove(key),
-    };
+        .and_then(|st| st.status.enforced.clone());
+    e.put_previous_site(key.to_string(), enforced);
 }
 
 #[cfg(test)]

@@ -103,12 +103,14 @@ fn node_info(n: usize, good: bool) -> NodeInfo {
     }
 }
 
-fn apply(s: &mut Snapshot, c: &Change) {
+/// Applies a change through an [`Edit`], as a caller that tracks changes
+/// at their source does (the plain snapshot is edited with a scratch journal).
+fn apply(s: &mut Edit<'_>, c: &Change) {
     match c {
         Change::PutApp(ns, a, r, tier, npl) => {
-            s.apps.insert(
+            s.put_app(
                 app_key(*ns, *a),
-                MeshAppSpec {
+                Some(MeshAppSpec {
                     address_space: RANGES[*r].map(String::from),
                     node_prefix_length: *npl,
                     selector: match tier {
@@ -118,28 +120,28 @@ fn apply(s: &mut Snapshot, c: &Change) {
                     // Every app may be shared: it spans the Remote site.
                     sites: vec!["local".into(), "far".into()],
                     ..Default::default()
-                },
+                }),
             );
         }
         Change::RemoveApp(ns, a) => {
-            s.apps.remove(&app_key(*ns, *a));
+            s.put_app(app_key(*ns, *a), None);
         }
         Change::AppUnreadable(ns, a, bad) => {
             let key = app_key(*ns, *a);
             let object = validate::object_name("MeshApp", &key);
-            if *bad && s.apps.contains_key(&key) {
-                s.input_errors.insert(
+            if *bad && s.view().apps.contains_key(&key) {
+                s.put_input_errors(
                     object.clone(),
-                    vec![PlanError::new(
+                    Some(vec![PlanError::new(
                         ErrorKind::Invalid,
                         &object,
                         "spec",
                         "Unreadable",
                         "the manifest does not parse",
-                    )],
+                    )]),
                 );
             } else {
-                s.input_errors.remove(&object);
+                s.put_input_errors(object, None);
             }
         }
         Change::PutWorkload(n, ns, name, app, tier) => {
@@ -153,16 +155,11 @@ fn apply(s: &mut Snapshot, c: &Change) {
             s.add_workload(&node_name(*n), workload_key(*ns, *name), labels);
         }
         Change::RemoveWorkload(n, ns, name) => {
-            if let Some(w) = s.workloads.get_mut(&node_name(*n)) {
-                w.remove(&workload_key(*ns, *name));
-            }
+            s.remove_workload(&node_name(*n), &workload_key(*ns, *name));
         }
         Change::MoveWorkload(from, to, ns, name) => {
             let key = workload_key(*ns, *name);
-            let labels = s
-                .workloads
-                .get_mut(&node_name(*from))
-                .and_then(|w| w.remove(&key));
+            let labels = s.remove_workload(&node_name(*from), &key);
             if let Some(l) = labels {
                 s.add_workload(&node_name(*to), key, l);
             }
@@ -175,19 +172,27 @@ fn apply(s: &mut Snapshot, c: &Change) {
             );
         }
         Change::Key(n, ns, a) => {
-            s.add_public_key(&node_name(*n), app_key(*ns, *a), format!("k{n}{ns}{a}"));
+            s.put_public_key(
+                node_name(*n),
+                app_key(*ns, *a),
+                Some(format!("k{n}{ns}{a}")),
+            );
         }
         Change::Lost(n, lost) => {
-            if let Some(info) = s.nodes.get_mut(&node_name(*n)) {
-                info.lost = *lost;
+            if let Some(info) = s.view().nodes.get(&node_name(*n)) {
+                let info = NodeInfo {
+                    lost: *lost,
+                    ..info.clone()
+                };
+                s.put_node(node_name(*n), Some(info));
             }
         }
         Change::PutNode(n, good) => {
-            s.nodes.insert(node_name(*n), node_info(*n, *good));
+            s.put_node(node_name(*n), Some(node_info(*n, *good)));
         }
         Change::RemoveNode(n) => {
-            if s.nodes.len() > 1 {
-                s.nodes.remove(&node_name(*n));
+            if s.view().nodes.len() > 1 {
+                s.put_node(node_name(*n), None);
             }
         }
         Change::PutPolicy(ns, a, which, kind) => {
@@ -206,9 +211,9 @@ fn apply(s: &mut Snapshot, c: &Change) {
                 },
                 _ => PolicyPeer::default(),
             };
-            s.policies.insert(
+            s.put_policy(
                 ObjectKey::new(NAMESPACES[*ns], format!("p{which}")),
-                MeshPolicySpec {
+                Some(MeshPolicySpec {
                     app: APPS[*a].into(),
                     ingress: Some(vec![PolicyRule {
                         peers: vec![peer],
@@ -219,12 +224,11 @@ fn apply(s: &mut Snapshot, c: &Change) {
                         }],
                     }]),
                     ..Default::default()
-                },
+                }),
             );
         }
         Change::RemovePolicy(ns, which) => {
-            s.policies
-                .remove(&ObjectKey::new(NAMESPACES[*ns], format!("p{which}")));
+            s.put_policy(ObjectKey::new(NAMESPACES[*ns], format!("p{which}")), None);
         }
         Change::WriteFails => {}
         Change::Federate(ns, a, grant, remote, problem) => {
@@ -262,7 +266,8 @@ fn apply(s: &mut Snapshot, c: &Change) {
                     }],
                 })
                 .collect();
-            s.federation.insert(
+            let mut federation = s.view().federation.clone();
+            federation.insert(
                 app_key(*ns, *a),
                 crate::planner::Federated {
                     member: "local".into(),
@@ -277,18 +282,23 @@ fn apply(s: &mut Snapshot, c: &Change) {
                     hub_error: None,
                 },
             );
+            s.set_federation(&federation);
         }
         Change::Unfederate(ns, a) => {
-            s.federation.remove(&app_key(*ns, *a));
+            let mut federation = s.view().federation.clone();
+            federation.remove(&app_key(*ns, *a));
+            s.set_federation(&federation);
         }
         Change::HubLink(down) => {
-            s.hub_links.insert(
+            let mut links = s.view().hub_links.clone();
+            links.insert(
                 "far".into(),
                 crate::planner::snapshot::HubLink {
                     error: down.then(|| "gone".to_string()),
                     ..Default::default()
                 },
             );
+            s.set_hub_links(&links);
         }
     }
 }
@@ -297,36 +307,71 @@ fn apply(s: &mut Snapshot, c: &Change) {
 /// "previous" state of the next pass.
 fn feed_back(s: &mut Snapshot, p: &Plan) {
     s.previous_specs = p.nodes.clone();
-    s.previous_ranges = p
-        .apps
-        .iter()
-        .filter_map(|(k, a)| Some((k.clone(), a.address_space.clone()?)))
+    on(s, |e| feed_back_edit(e, p));
+}
+
+/// [`feed_back`] through an [`Edit`]: the stored specs are the caller's
+/// (`previous_specs` is not edited).
+fn feed_back_edit(s: &mut Edit<'_>, p: &Plan) {
+    let keys: Vec<ObjectKey> = s
+        .view()
+        .previous_ranges
+        .keys()
+        .chain(p.apps.keys())
+        .cloned()
         .collect();
+    for k in keys {
+        let range = p.apps.get(&k).and_then(|a| a.address_space.clone());
+        s.put_previous_range(k, range);
+    }
     for (k, out) in &p.apps {
         if let Some(spec) = &out.accepted_spec {
-            s.previous_apps.insert(
+            s.put_previous_app(
                 k.clone(),
-                EnforcedApp {
+                Some(EnforcedApp {
                     generation: 1,
                     spec: spec.clone(),
-                },
+                }),
             );
         }
     }
-    s.previous_apps.retain(|k, _| p.apps.contains_key(k));
+    let gone: Vec<ObjectKey> = s
+        .view()
+        .previous_apps
+        .keys()
+        .filter(|k| !p.apps.contains_key(*k))
+        .cloned()
+        .collect();
+    for k in gone {
+        s.put_previous_app(k, None);
+    }
     for (k, out) in &p.policies {
         if let Some(spec) = &out.accepted_spec {
-            s.previous_policies.insert(
+            s.put_previous_policy(
                 k.clone(),
-                EnforcedPolicy {
+                Some(EnforcedPolicy {
                     generation: 1,
                     spec: spec.clone(),
-                },
+                }),
             );
         }
     }
-    s.previous_policies
-        .retain(|k, _| p.policies.contains_key(k));
+    let gone: Vec<ObjectKey> = s
+        .view()
+        .previous_policies
+        .keys()
+        .filter(|k| !p.policies.contains_key(*k))
+        .cloned()
+        .collect();
+    for k in gone {
+        s.put_previous_policy(k, None);
+    }
+}
+
+/// `apply` or `feed_back` on a plain snapshot.
+fn on(s: &mut Snapshot, f: impl FnOnce(&mut Edit<'_>)) {
+    let mut scratch = Journal::default();
+    f(&mut Edit::new(s, &mut scratch));
 }
 
 fn initial() -> Snapshot {
@@ -346,6 +391,10 @@ fn initial() -> Snapshot {
     s
 }
 
+fn refs(specs: &BTreeMap<String, MeshNodeSpec>) -> BTreeMap<String, &MeshNodeSpec> {
+    specs.iter().map(|(n, v)| (n.clone(), v)).collect()
+}
+
 /// Runs one sequence; returns how many passes were partial.
 fn run(changes: &[Change]) -> Result<u64, TestCaseError> {
     let mut inc = Incremental::default();
@@ -358,14 +407,44 @@ fn run(changes: &[Change]) -> Result<u64, TestCaseError> {
             specs.iter().map(|(n, v)| (n.clone(), v)).collect();
         held.plan_stored(s, &refs, None).plan
     };
+    // The same sequence edited in place: the planner learns what changed
+    // from the edits alone (no snapshot handed over, nothing diffed).
+    let mut edited = Incremental::default();
+    let mut specs: BTreeMap<String, MeshNodeSpec> = BTreeMap::new();
     let mut s = initial();
     let mut last_plan = plan(&s);
     prop_assert_eq!(&*inc.plan(s.clone()).plan, &last_plan);
     prop_assert_eq!(&*plan_held(&s), &last_plan);
+    prop_assert_eq!(
+        &*edited.plan_stored(s.clone(), &refs(&specs), None).plan,
+        &last_plan
+    );
     feed_back(&mut s, &last_plan);
+    if let Some(mut e) = edited.edit() {
+        feed_back_edit(&mut e, &last_plan);
+    }
+    specs = last_plan.nodes.clone();
     for (i, c) in changes.iter().enumerate() {
-        apply(&mut s, c);
+        on(&mut s, |e| apply(e, c));
         let want = plan(&s);
+        if let Some(mut e) = edited.edit() {
+            apply(&mut e, c);
+        }
+        let by_edits = edited.plan_edited(&refs(&specs), None);
+        let Some(by_edits) = by_edits else {
+            return Err(TestCaseError::fail("no last input to edit"));
+        };
+        prop_assert_eq!(
+            &*by_edits.plan,
+            &want,
+            "step {} ({:?}), edited in place, planned {:?}",
+            i,
+            c,
+            by_edits.kind
+        );
+        let mut without_specs = s.clone();
+        without_specs.previous_specs.clear();
+        prop_assert_eq!(edited.input(), Some(&without_specs), "step {}: edits", i);
         let pass = inc.plan(s.clone());
         prop_assert_eq!(
             &*pass.plan,
@@ -382,7 +461,10 @@ fn run(changes: &[Change]) -> Result<u64, TestCaseError> {
             i,
             c
         );
-        if let Some(nodes) = &pass.changed_nodes {
+        for nodes in [&pass.changed_nodes, &by_edits.changed_nodes]
+            .into_iter()
+            .flatten()
+        {
             for (n, spec) in &want.nodes {
                 if !nodes.contains(n) {
                     prop_assert_eq!(
@@ -408,6 +490,10 @@ fn run(changes: &[Change]) -> Result<u64, TestCaseError> {
         }
         if !matches!(c, Change::WriteFails) {
             feed_back(&mut s, &want);
+            if let Some(mut e) = edited.edit() {
+                feed_back_edit(&mut e, &want);
+            }
+            specs = want.nodes.clone();
         }
         last_plan = want;
     }
