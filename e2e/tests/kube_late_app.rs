@@ -89,7 +89,8 @@ fn pods_running_before_their_app_join_it_when_it_is_applied() {
     ping_until_ok(c.pod(p1).netns.name(), a2, WAIT).unwrap();
     ping_until_ok(c.pod(p2).netns.name(), a1, WAIT).unwrap();
 
-    // Deleting a pod that joined late detaches it like any other.
+    // A pod that joined late is deleted like any other: its CNI DEL, which
+    // answers only once the daemon has detached it, succeeds.
     c.delete_pod(p1).unwrap();
     let problems = c.teardown();
     assert!(problems.is_empty(), "teardown: {problems:?}");
