@@ -270,7 +270,7 @@ pub enum DataplaneKind {
     /// The kernel's WireGuard module.
     #[default]
     Kernel,
-    /// boringtun, in the daemon's process (no kernel module available).
+    /// Userspace WireGuard (GotaTun), in the daemon's process (no kernel module available).
     Userspace,
 }
 

@@ -11,8 +11,9 @@
 //! Checked in the kernel, not only in MeshNode specs: the carried /32 routes
 //! in beta's netns (`ip -n`), and the carried /32 in beta's per-peer ranges
 //! of its `weft_stats` table, which the daemon builds from the AllowedIPs it
-//! hands WireGuard (boringtun runs in the daemon, its UAPI is a private
-//! socketpair, so this is the closest kernel-visible copy; that packets
+//! hands WireGuard (the userspace device runs in the daemon and is
+//! configured through its Rust API, so this is the closest kernel-visible
+//! copy; that packets
 //! sourced from a carried address cross the tunnel at all is WireGuard's own
 //! proof, as it drops sources outside a peer's AllowedIPs).
 //!

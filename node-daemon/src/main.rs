@@ -407,7 +407,7 @@ fn socket_dir(dir: &str) -> Option<PathBuf> {
     (!dir.is_empty()).then(|| PathBuf::from(dir))
 }
 
-/// The node's data plane (kernel WireGuard if present, else boringtun).
+/// The node's data plane (kernel WireGuard if present, else userspace WireGuard (GotaTun)).
 fn dataplane(
     force_userspace: bool,
     wg_socket_dir: &str,

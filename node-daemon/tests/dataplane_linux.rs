@@ -60,8 +60,8 @@ trait NodeExt {
 }
 
 impl NodeExt for Node {
-    /// Threads of this process named like the worker (boringtun's threads
-    /// inherit the name of the thread that started them).
+    /// Threads of this process named like the worker (the userspace
+    /// WireGuard runtime names its threads after the thread that started it).
     fn threads(&self) -> usize {
         std::fs::read_dir("/proc/self/task")
             .unwrap()
@@ -395,9 +395,11 @@ fn workloads_on_two_nodes_ping_over_a_real_wireguard_handshake() {
     }
     let m = Mesh::new("a");
     println!("data plane kind: {:?}", m.nodes[0].kind);
+    // Capture from before the devices exist: with a persistent keepalive the
+    // device may start its handshake as soon as the peer is configured.
+    let cap = Capture::start(&m.node_netns[0]);
     m.converge();
 
-    let cap = Capture::start(&m.node_netns[0]);
     assert!(
         ping(&m.workload_netns[0], WL_ADDR[1], 10),
         "workload 1 cannot ping workload 2 through WireGuard"
@@ -475,7 +477,7 @@ fn workloads_on_two_nodes_ping_over_a_real_wireguard_handshake() {
             m.nodes[i].udp_bound(PORT),
             "UDP port not bound in node netns {i}"
         );
-        // boringtun's own sockets were enlarged past the 208 KiB default
+        // The device's socket was enlarged past the 208 KiB default
         // (the kernel reports twice the requested 4 MiB as `rb`).
         let mem = sh(&[
             "ip",
@@ -637,7 +639,7 @@ fn deleted_interface_is_recreated_on_resync() {
     assert_eq!(
         m.nodes[0].threads(),
         1 + 2,
-        "exactly one boringtun device (2 threads) should run"
+        "exactly the worker and the 2 userspace WireGuard runtime threads should run"
     );
 }
 
@@ -651,7 +653,11 @@ fn deleted_app_is_fully_cleaned_up() {
     assert!(ping(&m.workload_netns[0], WL_ADDR[1], 10));
     let node = &m.nodes[0];
     assert!(node.udp_bound(PORT));
-    assert_eq!(node.threads(), 1 + 2, "worker + 2 boringtun threads");
+    assert_eq!(
+        node.threads(),
+        1 + 2,
+        "worker + 2 userspace WireGuard runtime threads"
+    );
 
     let ops = node.sync(&NodeState::default(), &m.keys[0], &m.prefixes[0]);
     assert_eq!(
@@ -669,7 +675,7 @@ fn deleted_app_is_fully_cleaned_up() {
         !node.udp_bound(PORT),
         "WireGuard UDP port still bound in the node netns"
     );
-    assert_eq!(node.threads(), 1, "boringtun threads left behind");
+    assert_eq!(node.threads(), 1, "userspace WireGuard threads left behind");
     assert!(!sh_ok(&[
         "ip",
         "-n",

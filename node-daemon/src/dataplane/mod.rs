@@ -4,7 +4,6 @@
 
 pub mod fake;
 pub mod linux;
-pub mod sockbuf;
 
 use weft_api::DataplaneKind;
 

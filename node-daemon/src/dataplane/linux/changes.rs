@@ -14,7 +14,7 @@
 //! what. Sockets come from `netlink-sys` (already under rtnetlink).
 //!
 //! What the sockets cannot see (the WireGuard configuration, which the
-//! kernel and boringtun never announce) is handled by the caller: its own
+//! kernel and GotaTun never announce) is handled by the caller: its own
 //! writes invalidate, and a periodic re-read stays the safety net.
 
 use std::io::ErrorKind;

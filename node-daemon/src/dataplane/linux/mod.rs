@@ -4,9 +4,9 @@
 //! (`/run/netns` by default). Its WireGuard interface lives inside that netns,
 //! but the encrypted UDP sockets live in the *node* netns: the netns the
 //! dataplane was constructed in (the daemon's own). Kernel WireGuard gets this
-//! by creating the link in the node netns and moving it; boringtun by being
-//! started while the calling thread is in the node netns, its TUN link then
-//! being moved.
+//! by creating the link in the node netns and moving it; userspace devices
+//! (GotaTun, see [`userspace`]) by creating their TUN link in the app netns
+//! and binding their socket in the node netns.
 //!
 //! Namespace switching happens on the calling thread only (see
 //! [`netns::within`]), which always returns to its original netns, so every
@@ -14,7 +14,6 @@
 
 mod applink;
 mod changes;
-mod control;
 mod kernel;
 mod netns;
 pub mod nft;
@@ -32,6 +31,7 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::{Arc, Weak};
 
 use anyhow::{anyhow, Context, Result};
 use ipnet::Ipv4Net;
@@ -56,7 +56,7 @@ pub const WORKLOAD_HOST_IF_PREFIX: &str = workload::HOST_IF_PREFIX;
 pub struct LinuxOptions {
     /// Where named network namespaces are pinned (iproute2 uses `/run/netns`).
     pub netns_run_dir: PathBuf,
-    /// Use boringtun even when the kernel has WireGuard.
+    /// Use userspace WireGuard even when the kernel has WireGuard.
     pub force_userspace: bool,
     /// How long a full read of an app's policy table (every rule and
     /// counter) is reused; in between only its marker rule is checked.
@@ -99,11 +99,13 @@ pub struct LinuxDataplane {
     run_dir: PathBuf,
     kind: DataplaneKind,
     /// The node netns (where UDP sockets must live).
-    node_ns: File,
+    node_ns: Arc<File>,
     /// Drives rtnetlink on the calling thread.
     rt: Runtime,
-    /// boringtun devices we run, keyed by app netns.
+    /// Userspace devices we run, keyed by app netns.
     devices: BTreeMap<String, UserspaceDevice>,
+    /// The runtime they share, while any runs.
+    engine: Weak<userspace::Engine>,
     /// Last full read of each app netns' policy table (see `observe_policy`).
     policy_reads: BTreeMap<String, PolicyRead>,
     /// Per app netns: its change notifications and last netlink read (see
@@ -210,7 +212,7 @@ struct ConfigRead {
 /// being reported, which the kernel does not promise against).
 const LINKS_REREAD: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a WireGuard configuration read (peers, handshake ages, byte
-/// counters) is reused. Neither the kernel nor boringtun announces changes,
+/// counters) is reused. Neither the kernel nor GotaTun announces changes,
 /// but only our own writes change the configuration (they invalidate the
 /// read); what moves by itself is handshakes and counters, whose figures in
 /// status and metrics may be this old (handshake ages are advanced by the
@@ -278,7 +280,8 @@ impl LinuxDataplane {
                 dns,
                 run_dir: opts.netns_run_dir.clone(),
                 kind,
-                node_ns,
+                node_ns: Arc::new(node_ns),
+                engine: Weak::new(),
                 rt,
                 devices: BTreeMap::new(),
                 policy_reads: BTreeMap::new(),
@@ -409,17 +412,22 @@ impl LinuxDataplane {
                 self.nl_in(&app, |h| async move {
                     nl::del_link_by_name(&h, interface).await.map(drop)
                 })?;
-                let rt = &self.rt;
-                let app_fd = app.as_fd();
-                let mut dev = netns::within(&self.node_ns, || {
-                    let dev = UserspaceDevice::start(interface)?;
-                    nl::run(rt, |h| async move {
-                        let idx = nl::index_of(&h, interface).await?;
-                        nl::move_link(&h, idx, app_fd, None).await
-                    })?;
-                    Ok(dev)
-                })?;
-                dev.control().configure(key, Some(port))?;
+                let engine = match self.engine.upgrade() {
+                    Some(e) => e,
+                    None => {
+                        let e = userspace::Engine::start()?;
+                        self.engine = Arc::downgrade(&e);
+                        e
+                    }
+                };
+                let mut dev = UserspaceDevice::start(
+                    engine,
+                    self.node_ns.clone(),
+                    &app,
+                    interface,
+                    key,
+                    port,
+                )?;
                 if let Some(dir) = &self.wg_socket_dir {
                     if self.wg_server.is_none() {
                         match wgsock::WgServer::start() {
@@ -434,7 +442,6 @@ impl LinuxDataplane {
                     }
                 }
                 self.devices.insert(netns.to_string(), dev);
-                self.enlarge_socket_buffers(port);
                 Ok(())
             }
             DataplaneKind::Kernel => {
@@ -462,21 +469,6 @@ impl LinuxDataplane {
         }
     }
 
-    /// boringtun's UDP sockets keep the 208 KiB default, which drops packets
-    /// under load; enlarge them in place (see `sockbuf`). Best effort.
-    fn enlarge_socket_buffers(&self, port: u16) {
-        let done = netns::within(&self.node_ns, || {
-            Ok(super::sockbuf::enlarge_udp_buffers(
-                port,
-                super::sockbuf::DEFAULT_SOCKET_BUFFER,
-            )?)
-        });
-        match done {
-            Ok(n) => tracing::debug!(port, sockets = n, "enlarged WireGuard UDP buffers"),
-            Err(e) => tracing::warn!(port, error = %e, "cannot enlarge WireGuard UDP buffers"),
-        }
-    }
-
     fn delete_device(&mut self, netns: &str, interface: &str) -> Result<()> {
         if self
             .devices
@@ -501,18 +493,7 @@ impl LinuxDataplane {
         port: u16,
     ) -> Result<()> {
         match self.kind {
-            DataplaneKind::Userspace => {
-                let dev = self.record(netns, interface)?;
-                let mut control = dev.control();
-                // Re-binding the same port would reset the sockets for nothing.
-                let rebind = control.get()?.listen_port != port;
-                control.configure(key, rebind.then_some(port))?;
-                drop(control);
-                if rebind {
-                    self.enlarge_socket_buffers(port);
-                }
-                Ok(())
-            }
+            DataplaneKind::Userspace => self.record(netns, interface)?.configure(key, port),
             DataplaneKind::Kernel => netns::within(&self.app_ns(netns)?, || {
                 kernel::configure(interface, key, port)
             }),
@@ -541,14 +522,17 @@ impl LinuxDataplane {
                 interface,
                 mtu,
             } => {
-                if self.kind == DataplaneKind::Userspace && *mtu > 1500 {
-                    // boringtun sized its TUN read buffer from 1500 at start.
-                    tracing::warn!(
-                        netns,
-                        interface,
-                        mtu,
-                        "userspace WireGuard truncates packets above 1500 bytes"
-                    );
+                if self.kind == DataplaneKind::Userspace {
+                    if *mtu > userspace::MAX_MTU {
+                        tracing::warn!(
+                            netns,
+                            interface,
+                            mtu,
+                            max = userspace::MAX_MTU,
+                            "userspace WireGuard drops packets larger than its buffers"
+                        );
+                    }
+                    self.record(netns, interface)?.set_mtu(*mtu);
                 }
                 let mtu = u32::from(*mtu);
                 self.on_link(netns, interface, false, |h, idx| async move {
@@ -606,19 +590,12 @@ impl LinuxDataplane {
                 let mut ips = allowed_ips.clone();
                 ips.sort();
                 match self.kind {
-                    DataplaneKind::Userspace => {
-                        let dev = self.record(netns, interface)?;
-                        // boringtun cannot change a peer in place: replace it
-                        // (under one lock, so `wg show` never sees it gone).
-                        let mut control = dev.control();
-                        control.set(&uapi::remove_peer_lines(public_key)?)?;
-                        control.set(&uapi::peer_lines(
-                            public_key,
-                            *endpoint,
-                            &ips,
-                            *persistent_keepalive,
-                        )?)
-                    }
+                    DataplaneKind::Userspace => self.record(netns, interface)?.set_peer(
+                        public_key,
+                        *endpoint,
+                        &ips,
+                        *persistent_keepalive,
+                    ),
                     DataplaneKind::Kernel => netns::within(&self.app_ns(netns)?, || {
                         kernel::set_peer(
                             interface,
@@ -635,10 +612,7 @@ impl LinuxDataplane {
                 interface,
                 public_key,
             } => match self.kind {
-                DataplaneKind::Userspace => self
-                    .record(netns, interface)?
-                    .control()
-                    .set(&uapi::remove_peer_lines(public_key)?),
+                DataplaneKind::Userspace => self.record(netns, interface)?.remove_peer(public_key),
                 DataplaneKind::Kernel => netns::within(&self.app_ns(netns)?, || {
                     kernel::remove_peer(interface, public_key)
                 }),
@@ -936,7 +910,7 @@ impl LinuxDataplane {
                     None
                 }
             },
-            DataplaneKind::Userspace => match self.devices.get(name).map(|d| d.control().get()) {
+            DataplaneKind::Userspace => match self.devices.get(name).map(|d| d.get()) {
                 Some(Ok(c)) => Some(c),
                 Some(Err(e)) => {
                     tracing::warn!(netns = name, error = %format!("{e:#}"), "userspace WireGuard device is not answering; dropping it");
@@ -1085,7 +1059,7 @@ fn kernel_wireguard_available(rt: &Runtime) -> bool {
     match r {
         Ok(()) => true,
         Err(e) => {
-            tracing::info!(error = %format!("{e:#}"), "kernel WireGuard unavailable; using boringtun");
+            tracing::info!(error = %format!("{e:#}"), "kernel WireGuard unavailable; using userspace WireGuard (GotaTun)");
             false
         }
     }
@@ -1184,11 +1158,8 @@ fn nft_on_path() -> bool {
 
 impl Drop for LinuxDataplane {
     fn drop(&mut self) {
-        // Stop every boringtun device (their TUN links go with them); the
+        // Stop every userspace device (their TUN links go with them); the
         // namespaces stay, a restarted daemon picks them up.
-        let names: Vec<String> = self.devices.keys().cloned().collect();
-        for n in names {
-            self.drop_record(&n);
-        }
+        userspace::stop_all(std::mem::take(&mut self.devices).into_values().collect());
     }
 }

@@ -1,10 +1,10 @@
 //! `wg show` for userspace devices.
 //!
-//! boringtun runs on a private socketpair (see [`super::userspace`]), but the
-//! stock `wg` tool finds userspace devices only as `<name>.sock` in
-//! `/var/run/wireguard` (compiled into wireguard-tools; no environment
-//! variable moves it). So for every userspace device the daemon serves a
-//! socket there of its own, in front of that socketpair:
+//! GotaTun devices are configured through their Rust API (see
+//! [`super::userspace`]), but the stock `wg` tool finds userspace devices
+//! only as `<name>.sock` in `/var/run/wireguard` (compiled into
+//! wireguard-tools; no environment variable moves it). So for every
+//! userspace device the daemon serves a socket there of its own:
 //!
 //! - Name: `wf<appId>.sock` for the app netns `weft-<node>-<appId>`
 //!   ([`socket_name`]). The app id is unique on a node, and so is the name,
@@ -19,14 +19,13 @@
 //!   not permitted"). The reconciler owns the device: a `wg set` would be
 //!   undone on its next pass, or be mistaken for drift it repairs. Change
 //!   the MeshApp (or the MeshNode spec) instead.
-//! - Content: boringtun's `get` is rewritten into what `wg` expects. Its
-//!   `own_public_key=` becomes `private_key=` (the daemon keeps the key it
-//!   set; `wg` derives the interface's public key from it), and its
-//!   handshake age becomes the Unix time `wg` expects. So `wg show` prints
-//!   the private key as "(hidden)", but `wg showconf` and `wg show <name>
-//!   private-key` print it: acceptable, because the socket is 0600 root
-//!   and root on the host can read the key file in the daemon's data
-//!   directory anyway. Nothing here logs a request or an answer.
+//! - Content: the device's own UAPI `get` answer, as the reference
+//!   implementations write it (`private_key=`, handshake times as Unix
+//!   times). So `wg show` prints the private key as "(hidden)", but
+//!   `wg showconf` and `wg show <name> private-key` print it: acceptable,
+//!   because the socket is 0600 root and root on the host can read the key
+//!   file in the daemon's data directory anyway. Nothing here logs a
+//!   request or an answer.
 //! - Lifetime: bound when the device starts, removed when it stops (an
 //!   app deleted, a device replaced, the daemon shutting down). A socket
 //!   nobody listens on (a crashed daemon) is replaced; one that answers
@@ -52,13 +51,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use sha2::{Digest, Sha256};
-
-use super::control::{lock, Control};
 
 /// Where `wg` looks for userspace devices.
 pub const DEFAULT_DIR: &str = "/var/run/wireguard";
@@ -172,8 +169,12 @@ pub(crate) struct WgServer {
     thread: Option<JoinHandle<()>>,
 }
 
-/// One served socket: its listener and the device's control side.
-type Entry = (Arc<UnixListener>, Arc<Mutex<Control>>);
+/// What a socket serves: the device's answer to `get=1`, in the UAPI text
+/// form up to and including its `errno=` line.
+pub(crate) type Getter = Arc<dyn Fn() -> Result<String> + Send + Sync>;
+
+/// One served socket: its listener and its device's getter.
+type Entry = (Arc<UnixListener>, Getter);
 
 struct Served {
     /// Socket key -> what it serves.
@@ -257,13 +258,13 @@ impl std::fmt::Debug for WgSocket {
 }
 
 impl WgSocket {
-    /// Binds `<dir>/<name>.sock` (0600) and has `server` serve `control`
+    /// Binds `<dir>/<name>.sock` (0600) and has `server` serve `get`
     /// on it. `Ok(None)` when a live process already serves that name.
     pub(crate) fn start(
         server: &WgServer,
         dir: &Path,
         name: &str,
-        control: Arc<Mutex<Control>>,
+        get: Getter,
     ) -> Result<Option<WgSocket>> {
         if !dir.is_dir() {
             // The mode wireguard-go gives it: listing is harmless, the
@@ -305,7 +306,7 @@ impl WgSocket {
             .sockets
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (Arc::new(listener), control));
+            .insert(key, (Arc::new(listener), get));
         shared.wake();
         tracing::info!(socket = %path.display(), "serving the device to `wg` (read-only)");
         Ok(Some(WgSocket {
@@ -376,13 +377,10 @@ fn serve(shared: &Served) {
         drop(fds);
         let mut buf = [0u8; 64];
         while shared.wake_rx.recv(&mut buf).is_ok() {}
-        for ((listener, control), _) in list.iter().zip(&ready).filter(|(_, r)| **r) {
+        for ((listener, get), _) in list.iter().zip(&ready).filter(|(_, r)| **r) {
             match listener.accept() {
                 Ok((conn, _)) => {
-                    if let Err(e) = conn
-                        .set_nonblocking(false)
-                        .and_then(|()| answer(conn, control))
-                    {
+                    if let Err(e) = conn.set_nonblocking(false).and_then(|()| answer(conn, get)) {
                         tracing::debug!(error = %e, "`wg` client went away");
                     }
                 }
@@ -394,7 +392,7 @@ fn serve(shared: &Served) {
 }
 
 /// Reads one request and answers it.
-fn answer(conn: UnixStream, control: &Mutex<Control>) -> std::io::Result<()> {
+fn answer(conn: UnixStream, get: &Getter) -> std::io::Result<()> {
     conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     conn.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut reader = BufReader::new((&conn).take(MAX_REQUEST));
@@ -414,76 +412,23 @@ fn answer(conn: UnixStream, control: &Mutex<Control>) -> std::io::Result<()> {
     // wireguard-tools reads a `set` answer's errno negated (wireguard-go
     // writes `-EPERM`), but a `get` answer's only unsigned (see `get`).
     let response = match op.as_slice() {
-        b"get=1\n" => get(control),
+        b"get=1\n" => answer_get(get),
         b"set=1\n" => format!("errno=-{EPERM}\n\n"),
         _ => format!("errno=-{EINVAL}\n\n"),
     };
     (&conn).write_all(response.as_bytes())
 }
 
-fn get(control: &Mutex<Control>) -> String {
-    let (lines, key) = {
-        let mut c = lock(control);
-        match c.uapi.get_lines() {
-            Ok(lines) => (lines, c.key().map(|k| k.to_hex())),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "userspace WireGuard device did not answer a `wg` request");
-                // Unsigned: `wg` reads a negative number here as garbage.
-                return format!("errno={EIO}\n\n");
-            }
-        }
-    };
-    let mut out = for_wg(&lines, key.as_deref(), SystemTime::now());
-    out.push_str("errno=0\n\n");
-    out
-}
-
-/// boringtun's `get` lines as the reference implementations write them:
-/// `private_key=` (hex) instead of `own_public_key=`, and handshake times
-/// as Unix times instead of ages (both relative to `now`).
-fn for_wg(lines: &[String], private_key_hex: Option<&str>, now: SystemTime) -> String {
-    let mut out = String::new();
-    if let Some(k) = private_key_hex {
-        out.push_str(&format!("private_key={k}\n"));
-    }
-    // boringtun writes `_sec` then `_nsec` of each age.
-    let mut age_secs: Option<u64> = None;
-    let handshake = |out: &mut String, secs: u64, nanos: u32| {
-        let at = now
-            .checked_sub(Duration::new(secs, nanos.min(999_999_999)))
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "last_handshake_time_sec={}\nlast_handshake_time_nsec={}\n",
-            at.as_secs(),
-            at.subsec_nanos()
-        ));
-    };
-    for line in lines {
-        let (k, v) = line.split_once('=').unwrap_or((line.as_str(), ""));
-        if k != "last_handshake_time_nsec" {
-            if let Some(s) = age_secs.take() {
-                handshake(&mut out, s, 0);
-            }
-        }
-        match k {
-            "own_public_key" | "private_key" => {}
-            "last_handshake_time_sec" => age_secs = v.parse().ok(),
-            "last_handshake_time_nsec" => {
-                if let Some(s) = age_secs.take() {
-                    handshake(&mut out, s, v.parse().unwrap_or(0));
-                }
-            }
-            _ => {
-                out.push_str(line);
-                out.push('\n');
-            }
+fn answer_get(get: &Getter) -> String {
+    match get() {
+        // The blank line ends the answer.
+        Ok(text) => format!("{}\n\n", text.trim_end()),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "userspace WireGuard device did not answer a `wg` request");
+            // Unsigned: `wg` reads a negative number here as garbage.
+            format!("errno={EIO}\n\n")
         }
     }
-    if let Some(s) = age_secs {
-        handshake(&mut out, s, 0);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -527,49 +472,6 @@ mod tests {
     }
 
     #[test]
-    fn boringtun_output_is_rewritten_for_wg() {
-        let now = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_100, 500_000_000);
-        let lines: Vec<String> = [
-            "own_public_key=aa",
-            "listen_port=51820",
-            "public_key=bb",
-            "endpoint=192.0.2.2:51820",
-            "allowed_ip=10.1.0.0/24",
-            "last_handshake_time_sec=100",
-            "last_handshake_time_nsec=250000000",
-            "rx_bytes=10",
-            "tx_bytes=20",
-            "public_key=cc",
-            "rx_bytes=0",
-            "tx_bytes=0",
-        ]
-        .map(String::from)
-        .into();
-        let out = for_wg(&lines, Some("dd"), now);
-        assert_eq!(
-            out,
-            "private_key=dd\nlisten_port=51820\npublic_key=bb\nendpoint=192.0.2.2:51820\n\
-             allowed_ip=10.1.0.0/24\nlast_handshake_time_sec=1700000000\n\
-             last_handshake_time_nsec=250000000\nrx_bytes=10\ntx_bytes=20\n\
-             public_key=cc\nrx_bytes=0\ntx_bytes=0\n"
-        );
-        // Without a key nothing stands in for it; a lone `_sec` still converts.
-        let out = for_wg(
-            &[
-                "own_public_key=aa".into(),
-                "public_key=bb".into(),
-                "last_handshake_time_sec=5".into(),
-            ],
-            None,
-            now,
-        );
-        assert_eq!(
-            out,
-            "public_key=bb\nlast_handshake_time_sec=1700000095\nlast_handshake_time_nsec=500000000\n"
-        );
-    }
-
-    #[test]
     fn stale_sockets_go_live_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
         let live_path = dir.path().join("wfaaaaaaaaaa.sock");
@@ -605,26 +507,13 @@ mod tests {
 
     #[test]
     fn serves_get_refuses_set_and_removes_its_socket() {
-        // The device end of the control stream answers like boringtun.
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        let device = std::thread::spawn(move || {
-            let mut r = BufReader::new(&theirs);
-            let mut gets = 0;
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                if line == "get=1\n" {
-                    gets += 1;
-                    (&theirs)
-                        .write_all(b"own_public_key=aa\nlisten_port=7\nerrno=0\n\n")
-                        .unwrap();
-                }
-                line.clear();
-            }
-            gets
+        // A device that answers `get` and counts how often it was asked.
+        let gets = Arc::new(AtomicU64::new(0));
+        let asked = gets.clone();
+        let control: Getter = Arc::new(move || {
+            asked.fetch_add(1, Ordering::Relaxed);
+            Ok("listen_port=7\nerrno=0\n".to_string())
         });
-        let control = Arc::new(Mutex::new(Control::new(
-            super::super::uapi::Uapi::new(ours).unwrap(),
-        )));
         let dir = tempfile::tempdir().unwrap();
         let sockets = dir.path().join("wireguard");
         // A dead socket of the same name (a crashed daemon's) is replaced.
@@ -663,8 +552,7 @@ mod tests {
         );
         assert!(!path.exists());
         assert_eq!(fs::read_dir(&sockets).unwrap().count(), 0);
-        lock(&control).uapi.shutdown();
         // Only the one `get` reached the device: `set` never did.
-        assert_eq!(device.join().unwrap(), 1);
+        assert_eq!(gets.load(Ordering::Relaxed), 1);
     }
 }
