@@ -1,5 +1,7 @@
 //! Reference paths for the benchmark: a raw veth pair between two namespaces,
-//! and Debian's `wireguard-go` between two namespaces.
+//! and a userspace WireGuard between two namespaces, either Debian's
+//! `wireguard-go` or boringtun 0.7 as Weft drove it before GotaTun
+//! (`weft-boringtun-baseline`).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -70,12 +72,50 @@ fn link_pair(
 
 static WG_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Two namespaces with a veth underlay (10.202.0.0/24) and a `wireguard-go`
-/// tunnel between them (10.203.0.1 <-> 10.203.0.2). Interface names are
-/// unique on the host (`wg<pid><k>a/b`) because /var/run/wireguard is shared
-/// by all namespaces.
+/// Which userspace WireGuard a [`UserspacePair`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Userspace {
+    /// Debian's `wireguard-go`.
+    WireguardGo,
+    /// boringtun 0.7 configured as the daemon used it before GotaTun
+    /// (`weft-boringtun-baseline`, found like Weft's own binaries).
+    Boringtun07,
+}
+
+impl Userspace {
+    /// The row name in the benchmark.
+    pub fn label(self) -> &'static str {
+        match self {
+            Userspace::WireguardGo => "wireguard-go",
+            Userspace::Boringtun07 => "boringtun 0.7 (Weft before)",
+        }
+    }
+
+    /// The program to run, or what is missing.
+    fn program(self) -> Result<PathBuf> {
+        match self {
+            Userspace::WireguardGo => {
+                which("wireguard-go").context("wireguard-go is not installed")
+            }
+            Userspace::Boringtun07 => crate::procs::bin("weft-boringtun-baseline"),
+        }
+    }
+
+    /// What is missing to build a pair of this kind (`wg` and the program).
+    pub fn missing(self) -> Option<String> {
+        if which("wg").is_none() {
+            return Some("wg is not installed".into());
+        }
+        self.program().err().map(|e| format!("{e:#}"))
+    }
+}
+
+/// Two namespaces with a veth underlay (10.202.0.0/24) and a userspace
+/// WireGuard tunnel between them (10.203.0.1 <-> 10.203.0.2). Interface names
+/// are unique on the host (`wg<pid><k>a/b`) because /var/run/wireguard is
+/// shared by all namespaces.
 #[derive(Debug)]
-pub struct WgGoPair {
+pub struct UserspacePair {
     // Processes stop before the namespaces go.
     procs: Vec<Proc>,
     ifnames: [String; 2],
@@ -85,30 +125,28 @@ pub struct WgGoPair {
     pub b: NetNs,
 }
 
-impl WgGoPair {
+impl UserspacePair {
     /// Tunnel address of side A.
     pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
     /// Tunnel address of side B.
     pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 2);
 
-    /// Whether `wireguard-go` and `wg` are installed (names the missing one).
-    pub fn missing_tools() -> Option<&'static str> {
-        ["wireguard-go", "wg"]
-            .into_iter()
-            .find(|t| which(t).is_none())
-    }
-
     /// Builds the pair; logs and keys go to `dir`.
-    pub fn new(prefix: &str, dir: &Path) -> Result<WgGoPair> {
-        if let Some(t) = Self::missing_tools() {
-            bail!("{t} is not installed");
+    pub fn new(kind: Userspace, prefix: &str, dir: &Path) -> Result<UserspacePair> {
+        if let Some(m) = kind.missing() {
+            bail!("{m}");
         }
+        let program = kind.program()?;
+        let tag = match kind {
+            Userspace::WireguardGo => "g",
+            Userspace::Boringtun07 => "b",
+        };
         let k = WG_COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let ifnames = [format!("wg{pid}{k}a"), format!("wg{pid}{k}b")];
-        let a = NetNs::create(&format!("{prefix}-ga"))?;
-        let b = NetNs::create(&format!("{prefix}-gb"))?;
-        let mut pair = WgGoPair {
+        let a = NetNs::create(&format!("{prefix}-{tag}a"))?;
+        let b = NetNs::create(&format!("{prefix}-{tag}b"))?;
+        let mut pair = UserspacePair {
             procs: Vec::new(),
             ifnames: ifnames.clone(),
             a,
@@ -122,7 +160,6 @@ impl WgGoPair {
             Ipv4Addr::new(10, 202, 0, 2),
             1500,
         )?;
-        let wggo = which("wireguard-go").context("wireguard-go")?;
         for (ns, ifname) in [
             (pair.a.name().to_string(), &ifnames[0]),
             (pair.b.name().to_string(), &ifnames[1]),
@@ -131,16 +168,20 @@ impl WgGoPair {
             if sock.exists() {
                 bail!("{} already exists", sock.display());
             }
+            let args: Vec<String> = match kind {
+                Userspace::WireguardGo => vec!["-f".into(), ifname.clone()],
+                Userspace::Boringtun07 => vec![ifname.clone()],
+            };
             let p = Proc::spawn(
-                &format!("wireguard-go {ifname}"),
-                &wggo,
-                &["-f".into(), ifname.clone()],
+                &format!("{} {ifname}", kind.label()),
+                &program,
+                &args,
                 &[(
                     "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD".into(),
                     "1".into(),
                 )],
                 Some(&ns),
-                &dir.join(format!("wireguard-go-{ifname}.log")),
+                &dir.join(format!("{tag}-{ifname}.log")),
             )?;
             pair.procs.push(p);
             crate::wait_for(
@@ -200,6 +241,11 @@ impl WgGoPair {
     pub fn ifnames(&self) -> &[String; 2] {
         &self.ifnames
     }
+
+    /// Process ids of the two WireGuard processes (for CPU accounting).
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|p| p.pid()).collect()
+    }
 }
 
 fn socket_path(ifname: &str) -> PathBuf {
@@ -248,7 +294,7 @@ fn write_private(path: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
-impl Drop for WgGoPair {
+impl Drop for UserspacePair {
     fn drop(&mut self) {
         for p in &mut self.procs {
             p.stop(Duration::from_secs(3));

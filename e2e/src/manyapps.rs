@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::cluster::Cluster;
+use crate::procs::{cpu_seconds, rss_kib};
 
 /// How long the node is watched at rest.
 pub const IDLE_WINDOW: Duration = Duration::from_secs(10);
@@ -40,25 +41,6 @@ pub fn manifest(n: usize) -> String {
         ));
     }
     out
-}
-
-/// utime + stime of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// (sum of seconds, count) of node `i`'s reconcile passes.
@@ -96,19 +78,15 @@ pub fn measure(c: &mut Cluster, n: usize, timeout: Duration) -> Result<Figures> 
     // Let the last status writes and the operator's answer settle.
     crate::sleep(Duration::from_secs(3))?;
     let pid = c.daemon(1)?.pid();
-    let before = (pass_stats(c, 1), cpu_ticks(pid), Instant::now());
+    let before = (pass_stats(c, 1), cpu_seconds(pid), Instant::now());
     crate::sleep(IDLE_WINDOW)?;
-    let after = (pass_stats(c, 1), cpu_ticks(pid), Instant::now());
+    let after = (pass_stats(c, 1), cpu_seconds(pid), Instant::now());
     let pass_ms = match (before.0, after.0) {
         (Some((s0, n0)), Some((s1, n1))) if n1 > n0 => Some(((s1 - s0) / (n1 - n0) * 1e3, n1 - n0)),
         _ => None,
     };
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
     let cpu_percent = match (before.1, after.1) {
-        (Some(t0), Some(t1)) => (t1 - t0) as f64 / hz / (after.2 - before.2).as_secs_f64() * 100.0,
+        (Some(t0), Some(t1)) => (t1 - t0) / (after.2 - before.2).as_secs_f64() * 100.0,
         _ => f64::NAN,
     };
     Ok(Figures {

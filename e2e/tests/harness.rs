@@ -1,14 +1,15 @@
 //! Self-tests of the simulation harness that need root but not the Weft
-//! binaries: topology, traffic, capture, link cuts, wireguard-go baseline,
+//! daemons: topology, traffic, capture, link cuts, the userspace WireGuard
+//! baselines of the benchmark (wireguard-go, boringtun 0.7),
 //! and that nothing is left afterwards.
 
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use weft_e2e::baseline::{VethPair, WgGoPair};
+use weft_e2e::baseline::{Userspace, UserspacePair, VethPair};
 use weft_e2e::capture::{Capture, CaptureConfig};
 use weft_e2e::cleanup::{find_leftovers, wireguard_sockets};
-use weft_e2e::scenario::privileged_or_skip;
+use weft_e2e::scenario::{privileged_or_skip, require};
 use weft_e2e::topology::{Sim, NODE_WAN_IFACE};
 use weft_e2e::traffic::{ping, tcp_transfer_opts, udp_probe_until_ok, TransferOpts, UdpEcho};
 use weft_e2e::unique_prefix;
@@ -81,11 +82,26 @@ fn wan_topology_traffic_capture_and_link_cut() {
 
 #[test]
 fn wireguard_go_baseline_encrypts() {
-    if !privileged_or_skip("wireguard_go_baseline_encrypts") {
-        return;
-    }
-    if let Some(t) = WgGoPair::missing_tools() {
-        println!("SKIPPED: {t} is not installed");
+    baseline_encrypts(
+        "wireguard_go_baseline_encrypts",
+        Userspace::WireguardGo,
+        18081,
+    );
+}
+
+#[test]
+fn boringtun_baseline_encrypts() {
+    baseline_encrypts("boringtun_baseline_encrypts", Userspace::Boringtun07, 18082);
+}
+
+/// The benchmark's userspace baseline `kind` carries TCP between its two
+/// namespaces, encrypted, and leaves nothing behind.
+fn baseline_encrypts(test: &str, kind: Userspace, port: u16) {
+    if !require(
+        test,
+        kind.missing(),
+        " (scripts/setup.sh, cargo build --workspace --bins)",
+    ) {
         return;
     }
     let prefix = unique_prefix();
@@ -96,10 +112,14 @@ fn wireguard_go_baseline_encrypts() {
         let r = ping(veth.a.name(), VethPair::ADDR_B, 2, Duration::from_secs(3)).unwrap();
         assert!(r.ok, "{r:?}");
 
-        let wg = WgGoPair::new(&prefix, dir.path()).unwrap();
-        weft_e2e::traffic::ping_until_ok(wg.a.name(), WgGoPair::ADDR_B, Duration::from_secs(10))
-            .unwrap();
-        let marker = b"WEFT-MARKER-wggo".to_vec();
+        let wg = UserspacePair::new(kind, &prefix, dir.path()).unwrap();
+        weft_e2e::traffic::ping_until_ok(
+            wg.a.name(),
+            UserspacePair::ADDR_B,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let marker = format!("WEFT-MARKER-{port}").into_bytes();
         let cap = Capture::start(CaptureConfig {
             netns: wg.a.name().into(),
             iface: "u0".into(),
@@ -110,10 +130,10 @@ fn wireguard_go_baseline_encrypts() {
         let t = tcp_transfer_opts(
             wg.a.name(),
             wg.b.name(),
-            WgGoPair::ADDR_B,
+            UserspacePair::ADDR_B,
             &TransferOpts {
                 bytes: 2 << 20,
-                port: 18081,
+                port,
                 fill: Some(marker),
                 timeout: Duration::from_secs(30),
             },

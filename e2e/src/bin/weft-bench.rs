@@ -3,7 +3,10 @@
 //!
 //! (a) raw veth between two namespaces (baseline),
 //! (b) Weft between two workloads of one app on two simulated nodes,
-//! (c) Debian's wireguard-go between two namespaces,
+//! (c) Debian's wireguard-go between two namespaces, and (c') boringtun 0.7
+//!     driven as the daemon drove it before GotaTun (the old data path);
+//!     every throughput row also gets the CPU its tunnel processes spent
+//!     per Gbit moved,
 //! (d) time from dropping a new MeshApp manifest to the first packet through
 //!     its tunnel (workloads already announced), p50/p95,
 //! (e) resident memory of each daemon at idle with two apps,
@@ -42,8 +45,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use weft_e2e::baseline::{VethPair, WgGoPair};
+use weft_e2e::baseline::{Userspace, UserspacePair, VethPair};
 use weft_e2e::cluster::Cluster;
+use weft_e2e::procs::{cpu_seconds, rss_kib};
 use weft_e2e::scenario::{self, NS};
 use weft_e2e::traffic::{
     have_iperf3, iperf3_tcp, median, percentile, ping, udp_probe_until_ok, UdpEcho,
@@ -101,6 +105,9 @@ struct Args {
 struct Row {
     name: String,
     runs: Vec<f64>,
+    /// CPU seconds per Gbit moved, per run: the tunnel processes of both
+    /// ends together (utime + stime from /proc; empty for raw veth).
+    cpu_per_gbit: Vec<f64>,
     rtt_ms: Option<f64>,
     note: String,
 }
@@ -109,13 +116,20 @@ impl Row {
     fn mbit(&self) -> Option<f64> {
         (!self.runs.is_empty()).then(|| median(&self.runs))
     }
+
+    fn cpu_per_gbit(&self) -> Option<f64> {
+        (!self.cpu_per_gbit.is_empty()).then(|| median(&self.cpu_per_gbit))
+    }
 }
 
+/// Ping and iperf3 from `client` to `addr` (in `server`); `tunnel_pids`
+/// are the processes that carry the path (their CPU is charged to it).
 fn measure(
     name: &str,
     client: &str,
     server: &str,
     addr: Ipv4Addr,
+    tunnel_pids: &[u32],
     args: &Args,
     log_dir: &std::path::Path,
 ) -> Row {
@@ -146,13 +160,30 @@ fn measure(
         if weft_e2e::interrupted() {
             break;
         }
+        let cpu = || {
+            tunnel_pids
+                .iter()
+                .map(|p| cpu_seconds(*p))
+                .sum::<Option<f64>>()
+        };
+        let cpu_before = cpu();
         match iperf3_tcp(client, server, addr, args.iperf_secs, log_dir) {
             Ok(m) => {
+                let per_gbit = match (cpu_before, cpu()) {
+                    (Some(a), Some(b)) if m > 0.0 && !tunnel_pids.is_empty() => {
+                        Some((b - a) / (m * f64::from(args.iperf_secs) / 1e3))
+                    }
+                    _ => None,
+                };
                 println!(
-                    "  {name}: iperf3 run {r}/{}: {m:.0} Mbit/s",
-                    args.iperf_runs
+                    "  {name}: iperf3 run {r}/{}: {m:.0} Mbit/s{}",
+                    args.iperf_runs,
+                    per_gbit
+                        .map(|c| format!(", {c:.2} CPU-s per Gbit"))
+                        .unwrap_or_default()
                 );
                 row.runs.push(m);
+                row.cpu_per_gbit.extend(per_gbit);
             }
             Err(e) => {
                 row.note.push_str(&format!("iperf3: {e:#} "));
@@ -161,16 +192,6 @@ fn measure(
         }
     }
     row
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 struct WeftFigures {
@@ -182,6 +203,37 @@ struct WeftFigures {
     rss: Vec<(String, Option<u64>)>,
     /// (j), or why not.
     restart: Result<weft_e2e::restart::Gap, String>,
+}
+
+/// (c) and (c'): a userspace WireGuard baseline between two namespaces.
+fn measure_userspace(kind: Userspace, prefix: &str, args: &Args, log_dir: &std::path::Path) -> Row {
+    let pair = kind.missing().map_or_else(
+        || UserspacePair::new(kind, prefix, log_dir),
+        |m| Err(anyhow::anyhow!(m)),
+    );
+    match pair {
+        Ok(p) => {
+            let _ = weft_e2e::traffic::ping_until_ok(
+                p.a.name(),
+                UserspacePair::ADDR_B,
+                Duration::from_secs(10),
+            );
+            measure(
+                kind.label(),
+                p.a.name(),
+                p.b.name(),
+                UserspacePair::ADDR_B,
+                &p.pids(),
+                args,
+                log_dir,
+            )
+        }
+        Err(e) => Row {
+            name: kind.label().into(),
+            note: format!("{e:#}"),
+            ..Default::default()
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -211,6 +263,7 @@ fn main() -> ExitCode {
             p.a.name(),
             p.b.name(),
             VethPair::ADDR_B,
+            &[],
             &args,
             log_dir.path(),
         ),
@@ -224,40 +277,15 @@ fn main() -> ExitCode {
     println!("(c) wireguard-go between two namespaces");
     let wggo = if args.skip_wireguard_go {
         Row {
-            name: "wireguard-go".into(),
+            name: Userspace::WireguardGo.label().into(),
             note: "skipped (--skip-wireguard-go)".into(),
             ..Default::default()
         }
-    } else if let Some(t) = WgGoPair::missing_tools() {
-        Row {
-            name: "wireguard-go".into(),
-            note: format!("{t} not installed: skipped"),
-            ..Default::default()
-        }
     } else {
-        match WgGoPair::new(&prefix, log_dir.path()) {
-            Ok(p) => {
-                let _ = weft_e2e::traffic::ping_until_ok(
-                    p.a.name(),
-                    WgGoPair::ADDR_B,
-                    Duration::from_secs(10),
-                );
-                measure(
-                    "wireguard-go",
-                    p.a.name(),
-                    p.b.name(),
-                    WgGoPair::ADDR_B,
-                    &args,
-                    log_dir.path(),
-                )
-            }
-            Err(e) => Row {
-                name: "wireguard-go".into(),
-                note: format!("{e:#}"),
-                ..Default::default()
-            },
-        }
+        measure_userspace(Userspace::WireguardGo, &prefix, &args, log_dir.path())
     };
+    println!("(c') boringtun 0.7 driven as Weft drove it before GotaTun");
+    let boringtun = measure_userspace(Userspace::Boringtun07, &prefix, &args, log_dir.path());
 
     println!("(b, d, e) Weft: two simulated nodes, operator and daemons");
     let weft = match run_weft(&args) {
@@ -367,13 +395,14 @@ fn main() -> ExitCode {
     println!();
     println!("Results (one run, same CPUs for everything; compare ratios, not absolute figures)");
     println!(
-        "{:<34} {:>14} {:>28} {:>12}",
+        "{:<34} {:>14} {:>28} {:>14} {:>12}",
         "path",
         format!("TCP Mbit/s"),
         format!("runs ({}x{} s)", args.iperf_runs, args.iperf_secs),
+        "CPU-s/Gbit",
         "ping RTT"
     );
-    for r in [&raw, &weft.row, &wggo] {
+    for r in [&raw, &weft.row, &wggo, &boringtun] {
         let runs = r
             .runs
             .iter()
@@ -381,12 +410,15 @@ fn main() -> ExitCode {
             .collect::<Vec<_>>()
             .join(" / ");
         println!(
-            "{:<34} {:>14} {:>28} {:>12}  {}",
+            "{:<34} {:>14} {:>28} {:>14} {:>12}  {}",
             r.name,
             r.mbit()
                 .map(|m| format!("{m:.0}"))
                 .unwrap_or_else(|| "-".into()),
             runs,
+            r.cpu_per_gbit()
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_else(|| "-".into()),
             r.rtt_ms
                 .map(|v| format!("{v:.3} ms"))
                 .unwrap_or_else(|| "-".into()),
@@ -404,9 +436,19 @@ fn main() -> ExitCode {
         ratio(weft.row.rtt_ms, raw.rtt_ms)
     );
     println!(
-        "Weft / wireguard-go:  throughput {}   RTT {}",
+        "Weft / wireguard-go:  throughput {} (target >= 2.0)   RTT {} (target <= 1)   CPU per Gbit {}",
         ratio(weft.row.mbit(), wggo.mbit()),
-        ratio(weft.row.rtt_ms, wggo.rtt_ms)
+        ratio(weft.row.rtt_ms, wggo.rtt_ms),
+        ratio(weft.row.cpu_per_gbit(), wggo.cpu_per_gbit())
+    );
+    println!(
+        "Weft / boringtun 0.7: throughput {} (target >= 1.3)   RTT {}   CPU per Gbit {}",
+        ratio(weft.row.mbit(), boringtun.mbit()),
+        ratio(weft.row.rtt_ms, boringtun.rtt_ms),
+        ratio(weft.row.cpu_per_gbit(), boringtun.cpu_per_gbit())
+    );
+    println!(
+        "  (CPU-s/Gbit: CPU time of the tunnel processes of both ends, user + system from /proc, per Gbit moved; the Weft row counts both node daemons)"
     );
     println!();
     if weft.ttfp_ms.is_empty() {
@@ -772,11 +814,13 @@ fn measure_weft(c: &mut Cluster, args: &Args) -> Result<WeftFigures> {
 
     // (b) throughput and RTT.
     let log_dir = c.log_dir();
+    let daemons = [c.daemon(1)?.pid(), c.daemon(2)?.pid()];
     let row = measure(
         "Weft (2 nodes, one app)",
         &web1,
         &web2,
         a.web2,
+        &daemons,
         args,
         &log_dir,
     );
@@ -983,7 +1027,8 @@ fn measure_policy_overhead(
     wait_rules(c, 0)?;
     weft_e2e::traffic::ping_until_ok(web1, addr, Duration::from_secs(30))?;
     let before = pass_stats(c);
-    let mut row = measure("no policy", web1, web2, addr, args, &log_dir);
+    let daemons = [c.daemon(1)?.pid(), c.daemon(2)?.pid()];
+    let mut row = measure("no policy", web1, web2, addr, &daemons, args, &log_dir);
     note_pass_time(&mut row, before, pass_stats(c));
     rows.push((0, row));
     for &n in &args.policy_rules.0 {
@@ -994,7 +1039,15 @@ fn measure_policy_overhead(
         wait_rules(c, n + 2)?;
         weft_e2e::traffic::ping_until_ok(web1, addr, Duration::from_secs(30))?;
         let before = pass_stats(c);
-        let mut row = measure(&format!("{n} rules"), web1, web2, addr, args, &log_dir);
+        let mut row = measure(
+            &format!("{n} rules"),
+            web1,
+            web2,
+            addr,
+            &daemons,
+            args,
+            &log_dir,
+        );
         note_pass_time(&mut row, before, pass_stats(c));
         rows.push((n, row));
     }

@@ -13,6 +13,7 @@
 //! read-only socket the daemon serves ([`super::wgsock`]), answered through
 //! the device's own UAPI `get`.
 
+mod offload;
 mod tun;
 mod udp;
 
