@@ -104,9 +104,13 @@ pub(crate) struct Tun {
     tx: mpsc::Sender<Packet<[u8]>>,
     /// Packets of the current `recv` batch.
     batch: Vec<Packet<Ip>>,
+}
+
+thread_local! {
     /// Where a super-packet is put together when it does not fit a pool
-    /// buffer (allocated on the reading side's first one).
-    scratch: Vec<u8>,
+    /// buffer: one per runtime thread, not one per device (a read and its
+    /// cutting never wait, so no other device can use it meanwhile).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Tun {
@@ -127,7 +131,6 @@ impl Tun {
             mtu,
             tx,
             batch: Vec::with_capacity(READ_BATCH),
-            scratch: Vec::new(),
         })
     }
 
@@ -135,11 +138,15 @@ impl Tun {
     /// super-packet, go to the batch. Packets the kernel should never hand
     /// over are dropped here.
     fn read_one(&mut self, pool: &PacketBufPool) -> io::Result<()> {
+        SCRATCH.with_borrow_mut(|scratch| self.read_with(pool, scratch))
+    }
+
+    fn read_with(&mut self, pool: &PacketBufPool, scratch: &mut Vec<u8>) -> io::Result<()> {
         let mut hdr = [0u8; VNET_HDR_LEN];
         let mut packet = pool.get();
         let room = packet.len();
-        if self.scratch.len() < MAX_READ {
-            self.scratch.resize(MAX_READ, 0);
+        if scratch.len() < MAX_READ {
+            scratch.resize(MAX_READ, 0);
         }
         // A packet larger than a pool buffer runs on into the scratch
         // buffer, past the room its head is copied to below.
@@ -148,7 +155,7 @@ impl Tun {
             &mut [
                 IoSliceMut::new(&mut hdr),
                 IoSliceMut::new(&mut packet[..]),
-                IoSliceMut::new(&mut self.scratch[room..]),
+                IoSliceMut::new(&mut scratch[room..]),
             ],
         )
         .map_err(io::Error::from)?;
@@ -175,8 +182,8 @@ impl Tun {
         let whole: &[u8] = if len <= room {
             &packet[..len]
         } else {
-            self.scratch[..room].copy_from_slice(&packet[..]);
-            &self.scratch[..len]
+            scratch[..room].copy_from_slice(&packet[..]);
+            &scratch[..len]
         };
         let tso = match Tso::new(whole, &h) {
             Ok(t) if t.max_segment_len() <= room => t,
@@ -248,7 +255,6 @@ impl Clone for Tun {
             mtu: self.mtu.clone(),
             tx: self.tx.clone(),
             batch: Vec::with_capacity(READ_BATCH),
-            scratch: Vec::new(),
         }
     }
 }
