@@ -976,7 +976,8 @@ fn pattern(len: usize, salt: usize) -> Vec<u8> {
 }
 
 /// The userspace device's offloads (TSO super-packets cut on the way in,
-/// segments joined on the way out, partial checksums completed) must deliver
+/// segments joined on the way out, partial checksums completed, UDP GSO
+/// on the node link) must deliver
 /// every byte of every size unchanged, both ways: TCP writes from 1 byte to
 /// several 64 KiB super-packets, UDP just under, at and over the MTU (IP
 /// fragments), echoed back and compared byte for byte.
@@ -1080,6 +1081,13 @@ fn every_size_crosses_the_tunnel_byte_for_byte() {
         assert!(
             rx < segments / 2 && tx < segments / 2,
             "TUN {i}: {rx} packets in, {tx} out for about {segments} segments: no super-packets"
+        );
+        // And the encrypted side left in UDP GSO sends.
+        let (_, sent) = link_packets(&m.node_netns[i], &m.node_link[i]);
+        println!("node link {i}: {sent} packets out");
+        assert!(
+            sent < segments / 2,
+            "node link {i}: {sent} packets out for about {segments} segments: no UDP GSO"
         );
     }
 

@@ -15,6 +15,7 @@
 mod applink;
 mod changes;
 mod kernel;
+mod libnft;
 mod netns;
 pub mod nft;
 pub mod nftread;
@@ -1130,9 +1131,11 @@ impl Dataplane for LinuxDataplane {
         // pass for every app.
         static NFT_MISSING: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let missing = *NFT_MISSING.get_or_init(|| {
-            let missing = !nft_on_path();
+            let missing = !libnft::available() && !nft_on_path();
             if missing {
-                tracing::warn!("nft is not installed: no per-peer packet or connection figures");
+                tracing::warn!(
+                    "nftables is not installed: no per-peer packet or connection figures"
+                );
             }
             missing
         });

@@ -462,14 +462,18 @@ pub fn apply(policy: Option<&PolicyTable>) -> Result<()> {
     }
 }
 
-/// Feeds one JSON batch to `nft -j -f -` in the calling thread's netns (one
-/// kernel transaction: all of it or nothing), checked against the
-/// `nftables` crate's schema first. Like the crate's helper, but with
-/// stderr captured so a refusal reaches status in nft's own words.
+/// Applies one JSON batch in the calling thread's netns (one kernel
+/// transaction: all of it or nothing), checked against the `nftables`
+/// crate's schema first: through libnftables in process where it is
+/// installed ([`super::libnft`]), else fed to `nft -j -f -` with stderr
+/// captured, so a refusal reaches status in nft's own words either way.
 pub(super) fn run_batch(doc: Value, what: &str) -> Result<()> {
     let nft: nftables::schema::Nftables<'_> = serde_json::from_value(doc)
         .with_context(|| format!("{what} does not fit the nftables schema"))?;
     let payload = serde_json::to_vec(&nft).with_context(|| format!("serialise {what}"))?;
+    if let Some(done) = super::libnft::run_json(&payload) {
+        return done.map_err(|e| anyhow!("nft refused {what} (nothing of it applied): {e:#}"));
+    }
     let mut child = Command::new("nft")
         .args(["-j", "-f", "-"])
         .stdin(Stdio::piped())

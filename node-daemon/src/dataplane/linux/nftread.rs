@@ -5,9 +5,9 @@
 //! forking a daemon that holds hundreds of threads and file descriptors
 //! (a userspace device per app) costs milliseconds each; with 200 apps the
 //! pass took seconds. A dump on a netlink socket opened in the app netns
-//! costs a few system calls. Writes still go through `nft` (see
+//! costs a few system calls. Writes go through libnftables (see
 //! [`super::nft`]): they happen only when something changed, and one
-//! transaction per table is what `nft -f` gives for free.
+//! transaction per table is what its batch parser gives for free.
 
 use anyhow::{anyhow, Context, Result};
 use nlink::netlink::nftables::Family;
