@@ -52,15 +52,27 @@ pub struct RunConfig {
 /// its burst (one `kubectl apply` of several objects) before the pass.
 pub const GATHER: Duration = Duration::from_millis(20);
 
-/// The pause before the next pass: [`GATHER`] when the last pass started
-/// at least `debounce` ago, else what is left of `debounce`. So passes
-/// never start more often than every `debounce` under a stream of changes
-/// (heartbeats of a thousand nodes), and an isolated change (a new app, a
-/// node's new key) is planned after 20 ms instead of a full `debounce`:
-/// an app's first packet waits for two operator passes.
-pub fn pause_before_pass(since_last: Option<Duration>, debounce: Duration) -> Duration {
+/// Passes start at least this many times their own last duration apart
+/// under a stream of changes, so the operator spends at most a fifth of its
+/// time in passes however small the cluster.
+pub const PASS_SPACING: u32 = 4;
+
+/// The pause before the next pass. Under a stream of changes (heartbeats of
+/// a thousand nodes) passes start every [`PASS_SPACING`] times the last
+/// pass's duration, at least [`GATHER`] and at most `debounce` apart; after
+/// a quiet spell, and for an isolated change (a new app, a node's new key),
+/// after [`GATHER`]. A small cluster so answers a node's new key tens of
+/// milliseconds after the pass that planned its app, where a fixed
+/// `debounce` made every app's first packet wait for it; a large one, whose
+/// passes take longer, keeps the full `debounce` between them.
+pub fn pause_before_pass(
+    since_last: Option<Duration>,
+    last_took: Duration,
+    debounce: Duration,
+) -> Duration {
+    let gap = (last_took * PASS_SPACING).max(GATHER).min(debounce);
     match since_last {
-        Some(d) if d < debounce => (debounce - d).max(GATHER),
+        Some(d) if d < gap => (gap - d).max(GATHER),
         _ => GATHER.min(debounce),
     }
 }
@@ -195,6 +207,7 @@ pub async fn run(
     let mut due = true;
     let mut state = PassState::default();
     let mut last_pass: Option<std::time::Instant> = None;
+    let mut last_took = Duration::ZERO;
     loop {
         if !due {
             tokio::select! {
@@ -207,6 +220,7 @@ pub async fn run(
         due = false;
         tokio::time::sleep(pause_before_pass(
             last_pass.map(|t| t.elapsed()),
+            last_took,
             cfg.debounce,
         ))
         .await;
@@ -239,7 +253,8 @@ pub async fn run(
             &mut state,
         )
         .await;
-        cfg.metrics.observe_pass(started.elapsed(), result.as_ref());
+        last_took = started.elapsed();
+        cfg.metrics.observe_pass(last_took, result.as_ref());
         if let Some(plan) = &state.last_plan {
             plans_tx.send_if_modified(|p| {
                 let new = p.as_ref().is_none_or(|old| !Arc::ptr_eq(old, plan));
@@ -323,24 +338,43 @@ mod tests {
     }
 
     #[test]
-    fn passes_start_at_most_every_debounce_and_soon_after_quiet() {
+    fn passes_are_spaced_by_their_own_cost_within_debounce_and_soon_after_quiet() {
         let d = Duration::from_millis(200);
         let ms = Duration::from_millis;
-        assert_eq!(pause_before_pass(None, d), GATHER, "the first pass");
-        assert_eq!(pause_before_pass(Some(ms(5_000)), d), GATHER, "after quiet");
-        assert_eq!(pause_before_pass(Some(ms(200)), d), GATHER);
+        // Slow passes (a large cluster): the full debounce between starts.
+        let slow = ms(80);
+        assert_eq!(pause_before_pass(None, slow, d), GATHER, "the first pass");
         assert_eq!(
-            pause_before_pass(Some(ms(50)), d),
+            pause_before_pass(Some(ms(5_000)), slow, d),
+            GATHER,
+            "after quiet"
+        );
+        assert_eq!(pause_before_pass(Some(ms(200)), slow, d), GATHER);
+        assert_eq!(
+            pause_before_pass(Some(ms(50)), slow, d),
             ms(150),
             "a stream of changes"
         );
         assert_eq!(
-            pause_before_pass(Some(ms(190)), d),
+            pause_before_pass(Some(ms(190)), slow, d),
             GATHER,
             "never less than GATHER"
         );
+        // Quick passes (a small cluster): four times their cost apart.
+        let quick = ms(15);
+        assert_eq!(pause_before_pass(Some(ms(10)), quick, d), ms(50));
         assert_eq!(
-            pause_before_pass(None, ms(5)),
+            pause_before_pass(Some(ms(70)), quick, d),
+            GATHER,
+            "a new key soon after"
+        );
+        assert_eq!(
+            pause_before_pass(Some(ms(1)), ms(1), d),
+            GATHER,
+            "never a pause under GATHER"
+        );
+        assert_eq!(
+            pause_before_pass(None, Duration::ZERO, ms(5)),
             ms(5),
             "a shorter debounce wins"
         );
