@@ -111,6 +111,28 @@ fn wait_ready(c: &mut Cluster, member: Option<&str>, app: &str) -> weft_api::Mes
     federation::wait_ready(c, member, app, READY)
 }
 
+/// Ready, and listing `sites`: the app is Ready in a cluster with its own
+/// nodes before the hub has brought the other cluster in.
+fn wait_sites(
+    c: &mut Cluster,
+    member: Option<&str>,
+    app: &str,
+    sites: &[&str],
+) -> weft_api::MeshAppStatus {
+    let end = std::time::Instant::now() + READY;
+    loop {
+        let st = wait_ready(c, member, app);
+        if st.sites == sites {
+            return st;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{app} in {member:?} never listed the sites {sites:?}: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn pings(from: &str, to: std::net::Ipv4Addr) -> bool {
     let r = ping(from, to, 3, Duration::from_secs(5)).unwrap();
     r.ok && r.received == r.transmitted
@@ -123,10 +145,10 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
     else {
         return;
     };
-    let a = wait_ready(&mut c, None, "shop");
-    let b = wait_ready(&mut c, Some("cluster-b"), "shop");
+    let all = ["cluster-a", "cluster-b", "edge-a"];
+    let a = wait_sites(&mut c, None, "shop", &all);
+    let b = wait_sites(&mut c, Some("cluster-b"), "shop", &all);
     for st in [&a, &b] {
-        assert_eq!(st.sites, ["cluster-a", "cluster-b", "edge-a"], "{st:?}");
         assert_eq!(st.address_space.as_deref(), Some("10.120.0.0/16"));
     }
     let shop1 = c.wait_address("shop-1", READY).unwrap();

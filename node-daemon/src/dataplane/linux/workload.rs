@@ -2,16 +2,21 @@
 //! the daemon) and the workload's netns (`weft0`). No ARP anywhere: both
 //! sides get permanent neighbour entries, the workload reaches the app range
 //! through the link-local gateway [`WORKLOAD_GATEWAY`].
+//!
+//! The workload end is created in the workload's netns directly (the peer
+//! of the new veth names its netns): moving a link between namespaces waits
+//! for the kernel's RCU grace periods, and with hundreds of workloads
+//! attached at once those waits were a large part of the cold start.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{anyhow, Context, Result};
 use ipnet::Ipv4Net;
-use rtnetlink::LinkVeth;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
 use tokio::runtime::Runtime;
 
 use super::{netns, nl};
@@ -19,14 +24,6 @@ use crate::core::state::{WorkloadLink, WORKLOAD_GATEWAY, WORKLOAD_IFNAME};
 
 /// Prefix of the app-side veth names this module reports back.
 pub(crate) const HOST_IF_PREFIX: &str = "wv";
-
-static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A temporary name for the workload end while it still sits in the app netns.
-fn tmp_name() -> String {
-    let c = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("wt{:05x}{:04x}", std::process::id() & 0xf_ffff, c & 0xffff)
-}
 
 fn host_route(addr: Ipv4Addr) -> Ipv4Net {
     Ipv4Net::new(addr, 32).expect("/32 is a valid prefix")
@@ -60,23 +57,27 @@ pub(crate) fn attach(
         })
     })?;
 
-    let tmp = tmp_name();
-    let (host_idx, host_mac, peer_idx, peer_mac, app_routes) = netns::within(app, || {
+    let wl_raw = wl.as_fd().as_raw_fd();
+    let (host_idx, host_mac, app_routes) = netns::within(app, || {
         nl::run(rt, |h| async move {
             nl::del_link_by_name(&h, host_if).await?;
-            h.link()
-                .add(LinkVeth::new(host_if, &tmp).build())
-                .execute()
-                .await
-                .with_context(|| format!("add veth {host_if}"))?;
+            let peer = LinkMessageBuilder::<LinkUnspec>::new()
+                .name(WORKLOAD_IFNAME.to_string())
+                .mtu(mtu)
+                .setns_by_fd(wl_raw)
+                .build();
+            let pair = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                .name(host_if.to_string())
+                .mtu(mtu)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build();
+            h.link().add(pair).execute().await.with_context(|| {
+                format!("add veth {host_if} with {WORKLOAD_IFNAME} in the workload netns")
+            })?;
             let host = nl::link_by_name(&h, host_if)
                 .await?
                 .ok_or_else(|| anyhow!("veth {host_if} vanished"))?;
-            let peer = nl::link_by_name(&h, &tmp)
-                .await?
-                .ok_or_else(|| anyhow!("veth peer {tmp} vanished"))?;
             let host_mac = nl::link_mac(&host).ok_or_else(|| anyhow!("{host_if} has no MAC"))?;
-            let peer_mac = nl::link_mac(&peer).ok_or_else(|| anyhow!("{tmp} has no MAC"))?;
             let app_routes: Vec<Ipv4Net> = match wg_if {
                 _ if !routes.is_empty() => routes.to_vec(),
                 Some(n) => match nl::link_by_name(&h, n).await? {
@@ -89,29 +90,19 @@ pub(crate) fn attach(
                 },
                 None => Vec::new(),
             };
-            Ok((
-                host.header.index,
-                host_mac,
-                peer.header.index,
-                peer_mac,
-                app_routes,
-            ))
+            Ok((host.header.index, host_mac, app_routes))
         })
     })?;
 
-    let wl_fd = wl.as_fd();
     let wired = (|| -> Result<()> {
-        netns::within(app, || {
+        let peer_mac = netns::within(&wl, || {
             nl::run(rt, |h| async move {
-                nl::move_link(&h, peer_idx, wl_fd, Some(WORKLOAD_IFNAME)).await?;
-                nl::set_mtu_up(&h, host_idx, mtu).await?;
-                nl::add_route(&h, host_idx, host_route(addr), None).await?;
-                nl::set_neighbour(&h, host_idx, addr, &peer_mac).await
-            })
-        })?;
-        netns::within(&wl, || {
-            nl::run(rt, |h| async move {
-                let idx = nl::index_of(&h, WORKLOAD_IFNAME).await?;
+                let peer = nl::link_by_name(&h, WORKLOAD_IFNAME)
+                    .await?
+                    .ok_or_else(|| anyhow!("{WORKLOAD_IFNAME} vanished"))?;
+                let peer_mac =
+                    nl::link_mac(&peer).ok_or_else(|| anyhow!("{WORKLOAD_IFNAME} has no MAC"))?;
+                let idx = peer.header.index;
                 nl::set_mtu_up(&h, idx, mtu).await?;
                 nl::add_address(&h, idx, host_route(addr)).await?;
                 nl::add_route(&h, idx, host_route(WORKLOAD_GATEWAY), None).await?;
@@ -119,7 +110,14 @@ pub(crate) fn attach(
                 for r in &app_routes {
                     nl::add_route(&h, idx, *r, Some(WORKLOAD_GATEWAY)).await?;
                 }
-                Ok(())
+                Ok(peer_mac)
+            })
+        })?;
+        netns::within(app, || {
+            nl::run(rt, |h| async move {
+                nl::set_mtu_up(&h, host_idx, mtu).await?;
+                nl::add_route(&h, host_idx, host_route(addr), None).await?;
+                nl::set_neighbour(&h, host_idx, addr, &peer_mac).await
             })
         })
     })();
