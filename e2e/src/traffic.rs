@@ -27,6 +27,8 @@ pub struct PingResult {
     pub loss: f64,
     /// Average round-trip time, if any reply came back.
     pub rtt_avg_ms: Option<f64>,
+    /// Each reply's round-trip time, in order.
+    pub rtts_ms: Vec<f64>,
     /// Raw output, for diagnostics.
     pub output: String,
 }
@@ -40,7 +42,6 @@ pub fn ping(from_netns: &str, addr: Ipv4Addr, count: u32, timeout: Duration) -> 
         "ping",
         &[
             "-n",
-            "-q",
             "-c",
             &count.to_string(),
             "-i",
@@ -67,7 +68,14 @@ pub fn parse_ping(text: &str) -> PingResult {
         ..Default::default()
     };
     for line in text.lines() {
-        if line.contains("packets transmitted") {
+        if let Some(t) = line
+            .split_once(" time=")
+            .filter(|(head, _)| head.contains("bytes from"))
+            .and_then(|(_, t)| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+        {
+            r.rtts_ms.push(t);
+        } else if line.contains("packets transmitted") {
             let nums: Vec<u32> = line
                 .split(',')
                 .filter_map(|part| part.split_whitespace().next().and_then(|n| n.parse().ok()))
@@ -91,6 +99,13 @@ pub fn parse_ping(text: &str) -> PingResult {
         1.0 - f64::from(r.received) / f64::from(r.transmitted)
     };
     r
+}
+
+impl PingResult {
+    /// The median round-trip time of the replies, if any came back.
+    pub fn rtt_p50_ms(&self) -> Option<f64> {
+        (!self.rtts_ms.is_empty()).then(|| median(&self.rtts_ms))
+    }
 }
 
 /// Pings once per attempt until a reply comes back; returns the time it took.
@@ -614,11 +629,13 @@ mod tests {
     #[test]
     fn parses_ping_output() {
         let r = parse_ping(
-            "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\n--- 10.0.0.2 ping statistics ---\n3 packets transmitted, 2 received, 33.3333% packet loss, time 402ms\nrtt min/avg/max/mdev = 0.036/0.045/0.057/0.008 ms\n",
+            "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n64 bytes from 10.0.0.2: icmp_seq=1 ttl=64 time=0.057 ms\n64 bytes from 10.0.0.2: icmp_seq=3 ttl=64 time=0.036 ms\n\n--- 10.0.0.2 ping statistics ---\n3 packets transmitted, 2 received, 33.3333% packet loss, time 402ms\nrtt min/avg/max/mdev = 0.036/0.045/0.057/0.008 ms\n",
         );
         assert!(r.ok);
         assert_eq!((r.transmitted, r.received), (3, 2));
         assert_eq!(r.rtt_avg_ms, Some(0.045));
+        assert_eq!(r.rtts_ms, [0.057, 0.036]);
+        assert_eq!(r.rtt_p50_ms(), Some(median(&[0.057, 0.036])));
         let r = parse_ping(
             "1 packets transmitted, 0 received, +1 errors, 100% packet loss, time 0ms\n",
         );

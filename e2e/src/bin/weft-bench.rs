@@ -64,7 +64,7 @@ struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
     iperf_secs: u32,
-    /// Pings per path for the RTT average.
+    /// Pings per path for the RTT median.
     #[arg(long, default_value_t = 20)]
     ping_count: u32,
     /// Apps on one node for (k) (0 skips).
@@ -108,6 +108,7 @@ struct Row {
     /// CPU seconds per Gbit moved, per run: the tunnel processes of both
     /// ends together (utime + stime from /proc; empty for raw veth).
     cpu_per_gbit: Vec<f64>,
+    /// Median ping RTT.
     rtt_ms: Option<f64>,
     note: String,
 }
@@ -144,7 +145,7 @@ fn measure(
         args.ping_count,
         Duration::from_secs(u64::from(args.ping_count) + 5),
     ) {
-        Ok(p) if p.ok => row.rtt_ms = p.rtt_avg_ms,
+        Ok(p) if p.ok => row.rtt_ms = p.rtt_p50_ms().or(p.rtt_avg_ms),
         Ok(p) => row.note.push_str(&format!(
             "ping failed ({} of {}) ",
             p.received, p.transmitted
@@ -400,7 +401,7 @@ fn main() -> ExitCode {
         format!("TCP Mbit/s"),
         format!("runs ({}x{} s)", args.iperf_runs, args.iperf_secs),
         "CPU-s/Gbit",
-        "ping RTT"
+        "RTT p50"
     );
     for r in [&raw, &weft.row, &wggo, &boringtun] {
         let runs = r
@@ -541,7 +542,7 @@ fn main() -> ExitCode {
         );
         println!(
             "{:<34} {:>14} {:>12} {:>18} {:>10}",
-            "rules in the app's table", "TCP Mbit/s", "ping RTT", "throughput ratio", "RTT ratio"
+            "rules in the app's table", "TCP Mbit/s", "RTT p50", "throughput ratio", "RTT ratio"
         );
         for (n, r) in &weft.policy_rows {
             println!(
