@@ -5,31 +5,59 @@
 //! only costs latency, never correctness.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use inotify::{Inotify, WatchMask};
 
-/// How often the loop looks for a wake-up while it waits.
-pub const STEP: Duration = Duration::from_millis(10);
+/// Longest single sleep of [`Wake::wait`]: the signal thread sets only the
+/// stop flag, and a stopping daemon should let go of its devices at once
+/// (a restart's gap includes this wait).
+pub const STOP_CHECK: Duration = Duration::from_millis(50);
 
 /// Watched directories, each with the one file that counts (or any).
 type Watches = Vec<(inotify::WatchDescriptor, Option<&'static str>)>;
 
-/// A wake-up flag shared by the loop and whoever watches its inputs.
+/// A wake-up flag shared by the loop and whoever watches its inputs. The
+/// loop sleeps on a condition variable rather than polling the flag, so an
+/// idle daemon is not woken a hundred times a second to look at it.
 #[derive(Clone, Debug, Default)]
-pub struct Wake(Arc<AtomicBool>);
+pub struct Wake(Arc<(Mutex<bool>, Condvar)>);
 
 impl Wake {
     /// Asks for a pass now.
     pub fn set(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        let (flag, cv) = &*self.0;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
     }
 
     /// Whether a pass was asked for since the last call (and clears it).
     pub fn take(&self) -> bool {
-        self.0.swap(false, Ordering::SeqCst)
+        let (flag, _) = &*self.0;
+        std::mem::take(&mut *flag.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Sleeps until a pass is asked for (true, and clears it) or `timeout`
+    /// passes (false); never longer than [`STOP_CHECK`] at a time, so
+    /// callers re-check their stop flag.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let (flag, cv) = &*self.0;
+        let deadline = Instant::now() + timeout.min(STOP_CHECK);
+        let mut set = flag.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if std::mem::take(&mut *set) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            set = cv
+                .wait_timeout(set, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 }
 
@@ -102,12 +130,34 @@ mod tests {
     fn woken_within(w: &Wake, d: Duration) -> bool {
         let t = Instant::now();
         while t.elapsed() < d {
-            if w.take() {
+            if w.wait(d.saturating_sub(t.elapsed())) {
                 return true;
             }
-            std::thread::sleep(Duration::from_millis(2));
         }
         false
+    }
+
+    #[test]
+    fn wait_returns_at_once_on_set_and_times_out_otherwise() {
+        let w = Wake::default();
+        let t = Instant::now();
+        assert!(!w.wait(Duration::from_millis(30)));
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        let other = w.clone();
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            other.set();
+        });
+        assert!(
+            w.wait(Duration::from_secs(5)),
+            "woken by set from another thread"
+        );
+        setter.join().unwrap();
+        // Consumed: the next wait sleeps again.
+        assert!(!w.take());
+        w.set();
+        assert!(w.take());
+        assert!(!w.take());
     }
 
     #[test]

@@ -120,11 +120,12 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
         // After the status write: whoever the answer reaches can already
         // read the address in status.
         source.after_pass(spec.as_ref(), &report.status);
-        let mut left = cfg.interval.saturating_sub(started.elapsed());
-        while left > Duration::ZERO && !stop.load(Ordering::Relaxed) && !cfg.wake.take() {
-            let step = left.min(crate::wake::STEP);
-            std::thread::sleep(step);
-            left = left.saturating_sub(step);
+        let next = started + cfg.interval;
+        loop {
+            let left = next.saturating_duration_since(Instant::now());
+            if left.is_zero() || stop.load(Ordering::Relaxed) || cfg.wake.wait(left) {
+                break;
+            }
         }
     }
     tracing::info!(node = %cfg.node, "node daemon stopping");
