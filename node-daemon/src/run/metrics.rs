@@ -1,5 +1,6 @@
-//! Prometheus metrics and health endpoints of the node daemon, served with
-//! the operator's responder ([`weft_metrics`]).
+//! Prometheus metrics and health endpoints of the node daemon: a
+//! `prometheus_client` registry and the shared hyper responder of
+//! [`weft_metrics`], on a thread of its own (see [`Server`]).
 //!
 //! | path | answers |
 //! |---|---|
@@ -7,9 +8,10 @@
 //! | `/healthz` | 200 while the process runs |
 //! | `/readyz` | 200 once a MeshNode spec is known and a pass ran, 503 before |
 //!
-//! Counters of the loop accumulate here; per-app figures (peers, policy
-//! counters) are the last pass's observation, replaced on every pass so an
-//! app or peer that left disappears from the exposition. Labels carry app
+//! Counters of the loop accumulate in the registry; per-app figures (peers,
+//! policy counters) are the last pass's observation, replaced on every pass
+//! and written by a collector at scrape time, so an app or peer that left
+//! disappears from the exposition (and a family with no app is left out). Labels carry app
 //! names, peer node names, rule ids, op names and error reasons only: no
 //! key of any kind.
 //!
@@ -20,12 +22,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use weft_api::meshnode::HANDSHAKE_FRESH_SECONDS;
-use weft_metrics::{family, sample, serve, Endpoints, Histogram};
+use weft_metrics::prometheus_client::collector::Collector;
+use weft_metrics::prometheus_client::encoding::DescriptorEncoder;
+use weft_metrics::prometheus_client::metrics::counter::{ConstCounter, Counter};
+use weft_metrics::prometheus_client::metrics::family::Family;
+use weft_metrics::prometheus_client::metrics::gauge::ConstGauge;
+use weft_metrics::prometheus_client::metrics::histogram::Histogram;
+use weft_metrics::{const_family, serve, Endpoints, Registry};
 
 use crate::core::state::PolicyCounters;
 use crate::run::reconcile::PassReport;
@@ -60,32 +68,82 @@ pub struct AppFigures {
     pub active_connections: Option<u64>,
 }
 
+/// A label set with one label whose value is a fixed string.
+type Static1 = [(&'static str, &'static str); 1];
+
 /// Counters and gauges of the daemon.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    passes: AtomicU64,
-    status_writes: AtomicU64,
-    writes: Mutex<BTreeMap<&'static str, u64>>,
-    errors: Mutex<BTreeMap<&'static str, u64>>,
+    registry: Registry,
+    passes: Counter,
+    status_writes: Counter,
+    writes: Family<Static1, Counter>,
+    errors: Family<Static1, Counter>,
     duration: Histogram,
-    apps: Mutex<BTreeMap<String, AppFigures>>,
+    apps: Arc<Mutex<BTreeMap<String, AppFigures>>>,
     ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let passes = Counter::default();
+        let status_writes = Counter::default();
+        let writes = Family::<Static1, Counter>::default();
+        let errors = Family::<Static1, Counter>::default();
+        let duration = weft_metrics::duration_histogram();
+        // Help texts are registered without their final period: the
+        // registry adds it.
+        registry.register(
+            "weft_node_reconcile_passes",
+            "Reconcile passes run",
+            passes.clone(),
+        );
+        registry.register(
+            "weft_node_status_writes",
+            "MeshNode status publications",
+            status_writes.clone(),
+        );
+        registry.register(
+            "weft_node_dataplane_writes",
+            "Data-plane operations applied, by operation",
+            writes.clone(),
+        );
+        registry.register(
+            "weft_node_errors",
+            "Problems met, by reason (a problem that persists counts once per pass)",
+            errors.clone(),
+        );
+        registry.register(
+            "weft_node_reconcile_duration_seconds",
+            "Duration of reconcile passes (observe, diff, apply, status)",
+            duration.clone(),
+        );
+        let apps = Arc::new(Mutex::new(BTreeMap::new()));
+        registry.register_collector(Box::new(AppsCollector { apps: apps.clone() }));
+        Metrics {
+            registry,
+            passes,
+            status_writes,
+            writes,
+            errors,
+            duration,
+            apps,
+            ready: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Metrics {
     /// Records one reconcile pass and takes its per-app figures.
     pub fn observe_pass(&self, took: Duration, report: &PassReport) {
-        self.passes.fetch_add(1, Ordering::Relaxed);
-        self.duration.observe(took);
-        if let Ok(mut w) = self.writes.lock() {
-            for (op, n) in &report.writes_by_op {
-                *w.entry(op).or_default() += n;
-            }
+        self.passes.inc();
+        self.duration.observe(took.as_secs_f64());
+        for (op, n) in &report.writes_by_op {
+            self.writes.get_or_create(&[("op", op)]).inc_by(*n);
         }
-        if let Ok(mut e) = self.errors.lock() {
-            for reason in &report.error_reasons {
-                *e.entry(reason).or_default() += 1;
-            }
+        for reason in &report.error_reasons {
+            self.errors.get_or_create(&[("reason", reason)]).inc();
         }
         let apps = report
             .status
@@ -124,14 +182,12 @@ impl Metrics {
 
     /// Counts one problem outside a pass (e.g. `status_write`).
     pub fn error(&self, reason: &'static str) {
-        if let Ok(mut e) = self.errors.lock() {
-            *e.entry(reason).or_default() += 1;
-        }
+        self.errors.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// Counts one status publication.
     pub fn status_written(&self) {
-        self.status_writes.fetch_add(1, Ordering::Relaxed);
+        self.status_writes.inc();
     }
 
     /// Marks the daemon ready (a spec is known and a pass ran).
@@ -141,200 +197,177 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let o = &mut out;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        weft_metrics::encode(&self.registry)
+    }
+}
 
-        let name = "weft_node_reconcile_passes_total";
-        family(o, name, "counter", "Reconcile passes run.");
-        sample(o, name, &[], get(&self.passes));
+/// The per-app families: the last pass's observations (WireGuard's and
+/// the kernel's own counters), written as they are at scrape time.
+#[derive(Debug)]
+struct AppsCollector {
+    apps: Arc<Mutex<BTreeMap<String, AppFigures>>>,
+}
 
-        let name = "weft_node_status_writes_total";
-        family(o, name, "counter", "MeshNode status publications.");
-        sample(o, name, &[], get(&self.status_writes));
+type PeerValue = fn(&PeerFigures) -> u64;
 
-        let name = "weft_node_dataplane_writes_total";
-        family(
-            o,
-            name,
-            "counter",
-            "Data-plane operations applied, by operation.",
-        );
-        if let Ok(w) = self.writes.lock() {
-            for (op, n) in w.iter() {
-                sample(o, name, &[("op", op)], n);
-            }
-        }
+/// Per-peer counters: name (without `_total`), help, value.
+const PEER_COUNTERS: [(&str, &str, PeerValue); 4] = [
+    (
+        "weft_node_peer_receive_bytes",
+        "Bytes received from the peer (WireGuard's count: encrypted, overhead included).",
+        |p| p.rx_bytes,
+    ),
+    (
+        "weft_node_peer_transmit_bytes",
+        "Bytes sent to the peer (WireGuard's count: encrypted, overhead included).",
+        |p| p.tx_bytes,
+    ),
+    (
+        "weft_node_peer_receive_packets",
+        "IP packets received from the peer through the tunnel (restarts when the peer set changes).",
+        |p| p.rx_packets,
+    ),
+    (
+        "weft_node_peer_transmit_packets",
+        "IP packets sent to the peer through the tunnel, after policy (restarts when the peer set changes).",
+        |p| p.tx_packets,
+    ),
+];
 
-        let name = "weft_node_errors_total";
-        family(
-            o,
-            name,
-            "counter",
-            "Problems met, by reason (a problem that persists counts once per pass).",
-        );
-        if let Ok(e) = self.errors.lock() {
-            for (reason, n) in e.iter() {
-                sample(o, name, &[("reason", reason)], n);
-            }
-        }
-
-        self.duration.render(
-            o,
-            "weft_node_reconcile_duration_seconds",
-            "Duration of reconcile passes (observe, diff, apply, status).",
-        );
-
+impl Collector for AppsCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let apps = self.apps.lock().map(|a| a.clone()).unwrap_or_default();
-        let name = "weft_node_peers_up";
-        family(
-            o,
-            name,
-            "gauge",
-            "Peers of the app with a handshake in the last 180 seconds.",
-        );
-        for (app, f) in &apps {
-            let up = f
-                .peers
-                .iter()
-                .filter(|p| {
-                    p.handshake_age_seconds
-                        .is_some_and(|s| s < HANDSHAKE_FRESH_SECONDS)
-                })
-                .count();
-            sample(o, name, &[("app", app)], up);
-        }
-        let name = "weft_node_peers";
-        family(o, name, "gauge", "Peers configured for the app.");
-        for (app, f) in &apps {
-            sample(o, name, &[("app", app)], f.peers.len());
-        }
-        let name = "weft_node_peer_handshake_age_seconds";
-        family(
-            o,
-            name,
-            "gauge",
-            "Seconds since the last WireGuard handshake with the peer (absent before the first).",
-        );
-        for (app, f) in &apps {
-            for p in &f.peers {
-                if let Some(age) = p.handshake_age_seconds {
-                    sample(o, name, &[("app", app), ("peer", &p.node)], age);
-                }
-            }
-        }
-        type PeerValue = fn(&PeerFigures) -> u64;
-        let per_peer: [(&str, &str, &str, PeerValue); 5] = [
-            (
-                "weft_node_peer_receive_bytes_total",
-                "counter",
-                "Bytes received from the peer (WireGuard's count: encrypted, overhead included).",
-                |p| p.rx_bytes,
-            ),
-            (
-                "weft_node_peer_transmit_bytes_total",
-                "counter",
-                "Bytes sent to the peer (WireGuard's count: encrypted, overhead included).",
-                |p| p.tx_bytes,
-            ),
-            (
-                "weft_node_peer_receive_packets_total",
-                "counter",
-                "IP packets received from the peer through the tunnel (restarts when the peer set changes).",
-                |p| p.rx_packets,
-            ),
-            (
-                "weft_node_peer_transmit_packets_total",
-                "counter",
-                "IP packets sent to the peer through the tunnel, after policy (restarts when the peer set changes).",
-                |p| p.tx_packets,
-            ),
-            (
-                "weft_node_peer_active_connections",
-                "gauge",
-                "Open connections whose other end is in the peer's ranges (replied, TCP established).",
-                |p| p.active_connections,
-            ),
-        ];
-        for (name, kind, help, value) in per_peer {
-            family(o, name, kind, help);
-            for (app, f) in &apps {
-                for p in &f.peers {
-                    sample(o, name, &[("app", app), ("peer", &p.node)], value(p));
-                }
-            }
-        }
-        let name = "weft_node_active_connections";
-        family(
-            o,
-            name,
-            "gauge",
-            "Open connections in the app's namespace on this node (replied, TCP established).",
-        );
-        for (app, f) in &apps {
-            if let Some(n) = f.active_connections {
-                sample(o, name, &[("app", app)], n);
-            }
-        }
+        let e = &mut e;
+        let gauge = |v: u64| ConstGauge::new(v);
+        let counter = |v: u64| ConstCounter::new(v);
+        let peers = || {
+            apps.iter()
+                .flat_map(|(app, f)| f.peers.iter().map(move |p| (app.as_str(), p)))
+        };
+        let policies = || {
+            apps.iter()
+                .filter_map(|(app, f)| Some((app.as_str(), f.policy.as_ref()?)))
+        };
 
+        const_family(
+            e,
+            "weft_node_peers_up",
+            "Peers of the app with a handshake in the last 180 seconds.",
+            apps.iter().map(|(app, f)| {
+                let up = f
+                    .peers
+                    .iter()
+                    .filter(|p| {
+                        p.handshake_age_seconds
+                            .is_some_and(|s| s < HANDSHAKE_FRESH_SECONDS)
+                    })
+                    .count();
+                ([("app", app.as_str())], gauge(up as u64))
+            }),
+        )?;
+        const_family(
+            e,
+            "weft_node_peers",
+            "Peers configured for the app.",
+            apps.iter()
+                .map(|(app, f)| ([("app", app.as_str())], gauge(f.peers.len() as u64))),
+        )?;
+        const_family(
+            e,
+            "weft_node_peer_handshake_age_seconds",
+            "Seconds since the last WireGuard handshake with the peer (absent before the first).",
+            peers().filter_map(|(app, p)| {
+                let age = p.handshake_age_seconds?;
+                Some(([("app", app), ("peer", p.node.as_str())], gauge(age)))
+            }),
+        )?;
+        for (name, help, value) in PEER_COUNTERS {
+            const_family(
+                e,
+                name,
+                help,
+                peers()
+                    .map(|(app, p)| ([("app", app), ("peer", p.node.as_str())], counter(value(p)))),
+            )?;
+        }
+        const_family(
+            e,
+            "weft_node_peer_active_connections",
+            "Open connections whose other end is in the peer's ranges (replied, TCP established).",
+            peers().map(|(app, p)| {
+                (
+                    [("app", app), ("peer", p.node.as_str())],
+                    gauge(p.active_connections),
+                )
+            }),
+        )?;
+        const_family(
+            e,
+            "weft_node_active_connections",
+            "Open connections in the app's namespace on this node (replied, TCP established).",
+            apps.iter().filter_map(|(app, f)| {
+                Some(([("app", app.as_str())], gauge(f.active_connections?)))
+            }),
+        )?;
         for (name, help, bytes) in [
             (
-                "weft_node_policy_rule_packets_total",
+                "weft_node_policy_rule_packets",
                 "Packets of new flows allowed by the policy rule.",
                 false,
             ),
             (
-                "weft_node_policy_rule_bytes_total",
+                "weft_node_policy_rule_bytes",
                 "Bytes of new flows allowed by the policy rule.",
                 true,
             ),
         ] {
-            family(o, name, "counter", help);
-            for (app, f) in &apps {
-                let Some(pc) = &f.policy else { continue };
-                for (rule, c) in &pc.rules {
-                    let v = if bytes { c.bytes } else { c.packets };
-                    sample(o, name, &[("app", app), ("rule", rule)], v);
-                }
-            }
+            const_family(
+                e,
+                name,
+                help,
+                policies().flat_map(|(app, pc)| {
+                    pc.rules.iter().map(move |(rule, c)| {
+                        let v = if bytes { c.bytes } else { c.packets };
+                        ([("app", app), ("rule", rule.as_str())], counter(v))
+                    })
+                }),
+            )?;
         }
         for (name, help, bytes) in [
             (
-                "weft_node_policy_drops_packets_total",
+                "weft_node_policy_drops_packets",
                 "Packets dropped by policy (no rule allowed them), by direction.",
                 false,
             ),
             (
-                "weft_node_policy_drops_bytes_total",
+                "weft_node_policy_drops_bytes",
                 "Bytes dropped by policy (no rule allowed them), by direction.",
                 true,
             ),
         ] {
-            family(o, name, "counter", help);
-            for (app, f) in &apps {
-                let Some(pc) = &f.policy else { continue };
-                for (dir, c) in [
-                    ("ingress", &pc.dropped_ingress),
-                    ("egress", &pc.dropped_egress),
-                ] {
-                    let v = if bytes { c.bytes } else { c.packets };
-                    sample(o, name, &[("app", app), ("direction", dir)], v);
-                }
-            }
+            const_family(
+                e,
+                name,
+                help,
+                policies().flat_map(|(app, pc)| {
+                    [
+                        ("ingress", &pc.dropped_ingress),
+                        ("egress", &pc.dropped_egress),
+                    ]
+                    .into_iter()
+                    .map(move |(dir, c)| {
+                        let v = if bytes { c.bytes } else { c.packets };
+                        ([("app", app), ("direction", dir)], counter(v))
+                    })
+                }),
+            )?;
         }
-        let name = "weft_node_policy_established_packets_total";
-        family(
-            o,
-            name,
-            "counter",
+        const_family(
+            e,
+            "weft_node_policy_established_packets",
             "Packets of established or related flows passed by the policy table.",
-        );
-        for (app, f) in &apps {
-            if let Some(pc) = &f.policy {
-                sample(o, name, &[("app", app)], pc.established.packets);
-            }
-        }
-        out
+            policies().map(|(app, pc)| ([("app", app)], counter(pc.established.packets))),
+        )
     }
 }
 
@@ -535,6 +568,71 @@ mod tests {
         }
     }
 
+    /// Every family of the exposition: name, type and help, exactly as
+    /// dashboards and alerts query them (changing one is a breaking change).
+    const PINNED: [(&str, &str, &str); 20] = [
+        ("weft_node_reconcile_passes_total", "counter", "Reconcile passes run."),
+        ("weft_node_status_writes_total", "counter", "MeshNode status publications."),
+        ("weft_node_dataplane_writes_total", "counter", "Data-plane operations applied, by operation."),
+        ("weft_node_errors_total", "counter", "Problems met, by reason (a problem that persists counts once per pass)."),
+        ("weft_node_reconcile_duration_seconds", "histogram", "Duration of reconcile passes (observe, diff, apply, status)."),
+        ("weft_node_peers_up", "gauge", "Peers of the app with a handshake in the last 180 seconds."),
+        ("weft_node_peers", "gauge", "Peers configured for the app."),
+        ("weft_node_peer_handshake_age_seconds", "gauge", "Seconds since the last WireGuard handshake with the peer (absent before the first)."),
+        ("weft_node_peer_receive_bytes_total", "counter", "Bytes received from the peer (WireGuard's count: encrypted, overhead included)."),
+        ("weft_node_peer_transmit_bytes_total", "counter", "Bytes sent to the peer (WireGuard's count: encrypted, overhead included)."),
+        ("weft_node_peer_receive_packets_total", "counter", "IP packets received from the peer through the tunnel (restarts when the peer set changes)."),
+        ("weft_node_peer_transmit_packets_total", "counter", "IP packets sent to the peer through the tunnel, after policy (restarts when the peer set changes)."),
+        ("weft_node_peer_active_connections", "gauge", "Open connections whose other end is in the peer's ranges (replied, TCP established)."),
+        ("weft_node_active_connections", "gauge", "Open connections in the app's namespace on this node (replied, TCP established)."),
+        ("weft_node_policy_rule_packets_total", "counter", "Packets of new flows allowed by the policy rule."),
+        ("weft_node_policy_rule_bytes_total", "counter", "Bytes of new flows allowed by the policy rule."),
+        ("weft_node_policy_drops_packets_total", "counter", "Packets dropped by policy (no rule allowed them), by direction."),
+        ("weft_node_policy_drops_bytes_total", "counter", "Bytes dropped by policy (no rule allowed them), by direction."),
+        ("weft_node_policy_established_packets_total", "counter", "Packets of established or related flows passed by the policy table."),
+        // Not a family name: the histogram's series, pinned below.
+        ("weft_node_reconcile_duration_seconds_bucket", "", ""),
+    ];
+
+    #[test]
+    fn family_names_types_and_help_are_pinned() {
+        let m = Metrics::default();
+        m.observe_pass(Duration::from_millis(20), &report());
+        m.status_written();
+        let text = m.render();
+        let mut declared: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        declared.sort_unstable();
+        let mut want: Vec<&str> = PINNED
+            .iter()
+            .filter(|(_, kind, _)| !kind.is_empty())
+            .map(|(name, _, _)| *name)
+            .collect();
+        want.sort_unstable();
+        assert_eq!(declared, want, "{text}");
+        for (name, kind, help) in PINNED {
+            if kind.is_empty() {
+                assert!(
+                    text.contains(&format!("\n{name}{{le=\"0.005\"}} 0\n")),
+                    "{text}"
+                );
+                continue;
+            }
+            let head = format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            assert!(text.contains(&head), "missing {head:?} in\n{text}");
+        }
+        // Before any pass: the unlabelled families only.
+        let fresh = Metrics::default().render();
+        assert!(
+            fresh.contains("weft_node_reconcile_passes_total 0\n"),
+            "{fresh}"
+        );
+        assert!(!fresh.contains("app=\""), "{fresh}");
+    }
+
     fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -558,7 +656,10 @@ mod tests {
         assert!(get(addr, "/readyz").starts_with("HTTP/1.1 200"));
         let body = get(addr, "/metrics");
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-        assert!(body.contains("content-type: text/plain; version=0.0.4"));
+        assert!(
+            body.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{body}"
+        );
         assert!(body.contains("weft_node_reconcile_passes_total 1\n"));
         assert!(body.contains("weft_node_peers_up{app=\"demo/web\"} 1\n"));
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));

@@ -1,68 +1,135 @@
-//! Prometheus metrics and health endpoints of the Kubernetes operator, on the
-//! tiny HTTP/1.1 responder of [`weft_metrics`] (shared with the
-//! node daemon).
+//! Prometheus metrics and health endpoints of the Kubernetes operator: a
+//! `prometheus_client` registry served by the hyper responder of
+//! [`weft_metrics`] (shared with the node daemon).
 //!
 //! | path | answers |
 //! |---|---|
-//! | `/metrics` | text exposition format 0.0.4 |
+//! | `/metrics` | Prometheus text exposition format 0.0.4 |
 //! | `/healthz` | 200 while the process runs |
 //! | `/readyz` | 200 once the caches are filled, 503 before |
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use super::error::Error;
 use super::reconcile::ReconcileReport;
+use weft_metrics::prometheus_client::metrics::counter::Counter;
+use weft_metrics::prometheus_client::metrics::family::Family;
+use weft_metrics::prometheus_client::metrics::gauge::Gauge;
+use weft_metrics::prometheus_client::metrics::histogram::Histogram;
 pub use weft_metrics::{serve, DURATION_BUCKETS};
-use weft_metrics::{Endpoints, Histogram};
+use weft_metrics::{Endpoints, Registry};
+
+/// A gauge of counts.
+type Count = Gauge<u64, AtomicU64>;
 
 /// Counters and gauges of the operator.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    reconciles: AtomicU64,
-    errors: Mutex<BTreeMap<&'static str, u64>>,
+    registry: Registry,
+    reconciles: Counter,
+    errors: Family<[(&'static str, &'static str); 1], Counter>,
     duration: Histogram,
-    meshnode_writes: AtomicU64,
-    status_writes: AtomicU64,
-    plan_errors: AtomicU64,
-    peers_up: AtomicU64,
-    peers_total: AtomicU64,
-    leader: AtomicBool,
+    meshnode_writes: Counter,
+    status_writes: Counter,
+    plan_errors: Count,
+    peers_up: Count,
+    peers_total: Count,
+    leader: Count,
     ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            registry: Registry::default(),
+            reconciles: Counter::default(),
+            errors: Family::default(),
+            duration: weft_metrics::duration_histogram(),
+            meshnode_writes: Counter::default(),
+            status_writes: Counter::default(),
+            plan_errors: Count::default(),
+            peers_up: Count::default(),
+            peers_total: Count::default(),
+            leader: Count::default(),
+            ready: AtomicBool::new(false),
+        };
+        let mut r = Registry::default();
+        // Help texts without their final period: the registry adds it.
+        r.register(
+            "weft_operator_reconciles",
+            "Reconcile passes run",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "weft_operator_meshnode_writes",
+            "MeshNode specs applied",
+            m.meshnode_writes.clone(),
+        );
+        r.register(
+            "weft_operator_status_writes",
+            "Status subresource patches of MeshApp/MeshPolicy/MeshSite",
+            m.status_writes.clone(),
+        );
+        r.register(
+            "weft_operator_plan_errors",
+            "Bad-input problems in the last plan",
+            m.plan_errors.clone(),
+        );
+        r.register(
+            "weft_operator_peers_up",
+            "Peer links with a recent handshake, over all apps",
+            m.peers_up.clone(),
+        );
+        r.register(
+            "weft_operator_peers_total",
+            "Peer links planned, over all apps",
+            m.peers_total.clone(),
+        );
+        r.register(
+            "weft_operator_leader",
+            "1 while this replica holds the leader Lease",
+            m.leader.clone(),
+        );
+        r.register(
+            "weft_operator_reconcile_errors",
+            "Failed passes by reason",
+            m.errors.clone(),
+        );
+        r.register(
+            "weft_operator_reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            m.duration.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
 }
 
 impl Metrics {
     /// Records one reconcile pass.
     pub fn observe_pass(&self, took: Duration, result: Result<&ReconcileReport, &Error>) {
-        self.reconciles.fetch_add(1, Ordering::Relaxed);
-        self.duration.observe(took);
+        self.reconciles.inc();
+        self.duration.observe(took.as_secs_f64());
         match result {
             Ok(r) => {
                 let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-                self.meshnode_writes
-                    .fetch_add(n(r.meshnode_writes.len()), Ordering::Relaxed);
-                self.status_writes
-                    .fetch_add(n(r.status_writes.len()), Ordering::Relaxed);
-                self.plan_errors.store(n(r.errors.len()), Ordering::Relaxed);
-                self.peers_up
-                    .store(u64::from(r.peers_up), Ordering::Relaxed);
-                self.peers_total
-                    .store(u64::from(r.peers_total), Ordering::Relaxed);
+                self.meshnode_writes.inc_by(n(r.meshnode_writes.len()));
+                self.status_writes.inc_by(n(r.status_writes.len()));
+                self.plan_errors.set(n(r.errors.len()));
+                self.peers_up.set(u64::from(r.peers_up));
+                self.peers_total.set(u64::from(r.peers_total));
             }
             Err(e) => {
-                if let Ok(mut m) = self.errors.lock() {
-                    *m.entry(e.metric_label()).or_default() += 1;
-                }
+                self.errors
+                    .get_or_create(&[("reason", e.metric_label())])
+                    .inc();
             }
         }
     }
 
     /// Whether this replica leads.
     pub fn set_leader(&self, leading: bool) {
-        self.leader.store(leading, Ordering::Relaxed);
+        self.leader.set(u64::from(leading));
     }
 
     /// Whether the caches are filled.
@@ -77,74 +144,7 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, kind: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        };
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            "weft_operator_reconciles_total",
-            "Reconcile passes run.",
-            "counter",
-            get(&self.reconciles),
-        );
-        counter(
-            "weft_operator_meshnode_writes_total",
-            "MeshNode specs applied.",
-            "counter",
-            get(&self.meshnode_writes),
-        );
-        counter(
-            "weft_operator_status_writes_total",
-            "Status subresource patches of MeshApp/MeshPolicy/MeshSite.",
-            "counter",
-            get(&self.status_writes),
-        );
-        counter(
-            "weft_operator_plan_errors",
-            "Bad-input problems in the last plan.",
-            "gauge",
-            get(&self.plan_errors),
-        );
-        counter(
-            "weft_operator_peers_up",
-            "Peer links with a recent handshake, over all apps.",
-            "gauge",
-            get(&self.peers_up),
-        );
-        counter(
-            "weft_operator_peers_total",
-            "Peer links planned, over all apps.",
-            "gauge",
-            get(&self.peers_total),
-        );
-        counter(
-            "weft_operator_leader",
-            "1 while this replica holds the leader Lease.",
-            "gauge",
-            u64::from(self.leader.load(Ordering::Relaxed)),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP weft_operator_reconcile_errors_total Failed passes by reason.\n# TYPE weft_operator_reconcile_errors_total counter"
-        );
-        if let Ok(m) = self.errors.lock() {
-            for (reason, n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "weft_operator_reconcile_errors_total{{reason=\"{reason}\"}} {n}"
-                );
-            }
-        }
-        self.duration.render(
-            &mut out,
-            "weft_operator_reconcile_duration_seconds",
-            "Duration of reconcile passes.",
-        );
-        out
+        weft_metrics::encode(&self.registry)
     }
 }
 
@@ -194,6 +194,73 @@ mod tests {
         assert!(text.contains("weft_operator_reconcile_duration_seconds_count 2"));
         assert!(text.contains("weft_operator_peers_up 1"));
         assert!(text.contains("weft_operator_leader 1"));
+    }
+
+    #[test]
+    fn family_names_types_and_help_are_pinned() {
+        let m = Metrics::default();
+        let err = Error::Serialize {
+            what: "x".into(),
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        };
+        m.observe_pass(Duration::from_millis(1), Err(&err));
+        let text = m.render();
+        let pinned = [
+            (
+                "weft_operator_reconciles_total",
+                "counter",
+                "Reconcile passes run.",
+            ),
+            (
+                "weft_operator_meshnode_writes_total",
+                "counter",
+                "MeshNode specs applied.",
+            ),
+            (
+                "weft_operator_status_writes_total",
+                "counter",
+                "Status subresource patches of MeshApp/MeshPolicy/MeshSite.",
+            ),
+            (
+                "weft_operator_plan_errors",
+                "gauge",
+                "Bad-input problems in the last plan.",
+            ),
+            (
+                "weft_operator_peers_up",
+                "gauge",
+                "Peer links with a recent handshake, over all apps.",
+            ),
+            (
+                "weft_operator_peers_total",
+                "gauge",
+                "Peer links planned, over all apps.",
+            ),
+            (
+                "weft_operator_leader",
+                "gauge",
+                "1 while this replica holds the leader Lease.",
+            ),
+            (
+                "weft_operator_reconcile_errors_total",
+                "counter",
+                "Failed passes by reason.",
+            ),
+            (
+                "weft_operator_reconcile_duration_seconds",
+                "histogram",
+                "Duration of reconcile passes.",
+            ),
+        ];
+        for (name, kind, help) in pinned {
+            let head = format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            assert!(text.contains(&head), "missing {head:?} in\n{text}");
+        }
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("# TYPE ")).count(),
+            pinned.len(),
+            "{text}"
+        );
     }
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {

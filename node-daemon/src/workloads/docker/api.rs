@@ -1,26 +1,24 @@
-//! The few Docker Engine API answers the daemon reads, and how a container
-//! becomes a workload (pure: no I/O). Field names are the engine's (API
-//! 1.41 and later; unknown fields are ignored).
+//! The few Docker Engine answers the daemon reads (bollard's models) and
+//! how a container becomes a workload (pure: no I/O). Works with the
+//! engine's own API version (20.10 / API 1.41 and later): every field read
+//! here has been there since long before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use serde::Deserialize;
+use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use weft_api::labels::APP_LABEL;
 use weft_api::standalone::LocalWorkload;
 use weft_api::validation::printable;
 
 /// Longest piece of engine output quoted in a message (messages end up in
 /// the log and in the MeshNode's status).
-const MAX_QUOTED: usize = 200;
+const MAX_QUOTED: usize = 300;
 
-/// Engine output as it may appear in a message: one line, bounded.
-pub fn excerpt(body: &[u8]) -> String {
-    printable(String::from_utf8_lossy(body).trim(), MAX_QUOTED)
-}
-
-/// A decoding error: serde quotes offending values whole, so bound it.
-fn json_error(what: &str, e: serde_json::Error) -> String {
-    format!("{what}: {}", printable(&e.to_string(), MAX_QUOTED))
+/// An engine or transport error as it may appear in a message: one line,
+/// bounded (the engine's message is quoted whole by bollard).
+pub fn describe(e: &bollard::errors::Error) -> String {
+    printable(&e.to_string(), MAX_QUOTED)
 }
 
 /// Label giving a container's workload namespace (default [`DEFAULT_NAMESPACE`]).
@@ -29,77 +27,30 @@ pub const NAMESPACE_LABEL: &str = "weft.dev/namespace";
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Only containers carrying the app label, ever (the engine filters).
-fn label_filter(extra: &str) -> String {
-    super::http::encode_query(&format!(r#"{{{extra}"label":["{APP_LABEL}"]}}"#))
+fn filters(events: bool) -> HashMap<String, Vec<String>> {
+    let mut f = HashMap::from([("label".to_string(), vec![APP_LABEL.to_string()])]);
+    if events {
+        f.insert("type".into(), vec!["container".into()]);
+    }
+    f
 }
 
-/// `GET` path listing the running containers with an app label.
-pub fn list_path() -> String {
-    format!("/containers/json?filters={}", label_filter(""))
+/// Listing: the running containers with an app label.
+pub fn list_options() -> ListContainersOptions {
+    ListContainersOptions {
+        filters: Some(filters(false)),
+        ..Default::default()
+    }
 }
 
-/// `GET` path of one container's details.
-pub fn inspect_path(id: &str) -> String {
-    format!("/containers/{}/json", super::http::encode_query(id))
-}
-
-/// `GET` path of the event stream: container events of labelled containers.
-pub fn events_path() -> String {
-    format!(
-        "/events?filters={}",
-        label_filter(r#""type":["container"],"#)
-    )
-}
-
-/// One entry of `GET /containers/json`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Summary {
-    /// Container id.
-    #[serde(rename = "Id")]
-    pub id: String,
-}
-
-/// Ids from a `GET /containers/json` body.
-pub fn parse_list(body: &[u8]) -> Result<Vec<String>, String> {
-    let v: Vec<Summary> =
-        serde_json::from_slice(body).map_err(|e| json_error("container list", e))?;
-    Ok(v.into_iter().map(|s| s.id).collect())
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct InspectState {
-    #[serde(rename = "Running", default)]
-    running: bool,
-    #[serde(rename = "Paused", default)]
-    paused: bool,
-    #[serde(rename = "Pid", default)]
-    pid: i64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct InspectConfig {
-    #[serde(rename = "Labels", default)]
-    labels: Option<BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct InspectHostConfig {
-    #[serde(rename = "NetworkMode", default)]
-    network_mode: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Inspect {
-    #[serde(rename = "Id")]
-    id: String,
-    #[serde(rename = "Name", default)]
-    name: String,
-    #[serde(rename = "State", default)]
-    state: InspectState,
-    #[serde(rename = "Config", default)]
-    config: InspectConfig,
-    #[serde(rename = "HostConfig", default)]
-    host_config: InspectHostConfig,
+/// The event stream: container events of labelled containers, replayed
+/// from `since` (Unix seconds) on.
+pub fn events_options(since: u64) -> EventsOptions {
+    EventsOptions {
+        since: Some(since.to_string()),
+        until: None,
+        filters: Some(filters(true)),
+    }
 }
 
 /// What the daemon needs to know about one container.
@@ -119,18 +70,29 @@ pub struct Container {
     pub network_mode: String,
 }
 
-/// Parses a `GET /containers/{id}/json` body.
-pub fn parse_inspect(body: &[u8]) -> Result<Container, String> {
-    let i: Inspect =
-        serde_json::from_slice(body).map_err(|e| json_error("container details", e))?;
-    Ok(Container {
-        name: i.name.trim_start_matches('/').to_string(),
-        labels: i.config.labels.unwrap_or_default(),
-        running: i.state.running || i.state.paused,
-        pid: u32::try_from(i.state.pid).unwrap_or(0),
-        network_mode: i.host_config.network_mode,
-        id: i.id,
-    })
+/// What an inspected container is.
+pub fn container(i: ContainerInspectResponse) -> Container {
+    let state = i.state.unwrap_or_default();
+    Container {
+        id: i.id.unwrap_or_default(),
+        name: i
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        labels: i
+            .config
+            .and_then(|c| c.labels)
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        running: state.running.unwrap_or(false) || state.paused.unwrap_or(false),
+        pid: state.pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        network_mode: i
+            .host_config
+            .and_then(|h| h.network_mode)
+            .unwrap_or_default(),
+    }
 }
 
 /// Path of a process's network namespace.
@@ -188,37 +150,27 @@ pub enum Change {
     Gone(String),
 }
 
-#[derive(Debug, Deserialize)]
-struct Actor {
-    #[serde(rename = "ID", default)]
-    id: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Event {
-    #[serde(rename = "Type", default)]
-    type_: String,
-    #[serde(rename = "Action", default)]
-    action: String,
-    #[serde(rename = "Actor")]
-    actor: Option<Actor>,
-}
-
-/// Parses one line of `GET /events`; `Ok(None)` for events that change
-/// nothing (create, kill, exec_*, health_status...).
-pub fn parse_event(line: &[u8]) -> Result<Option<Change>, String> {
-    let e: Event = serde_json::from_slice(line).map_err(|e| json_error("event", e))?;
-    if !e.type_.is_empty() && e.type_ != "container" {
+/// What an event means; `Ok(None)` for events that change nothing
+/// (create, kill, exec_*, health_status...).
+pub fn change(e: &EventMessage) -> Result<Option<Change>, String> {
+    if e.typ
+        .is_some_and(|t| t != EventMessageTypeEnum::CONTAINER && t != EventMessageTypeEnum::EMPTY)
+    {
         return Ok(None);
     }
-    let id = e.actor.map(|a| a.id).unwrap_or_default();
+    let action = e.action.as_deref().unwrap_or_default();
+    let id = e
+        .actor
+        .as_ref()
+        .and_then(|a| a.id.clone())
+        .unwrap_or_default();
     if id.is_empty() {
         return Err(format!(
             "event {:?} without Actor.ID",
-            printable(&e.action, 40)
+            printable(action, 40)
         ));
     }
-    Ok(match e.action.as_str() {
+    Ok(match action {
         "start" | "restart" | "unpause" | "rename" | "update" => Some(Change::Refresh(id)),
         "die" | "stop" | "destroy" | "oom" => Some(Change::Gone(id)),
         _ => None,
@@ -234,31 +186,43 @@ pub fn short(id: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    //! On answers recorded from a real engine (Docker 20.10.24, API 1.41):
+    //! bollard's models read them, and the conversion keeps what matters.
+
+    use bollard::models::ContainerSummary;
+
     use super::*;
 
     const INSPECT: &str = include_str!("testdata/inspect-running.json");
     const LIST: &str = include_str!("testdata/containers.json");
     const EVENTS: &str = include_str!("testdata/events.jsonl");
-    const ID: &str = "661210d153f04cd72b8a979822b31f5d6a3a0ff7d5ba4c75c6e2e2c8d90f54c9";
+    const ID: &str = "623836b62f9703890ac726d3463f0da80e29b2d81342ff1588fb934a2c839e8f";
+
+    fn inspected() -> Container {
+        container(serde_json::from_str(INSPECT).expect("bollard reads a recorded inspect"))
+    }
 
     #[test]
     fn a_recorded_running_container_becomes_a_workload() {
-        let c = parse_inspect(INSPECT.as_bytes()).unwrap();
+        let c = inspected();
         assert_eq!(c.id, ID);
         assert_eq!(c.name, "probe1");
         assert!(c.running);
-        assert_eq!(c.pid, 7850);
+        assert_eq!(c.pid, 24490);
         assert_eq!(c.network_mode, "none");
         let w = to_workload(&c).unwrap().unwrap();
         assert_eq!(w.name, "probe1");
         assert_eq!(w.namespace, "demo");
-        assert_eq!(w.netns, "/proc/7850/ns/net");
+        assert_eq!(w.netns, "/proc/24490/ns/net");
         assert_eq!(w.labels.get(APP_LABEL).map(String::as_str), Some("web"));
+        // Whatever the engine leaves out, the conversion does not panic.
+        let empty = container(ContainerInspectResponse::default());
+        assert!(!empty.running && empty.pid == 0 && empty.labels.is_empty());
     }
 
     #[test]
     fn containers_that_cannot_be_workloads_say_why() {
-        let base = parse_inspect(INSPECT.as_bytes()).unwrap();
+        let base = inspected();
         let err = |f: &dyn Fn(&mut Container)| {
             let mut c = base.clone();
             f(&mut c);
@@ -297,11 +261,12 @@ mod tests {
 
     #[test]
     fn recorded_lists_and_events_parse() {
-        assert_eq!(parse_list(LIST.as_bytes()).unwrap(), vec![ID.to_string()]);
-        assert!(parse_list(b"{}").is_err());
+        let list: Vec<ContainerSummary> = serde_json::from_str(LIST).unwrap();
+        let ids: Vec<_> = list.into_iter().filter_map(|c| c.id).collect();
+        assert_eq!(ids, vec![ID.to_string()]);
         let changes: Vec<Option<Change>> = EVENTS
             .lines()
-            .map(|l| parse_event(l.as_bytes()).unwrap())
+            .map(|l| change(&serde_json::from_str(l).unwrap()).unwrap())
             .collect();
         use Change::*;
         assert_eq!(
@@ -316,22 +281,28 @@ mod tests {
                 Some(Gone(ID.into())),
             ]
         );
-        let exec = br#"{"Type":"container","Action":"exec_die","Actor":{"ID":"x"}}"#;
-        assert_eq!(parse_event(exec).unwrap(), None);
-        assert!(parse_event(br#"{"Type":"container","Action":"die"}"#).is_err());
-        assert!(parse_event(b"not json").is_err());
+        let ev = |json: &str| change(&serde_json::from_str(json).unwrap());
+        let exec = r#"{"Type":"container","Action":"exec_die","Actor":{"ID":"x"}}"#;
+        assert_eq!(ev(exec).unwrap(), None);
+        let image = r#"{"Type":"image","Action":"delete","Actor":{"ID":"x"}}"#;
+        assert_eq!(ev(image).unwrap(), None);
+        let e = ev(r#"{"Type":"container","Action":"die"}"#).unwrap_err();
+        assert!(e.contains("without Actor.ID"), "{e}");
     }
 
     #[test]
-    fn request_paths_filter_on_the_app_label() {
+    fn requests_filter_on_the_app_label() {
+        let list = list_options();
         assert_eq!(
-            list_path(),
-            "/containers/json?filters=%7B%22label%22%3A%5B%22weft.dev%2Fapp%22%5D%7D"
+            list.filters,
+            Some(HashMap::from([("label".into(), vec![APP_LABEL.into()])]))
         );
-        assert_eq!(
-            events_path(),
-            "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%2C%22label%22%3A%5B%22weft.dev%2Fapp%22%5D%7D"
-        );
-        assert_eq!(inspect_path("abc"), "/containers/abc/json");
+        assert!(!list.all, "running containers only");
+        let ev = events_options(1_700_000_000);
+        assert_eq!(ev.since.as_deref(), Some("1700000000"));
+        assert_eq!(ev.until, None, "a stream, not a page of history");
+        let f = ev.filters.unwrap();
+        assert_eq!(f["type"], vec!["container".to_string()]);
+        assert_eq!(f["label"], vec![APP_LABEL.to_string()]);
     }
 }

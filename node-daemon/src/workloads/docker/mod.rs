@@ -18,17 +18,20 @@
 //! a warning. The daemon must see the engine's pids: on the host, or in a
 //! container with `--pid host`.
 //!
-//! Talks HTTP/1.1 over the engine's unix socket with a small hand-written
-//! client ([`http`]); the answers are parsed in [`api`] (pure, tested on
-//! recorded engine output).
+//! The engine client is bollard (unix socket only, no TLS), on the
+//! watcher's own thread and current-thread runtime ([`watch`]); what the
+//! daemon makes of its answers is in [`api`] (pure, tested on output
+//! recorded from a real engine). Requests use the engine's API version, so
+//! Docker 20.10 (API 1.41) and current engines both work. Unlike the
+//! hand-written client this replaces, nothing bounds how much the engine
+//! may send (an event line, a listing): the engine runs as root on this
+//! host and is trusted with it, as every Docker client trusts it.
 
 pub mod api;
-pub mod http;
 pub mod inventory;
 pub mod watch;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -47,7 +50,7 @@ pub const CONDITION: &str = "WorkloadsWatched";
 pub struct DockerSource {
     socket: PathBuf,
     inventory: Arc<Mutex<Inventory>>,
-    stop: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     watcher: Option<std::thread::JoinHandle<()>>,
     sandboxes: SandboxChanges,
 }
@@ -58,17 +61,28 @@ impl DockerSource {
     /// event sets `wake`.
     pub fn start(socket: PathBuf, wake: crate::wake::Wake) -> std::io::Result<DockerSource> {
         let inventory = Arc::new(Mutex::new(Inventory::default()));
-        let stop = Arc::new(AtomicBool::new(false));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let watcher = {
-            let (socket, inventory, stop) = (socket.clone(), inventory.clone(), stop.clone());
+            let (socket, inventory) = (socket.clone(), inventory.clone());
             std::thread::Builder::new()
                 .name("docker-watch".into())
-                .spawn(move || watch::watch(socket, inventory, stop, wake))?
+                .spawn(move || {
+                    rt.block_on(async move {
+                        tokio::select! {
+                            _ = stopped => {}
+                            () = watch::watch(&socket, &inventory, wake) => {}
+                        }
+                    });
+                })?
         };
         Ok(DockerSource {
             socket,
             inventory,
-            stop,
+            stop: Some(stop),
             watcher: Some(watcher),
             sandboxes: SandboxChanges::default(),
         })
@@ -138,7 +152,10 @@ fn refused_message(rejected: &[String]) -> String {
 
 impl Drop for DockerSource {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        // Ends the watcher at its next await (a request in flight is dropped).
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = self.watcher.take() {
             let _ = t.join();
         }
@@ -147,25 +164,72 @@ impl Drop for DockerSource {
 
 #[cfg(test)]
 mod tests {
-    //! The watcher's I/O against a scripted engine on a unix socket (the
-    //! real engine is exercised by e2e/tests/docker_edge.rs; these cover
-    //! what cannot be done to a shared engine: dropping its event stream
-    //! and changing containers while the daemon is disconnected).
+    //! The watcher against a scripted engine on a unix socket that speaks
+    //! like Docker 20.10 (API 1.41: a request for a newer version is
+    //! refused). The real engine is exercised by e2e/tests/docker_edge.rs;
+    //! these cover what cannot be done to a shared engine: dropping its
+    //! event stream, changing containers while the daemon is disconnected
+    //! or between its listing and its subscription.
 
     use std::collections::BTreeMap;
     use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};
-    use std::time::{Duration, Instant};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use super::*;
     use crate::wake::Wake;
+
+    /// The newest API version the scripted engine speaks.
+    const MAX_MINOR: u32 = 41;
 
     #[derive(Default)]
     struct Engine {
         /// id -> (name, app, pid) of running containers.
         running: BTreeMap<String, (String, String, u32)>,
+        /// Every event sent: (Unix seconds, JSON line).
+        history: Vec<(u64, String)>,
         streams: Vec<UnixStream>,
         lists: usize,
+        /// When each listing was asked for (Unix seconds).
+        listed_at: Vec<u64>,
+        /// `since` of each event subscription.
+        since: Vec<u64>,
+        /// A container to start just before the next subscription lands
+        /// (after the listing): only the replay can tell the daemon.
+        on_subscribe: Option<(String, String, String)>,
+        /// Request paths with an API version newer than the engine's.
+        too_new: Vec<String>,
+    }
+
+    impl Engine {
+        fn start(&mut self, id: &str, name: &str, app: &str, announce: bool) {
+            self.running
+                .insert(id.into(), (name.into(), app.into(), std::process::id()));
+            if announce {
+                self.event("start", id);
+            }
+        }
+
+        fn event(&mut self, action: &str, id: &str) {
+            let now = unix_now();
+            let ev = format!(
+                r#"{{"Type":"container","Action":"{action}","Actor":{{"ID":"{id}","Attributes":{{}}}},"time":{now}}}"#
+            );
+            // Split across two chunks: lines need not align with chunks.
+            let (a, b) = ev.split_at(10);
+            for s in &mut self.streams {
+                chunk(s, a);
+                chunk(s, &format!("{b}\n"));
+            }
+            self.history.push((now, ev));
+        }
+    }
+
+    fn unix_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     struct Scripted {
@@ -174,6 +238,7 @@ mod tests {
         engine: Arc<Mutex<Engine>>,
     }
 
+    /// The request target of the next request on `s`.
     fn read_request(s: &mut UnixStream) -> Option<String> {
         let mut buf = Vec::new();
         let mut b = [0u8; 1];
@@ -191,6 +256,34 @@ mod tests {
         let _ = write!(s, "{:x}\r\n{body}\r\n", body.len());
     }
 
+    /// Splits `/v1.41/x?q` into (minor version if any, `/x`, `q`).
+    fn split_target(target: &str) -> (Option<u32>, String, String) {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let versioned = path
+            .strip_prefix("/v1.")
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(minor, rest)| Some((minor.parse().ok()?, format!("/{rest}"))));
+        match versioned {
+            Some((minor, rest)) => (Some(minor), rest, query.into()),
+            None => (None, path.into(), query.into()),
+        }
+    }
+
+    fn query_param(query: &str, key: &str) -> Option<String> {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    }
+
+    fn answer(s: &mut UnixStream, status: u16, body: &str) {
+        let _ = write!(
+            s,
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nApi-Version: 1.{MAX_MINOR}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+
     impl Scripted {
         fn start() -> Scripted {
             let dir = tempfile::tempdir().unwrap();
@@ -201,20 +294,55 @@ mod tests {
             std::thread::spawn(move || {
                 for s in listener.incoming() {
                     let Ok(mut s) = s else { return };
-                    let Some(path) = read_request(&mut s) else {
+                    let Some(target) = read_request(&mut s) else {
                         continue;
                     };
                     let mut g = e.lock().unwrap();
-                    if path.starts_with("/events?") {
-                        assert_eq!(path, api::events_path());
+                    let (minor, path, query) = split_target(&target);
+                    if minor.is_some_and(|m| m > MAX_MINOR) {
+                        g.too_new.push(target.clone());
+                        let m = minor.unwrap();
+                        let msg = format!(
+                            r#"{{"message":"client version 1.{m} is too new. Maximum supported API version is 1.{MAX_MINOR}"}}"#
+                        );
+                        answer(&mut s, 400, &msg);
+                        continue;
+                    }
+                    if path == "/events" {
+                        assert!(
+                            query_param(&query, "filters").is_some_and(|f| f.contains("weft.dev")),
+                            "{target}"
+                        );
+                        let since: u64 = query_param(&query, "since")
+                            .and_then(|v| v.parse().ok())
+                            .expect("the daemon asks for a replay");
+                        g.since.push(since);
+                        if let Some((id, name, app)) = g.on_subscribe.take() {
+                            g.start(&id, &name, &app, true);
+                        }
                         let _ = s.write_all(
                             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
                         );
+                        for (_, ev) in g.history.iter().filter(|(t, _)| *t >= since) {
+                            chunk(&mut s, &format!("{ev}\n"));
+                        }
                         g.streams.push(s);
                         continue;
                     }
-                    let (status, body) = if path == api::list_path() {
+                    let (status, body) = if path == "/version" {
+                        (
+                            200,
+                            format!(
+                                r#"{{"Version":"20.10.24","ApiVersion":"1.{MAX_MINOR}","MinAPIVersion":"1.12"}}"#
+                            ),
+                        )
+                    } else if path == "/containers/json" {
+                        assert!(
+                            query_param(&query, "filters").is_some_and(|f| f.contains("weft.dev")),
+                            "{target}"
+                        );
                         g.lists += 1;
+                        g.listed_at.push(unix_now());
                         let ids: Vec<_> = g
                             .running
                             .keys()
@@ -231,7 +359,7 @@ mod tests {
                                 200,
                                 serde_json::json!({
                                     "Id": id, "Name": format!("/{name}"),
-                                    "State": {"Running": true, "Pid": pid},
+                                    "State": {"Status": "running", "Running": true, "Pid": pid},
                                     "Config": {"Labels": {"weft.dev/app": app}},
                                     "HostConfig": {"NetworkMode": "none"}
                                 })
@@ -240,11 +368,7 @@ mod tests {
                             None => (404, r#"{"message":"No such container"}"#.to_string()),
                         }
                     };
-                    let _ = write!(
-                        s,
-                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
+                    answer(&mut s, status, &body);
                 }
             });
             Scripted {
@@ -256,53 +380,31 @@ mod tests {
 
         /// A container starts; `announce`: the engine sends the event.
         fn run(&self, id: &str, name: &str, app: &str, announce: bool) {
-            let mut g = self.engine.lock().unwrap();
-            g.running
-                .insert(id.into(), (name.into(), app.into(), std::process::id()));
-            if announce {
-                let ev =
-                    format!(r#"{{"Type":"container","Action":"start","Actor":{{"ID":"{id}"}}}}"#);
-                for s in &mut g.streams {
-                    chunk(s, &format!("{ev}\n"));
-                }
-            }
+            self.engine.lock().unwrap().start(id, name, app, announce);
         }
 
         fn stop(&self, id: &str) {
             let mut g = self.engine.lock().unwrap();
             g.running.remove(id);
-            let ev = format!(r#"{{"Type":"container","Action":"die","Actor":{{"ID":"{id}"}}}}"#);
-            // Split across two chunks: lines need not align with chunks.
-            let (a, b) = ev.split_at(10);
-            for s in &mut g.streams {
-                chunk(s, a);
-                chunk(s, &format!("{b}\n"));
-            }
-        }
-
-        /// Sends one line of `len` bytes without end in sight on every
-        /// stream; returns how much the daemon took before hanging up.
-        fn flood(&self, len: usize) -> usize {
-            let block = "x".repeat(64 * 1024);
-            let mut taken = 0;
-            for s in &mut self.engine.lock().unwrap().streams {
-                let mut sent = 0;
-                while sent < len
-                    && write!(s, "{:x}\r\n{block}\r\n", block.len())
-                        .and_then(|()| s.flush())
-                        .is_ok()
-                {
-                    sent += block.len();
-                }
-                taken = taken.max(sent);
-            }
-            taken
+            g.event("die", id);
         }
 
         /// The engine restarts: every event stream ends.
         fn drop_streams(&self) {
             for s in self.engine.lock().unwrap().streams.drain(..) {
                 let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    impl Drop for Scripted {
+        fn drop(&mut self) {
+            let too_new = &self.engine.lock().unwrap().too_new;
+            if !std::thread::panicking() {
+                assert!(
+                    too_new.is_empty(),
+                    "requests for a newer API than the engine's: {too_new:?}"
+                );
             }
         }
     }
@@ -349,12 +451,23 @@ mod tests {
         let c = src.condition().unwrap();
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Watching"));
 
+        // Subscribed: wait for the stream before starting anything.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while engine.engine.lock().unwrap().streams.is_empty() {
+            assert!(Instant::now() < deadline, "no event subscription");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         engine.run("c2", "by-event", "web", true);
         wait_names(&mut src, &["before-start", "by-event"]);
         assert!(woke(&wake), "a started container wakes the loop");
         engine.stop("c1");
         wait_names(&mut src, &["by-event"]);
         assert!(woke(&wake), "a stopped container wakes the loop");
+        assert_eq!(
+            engine.engine.lock().unwrap().lists,
+            1,
+            "events, no relisting"
+        );
 
         // Started while the stream is down: found by the resync.
         engine.drop_streams();
@@ -364,22 +477,21 @@ mod tests {
     }
 
     #[test]
-    fn an_endless_event_line_ends_the_session_and_the_next_one_catches_up() {
+    fn what_starts_between_the_listing_and_the_subscription_is_replayed() {
         let engine = Scripted::start();
-        engine.run("c1", "first", "web", false);
+        engine.run("c1", "listed", "web", false);
+        engine.engine.lock().unwrap().on_subscribe =
+            Some(("c2".into(), "in-between".into(), "web".into()));
         let mut src = DockerSource::start(engine.socket.clone(), Wake::default()).unwrap();
-        wait_names(&mut src, &["first"]);
-        let lists = engine.engine.lock().unwrap().lists;
-        // Started while the stream carries garbage: only a resync finds it.
-        engine.run("c2", "second", "web", false);
-        let taken = engine.flood(16 * http::MAX_EVENT_LINE);
+        wait_names(&mut src, &["in-between", "listed"]);
+        let g = engine.engine.lock().unwrap();
+        assert_eq!(g.lists, 1, "found by the replay, not by a second listing");
         assert!(
-            taken < 16 * http::MAX_EVENT_LINE,
-            "the daemon read {taken} bytes of one line"
+            g.since[0] < g.listed_at[0],
+            "the replay starts before the listing: since {} listed at {}",
+            g.since[0],
+            g.listed_at[0]
         );
-        wait_names(&mut src, &["first", "second"]);
-        assert!(engine.engine.lock().unwrap().lists > lists);
-        assert_eq!(src.condition().unwrap().reason, "Watching");
     }
 
     #[test]
@@ -424,5 +536,11 @@ mod tests {
         std::os::unix::fs::symlink(&engine.socket, &socket).unwrap();
         wait_names(&mut src, &["late"]);
         assert_eq!(src.condition().unwrap().reason, "Watching");
+        let started = Instant::now();
+        drop(src);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the watcher stops at once, even while it follows events"
+        );
     }
 }

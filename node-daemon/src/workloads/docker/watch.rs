@@ -1,73 +1,100 @@
-//! The watcher thread: keeps an [`Inventory`] in step with the engine.
+//! The watcher: keeps an [`Inventory`] in step with the engine, on a thread
+//! of its own with a current-thread tokio runtime (bollard is async; the
+//! daemon's reconcile loop must not wait on the engine).
 //!
-//! Each session opens the event stream first, then lists and inspects the
-//! labelled containers (catch-up), then applies events as they come; events
-//! that raced the listing are applied after it (inspecting is idempotent),
-//! so nothing that starts in between is missed. When the stream breaks or
-//! the engine cannot be reached, the error is recorded and a new session
-//! starts after a backoff (0.5 s doubling to 10 s).
+//! Each session connects, lists and inspects the labelled containers
+//! (catch-up), then follows the event stream, asking the engine to replay
+//! from one second before the listing began (`since`): whatever started or
+//! stopped between the listing and the subscription comes as an event, and
+//! events the listing already saw are harmless (each one inspects the
+//! container as it is now). When the stream ends or the engine cannot be
+//! reached, the error is recorded and a new session starts after a backoff
+//! (0.5 s doubling to 10 s).
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bollard::errors::Error as DockerError;
+use bollard::Docker;
+use futures::StreamExt;
 
 use super::api::{self, Container};
-use super::http::{self, LineStream};
 use super::inventory::{Engine, Inventory, NetnsId};
 
-/// How long one blocking read waits before checking the stop flag.
-const TICK: Duration = Duration::from_millis(250);
-/// Timeout of one-shot requests (list, inspect).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout (seconds) of one request until the engine's answer begins.
+const REQUEST_TIMEOUT_SECONDS: u64 = 10;
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How far before the listing the event replay starts.
+const REPLAY_MARGIN: Duration = Duration::from_secs(1);
 
 /// The identity of the netns at `path`, if it exists.
 pub fn netns_id(path: &str) -> Option<NetnsId> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Connects to the engine at `socket` and settles the API version. bollard
+/// 0.21 sends unversioned paths (the engine answers in its own version,
+/// 1.41 on Docker 20.10, so old and current engines both work);
+/// `negotiate_version` reads `/version` and downgrades the client to an
+/// older engine's version. Should a later bollard put a version newer
+/// than the engine's in its paths, the unit tests' scripted engine (which
+/// refuses those, as Docker 20.10 does) fails.
+async fn connect(socket: &Path) -> Result<Docker, String> {
+    let what = |e: DockerError| format!("{}: {}", socket.display(), api::describe(&e));
+    let path = socket.to_string_lossy();
+    let docker =
+        Docker::connect_with_unix(&path, REQUEST_TIMEOUT_SECONDS, bollard::API_DEFAULT_VERSION)
+            .map_err(what)?;
+    docker.negotiate_version().await.map_err(what)
+}
+
 /// Inspects one container: `Ok(None)` when the engine no longer knows it.
-fn inspect(socket: &Path, id: &str) -> Result<Option<(Container, Option<NetnsId>)>, String> {
-    let (status, body) = http::get(socket, &api::inspect_path(id), REQUEST_TIMEOUT)?;
-    match status {
-        200 => {}
-        404 => return Ok(None),
-        s => {
+async fn inspect(
+    docker: &Docker,
+    socket: &Path,
+    id: &str,
+) -> Result<Option<(Container, Option<NetnsId>)>, String> {
+    let c = match docker.inspect_container(id, None).await {
+        Ok(i) => api::container(i),
+        Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => return Ok(None),
+        Err(e) => {
             return Err(format!(
-                "{}: inspect container {}: HTTP {s}: {}",
+                "{}: inspect container {}: {}",
                 socket.display(),
                 api::short(id),
-                api::excerpt(&body)
+                api::describe(&e)
             ))
         }
-    }
-    let c = api::parse_inspect(&body)?;
-    let id = (c.running && c.pid != 0)
+    };
+    let netns = (c.running && c.pid != 0)
         .then(|| netns_id(&api::netns_path(c.pid)))
         .flatten();
-    Ok(Some((c, id)))
+    Ok(Some((c, netns)))
 }
 
 /// Lists and inspects every running labelled container.
-fn catch_up(socket: &Path, stop: &AtomicBool) -> Result<Vec<(Container, Option<NetnsId>)>, String> {
-    let (status, body) = http::get(socket, &api::list_path(), REQUEST_TIMEOUT)?;
-    if status != 200 {
-        return Err(format!(
-            "{}: list containers: HTTP {status}: {}",
-            socket.display(),
-            api::excerpt(&body)
-        ));
-    }
+async fn catch_up(
+    docker: &Docker,
+    socket: &Path,
+) -> Result<Vec<(Container, Option<NetnsId>)>, String> {
+    let listed = docker
+        .list_containers(Some(api::list_options()))
+        .await
+        .map_err(|e| {
+            format!(
+                "{}: list containers: {}",
+                socket.display(),
+                api::describe(&e)
+            )
+        })?;
     let mut out = Vec::new();
-    for id in api::parse_list(&body)? {
-        // Shutting down: each inspect may wait out its timeout.
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if let Some(c) = inspect(socket, &id)? {
+    for id in listed.into_iter().filter_map(|c| c.id) {
+        if let Some(c) = inspect(docker, socket, &id).await? {
             out.push(c);
         }
     }
@@ -80,27 +107,26 @@ fn lock(inv: &Mutex<Inventory>) -> std::sync::MutexGuard<'_, Inventory> {
     inv.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One connection: catch up, then follow events until the stream breaks or
-/// `stop` is set; every change of the inventory sets `wake`.
-fn session(
-    socket: &Path,
-    inv: &Mutex<Inventory>,
-    stop: &AtomicBool,
-    wake: &crate::wake::Wake,
-) -> Result<(), String> {
-    let mut events = LineStream::open(socket, &api::events_path(), TICK)?;
-    let mut early = Vec::new();
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    while !events.ready() {
-        if stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{}: no answer to GET /events", socket.display()));
-        }
-        early.extend(events.poll()?);
-    }
-    let listed = catch_up(socket, stop)?;
+/// Unix seconds, one margin before now.
+fn replay_from() -> u64 {
+    SystemTime::now()
+        .checked_sub(REPLAY_MARGIN)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One connection: catch up, then follow events until the stream breaks;
+/// every change of the inventory sets `wake`. Always ends in an error.
+async fn session(socket: &Path, inv: &Mutex<Inventory>, wake: &crate::wake::Wake) -> String {
+    let docker = match connect(socket).await {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let since = replay_from();
+    let listed = match catch_up(&docker, socket).await {
+        Ok(l) => l,
+        Err(e) => return e,
+    };
     let n = listed.len();
     {
         let mut g = lock(inv);
@@ -111,65 +137,51 @@ fn session(
             tracing::info!(socket = %socket.display(), containers = n, "watching the Docker engine");
         }
     }
-    let mut lines = early;
-    loop {
-        for l in lines.drain(..) {
-            match api::parse_event(&l) {
-                Ok(None) => {}
-                Ok(Some(change)) => {
-                    // Inspect outside the lock: a pass must not wait on the engine.
-                    let looked_up = match &change {
-                        api::Change::Refresh(id) => Some(inspect(socket, id)),
-                        api::Change::Gone(_) => None,
-                    };
-                    lock(inv).apply(&change, |_| looked_up.unwrap_or(Ok(None)))?;
-                    // A container came, changed or went: attach or detach
-                    // it now, not at the next timed pass.
-                    wake.set();
+    let mut events = docker.events(Some(api::events_options(since)));
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => return format!("{}: event stream: {}", socket.display(), api::describe(&e)),
+        };
+        match api::change(&event) {
+            Ok(None) => {}
+            Ok(Some(change)) => {
+                // Inspect outside the lock: a pass must not wait on the engine.
+                let looked_up = match &change {
+                    api::Change::Refresh(id) => Some(inspect(&docker, socket, id).await),
+                    api::Change::Gone(_) => None,
+                };
+                if let Err(e) = lock(inv).apply(&change, |_| looked_up.unwrap_or(Ok(None))) {
+                    return e;
                 }
-                Err(e) => tracing::warn!(error = %e, "unreadable Docker event; ignored"),
+                // A container came, changed or went: attach or detach it
+                // now, not at the next timed pass.
+                wake.set();
             }
+            Err(e) => tracing::warn!(error = %e, "unreadable Docker event; ignored"),
         }
-        if stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        lines = events.poll()?;
     }
+    format!("{}: the engine ended the event stream", socket.display())
 }
 
-/// Runs sessions until `stop` is set.
-pub fn watch(
-    socket: PathBuf,
-    inv: Arc<Mutex<Inventory>>,
-    stop: Arc<AtomicBool>,
-    wake: crate::wake::Wake,
-) {
+/// Runs sessions for ever (the caller drops the future to stop).
+pub async fn watch(socket: &Path, inv: &Mutex<Inventory>, wake: crate::wake::Wake) {
     let mut backoff = BACKOFF_MIN;
     let mut last_error: Option<String> = None;
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         let started = Instant::now();
-        let result = session(&socket, &inv, &stop, &wake);
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let why = match result {
-            Ok(()) => continue,
-            Err(e) => e,
-        };
+        let why = session(socket, inv, &wake).await;
         // A session that ran for a while was healthy: retry quickly.
         if started.elapsed() > BACKOFF_MAX {
             backoff = BACKOFF_MIN;
         }
-        let was_watching = lock(&inv).engine() == &Engine::Watching;
+        let was_watching = lock(inv).engine() == &Engine::Watching;
         if was_watching || last_error.as_ref() != Some(&why) {
             tracing::warn!(error = %why, retry_in = ?backoff, "Docker engine unreachable; containers keep their attachments, retrying");
             last_error = Some(why.clone());
         }
-        lock(&inv).set_unreachable(why);
-        let until = Instant::now() + backoff;
-        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(TICK.min(until.saturating_duration_since(Instant::now())));
-        }
+        lock(inv).set_unreachable(why);
+        tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
