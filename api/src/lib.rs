@@ -30,7 +30,7 @@ pub use meshapp::{EnforcedApp, MeshApp, MeshAppSpec, MeshAppStatus};
 pub use meshhub::{MeshHub, MeshHubSpec, MeshHubStatus};
 pub use meshnode::{
     AppAttachment, AppLink, AppSelector, AppStatus, DataplaneKind, MeshNode, MeshNodeSpec,
-    MeshNodeStatus, PeerSpec, PeerStatus, WorkloadStatus,
+    MeshNodeStatus, PeerSpec, PeerStatus, PreparedKey, WorkloadStatus,
 };
 pub use meshpolicy::{EnforcedPolicy, MeshPolicy, MeshPolicySpec, MeshPolicyStatus};
 pub use meshsite::{EnforcedSite, HubAccess, MeshSite, MeshSiteSpec, MeshSiteStatus, SiteKind};

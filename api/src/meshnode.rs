@@ -303,6 +303,42 @@ pub struct MeshNodeStatus {
     /// When the daemon last reported (RFC 3339); lets the operator spot lost nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<String>,
+    /// Keys the daemon made for apps that claim workloads of this node but
+    /// are not in its spec yet, sorted by `app`: the operator hands them to
+    /// the node's peers in the same pass that plans the app here, instead
+    /// of waiting for the app to be programmed and its key reported (one
+    /// round through the API server less before the first packet). The
+    /// daemon uses exactly this key once the app arrives. Public keys only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prepared_keys: Vec<PreparedKey>,
+}
+
+/// A key made ahead of an app's arrival on a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreparedKey {
+    /// The app, as `namespace/name`.
+    pub app: String,
+    /// The public key the node will use for it (base64).
+    pub public_key: String,
+}
+
+impl MeshNodeStatus {
+    /// The public key of each app on this node, as peers should see it:
+    /// the key of the programmed app where there is one, else the key
+    /// prepared for it.
+    pub fn app_public_keys(&self) -> BTreeMap<&str, &str> {
+        let mut out: BTreeMap<&str, &str> = self
+            .prepared_keys
+            .iter()
+            .filter(|k| !k.public_key.is_empty())
+            .map(|k| (k.app.as_str(), k.public_key.as_str()))
+            .collect();
+        for a in self.apps.iter().filter(|a| !a.public_key.is_empty()) {
+            out.insert(a.app.as_str(), a.public_key.as_str());
+        }
+        out
+    }
 }
 
 /// One app's state on a node.
@@ -395,4 +431,39 @@ pub struct WorkloadStatus {
     /// Its address in the app's network, once attached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_programmed_apps_key_wins_over_a_prepared_one() {
+        let st = MeshNodeStatus {
+            apps: vec![
+                AppStatus {
+                    app: "demo/web".into(),
+                    public_key: "WEB".into(),
+                    ..Default::default()
+                },
+                AppStatus {
+                    app: "demo/new".into(),
+                    ..Default::default()
+                },
+            ],
+            prepared_keys: vec![
+                PreparedKey {
+                    app: "demo/new".into(),
+                    public_key: "NEW".into(),
+                },
+                PreparedKey {
+                    app: "demo/web".into(),
+                    public_key: "STALE".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let keys: Vec<(&str, &str)> = st.app_public_keys().into_iter().collect();
+        assert_eq!(keys, [("demo/new", "NEW"), ("demo/web", "WEB")]);
+    }
 }

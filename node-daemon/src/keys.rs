@@ -89,29 +89,84 @@ pub struct KeyStore {
     /// App ids with a key file: scanned once at open (keys a previous run
     /// left), then kept up to date here.
     on_disk: std::collections::BTreeSet<String>,
+    /// Keys made for apps (`namespace/name`) before their arrival (see
+    /// [`KeyStore::prepare`]), loaded or made this run.
+    prepared: std::collections::BTreeMap<String, PrivateKey>,
+    /// File stems under `prepared/`: scanned at open, kept up to date.
+    prepared_on_disk: std::collections::BTreeSet<String>,
+}
+
+/// The file stem of an app's prepared key: app names hold `/` and may be
+/// long, so a hash of `namespace/name`.
+fn prepared_stem(app: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(app.as_bytes())[..12])
+}
+
+/// Reads a 32-byte key file; `Ok(None)` when there is none.
+fn read_key(path: &Path) -> Result<Option<PrivateKey>, Error> {
+    match fs::read(path) {
+        Ok(b) if b.len() == 32 => {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(&b);
+            Ok(Some(PrivateKey::from_bytes(a)))
+        }
+        Ok(_) => Err(Error::Key {
+            path: path.to_path_buf(),
+            message: "key file is not 32 bytes; refusing to overwrite it".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Writes a fresh key to `path` (0600, through a temporary file).
+fn write_new_key(path: &Path) -> Result<PrivateKey, Error> {
+    let key = PrivateKey::generate();
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(&key.to_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(key)
+}
+
+fn stems(dir: &Path) -> Result<std::collections::BTreeSet<String>, Error> {
+    Ok(fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".key"))
+                .map(String::from)
+        })
+        .collect())
 }
 
 impl KeyStore {
     /// Opens (creating, mode 0700) the key directory.
     pub fn open(data_dir: &Path) -> Result<Self, Error> {
         let dir = data_dir.join("keys");
-        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(&dir, e))?;
-        let on_disk = fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, e))?
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".key"))
-                    .map(String::from)
-            })
-            .collect();
+        let prepared_dir = dir.join("prepared");
+        for d in [&dir, &prepared_dir] {
+            fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(d, e))?;
+        }
         Ok(KeyStore {
+            on_disk: stems(&dir)?,
+            prepared_on_disk: stems(&prepared_dir)?,
             dir,
             loaded: Default::default(),
-            on_disk,
+            prepared: Default::default(),
         })
     }
 
@@ -119,48 +174,96 @@ impl KeyStore {
         self.dir.join(format!("{app_id}.key"))
     }
 
-    /// The app's key, generated and stored (0600) on first use.
-    pub fn get_or_create(&mut self, app_id: &str) -> Result<PrivateKey, Error> {
+    fn prepared_path(&self, stem: &str) -> PathBuf {
+        self.dir.join("prepared").join(format!("{stem}.key"))
+    }
+
+    /// The key of app `app` (`namespace/name`) with id `app_id`: loaded, or
+    /// the one prepared for the app (which its peers may already have been
+    /// given), or generated; stored 0600 on first use.
+    pub fn get_or_create(&mut self, app_id: &str, app: &str) -> Result<PrivateKey, Error> {
         if let Some(k) = self.loaded.get(app_id) {
             return Ok(k.clone());
         }
-        let key = self.load_or_create(app_id)?;
+        let path = self.path(app_id);
+        let key = match read_key(&path)? {
+            Some(k) => k,
+            None => match self.adopt_prepared(app, &path)? {
+                Some(k) => k,
+                None => write_new_key(&path)?,
+            },
+        };
         self.loaded.insert(app_id.to_string(), key.clone());
         self.on_disk.insert(app_id.to_string());
         Ok(key)
     }
 
-    fn load_or_create(&self, app_id: &str) -> Result<PrivateKey, Error> {
-        let path = self.path(app_id);
-        match fs::read(&path) {
-            Ok(b) if b.len() == 32 => {
-                let mut a = [0u8; 32];
-                a.copy_from_slice(&b);
-                return Ok(PrivateKey::from_bytes(a));
-            }
-            Ok(_) => {
-                return Err(Error::Key {
-                    path,
-                    message: "key file is not 32 bytes; refusing to overwrite it".into(),
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&path, e)),
+    /// Moves the app's prepared key (if any) to `path`: a rename, so the
+    /// key is the app's or still prepared, never lost or in both places.
+    fn adopt_prepared(&mut self, app: &str, path: &Path) -> Result<Option<PrivateKey>, Error> {
+        let stem = prepared_stem(app);
+        if !self.prepared_on_disk.contains(&stem) {
+            return Ok(None);
         }
-        let key = PrivateKey::generate();
-        let tmp = path.with_extension("tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(&key.to_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        let from = self.prepared_path(&stem);
+        let Some(key) = read_key(&from)? else {
+            self.prepared_on_disk.remove(&stem);
+            return Ok(None);
+        };
+        fs::rename(&from, path).map_err(|e| Error::io(path, e))?;
+        self.prepared.remove(app);
+        self.prepared_on_disk.remove(&stem);
+        Ok(Some(key))
+    }
+
+    /// A key for app `app` (`namespace/name`) that is not on this node yet,
+    /// made (0600) on first call and kept until the app arrives
+    /// ([`get_or_create`](Self::get_or_create) takes it) or is forgotten
+    /// ([`retain_prepared`](Self::retain_prepared)).
+    pub fn prepare(&mut self, app: &str) -> Result<PrivateKey, Error> {
+        if let Some(k) = self.prepared.get(app) {
+            return Ok(k.clone());
+        }
+        let stem = prepared_stem(app);
+        let path = self.prepared_path(&stem);
+        let key = match read_key(&path)? {
+            Some(k) => k,
+            None => write_new_key(&path)?,
+        };
+        self.prepared.insert(app.to_string(), key.clone());
+        self.prepared_on_disk.insert(stem);
         Ok(key)
+    }
+
+    /// Removes the prepared keys of every app not in `apps`, including
+    /// files a previous run left (known by their hashed names only).
+    pub fn retain_prepared(
+        &mut self,
+        apps: &std::collections::BTreeSet<String>,
+    ) -> Result<(), Error> {
+        let keep: std::collections::BTreeSet<String> =
+            apps.iter().map(|a| prepared_stem(a)).collect();
+        for stem in self.prepared_on_disk.clone() {
+            if keep.contains(&stem) {
+                continue;
+            }
+            let path = self.prepared_path(&stem);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&path, e))
+                }
+                _ => {
+                    self.prepared_on_disk.remove(&stem);
+                }
+            }
+        }
+        self.prepared.retain(|a, _| apps.contains(a));
+        Ok(())
+    }
+
+    /// Whether any prepared key is on disk.
+    pub fn has_prepared(&self) -> bool {
+        !self.prepared_on_disk.is_empty()
     }
 
     /// App ids that have a key on disk.
@@ -192,8 +295,8 @@ mod tests {
     fn key_is_created_once_with_mode_0600_and_reloaded() {
         let d = tempfile::tempdir().unwrap();
         let mut ks = KeyStore::open(d.path()).unwrap();
-        let k1 = ks.get_or_create("abc").unwrap();
-        let k2 = ks.get_or_create("abc").unwrap();
+        let k1 = ks.get_or_create("abc", "demo/abc").unwrap();
+        let k2 = ks.get_or_create("abc", "demo/abc").unwrap();
         assert_eq!(k1.public_key(), k2.public_key());
         let mode = fs::metadata(d.path().join("keys/abc.key"))
             .unwrap()
@@ -232,6 +335,63 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut ks = KeyStore::open(d.path()).unwrap();
         fs::write(d.path().join("keys/bad.key"), b"short").unwrap();
-        assert!(ks.get_or_create("bad").is_err());
+        assert!(ks.get_or_create("bad", "demo/bad").is_err());
+    }
+
+    #[test]
+    fn a_prepared_key_becomes_the_apps_key_and_survives_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ks = KeyStore::open(d.path()).unwrap();
+        let pre = ks.prepare("demo/web").unwrap();
+        assert_eq!(ks.prepare("demo/web").unwrap(), pre, "made once");
+        let file = fs::read_dir(d.path().join("keys/prepared"))
+            .unwrap()
+            .flatten()
+            .next()
+            .unwrap()
+            .path();
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A restart finds it again.
+        let mut ks = KeyStore::open(d.path()).unwrap();
+        assert_eq!(ks.prepare("demo/web").unwrap(), pre);
+        // The app arrives: it gets exactly that key, and the prepared one is gone.
+        let k = ks.get_or_create("id1", "demo/web").unwrap();
+        assert_eq!(k, pre);
+        assert!(!file.exists());
+        assert!(!ks.has_prepared());
+        // Another app gets a fresh key, not someone's prepared one.
+        let other = ks.prepare("demo/db").unwrap();
+        let fresh = ks.get_or_create("id2", "demo/api").unwrap();
+        assert_ne!(fresh, other);
+        assert!(ks.has_prepared());
+    }
+
+    #[test]
+    fn prepared_keys_of_apps_no_longer_wanted_go_even_from_an_earlier_run() {
+        let d = tempfile::tempdir().unwrap();
+        let mut ks = KeyStore::open(d.path()).unwrap();
+        let web = ks.prepare("demo/web").unwrap();
+        ks.prepare("demo/gone").unwrap();
+        let mut ks = KeyStore::open(d.path()).unwrap();
+        ks.retain_prepared(&["demo/web".to_string()].into())
+            .unwrap();
+        assert_eq!(
+            fs::read_dir(d.path().join("keys/prepared"))
+                .unwrap()
+                .count(),
+            1
+        );
+        assert_eq!(ks.prepare("demo/web").unwrap(), web);
+        ks.retain_prepared(&Default::default()).unwrap();
+        assert!(!ks.has_prepared());
+        assert_eq!(
+            fs::read_dir(d.path().join("keys/prepared"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

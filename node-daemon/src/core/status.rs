@@ -157,6 +157,8 @@ pub fn build(
         apps_ready,
         apps,
         workloads: wl,
+        // Added by the run loop (`Reconciler::prepare_keys`).
+        prepared_keys: Vec::new(),
         heartbeat: Some(now.0.to_string()),
     }
 }

@@ -21,6 +21,7 @@ pub mod status_backoff;
 
 pub use standalone::{run, run_docker, RunConfig};
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,22 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
         let local = source.list();
         let mut report = rec.pass(spec.as_ref(), &local, now());
         add_pending(&mut report.status, source.pending());
+        if let Some(spec) = &spec {
+            let placed: BTreeSet<&str> = spec
+                .spec
+                .apps
+                .iter()
+                .flat_map(|a| a.workloads.iter().map(String::as_str))
+                .collect();
+            if let Some(claimed) = source.claimed_apps(&spec.spec.site, &placed) {
+                let here: BTreeSet<&str> = spec.spec.apps.iter().map(|a| a.app.as_str()).collect();
+                let wanted = claimed
+                    .into_iter()
+                    .filter(|a| !here.contains(a.as_str()))
+                    .collect();
+                rec.prepare_keys(&wanted, &mut report);
+            }
+        }
         if let Some(c) = source.condition() {
             weft_api::conditions::set(&mut report.status.conditions, c, now());
         }

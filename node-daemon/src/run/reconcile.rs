@@ -189,6 +189,31 @@ impl<D: Dataplane> Reconciler<D> {
         })
     }
 
+    /// Makes (or keeps) a key for each app of `wanted` (apps that claim a
+    /// workload here but are not in the spec yet), drops the keys of apps
+    /// no longer wanted, and reports the public halves in status.
+    pub fn prepare_keys(&mut self, wanted: &BTreeSet<String>, report: &mut PassReport) {
+        if wanted.is_empty() && !self.keys.has_prepared() {
+            return;
+        }
+        if let Err(e) = self.keys.retain_prepared(wanted) {
+            report.error_reasons.push(e.metric_label());
+            report.errors.push(e.to_string());
+        }
+        for app in wanted {
+            match self.keys.prepare(app) {
+                Ok(k) => report.status.prepared_keys.push(weft_api::PreparedKey {
+                    app: app.clone(),
+                    public_key: k.public_key(),
+                }),
+                Err(e) => {
+                    report.error_reasons.push(e.metric_label());
+                    report.errors.push(e.to_string());
+                }
+            }
+        }
+    }
+
     /// The data plane (tests inspect the fake through this).
     pub fn dataplane(&mut self) -> &mut D {
         &mut self.dp
@@ -235,7 +260,7 @@ impl<D: Dataplane> Reconciler<D> {
         let mut public = BTreeMap::new();
         let mut key_errors = BTreeMap::new();
         for a in &spec.spec.apps {
-            match self.keys.get_or_create(&a.app_id) {
+            match self.keys.get_or_create(&a.app_id, &a.app) {
                 Ok(k) => {
                     public.insert(a.app_id.clone(), k.public_key());
                     private.insert(a.netns.clone(), k);

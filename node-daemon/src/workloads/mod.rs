@@ -42,6 +42,15 @@ pub trait WorkloadSource: Send {
     /// Called after every pass with its spec and (final) status.
     fn after_pass(&mut self, _spec: Option<&MeshNode>, _status: &MeshNodeStatus) {}
 
+    /// The apps (`namespace/name`) of `site` that claim a workload of the
+    /// last [`list`](Self::list) not among `placed` (the workloads the spec
+    /// already attaches), so the node can make their keys before the
+    /// operator plans them here; `None` when the source cannot tell (it
+    /// knows no app selectors, or not yet).
+    fn claimed_apps(&self, _site: &str, _placed: &BTreeSet<&str>) -> Option<BTreeSet<String>> {
+        None
+    }
+
     /// A condition about the source itself (e.g. its container engine is
     /// unreachable), added to the node's status; `None` for sources that
     /// cannot fail that way.

@@ -124,6 +124,37 @@ impl WorkloadSource for RuntimeSource {
         self.merged.pending.clone()
     }
 
+    /// Only workloads the spec does not attach yet are matched, so a node
+    /// at rest (every workload placed) matches nothing.
+    fn claimed_apps(&self, site: &str, placed: &BTreeSet<&str>) -> Option<BTreeSet<String>> {
+        let unplaced: Vec<(&String, &BTreeMap<String, String>)> = self
+            .merged
+            .announced
+            .iter()
+            .filter(|(k, _)| !placed.contains(k.as_str()))
+            .collect();
+        if unplaced.is_empty() {
+            return Some(BTreeSet::new());
+        }
+        let namespaces: BTreeSet<String> = unplaced
+            .iter()
+            .filter_map(|(k, _)| k.split_once('/').map(|(ns, _)| ns.to_string()))
+            .collect();
+        let selectors = self.dir.selectors(site, &namespaces)?;
+        Some(
+            selectors
+                .into_iter()
+                .filter(|sel| {
+                    unplaced.iter().any(|(k, labels)| {
+                        let ns = k.split_once('/').map_or("", |(ns, _)| ns);
+                        sel.claims(ns, labels)
+                    })
+                })
+                .map(|sel| sel.app)
+                .collect(),
+        )
+    }
+
     fn after_pass(&mut self, spec: Option<&MeshNode>, status: &MeshNodeStatus) {
         // Only the namespaces of this node's registered, announced
         // workloads: all that `outcomes` decides about.
@@ -265,5 +296,67 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].netns, "/run/netns/pod-1-new");
         assert_eq!(src.list().len(), 1, "then it stays");
+    }
+
+    /// Announcements with fixed workloads and app selectors.
+    struct Fixed(Vec<LocalWorkload>, Option<Vec<weft_api::AppSelector>>);
+    impl Announcements for Fixed {
+        fn scan(&self) -> Vec<LocalWorkload> {
+            self.0.clone()
+        }
+        fn selectors(
+            &self,
+            _site: &str,
+            namespaces: &BTreeSet<String>,
+        ) -> Option<Vec<weft_api::AppSelector>> {
+            assert_eq!(namespaces.iter().collect::<Vec<_>>(), ["demo"]);
+            self.1.clone()
+        }
+    }
+
+    #[test]
+    fn apps_claiming_unplaced_workloads_are_named_for_their_keys() {
+        let wl = |name: &str, tier: &str| LocalWorkload {
+            name: name.into(),
+            namespace: "demo".into(),
+            labels: [("tier".to_string(), tier.to_string())].into(),
+            netns: String::new(),
+        };
+        let sel = |app: &str, tier: &str| weft_api::AppSelector {
+            app: app.into(),
+            selector: weft_api::selector::Selector {
+                match_labels: [("tier".to_string(), tier.to_string())].into(),
+                ..Default::default()
+            },
+        };
+        let selectors = vec![
+            sel("demo/web", "web"),
+            sel("demo/db", "db"),
+            sel("demo/idle", "x"),
+        ];
+        let mut src = RuntimeSource::with_link_reader(
+            Fixed(vec![wl("w1", "web"), wl("d1", "db")], Some(selectors)),
+            Arc::new(Shared::in_memory()),
+            Box::new(|_: &str| None),
+        );
+        src.list();
+        let got = src.claimed_apps("local", &BTreeSet::new()).unwrap();
+        assert_eq!(got, ["demo/db".to_string(), "demo/web".to_string()].into());
+        // Placed workloads are not matched again: the web app is planned here.
+        let got = src.claimed_apps("local", &["demo/w1"].into()).unwrap();
+        assert_eq!(got, ["demo/db".to_string()].into());
+        // Everything placed: nothing to match (and no selector asked for).
+        let got = src
+            .claimed_apps("local", &["demo/w1", "demo/d1"].into())
+            .unwrap();
+        assert!(got.is_empty());
+        // Selectors not known yet: cannot tell.
+        let mut src = RuntimeSource::with_link_reader(
+            Fixed(vec![wl("w1", "web")], None),
+            Arc::new(Shared::in_memory()),
+            Box::new(|_: &str| None),
+        );
+        src.list();
+        assert_eq!(src.claimed_apps("local", &BTreeSet::new()), None);
     }
 }

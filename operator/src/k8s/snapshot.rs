@@ -243,10 +243,8 @@ fn build(obs: &Observed, config: &PlannerConfig, now: Timestamp, with_specs: boo
                 s.add_workload_address(&name, ObjectKey::new(&w.namespace, &w.name), addr.clone());
             }
         }
-        for a in mn.status.iter().flat_map(|st| &st.apps) {
-            if !a.public_key.is_empty() {
-                s.add_public_key(&name, ObjectKey::parse(&a.app), a.public_key.clone());
-            }
+        for (app, key) in mn.status.iter().flat_map(|st| st.app_public_keys()) {
+            s.add_public_key(&name, ObjectKey::parse(app), key);
         }
     }
     for pod in &obs.pods {

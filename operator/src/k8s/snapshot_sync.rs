@@ -308,10 +308,8 @@ fn put_node(name: &str, o: &NodeObjects<'_>, now: Timestamp, e: &mut Edit<'_>) {
                 addresses.insert(key, addr.clone());
             }
         }
-        for a in &st.apps {
-            if !a.public_key.is_empty() {
-                keys.insert(ObjectKey::parse(&a.app), a.public_key.clone());
-            }
+        for (app, key) in st.app_public_keys() {
+            keys.insert(ObjectKey::parse(app), key.to_string());
         }
     }
     for pod in &o.pods {

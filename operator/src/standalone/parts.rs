@@ -204,10 +204,8 @@ fn put_node(name: &str, files: Option<&NodeFiles>, now: Timestamp, e: &mut Edit<
             }
             workloads.insert(key, w.labels.clone());
         }
-        for a in &st.apps {
-            if !a.public_key.is_empty() {
-                keys.insert(ObjectKey::parse(&a.app), a.public_key.clone());
-            }
+        for (app, key) in st.app_public_keys() {
+            keys.insert(ObjectKey::parse(app), key.to_string());
         }
     }
     e.put_workloads(name.to_string(), Some(workloads));
