@@ -4,7 +4,9 @@
 //! exist yet, so their CNI ADD passes them through unmeshed; then the app
 //! is applied, and both pods must join it without a restart and reach each
 //! other over the app network. (Before, a pod the daemon had answered "no
-//! app" was forgotten, and joined only when it was started again.)
+//! app" was forgotten, and joined only when it was started again.) While
+//! the app is refused, its key is already made on the pods' nodes; once
+//! fixed, the node uses that key.
 
 use std::time::Duration;
 
@@ -61,13 +63,42 @@ fn pods_running_before_their_app_join_it_when_it_is_applied() {
         );
     }
 
-    c.apply_json(&json!({
-        "apiVersion": "weft.dev/v1alpha1",
-        "kind": "MeshApp",
-        "metadata": {"name": "late", "namespace": NS},
-        "spec": {"selector": {"matchLabels": {"role": "early"}}}
-    }))
+    // First a version the operator refuses (a range no IPv4 network has;
+    // 1.20 has no CEL to refuse it at the door): never planned, yet the
+    // node of a pod it claims already holds its key, public half in status.
+    let app = |range: &str| {
+        json!({
+            "apiVersion": "weft.dev/v1alpha1",
+            "kind": "MeshApp",
+            "metadata": {"name": "late", "namespace": NS},
+            "spec": {"addressSpace": range, "selector": {"matchLabels": {"role": "early"}}}
+        })
+    };
+    c.apply_json(&app("999.1.0.0/16")).unwrap();
+    let node1 = c.node_name(1);
+    let status = |c: &KubeCluster| -> serde_json::Value {
+        let out = c
+            .kubectl(&["get", "meshnode", &node1, "-o", "json"])
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["status"].clone()
+    };
+    let prepared = weft_e2e::wait_for(
+        "node 1 to prepare the app's key",
+        WAIT,
+        Duration::from_millis(100),
+        || {
+            let st = status(&c);
+            Ok(st["preparedKeys"].as_array().and_then(|keys| {
+                keys.iter()
+                    .find(|k| k["app"] == "late/late")
+                    .and_then(|k| k["publicKey"].as_str().map(String::from))
+            }))
+        },
+    )
     .unwrap();
+    assert_eq!(prepared.len(), 44, "a base64 public key: {prepared}");
+
+    c.apply_json(&app("10.91.0.0/16")).unwrap();
     let address = |p: usize| {
         weft_e2e::wait_for(
             &format!("{} to join the app", c.pod(p).name),
@@ -86,6 +117,16 @@ fn pods_running_before_their_app_join_it_when_it_is_applied() {
         .unwrap()
     };
     let (a1, a2) = (address(p1), address(p2));
+    // The node uses exactly the key its peers were given, and keeps no
+    // prepared key once the app is here.
+    let st = status(&c);
+    let used = st["apps"]
+        .as_array()
+        .and_then(|apps| apps.iter().find(|a| a["app"] == "late/late"))
+        .and_then(|a| a["publicKey"].as_str())
+        .map(String::from);
+    assert_eq!(used.as_deref(), Some(prepared.as_str()), "status: {st}");
+    assert!(st["preparedKeys"].is_null(), "status: {st}");
     ping_until_ok(c.pod(p1).netns.name(), a2, WAIT).unwrap();
     ping_until_ok(c.pod(p2).netns.name(), a1, WAIT).unwrap();
 
