@@ -126,3 +126,17 @@ pub fn unique_prefix() -> String {
 }
 
 pub use procs::bin;
+
+/// The contents of every private key file a daemon keeps under `keys_dir`
+/// (`<data-dir>/keys`): the apps' keys and those made ahead of their app
+/// in `prepared/`. Tests look for them where no private key may be.
+pub fn private_key_files(keys_dir: &std::path::Path) -> Vec<Vec<u8>> {
+    std::fs::read_dir(keys_dir)
+        .into_iter()
+        .chain(std::fs::read_dir(keys_dir.join("prepared")))
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .collect()
+}

@@ -190,8 +190,7 @@ fn private_keys(c: &KubeCluster) -> Vec<String> {
     let mut keys = Vec::new();
     for i in 1..=c.n_nodes() {
         let dir = c.node_root(i).join("var/lib/weft/keys");
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let b = std::fs::read(e.path()).unwrap();
+        for b in weft_e2e::private_key_files(&dir) {
             if b.len() == 32 {
                 keys.push(base64::engine::general_purpose::STANDARD.encode(&b));
                 keys.push(b.iter().map(|x| format!("{x:02x}")).collect());

@@ -286,8 +286,7 @@ fn daemon_metrics_and_status_match_the_traffic_sent() {
     for i in 1..=2 {
         let body = scrape(&c, i);
         let keys = c.data_dir(i).join("keys");
-        for f in std::fs::read_dir(&keys).unwrap().flatten() {
-            let raw = std::fs::read(f.path()).unwrap();
+        for raw in weft_e2e::private_key_files(&keys) {
             assert!(!body.contains(&b64(&raw)), "a private key in /metrics");
         }
         let status = c.node_status(i).unwrap().unwrap();

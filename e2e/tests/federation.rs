@@ -258,11 +258,7 @@ fn two_clusters_share_one_app_through_a_hub_one_hop_encrypted_and_isolated() {
     }
     let mut keys: Vec<Vec<u8>> = Vec::new();
     for i in 1..=3 {
-        for e in std::fs::read_dir(c.data_dir(i).join("keys"))
-            .unwrap()
-            .flatten()
-        {
-            let raw = std::fs::read(e.path()).unwrap();
+        for raw in weft_e2e::private_key_files(&c.data_dir(i).join("keys")) {
             keys.push(
                 base64::engine::general_purpose::STANDARD
                     .encode(&raw)
