@@ -644,6 +644,57 @@ fn deleted_interface_is_recreated_on_resync() {
 }
 
 #[test]
+fn a_change_made_by_hand_wakes_the_loop() {
+    if !privileged("a_change_made_by_hand_wakes_the_loop", &[]) {
+        return;
+    }
+    let m = Mesh::new("k");
+    m.converge();
+    let wake = weft_node_daemon::wake::Wake::default();
+    let w = wake.clone();
+    m.nodes[0].call(move |dp| dp.wake_on_change(&w));
+    // Let the announcements of the set-up settle, then start clean.
+    assert!(m.sync(0).is_empty());
+    std::thread::sleep(Duration::from_millis(200));
+    wake.take();
+    let woken = |what: &str| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(3) {
+            if wake.wait(Duration::from_millis(50)) {
+                return;
+            }
+        }
+        panic!("{what} did not wake the loop");
+    };
+    sh(&[
+        "ip",
+        "-n",
+        &m.app_netns[0],
+        "route",
+        "del",
+        "10.123.0.0/16",
+        "dev",
+        &m.wg_if[0],
+    ]);
+    woken("a route deleted by hand");
+    let ops = m.sync(0);
+    assert!(
+        ops.iter().any(|o| matches!(o, Op::AddRoute { .. })),
+        "{ops:#?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(m.sync(0).is_empty());
+    wake.take();
+    sh(&["ip", "netns", "del", &m.app_netns[0]]);
+    woken("a namespace deleted by hand");
+    let ops = m.sync(0);
+    assert!(
+        matches!(ops.first(), Some(Op::CreateNetns { .. })),
+        "{ops:#?}"
+    );
+}
+
+#[test]
 fn deleted_app_is_fully_cleaned_up() {
     if !privileged("deleted_app_is_fully_cleaned_up", &[]) {
         return;

@@ -33,6 +33,13 @@ pub trait Dataplane: Send {
     /// when that differs from what it counts already) and returns the
     /// figures. Counting never changes how packets flow.
     fn traffic(&mut self, netns: &str, want: &TrafficSpec) -> Result<AppTraffic, Error>;
+    /// From now on, sets `wake` whenever the data plane learns that
+    /// something it owns changed behind its back (a link, a route, a table),
+    /// so the loop repairs it without waiting for its timed pass. A data
+    /// plane that cannot tell ignores it.
+    fn wake_on_change(&mut self, wake: &crate::wake::Wake) {
+        let _ = wake;
+    }
     /// Runs exactly the per-app DNS resolvers in `want` (keyed by app netns;
     /// see [`crate::dns`]): starts missing ones inside their netns, swaps in
     /// new names, stops the others. Returns the netns whose resolver could

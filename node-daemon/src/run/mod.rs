@@ -73,6 +73,7 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
     let mut last_write = Instant::now();
     let mut last_errors: Vec<String> = Vec::new();
     let mut status_writes = StatusBackoff::for_status_writes();
+    rec.wake_on_change(&cfg.wake);
     tracing::info!(node = %cfg.node, address = %cfg.advertise_address, mode = transport.mode(), "node daemon running");
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();

@@ -162,6 +162,12 @@ impl KeySource for Keys {
 }
 
 impl<D: Dataplane> Reconciler<D> {
+    /// Lets the data plane wake the loop on changes it learns of (see
+    /// [`Dataplane::wake_on_change`]).
+    pub fn wake_on_change(&mut self, wake: &crate::wake::Wake) {
+        self.dp.wake_on_change(wake);
+    }
+
     /// A reconciler keeping its files under `data_dir`.
     pub fn new(
         node: &str,

@@ -20,6 +20,7 @@ mod netns;
 pub mod nft;
 pub mod nftread;
 mod nl;
+mod notify;
 pub mod sockets;
 pub mod stats;
 mod uapi;
@@ -126,6 +127,9 @@ pub struct LinuxDataplane {
     wg_server: Option<wgsock::WgServer>,
     /// The per-app resolvers, when enabled.
     dns: Option<crate::dns::DnsService>,
+    /// Wakes the loop on the change announcements of every app netns, once
+    /// asked to (see [`Dataplane::wake_on_change`]).
+    notifier: Option<notify::Notifier>,
 }
 
 /// How the resolvers reach app netns: through the calling thread, exactly
@@ -169,6 +173,8 @@ impl crate::dns::AppNetns for AppNamespaces<'_> {
 /// A full policy-table read and when it was made.
 struct PolicyRead {
     at: std::time::Instant,
+    /// Packets over the netns' links just before the read.
+    packets: Option<u64>,
     table: Option<(
         crate::core::state::PolicyTable,
         crate::core::state::PolicyCounters,
@@ -293,6 +299,7 @@ impl LinuxDataplane {
                 stats: stats::Stats::new(opts.traffic_read_interval),
                 wg_socket_dir: opts.wg_socket_dir.clone(),
                 wg_server: None,
+                notifier: None,
             })
         };
         init().map_err(|e| Error::dp("init", "", format!("{e:#}")))
@@ -687,10 +694,11 @@ impl LinuxDataplane {
     }
 
     /// The app netns' policy table: a full read at most every
-    /// `policy_full_read_interval` (for the counters); in between nothing
-    /// while no nftables notification came from the netns, else only the
-    /// marker rule of the small `forward` chain, compared with the last
-    /// full read (our traffic-counting table notifies too).
+    /// `policy_full_read_interval` (for the counters), and then only when
+    /// packets moved in the netns; in between nothing while no nftables
+    /// notification came from the netns, else only the marker rule of the
+    /// small `forward` chain, compared with the last full read (our
+    /// traffic-counting table notifies too).
     fn observe_policy(
         &mut self,
         name: &str,
@@ -702,6 +710,21 @@ impl LinuxDataplane {
             crate::core::state::PolicyCounters,
         )>,
     > {
+        let mut probe = None;
+        if let Some(last) = self.policy_reads.get(name) {
+            if !nft_changed && last.at.elapsed() >= self.policy_full_read_interval {
+                // Counters only move with packets, and every packet crosses
+                // a link of the netns: no packet since, nothing to read.
+                probe = packets(&self.link_reads, name);
+                if probe.is_some() && probe == last.packets {
+                    let table = last.table.clone();
+                    if let Some(last) = self.policy_reads.get_mut(name) {
+                        last.at = std::time::Instant::now();
+                    }
+                    return Ok(table);
+                }
+            }
+        }
         if let Some(last) = self.policy_reads.get(name) {
             if last.at.elapsed() < self.policy_full_read_interval {
                 // No nftables notification since: nothing to check.
@@ -715,12 +738,14 @@ impl LinuxDataplane {
                 }
             }
         }
+        let probe = probe.or_else(|| packets(&self.link_reads, name));
         let table = netns::within(app, || nft::observe(&self.rt))?;
         self.policy_reads.insert(
             name.to_string(),
             PolicyRead {
                 at: std::time::Instant::now(),
                 table: table.clone(),
+                packets: probe,
             },
         );
         Ok(table)
@@ -855,7 +880,16 @@ impl LinuxDataplane {
         // subscribe before reading, so a change right after the read is
         // still seen on the next pass.
         let changes = match netns::within(app, changes::Subscription::here) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                if let Some(n) = &self.notifier {
+                    for fd in c.fds() {
+                        if let Err(e) = n.add(fd) {
+                            tracing::warn!(netns = name, error = %format!("{e:#}"), "changes in this netns wait for the timed pass");
+                        }
+                    }
+                }
+                Some(c)
+            }
             Err(e) => {
                 tracing::warn!(netns = name, error = %format!("{e:#}"), "cannot subscribe to the netns' changes; reading it on every pass");
                 None
@@ -1071,6 +1105,27 @@ impl Dataplane for LinuxDataplane {
         self.kind
     }
 
+    fn wake_on_change(&mut self, wake: &crate::wake::Wake) {
+        let notifier = match notify::Notifier::start(wake.clone()) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "changes in app netns wait for the timed pass");
+                return;
+            }
+        };
+        for r in self.link_reads.values() {
+            for fd in r.changes.iter().flat_map(|c| c.fds()) {
+                if let Err(e) = notifier.add(fd) {
+                    tracing::warn!(error = %format!("{e:#}"), "a netns' changes wait for the timed pass");
+                }
+            }
+        }
+        self.notifier = Some(notifier);
+        // A namespace created or deleted (by hand, or by another program)
+        // is a change too.
+        crate::wake::watch(wake, vec![(self.run_dir.clone(), None)]);
+    }
+
     fn observe(&mut self, netns_prefix: &str) -> Result<Observation, Error> {
         self.observe_inner(netns_prefix)
             .map_err(|e| Error::dp("observe", netns_prefix, format!("{e:#}")))
@@ -1142,12 +1197,34 @@ impl Dataplane for LinuxDataplane {
         if missing {
             return Ok(AppTraffic::default());
         }
-        let app = self
-            .app_ns(netns)
-            .map_err(|e| Error::dp("traffic", netns, format!("{e:#}")))?;
+        // The netns is entered only for a read the cache cannot answer.
+        let (link_reads, run_dir) = (&self.link_reads, &self.run_dir);
         self.stats
-            .traffic(netns, want, &self.rt, |f| netns::within(&app, f))
+            .traffic(
+                netns,
+                want,
+                &self.rt,
+                || packets(link_reads, netns),
+                |f| {
+                    let app = netns::open(&run_dir.join(netns))?
+                        .ok_or_else(|| anyhow!("no network namespace {netns}"))?;
+                    netns::within(&app, f)
+                },
+            )
             .map_err(|e| Error::dp("traffic", netns, format!("{e:#}")))
+    }
+}
+
+/// Packets over the links of `netns` now, from its subscription's dump
+/// socket; `None` when there is none or the dump failed (then callers read).
+fn packets(link_reads: &BTreeMap<String, LinkRead>, netns: &str) -> Option<u64> {
+    let sub = link_reads.get(netns)?.changes.as_ref()?;
+    match sub.packets() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::debug!(netns, error = %format!("{e:#}"), "link dump failed");
+            None
+        }
     }
 }
 

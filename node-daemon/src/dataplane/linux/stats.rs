@@ -268,6 +268,15 @@ pub fn count_connections(conns: &[Conn], spec: &TrafficSpec) -> (u64, BTreeMap<S
 
 /// Active connections in the calling thread's netns, overall and per peer.
 fn connections(spec: &TrafficSpec) -> Result<(Option<u64>, BTreeMap<String, u64>)> {
+    // The netns' own entry count is O(1) (the listing walks every netns'
+    // entries): nothing tracked, nothing to list. Like every /proc/sys/net
+    // file it belongs to the netns of the thread that opens it.
+    let tracked = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if tracked == Some(0) {
+        return Ok((Some(0), BTreeMap::new()));
+    }
     // `/proc/net` is the netns of the process's main thread; the calling
     // thread may have switched to the app netns.
     match std::fs::read_to_string("/proc/thread-self/net/nf_conntrack") {
@@ -275,12 +284,7 @@ fn connections(spec: &TrafficSpec) -> Result<(Option<u64>, BTreeMap<String, u64>
             let (total, per_peer) = count_connections(&parse_conntrack(&text), spec);
             Ok((Some(total), per_peer))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let total = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            Ok((total, BTreeMap::new()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((tracked, BTreeMap::new())),
         Err(e) => Err(e).context("read nf_conntrack"),
     }
 }
@@ -300,6 +304,9 @@ struct Read {
     traffic: AppTraffic,
     /// The counters the connection counts were read with, and when.
     conntrack: (ConntrackKey, std::time::Instant),
+    /// Packets over the netns' links just before this read (see
+    /// [`super::changes::Subscription::packets`]).
+    packets: Option<u64>,
 }
 
 /// What must be unchanged for connection counts to stand: connections
@@ -319,7 +326,10 @@ pub fn conntrack_still_valid(
 /// Keeps each app netns' counting rules as wanted and caches reads: the
 /// table is listed (and conntrack read) at most once per `interval` while
 /// what is counted stays the same. In between a pass costs no syscall at
-/// all; a table deleted by hand is recreated at the next full read.
+/// all; a table deleted by hand is recreated at the next full read. When
+/// `interval` is up but no packet crossed a link of the netns since the
+/// last read (one link dump tells), the counters cannot have moved: the
+/// read stands, unless connections it counted may have timed out since.
 #[derive(Debug)]
 pub struct Stats {
     interval: std::time::Duration,
@@ -347,14 +357,25 @@ impl Stats {
         netns: &str,
         want: &TrafficSpec,
         rt: &tokio::runtime::Runtime,
+        packets: impl Fn() -> Option<u64>,
         within: impl Fn(&dyn Fn() -> Result<AppTraffic>) -> Result<AppTraffic>,
     ) -> Result<AppTraffic> {
         let d = digest(want);
-        if let Some(r) = self.reads.get(netns) {
-            if r.digest == d && r.at.elapsed() < self.interval {
-                let mut t = r.traffic.clone();
-                t.wrote = false;
-                return Ok(t);
+        let mut probe = None;
+        if let Some(r) = self.reads.get_mut(netns) {
+            if r.digest == d {
+                let fresh = r.at.elapsed() < self.interval;
+                if !fresh {
+                    probe = packets();
+                }
+                if fresh || still_stands(r, probe) {
+                    if !fresh {
+                        r.at = std::time::Instant::now();
+                    }
+                    let mut t = r.traffic.clone();
+                    t.wrote = false;
+                    return Ok(t);
+                }
             }
         }
         let last = self
@@ -362,6 +383,9 @@ impl Stats {
             .get(netns)
             .filter(|r| r.digest == d)
             .map(|r| (r.conntrack.clone(), r.traffic.clone()));
+        // Probed before the read: packets moving during it show up as a
+        // difference next time, which only costs one read more.
+        let probe = probe.or_else(&packets);
         let conntrack = std::cell::RefCell::new(None);
         let traffic = within(&|| {
             let mut listing = read(rt)?;
@@ -424,10 +448,20 @@ impl Stats {
                 digest: d,
                 traffic: traffic.clone(),
                 conntrack,
+                packets: probe,
             },
         );
         Ok(traffic)
     }
+}
+
+/// Whether read `r` still stands with `packets` over the netns' links now:
+/// no packet moved since (so no counter did), and no connection it counted
+/// can have timed out unseen.
+fn still_stands(r: &Read, packets: Option<u64>) -> bool {
+    let quiet = packets.is_some() && packets == r.packets;
+    let no_connections = r.traffic.active_connections.unwrap_or(0) == 0;
+    quiet && (no_connections || r.conntrack.1.elapsed() < CONNTRACK_MAX_AGE)
 }
 
 #[cfg(test)]
@@ -584,18 +618,53 @@ ipv6     10 udp     17 20 src=fe80::1 dst=ff02::1 sport=1 dport=2 [UNREPLIED] sr
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        assert!(s.traffic("ns", &spec(), &rt, within).unwrap().wrote);
         assert!(
-            !s.traffic("ns", &spec(), &rt, within).unwrap().wrote,
+            s.traffic("ns", &spec(), &rt, || None, within)
+                .unwrap()
+                .wrote
+        );
+        assert!(
+            !s.traffic("ns", &spec(), &rt, || None, within)
+                .unwrap()
+                .wrote,
             "cached"
         );
         assert_eq!(calls.get(), 1);
         let mut other = spec();
         other.peers.remove("PK2");
-        s.traffic("ns", &other, &rt, within).unwrap();
+        s.traffic("ns", &other, &rt, || None, within).unwrap();
         assert_eq!(calls.get(), 2, "a new peer set is written at once");
         s.forget("ns");
-        s.traffic("ns", &other, &rt, within).unwrap();
+        s.traffic("ns", &other, &rt, || None, within).unwrap();
         assert_eq!(calls.get(), 3);
+    }
+
+    #[test]
+    fn an_expired_read_stands_while_no_packet_moved_in_the_netns() {
+        let mut s = Stats::new(std::time::Duration::ZERO);
+        let calls = std::cell::Cell::new(0);
+        let within = |f: &dyn Fn() -> Result<AppTraffic>| {
+            calls.set(calls.get() + 1);
+            let _ = f;
+            Ok(AppTraffic {
+                active_connections: Some(0),
+                ..Default::default()
+            })
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let packets = std::cell::Cell::new(Some(7u64));
+        let probe = || packets.get();
+        s.traffic("ns", &spec(), &rt, probe, within).unwrap();
+        s.traffic("ns", &spec(), &rt, probe, within).unwrap();
+        assert_eq!(calls.get(), 1, "no packet since the read: it stands");
+        packets.set(Some(8));
+        s.traffic("ns", &spec(), &rt, probe, within).unwrap();
+        assert_eq!(calls.get(), 2, "packets moved: read again");
+        packets.set(None);
+        s.traffic("ns", &spec(), &rt, probe, within).unwrap();
+        s.traffic("ns", &spec(), &rt, probe, within).unwrap();
+        assert_eq!(calls.get(), 4, "no way to tell: every expired read is made");
     }
 }
