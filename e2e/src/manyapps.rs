@@ -11,8 +11,10 @@ use anyhow::{Context, Result};
 use crate::cluster::Cluster;
 use crate::procs::{cpu_seconds, rss_kib};
 
-/// How long the node is watched at rest.
-pub const IDLE_WINDOW: Duration = Duration::from_secs(10);
+/// How long the node is watched at rest: long enough to take in the
+/// daemon's slowest periodic work (netns re-reads and connection counts,
+/// every 30 s), so the figure is what a node costs over time.
+pub const IDLE_WINDOW: Duration = Duration::from_secs(40);
 
 /// What `n` apps on one node cost.
 #[derive(Clone, Debug, Default)]

@@ -13,12 +13,27 @@
 //! no maintained Rust binding of libnftables; its API is six C functions.
 //!
 //! Calls are serialised: libnftables keeps some state per process.
+//!
+//! They all run on one worker thread with a file table of its own
+//! (`unshare(CLONE_FILES)`, then every inherited fd closed): libnftables
+//! waits on its netlink socket with `select()`, which aborts the process
+//! (glibc's fortify check) once that socket's fd is 1024 or more, and a
+//! node with a hundred apps holds over a thousand fds (netlink, UDP, TUN,
+//! DNS sockets per app). In the worker's own table the socket is always
+//! among the first few fds. The worker enters the caller's netns for each
+//! call (through `/proc/self/task/<tid>/ns/net`, a path, since it cannot
+//! see the caller's fds) and goes back to its own afterwards, so it never
+//! keeps a deleted app netns alive.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Mutex, OnceLock};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
+use nix::sched::{setns, CloneFlags};
 
 /// `NFT_CTX_DEFAULT`.
 const CTX_DEFAULT: c_uint = 0;
@@ -110,14 +125,112 @@ pub fn available() -> bool {
 /// libnftables' own message.
 pub fn run_json(batch: &[u8]) -> Option<Result<()>> {
     let lib = lib()?;
-    Some(run(lib, batch))
+    let cmd = match CString::new(batch) {
+        Ok(c) => c,
+        Err(_) => return Some(Err(anyhow!("the ruleset holds a NUL byte"))),
+    };
+    let (reply, answer) = channel();
+    let job = Job {
+        tid: nix::unistd::gettid().as_raw(),
+        cmd,
+        reply,
+    };
+    let sent = match worker(lib) {
+        Ok(w) => w
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .is_ok(),
+        Err(e) => return Some(Err(anyhow!("libnftables worker: {e}"))),
+    };
+    if !sent {
+        return Some(Err(anyhow!("the libnftables worker is gone")));
+    }
+    Some(
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow!("the libnftables worker is gone"))),
+    )
 }
 
-fn run(lib: &Lib, batch: &[u8]) -> Result<()> {
-    let cmd = CString::new(batch).map_err(|_| anyhow!("the ruleset holds a NUL byte"))?;
+/// One call: the batch, the calling thread (whose netns it applies in),
+/// where the answer goes.
+struct Job {
+    tid: i32,
+    cmd: CString,
+    reply: Sender<Result<()>>,
+}
+
+/// The worker, started on first use.
+fn worker(lib: &'static Lib) -> Result<&'static Mutex<Sender<Job>>, String> {
+    static WORKER: OnceLock<Result<Mutex<Sender<Job>>, String>> = OnceLock::new();
+    WORKER
+        .get_or_init(|| {
+            let (tx, rx) = channel::<Job>();
+            let (ready_tx, ready_rx) = channel();
+            std::thread::Builder::new()
+                .name("weft-nftables".into())
+                .spawn(move || {
+                    let home = match own_file_table() {
+                        Ok(home) => {
+                            let _ = ready_tx.send(Ok(()));
+                            home
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("{e:#}")));
+                            return;
+                        }
+                    };
+                    for job in rx {
+                        let done = in_netns_of(job.tid, &home, || run(lib, &job.cmd));
+                        let _ = job.reply.send(done);
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            ready_rx
+                .recv()
+                .map_err(|_| "the libnftables worker did not start".to_string())??;
+            Ok(Mutex::new(tx))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Gives the calling thread a file table of its own holding only stdin,
+/// stdout, stderr, and moves it to the main thread's netns (which it
+/// returns, to come back to after each call): the thread that started the
+/// worker may be inside an app netns that is deleted later.
+fn own_file_table() -> Result<File> {
+    nix::sched::unshare(CloneFlags::CLONE_FILES).context("unshare the file table")?;
+    // SAFETY: closes only fds of this thread's private copy of the table;
+    // nothing on this thread holds any of them.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("close the inherited fds");
+    }
+    let home = File::open("/proc/self/ns/net").context("open the main thread's netns")?;
+    setns(home.as_fd(), CloneFlags::CLONE_NEWNET).context("enter the main thread's netns")?;
+    Ok(home)
+}
+
+/// Runs `f` in the netns thread `tid` of this process is in, then returns
+/// to `home`.
+fn in_netns_of<T>(tid: i32, home: &File, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let ns = File::open(format!("/proc/self/task/{tid}/ns/net"))
+        .with_context(|| format!("open the netns of thread {tid}"))?;
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).context("enter the caller's netns")?;
+    drop(ns);
+    let out = f();
+    // Staying would keep a netns deleted after this call alive.
+    setns(home.as_fd(), CloneFlags::CLONE_NEWNET).context("leave the caller's netns")?;
+    out
+}
+
+fn run(lib: &Lib, cmd: &CStr) -> Result<()> {
     let _serial = lib.lock.lock().unwrap_or_else(|p| p.into_inner());
     // SAFETY: the context is created, used and freed here, by this thread
-    // alone (its netlink socket opens in this thread's netns); the buffers
+    // alone (its netlink socket opens in this thread's netns, which is the
+    // caller's, and in this thread's small file table); the buffers
     // it returns are read before it is freed.
     unsafe {
         let ctx = (lib.ctx_new)(CTX_DEFAULT);
@@ -177,6 +290,44 @@ mod tests {
             // The table of the refused batch was not left behind.
             assert!(run_json(table("delete", "bad").as_bytes()).unwrap().is_err());
             run_json(table("delete", "good").as_bytes()).unwrap().unwrap();
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A caller holding more than FD_SETSIZE (1024) fds: libnftables'
+    /// `select()` on a socket numbered past it would abort the process.
+    #[test]
+    fn a_caller_with_over_a_thousand_fds_still_applies_batches() {
+        if !nix::unistd::geteuid().is_root() || !available() {
+            assert!(
+                !ci(),
+                "needs root and libnftables.so.1 (scripts/setup.sh installs nftables)"
+            );
+            println!("SKIPPED: a_caller_with_over_a_thousand_fds_still_applies_batches: needs root and libnftables");
+            return;
+        }
+        let (soft, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        if soft < 1300 {
+            assert!(
+                hard >= 1300,
+                "the fd hard limit ({hard}) is below what the test needs"
+            );
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+                .unwrap();
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let held: Vec<File> = (0..1200).map(|_| File::open("/dev/null").unwrap()).collect();
+            let table = |verb: &str| {
+                format!(r#"{{"nftables":[{{"{verb}":{{"table":{{"family":"ip","name":"many_fds"}}}}}}]}}"#)
+            };
+            for _ in 0..3 {
+                run_json(table("add").as_bytes()).unwrap().unwrap();
+                run_json(table("delete").as_bytes()).unwrap().unwrap();
+            }
+            drop(held);
         })
         .join()
         .unwrap();
