@@ -369,6 +369,8 @@ impl Cluster {
             Sim::node_addr(i).to_string(),
             "--interval-ms".into(),
             self.interval_ms.to_string(),
+            "--idle-interval-ms".into(),
+            self.interval_ms.to_string(),
             // Each daemon runs in its node's namespace, so every node has its
             // own loopback and the same port serves them all.
             "--metrics-address".into(),

@@ -60,7 +60,11 @@ pub const NODE_B: usize = 3;
 
 /// Harness flags that set what no user sets: the test intervals and the
 /// operator's once-a-second traffic refresh.
-const TEST_ONLY_FLAGS: [&str; 2] = ["--interval-ms", "--traffic-refresh-seconds"];
+const TEST_ONLY_FLAGS: [&str; 3] = [
+    "--interval-ms",
+    "--idle-interval-ms",
+    "--traffic-refresh-seconds",
+];
 
 /// While alive, Weft's binaries as found by [`bin`] are wrappers that drop
 /// [`TEST_ONLY_FLAGS`] (and their values) and `exec` the real binary, so a
@@ -78,12 +82,17 @@ pub struct DefaultIntervals {
 
 /// The `[default: N]` of `--interval-ms` in `program sub --help`.
 pub fn default_interval_ms(program: &Path, sub: &str) -> Option<u64> {
+    default_ms(program, sub, "--interval-ms")
+}
+
+/// The `[default: N]` of `flag` in `program sub --help`.
+pub fn default_ms(program: &Path, sub: &str, flag: &str) -> Option<u64> {
     let out = std::process::Command::new(program)
         .args([sub, "--help"])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let from = text.find("--interval-ms")?;
+    let from = text.find(flag)?;
     let rest = &text[from..];
     let d = rest.find("[default: ")? + "[default: ".len();
     let end = rest[d..].find(']')?;
@@ -137,8 +146,11 @@ impl DefaultIntervals {
                 &["standalone"]
             };
             for sub in subs {
+                let idle = default_ms(&real, sub, "--idle-interval-ms")
+                    .map(|ms| format!(" ({ms} ms once settled)"))
+                    .unwrap_or_default();
                 described.push(format!(
-                    "{name} {sub} {}",
+                    "{name} {sub} {}{idle}",
                     default_interval_ms(&real, sub)
                         .map(|ms| format!("{ms} ms"))
                         .unwrap_or_else(|| "(default unknown)".into())
@@ -443,6 +455,7 @@ mod tests {
                 "standalone",
                 "--interval-ms",
                 "100",
+                "--idle-interval-ms=100",
                 "--state",
                 "/a b",
                 "--traffic-refresh-seconds=1",

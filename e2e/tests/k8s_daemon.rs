@@ -45,6 +45,8 @@ fn daemon(name: &str, node: &str, dir: &Path, kubeconfig: &Path, extra: &[String
         "127.0.0.1",
         "--interval-ms",
         "100",
+        "--idle-interval-ms",
+        "100",
         "--heartbeat-seconds",
         "1",
         "--force-userspace",

@@ -74,9 +74,16 @@ enum Cmd {
         /// MeshSite of this node.
         #[arg(long, default_value = weft_api::labels::LOCAL_SITE)]
         site: String,
-        /// Milliseconds between reconcile passes.
+        /// Milliseconds between reconcile passes while the node is settling
+        /// (a write, an error or an app not programmed in the last 30 s).
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
+        /// Milliseconds between reconcile passes once the node has settled.
+        /// Every input wakes the loop at once (MeshNode, workloads, changes
+        /// in app namespaces); this timed pass refreshes figures and is the
+        /// safety net.
+        #[arg(long, default_value_t = 5000)]
+        idle_interval_ms: u64,
         /// Use userspace WireGuard even where the kernel module exists.
         #[arg(long)]
         force_userspace: bool,
@@ -118,9 +125,16 @@ enum Cmd {
         /// Directory of workload announcements (stand-in until the CNI plugin lands).
         #[arg(long, default_value = "/var/lib/weft/workloads")]
         workloads_dir: PathBuf,
-        /// Milliseconds between reconcile passes.
+        /// Milliseconds between reconcile passes while the node is settling
+        /// (a write, an error or an app not programmed in the last 30 s).
         #[arg(long, default_value_t = 1000)]
         interval_ms: u64,
+        /// Milliseconds between reconcile passes once the node has settled.
+        /// Every input wakes the loop at once (MeshNode, workloads, changes
+        /// in app namespaces); this timed pass refreshes figures and is the
+        /// safety net.
+        #[arg(long, default_value_t = 5000)]
+        idle_interval_ms: u64,
         /// Seconds between status writes when nothing changed.
         #[arg(long, default_value_t = 10)]
         heartbeat_seconds: u64,
@@ -235,6 +249,7 @@ fn main() -> anyhow::Result<()> {
             advertise_address,
             site,
             interval_ms,
+            idle_interval_ms,
             force_userspace,
             wg_socket_dir,
             dns,
@@ -255,6 +270,7 @@ fn main() -> anyhow::Result<()> {
                 state_dir: state,
                 data_dir,
                 interval: Duration::from_millis(interval_ms),
+                idle_interval: Duration::from_millis(idle_interval_ms),
                 heartbeat: Duration::from_secs(5),
                 dns: !dns.no_dns,
             };
@@ -273,6 +289,7 @@ fn main() -> anyhow::Result<()> {
             advertise_address,
             workloads_dir,
             interval_ms,
+            idle_interval_ms,
             heartbeat_seconds,
             force_userspace,
             wg_socket_dir,
@@ -304,6 +321,7 @@ fn main() -> anyhow::Result<()> {
                 data_dir,
                 workloads_dir,
                 interval: Duration::from_millis(interval_ms),
+                idle_interval: Duration::from_millis(idle_interval_ms),
                 heartbeat: Duration::from_secs(heartbeat_seconds),
                 attach_socket,
                 cni,

@@ -49,8 +49,10 @@ pub struct KubeRunConfig {
     pub data_dir: PathBuf,
     /// Where workload announcements are read from until the CNI plugin lands.
     pub workloads_dir: PathBuf,
-    /// Time between passes.
+    /// Time between passes while settling.
     pub interval: Duration,
+    /// Time between passes once settled (see [`LoopConfig::idle_interval`]).
+    pub idle_interval: Duration,
     /// Time between status writes when nothing changed.
     pub heartbeat: Duration,
     /// Serve the CNI attach protocol here (pods come from the pod watch).
@@ -133,6 +135,7 @@ pub fn run<D: Dataplane>(
         node: cfg.node.clone(),
         advertise_address: cfg.advertise_address.clone(),
         interval: cfg.interval,
+        idle_interval: cfg.idle_interval,
         heartbeat: cfg.heartbeat,
         wake: transport.wake(),
     };

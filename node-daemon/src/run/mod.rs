@@ -43,8 +43,14 @@ pub struct LoopConfig {
     pub node: String,
     /// Address peers reach this node at.
     pub advertise_address: String,
-    /// Time between passes.
+    /// Time between passes while the node is settling: a pass wrote,
+    /// failed or left an app unprogrammed in the last [`SETTLING`].
     pub interval: Duration,
+    /// Time between passes once settled. Inputs wake the loop at once
+    /// (see [`crate::wake`] and [`Dataplane::wake_on_change`]), so the timed
+    /// pass only refreshes figures (handshakes, counters) and is the
+    /// safety net; at 200 apps a pass a second was most of an idle node's CPU.
+    pub idle_interval: Duration,
     /// Time between status writes when nothing changed.
     pub heartbeat: Duration,
     /// Set when an input changed (see [`crate::wake`]): the loop runs its
@@ -52,6 +58,10 @@ pub struct LoopConfig {
     /// the safety net.
     pub wake: crate::wake::Wake,
 }
+
+/// How long after its last write, error or unprogrammed app a node still
+/// counts as settling (new peers' first handshakes show within it).
+pub const SETTLING: Duration = Duration::from_secs(30);
 
 /// Current time as a Kubernetes `Time`.
 pub fn now() -> Time {
@@ -73,6 +83,7 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
     let mut last_write = Instant::now();
     let mut last_errors: Vec<String> = Vec::new();
     let mut status_writes = StatusBackoff::for_status_writes();
+    let mut unsettled = Instant::now();
     rec.wake_on_change(&cfg.wake);
     tracing::info!(node = %cfg.node, address = %cfg.advertise_address, mode = transport.mode(), "node daemon running");
     while !stop.load(Ordering::Relaxed) {
@@ -138,7 +149,18 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
         // After the status write: whoever the answer reaches can already
         // read the address in status.
         source.after_pass(spec.as_ref(), &report.status);
-        let next = started + cfg.interval;
+        if report.writes > 0
+            || !report.errors.is_empty()
+            || report.status.apps.iter().any(|a| !a.programmed)
+        {
+            unsettled = Instant::now();
+        }
+        let interval = if unsettled.elapsed() < SETTLING {
+            cfg.interval
+        } else {
+            cfg.idle_interval.max(cfg.interval)
+        };
+        let next = started + interval;
         loop {
             let left = next.saturating_duration_since(Instant::now());
             if left.is_zero() || stop.load(Ordering::Relaxed) || cfg.wake.wait(left) {

@@ -32,8 +32,10 @@ pub struct RunConfig {
     pub state_dir: std::path::PathBuf,
     /// Private data directory (keys, caches).
     pub data_dir: std::path::PathBuf,
-    /// Time between passes.
+    /// Time between passes while settling.
     pub interval: Duration,
+    /// Time between passes once settled (see [`LoopConfig::idle_interval`]).
+    pub idle_interval: Duration,
     /// Time between status writes when nothing changed.
     pub heartbeat: Duration,
     /// Whether each app netns has its resolver (named in CNI results).
@@ -62,6 +64,7 @@ pub fn run<D: Dataplane>(
         node: cfg.node.clone(),
         advertise_address: cfg.advertise_address.clone(),
         interval: cfg.interval,
+        idle_interval: cfg.idle_interval,
         heartbeat: cfg.heartbeat,
         wake: crate::wake::Wake::default(),
     };
@@ -110,6 +113,7 @@ pub fn run_docker<D: Dataplane>(
         node: cfg.node.clone(),
         advertise_address: cfg.advertise_address.clone(),
         interval: cfg.interval,
+        idle_interval: cfg.idle_interval,
         heartbeat: cfg.heartbeat,
         wake: crate::wake::Wake::default(),
     };

@@ -19,7 +19,7 @@
 //!
 //! Counters moving is not announced either, so a third socket answers
 //! "did any packet move in this netns since then?" ([`Subscription::packets`]):
-//! one link dump, summed. Every packet a counter of ours counts (policy,
+//! one dump of the links' packet counters, summed. Every packet a counter of ours counts (policy,
 //! per-peer traffic, new connections) crosses a link of the netns, so an
 //! unchanged sum means unchanged counters, and the far dearer nftables
 //! listing can be skipped.
@@ -134,40 +134,45 @@ fn drain(s: &Socket) -> bool {
     true
 }
 
-/// One `RTM_GETLINK` dump on `s`, summing each link's 64-bit packet counters.
+/// One `RTM_GETSTATS` dump on `s` asking only for each link's 64-bit
+/// counters (a link dump would carry, and make us parse, every attribute
+/// of every link), summing received and sent packets.
 fn packets(s: &Socket) -> Result<u64> {
     use netlink_packet_core::{
         NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
     };
-    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    use netlink_packet_route::stats::{StatsAttribute, StatsFilterMask, StatsHeader, StatsMessage};
     use netlink_packet_route::RouteNetlinkMessage;
 
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let mut ask = StatsMessage::default();
+    ask.header = StatsHeader::default();
+    ask.header.filter_mask = StatsFilterMask::Link64;
     let mut req = NetlinkMessage::new(
         header,
-        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
+        NetlinkPayload::from(RouteNetlinkMessage::GetStats(ask)),
     );
     req.finalize();
     let mut out = vec![0u8; req.buffer_len()];
     req.serialize(&mut out);
-    s.send(&out, 0).context("send link dump request")?;
+    s.send(&out, 0).context("send stats dump request")?;
     let mut sum = 0u64;
-    let mut buf: Vec<u8> = Vec::with_capacity(32 * 1024);
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     loop {
         buf.clear();
-        let n = s.recv(&mut buf, 0).context("receive link dump")?;
+        let n = s.recv(&mut buf, 0).context("receive stats dump")?;
         let mut at = 0;
         while at < n {
             let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..n])
-                .map_err(|e| anyhow::anyhow!("parse link dump: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("parse stats dump: {e}"))?;
             let len = msg.header.length as usize;
             match msg.payload {
                 NetlinkPayload::Done(_) => return Ok(sum),
-                NetlinkPayload::Error(e) => anyhow::bail!("link dump: {e}"),
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                    for a in link.attributes {
-                        if let LinkAttribute::Stats64(st) = a {
+                NetlinkPayload::Error(e) => anyhow::bail!("stats dump: {e}"),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewStats(m)) => {
+                    for a in m.attributes {
+                        if let StatsAttribute::Link64(st) = a {
                             sum = sum.wrapping_add(st.rx_packets).wrapping_add(st.tx_packets);
                         }
                     }
@@ -175,7 +180,7 @@ fn packets(s: &Socket) -> Result<u64> {
                 _ => {}
             }
             if len == 0 {
-                anyhow::bail!("link dump: empty message");
+                anyhow::bail!("stats dump: empty message");
             }
             // Messages start on 4-byte boundaries (NLMSG_ALIGN).
             at += (len + 3) & !3;
