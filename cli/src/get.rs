@@ -78,6 +78,9 @@ pub struct Query {
     pub scope: Scope,
     /// Output format.
     pub format: Format,
+    /// Keep `metadata.managedFields` in JSON and YAML (kubectl drops them
+    /// unless `--show-managed-fields`).
+    pub show_managed_fields: bool,
 }
 
 /// Lists and renders.
@@ -120,10 +123,24 @@ where
 {
     match q.format {
         Format::Json | Format::Yaml => {
-            let value = if q.name.is_some() && items.len() == 1 {
-                serde_json::to_value(&items[0])?
+            let mut objects = items
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<serde_json::Result<Vec<_>>>()?;
+            if !q.show_managed_fields {
+                for o in &mut objects {
+                    if let Some(m) = o
+                        .get_mut("metadata")
+                        .and_then(serde_json::Value::as_object_mut)
+                    {
+                        m.remove("managedFields");
+                    }
+                }
+            }
+            let value = if q.name.is_some() && objects.len() == 1 {
+                objects.remove(0)
             } else {
-                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+                serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects})
             };
             if q.format == Format::Json {
                 Ok(format!("{}\n", serde_json::to_string_pretty(&value)?))
@@ -409,6 +426,7 @@ mod tests {
             name: name.map(String::from),
             scope,
             format,
+            show_managed_fields: false,
         }
     }
 
@@ -461,6 +479,36 @@ mod tests {
         .unwrap();
         assert!(yaml.contains("kind: MeshApp"), "{yaml}");
         assert!(yaml.contains("name: web"), "{yaml}");
+    }
+
+    #[test]
+    fn managed_fields_are_dropped_unless_asked_for() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+        let mut f = fixture();
+        f.apps[0].metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl-client-side-apply".into()),
+            operation: Some("Update".into()),
+            ..Default::default()
+        }]);
+        let mut query = q(
+            Kind::Apps,
+            Some("web"),
+            Scope::Namespace("demo".into()),
+            Format::Json,
+        );
+        let v: serde_json::Value = serde_json::from_str(&run(&f, &query, now()).unwrap()).unwrap();
+        assert_eq!(v["metadata"]["name"], "web");
+        assert!(v["metadata"].get("managedFields").is_none(), "{v}");
+        query.format = Format::Yaml;
+        let yaml = run(&f, &query, now()).unwrap();
+        assert!(!yaml.contains("managedFields"), "{yaml}");
+        query.show_managed_fields = true;
+        let yaml = run(&f, &query, now()).unwrap();
+        assert!(yaml.contains("managedFields"), "{yaml}");
+        query.name = None;
+        query.format = Format::Json;
+        let v: serde_json::Value = serde_json::from_str(&run(&f, &query, now()).unwrap()).unwrap();
+        assert!(v["items"][0]["metadata"].get("managedFields").is_some());
     }
 
     #[test]

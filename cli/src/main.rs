@@ -4,13 +4,14 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use k8s_openapi::jiff::Timestamp;
 use weft_cli::get::{self, Format, Kind, Query};
 use weft_cli::graph::{self, dot, model, svg};
-use weft_cli::source::{KubeOptions, KubeSource, Scope, Source, StateSource};
+use weft_cli::source::{parse_timeout, KubeOptions, KubeSource, Scope, Source, StateSource};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -66,6 +67,10 @@ struct Cli {
     /// The kubeconfig context to use (default: the current context).
     #[arg(long, global = true)]
     context: Option<String>,
+    /// How long one request to the API server may take, connecting
+    /// included (10s, 500ms, 2m; 0: no limit). Default: 30 s to connect.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
+    request_timeout: Option<Duration>,
     /// Namespace of namespaced kinds (default: the context's namespace;
     /// with --state: every namespace).
     #[arg(short = 'n', long, global = true)]
@@ -89,6 +94,9 @@ enum Cmd {
         /// Output format (default: a table).
         #[arg(short = 'o', long, value_enum)]
         output: Option<GetOutput>,
+        /// Keep metadata.managedFields in JSON and YAML output.
+        #[arg(long)]
+        show_managed_fields: bool,
     },
     /// Draw the mesh: sites, nodes, apps and peer links by handshake age.
     #[command(after_help = GRAPH_EXAMPLES)]
@@ -134,6 +142,7 @@ fn source(cli: &Cli) -> Result<Box<dyn Source>> {
         None => Box::new(KubeSource::connect(&KubeOptions {
             kubeconfig: cli.kubeconfig.clone(),
             context: cli.context.clone(),
+            request_timeout: cli.request_timeout,
         })?),
     })
 }
@@ -156,7 +165,12 @@ fn run(cli: &Cli) -> Result<String> {
             clap_complete::generate(*shell, &mut Cli::command(), "kubectl-weft", &mut out);
             Ok(String::from_utf8(out)?)
         }
-        Cmd::Get { kind, name, output } => {
+        Cmd::Get {
+            kind,
+            name,
+            output,
+            show_managed_fields,
+        } => {
             if let (Some(dir), "manifests" | "manifest") = (&cli.state, kind.as_str()) {
                 use weft_operator::standalone::get::{render, Output};
                 let out = match output {
@@ -184,6 +198,7 @@ fn run(cli: &Cli) -> Result<String> {
                     Some(GetOutput::Json) => Format::Json,
                     Some(GetOutput::Yaml) => Format::Yaml,
                 },
+                show_managed_fields: *show_managed_fields,
             };
             let text = get::run(src.as_ref(), &q, now)?;
             if text.is_empty() && matches!(q.format, Format::Table | Format::Wide) {
@@ -227,7 +242,7 @@ fn main() {
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", weft_cli::error_message(&e));
             std::process::exit(1);
         }
     }

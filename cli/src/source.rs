@@ -227,6 +227,11 @@ pub struct KubeSource {
     rt: tokio::runtime::Runtime,
     client: kube::Client,
     namespace: String,
+    /// The API server's URL and the context it came from, for messages.
+    server: String,
+    context: Option<String>,
+    /// The limit of one request (connecting, at least), if any.
+    timeout: Option<std::time::Duration>,
 }
 
 /// How to reach the API server.
@@ -236,6 +241,66 @@ pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     /// A context instead of the current one.
     pub context: Option<String>,
+    /// How long one request may take, connecting included (`Some(ZERO)`:
+    /// no limit); `None`: kube's defaults (30 s to connect, no limit after).
+    pub request_timeout: Option<std::time::Duration>,
+}
+
+/// Parses a duration the way kubectl's `--request-timeout` takes it: a
+/// number with a unit (`500ms`, `5s`, `2m`, `1h`), or plain seconds; `0`
+/// means no limit.
+pub fn parse_timeout(s: &str) -> Result<std::time::Duration> {
+    use std::time::Duration;
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+        .with_context(|| format!("invalid timeout {s:?}: use e.g. 10s, 500ms, 2m or 0"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => anyhow::bail!("invalid timeout {s:?}: units are ms, s, m and h"),
+    };
+    Duration::try_from_secs_f64(secs).with_context(|| format!("invalid timeout {s:?}: too long"))
+}
+
+/// Where a kubeconfig was read from, for messages.
+fn kubeconfig_origin(path: Option<&Path>) -> String {
+    match (path, std::env::var_os("KUBECONFIG")) {
+        (Some(p), _) => p.display().to_string(),
+        (None, Some(v)) if !v.is_empty() => format!("$KUBECONFIG ({})", v.to_string_lossy()),
+        (None, _) => "~/.kube/config".to_string(),
+    }
+}
+
+/// Checks that `context` is one of `kc`'s (or, when none is given, that
+/// the file names a current context), naming the file and its contexts
+/// otherwise: kube's own message ("failed to load current context: X")
+/// names neither.
+fn check_context(kc: &kube::config::Kubeconfig, context: Option<&str>, origin: &str) -> Result<()> {
+    let known: Vec<&str> = kc.contexts.iter().map(|c| c.name.as_str()).collect();
+    let have = if known.is_empty() {
+        "it has no contexts".to_string()
+    } else {
+        format!("it has {}", known.join(", "))
+    };
+    match (context, kc.current_context.as_deref()) {
+        (Some(c), _) | (None, Some(c)) if !known.contains(&c) => {
+            let which = if context.is_some() { "" } else { "current " };
+            anyhow::bail!("{which}context {c:?} not found in kubeconfig {origin} ({have})")
+        }
+        (None, None) => {
+            anyhow::bail!("kubeconfig {origin} names no current context: give --context ({have})")
+        }
+        _ => Ok(()),
+    }
 }
 
 impl KubeSource {
@@ -244,28 +309,55 @@ impl KubeSource {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let config = rt.block_on(async {
+        let (mut config, context) = rt.block_on(async {
             let kc_opts = kube::config::KubeConfigOptions {
                 context: opts.context.clone(),
                 ..Default::default()
             };
-            match (&opts.kubeconfig, &opts.context) {
-                (Some(path), _) => {
-                    let kc = kube::config::Kubeconfig::read_from(path)
-                        .with_context(|| format!("read kubeconfig {}", path.display()))?;
-                    kube::Config::from_custom_kubeconfig(kc, &kc_opts)
-                        .await
-                        .context("load kubeconfig")
+            if opts.kubeconfig.is_none() && opts.context.is_none() {
+                // Like kubectl: $KUBECONFIG or ~/.kube/config, else the
+                // in-cluster account. A current context the file lacks is a
+                // mistake to name; a file without one falls back like kube.
+                let mut context = None;
+                if let Ok(kc) = kube::config::Kubeconfig::read() {
+                    if kc.current_context.is_some() {
+                        check_context(&kc, None, &kubeconfig_origin(None))?;
+                    }
+                    context = kc.current_context;
                 }
-                (None, Some(_)) => kube::Config::from_kubeconfig(&kc_opts)
-                    .await
-                    .context("load kubeconfig"),
-                (None, None) => kube::Config::infer().await.context(
+                let config = kube::Config::infer().await.context(
                     "no Kubernetes configuration (give --state DIR for a standalone mesh)",
-                ),
+                )?;
+                return anyhow::Ok((config, context));
             }
+            let origin = kubeconfig_origin(opts.kubeconfig.as_deref());
+            let kc = match &opts.kubeconfig {
+                Some(path) => kube::config::Kubeconfig::read_from(path),
+                None => kube::config::Kubeconfig::read(),
+            }
+            .map_err(|e| match e {
+                // Its message quotes the path again: the I/O error says it.
+                kube::config::KubeconfigError::ReadConfig(io, _) => {
+                    anyhow::anyhow!("cannot read kubeconfig {origin}: {io}")
+                }
+                e => anyhow::Error::new(e).context(format!("cannot read kubeconfig {origin}")),
+            })?;
+            check_context(&kc, opts.context.as_deref(), &origin)?;
+            let context = opts.context.clone().or(kc.current_context.clone());
+            let config = kube::Config::from_custom_kubeconfig(kc, &kc_opts)
+                .await
+                .with_context(|| format!("cannot load kubeconfig {origin}"))?;
+            Ok((config, context))
         })?;
+        if let Some(t) = opts.request_timeout {
+            let limit = (!t.is_zero()).then_some(t);
+            config.connect_timeout = limit;
+            config.read_timeout = limit;
+            config.write_timeout = limit;
+        }
         let namespace = config.default_namespace.clone();
+        let server = config.cluster_url.to_string();
+        let timeout = config.connect_timeout;
         let client = {
             let _g = rt.enter();
             kube::Client::try_from(config).context("build Kubernetes client")?
@@ -274,6 +366,9 @@ impl KubeSource {
             rt,
             client,
             namespace,
+            server: server.trim_end_matches('/').to_string(),
+            context,
+            timeout,
         })
     }
 
@@ -284,13 +379,72 @@ impl KubeSource {
         let list = self
             .rt
             .block_on(api.list(&kube::api::ListParams::default()))
-            .with_context(|| format!("list {}", K::plural(&())))?;
+            .map_err(|e| self.list_error(e, &K::plural(&()), &K::group(&())))?;
         let mut items = list.items;
         items.sort_by(|a, b| {
             let key = |o: &K| (o.meta().namespace.clone(), o.meta().name.clone());
             key(a).cmp(&key(b))
         });
         Ok(items)
+    }
+
+    /// What went wrong listing `plural`, said plainly: the server's own
+    /// message for a refusal (a hint when the kind is not served), the
+    /// server and context when it cannot be reached.
+    fn list_error(&self, e: kube::Error, plural: &str, group: &str) -> anyhow::Error {
+        let ctx = match &self.context {
+            Some(c) => format!(" (context {c:?})"),
+            None => String::new(),
+        };
+        match e {
+            // Listing in a namespace that does not exist gives an empty
+            // list: a 404 means the kind itself is not served.
+            kube::Error::Api(st) if st.code == 404 => anyhow::anyhow!(
+                "list {plural}: the API server {}{ctx} does not serve {plural}.{group} \
+                 (404): are Weft's CRDs installed (kubectl apply -k crds/)?",
+                self.server
+            ),
+            kube::Error::Api(st) => {
+                // kube's stand-in when the body is no Status: not a reason.
+                let reason = match st.reason.as_str() {
+                    "" | "Failed to parse error data" => String::new(),
+                    r if r == st.message => String::new(),
+                    r => format!(" {r}"),
+                };
+                anyhow::anyhow!(
+                    "list {plural} from {}{ctx}: {} ({}{reason})",
+                    self.server,
+                    st.message.trim(),
+                    st.code,
+                )
+            }
+            kube::Error::Service(_) | kube::Error::HyperError(_) => {
+                // kube and hyper wrap the cause a few times ("ServiceError:
+                // client error (Connect): ..."): the innermost one says it.
+                let mut cause: &dyn std::error::Error = &e;
+                let mut timed_out = false;
+                loop {
+                    timed_out |= cause
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+                    match cause.source() {
+                        Some(next) => cause = next,
+                        None => break,
+                    }
+                }
+                let why = match (timed_out, self.timeout) {
+                    (true, Some(t)) => format!("timed out after {t:?} ({cause})"),
+                    (true, None) => format!("timed out ({cause})"),
+                    (false, _) => cause.to_string(),
+                };
+                anyhow::anyhow!(
+                    "list {plural}: cannot reach the API server {}{ctx}: {why}",
+                    self.server
+                )
+            }
+            other => anyhow::Error::new(other)
+                .context(format!("list {plural} from {}{ctx}", self.server)),
+        }
     }
 
     /// A namespaced kind: one namespace (needs only that namespace's
@@ -341,6 +495,45 @@ impl Source for KubeSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_parse_like_kubectls() {
+        use std::time::Duration;
+        assert_eq!(parse_timeout("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_timeout("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_timeout("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_timeout("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_timeout("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_timeout("0").unwrap().is_zero());
+        for bad in ["", "s", "-1s", "5d", "1.2.3s", "99999999999999999999h"] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_context_the_kubeconfig_lacks_is_named_with_those_it_has() {
+        let kc: kube::config::Kubeconfig = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [], "users": [],
+            "contexts": [
+                {"name": "a", "context": {"cluster": "c", "user": "u"}},
+                {"name": "b", "context": {"cluster": "c", "user": "u"}},
+            ],
+            "current-context": "gone",
+        }))
+        .unwrap();
+        assert!(check_context(&kc, Some("a"), "F").is_ok());
+        let e = check_context(&kc, Some("x"), "F").unwrap_err().to_string();
+        assert_eq!(e, "context \"x\" not found in kubeconfig F (it has a, b)");
+        let e = check_context(&kc, None, "F").unwrap_err().to_string();
+        assert!(e.starts_with("current context \"gone\" not found"), "{e}");
+        let none = kube::config::Kubeconfig::default();
+        let e = check_context(&none, None, "F").unwrap_err().to_string();
+        assert!(
+            e.contains("no current context") && e.contains("no contexts"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn reads_apps_and_nodes_from_a_state_directory() {
