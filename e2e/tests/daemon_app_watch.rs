@@ -236,3 +236,12 @@ fn a_daemon_watches_meshapps_only_in_its_pods_namespaces() {
     drop(pods);
     rt.shutdown_timeout(Duration::from_secs(2));
 }
+
+/// The bench's (k) settling window is the daemon's own settling period.
+#[test]
+fn the_bench_settling_window_is_the_daemons() {
+    assert_eq!(
+        weft_e2e::manyapps::SETTLING_WINDOW,
+        weft_node_daemon::run::SETTLING
+    );
+}

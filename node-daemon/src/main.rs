@@ -229,6 +229,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     raise_fd_limit();
+    fix_mmap_threshold();
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -404,6 +405,28 @@ fn raise_fd_limit() {
         },
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read the open file limit"),
+    }
+}
+
+/// Allocations from this size up get pages of their own, so capacity
+/// never written never becomes resident (see [`fix_mmap_threshold`]).
+const MMAP_THRESHOLD: i32 = 96 * 1024;
+
+/// Fixes glibc's mmap threshold. By default it starts at 128 KiB and rises
+/// to the size of any mapped block freed: the first userspace WireGuard
+/// device frees a 16 MiB receive area, after which every allocation below
+/// 16 MiB comes from the heap, where it reuses pages other allocations
+/// already touched. GotaTun gives each device a 4,000-slot buffer queue
+/// (125 KiB) that idle devices barely use; from the heap, 200 devices kept
+/// about 5 MiB of it resident. Nothing on the packet path allocates this
+/// much per packet.
+fn fix_mmap_threshold() {
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // other thread starts.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+    if ok != 1 {
+        tracing::debug!("cannot set the allocator's mmap threshold");
     }
 }
 

@@ -84,6 +84,7 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
     let mut last_errors: Vec<String> = Vec::new();
     let mut status_writes = StatusBackoff::for_status_writes();
     let mut unsettled = Instant::now();
+    let mut was_settling = true;
     rec.wake_on_change(&cfg.wake);
     tracing::info!(node = %cfg.node, address = %cfg.advertise_address, mode = transport.mode(), "node daemon running");
     while !stop.load(Ordering::Relaxed) {
@@ -155,7 +156,12 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
         {
             unsettled = Instant::now();
         }
-        let interval = if unsettled.elapsed() < SETTLING {
+        let settling = unsettled.elapsed() < SETTLING;
+        if was_settling && !settling {
+            release_freed_memory();
+        }
+        was_settling = settling;
+        let interval = if settling {
             cfg.interval
         } else {
             cfg.idle_interval.max(cfg.interval)
@@ -169,6 +175,21 @@ pub fn run_loop<D: Dataplane, T: Transport, W: WorkloadSource>(
         }
     }
     tracing::info!(node = %cfg.node, "node daemon stopping");
+}
+
+/// Gives the heap pages freed while the node was settling back to the
+/// kernel, once it has settled: programming many apps frees much of what
+/// it allocated, and glibc keeps freed pages resident (about 1.5 MiB after
+/// 200 apps). Once per settling, never on the packet path.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: malloc_trim only walks the allocator's own free lists.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// Adds workloads that are announced but not attachable yet to the status
