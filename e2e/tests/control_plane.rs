@@ -364,7 +364,20 @@ fn apps_go_ready_and_pods_on_two_nodes_talk_over_the_app_network() {
             n["spec"]
         );
     }
-    assert!(c.pod(p1).app_address().unwrap().is_none(), "web-1 detached");
+    // The pod's end of its veth goes with the app namespace, which the
+    // kernel tears down asynchronously after the unmount.
+    let detached = Instant::now();
+    weft_e2e::wait_for(
+        "web-1 detached",
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || Ok(c.pod(p1).app_address()?.is_none().then_some(())),
+    )
+    .unwrap();
+    println!(
+        "web-1 detached {:?} after its MeshApp was gone",
+        detached.elapsed()
+    );
     // Every write the operator sent was accepted (the fake API server never
     // refused what a real one does).
     let log = c.operator_log_tail(100_000);

@@ -396,6 +396,12 @@ impl LinuxDataplane {
         self.drop_record(netns);
         self.policy_reads.remove(netns);
         self.stats.forget(netns);
+        // Its notification sockets hold the namespace: closed now, it goes
+        // (with the workloads' veth ends in it) when unmounted, not at the
+        // next pass.
+        self.link_reads.remove(netns);
+        self.config_reads.remove(netns);
+        self.config_written.remove(netns);
         netns::delete(&self.run_dir, netns)
     }
 
